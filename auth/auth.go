@@ -1,0 +1,449 @@
+// Package auth authenticates and authorises API callers: users with roles
+// (admin, operator, reader), passwords hashed with argon2id and only exchanged
+// for tokens, and API tokens — 256-bit random secrets stored as SHA-256
+// hashes — that expire and can be listed and revoked.
+package auth
+
+import (
+	"context"
+	"crypto/rand"
+	"crypto/sha256"
+	"encoding/base64"
+	"encoding/hex"
+	"errors"
+	"fmt"
+	"log/slog"
+	"regexp"
+	"strings"
+	"sync"
+	"time"
+
+	"github.com/google/uuid"
+
+	"github.com/petrel-edge/petrel/internal/errs"
+	"github.com/petrel-edge/petrel/internal/rest"
+)
+
+// Role is what a caller may do. Each role includes the ones below it.
+type Role string
+
+const (
+	Reader   Role = "reader"   // read everything
+	Operator Role = "operator" // also change the cloud: hosts, servers, patches, ...
+	Admin    Role = "admin"    // also manage users, others' tokens, webhooks
+)
+
+var roleRank = map[Role]int{Reader: 1, Operator: 2, Admin: 3}
+
+// Valid reports whether r is a known role.
+func (r Role) Valid() bool { _, ok := roleRank[r]; return ok }
+
+// Allows reports whether a caller with role r may do what needs role need.
+func (r Role) Allows(need Role) bool { return r.Valid() && roleRank[r] >= roleRank[need] }
+
+// ParseRole validates a role named in a request field.
+func ParseRole(field, s string) (Role, error) {
+	r := Role(s)
+	if !r.Valid() {
+		return "", errs.Field(field, "must be admin, operator or reader, not %q", s)
+	}
+	return r, nil
+}
+
+// Errors of this package; each wraps an errs kind.
+var (
+	ErrUserNotFound  = fmt.Errorf("auth: user %w", errs.NotFound)
+	ErrUserExists    = fmt.Errorf("auth: user already exists: %w", errs.Conflict)
+	ErrLastAdmin     = fmt.Errorf("auth: cannot remove the last admin: %w", errs.Conflict)
+	ErrTokenNotFound = fmt.Errorf("auth: token %w", errs.NotFound)
+	// ErrBadCredentials covers unknown users, wrong passwords and unknown,
+	// expired or revoked tokens alike, so a caller learns nothing from it.
+	ErrBadCredentials = fmt.Errorf("auth: invalid credentials: %w", errs.Unauthenticated)
+)
+
+// User is an account.
+type User struct {
+	Name      string    `json:"name"`
+	Role      Role      `json:"role"`
+	CreatedAt time.Time `json:"created_at"`
+}
+
+// Token describes an API token. The secret itself is shown once, at creation,
+// and never stored.
+type Token struct {
+	ID          string     `json:"id"`
+	User        string     `json:"user"`
+	Role        Role       `json:"role"` // the token's scope: at most its user's role
+	Description string     `json:"description"`
+	CreatedAt   time.Time  `json:"created_at"`
+	ExpiresAt   time.Time  `json:"expires_at"`
+	RevokedAt   *time.Time `json:"revoked_at"`
+}
+
+// Active reports whether the token can still be used at now.
+func (t Token) Active(now time.Time) bool { return t.RevokedAt == nil && now.Before(t.ExpiresAt) }
+
+// Principal is an authenticated caller.
+type Principal struct {
+	User    string
+	Role    Role
+	TokenID string
+}
+
+// Store keeps users and tokens. Implementations: authdb (gorm).
+type Store interface {
+	CreateUser(ctx context.Context, u User, passwordHash string) error // ErrUserExists
+	User(ctx context.Context, name string) (User, string, error)       // user and password hash; ErrUserNotFound
+	Users(ctx context.Context, opts rest.ListOptions) ([]User, string, error)
+	SetPassword(ctx context.Context, name, passwordHash string) error
+	// DeleteUser removes the user and revokes its tokens at now, in one
+	// transaction; it refuses to remove the last admin (ErrLastAdmin).
+	DeleteUser(ctx context.Context, name string, now time.Time) error
+	CountUsers(ctx context.Context) (int64, error)
+	CreateToken(ctx context.Context, t Token, secretHash string) error
+	// TokenByHash returns the token with its user's current role.
+	TokenByHash(ctx context.Context, secretHash string) (Token, Role, error)
+	Token(ctx context.Context, id string) (Token, error)
+	Tokens(ctx context.Context, user string, opts rest.ListOptions) ([]Token, string, error)
+	RevokeToken(ctx context.Context, id string, at time.Time) error
+}
+
+// Config configures a Service.
+type Config struct {
+	Store    Store        // required
+	Logger   *slog.Logger // required
+	LoginTTL time.Duration
+	MaxTTL   time.Duration
+	Now      func() time.Time
+}
+
+// Defaults.
+const (
+	DefaultLoginTTL = 12 * time.Hour
+	DefaultMaxTTL   = 365 * 24 * time.Hour
+	cacheTTL        = 5 * time.Second // a revocation elsewhere takes effect within this
+	cacheMax        = 10000
+	tokenPrefix     = "pt_"
+)
+
+// Service is the authentication and authorisation service of one daemon.
+type Service struct {
+	cfg     Config
+	mu      sync.Mutex
+	cache   map[string]cached // secret hash -> verified principal
+	limiter loginLimiter
+}
+
+type cached struct {
+	p       Principal
+	expires time.Time // the token's own expiry
+	checked time.Time
+}
+
+// New returns a Service.
+func New(cfg Config) (*Service, error) {
+	if cfg.Store == nil || cfg.Logger == nil {
+		return nil, errors.New("auth: Store and Logger are required")
+	}
+	if cfg.LoginTTL == 0 {
+		cfg.LoginTTL = DefaultLoginTTL
+	}
+	if cfg.MaxTTL == 0 {
+		cfg.MaxTTL = DefaultMaxTTL
+	}
+	if cfg.Now == nil {
+		cfg.Now = func() time.Time { return time.Now().UTC() }
+	}
+	return &Service{cfg: cfg, cache: map[string]cached{}, limiter: loginLimiter{fails: map[string]*failures{}}}, nil
+}
+
+var namePattern = regexp.MustCompile(`^[a-z][a-z0-9._-]{0,62}$`)
+
+// ValidateUserName checks a user name.
+func ValidateUserName(field, name string) error {
+	if !namePattern.MatchString(name) {
+		return errs.Field(field, "must be 1-63 characters: a lower-case letter, then lower-case letters, digits, '.', '_' or '-'")
+	}
+	return nil
+}
+
+// Password length limits.
+const (
+	MinPasswordLen = 12
+	MaxPasswordLen = 1024
+)
+
+func validatePassword(field, pw string) error {
+	if len(pw) < MinPasswordLen || len(pw) > MaxPasswordLen {
+		return errs.Field(field, "must be %d to %d characters", MinPasswordLen, MaxPasswordLen)
+	}
+	return nil
+}
+
+// CreateUser creates a user with a password.
+func (s *Service) CreateUser(ctx context.Context, name string, role Role, password string) (User, error) {
+	if err := ValidateUserName("name", name); err != nil {
+		return User{}, err
+	}
+	if !role.Valid() {
+		return User{}, errs.Field("role", "must be admin, operator or reader")
+	}
+	if err := validatePassword("password", password); err != nil {
+		return User{}, err
+	}
+	u := User{Name: name, Role: role, CreatedAt: s.cfg.Now()}
+	if err := s.cfg.Store.CreateUser(ctx, u, hashPassword(password)); err != nil {
+		return User{}, err
+	}
+	return u, nil
+}
+
+// SetPassword changes a user's password. Existing tokens stay valid.
+func (s *Service) SetPassword(ctx context.Context, name, password string) error {
+	if err := validatePassword("password", password); err != nil {
+		return err
+	}
+	return s.cfg.Store.SetPassword(ctx, name, hashPassword(password))
+}
+
+// DeleteUser removes a user and revokes its tokens.
+func (s *Service) DeleteUser(ctx context.Context, name string) error {
+	if err := s.cfg.Store.DeleteUser(ctx, name, s.cfg.Now()); err != nil {
+		return err
+	}
+	s.forget(func(p Principal) bool { return p.User == name })
+	return nil
+}
+
+// Login exchanges a user's password for a token that expires after the login TTL.
+func (s *Service) Login(ctx context.Context, name, password string) (string, Token, error) {
+	now := s.cfg.Now()
+	if err := s.limiter.allow(name, now); err != nil {
+		return "", Token{}, err
+	}
+	u, hash, err := s.cfg.Store.User(ctx, name)
+	if errors.Is(err, ErrUserNotFound) {
+		verifyPassword(dummyHash(), password) // same work as for a real user: no timing oracle
+		s.limiter.fail(name, now)
+		return "", Token{}, ErrBadCredentials
+	}
+	if err != nil {
+		return "", Token{}, err
+	}
+	if !verifyPassword(hash, password) {
+		s.limiter.fail(name, now)
+		return "", Token{}, ErrBadCredentials
+	}
+	s.limiter.succeed(name)
+	return s.issue(ctx, u.Name, u.Role, "login", s.cfg.LoginTTL)
+}
+
+// TokenRequest asks for a new API token.
+type TokenRequest struct {
+	User        string // "" for the caller; another user needs admin
+	Role        Role   // "" for the user's role; else at most the user's role
+	Description string
+	TTL         time.Duration // 0 for the login TTL
+}
+
+// CreateToken issues a token on behalf of caller.
+func (s *Service) CreateToken(ctx context.Context, caller Principal, req TokenRequest) (string, Token, error) {
+	if req.User == "" {
+		req.User = caller.User
+	}
+	if req.User != caller.User && !caller.Role.Allows(Admin) {
+		return "", Token{}, errs.Wrapf(errs.Forbidden, "only an admin may create tokens for another user")
+	}
+	if req.TTL == 0 {
+		req.TTL = s.cfg.LoginTTL
+	}
+	if req.TTL < time.Minute || req.TTL > s.cfg.MaxTTL {
+		return "", Token{}, errs.Field("ttl_s", "must be from 60 to %d seconds", int64(s.cfg.MaxTTL/time.Second))
+	}
+	if len(req.Description) > 200 {
+		return "", Token{}, errs.Field("description", "must be at most 200 characters")
+	}
+	u, _, err := s.cfg.Store.User(ctx, req.User)
+	if err != nil {
+		return "", Token{}, err
+	}
+	role := u.Role
+	if req.Role != "" {
+		if !req.Role.Valid() {
+			return "", Token{}, errs.Field("role", "must be admin, operator or reader")
+		}
+		if !u.Role.Allows(req.Role) {
+			return "", Token{}, errs.Field("role", "%s exceeds user %s's role %s", req.Role, u.Name, u.Role)
+		}
+		role = req.Role
+	}
+	// A caller cannot mint a token above their own role (an admin token scoped
+	// down to reader cannot create an admin token for itself).
+	if req.User == caller.User && !caller.Role.Allows(role) {
+		role = caller.Role
+	}
+	return s.issue(ctx, u.Name, role, req.Description, req.TTL)
+}
+
+func (s *Service) issue(ctx context.Context, user string, role Role, desc string, ttl time.Duration) (string, Token, error) {
+	var b [32]byte
+	if _, err := rand.Read(b[:]); err != nil {
+		return "", Token{}, fmt.Errorf("auth: no randomness: %w", err)
+	}
+	secret := tokenPrefix + base64.RawURLEncoding.EncodeToString(b[:])
+	now := s.cfg.Now()
+	id, err := uuid.NewV7()
+	if err != nil {
+		return "", Token{}, fmt.Errorf("auth: token id: %w", err)
+	}
+	t := Token{ID: id.String(), User: user, Role: role, Description: desc, CreatedAt: now, ExpiresAt: now.Add(ttl)}
+	if err := s.cfg.Store.CreateToken(ctx, t, hashSecret(secret)); err != nil {
+		return "", Token{}, err
+	}
+	return secret, t, nil
+}
+
+// Authenticate returns the principal a token secret stands for.
+func (s *Service) Authenticate(ctx context.Context, secret string) (Principal, error) {
+	if !strings.HasPrefix(secret, tokenPrefix) || len(secret) > 100 {
+		return Principal{}, ErrBadCredentials
+	}
+	h := hashSecret(secret)
+	now := s.cfg.Now()
+	s.mu.Lock()
+	c, ok := s.cache[h]
+	s.mu.Unlock()
+	if ok && now.Before(c.expires) && now.Sub(c.checked) < cacheTTL {
+		return c.p, nil
+	}
+	t, userRole, err := s.cfg.Store.TokenByHash(ctx, h)
+	if errors.Is(err, ErrTokenNotFound) {
+		return Principal{}, ErrBadCredentials
+	}
+	if err != nil {
+		return Principal{}, err
+	}
+	if !t.Active(now) {
+		return Principal{}, ErrBadCredentials
+	}
+	role := t.Role
+	if !userRole.Allows(role) { // the user was demoted since the token was made
+		role = userRole
+	}
+	p := Principal{User: t.User, Role: role, TokenID: t.ID}
+	s.mu.Lock()
+	if len(s.cache) >= cacheMax {
+		clear(s.cache)
+	}
+	s.cache[h] = cached{p: p, expires: t.ExpiresAt, checked: now}
+	s.mu.Unlock()
+	return p, nil
+}
+
+// Token returns a token's description; callers other than admins see only
+// their own tokens.
+func (s *Service) Token(ctx context.Context, caller Principal, id string) (Token, error) {
+	t, err := s.cfg.Store.Token(ctx, id)
+	if err != nil {
+		return Token{}, err
+	}
+	if t.User != caller.User && !caller.Role.Allows(Admin) {
+		return Token{}, ErrTokenNotFound // do not reveal others' token IDs
+	}
+	return t, nil
+}
+
+// Revoke revokes a token. Revoking a revoked token is a no-op.
+func (s *Service) Revoke(ctx context.Context, caller Principal, id string) error {
+	t, err := s.Token(ctx, caller, id)
+	if err != nil {
+		return err
+	}
+	if t.RevokedAt == nil {
+		if err := s.cfg.Store.RevokeToken(ctx, id, s.cfg.Now()); err != nil {
+			return err
+		}
+	}
+	s.forget(func(p Principal) bool { return p.TokenID == id })
+	return nil
+}
+
+func (s *Service) forget(match func(Principal) bool) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	for h, c := range s.cache {
+		if match(c.p) {
+			delete(s.cache, h)
+		}
+	}
+}
+
+func hashSecret(secret string) string {
+	sum := sha256.Sum256([]byte(secret))
+	return hex.EncodeToString(sum[:])
+}
+
+type principalKey struct{}
+
+// WithPrincipal returns ctx carrying p.
+func WithPrincipal(ctx context.Context, p Principal) context.Context {
+	return context.WithValue(ctx, principalKey{}, p)
+}
+
+// PrincipalFrom returns the caller stored by a guard.
+func PrincipalFrom(ctx context.Context) (Principal, bool) {
+	p, ok := ctx.Value(principalKey{}).(Principal)
+	return p, ok
+}
+
+// loginLimiter slows password guessing: after maxFails failures for a user
+// name within failWindow, further attempts are refused until lockout passes.
+type loginLimiter struct {
+	mu    sync.Mutex
+	fails map[string]*failures
+}
+
+type failures struct {
+	n     int
+	first time.Time
+	until time.Time
+}
+
+const (
+	maxFails   = 5
+	failWindow = time.Minute
+	lockout    = 30 * time.Second
+)
+
+func (l *loginLimiter) allow(name string, now time.Time) error {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	if f := l.fails[name]; f != nil && now.Before(f.until) {
+		return errs.Wrapf(errs.RateLimited, "too many failed logins for %q; retry after %s", name, f.until.Format(time.RFC3339))
+	}
+	return nil
+}
+
+func (l *loginLimiter) fail(name string, now time.Time) {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	if len(l.fails) > 100000 {
+		clear(l.fails)
+	}
+	f := l.fails[name]
+	if f == nil || now.Sub(f.first) > failWindow {
+		f = &failures{first: now}
+		l.fails[name] = f
+	}
+	f.n++
+	if f.n >= maxFails {
+		f.until = now.Add(lockout)
+		f.n, f.first = 0, now
+	}
+}
+
+func (l *loginLimiter) succeed(name string) {
+	l.mu.Lock()
+	delete(l.fails, name)
+	l.mu.Unlock()
+}

@@ -1,0 +1,205 @@
+// Package authdb keeps users and tokens in a SQL store (SQLite or
+// PostgreSQL through gorm). Its gorm models never leave the package.
+package authdb
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"time"
+
+	"gorm.io/gorm"
+
+	"github.com/petrel-edge/petrel/auth"
+	"github.com/petrel-edge/petrel/internal/rest"
+	"github.com/petrel-edge/petrel/internal/sqldb"
+)
+
+type userRow struct {
+	Name         string `gorm:"primaryKey;size:63"`
+	Role         string `gorm:"size:16;not null;index"`
+	PasswordHash string `gorm:"not null"`
+	CreatedAt    time.Time
+}
+
+func (userRow) TableName() string { return "auth_users" }
+
+type tokenRow struct {
+	ID          string `gorm:"primaryKey;size:36"`
+	SecretHash  string `gorm:"uniqueIndex;size:64;not null"`
+	UserName    string `gorm:"index;size:63;not null"`
+	Role        string `gorm:"size:16;not null"`
+	Description string `gorm:"size:200"`
+	CreatedAt   time.Time
+	ExpiresAt   time.Time `gorm:"index"`
+	RevokedAt   *time.Time
+}
+
+func (tokenRow) TableName() string { return "auth_tokens" }
+
+// Store implements auth.Store.
+type Store struct{ db *sqldb.DB }
+
+var _ auth.Store = (*Store)(nil)
+
+// Open migrates the schema and returns the store.
+func Open(ctx context.Context, db *sqldb.DB) (*Store, error) {
+	if err := db.WithContext(ctx).AutoMigrate(&userRow{}, &tokenRow{}); err != nil {
+		return nil, fmt.Errorf("authdb: migrate: %w", err)
+	}
+	return &Store{db: db}, nil
+}
+
+func toUser(r userRow) auth.User {
+	return auth.User{Name: r.Name, Role: auth.Role(r.Role), CreatedAt: r.CreatedAt.UTC()}
+}
+
+func toToken(r tokenRow) auth.Token {
+	t := auth.Token{ID: r.ID, User: r.UserName, Role: auth.Role(r.Role), Description: r.Description,
+		CreatedAt: r.CreatedAt.UTC(), ExpiresAt: r.ExpiresAt.UTC()}
+	if r.RevokedAt != nil {
+		at := r.RevokedAt.UTC()
+		t.RevokedAt = &at
+	}
+	return t
+}
+
+func (s *Store) CreateUser(ctx context.Context, u auth.User, hash string) error {
+	err := s.db.WithContext(ctx).Create(&userRow{Name: u.Name, Role: string(u.Role), PasswordHash: hash, CreatedAt: u.CreatedAt}).Error
+	if err != nil && sqldb.IsUniqueViolation(err) {
+		return fmt.Errorf("%q: %w", u.Name, auth.ErrUserExists)
+	}
+	return err
+}
+
+func (s *Store) User(ctx context.Context, name string) (auth.User, string, error) {
+	var r userRow
+	err := s.db.WithContext(ctx).Where("name = ?", name).Take(&r).Error
+	if errors.Is(err, gorm.ErrRecordNotFound) {
+		return auth.User{}, "", fmt.Errorf("%q: %w", name, auth.ErrUserNotFound)
+	}
+	if err != nil {
+		return auth.User{}, "", err
+	}
+	return toUser(r), r.PasswordHash, nil
+}
+
+func (s *Store) Users(ctx context.Context, opts rest.ListOptions) ([]auth.User, string, error) {
+	q := s.db.WithContext(ctx).Model(&userRow{})
+	if role, ok := opts.Filters["role"]; ok {
+		q = q.Where("role = ?", role)
+	}
+	var rows []userRow
+	if err := sqldb.Page(q, "name", opts.After, opts.Limit).Find(&rows).Error; err != nil {
+		return nil, "", err
+	}
+	rows, next := sqldb.Trim(rows, opts.Limit, func(r userRow) string { return r.Name })
+	out := make([]auth.User, len(rows))
+	for i, r := range rows {
+		out[i] = toUser(r)
+	}
+	return out, next, nil
+}
+
+func (s *Store) SetPassword(ctx context.Context, name, hash string) error {
+	res := s.db.WithContext(ctx).Model(&userRow{}).Where("name = ?", name).Update("password_hash", hash)
+	if res.Error != nil {
+		return res.Error
+	}
+	if res.RowsAffected == 0 {
+		return fmt.Errorf("%q: %w", name, auth.ErrUserNotFound)
+	}
+	return nil
+}
+
+func (s *Store) DeleteUser(ctx context.Context, name string, now time.Time) error {
+	return s.db.WithContext(ctx).Transaction(func(tx *gorm.DB) error {
+		var r userRow
+		err := tx.Where("name = ?", name).Take(&r).Error
+		if errors.Is(err, gorm.ErrRecordNotFound) {
+			return fmt.Errorf("%q: %w", name, auth.ErrUserNotFound)
+		}
+		if err != nil {
+			return err
+		}
+		if auth.Role(r.Role) == auth.Admin {
+			var admins int64
+			if err := tx.Model(&userRow{}).Where("role = ?", string(auth.Admin)).Count(&admins).Error; err != nil {
+				return err
+			}
+			if admins <= 1 {
+				return auth.ErrLastAdmin
+			}
+		}
+		if err := tx.Model(&tokenRow{}).Where("user_name = ? AND revoked_at IS NULL", name).
+			Update("revoked_at", now).Error; err != nil {
+			return err
+		}
+		return tx.Delete(&userRow{}, "name = ?", name).Error
+	})
+}
+
+func (s *Store) CountUsers(ctx context.Context) (int64, error) {
+	var n int64
+	err := s.db.WithContext(ctx).Model(&userRow{}).Count(&n).Error
+	return n, err
+}
+
+func (s *Store) CreateToken(ctx context.Context, t auth.Token, hash string) error {
+	return s.db.WithContext(ctx).Create(&tokenRow{ID: t.ID, SecretHash: hash, UserName: t.User, Role: string(t.Role),
+		Description: t.Description, CreatedAt: t.CreatedAt, ExpiresAt: t.ExpiresAt}).Error
+}
+
+func (s *Store) TokenByHash(ctx context.Context, hash string) (auth.Token, auth.Role, error) {
+	var r tokenRow
+	err := s.db.WithContext(ctx).Where("secret_hash = ?", hash).Take(&r).Error
+	if errors.Is(err, gorm.ErrRecordNotFound) {
+		return auth.Token{}, "", auth.ErrTokenNotFound
+	}
+	if err != nil {
+		return auth.Token{}, "", err
+	}
+	var u userRow
+	err = s.db.WithContext(ctx).Where("name = ?", r.UserName).Take(&u).Error
+	if errors.Is(err, gorm.ErrRecordNotFound) {
+		return auth.Token{}, "", auth.ErrTokenNotFound // user deleted
+	}
+	if err != nil {
+		return auth.Token{}, "", err
+	}
+	return toToken(r), auth.Role(u.Role), nil
+}
+
+func (s *Store) Token(ctx context.Context, id string) (auth.Token, error) {
+	var r tokenRow
+	err := s.db.WithContext(ctx).Where("id = ?", id).Take(&r).Error
+	if errors.Is(err, gorm.ErrRecordNotFound) {
+		return auth.Token{}, fmt.Errorf("%q: %w", id, auth.ErrTokenNotFound)
+	}
+	if err != nil {
+		return auth.Token{}, err
+	}
+	return toToken(r), nil
+}
+
+func (s *Store) Tokens(ctx context.Context, user string, opts rest.ListOptions) ([]auth.Token, string, error) {
+	q := s.db.WithContext(ctx).Model(&tokenRow{})
+	if user != "" {
+		q = q.Where("user_name = ?", user)
+	}
+	var rows []tokenRow
+	if err := sqldb.Page(q, "id", opts.After, opts.Limit).Find(&rows).Error; err != nil {
+		return nil, "", err
+	}
+	rows, next := sqldb.Trim(rows, opts.Limit, func(r tokenRow) string { return r.ID })
+	out := make([]auth.Token, len(rows))
+	for i, r := range rows {
+		out[i] = toToken(r)
+	}
+	return out, next, nil
+}
+
+func (s *Store) RevokeToken(ctx context.Context, id string, at time.Time) error {
+	res := s.db.WithContext(ctx).Model(&tokenRow{}).Where("id = ? AND revoked_at IS NULL", id).Update("revoked_at", at)
+	return res.Error
+}

@@ -1,0 +1,78 @@
+// Package faultdb keeps fault-management records (the event history) in a
+// SQL store through gorm. Its gorm models never leave the package.
+package faultdb
+
+import (
+	"context"
+	"fmt"
+	"time"
+
+	"github.com/petrel-edge/petrel/faultmgr"
+	"github.com/petrel-edge/petrel/internal/rest"
+	"github.com/petrel-edge/petrel/internal/sqldb"
+)
+
+type eventRow struct {
+	UUID             string `gorm:"primaryKey;size:36"` // UUIDv7: ordered by time
+	Type             string `gorm:"size:8;not null;index"`
+	AlarmID          string `gorm:"size:16;index"`
+	EntityInstanceID string `gorm:"size:255"`
+	Severity         string `gorm:"size:16"`
+	ReasonText       string
+	UserName         string `gorm:"size:63"`
+	Role             string `gorm:"size:16"`
+	Action           string `gorm:"size:64"`
+	Target           string
+	Result           string `gorm:"size:64"`
+	RequestID        string `gorm:"size:64"`
+	Timestamp        time.Time
+	Site             string `gorm:"size:63"`
+}
+
+func (eventRow) TableName() string { return "fm_events" }
+
+// Store implements faultmgr.EventStore.
+type Store struct{ db *sqldb.DB }
+
+var _ faultmgr.EventStore = (*Store)(nil)
+
+// Open migrates the schema and returns the store.
+func Open(ctx context.Context, db *sqldb.DB) (*Store, error) {
+	if err := db.WithContext(ctx).AutoMigrate(&eventRow{}); err != nil {
+		return nil, fmt.Errorf("faultdb: migrate: %w", err)
+	}
+	return &Store{db: db}, nil
+}
+
+func (s *Store) AppendEvent(ctx context.Context, e faultmgr.Event) error {
+	return s.db.WithContext(ctx).Create(&eventRow{
+		UUID: e.UUID, Type: string(e.Type), AlarmID: e.AlarmID, EntityInstanceID: e.EntityInstanceID,
+		Severity: e.Severity, ReasonText: e.ReasonText, UserName: e.User, Role: e.Role, Action: e.Action,
+		Target: e.Target, Result: e.Result, RequestID: e.RequestID, Timestamp: e.Timestamp, Site: e.Site,
+	}).Error
+}
+
+func (s *Store) Events(ctx context.Context, opts rest.ListOptions) ([]faultmgr.Event, string, error) {
+	q := s.db.WithContext(ctx).Model(&eventRow{})
+	for field, col := range map[string]string{"type": "type", "alarm_id": "alarm_id", "entity_instance_id": "entity_instance_id", "user": "user_name"} {
+		if v, ok := opts.Filters[field]; ok {
+			q = q.Where(col+" = ?", v)
+		}
+	}
+	if opts.After != "" {
+		q = q.Where("uuid < ?", opts.After) // newest first
+	}
+	var rows []eventRow
+	if err := q.Order("uuid DESC").Limit(opts.Limit + 1).Find(&rows).Error; err != nil {
+		return nil, "", err
+	}
+	rows, next := sqldb.Trim(rows, opts.Limit, func(r eventRow) string { return r.UUID })
+	out := make([]faultmgr.Event, len(rows))
+	for i, r := range rows {
+		out[i] = faultmgr.Event{UUID: r.UUID, Type: faultmgr.EventType(r.Type), AlarmID: r.AlarmID,
+			EntityInstanceID: r.EntityInstanceID, Severity: r.Severity, ReasonText: r.ReasonText, User: r.UserName,
+			Role: r.Role, Action: r.Action, Target: r.Target, Result: r.Result, RequestID: r.RequestID,
+			Timestamp: r.Timestamp.UTC(), Site: r.Site}
+	}
+	return out, next, nil
+}

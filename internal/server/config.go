@@ -1,0 +1,80 @@
+package server
+
+import (
+	"fmt"
+	"io"
+	"log/slog"
+	"os"
+	"strings"
+	"time"
+
+	"sigs.k8s.io/yaml"
+
+	"github.com/petrel-edge/petrel/auth"
+)
+
+// FileConfig is the part of a daemon's configuration file every daemon shares.
+type FileConfig struct {
+	Listen               string    `json:"listen"`
+	DataDir              string    `json:"data_dir"`
+	Database             string    `json:"database"`               // DSN; empty: SQLite in data_dir
+	DatabasePasswordFile string    `json:"database_password_file"` // 0600 file; never put a password in the DSN
+	TLS                  TLSConfig `json:"tls"`
+	LogLevel             string    `json:"log_level"` // debug | info | warn | error
+	TokenTTL             string    `json:"token_ttl"` // Go duration, e.g. 12h
+}
+
+// LoadConfig reads a YAML configuration file strictly: an unknown key is an
+// error naming it, so a typo never silently falls back to a default.
+func LoadConfig(path string, v any) error {
+	b, err := os.ReadFile(path)
+	if err != nil {
+		return fmt.Errorf("config: %w", err)
+	}
+	if err := yaml.UnmarshalStrict(b, v); err != nil {
+		return fmt.Errorf("config %s: %w", path, err)
+	}
+	return nil
+}
+
+// ShellConfig turns the shared file settings into a Config.
+func (fc FileConfig) ShellConfig(daemon, site string, logger *slog.Logger) (Config, error) {
+	if fc.Listen == "" {
+		return Config{}, fmt.Errorf("config: listen is required (host:port)")
+	}
+	if fc.DataDir == "" {
+		return Config{}, fmt.Errorf("config: data_dir is required")
+	}
+	cfg := Config{Daemon: daemon, Site: site, Listen: fc.Listen, DataDir: fc.DataDir, Database: fc.Database,
+		TLS: fc.TLS, Logger: logger}
+	if fc.TokenTTL != "" {
+		d, err := time.ParseDuration(fc.TokenTTL)
+		if err != nil || d < time.Minute {
+			return Config{}, fmt.Errorf("config: token_ttl %q: want a duration of at least 1m", fc.TokenTTL)
+		}
+		cfg.TokenTTL = d
+	}
+	if fc.DatabasePasswordFile != "" {
+		if fc.Database == "" || !strings.Contains(fc.Database, "host=") {
+			return Config{}, fmt.Errorf("config: database_password_file needs a key=value PostgreSQL DSN in database")
+		}
+		pw, err := auth.ReadSecretFile(fc.DatabasePasswordFile)
+		if err != nil {
+			return Config{}, fmt.Errorf("config: database_password_file: %w", err)
+		}
+		cfg.Database = fc.Database + " password='" + strings.ReplaceAll(pw, "'", `\'`) + "'"
+	}
+	return cfg, nil
+}
+
+// NewLogger returns a JSON logger at the named level.
+func NewLogger(w io.Writer, level string) (*slog.Logger, error) {
+	var l slog.Level
+	if level == "" {
+		level = "info"
+	}
+	if err := l.UnmarshalText([]byte(level)); err != nil {
+		return nil, fmt.Errorf("config: log_level %q: want debug, info, warn or error", level)
+	}
+	return slog.New(slog.NewJSONHandler(w, &slog.HandlerOptions{Level: l})), nil
+}

@@ -1,0 +1,302 @@
+// Package server is the shell every Petrel API daemon (central, subcloud)
+// is built in: it opens the SQL store, migrates the shared schemas, creates
+// the bootstrap admin, prepares TLS from the internal CA, and serves the REST
+// routes common to all daemons — health, readiness, metrics, version, the
+// OpenAPI document, login, users and tokens — with an audit event for every
+// mutating call. Daemons add their own routes before Run.
+package server
+
+import (
+	"context"
+	"crypto/tls"
+	"errors"
+	"fmt"
+	"log/slog"
+	"net"
+	"net/http"
+	"os"
+	"path/filepath"
+	"sync/atomic"
+	"time"
+
+	"github.com/google/uuid"
+	"github.com/prometheus/client_golang/prometheus"
+	"github.com/prometheus/client_golang/prometheus/collectors"
+	"github.com/prometheus/client_golang/prometheus/promhttp"
+
+	"github.com/petrel-edge/petrel/auth"
+	"github.com/petrel-edge/petrel/auth/authdb"
+	"github.com/petrel-edge/petrel/faultmgr"
+	"github.com/petrel-edge/petrel/faultmgr/faultdb"
+	"github.com/petrel-edge/petrel/internal/errs"
+	"github.com/petrel-edge/petrel/internal/pki"
+	"github.com/petrel-edge/petrel/internal/rest"
+	"github.com/petrel-edge/petrel/internal/sqldb"
+	"github.com/petrel-edge/petrel/internal/version"
+)
+
+// Config configures a daemon shell.
+type Config struct {
+	Daemon   string       // "central" or "subcloud": reported by /v1/version
+	Site     string       // the site a subcloud serves; "" at central
+	Listen   string       // host:port; port 0 picks a free one
+	DataDir  string       // required: store, CA, bootstrap password live here
+	Database string       // SQL DSN; "" keeps SQLite at DataDir/petrel.db
+	TLS      TLSConfig    // zero: a server certificate from the CA in DataDir/pki
+	TokenTTL time.Duration // login token lifetime; 0 = 12 h
+	Logger   *slog.Logger // required
+	// OpenAPI holds the daemon's own OpenAPI fragment (paths and schemas),
+	// merged with the shared one and served at /v1/openapi.yaml.
+	OpenAPI []byte
+}
+
+// TLSConfig names the server's certificate, or the CA to issue one from.
+type TLSConfig struct {
+	CertFile string `json:"cert_file"`
+	KeyFile  string `json:"key_file"`
+	CADir    string `json:"ca_dir"` // used when CertFile is empty; default DataDir/pki
+}
+
+// Server is a daemon shell with its collaborators exposed for the daemon.
+type Server struct {
+	cfg      Config
+	DB       *sqldb.DB
+	Auth     *auth.Service
+	Events   faultmgr.EventStore
+	REST     *rest.Server
+	Registry *prometheus.Registry
+	CACert   string // file clients trust
+	spec     []byte
+
+	ln     net.Listener
+	http   *http.Server
+	ready  chan struct{}
+	closed atomic.Bool
+}
+
+// File names in the data directory.
+const (
+	AdminPasswordFile = "admin.password"
+	DatabaseFile      = "petrel.db"
+)
+
+// New builds the shell: opens and migrates the store, bootstraps the admin,
+// prepares TLS and binds the listener. It starts no goroutines; on failure it
+// releases whatever it acquired.
+func New(ctx context.Context, cfg Config) (_ *Server, err error) {
+	if cfg.Logger == nil || cfg.DataDir == "" || cfg.Listen == "" {
+		return nil, errors.New("server: Logger, DataDir and Listen are required")
+	}
+	if err := os.MkdirAll(cfg.DataDir, 0o700); err != nil {
+		return nil, fmt.Errorf("server: data dir: %w", err)
+	}
+	s := &Server{cfg: cfg, Registry: prometheus.NewRegistry(), ready: make(chan struct{})}
+	defer func() {
+		if err != nil {
+			s.Close()
+		}
+	}()
+	s.Registry.MustRegister(collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
+
+	dsn := cfg.Database
+	if dsn == "" {
+		dsn = filepath.Join(cfg.DataDir, DatabaseFile)
+	}
+	if s.DB, err = sqldb.Open(ctx, dsn); err != nil {
+		return nil, err
+	}
+	authStore, err := authdb.Open(ctx, s.DB)
+	if err != nil {
+		return nil, err
+	}
+	if s.Events, err = faultdb.Open(ctx, s.DB); err != nil {
+		return nil, err
+	}
+	if s.Auth, err = auth.New(auth.Config{Store: authStore, Logger: cfg.Logger, LoginTTL: cfg.TokenTTL}); err != nil {
+		return nil, err
+	}
+	if _, err := s.Auth.Bootstrap(ctx, filepath.Join(cfg.DataDir, AdminPasswordFile)); err != nil {
+		return nil, fmt.Errorf("server: bootstrap admin: %w", err)
+	}
+	if s.spec, err = MergeOpenAPI(cfg.OpenAPI); err != nil {
+		return nil, err
+	}
+	if s.REST, err = rest.New(rest.Config{Logger: cfg.Logger, Registry: s.Registry, Audit: s.audit}); err != nil {
+		return nil, err
+	}
+	s.registerCommon()
+
+	tlsCfg, err := s.tlsConfig()
+	if err != nil {
+		return nil, err
+	}
+	ln, err := net.Listen("tcp", cfg.Listen)
+	if err != nil {
+		return nil, fmt.Errorf("server: listen: %w", err)
+	}
+	s.ln = tls.NewListener(ln, tlsCfg)
+	s.http = &http.Server{
+		Handler:           s.REST,
+		ReadHeaderTimeout: 10 * time.Second,
+		IdleTimeout:       2 * time.Minute,
+		ErrorLog:          slog.NewLogLogger(cfg.Logger.Handler(), slog.LevelDebug),
+	}
+	return s, nil
+}
+
+// tlsConfig loads the configured certificate or issues a fresh one from the
+// internal CA for the listen address, localhost and 127.0.0.1.
+func (s *Server) tlsConfig() (*tls.Config, error) {
+	t := s.cfg.TLS
+	if t.CertFile != "" {
+		if t.CADir != "" {
+			s.CACert = filepath.Join(t.CADir, pki.CACertFile)
+		}
+		return pki.ServerTLS(t.CertFile, t.KeyFile)
+	}
+	caDir := t.CADir
+	if caDir == "" {
+		caDir = filepath.Join(s.cfg.DataDir, "pki")
+	}
+	ca, err := pki.LoadOrCreateCA(caDir, "Petrel CA")
+	if err != nil {
+		return nil, err
+	}
+	s.CACert = filepath.Join(caDir, pki.CACertFile)
+	host, _, err := net.SplitHostPort(s.cfg.Listen)
+	if err != nil {
+		return nil, fmt.Errorf("server: listen address %q: %w", s.cfg.Listen, err)
+	}
+	dns := []string{"localhost"}
+	ips := []net.IP{net.IPv4(127, 0, 0, 1), net.IPv6loopback}
+	if ip := net.ParseIP(host); ip != nil {
+		ips = append(ips, ip)
+	} else if host != "" {
+		dns = append(dns, host)
+	}
+	issued, err := ca.IssueServer(s.cfg.Daemon, dns, ips, 90*24*time.Hour)
+	if err != nil {
+		return nil, err
+	}
+	dir := filepath.Join(s.cfg.DataDir, "tls")
+	if err := os.MkdirAll(dir, 0o700); err != nil {
+		return nil, err
+	}
+	certFile, keyFile := filepath.Join(dir, "server.crt"), filepath.Join(dir, "server.key")
+	if err := issued.Write(certFile, keyFile); err != nil {
+		return nil, err
+	}
+	return pki.ServerTLS(certFile, keyFile)
+}
+
+// Addr is the bound listen address.
+func (s *Server) Addr() net.Addr { return s.ln.Addr() }
+
+// URL is the base URL clients use.
+func (s *Server) URL() string { return "https://" + s.ln.Addr().String() }
+
+// Ready is closed once the server is serving.
+func (s *Server) Ready() <-chan struct{} { return s.ready }
+
+// Run serves until ctx ends, then shuts down gracefully (in-flight calls get
+// up to 10 s) and closes the store.
+func (s *Server) Run(ctx context.Context) error {
+	errc := make(chan error, 1)
+	go func() { errc <- s.http.Serve(s.ln) }()
+	close(s.ready)
+	s.cfg.Logger.Info("serving", "daemon", s.cfg.Daemon, "url", s.URL(), "ca_cert", s.CACert)
+	var err error
+	select {
+	case err = <-errc:
+	case <-ctx.Done():
+		sctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+		err = s.http.Shutdown(sctx)
+		cancel()
+		<-errc
+	}
+	s.Close()
+	if errors.Is(err, http.ErrServerClosed) {
+		err = nil
+	}
+	return err
+}
+
+// Close releases the listener and the store. It is safe to call twice.
+func (s *Server) Close() {
+	if !s.closed.CompareAndSwap(false, true) {
+		return
+	}
+	if s.ln != nil {
+		s.ln.Close()
+	}
+	if s.DB != nil {
+		s.DB.Close()
+	}
+}
+
+func (s *Server) registerCommon() {
+	s.REST.HandlePublic("healthz", http.MethodGet, "/healthz", func(*http.Request) (int, any, error) {
+		return http.StatusOK, map[string]string{"status": "ok"}, nil
+	})
+	s.REST.HandlePublic("readyz", http.MethodGet, "/readyz", s.readyz)
+	s.REST.HandlePublicHTTP("metrics", http.MethodGet, "/metrics",
+		promhttp.HandlerFor(s.Registry, promhttp.HandlerOpts{Registry: s.Registry}))
+	s.REST.Handle("getOpenAPI", http.MethodGet, "/v1/openapi.yaml", s.Auth.Require(auth.Reader), func(*http.Request) (int, any, error) {
+		return http.StatusOK, rest.Raw{ContentType: "application/yaml", Body: s.spec}, nil
+	})
+	s.REST.Handle("getVersion", http.MethodGet, "/v1/version", s.Auth.Require(auth.Reader), func(*http.Request) (int, any, error) {
+		return http.StatusOK, VersionInfo{Info: version.Get(), Daemon: s.cfg.Daemon, Site: s.cfg.Site}, nil
+	})
+	s.Auth.Register(s.REST)
+}
+
+// VersionInfo is the body of GET /v1/version.
+type VersionInfo struct {
+	version.Info
+	Daemon string `json:"daemon"`
+	Site   string `json:"site,omitempty"`
+}
+
+func (s *Server) readyz(r *http.Request) (int, any, error) {
+	select {
+	case <-s.ready:
+	default:
+		return 0, nil, errs.Wrapf(errs.Unavailable, "starting")
+	}
+	ctx, cancel := context.WithTimeout(r.Context(), 2*time.Second)
+	defer cancel()
+	if err := s.DB.Ping(ctx); err != nil {
+		return 0, nil, errs.Wrapf(errs.Unavailable, "store unavailable")
+	}
+	return http.StatusOK, map[string]string{"status": "ready"}, nil
+}
+
+// audit records a mutating call as an audit event.
+func (s *Server) audit(r *http.Request, rt rest.Route, status int, err error) {
+	user, role := rest.Annotation(r.Context(), "user"), rest.Annotation(r.Context(), "role")
+	if p, ok := auth.PrincipalFrom(r.Context()); ok {
+		user, role = p.User, string(p.Role)
+	}
+	result := "ok"
+	if err != nil {
+		_, result = rest.Classify(err)
+	}
+	id, _ := uuid.NewV7()
+	ev := faultmgr.Event{
+		UUID: id.String(), Type: faultmgr.EventAudit, User: user, Role: role, Action: rt.Op,
+		Target: r.Method + " " + r.URL.Path, Result: result, RequestID: rest.RequestID(r.Context()),
+		Timestamp: time.Now().UTC(), Site: s.cfg.Site,
+		ReasonText: fmt.Sprintf("%s %s by %s: %d", r.Method, r.URL.Path, orDash(user), status),
+	}
+	// The call has happened; a lost audit record must at least be loud.
+	if aerr := s.Events.AppendEvent(context.WithoutCancel(r.Context()), ev); aerr != nil {
+		s.cfg.Logger.Error("audit event not stored", "action", rt.Op, "user", user, "request_id", ev.RequestID, "err", aerr)
+	}
+}
+
+func orDash(s string) string {
+	if s == "" {
+		return "-"
+	}
+	return s
+}

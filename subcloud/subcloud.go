@@ -1,0 +1,105 @@
+// Package subcloud is a site's controller: the daemon `petrel subcloud`
+// that owns a site's inventory and serves its API. Host discovery, fault
+// management, host management, compute and patching plug into it.
+package subcloud
+
+import (
+	"context"
+	_ "embed"
+	"errors"
+	"fmt"
+	"net/http"
+
+	"github.com/petrel-edge/petrel/auth"
+	"github.com/petrel-edge/petrel/internal/rest"
+	"github.com/petrel-edge/petrel/internal/server"
+	"github.com/petrel-edge/petrel/inventory"
+	"github.com/petrel-edge/petrel/inventory/inventorydb"
+)
+
+//go:embed openapi.yaml
+var openapiFragment []byte
+
+// FileConfig is the configuration file of `petrel subcloud`.
+type FileConfig struct {
+	Site  string `json:"site"`
+	Shape string `json:"shape"`
+	server.FileConfig
+}
+
+// Config configures a site controller.
+type Config struct {
+	Site  string          // required: the site's name
+	Shape inventory.Shape // required
+	Shell server.Config   // Daemon, Site and OpenAPI are filled in by New
+}
+
+// Subcloud is a running site controller.
+type Subcloud struct {
+	cfg   Config
+	shell *server.Server
+	Hosts inventory.Store
+}
+
+// ConfigFromFile validates a configuration file's contents.
+func ConfigFromFile(fc FileConfig, shell server.Config) (Config, error) {
+	if err := inventory.ValidateSiteName("site", fc.Site); err != nil {
+		return Config{}, fmt.Errorf("config: %w", err)
+	}
+	shape := inventory.Shape(fc.Shape)
+	if !shape.Valid() {
+		return Config{}, fmt.Errorf("config: shape %q: want simplex, duplex or multi-server", fc.Shape)
+	}
+	return Config{Site: fc.Site, Shape: shape, Shell: shell}, nil
+}
+
+// New builds the site controller; it starts nothing.
+func New(ctx context.Context, cfg Config) (*Subcloud, error) {
+	if cfg.Site == "" || !cfg.Shape.Valid() {
+		return nil, errors.New("subcloud: Site and a valid Shape are required")
+	}
+	cfg.Shell.Daemon, cfg.Shell.Site, cfg.Shell.OpenAPI = "subcloud", cfg.Site, openapiFragment
+	shell, err := server.New(ctx, cfg.Shell)
+	if err != nil {
+		return nil, err
+	}
+	hosts, err := inventorydb.Open(ctx, shell.DB)
+	if err != nil {
+		shell.Close()
+		return nil, err
+	}
+	s := &Subcloud{cfg: cfg, shell: shell, Hosts: hosts}
+	s.register(shell.REST, shell.Auth)
+	return s, nil
+}
+
+// Run serves until ctx ends.
+func (s *Subcloud) Run(ctx context.Context) error { return s.shell.Run(ctx) }
+
+// Shell exposes the daemon shell (URL, readiness, routes) to tests and tools.
+func (s *Subcloud) Shell() *server.Server { return s.shell }
+
+func (s *Subcloud) register(srv *rest.Server, a *auth.Service) {
+	srv.Handle("listHosts", http.MethodGet, "/v1/hosts", a.Require(auth.Reader), s.listHosts)
+	srv.Handle("getHost", http.MethodGet, "/v1/hosts/{id}", a.Require(auth.Reader), s.getHost)
+}
+
+func (s *Subcloud) listHosts(r *http.Request) (int, any, error) {
+	opts, err := rest.ParseList(r, inventory.HostFilters...)
+	if err != nil {
+		return 0, nil, err
+	}
+	hosts, next, err := s.Hosts.Hosts(r.Context(), opts)
+	if err != nil {
+		return 0, nil, err
+	}
+	return http.StatusOK, rest.List[inventory.Host]{Items: hosts, NextPageToken: rest.EncodePageToken(next)}, nil
+}
+
+func (s *Subcloud) getHost(r *http.Request) (int, any, error) {
+	h, err := s.Hosts.Host(r.Context(), rest.Var(r, "id"))
+	if err != nil {
+		return 0, nil, err
+	}
+	return http.StatusOK, h, nil
+}

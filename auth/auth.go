@@ -52,13 +52,13 @@ func ParseRole(field, s string) (Role, error) {
 
 // Errors of this package; each wraps an errs kind.
 var (
-	ErrUserNotFound  = fmt.Errorf("auth: user %w", errs.NotFound)
-	ErrUserExists    = fmt.Errorf("auth: user already exists: %w", errs.Conflict)
-	ErrLastAdmin     = fmt.Errorf("auth: cannot remove the last admin: %w", errs.Conflict)
-	ErrTokenNotFound = fmt.Errorf("auth: token %w", errs.NotFound)
+	ErrUserNotFound  = errs.New(errs.NotFound, "user not found")
+	ErrUserExists    = errs.New(errs.Conflict, "user already exists")
+	ErrLastAdmin     = errs.New(errs.Conflict, "cannot delete the last admin")
+	ErrTokenNotFound = errs.New(errs.NotFound, "token not found")
 	// ErrBadCredentials covers unknown users, wrong passwords and unknown,
 	// expired or revoked tokens alike, so a caller learns nothing from it.
-	ErrBadCredentials = fmt.Errorf("auth: invalid credentials: %w", errs.Unauthenticated)
+	ErrBadCredentials = errs.New(errs.Unauthenticated, "invalid credentials")
 )
 
 // User is an account.

@@ -52,7 +52,7 @@ func (s *sqlStore) Subcloud(ctx context.Context, name string) (Subcloud, error) 
 	var r subcloudRow
 	err := s.db.WithContext(ctx).Where("name = ?", name).Take(&r).Error
 	if errors.Is(err, gorm.ErrRecordNotFound) {
-		return Subcloud{}, fmt.Errorf("%q: %w", name, ErrSubcloudNotFound)
+		return Subcloud{}, fmt.Errorf("%w: %s", ErrSubcloudNotFound, name)
 	}
 	if err != nil {
 		return Subcloud{}, err
@@ -95,7 +95,7 @@ func (s *sqlStore) CreateSubcloud(ctx context.Context, sc Subcloud) error {
 		Availability: string(sc.Availability), Management: string(sc.Management), Status: string(sc.Status),
 		Doc: doc, CreatedAt: sc.CreatedAt}).Error
 	if err != nil && sqldb.IsUniqueViolation(err) {
-		return fmt.Errorf("%s: %w", sc.Name, ErrSubcloudExists)
+		return fmt.Errorf("%w: %s", ErrSubcloudExists, sc.Name)
 	}
 	return err
 }
@@ -106,7 +106,7 @@ func (s *sqlStore) DeleteSubcloud(ctx context.Context, name string) error {
 		return res.Error
 	}
 	if res.RowsAffected == 0 {
-		return fmt.Errorf("%q: %w", name, ErrSubcloudNotFound)
+		return fmt.Errorf("%w: %s", ErrSubcloudNotFound, name)
 	}
 	return nil
 }

@@ -2,7 +2,6 @@ package central
 
 import (
 	"context"
-	"fmt"
 	"time"
 
 	"github.com/petrel-edge/petrel/internal/errs"
@@ -84,8 +83,8 @@ type Subcloud struct {
 
 // Errors of this package.
 var (
-	ErrSubcloudNotFound = fmt.Errorf("central: subcloud %w", errs.NotFound)
-	ErrSubcloudExists   = fmt.Errorf("central: subcloud already exists: %w", errs.Conflict)
+	ErrSubcloudNotFound = errs.New(errs.NotFound, "subcloud not found")
+	ErrSubcloudExists   = errs.New(errs.Conflict, "subcloud already exists")
 )
 
 // SubcloudStore keeps the subcloud registry. Implementations: centraldb.

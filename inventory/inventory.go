@@ -6,7 +6,6 @@ package inventory
 
 import (
 	"context"
-	"fmt"
 	"regexp"
 	"time"
 
@@ -210,9 +209,9 @@ func (h Host) Validate() error {
 
 // Errors of this package.
 var (
-	ErrHostNotFound = fmt.Errorf("inventory: host %w", errs.NotFound)
-	ErrHostExists   = fmt.Errorf("inventory: host already exists: %w", errs.Conflict)
-	ErrStale        = fmt.Errorf("inventory: host changed since it was read: %w", errs.Conflict)
+	ErrHostNotFound = errs.New(errs.NotFound, "host not found")
+	ErrHostExists   = errs.New(errs.Conflict, "host already exists")
+	ErrStale        = errs.New(errs.Conflict, "host changed since it was read")
 )
 
 // Store keeps a site's hosts. Implementations: inventorydb (gorm).

@@ -67,7 +67,7 @@ func toToken(r tokenRow) auth.Token {
 func (s *Store) CreateUser(ctx context.Context, u auth.User, hash string) error {
 	err := s.db.WithContext(ctx).Create(&userRow{Name: u.Name, Role: string(u.Role), PasswordHash: hash, CreatedAt: u.CreatedAt}).Error
 	if err != nil && sqldb.IsUniqueViolation(err) {
-		return fmt.Errorf("%q: %w", u.Name, auth.ErrUserExists)
+		return fmt.Errorf("%w: %s", auth.ErrUserExists, u.Name)
 	}
 	return err
 }
@@ -76,7 +76,7 @@ func (s *Store) User(ctx context.Context, name string) (auth.User, string, error
 	var r userRow
 	err := s.db.WithContext(ctx).Where("name = ?", name).Take(&r).Error
 	if errors.Is(err, gorm.ErrRecordNotFound) {
-		return auth.User{}, "", fmt.Errorf("%q: %w", name, auth.ErrUserNotFound)
+		return auth.User{}, "", fmt.Errorf("%w: %s", auth.ErrUserNotFound, name)
 	}
 	if err != nil {
 		return auth.User{}, "", err
@@ -107,7 +107,7 @@ func (s *Store) SetPassword(ctx context.Context, name, hash string) error {
 		return res.Error
 	}
 	if res.RowsAffected == 0 {
-		return fmt.Errorf("%q: %w", name, auth.ErrUserNotFound)
+		return fmt.Errorf("%w: %s", auth.ErrUserNotFound, name)
 	}
 	return nil
 }
@@ -117,7 +117,7 @@ func (s *Store) DeleteUser(ctx context.Context, name string, now time.Time) erro
 		var r userRow
 		err := tx.Where("name = ?", name).Take(&r).Error
 		if errors.Is(err, gorm.ErrRecordNotFound) {
-			return fmt.Errorf("%q: %w", name, auth.ErrUserNotFound)
+			return fmt.Errorf("%w: %s", auth.ErrUserNotFound, name)
 		}
 		if err != nil {
 			return err
@@ -174,7 +174,7 @@ func (s *Store) Token(ctx context.Context, id string) (auth.Token, error) {
 	var r tokenRow
 	err := s.db.WithContext(ctx).Where("id = ?", id).Take(&r).Error
 	if errors.Is(err, gorm.ErrRecordNotFound) {
-		return auth.Token{}, fmt.Errorf("%q: %w", id, auth.ErrTokenNotFound)
+		return auth.Token{}, fmt.Errorf("%w: %s", auth.ErrTokenNotFound, id)
 	}
 	if err != nil {
 		return auth.Token{}, err

@@ -78,6 +78,10 @@ func Field(field, format string, args ...any) error {
 	return &FieldError{Field: field, Msg: fmt.Sprintf(format, args...)}
 }
 
+// New returns a sentinel error of the given kind whose text is msg, for a
+// package's own errors: errors.Is matches both the sentinel and the kind.
+func New(kind error, msg string) error { return &kindError{kind: kind, msg: msg} }
+
 // Wrapf returns an error of the given kind with a formatted message; the
 // message is what clients see, so it must not carry internal detail.
 func Wrapf(kind error, format string, args ...any) error {

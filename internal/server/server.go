@@ -37,14 +37,14 @@ import (
 
 // Config configures a daemon shell.
 type Config struct {
-	Daemon   string       // "central" or "subcloud": reported by /v1/version
-	Site     string       // the site a subcloud serves; "" at central
-	Listen   string       // host:port; port 0 picks a free one
-	DataDir  string       // required: store, CA, bootstrap password live here
-	Database string       // SQL DSN; "" keeps SQLite at DataDir/petrel.db
-	TLS      TLSConfig    // zero: a server certificate from the CA in DataDir/pki
+	Daemon   string        // "central" or "subcloud": reported by /v1/version
+	Site     string        // the site a subcloud serves; "" at central
+	Listen   string        // host:port; port 0 picks a free one
+	DataDir  string        // required: store, CA, bootstrap password live here
+	Database string        // SQL DSN; "" keeps SQLite at DataDir/petrel.db
+	TLS      TLSConfig     // zero: a server certificate from the CA in DataDir/pki
 	TokenTTL time.Duration // login token lifetime; 0 = 12 h
-	Logger   *slog.Logger // required
+	Logger   *slog.Logger  // required
 	// OpenAPI holds the daemon's own OpenAPI fragment (paths and schemas),
 	// merged with the shared one and served at /v1/openapi.yaml.
 	OpenAPI []byte

@@ -58,7 +58,7 @@ func (s *Store) find(tx *gorm.DB, id string) (hostRow, error) {
 	var r hostRow
 	err := tx.Where("uuid = ? OR name = ?", id, id).Take(&r).Error
 	if errors.Is(err, gorm.ErrRecordNotFound) {
-		return r, fmt.Errorf("%q: %w", id, inventory.ErrHostNotFound)
+		return r, fmt.Errorf("%w: %s", inventory.ErrHostNotFound, id)
 	}
 	return r, err
 }
@@ -88,7 +88,7 @@ func (s *Store) PutHost(ctx context.Context, h inventory.Host, ifRev uint64) (in
 				Operational: string(h.Operational), Availability: string(h.Availability),
 				Doc: doc, Rev: 1, CreatedAt: now, UpdatedAt: now}).Error
 			if err != nil && sqldb.IsUniqueViolation(err) {
-				return fmt.Errorf("%s: %w", h.Name, inventory.ErrHostExists)
+				return fmt.Errorf("%w: %s", inventory.ErrHostExists, h.Name)
 			}
 			return err
 		}
@@ -104,7 +104,7 @@ func (s *Store) PutHost(ctx context.Context, h inventory.Host, ifRev uint64) (in
 		})
 		if res.Error != nil {
 			if sqldb.IsUniqueViolation(res.Error) {
-				return fmt.Errorf("name %s: %w", h.Name, inventory.ErrHostExists)
+				return fmt.Errorf("%w: %s", inventory.ErrHostExists, h.Name)
 			}
 			return res.Error
 		}
@@ -112,7 +112,7 @@ func (s *Store) PutHost(ctx context.Context, h inventory.Host, ifRev uint64) (in
 			if _, err := s.find(tx, h.UUID); err != nil {
 				return err
 			}
-			return fmt.Errorf("%s at revision %d: %w", h.Name, ifRev, inventory.ErrStale)
+			return fmt.Errorf("%w: %s (revision %d)", inventory.ErrStale, h.Name, ifRev)
 		}
 		var r hostRow
 		if err := tx.Where("uuid = ?", h.UUID).Take(&r).Error; err != nil {
@@ -157,7 +157,7 @@ func (s *Store) DeleteHost(ctx context.Context, id string) error {
 		return res.Error
 	}
 	if res.RowsAffected == 0 {
-		return fmt.Errorf("%q: %w", id, inventory.ErrHostNotFound)
+		return fmt.Errorf("%w: %s", inventory.ErrHostNotFound, id)
 	}
 	return nil
 }

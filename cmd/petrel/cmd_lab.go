@@ -1,0 +1,125 @@
+package main
+
+import (
+	"encoding/json"
+	"fmt"
+	"text/tabwriter"
+
+	"github.com/spf13/cobra"
+
+	"github.com/petrel-edge/petrel/lab"
+)
+
+func (a *app) labDir(flag string) string {
+	if flag != "" {
+		return flag
+	}
+	if d := a.getenv("PETREL_LAB_DIR"); d != "" {
+		return d
+	}
+	return lab.DefaultDir
+}
+
+func (a *app) labCmd() *cobra.Command {
+	var dir, sites string
+	up := &cobra.Command{
+		Use:   "up [--dir DIR] [--sites NAME=SHAPE[:WORKERS],...]",
+		Short: "Start a central cloud and sites on this machine",
+		Args:  noArgs,
+		RunE: func(cmd *cobra.Command, _ []string) error {
+			var specs []lab.SiteSpec
+			if sites != "" {
+				var err error
+				if specs, err = lab.ParseSites(sites); err != nil {
+					return usageError{err}
+				}
+			}
+			d := a.labDir(dir)
+			fmt.Fprintf(a.stderr, "Starting the lab in %s ...\n", d)
+			f, err := lab.Up(cmd.Context(), lab.Config{Dir: d, Sites: specs})
+			if err != nil {
+				return err
+			}
+			if a.output != "table" {
+				b, _ := json.Marshal(f)
+				return a.printRaw(b)
+			}
+			fmt.Fprintf(a.stdout, "The lab is up. Central:   %s\n", f.Central.URL)
+			fmt.Fprintf(a.stdout, "            Dashboard: %s\n", f.Central.DashboardURL)
+			for _, s := range f.Sites {
+				fmt.Fprintf(a.stdout, "            Site %-10s %s (%s)\n", s.Name, s.URL, s.Shape)
+			}
+			fmt.Fprintf(a.stdout, "\nUse it from this shell:\n  eval \"$(petrel lab env --dir %s)\"\n  petrel subcloud list\n  petrel --url %s host list\n", f.Dir, f.Sites[0].URL)
+			fmt.Fprintf(a.stdout, "Log in as admin: the password is in %s/central/%s (mode 0600).\n", f.Dir, "admin.password")
+			fmt.Fprintf(a.stdout, "Everything (URLs, tokens, CA) is in %s/lab.json. Stop with: petrel lab down --dir %s\n", f.Dir, f.Dir)
+			return nil
+		},
+	}
+	up.Flags().StringVar(&sites, "sites", "", "sites to start (default site-sx=simplex,site-dx=duplex,site-std=multi-server:2)")
+	down := &cobra.Command{
+		Use:   "down [--dir DIR]",
+		Short: "Stop the lab and remove everything it made",
+		Args:  noArgs,
+		RunE: func(cmd *cobra.Command, _ []string) error {
+			d := a.labDir(dir)
+			if err := lab.Down(cmd.Context(), d); err != nil {
+				return err
+			}
+			fmt.Fprintf(a.stdout, "The lab in %s is down.\n", d)
+			return nil
+		},
+	}
+	status := &cobra.Command{
+		Use:   "status [--dir DIR]",
+		Short: "Show the lab's processes",
+		Args:  noArgs,
+		RunE: func(cmd *cobra.Command, _ []string) error {
+			d := a.labDir(dir)
+			procs, err := lab.Processes(d)
+			if err != nil {
+				return err
+			}
+			if procs == nil {
+				return fmt.Errorf("no lab in %s", d)
+			}
+			if a.output != "table" {
+				b, _ := json.Marshal(map[string]any{"dir": d, "processes": procs})
+				return a.printRaw(b)
+			}
+			tw := tabwriter.NewWriter(a.stdout, 0, 4, 2, ' ', 0)
+			fmt.Fprintln(tw, "PROCESS\tPID\tSTATE")
+			down := 0
+			for _, p := range procs {
+				state := "running"
+				if !p.Running {
+					state, down = "stopped", down+1
+				}
+				fmt.Fprintf(tw, "%s\t%d\t%s\n", p.Name, p.PID, state)
+			}
+			if err := tw.Flush(); err != nil {
+				return err
+			}
+			if down > 0 {
+				return fmt.Errorf("%d lab process(es) not running", down)
+			}
+			return nil
+		},
+	}
+	env := &cobra.Command{
+		Use:   "env [--dir DIR]",
+		Short: "Print shell exports for talking to the lab's central",
+		Args:  noArgs,
+		RunE: func(cmd *cobra.Command, _ []string) error {
+			f, err := lab.Load(a.labDir(dir))
+			if err != nil {
+				return err
+			}
+			fmt.Fprintf(a.stdout, "export PETREL_LAB_DIR=%q\nexport PETREL_URL=%q\nexport PETREL_TOKEN=%q\nexport PETREL_CA_CERT=%q\n",
+				f.Dir, f.Central.URL, f.Central.Token, f.CACert)
+			return nil
+		},
+	}
+	c := group("lab", "Run a whole Petrel cloud on this machine", up, down, status, env)
+	c.PersistentFlags().StringVar(&dir, "dir", "", "lab directory (env PETREL_LAB_DIR; default "+lab.DefaultDir+")")
+	return c
+}

@@ -1,0 +1,504 @@
+// Package lab runs a whole Petrel cloud on one machine: a central cloud and
+// subclouds of every shape, for newcomers, integration tests and benchmarks.
+//
+// This first version starts central and one site controller per site as
+// processes on 127.0.0.1, each with its own data directory under the lab
+// directory, and writes lab.json (brief §8). Hosts as network namespaces,
+// chassis (vbmc) and agents come next; lab.json already has their place.
+package lab
+
+import (
+	"context"
+	"crypto/tls"
+	"crypto/x509"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"log/slog"
+	"net"
+	"net/http"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"regexp"
+	"strconv"
+	"strings"
+	"syscall"
+	"time"
+
+	"sigs.k8s.io/yaml"
+
+	"github.com/petrel-edge/petrel/auth"
+	"github.com/petrel-edge/petrel/client"
+	"github.com/petrel-edge/petrel/internal/atomicfile"
+	"github.com/petrel-edge/petrel/internal/pki"
+	"github.com/petrel-edge/petrel/internal/server"
+	"github.com/petrel-edge/petrel/inventory"
+)
+
+// DefaultDir is where the lab lives without --dir or PETREL_LAB_DIR.
+const DefaultDir = "/var/lib/petrel/lab"
+
+// SiteSpec is one site of the lab.
+type SiteSpec struct {
+	Name    string
+	Shape   inventory.Shape
+	Workers int // multi-server only
+}
+
+// DefaultSites is the default lab of brief §8.
+func DefaultSites() []SiteSpec {
+	return []SiteSpec{
+		{Name: "site-sx", Shape: inventory.Simplex},
+		{Name: "site-dx", Shape: inventory.Duplex},
+		{Name: "site-std", Shape: inventory.MultiServer, Workers: 2},
+	}
+}
+
+var siteSpecPattern = regexp.MustCompile(`^([a-z][a-z0-9-]*)=(simplex|duplex|multi-server)(?::(\d+))?$`)
+
+// ParseSites parses the --sites grammar: NAME=SHAPE[:WORKERS],...
+func ParseSites(s string) ([]SiteSpec, error) {
+	var out []SiteSpec
+	seen := map[string]bool{}
+	for _, part := range strings.Split(s, ",") {
+		m := siteSpecPattern.FindStringSubmatch(strings.TrimSpace(part))
+		if m == nil {
+			return nil, fmt.Errorf("--sites %q: want NAME=simplex|duplex|multi-server[:WORKERS], e.g. site-std=multi-server:2", part)
+		}
+		if err := inventory.ValidateSiteName("site", m[1]); err != nil {
+			return nil, fmt.Errorf("--sites: %s: %w", m[1], err)
+		}
+		if seen[m[1]] {
+			return nil, fmt.Errorf("--sites: %s given twice", m[1])
+		}
+		seen[m[1]] = true
+		sp := SiteSpec{Name: m[1], Shape: inventory.Shape(m[2])}
+		if m[3] != "" {
+			if sp.Shape != inventory.MultiServer {
+				return nil, fmt.Errorf("--sites: %s: only multi-server sites take a worker count", m[1])
+			}
+			n, _ := strconv.Atoi(m[3])
+			if n > 16 {
+				return nil, fmt.Errorf("--sites: %s: at most 16 workers", m[1])
+			}
+			sp.Workers = n
+		} else if sp.Shape == inventory.MultiServer {
+			sp.Workers = 2
+		}
+		out = append(out, sp)
+	}
+	return out, nil
+}
+
+// File is lab.json, version 1 (brief §8).
+type File struct {
+	Version      int          `json:"version"`
+	Dir          string       `json:"dir"`
+	CACert       string       `json:"ca_cert"`
+	Central      CentralEntry `json:"central"`
+	PatchSigning PatchSigning `json:"patch_signing"`
+	Sites        []SiteEntry  `json:"sites"`
+}
+
+// CentralEntry is lab.json's central.
+type CentralEntry struct {
+	URL          string `json:"url"`
+	Token        string `json:"token"`
+	DashboardURL string `json:"dashboard_url"`
+}
+
+// PatchSigning names the lab's patch signing keys.
+type PatchSigning struct {
+	PrivateKey string `json:"private_key"`
+	PublicKey  string `json:"public_key"`
+}
+
+// SiteEntry is one site in lab.json.
+type SiteEntry struct {
+	Name      string         `json:"name"`
+	Shape     string         `json:"shape"`
+	URL       string         `json:"url"`
+	Token     string         `json:"token"`
+	OpenStack OpenStackEntry `json:"openstack"`
+	Hosts     []HostEntry    `json:"hosts"`
+}
+
+// OpenStackEntry is how OpenStack clients reach a site.
+type OpenStackEntry struct {
+	AuthURL  string `json:"auth_url"`
+	Project  string `json:"project"`
+	Domain   string `json:"domain"`
+	Username string `json:"username"`
+	Password string `json:"password"`
+}
+
+// HostEntry is one lab host.
+type HostEntry struct {
+	Name        string            `json:"name"`
+	UUID        string            `json:"uuid"`
+	Personality string            `json:"personality"`
+	Netns       string            `json:"netns"`
+	Addresses   map[string]string `json:"addresses"`
+	LibvirtURI  string            `json:"libvirt_uri"`
+	BMC         BMCEntry          `json:"bmc"`
+}
+
+// BMCEntry is how to reach a lab host's BMC.
+type BMCEntry struct {
+	IPMI     string `json:"ipmi"`
+	Redfish  string `json:"redfish"`
+	Username string `json:"username"`
+	Password string `json:"password"`
+}
+
+// Config configures Up.
+type Config struct {
+	Dir    string
+	Binary string // the petrel executable to run; default: this one
+	Sites  []SiteSpec
+	Logger *slog.Logger
+}
+
+// Paths inside the lab directory.
+const (
+	fileName   = "lab.json"
+	stateDir   = "run" // pid files; its presence means a lab was started here
+	tokenTTL   = 30 * 24 * time.Hour
+	readyLimit = 60 * time.Second
+)
+
+// ErrRunning reports a lab directory already in use.
+var ErrRunning = errors.New("lab: a lab already exists in this directory")
+
+// Up starts the lab and returns lab.json's contents once every daemon is
+// ready. On failure it stops whatever it started.
+func Up(ctx context.Context, cfg Config) (_ *File, err error) {
+	if cfg.Dir == "" {
+		return nil, errors.New("lab: Dir is required")
+	}
+	dir, err := filepath.Abs(cfg.Dir)
+	if err != nil {
+		return nil, err
+	}
+	if len(cfg.Sites) == 0 {
+		cfg.Sites = DefaultSites()
+	}
+	if cfg.Binary == "" {
+		if cfg.Binary, err = os.Executable(); err != nil {
+			return nil, err
+		}
+	}
+	if cfg.Logger == nil {
+		cfg.Logger = slog.New(slog.DiscardHandler)
+	}
+	if _, err := os.Stat(filepath.Join(dir, stateDir)); err == nil {
+		return nil, fmt.Errorf("%w: %s (run 'petrel lab down --dir %s' first)", ErrRunning, dir, dir)
+	}
+	if err := os.MkdirAll(filepath.Join(dir, stateDir), 0o700); err != nil {
+		return nil, err
+	}
+	defer func() {
+		if err != nil {
+			_ = Down(context.WithoutCancel(ctx), dir)
+		}
+	}()
+	if _, err := pki.LoadOrCreateCA(filepath.Join(dir, "ca"), "Petrel lab CA"); err != nil {
+		return nil, err
+	}
+	caFile := filepath.Join(dir, "ca", pki.CACertFile)
+
+	f := &File{Version: 1, Dir: dir, CACert: caFile, Sites: []SiteEntry{}}
+	type started struct {
+		name, url, dataDir string
+		pid                int
+	}
+	var procs []started
+	start := func(daemon, dataDir, name string, extra map[string]any) (string, error) {
+		u, pid, err := startDaemon(cfg, dir, daemon, dataDir, name, extra)
+		if err == nil {
+			procs = append(procs, started{name: name, url: u, dataDir: dataDir, pid: pid})
+		}
+		return u, err
+	}
+	centralURL, err := start("central", filepath.Join(dir, "central"), "central", nil)
+	if err != nil {
+		return nil, err
+	}
+	f.Central = CentralEntry{URL: centralURL, DashboardURL: centralURL + "/"}
+	for _, sp := range cfg.Sites {
+		u, err := start("subcloud", filepath.Join(dir, "sites", sp.Name, "controller-0"), sp.Name+"-controller-0",
+			map[string]any{"site": sp.Name, "shape": string(sp.Shape)})
+		if err != nil {
+			return nil, err
+		}
+		f.Sites = append(f.Sites, SiteEntry{Name: sp.Name, Shape: string(sp.Shape), URL: u, Hosts: []HostEntry{}})
+	}
+	// Wait for every daemon, then trade each bootstrap password for a lab token.
+	tokens := map[string]string{}
+	for _, p := range procs {
+		alive := func() bool { return ours(p.pid, dir) }
+		tok, err := readyAndToken(ctx, p.url, caFile, p.dataDir, alive)
+		if err != nil {
+			return nil, fmt.Errorf("lab: %s: %w; its log ends:\n%s", p.name, err, tail(filepath.Join(dir, "logs", p.name+".log"), 8))
+		}
+		tokens[p.url] = tok
+	}
+	f.Central.Token = tokens[f.Central.URL]
+	for i := range f.Sites {
+		f.Sites[i].Token = tokens[f.Sites[i].URL]
+	}
+	b, _ := json.MarshalIndent(f, "", "  ")
+	if err := atomicfile.Write(filepath.Join(dir, fileName), append(b, '\n'), 0o600); err != nil {
+		return nil, err
+	}
+	return f, nil
+}
+
+// startDaemon writes a daemon's configuration and starts it detached, in its
+// own session, logging to DIR/logs; its pid goes to DIR/run. It returns the
+// daemon's URL and pid.
+func startDaemon(cfg Config, dir, daemon, dataDir, name string, extra map[string]any) (string, int, error) {
+	if err := os.MkdirAll(dataDir, 0o700); err != nil {
+		return "", 0, err
+	}
+	port, err := freePort()
+	if err != nil {
+		return "", 0, err
+	}
+	listen := net.JoinHostPort("127.0.0.1", strconv.Itoa(port))
+	conf := map[string]any{
+		"listen": listen, "data_dir": dataDir, "log_level": "info",
+		"tls": map[string]any{"ca_dir": filepath.Join(dir, "ca")},
+	}
+	for k, v := range extra {
+		conf[k] = v
+	}
+	y, _ := yaml.Marshal(conf)
+	cfgPath := filepath.Join(dataDir, daemon+".yaml")
+	if err := atomicfile.Write(cfgPath, y, 0o600); err != nil {
+		return "", 0, err
+	}
+	logDir := filepath.Join(dir, "logs")
+	if err := os.MkdirAll(logDir, 0o700); err != nil {
+		return "", 0, err
+	}
+	logf, err := os.OpenFile(filepath.Join(logDir, name+".log"), os.O_CREATE|os.O_WRONLY|os.O_APPEND, 0o600)
+	if err != nil {
+		return "", 0, err
+	}
+	defer logf.Close()
+	// argv names the lab dir, the site and the host (through the config path).
+	cmd := exec.Command(cfg.Binary, daemon, "--config", cfgPath)
+	cmd.Stdout, cmd.Stderr = logf, logf
+	cmd.SysProcAttr = &syscall.SysProcAttr{Setsid: true}
+	if err := cmd.Start(); err != nil {
+		return "", 0, fmt.Errorf("lab: start %s: %w", name, err)
+	}
+	pid := cmd.Process.Pid
+	_ = cmd.Process.Release()
+	if err := atomicfile.Write(filepath.Join(dir, stateDir, name+".pid"), []byte(strconv.Itoa(pid)+"\n"), 0o600); err != nil {
+		return "", 0, err
+	}
+	cfg.Logger.Info("started", "process", name, "pid", pid, "url", "https://"+listen)
+	return "https://" + listen, pid, nil
+}
+
+func freePort() (int, error) {
+	l, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		return 0, err
+	}
+	defer l.Close()
+	return l.Addr().(*net.TCPAddr).Port, nil
+}
+
+// readyAndToken waits for a daemon's /readyz, then logs in as the bootstrap
+// admin and creates a long-lived lab token.
+func readyAndToken(ctx context.Context, url, caFile, dataDir string, alive func() bool) (string, error) {
+	if err := WaitReady(ctx, url, caFile, readyLimit, alive); err != nil {
+		return "", err
+	}
+	pw, err := auth.ReadSecretFile(filepath.Join(dataDir, server.AdminPasswordFile))
+	if err != nil {
+		return "", err
+	}
+	c, err := client.New(client.Config{URL: url, CACert: caFile})
+	if err != nil {
+		return "", err
+	}
+	var login auth.IssuedToken
+	if err := c.Do(ctx, http.MethodPost, "/v1/login", nil, auth.LoginRequest{Username: auth.BootstrapAdmin, Password: pw}, &login); err != nil {
+		return "", err
+	}
+	c, _ = client.New(client.Config{URL: url, CACert: caFile, Token: login.Token})
+	var lab auth.IssuedToken
+	if err := c.Do(ctx, http.MethodPost, "/v1/tokens", nil,
+		auth.CreateTokenRequest{Description: "lab", TTLSeconds: int64(tokenTTL / time.Second)}, &lab); err != nil {
+		return "", err
+	}
+	_ = c.Do(ctx, http.MethodDelete, "/v1/tokens/"+login.Detail.ID, nil, nil, nil)
+	return lab.Token, nil
+}
+
+// ErrExited reports a daemon that exited while it was awaited.
+var ErrExited = errors.New("the process exited")
+
+// WaitReady polls url/readyz until it answers 200 or the limit passes, or
+// alive (if not nil) reports the process gone.
+func WaitReady(ctx context.Context, url, caFile string, limit time.Duration, alive func() bool) error {
+	pool, err := pki.CertPool(caFile)
+	if err != nil {
+		return err
+	}
+	hc := &http.Client{Timeout: 2 * time.Second, Transport: &http.Transport{
+		TLSClientConfig: &tls.Config{RootCAs: pool, MinVersion: tls.VersionTLS12}, Proxy: nil}}
+	defer hc.CloseIdleConnections()
+	deadline := time.Now().Add(limit)
+	var last error
+	for time.Now().Before(deadline) {
+		if alive != nil && !alive() {
+			return ErrExited
+		}
+		req, _ := http.NewRequestWithContext(ctx, http.MethodGet, url+"/readyz", nil)
+		resp, err := hc.Do(req)
+		if err == nil {
+			resp.Body.Close()
+			if resp.StatusCode == http.StatusOK {
+				return nil
+			}
+			err = fmt.Errorf("readyz answered %d", resp.StatusCode)
+		}
+		last = err
+		select {
+		case <-ctx.Done():
+			return ctx.Err()
+		case <-time.After(100 * time.Millisecond):
+		}
+	}
+	var uae x509.UnknownAuthorityError
+	if errors.As(last, &uae) {
+		return fmt.Errorf("%s presents a certificate not from the lab CA: %w", url, last)
+	}
+	return fmt.Errorf("%s not ready after %s: %w", url, limit, last)
+}
+
+// Load reads lab.json from dir.
+func Load(dir string) (*File, error) {
+	b, err := os.ReadFile(filepath.Join(dir, fileName))
+	if err != nil {
+		if errors.Is(err, os.ErrNotExist) {
+			return nil, fmt.Errorf("no lab in %s (start one with 'petrel lab up')", dir)
+		}
+		return nil, err
+	}
+	var f File
+	if err := json.Unmarshal(b, &f); err != nil {
+		return nil, fmt.Errorf("%s: %w", filepath.Join(dir, fileName), err)
+	}
+	if f.Version != 1 {
+		return nil, fmt.Errorf("%s: version %d; this petrel reads version 1", filepath.Join(dir, fileName), f.Version)
+	}
+	return &f, nil
+}
+
+// Process is a lab process and whether it runs.
+type Process struct {
+	Name    string `json:"name"`
+	PID     int    `json:"pid"`
+	Running bool   `json:"running"`
+}
+
+// Processes lists the lab's processes from their pid files.
+func Processes(dir string) ([]Process, error) {
+	entries, err := os.ReadDir(filepath.Join(dir, stateDir))
+	if err != nil {
+		if errors.Is(err, os.ErrNotExist) {
+			return nil, nil
+		}
+		return nil, err
+	}
+	var out []Process
+	for _, e := range entries {
+		name, ok := strings.CutSuffix(e.Name(), ".pid")
+		if !ok {
+			continue
+		}
+		b, err := os.ReadFile(filepath.Join(dir, stateDir, e.Name()))
+		if err != nil {
+			continue
+		}
+		pid, _ := strconv.Atoi(strings.TrimSpace(string(b)))
+		out = append(out, Process{Name: name, PID: pid, Running: ours(pid, dir)})
+	}
+	return out, nil
+}
+
+// ours reports whether pid is alive and a process of the lab in dir: its
+// argv names the lab dir. A recycled pid is never signalled.
+func ours(pid int, dir string) bool {
+	if pid <= 0 {
+		return false
+	}
+	b, err := os.ReadFile(fmt.Sprintf("/proc/%d/cmdline", pid))
+	if err != nil {
+		return false
+	}
+	return strings.Contains(string(b), dir+string(filepath.Separator))
+}
+
+// Down stops every lab process (SIGTERM, then SIGKILL after 10 s) and removes
+// everything the lab made in dir. It works after a crashed Up too.
+func Down(ctx context.Context, dir string) error {
+	dir, err := filepath.Abs(dir)
+	if err != nil {
+		return err
+	}
+	procs, err := Processes(dir)
+	if err != nil {
+		return err
+	}
+	for _, p := range procs {
+		if p.Running {
+			_ = syscall.Kill(p.PID, syscall.SIGTERM)
+		}
+	}
+	deadline := time.Now().Add(10 * time.Second)
+	for _, p := range procs {
+		for p.Running && ours(p.PID, dir) && time.Now().Before(deadline) {
+			select {
+			case <-ctx.Done():
+				return ctx.Err()
+			case <-time.After(50 * time.Millisecond):
+			}
+		}
+		if p.Running && ours(p.PID, dir) {
+			_ = syscall.Kill(p.PID, syscall.SIGKILL)
+		}
+	}
+	for _, p := range procs {
+		for i := 0; i < 100 && ours(p.PID, dir); i++ {
+			time.Sleep(20 * time.Millisecond) // a SIGKILLed process is gone within moments
+		}
+		if ours(p.PID, dir) {
+			return fmt.Errorf("lab: process %s (pid %d) did not stop", p.Name, p.PID)
+		}
+	}
+	for _, sub := range []string{"central", "sites", "ca", "logs", fileName, stateDir} {
+		if err := os.RemoveAll(filepath.Join(dir, sub)); err != nil {
+			return err
+		}
+	}
+	_ = os.Remove(dir) // only if empty: never remove what the lab did not make
+	return nil
+}
+
+// tail returns the last n lines of a file, for error messages.
+func tail(path string, n int) string {
+	b, err := os.ReadFile(path)
+	if err != nil {
+		return "(no log: " + err.Error() + ")"
+	}
+	lines := strings.Split(strings.TrimRight(string(b), "\n"), "\n")
+	return strings.Join(lines[max(0, len(lines)-n):], "\n")
+}

@@ -7,6 +7,7 @@ package inventory
 import (
 	"context"
 	"regexp"
+	"slices"
 	"time"
 
 	"github.com/petrel-edge/petrel/internal/errs"
@@ -184,6 +185,32 @@ type Host struct {
 	// Rev increases with every stored change; writers pass the revision they
 	// read so a stale write fails with ErrConflict.
 	Rev uint64 `json:"revision"`
+}
+
+// Clone returns a deep copy of h, sharing no slices with it.
+func (h Host) Clone() Host {
+	h.Subfunctions = slices.Clone(h.Subfunctions)
+	h.Inventory.Disks = slices.Clone(h.Inventory.Disks)
+	h.Inventory.NICs = slices.Clone(h.Inventory.NICs)
+	h.Inventory.PCI = slices.Clone(h.Inventory.PCI)
+	return h
+}
+
+// Field returns the value of a filterable field (see HostFilters).
+func (h Host) Field(name string) string {
+	switch name {
+	case "personality":
+		return string(h.Personality)
+	case "administrative":
+		return string(h.Administrative)
+	case "operational":
+		return string(h.Operational)
+	case "availability":
+		return string(h.Availability)
+	case "provisioning":
+		return string(h.Provisioning)
+	}
+	return ""
 }
 
 // Validate checks the host's enumerated fields.

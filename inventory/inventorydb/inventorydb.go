@@ -1,15 +1,20 @@
 // Package inventorydb keeps a site's hosts in a SQL store through gorm.
-// Its gorm models never leave the package.
+//
+// The site controller is the only writer of its site's store, and a site
+// holds at most a few hundred hosts that the API, the dashboard and every
+// control loop read constantly. So the Store keeps a write-through copy in
+// memory: Open loads it, every write commits to SQL first and updates memory
+// only after the commit, and reads never touch SQL. Its gorm models never
+// leave the package.
 package inventorydb
 
 import (
 	"context"
 	"encoding/json"
-	"errors"
 	"fmt"
+	"slices"
+	"sync"
 	"time"
-
-	"gorm.io/gorm"
 
 	"github.com/petrel-edge/petrel/internal/rest"
 	"github.com/petrel-edge/petrel/internal/sqldb"
@@ -24,7 +29,7 @@ type hostRow struct {
 	Administrative string `gorm:"size:16"`
 	Operational    string `gorm:"size:16"`
 	Availability   string `gorm:"size:16"`
-	Doc            []byte `gorm:"not null"` // the whole host as JSON; columns above are for filtering
+	Doc            []byte `gorm:"not null"` // the whole host as JSON; columns above are for ad-hoc queries
 	Rev            uint64 `gorm:"not null"`
 	CreatedAt      time.Time
 	UpdatedAt      time.Time
@@ -33,16 +38,37 @@ type hostRow struct {
 func (hostRow) TableName() string { return "inv_hosts" }
 
 // Store implements inventory.Store.
-type Store struct{ db *sqldb.DB }
+type Store struct {
+	db *sqldb.DB
+
+	wmu sync.Mutex // serialises writers so memory follows commit order
+
+	mu     sync.RWMutex
+	byUUID map[string]inventory.Host
+	byName map[string]string // name -> uuid
+	names  []string          // sorted
+}
 
 var _ inventory.Store = (*Store)(nil)
 
-// Open migrates the schema and returns the store.
+// Open migrates the schema, loads every host and returns the store.
 func Open(ctx context.Context, db *sqldb.DB) (*Store, error) {
 	if err := db.WithContext(ctx).AutoMigrate(&hostRow{}); err != nil {
 		return nil, fmt.Errorf("inventorydb: migrate: %w", err)
 	}
-	return &Store{db: db}, nil
+	s := &Store{db: db, byUUID: map[string]inventory.Host{}, byName: map[string]string{}}
+	var rows []hostRow
+	if err := db.WithContext(ctx).Order("name").Find(&rows).Error; err != nil {
+		return nil, fmt.Errorf("inventorydb: load: %w", err)
+	}
+	for _, r := range rows {
+		h, err := fromRow(r)
+		if err != nil {
+			return nil, err
+		}
+		s.remember(h)
+	}
+	return s, nil
 }
 
 func fromRow(r hostRow) (inventory.Host, error) {
@@ -54,110 +80,170 @@ func fromRow(r hostRow) (inventory.Host, error) {
 	return h, nil
 }
 
-func (s *Store) find(tx *gorm.DB, id string) (hostRow, error) {
-	var r hostRow
-	err := tx.Where("uuid = ? OR name = ?", id, id).Take(&r).Error
-	if errors.Is(err, gorm.ErrRecordNotFound) {
-		return r, fmt.Errorf("%w: %s", inventory.ErrHostNotFound, id)
+func toRow(h inventory.Host) (hostRow, error) {
+	doc, err := json.Marshal(h)
+	if err != nil {
+		return hostRow{}, err
 	}
-	return r, err
+	return hostRow{UUID: h.UUID, Name: h.Name, Personality: string(h.Personality),
+		Provisioning: string(h.Provisioning), Administrative: string(h.Administrative),
+		Operational: string(h.Operational), Availability: string(h.Availability),
+		Doc: doc, Rev: h.Rev, CreatedAt: h.CreatedAt, UpdatedAt: h.UpdatedAt}, nil
 }
 
-func (s *Store) Host(ctx context.Context, id string) (inventory.Host, error) {
-	r, err := s.find(s.db.WithContext(ctx), id)
-	if err != nil {
-		return inventory.Host{}, err
+// remember puts h in memory. The caller holds wmu (or is Open).
+func (s *Store) remember(h inventory.Host) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if old, ok := s.byUUID[h.UUID]; ok && old.Name != h.Name {
+		s.dropName(old.Name)
 	}
-	return fromRow(r)
+	if _, ok := s.byName[h.Name]; !ok {
+		i, _ := slices.BinarySearch(s.names, h.Name)
+		s.names = slices.Insert(s.names, i, h.Name)
+	}
+	s.byUUID[h.UUID] = h.Clone()
+	s.byName[h.Name] = h.UUID
+}
+
+func (s *Store) dropName(name string) {
+	if i, ok := slices.BinarySearch(s.names, name); ok {
+		s.names = slices.Delete(s.names, i, i+1)
+	}
+	delete(s.byName, name)
+}
+
+// lookup finds a host by UUID or name. The caller holds mu.
+func (s *Store) lookup(id string) (inventory.Host, bool) {
+	if h, ok := s.byUUID[id]; ok {
+		return h, true
+	}
+	if u, ok := s.byName[id]; ok {
+		return s.byUUID[u], true
+	}
+	return inventory.Host{}, false
+}
+
+func (s *Store) Host(_ context.Context, id string) (inventory.Host, error) {
+	s.mu.RLock()
+	defer s.mu.RUnlock()
+	h, ok := s.lookup(id)
+	if !ok {
+		return inventory.Host{}, fmt.Errorf("%w: %s", inventory.ErrHostNotFound, id)
+	}
+	return h.Clone(), nil
+}
+
+func (s *Store) Hosts(_ context.Context, opts rest.ListOptions) ([]inventory.Host, string, error) {
+	s.mu.RLock()
+	defer s.mu.RUnlock()
+	start := 0
+	if opts.After != "" {
+		start, _ = slices.BinarySearch(s.names, opts.After)
+		if start < len(s.names) && s.names[start] == opts.After {
+			start++
+		}
+	}
+	out := make([]inventory.Host, 0, min(opts.Limit, len(s.names)))
+	for _, name := range s.names[start:] {
+		h := s.byUUID[s.byName[name]]
+		if !matches(h, opts.Filters) {
+			continue
+		}
+		if len(out) == opts.Limit {
+			return out, out[len(out)-1].Name, nil
+		}
+		out = append(out, h.Clone())
+	}
+	return out, "", nil
+}
+
+func matches(h inventory.Host, filters map[string]string) bool {
+	for k, v := range filters {
+		if h.Field(k) != v {
+			return false
+		}
+	}
+	return true
 }
 
 func (s *Store) PutHost(ctx context.Context, h inventory.Host, ifRev uint64) (inventory.Host, error) {
 	if err := h.Validate(); err != nil {
 		return inventory.Host{}, err
 	}
+	h = h.Clone()
+	s.wmu.Lock()
+	defer s.wmu.Unlock()
 	now := time.Now().UTC()
-	err := s.db.WithContext(ctx).Transaction(func(tx *gorm.DB) error {
-		if ifRev == 0 {
-			h.Rev, h.CreatedAt, h.UpdatedAt = 1, now, now
-			doc, err := json.Marshal(h)
-			if err != nil {
-				return err
-			}
-			err = tx.Create(&hostRow{UUID: h.UUID, Name: h.Name, Personality: string(h.Personality),
-				Provisioning: string(h.Provisioning), Administrative: string(h.Administrative),
-				Operational: string(h.Operational), Availability: string(h.Availability),
-				Doc: doc, Rev: 1, CreatedAt: now, UpdatedAt: now}).Error
-			if err != nil && sqldb.IsUniqueViolation(err) {
-				return fmt.Errorf("%w: %s", inventory.ErrHostExists, h.Name)
-			}
-			return err
+	s.mu.RLock()
+	cur, exists := s.byUUID[h.UUID]
+	otherUUID, nameTaken := s.byName[h.Name]
+	s.mu.RUnlock()
+	if nameTaken && otherUUID != h.UUID {
+		return inventory.Host{}, fmt.Errorf("%w: %s", inventory.ErrHostExists, h.Name)
+	}
+	if ifRev == 0 {
+		if exists {
+			return inventory.Host{}, fmt.Errorf("%w: %s", inventory.ErrHostExists, h.UUID)
 		}
-		h.Rev, h.UpdatedAt = ifRev+1, now
-		doc, err := json.Marshal(h)
+		h.Rev, h.CreatedAt, h.UpdatedAt = 1, now, now
+		row, err := toRow(h)
 		if err != nil {
-			return err
+			return inventory.Host{}, err
 		}
-		res := tx.Model(&hostRow{}).Where("uuid = ? AND rev = ?", h.UUID, ifRev).Updates(map[string]any{
-			"name": h.Name, "personality": string(h.Personality), "provisioning": string(h.Provisioning),
-			"administrative": string(h.Administrative), "operational": string(h.Operational),
-			"availability": string(h.Availability), "doc": doc, "rev": ifRev + 1, "updated_at": now,
+		if err := s.db.WithContext(ctx).Create(&row).Error; err != nil {
+			if sqldb.IsUniqueViolation(err) {
+				return inventory.Host{}, fmt.Errorf("%w: %s", inventory.ErrHostExists, h.Name)
+			}
+			return inventory.Host{}, err
+		}
+	} else {
+		if !exists {
+			return inventory.Host{}, fmt.Errorf("%w: %s", inventory.ErrHostNotFound, h.UUID)
+		}
+		if cur.Rev != ifRev {
+			return inventory.Host{}, fmt.Errorf("%w: %s (revision %d, now %d)", inventory.ErrStale, h.Name, ifRev, cur.Rev)
+		}
+		h.Rev, h.CreatedAt, h.UpdatedAt = ifRev+1, cur.CreatedAt, now
+		row, err := toRow(h)
+		if err != nil {
+			return inventory.Host{}, err
+		}
+		res := s.db.WithContext(ctx).Model(&hostRow{}).Where("uuid = ? AND rev = ?", h.UUID, ifRev).Updates(map[string]any{
+			"name": row.Name, "personality": row.Personality, "provisioning": row.Provisioning,
+			"administrative": row.Administrative, "operational": row.Operational,
+			"availability": row.Availability, "doc": row.Doc, "rev": row.Rev, "updated_at": now,
 		})
 		if res.Error != nil {
 			if sqldb.IsUniqueViolation(res.Error) {
-				return fmt.Errorf("%w: %s", inventory.ErrHostExists, h.Name)
+				return inventory.Host{}, fmt.Errorf("%w: %s", inventory.ErrHostExists, h.Name)
 			}
-			return res.Error
+			return inventory.Host{}, res.Error
 		}
 		if res.RowsAffected == 0 {
-			if _, err := s.find(tx, h.UUID); err != nil {
-				return err
-			}
-			return fmt.Errorf("%w: %s (revision %d)", inventory.ErrStale, h.Name, ifRev)
-		}
-		var r hostRow
-		if err := tx.Where("uuid = ?", h.UUID).Take(&r).Error; err != nil {
-			return err
-		}
-		h.CreatedAt = r.CreatedAt
-		return nil
-	})
-	if err != nil {
-		return inventory.Host{}, err
-	}
-	h.CreatedAt = h.CreatedAt.UTC()
-	return h, nil
-}
-
-func (s *Store) Hosts(ctx context.Context, opts rest.ListOptions) ([]inventory.Host, string, error) {
-	q := s.db.WithContext(ctx).Model(&hostRow{})
-	for _, f := range inventory.HostFilters {
-		if v, ok := opts.Filters[f]; ok {
-			q = q.Where(f+" = ?", v)
+			// Memory and SQL disagree: someone else wrote the store.
+			return inventory.Host{}, fmt.Errorf("%w: %s changed in the store behind this process", inventory.ErrStale, h.Name)
 		}
 	}
-	var rows []hostRow
-	if err := sqldb.Page(q, "name", opts.After, opts.Limit).Find(&rows).Error; err != nil {
-		return nil, "", err
-	}
-	rows, next := sqldb.Trim(rows, opts.Limit, func(r hostRow) string { return r.Name })
-	out := make([]inventory.Host, 0, len(rows))
-	for _, r := range rows {
-		h, err := fromRow(r)
-		if err != nil {
-			return nil, "", err
-		}
-		out = append(out, h)
-	}
-	return out, next, nil
+	s.remember(h) // only after the commit
+	return h.Clone(), nil
 }
 
 func (s *Store) DeleteHost(ctx context.Context, id string) error {
-	res := s.db.WithContext(ctx).Where("uuid = ? OR name = ?", id, id).Delete(&hostRow{})
-	if res.Error != nil {
-		return res.Error
-	}
-	if res.RowsAffected == 0 {
+	s.wmu.Lock()
+	defer s.wmu.Unlock()
+	s.mu.RLock()
+	h, ok := s.lookup(id)
+	s.mu.RUnlock()
+	if !ok {
 		return fmt.Errorf("%w: %s", inventory.ErrHostNotFound, id)
 	}
+	if err := s.db.WithContext(ctx).Where("uuid = ?", h.UUID).Delete(&hostRow{}).Error; err != nil {
+		return err
+	}
+	s.mu.Lock()
+	delete(s.byUUID, h.UUID)
+	s.dropName(h.Name)
+	s.mu.Unlock()
 	return nil
 }

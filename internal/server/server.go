@@ -189,6 +189,12 @@ func (s *Server) tlsConfig() (*tls.Config, error) {
 	return pki.ServerTLS(certFile, keyFile)
 }
 
+// DataDir is where the daemon keeps its state.
+func (s *Server) DataDir() string { return s.cfg.DataDir }
+
+// Spec returns the daemon's OpenAPI document (YAML).
+func (s *Server) Spec() []byte { return s.spec }
+
 // Addr is the bound listen address.
 func (s *Server) Addr() net.Addr { return s.ln.Addr() }
 

@@ -3,6 +3,7 @@ package rest
 import (
 	"encoding/base64"
 	"net/http"
+	"net/url"
 	"slices"
 	"strconv"
 	"strings"
@@ -35,7 +36,11 @@ type ListOptions struct {
 // misspelt filter never silently returns everything.
 func ParseList(r *http.Request, allowed ...string) (ListOptions, error) {
 	opts := ListOptions{Limit: DefaultLimit, Filters: map[string]string{}}
-	for key, vals := range r.URL.Query() {
+	query, err := url.ParseQuery(r.URL.RawQuery)
+	if err != nil {
+		return opts, errs.Wrapf(errs.Invalid, "malformed query string: %v", err)
+	}
+	for key, vals := range query {
 		if len(vals) != 1 {
 			return opts, errs.Field(key, "given %d times; give it once", len(vals))
 		}

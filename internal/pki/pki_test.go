@@ -1,0 +1,68 @@
+package pki_test
+
+import (
+	"crypto/x509"
+	"encoding/pem"
+	"net"
+	"os"
+	"path/filepath"
+	"testing"
+	"time"
+
+	"github.com/petrel-edge/petrel/internal/pki"
+)
+
+func TestCAIssuesVerifiableCertificates(t *testing.T) {
+	dir := t.TempDir()
+	ca, err := pki.LoadOrCreateCA(dir, "test CA")
+	if err != nil {
+		t.Fatal(err)
+	}
+	fi, err := os.Stat(filepath.Join(dir, pki.CAKeyFile))
+	if err != nil || fi.Mode().Perm() != 0o600 {
+		t.Fatalf("CA key mode = %v, %v; want 0600", fi.Mode().Perm(), err)
+	}
+	again, err := pki.LoadOrCreateCA(dir, "other")
+	if err != nil || !again.Cert.Equal(ca.Cert) {
+		t.Fatalf("LoadOrCreateCA twice made a new CA (%v)", err)
+	}
+	pool, err := pki.CertPool(filepath.Join(dir, pki.CACertFile))
+	if err != nil {
+		t.Fatal(err)
+	}
+	srv, err := ca.IssueServer("central", []string{"localhost"}, []net.IP{net.IPv4(127, 0, 0, 1)}, time.Hour)
+	if err != nil {
+		t.Fatal(err)
+	}
+	cert := parse(t, srv.CertPEM)
+	if _, err := cert.Verify(x509.VerifyOptions{Roots: pool, DNSName: "127.0.0.1"}); err != nil {
+		t.Errorf("server certificate does not verify for 127.0.0.1: %v", err)
+	}
+	if _, err := cert.Verify(x509.VerifyOptions{Roots: pool, DNSName: "example.com"}); err == nil {
+		t.Error("server certificate verifies for a name it was not issued for")
+	}
+	cli, err := ca.IssueClient("machine-1234", time.Hour)
+	if err != nil {
+		t.Fatal(err)
+	}
+	cc := parse(t, cli.CertPEM)
+	if _, err := cc.Verify(x509.VerifyOptions{Roots: pool, KeyUsages: []x509.ExtKeyUsage{x509.ExtKeyUsageClientAuth}}); err != nil || cc.Subject.CommonName != "machine-1234" {
+		t.Errorf("client certificate: CN %q, verify %v", cc.Subject.CommonName, err)
+	}
+	// A certificate from another CA does not verify.
+	other, _ := pki.LoadOrCreateCA(t.TempDir(), "other CA")
+	foreign, _ := other.IssueServer("x", []string{"localhost"}, nil, time.Hour)
+	if _, err := parse(t, foreign.CertPEM).Verify(x509.VerifyOptions{Roots: pool, DNSName: "localhost"}); err == nil {
+		t.Error("a foreign CA's certificate verifies against our CA")
+	}
+}
+
+func parse(t *testing.T, p []byte) *x509.Certificate {
+	t.Helper()
+	b, _ := pem.Decode(p)
+	c, err := x509.ParseCertificate(b.Bytes)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return c
+}

@@ -107,7 +107,7 @@ type WhoAmI struct {
 
 func (s *Service) whoami(r *http.Request) (int, any, error) {
 	p := mustPrincipal(r.Context())
-	return http.StatusOK, WhoAmI{User: p.User, Role: p.Role, TokenID: p.TokenID}, nil
+	return http.StatusOK, WhoAmI(p), nil
 }
 
 func (s *Service) listUsers(r *http.Request) (int, any, error) {

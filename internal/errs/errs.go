@@ -6,6 +6,8 @@
 // and the client maps wire codes back to the same kinds.
 package errs
 
+//lint:file-ignore ST1012 the kinds are named for how they read at call sites: errs.NotFound, errs.Invalid
+
 import (
 	"errors"
 	"fmt"

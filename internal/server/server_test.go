@@ -64,7 +64,10 @@ func start(t *testing.T) (shell, *syncBuffer) {
 
 type testWriter struct{ t *testing.T }
 
-func (w testWriter) Write(p []byte) (int, error) { w.t.Log(strings.TrimSpace(string(p))); return len(p), nil }
+func (w testWriter) Write(p []byte) (int, error) {
+	w.t.Log(strings.TrimSpace(string(p)))
+	return len(p), nil
+}
 
 func apiErr(t *testing.T, err error) *client.Error {
 	t.Helper()

@@ -1,0 +1,225 @@
+package main
+
+import (
+	"bytes"
+	"encoding/json"
+	"fmt"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"strings"
+	"testing"
+
+	"github.com/petrel-edge/petrel/lab"
+)
+
+// petrelBin is the binary under test, built once by TestMain.
+var petrelBin string
+
+func TestMain(m *testing.M) {
+	dir, err := os.MkdirTemp("", "petrel-e2e-bin-")
+	if err != nil {
+		panic(err)
+	}
+	petrelBin = filepath.Join(dir, "petrel")
+	out, err := exec.Command("go", "build", "-o", petrelBin, ".").CombinedOutput()
+	if err != nil {
+		fmt.Fprintf(os.Stderr, "go build: %v\n%s", err, out)
+		os.Exit(1)
+	}
+	code := m.Run()
+	os.RemoveAll(dir)
+	os.Exit(code)
+}
+
+// cli runs the petrel binary with env (on top of a clean environment).
+type cli struct {
+	t   *testing.T
+	env []string
+}
+
+func (c cli) run(stdin string, args ...string) (stdout, stderr string, code int) {
+	c.t.Helper()
+	cmd := exec.Command(petrelBin, args...)
+	cmd.Env = append([]string{"PATH=" + os.Getenv("PATH"), "HOME=" + c.t.TempDir()}, c.env...)
+	cmd.Stdin = strings.NewReader(stdin)
+	var o, e bytes.Buffer
+	cmd.Stdout, cmd.Stderr = &o, &e
+	err := cmd.Run()
+	code = 0
+	if ee, ok := err.(*exec.ExitError); ok {
+		code = ee.ExitCode()
+	} else if err != nil {
+		c.t.Fatal(err)
+	}
+	return o.String(), e.String(), code
+}
+
+func (c cli) ok(args ...string) string {
+	c.t.Helper()
+	out, errOut, code := c.run("", args...)
+	if code != 0 {
+		c.t.Fatalf("petrel %s: exit %d\n%s%s", strings.Join(args, " "), code, out, errOut)
+	}
+	return out
+}
+
+func (c cli) exit(want int, args ...string) string {
+	c.t.Helper()
+	out, errOut, code := c.run("", args...)
+	if code != want {
+		c.t.Errorf("petrel %s: exit %d; want %d\n%s%s", strings.Join(args, " "), code, want, out, errOut)
+	}
+	return errOut
+}
+
+func (c cli) with(env ...string) cli { return cli{t: c.t, env: append(append([]string(nil), c.env...), env...)} }
+
+func TestEndToEndThroughTheCLI(t *testing.T) {
+	dir := filepath.Join(t.TempDir(), "lab")
+	base := cli{t: t, env: []string{"PETREL_LAB_DIR=" + dir, "PETREL_CONFIG_DIR=" + t.TempDir()}}
+	base.ok("lab", "up")
+	t.Cleanup(func() { base.run("", "lab", "down") })
+
+	// lab.json is mode 0600, version 1, with every default site.
+	fi, err := os.Stat(filepath.Join(dir, "lab.json"))
+	if err != nil || fi.Mode().Perm() != 0o600 {
+		t.Fatalf("lab.json: %v mode %v; want 0600", err, fi.Mode().Perm())
+	}
+	lf, err := lab.Load(dir)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if len(lf.Sites) != 3 || lf.Sites[0].Name != "site-sx" || lf.Sites[2].Shape != "multi-server" || lf.Central.Token == "" {
+		t.Fatalf("lab.json = %+v", lf)
+	}
+	// A second lab up on the same dir refuses and starts nothing.
+	procs, _ := lab.Processes(dir)
+	if msg := base.exit(1, "lab", "up"); !strings.Contains(msg, "already exists") {
+		t.Errorf("second lab up said %q", msg)
+	}
+	if again, _ := lab.Processes(dir); len(again) != len(procs) {
+		t.Errorf("second lab up changed the processes: %d -> %d", len(procs), len(again))
+	}
+	if out := base.ok("lab", "status"); strings.Count(out, "running") != 4 {
+		t.Errorf("lab status:\n%s", out)
+	}
+
+	// lab env exports what the CLI needs.
+	admin := base.with(exports(t, base.ok("lab", "env"))...)
+	if out := admin.ok("version"); !strings.Contains(out, "server: petrel central") {
+		t.Errorf("version:\n%s", out)
+	}
+	var subclouds map[string]any
+	if err := json.Unmarshal([]byte(admin.ok("subcloud", "list", "-o", "json")), &subclouds); err != nil || subclouds["items"] == nil {
+		t.Errorf("subcloud list -o json = %v, %v; want the list envelope", subclouds, err)
+	}
+	if out := admin.ok("subcloud", "list", "-o", "yaml"); !strings.Contains(out, "items: []") {
+		t.Errorf("subcloud list -o yaml:\n%s", out)
+	}
+	site := admin.with("PETREL_URL="+lf.Sites[0].URL, "PETREL_TOKEN="+lf.Sites[0].Token)
+	if out := site.ok("host", "list"); !strings.HasPrefix(out, "NAME") {
+		t.Errorf("host list at the site:\n%s", out)
+	}
+	site.exit(1, "host", "show", "controller-9")
+
+	// Users and roles: a reader reads, and is refused writes with exit 4.
+	pwFile := filepath.Join(t.TempDir(), "pw")
+	if err := os.WriteFile(pwFile, []byte("reader-password-1\n"), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	admin.ok("user", "create", "rita", "--role", "reader", "--password-file", pwFile)
+	if out := admin.ok("user", "list"); !strings.Contains(out, "rita") || !strings.Contains(out, "reader") {
+		t.Errorf("user list:\n%s", out)
+	}
+	readerTok := strings.TrimSpace(admin.with("PETREL_TOKEN=").ok("login", "-u", "rita", "--password-file", pwFile, "--print-token"))
+	reader := admin.with("PETREL_TOKEN=" + readerTok)
+	reader.ok("subcloud", "list")
+	if msg := reader.exit(4, "user", "create", "eve", "--role", "admin", "--password-file", pwFile); !strings.Contains(msg, "needs admin") {
+		t.Errorf("reader user create said %q", msg)
+	}
+	// A password file others can read is refused before anything is sent.
+	loose := filepath.Join(t.TempDir(), "loose")
+	os.WriteFile(loose, []byte("reader-password-1\n"), 0o644)
+	if msg := admin.exit(1, "user", "create", "lou", "--role", "reader", "--password-file", loose); !strings.Contains(msg, "chmod 600") {
+		t.Errorf("loose password file said %q", msg)
+	}
+	// login saves credentials for later commands.
+	saved := base.with("PETREL_CA_CERT=" + lf.CACert)
+	if out := saved.ok("login", "--url", lf.Central.URL, "-u", "rita", "--password-file", pwFile); !strings.Contains(out, "as rita (reader)") {
+		t.Errorf("login:\n%s", out)
+	}
+	saved.ok("subcloud", "list")
+	saved.ok("logout")
+	saved.exit(2, "subcloud", "list") // no URL any more: a usage error
+
+	// Tokens: create, use, revoke; a revoked token gets exit 4.
+	var issued struct {
+		Token  string
+		Detail struct{ ID string }
+	}
+	if err := json.Unmarshal([]byte(admin.ok("token", "create", "--ttl", "1h", "--description", "ci", "-o", "json")), &issued); err != nil {
+		t.Fatal(err)
+	}
+	tokUser := admin.with("PETREL_TOKEN=" + issued.Token)
+	tokUser.ok("user", "show", "admin")
+	admin.ok("token", "revoke", issued.Detail.ID)
+	tokUser.exit(4, "user", "show", "admin")
+	admin.with("PETREL_TOKEN=").exit(4, "user", "list")
+	admin.with("PETREL_TOKEN=pt_forged").exit(4, "user", "list")
+
+	// Usage errors exit 2.
+	admin.exit(2, "bogus")
+	admin.exit(2, "user")
+	admin.exit(2, "user", "list", "-o", "xml")
+	admin.exit(2, "user", "show")
+	admin.exit(2, "lab", "up", "--sites", "site=triplex")
+
+	// lab down stops every process and removes what the lab made.
+	base.ok("lab", "down")
+	for _, p := range procs {
+		if _, err := os.Stat(fmt.Sprintf("/proc/%d", p.PID)); err == nil {
+			if b, _ := os.ReadFile(fmt.Sprintf("/proc/%d/cmdline", p.PID)); strings.Contains(string(b), dir) {
+				t.Errorf("lab process %s (pid %d) survives lab down", p.Name, p.PID)
+			}
+		}
+	}
+	if _, err := os.Stat(dir); !os.IsNotExist(err) {
+		t.Errorf("lab dir remains after lab down: %v", err)
+	}
+}
+
+func TestLabDownAfterAnInterruptedUp(t *testing.T) {
+	dir := filepath.Join(t.TempDir(), "lab")
+	c := cli{t: t, env: []string{"PETREL_LAB_DIR=" + dir}}
+	c.ok("lab", "up", "--sites", "site-sx=simplex")
+	t.Cleanup(func() { c.run("", "lab", "down") })
+	procs, _ := lab.Processes(dir)
+	// As if lab up died before writing lab.json.
+	os.Remove(filepath.Join(dir, "lab.json"))
+	c.exit(1, "lab", "env")
+	c.exit(1, "lab", "up", "--sites", "site-sx=simplex")
+	c.ok("lab", "down")
+	for _, p := range procs {
+		if b, err := os.ReadFile(fmt.Sprintf("/proc/%d/cmdline", p.PID)); err == nil && strings.Contains(string(b), dir) {
+			t.Errorf("process %s survives", p.Name)
+		}
+	}
+	if _, err := os.Stat(dir); !os.IsNotExist(err) {
+		t.Errorf("lab dir remains: %v", err)
+	}
+}
+
+// exports turns `petrel lab env` output into KEY=VALUE pairs.
+func exports(t *testing.T, s string) []string {
+	var out []string
+	for _, l := range strings.Split(strings.TrimSpace(s), "\n") {
+		kv, ok := strings.CutPrefix(l, "export ")
+		if !ok {
+			t.Fatalf("lab env line %q", l)
+		}
+		k, v, _ := strings.Cut(kv, "=")
+		out = append(out, k+"="+strings.Trim(v, `"`))
+	}
+	return out
+}

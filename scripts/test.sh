@@ -1,0 +1,106 @@
+#!/usr/bin/env bash
+# The whole Petrel test suite: what CI runs (.ci/run) and what a developer runs.
+# Installs what it needs (idempotently), then runs each stage of the CI budget
+# in ENGINEERING.md and prints its time. Run as root on a fresh machine:
+#   sudo scripts/test.sh
+set -euo pipefail
+cd "$(dirname "$0")/.."
+export PATH="/usr/local/go/bin:$PATH"
+export PATH="$(go env GOPATH)/bin:$PATH"
+export GOFLAGS="${GOFLAGS:--buildvcs=false}"
+STATICCHECK_VERSION=2026.1 # honnef.co/go/tools v0.8.2
+STATICCHECK_MODULE=honnef.co/go/tools/cmd/staticcheck@v0.8.2
+
+declare -a SUMMARY=()
+LOGDIR=$(mktemp -d /tmp/petrel-test-logs.XXXXXX)
+
+# gotest runs go test -v, keeps the full output in LOGDIR, shows package
+# verdicts and failures, and on failure the end of the output.
+gotest() { # gotest LOGNAME ARGS...
+  local log="$LOGDIR/$1.log"; shift
+  local rc=0
+  go test -v "$@" >"$log" 2>&1 || rc=$?
+  grep -E '^(ok|FAIL|\?|--- FAIL|panic:)' "$log" | grep -v 'no test files' || true
+  if [ "$rc" != 0 ]; then
+    echo "--- go test failed (exit $rc); the end of its output ($log):"
+    grep -v -E '^(=== (RUN|PAUSE|CONT|NAME)|--- PASS|PASS$)' "$log" | tail -n 120
+  fi
+  return "$rc"
+}
+stage() { # stage NAME BUDGET_S COMMAND...
+  local name=$1 budget=$2; shift 2
+  local t0=$SECONDS
+  echo "=== stage: $name (budget ${budget}s)"
+  "$@"
+  local dt=$((SECONDS - t0))
+  local note="ok"
+  [ "$dt" -gt "$budget" ] && note="OVER BUDGET"
+  SUMMARY+=("$(printf '%-28s %5ss / %5ss  %s' "$name" "$dt" "$budget" "$note")")
+  echo "=== stage: $name took ${dt}s (budget ${budget}s)"
+}
+
+install() {
+  local missing=()
+  [ -x /usr/lib/postgresql/15/bin/initdb ] || missing+=(postgresql)
+  command -v git >/dev/null || missing+=(git)
+  command -v runuser >/dev/null || missing+=(util-linux)
+  if [ ${#missing[@]} -gt 0 ]; then
+    if [ "$(id -u)" != 0 ]; then
+      echo "scripts/test.sh: missing Debian packages: ${missing[*]} (run as root to install them)" >&2
+      exit 1
+    fi
+    apt-get update -qq
+    DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${missing[@]}" >/dev/null
+  fi
+  go mod download
+  if ! staticcheck -version 2>/dev/null | grep -q "$STATICCHECK_VERSION"; then
+    GOFLAGS= go install "$STATICCHECK_MODULE"
+  fi
+}
+
+build() {
+  local unformatted
+  unformatted=$(gofmt -l $(git ls-files '*.go' 2>/dev/null || find . -name '*.go' -not -path './.git/*'))
+  if [ -n "$unformatted" ]; then
+    echo "gofmt would change:"; echo "$unformatted"; exit 1
+  fi
+  go build ./...
+  go vet ./...
+  staticcheck ./...
+}
+
+PKGS_UNIT=$(go list ./... | grep -v '/cmd/petrel$')
+unit() {
+  # The race detector on every package but the end-to-end one (which runs
+  # real processes); nothing here hammers SQLite yet.
+  gotest unit -race -count=1 $PKGS_UNIT
+}
+
+PGDIR=""
+cleanup() { [ -n "$PGDIR" ] && scripts/postgres.sh stop "$PGDIR"; return 0; }
+trap cleanup EXIT
+conformance() {
+  PGDIR=$(mktemp -d /tmp/petrel-pg.XXXXXX)
+  local dsn
+  dsn=$(scripts/postgres.sh start "$PGDIR")
+  PETREL_TEST_DB=sqlite,postgres PETREL_TEST_POSTGRES_DSN="$dsn" gotest conformance -count=1 -run Conformance ./...
+  scripts/postgres.sh stop "$PGDIR"; PGDIR=""
+}
+
+e2e() {
+  gotest e2e -count=1 ./cmd/petrel
+}
+
+stage "installs" 300 install
+stage "build, vet, staticcheck" 360 build
+stage "unit tests (-race)" 480 unit
+stage "store conformance" 120 conformance
+stage "end-to-end (CLI, lab)" 720 e2e
+
+echo
+echo "=== stage times"
+printf '%s\n' "${SUMMARY[@]}"
+# Top-level tests only (subtests are indented); the logs are in $LOGDIR.
+passed=$(cat "$LOGDIR"/*.log | grep -c '^--- PASS' || true)
+failed=$(cat "$LOGDIR"/*.log | grep -c '^--- FAIL' || true)
+echo "tests: ${passed} passed, ${failed} failed"

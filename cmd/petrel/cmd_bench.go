@@ -7,6 +7,7 @@ import (
 	"time"
 
 	"github.com/spf13/cobra"
+	"github.com/spf13/pflag"
 
 	"github.com/petrel-edge/petrel/bench"
 )
@@ -47,7 +48,7 @@ func (a *app) benchCmd() *cobra.Command {
 				return nil
 			}
 			row := []string{time.Now().UTC().Format("2006-01-02 15:04"), bench.Commit(), bench.Machine(),
-				"`petrel bench api " + strings.Join(os.Args[3:], " ") + "`",
+				"`" + commandLine(cmd) + "`",
 				fmt.Sprintf("%.0f / %.0f", r.Offered, r.Achieved), fmt.Sprint(r.Errors),
 				ms(r.P50), ms(r.P99), ms(r.Max), ms(r.BaseP50) + " / " + ms(r.BaseP99),
 				fmt.Sprintf("%.0f%% / %.0f MiB", r.ServerCPUPercent, r.ServerMB), verdict}
@@ -72,4 +73,15 @@ func (a *app) benchCmd() *cobra.Command {
 	c.PersistentFlags().StringVar(&out, "out", "docs/benchmarks.md", "results file")
 	c.PersistentFlags().BoolVar(&record, "record", true, "append the result to --out")
 	return c
+}
+
+// commandLine reconstructs the command as run: its path and the flags set.
+func commandLine(cmd *cobra.Command) string {
+	parts := []string{cmd.CommandPath()}
+	cmd.Flags().Visit(func(f *pflag.Flag) {
+		if f.Name != "out" && f.Name != "record" {
+			parts = append(parts, "--"+f.Name+"="+f.Value.String())
+		}
+	})
+	return strings.Join(parts, " ")
 }

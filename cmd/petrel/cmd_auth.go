@@ -23,30 +23,35 @@ func (a *app) versionCmd() *cobra.Command {
 		Short: "Print the CLI's version, and the server's when one is configured",
 		Args:  noArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error {
-			out := map[string]any{"client": version.Get()}
+			v := version.Get()
+			out := map[string]any{"client": v}
+			var serverErr error
 			if u, _, _ := a.endpoint(); u != "" {
+				var raw json.RawMessage
 				c, err := a.client()
+				if err == nil {
+					err = c.Do(cmd.Context(), http.MethodGet, "/v1/version", nil, nil, (*[]byte)(&raw))
+				}
 				if err != nil {
+					serverErr = fmt.Errorf("server version: %w", err)
+				} else {
+					out["server"] = raw
+				}
+			}
+			if a.output != "table" {
+				b, _ := json.Marshal(out)
+				if err := a.printRaw(b); err != nil {
 					return err
 				}
-				var raw json.RawMessage
-				if err := c.Do(cmd.Context(), http.MethodGet, "/v1/version", nil, nil, (*[]byte)(&raw)); err != nil {
-					return fmt.Errorf("server version: %w", err)
-				}
-				out["server"] = raw
+				return serverErr
 			}
-			if a.output == "table" {
-				v := version.Get()
-				fmt.Fprintf(a.stdout, "client: petrel %s (commit %s, %s)\n", v.Version, orDash(v.Commit), v.Go)
-				if raw, ok := out["server"].(json.RawMessage); ok {
-					var s struct{ Version, Commit, Daemon, Site string }
-					_ = json.Unmarshal(raw, &s)
-					fmt.Fprintf(a.stdout, "server: petrel %s %s (commit %s)%s\n", s.Daemon, s.Version, orDash(s.Commit), siteSuffix(s.Site))
-				}
-				return nil
+			fmt.Fprintf(a.stdout, "client: petrel %s (commit %s, %s)\n", v.Version, orDash(v.Commit), v.Go)
+			if raw, ok := out["server"].(json.RawMessage); ok {
+				var s struct{ Version, Commit, Daemon, Site string }
+				_ = json.Unmarshal(raw, &s)
+				fmt.Fprintf(a.stdout, "server: petrel %s %s (commit %s)%s\n", s.Daemon, s.Version, orDash(s.Commit), siteSuffix(s.Site))
 			}
-			b, _ := json.Marshal(out)
-			return a.printRaw(b)
+			return serverErr
 		},
 	}
 }

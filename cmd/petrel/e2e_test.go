@@ -73,7 +73,9 @@ func (c cli) exit(want int, args ...string) string {
 	return errOut
 }
 
-func (c cli) with(env ...string) cli { return cli{t: c.t, env: append(append([]string(nil), c.env...), env...)} }
+func (c cli) with(env ...string) cli {
+	return cli{t: c.t, env: append(append([]string(nil), c.env...), env...)}
+}
 
 func TestEndToEndThroughTheCLI(t *testing.T) {
 	dir := filepath.Join(t.TempDir(), "lab")

@@ -11,7 +11,7 @@ import (
 	"time"
 
 	"github.com/petrel-edge/petrel/internal/errs"
-	"github.com/petrel-edge/petrel/internal/rest"
+	"github.com/petrel-edge/petrel/internal/page"
 )
 
 // Shape is a site's layout of hosts.
@@ -180,8 +180,14 @@ type Host struct {
 	BMC             BMC               `json:"bmc"`
 	Heartbeat       Heartbeat         `json:"heartbeat"`
 	Inventory       Hardware          `json:"inventory"`
-	CreatedAt       time.Time         `json:"created_at"`
-	UpdatedAt       time.Time         `json:"updated_at"`
+	// BootedAt, BootID, ReportGeneration and LastReport come from the
+	// host's agent; UptimeS is derived from BootedAt when the host is read.
+	BootedAt         *time.Time `json:"booted_at"`
+	BootID           string     `json:"boot_id"`
+	ReportGeneration uint64     `json:"report_generation"`
+	LastReport       *time.Time `json:"last_report"`
+	CreatedAt        time.Time  `json:"created_at"`
+	UpdatedAt        time.Time  `json:"updated_at"`
 	// Rev increases with every stored change; writers pass the revision they
 	// read so a stale write fails with ErrConflict.
 	Rev uint64 `json:"revision"`
@@ -193,6 +199,20 @@ func (h Host) Clone() Host {
 	h.Inventory.Disks = slices.Clone(h.Inventory.Disks)
 	h.Inventory.NICs = slices.Clone(h.Inventory.NICs)
 	h.Inventory.PCI = slices.Clone(h.Inventory.PCI)
+	return h
+}
+
+// WithUptime returns h with UptimeS computed at now from BootedAt, for a
+// host that is up (online or better).
+func (h Host) WithUptime(now time.Time) Host {
+	h.UptimeS = 0
+	switch h.Availability {
+	case Offline, PowerOff, Failed:
+		return h
+	}
+	if h.BootedAt != nil && now.After(*h.BootedAt) {
+		h.UptimeS = int64(now.Sub(*h.BootedAt) / time.Second)
+	}
 	return h
 }
 
@@ -250,7 +270,7 @@ type Store interface {
 	PutHost(ctx context.Context, h Host, ifRev uint64) (Host, error)
 	// Hosts lists hosts by name; filters: personality, administrative,
 	// operational, availability, provisioning.
-	Hosts(ctx context.Context, opts rest.ListOptions) ([]Host, string, error)
+	Hosts(ctx context.Context, opts page.Options) ([]Host, string, error)
 	DeleteHost(ctx context.Context, id string) error
 }
 

@@ -8,9 +8,13 @@ import (
 	_ "embed"
 	"errors"
 	"fmt"
+	"log/slog"
 	"net/http"
+	"path/filepath"
+	"time"
 
 	"github.com/petrel-edge/petrel/auth"
+	"github.com/petrel-edge/petrel/internal/pki"
 	"github.com/petrel-edge/petrel/internal/rest"
 	"github.com/petrel-edge/petrel/internal/server"
 	"github.com/petrel-edge/petrel/inventory"
@@ -36,9 +40,12 @@ type Config struct {
 
 // Subcloud is a running site controller.
 type Subcloud struct {
-	cfg   Config
-	shell *server.Server
-	Hosts inventory.Store
+	cfg        Config
+	shell      *server.Server
+	log        *slog.Logger
+	agentCA    *pki.CA // issues host certificates at join; verifies agents
+	Hosts      inventory.Store
+	Enrollment inventory.Enrollment
 }
 
 // ConfigFromFile validates a configuration file's contents.
@@ -58,7 +65,17 @@ func New(ctx context.Context, cfg Config) (*Subcloud, error) {
 	if cfg.Site == "" || !cfg.Shape.Valid() {
 		return nil, errors.New("subcloud: Site and a valid Shape are required")
 	}
+	if cfg.Shell.DataDir == "" || cfg.Shell.Logger == nil {
+		return nil, errors.New("subcloud: Shell.DataDir and Shell.Logger are required")
+	}
+	// The site's own CA for agent identities: separate from the CA of server
+	// certificates, so a host certificate is good at this site only.
+	agentCA, err := pki.LoadOrCreateCA(filepath.Join(cfg.Shell.DataDir, "agent-ca"), "Petrel site "+cfg.Site+" agent CA")
+	if err != nil {
+		return nil, err
+	}
 	cfg.Shell.Daemon, cfg.Shell.Site, cfg.Shell.OpenAPI = "subcloud", cfg.Site, openapiFragment
+	cfg.Shell.ClientCAs = agentCAPool(agentCA.CertPEM)
 	shell, err := server.New(ctx, cfg.Shell)
 	if err != nil {
 		return nil, err
@@ -68,7 +85,7 @@ func New(ctx context.Context, cfg Config) (*Subcloud, error) {
 		shell.Close()
 		return nil, err
 	}
-	s := &Subcloud{cfg: cfg, shell: shell, Hosts: hosts}
+	s := &Subcloud{cfg: cfg, shell: shell, log: cfg.Shell.Logger, agentCA: agentCA, Hosts: hosts, Enrollment: hosts}
 	s.register(shell.REST, shell.Auth)
 	return s, nil
 }
@@ -82,6 +99,13 @@ func (s *Subcloud) Shell() *server.Server { return s.shell }
 func (s *Subcloud) register(srv *rest.Server, a *auth.Service) {
 	srv.Handle("listHosts", http.MethodGet, "/v1/hosts", a.Require(auth.Reader), s.listHosts)
 	srv.Handle("getHost", http.MethodGet, "/v1/hosts/{id}", a.Require(auth.Reader), s.getHost)
+	srv.Handle("updateHost", http.MethodPatch, "/v1/hosts/{id}", a.Require(auth.Operator), s.updateHost)
+	srv.Handle("deleteHost", http.MethodDelete, "/v1/hosts/{id}", a.Require(auth.Operator), s.deleteHost)
+	srv.Handle("listJoinTokens", http.MethodGet, "/v1/join-tokens", a.Require(auth.Operator), s.listJoinTokens)
+	srv.Handle("createJoinToken", http.MethodPost, "/v1/join-tokens", a.Require(auth.Operator), s.createJoinToken)
+	srv.Handle("deleteJoinToken", http.MethodDelete, "/v1/join-tokens/{id}", a.Require(auth.Operator), s.deleteJoinToken)
+	srv.HandlePublic("join", http.MethodPost, "/v1/join", s.join) // authenticated by the join token in the body
+	srv.Handle("agentReport", http.MethodPut, "/v1/agents/{uuid}/report", s.agentGuard, s.report)
 }
 
 func (s *Subcloud) listHosts(r *http.Request) (int, any, error) {
@@ -93,6 +117,10 @@ func (s *Subcloud) listHosts(r *http.Request) (int, any, error) {
 	if err != nil {
 		return 0, nil, err
 	}
+	now := time.Now()
+	for i := range hosts {
+		hosts[i] = hosts[i].WithUptime(now)
+	}
 	return http.StatusOK, rest.List[inventory.Host]{Items: hosts, NextPageToken: rest.EncodePageToken(next)}, nil
 }
 
@@ -101,5 +129,5 @@ func (s *Subcloud) getHost(r *http.Request) (int, any, error) {
 	if err != nil {
 		return 0, nil, err
 	}
-	return http.StatusOK, h, nil
+	return http.StatusOK, h.WithUptime(time.Now()), nil
 }

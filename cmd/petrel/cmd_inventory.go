@@ -1,8 +1,11 @@
 package main
 
 import (
+	"encoding/json"
+	"fmt"
 	"net/http"
 	"net/url"
+	"time"
 
 	"github.com/spf13/cobra"
 )
@@ -41,7 +44,46 @@ func (a *app) hostCmd() *cobra.Command {
 			return a.call(cmd, http.MethodGet, "/v1/hosts/"+url.PathEscape(args[0]), nil)
 		},
 	}
-	return group("host", "Inspect and manage a site's hosts (at a site, or through central with --site)", list, show)
+	var personality, hostname string
+	var subfunctions []string
+	assign := &cobra.Command{
+		Use:   "assign NAME|UUID --personality controller|worker|storage [--hostname NAME] [--subfunctions a,b]",
+		Short: "Give a discovered (locked) host its personality and name (StarlingX host-update)",
+		Args:  exactArgs(1, "NAME|UUID"),
+		RunE: func(cmd *cobra.Command, args []string) error {
+			body := map[string]any{}
+			if personality != "" {
+				body["personality"] = personality
+			}
+			if hostname != "" {
+				body["hostname"] = hostname
+			}
+			if subfunctions != nil {
+				body["subfunctions"] = subfunctions
+			}
+			if len(body) == 0 {
+				return usagef("give --personality, --hostname or --subfunctions")
+			}
+			return a.call(cmd, http.MethodPatch, "/v1/hosts/"+url.PathEscape(args[0]), body)
+		},
+	}
+	assign.Flags().StringVar(&personality, "personality", "", "controller, worker or storage")
+	assign.Flags().StringVar(&hostname, "hostname", "", "the host's new name")
+	assign.Flags().StringSliceVar(&subfunctions, "subfunctions", nil, "override the subfunctions")
+	del := &cobra.Command{
+		Use:   "delete NAME|UUID",
+		Short: "Delete a locked host and revoke its certificate",
+		Args:  exactArgs(1, "NAME|UUID"),
+		RunE: func(cmd *cobra.Command, args []string) error {
+			if err := a.call(cmd, http.MethodDelete, "/v1/hosts/"+url.PathEscape(args[0]), nil); err != nil {
+				return err
+			}
+			fmt.Fprintf(a.stdout, "Deleted host %s.\n", args[0])
+			return nil
+		},
+	}
+	return group("host", "Inspect and manage a site's hosts (at a site, or through central with --site)",
+		list, show, assign, del, a.joinTokenCmd())
 }
 
 func (a *app) subcloudCmd() *cobra.Command {
@@ -72,4 +114,61 @@ func (a *app) subcloudCmd() *cobra.Command {
 		return a.runSubcloudDaemon(cmd, cfgFile)
 	}
 	return c
+}
+
+func (a *app) joinTokenCmd() *cobra.Command {
+	var ttl time.Duration
+	var desc string
+	create := &cobra.Command{
+		Use:   "create [--ttl 1h] [--description D]",
+		Short: "Create a single-use join token for one new host (shown once)",
+		Args:  noArgs,
+		RunE: func(cmd *cobra.Command, _ []string) error {
+			c, err := a.client()
+			if err != nil {
+				return err
+			}
+			var raw []byte
+			body := map[string]any{"description": desc, "ttl_s": int64(ttl / time.Second)}
+			if err := c.Do(cmd.Context(), http.MethodPost, "/v1/join-tokens", nil, body, &raw); err != nil {
+				return err
+			}
+			if a.output != "table" {
+				return a.printRaw(raw)
+			}
+			var it struct {
+				Token  string
+				Detail struct {
+					ID        string
+					ExpiresAt time.Time `json:"expires_at"`
+				}
+			}
+			if err := json.Unmarshal(raw, &it); err != nil {
+				return err
+			}
+			fmt.Fprintln(a.stdout, it.Token)
+			fmt.Fprintf(a.stderr, "Join token %s, single use, expires at %s. Give it to the new host's agent in a 0600 file.\n",
+				it.Detail.ID, it.Detail.ExpiresAt.Format(time.RFC3339))
+			return nil
+		},
+	}
+	create.Flags().DurationVar(&ttl, "ttl", time.Hour, "lifetime (at most 168h)")
+	create.Flags().StringVar(&desc, "description", "", "what the token is for")
+	list := &cobra.Command{
+		Use:   "list",
+		Short: "List join tokens (never their secrets)",
+		Args:  noArgs,
+		RunE: func(cmd *cobra.Command, _ []string) error {
+			return a.list(cmd, "/v1/join-tokens", nil, 0, "id", "description", "expires_at", "used_at", "used_by")
+		},
+	}
+	del := &cobra.Command{
+		Use:   "delete ID",
+		Short: "Delete a join token",
+		Args:  exactArgs(1, "ID"),
+		RunE: func(cmd *cobra.Command, args []string) error {
+			return a.call(cmd, http.MethodDelete, "/v1/join-tokens/"+url.PathEscape(args[0]), nil)
+		},
+	}
+	return group("join-token", "Manage join tokens for new hosts", create, list, del)
 }

@@ -109,7 +109,7 @@ func (a *app) rootCmd() *cobra.Command {
 	root.AddCommand(
 		a.versionCmd(), a.loginCmd(), a.logoutCmd(), a.userCmd(), a.tokenCmd(),
 		a.hostCmd(), a.subcloudCmd(),
-		a.centralDaemonCmd(),
+		a.centralDaemonCmd(), a.agentDaemonCmd(),
 		a.labCmd(), a.benchCmd(),
 	)
 	return root

@@ -10,6 +10,7 @@ import (
 	"unicode/utf8"
 
 	"github.com/petrel-edge/petrel/internal/errs"
+	"github.com/petrel-edge/petrel/internal/page"
 )
 
 // List is the list envelope of the API contract.
@@ -25,11 +26,7 @@ const (
 )
 
 // ListOptions are the paging and filter parameters of a list call.
-type ListOptions struct {
-	Limit   int               // 1..MaxLimit
-	After   string            // key of the last item of the previous page; "" for the first
-	Filters map[string]string // field -> required value
-}
+type ListOptions = page.Options
 
 // ParseList reads ?limit, ?page_token and ?field=value filters. Only the
 // filters named in allowed are accepted; any other parameter is an error, so a

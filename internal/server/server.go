@@ -9,6 +9,7 @@ package server
 import (
 	"context"
 	"crypto/tls"
+	"crypto/x509"
 	"errors"
 	"fmt"
 	"log/slog"
@@ -45,6 +46,9 @@ type Config struct {
 	TLS      TLSConfig     // zero: a server certificate from the CA in DataDir/pki
 	TokenTTL time.Duration // login token lifetime; 0 = 12 h
 	Logger   *slog.Logger  // required
+	// ClientCAs, when set, verifies client certificates that callers offer
+	// (agents authenticate with certificates; operators with tokens).
+	ClientCAs *x509.CertPool
 	// OpenAPI holds the daemon's own OpenAPI fragment (paths and schemas),
 	// merged with the shared one and served at /v1/openapi.yaml.
 	OpenAPI []byte
@@ -133,6 +137,10 @@ func New(ctx context.Context, cfg Config) (_ *Server, err error) {
 	ln, err := net.Listen("tcp", cfg.Listen)
 	if err != nil {
 		return nil, fmt.Errorf("server: listen: %w", err)
+	}
+	if cfg.ClientCAs != nil {
+		tlsCfg.ClientCAs = cfg.ClientCAs
+		tlsCfg.ClientAuth = tls.VerifyClientCertIfGiven
 	}
 	s.ln = tls.NewListener(ln, tlsCfg)
 	s.http = &http.Server{

@@ -16,6 +16,8 @@ import (
 	"sync"
 	"time"
 
+	"gorm.io/gorm"
+
 	"github.com/petrel-edge/petrel/internal/rest"
 	"github.com/petrel-edge/petrel/internal/sqldb"
 	"github.com/petrel-edge/petrel/inventory"
@@ -53,7 +55,7 @@ var _ inventory.Store = (*Store)(nil)
 
 // Open migrates the schema, loads every host and returns the store.
 func Open(ctx context.Context, db *sqldb.DB) (*Store, error) {
-	if err := db.WithContext(ctx).AutoMigrate(&hostRow{}); err != nil {
+	if err := db.WithContext(ctx).AutoMigrate(&hostRow{}, &joinTokenRow{}, &hostCertRow{}); err != nil {
 		return nil, fmt.Errorf("inventorydb: migrate: %w", err)
 	}
 	s := &Store{db: db, byUUID: map[string]inventory.Host{}, byName: map[string]string{}}
@@ -238,7 +240,15 @@ func (s *Store) DeleteHost(ctx context.Context, id string) error {
 	if !ok {
 		return fmt.Errorf("%w: %s", inventory.ErrHostNotFound, id)
 	}
-	if err := s.db.WithContext(ctx).Where("uuid = ?", h.UUID).Delete(&hostRow{}).Error; err != nil {
+	err := s.db.WithContext(ctx).Transaction(func(tx *gorm.DB) error {
+		if err := tx.Where("uuid = ?", h.UUID).Delete(&hostRow{}).Error; err != nil {
+			return err
+		}
+		// A deleted host's certificate stops working at once.
+		return tx.Model(&hostCertRow{}).Where("machine_id = ? AND revoked_at IS NULL", h.UUID).
+			Update("revoked_at", time.Now().UTC()).Error
+	})
+	if err != nil {
 		return err
 	}
 	s.mu.Lock()

@@ -1,0 +1,364 @@
+// Package agent is the host agent, `petrel agent`: it gives its host an
+// identity (the machine UUID), joins the site with a single-use join token
+// in exchange for a certificate bound to that identity, and from then on
+// reports the host's inventory over mutual TLS — everything at start, then
+// what changed — as an explicit anti-entropy state machine. Every action
+// that changes the machine goes through its Platform.
+package agent
+
+import (
+	"bytes"
+	"context"
+	"crypto/ecdsa"
+	"crypto/elliptic"
+	"crypto/rand"
+	"crypto/tls"
+	"crypto/x509"
+	"crypto/x509/pkix"
+	"encoding/hex"
+	"encoding/json"
+	"encoding/pem"
+	"errors"
+	"fmt"
+	"io"
+	"log/slog"
+	"math/big"
+	"net/http"
+	"os"
+	"path/filepath"
+	"reflect"
+	"strings"
+	"time"
+
+	"github.com/petrel-edge/petrel/internal/atomicfile"
+	"github.com/petrel-edge/petrel/inventory"
+)
+
+// Config configures an agent.
+type Config struct {
+	SiteURL       string   // the site controller's API, https://HOST:PORT
+	CACert        string   // PEM file that verifies the site's server certificate
+	JoinTokenFile string   // 0600 file with a join token; needed until the agent has joined
+	StateDir      string   // keeps machine-id, key, certificate (0600)
+	DMIPath       string   // default DMIProductUUID
+	SysRoot       string   // root of /proc and /sys to read; default "/"
+	Profile       *Profile // optional hardware overlay (the lab's)
+	Platform      Platform // required
+	Version       string   // software version reported
+	Logger        *slog.Logger
+
+	CheckInterval time.Duration // how often to look for changes; default 2 s
+	FullInterval  time.Duration // full report at least this often; default 5 min
+}
+
+// Agent is a running host agent.
+type Agent struct {
+	cfg       Config
+	log       *slog.Logger
+	machineID string
+	bootID    string
+	client    *http.Client // mTLS once joined
+	gen       uint64
+	sent      *inventory.Hardware // what the site holds
+	joined    chan struct{}
+}
+
+// State-dir file names.
+const (
+	keyFile  = "host.key"
+	certFile = "host.crt"
+)
+
+// New validates cfg and determines the machine identity.
+func New(cfg Config) (*Agent, error) {
+	if cfg.SiteURL == "" || cfg.CACert == "" || cfg.StateDir == "" || cfg.Platform == nil || cfg.Logger == nil {
+		return nil, errors.New("agent: SiteURL, CACert, StateDir, Platform and Logger are required")
+	}
+	if cfg.DMIPath == "" {
+		cfg.DMIPath = DMIProductUUID
+	}
+	if cfg.SysRoot == "" {
+		cfg.SysRoot = "/"
+	}
+	if cfg.CheckInterval == 0 {
+		cfg.CheckInterval = 2 * time.Second
+	}
+	if cfg.FullInterval == 0 {
+		cfg.FullInterval = 5 * time.Minute
+	}
+	if err := os.MkdirAll(cfg.StateDir, 0o700); err != nil {
+		return nil, err
+	}
+	id, err := MachineID(cfg.StateDir, cfg.DMIPath)
+	if err != nil {
+		return nil, err
+	}
+	var b [8]byte
+	_, _ = rand.Read(b[:])
+	return &Agent{cfg: cfg, log: cfg.Logger.With("machine_id", id), machineID: id,
+		bootID: hex.EncodeToString(b[:]), joined: make(chan struct{})}, nil
+}
+
+// MachineID is the host's identity.
+func (a *Agent) MachineID() string { return a.machineID }
+
+// Joined is closed once the agent holds a certificate for its site.
+func (a *Agent) Joined() <-chan struct{} { return a.joined }
+
+// state is a step of the agent's loop (STYLE.md S10).
+type state int
+
+const (
+	stateJoin state = iota
+	stateFullSync
+	statePartialSync
+	stateStopped
+)
+
+// Run joins if needed, then reports until ctx ends.
+func (a *Agent) Run(ctx context.Context) error {
+	defer func() {
+		if a.client != nil {
+			a.client.CloseIdleConnections()
+		}
+	}()
+	backoff := newBackoff(200*time.Millisecond, 30*time.Second)
+	lastFull := time.Time{}
+	for s := stateJoin; s != stateStopped; {
+		if ctx.Err() != nil {
+			return nil
+		}
+		switch s {
+		case stateJoin:
+			if err := a.ensureJoined(ctx); err != nil {
+				if errors.Is(err, errJoinFatal) {
+					return err
+				}
+				a.log.Warn("join failed; retrying", "err", err)
+				if !sleep(ctx, backoff.next()) {
+					return nil
+				}
+				continue
+			}
+			close(a.joined)
+			backoff.reset()
+			s = stateFullSync
+		case stateFullSync:
+			if err := a.sync(ctx, true); err != nil {
+				a.log.Warn("full report failed; retrying", "err", err)
+				if !sleep(ctx, backoff.next()) {
+					return nil
+				}
+				continue
+			}
+			backoff.reset()
+			lastFull = time.Now()
+			s = statePartialSync
+		case statePartialSync:
+			if !sleep(ctx, jitter(a.cfg.CheckInterval)) {
+				return nil
+			}
+			if time.Since(lastFull) >= a.cfg.FullInterval {
+				s = stateFullSync
+				continue
+			}
+			if err := a.sync(ctx, false); err != nil {
+				if errors.Is(err, errNeedFull) {
+					s = stateFullSync
+					continue
+				}
+				a.log.Warn("report failed", "err", err)
+				if !sleep(ctx, backoff.next()) {
+					return nil
+				}
+				s = stateFullSync // after a failure, resend everything
+			}
+		}
+	}
+	return nil
+}
+
+var (
+	errNeedFull  = errors.New("agent: the site asks for a full report")
+	errJoinFatal = errors.New("agent: cannot join")
+)
+
+// sync sends a full report, or a delta when something changed.
+func (a *Agent) sync(ctx context.Context, full bool) error {
+	hw, err := Discover(a.cfg.SysRoot)
+	if err != nil {
+		return err
+	}
+	hw = a.cfg.Profile.Apply(hw)
+	if !full && a.sent != nil && reflect.DeepEqual(*a.sent, hw) {
+		return nil // nothing changed
+	}
+	rep := inventory.Report{Full: full, BootID: a.bootID, Generation: a.gen + 1,
+		BootedAt: a.cfg.Platform.BootedAt(), SoftwareVersion: a.cfg.Version, Hardware: &hw}
+	var ack inventory.ReportAck
+	if err := a.do(ctx, http.MethodPut, "/v1/agents/"+a.machineID+"/report", rep, &ack); err != nil {
+		return err
+	}
+	if ack.NeedFull {
+		a.sent = nil
+		return errNeedFull
+	}
+	a.gen = rep.Generation
+	a.sent = &hw
+	a.log.Debug("reported", "full", full, "generation", a.gen)
+	return nil
+}
+
+// ensureJoined loads the host certificate, or joins the site to get one.
+func (a *Agent) ensureJoined(ctx context.Context) error {
+	keyPath, certPath := filepath.Join(a.cfg.StateDir, keyFile), filepath.Join(a.cfg.StateDir, certFile)
+	pool, err := certPool(a.cfg.CACert)
+	if err != nil {
+		return fmt.Errorf("%w: %v", errJoinFatal, err)
+	}
+	if _, err := os.Stat(certPath); err == nil {
+		pair, err := tls.LoadX509KeyPair(certPath, keyPath)
+		if err != nil {
+			return fmt.Errorf("%w: host certificate: %v", errJoinFatal, err)
+		}
+		a.client = httpClient(pool, &pair)
+		return nil
+	}
+	tok, err := readSecret(a.cfg.JoinTokenFile)
+	if err != nil {
+		return fmt.Errorf("%w: not joined yet and no usable join token: %v", errJoinFatal, err)
+	}
+	key, err := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
+	if err != nil {
+		return err
+	}
+	csrDER, err := x509.CreateCertificateRequest(rand.Reader, &x509.CertificateRequest{
+		Subject: pkix.Name{CommonName: a.machineID}}, key)
+	if err != nil {
+		return err
+	}
+	req := inventory.JoinRequest{JoinToken: tok, MachineID: a.machineID,
+		CSR: string(pem.EncodeToMemory(&pem.Block{Type: "CERTIFICATE REQUEST", Bytes: csrDER}))}
+	a.client = httpClient(pool, nil)
+	var resp inventory.JoinResponse
+	if err := a.do(ctx, http.MethodPost, "/v1/join", req, &resp); err != nil {
+		var se *statusError
+		if errors.As(err, &se) && se.status < 500 && se.status != http.StatusTooManyRequests {
+			return fmt.Errorf("%w: %v", errJoinFatal, err) // a refused token does not get better by retrying
+		}
+		return err
+	}
+	keyDER, err := x509.MarshalPKCS8PrivateKey(key)
+	if err != nil {
+		return err
+	}
+	keyPEM := pem.EncodeToMemory(&pem.Block{Type: "PRIVATE KEY", Bytes: keyDER})
+	if err := atomicfile.Write(keyPath, keyPEM, 0o600); err != nil {
+		return err
+	}
+	if err := atomicfile.Write(certPath, []byte(resp.Certificate), 0o600); err != nil {
+		return err
+	}
+	pair, err := tls.X509KeyPair([]byte(resp.Certificate), keyPEM)
+	if err != nil {
+		return fmt.Errorf("%w: the site's certificate does not match our key: %v", errJoinFatal, err)
+	}
+	a.client = httpClient(pool, &pair)
+	a.log.Info("joined the site", "site", resp.SiteName, "host", resp.Host.Name)
+	return nil
+}
+
+type statusError struct {
+	status int
+	body   string
+}
+
+func (e *statusError) Error() string { return fmt.Sprintf("HTTP %d: %s", e.status, e.body) }
+
+func (a *Agent) do(ctx context.Context, method, path string, in, out any) error {
+	b, err := json.Marshal(in)
+	if err != nil {
+		return err
+	}
+	req, err := http.NewRequestWithContext(ctx, method, strings.TrimRight(a.cfg.SiteURL, "/")+path, bytes.NewReader(b))
+	if err != nil {
+		return err
+	}
+	req.Header.Set("Content-Type", "application/json")
+	resp, err := a.client.Do(req)
+	if err != nil {
+		return err
+	}
+	defer resp.Body.Close()
+	body, _ := io.ReadAll(io.LimitReader(resp.Body, 1<<20))
+	if resp.StatusCode >= 300 {
+		return &statusError{status: resp.StatusCode, body: strings.TrimSpace(string(body))}
+	}
+	return json.Unmarshal(body, out)
+}
+
+func httpClient(pool *x509.CertPool, cert *tls.Certificate) *http.Client {
+	cfg := &tls.Config{RootCAs: pool, MinVersion: tls.VersionTLS12}
+	if cert != nil {
+		cfg.Certificates = []tls.Certificate{*cert}
+	}
+	return &http.Client{Timeout: 10 * time.Second, Transport: &http.Transport{TLSClientConfig: cfg, Proxy: nil,
+		MaxIdleConnsPerHost: 2, IdleConnTimeout: 90 * time.Second}}
+}
+
+func certPool(file string) (*x509.CertPool, error) {
+	b, err := os.ReadFile(file)
+	if err != nil {
+		return nil, err
+	}
+	p := x509.NewCertPool()
+	if !p.AppendCertsFromPEM(b) {
+		return nil, fmt.Errorf("%s holds no certificate", file)
+	}
+	return p, nil
+}
+
+// readSecret reads a 0600 secret file.
+func readSecret(path string) (string, error) {
+	if path == "" {
+		return "", errors.New("no join token file configured")
+	}
+	fi, err := os.Stat(path)
+	if err != nil {
+		return "", err
+	}
+	if fi.Mode().Perm()&0o077 != 0 {
+		return "", fmt.Errorf("%s is readable by others; chmod 600 it", path)
+	}
+	b, err := os.ReadFile(path)
+	return strings.TrimSpace(string(b)), err
+}
+
+// backoff grows exponentially with jitter between min and max.
+type backoff struct{ min, max, cur time.Duration }
+
+func newBackoff(min, max time.Duration) *backoff { return &backoff{min: min, max: max, cur: min} }
+func (b *backoff) reset()                        { b.cur = b.min }
+func (b *backoff) next() time.Duration {
+	d := jitter(b.cur)
+	b.cur = min(b.cur*2, b.max)
+	return d
+}
+
+// jitter returns d ± 20 %.
+func jitter(d time.Duration) time.Duration {
+	n, _ := rand.Int(rand.Reader, big.NewInt(int64(d)/5*2+1))
+	return d - d/5 + time.Duration(n.Int64())
+}
+
+// sleep waits d or until ctx ends; it reports whether d passed.
+func sleep(ctx context.Context, d time.Duration) bool {
+	t := time.NewTimer(d)
+	defer t.Stop()
+	select {
+	case <-ctx.Done():
+		return false
+	case <-t.C:
+		return true
+	}
+}

@@ -1,0 +1,130 @@
+package agent
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"os"
+	"path/filepath"
+	"strings"
+	"testing"
+	"time"
+
+	"golang.org/x/sys/unix"
+)
+
+// Platform is every action of the agent that changes the machine it runs
+// on: reboot, power, installing software. Nothing else in the agent may
+// change the machine. The lab implementation talks only to the host's
+// chassis (vbmc) and writes only under the host's software root; the real
+// one acts on the machine and cannot be constructed under the lab or tests.
+type Platform interface {
+	// Kind is "lab" or "host".
+	Kind() string
+	// BootedAt is when this host booted.
+	BootedAt() time.Time
+	// Reboot restarts the host.
+	Reboot(ctx context.Context) error
+}
+
+// ErrRealPlatformRefused is returned when the real platform is asked for
+// where it must never act: under `go test`, or inside a lab host.
+var ErrRealPlatformRefused = errors.New("agent: the real host platform refuses to run under tests or the lab")
+
+// LabPlatform is a lab host's platform.
+type LabPlatform struct {
+	SoftwareRoot string // the host's DIR/hosts/SITE/HOST
+	Chassis      string // address of the host's vbmc control endpoint; "" until it has one
+	booted       time.Time
+}
+
+// NewLabPlatform returns the platform of a lab host whose power-on is now.
+func NewLabPlatform(softwareRoot, chassis string) (*LabPlatform, error) {
+	if softwareRoot == "" {
+		return nil, errors.New("agent: a lab platform needs its host's software root")
+	}
+	return &LabPlatform{SoftwareRoot: softwareRoot, Chassis: chassis, booted: time.Now().UTC()}, nil
+}
+
+func (p *LabPlatform) Kind() string        { return "lab" }
+func (p *LabPlatform) BootedAt() time.Time { return p.booted }
+
+// Reboot asks the host's chassis to power-cycle it.
+func (p *LabPlatform) Reboot(ctx context.Context) error {
+	if p.Chassis == "" {
+		return errors.New("agent: this lab host has no chassis to reboot it")
+	}
+	return fmt.Errorf("agent: reboot through the chassis at %s: not available yet", p.Chassis)
+}
+
+// Path returns rel inside the software root, refusing anything that leaves it.
+func (p *LabPlatform) Path(rel string) (string, error) {
+	full := filepath.Join(p.SoftwareRoot, rel)
+	if full != p.SoftwareRoot && !strings.HasPrefix(full, p.SoftwareRoot+string(filepath.Separator)) {
+		return "", fmt.Errorf("agent: %q leaves the host's software root", rel)
+	}
+	return full, nil
+}
+
+// HostPlatform acts on the real machine.
+type HostPlatform struct{ booted time.Time }
+
+// NewHostPlatform returns the real platform, or ErrRealPlatformRefused
+// under `go test` or when any sign of the lab is present.
+func NewHostPlatform() (*HostPlatform, error) {
+	if why := labOrTest(); why != "" {
+		return nil, fmt.Errorf("%w (%s)", ErrRealPlatformRefused, why)
+	}
+	return &HostPlatform{booted: kernelBootTime()}, nil
+}
+
+// labOrTest names the reason the real platform must not run here, if any.
+func labOrTest() string {
+	if testing.Testing() {
+		return "running under go test"
+	}
+	for _, env := range []string{"PETREL_LAB_DIR", "PETREL_LAB_HOST"} {
+		if os.Getenv(env) != "" {
+			return env + " is set"
+		}
+	}
+	if b, err := os.ReadFile("/proc/self/cgroup"); err == nil && strings.Contains(string(b), "/petrel/") {
+		return "in a lab host's cgroup"
+	}
+	if self, err := os.Readlink("/proc/self/ns/net"); err == nil {
+		matches, _ := filepath.Glob("/var/run/netns/petrel-*")
+		for _, m := range matches {
+			var st unix.Stat_t
+			if unix.Stat(m, &st) == nil && self == fmt.Sprintf("net:[%d]", st.Ino) {
+				return "in the lab network namespace " + filepath.Base(m)
+			}
+		}
+	}
+	return ""
+}
+
+func (p *HostPlatform) Kind() string        { return "host" }
+func (p *HostPlatform) BootedAt() time.Time { return p.booted }
+
+// Reboot flushes file systems and restarts the machine.
+func (p *HostPlatform) Reboot(ctx context.Context) error {
+	if why := labOrTest(); why != "" { // checked again at the moment of acting
+		return fmt.Errorf("%w (%s)", ErrRealPlatformRefused, why)
+	}
+	unix.Sync()
+	return unix.Reboot(unix.LINUX_REBOOT_CMD_RESTART)
+}
+
+// kernelBootTime reads the boot time from /proc/stat (btime).
+func kernelBootTime() time.Time {
+	b, err := os.ReadFile("/proc/stat")
+	if err == nil {
+		for _, l := range strings.Split(string(b), "\n") {
+			var sec int64
+			if _, err := fmt.Sscanf(l, "btime %d", &sec); err == nil {
+				return time.Unix(sec, 0).UTC()
+			}
+		}
+	}
+	return time.Now().UTC()
+}

@@ -1,0 +1,83 @@
+package main
+
+import (
+	"os"
+	"time"
+
+	"github.com/spf13/cobra"
+
+	"github.com/petrel-edge/petrel/agent"
+	"github.com/petrel-edge/petrel/internal/server"
+	"github.com/petrel-edge/petrel/internal/version"
+)
+
+// agentFileConfig is the configuration file of `petrel agent`.
+type agentFileConfig struct {
+	SiteURL       string `json:"site_url"`
+	CACert        string `json:"ca_cert"`
+	JoinTokenFile string `json:"join_token_file"`
+	StateDir      string `json:"state_dir"`
+	Profile       string `json:"profile"`  // optional hardware overlay
+	Platform      string `json:"platform"` // "host" (default) or "lab"
+	Lab           struct {
+		SoftwareRoot string `json:"software_root"`
+		Chassis      string `json:"chassis"`
+	} `json:"lab"`
+	LogLevel      string `json:"log_level"`
+	CheckInterval string `json:"check_interval"`
+}
+
+func (a *app) agentDaemonCmd() *cobra.Command {
+	var cfgFile string
+	c := &cobra.Command{
+		Use:   "agent --config FILE",
+		Short: "Run the host agent: join the site, report this host",
+		Args:  noArgs,
+		RunE: func(cmd *cobra.Command, _ []string) error {
+			if cfgFile == "" {
+				return usagef("--config is required")
+			}
+			var fc agentFileConfig
+			if err := server.LoadConfig(cfgFile, &fc); err != nil {
+				return err
+			}
+			logger, err := server.NewLogger(os.Stderr, fc.LogLevel)
+			if err != nil {
+				return err
+			}
+			var plat agent.Platform
+			switch fc.Platform {
+			case "lab":
+				plat, err = agent.NewLabPlatform(fc.Lab.SoftwareRoot, fc.Lab.Chassis)
+			case "", "host":
+				plat, err = agent.NewHostPlatform()
+			default:
+				return usagef("config: platform %q: want host or lab", fc.Platform)
+			}
+			if err != nil {
+				return err
+			}
+			cfg := agent.Config{SiteURL: fc.SiteURL, CACert: fc.CACert, JoinTokenFile: fc.JoinTokenFile,
+				StateDir: fc.StateDir, Platform: plat, Version: version.Get().Version, Logger: logger.With("daemon", "agent")}
+			if fc.Profile != "" {
+				if cfg.Profile, err = agent.LoadProfile(fc.Profile); err != nil {
+					return err
+				}
+			}
+			if fc.CheckInterval != "" {
+				if cfg.CheckInterval, err = time.ParseDuration(fc.CheckInterval); err != nil {
+					return usagef("config: check_interval: %v", err)
+				}
+			}
+			ag, err := agent.New(cfg)
+			if err != nil {
+				return err
+			}
+			ctx, stop := daemonContext(cmd.Context())
+			defer stop()
+			return ag.Run(ctx)
+		},
+	}
+	c.Flags().StringVar(&cfgFile, "config", "", "configuration file (YAML)")
+	return c
+}

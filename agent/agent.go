@@ -134,6 +134,12 @@ func (a *Agent) Run(ctx context.Context) error {
 				if errors.Is(err, errJoinFatal) {
 					return err
 				}
+				if errors.Is(err, errNoToken) { // check again soon, without growing the backoff
+					if !sleep(ctx, jitter(500*time.Millisecond)) {
+						return nil
+					}
+					continue
+				}
 				a.log.Warn("join failed; retrying", "err", err)
 				if !sleep(ctx, backoff.next()) {
 					return nil
@@ -179,6 +185,7 @@ func (a *Agent) Run(ctx context.Context) error {
 }
 
 var (
+	errNoToken   = errors.New("agent: waiting for a join token")
 	errNeedFull  = errors.New("agent: the site asks for a full report")
 	errJoinFatal = errors.New("agent: cannot join")
 )
@@ -225,6 +232,9 @@ func (a *Agent) ensureJoined(ctx context.Context) error {
 		return nil
 	}
 	tok, err := readSecret(a.cfg.JoinTokenFile)
+	if errors.Is(err, os.ErrNotExist) {
+		return fmt.Errorf("%w in %s", errNoToken, a.cfg.JoinTokenFile)
+	}
 	if err != nil {
 		return fmt.Errorf("%w: not joined yet and no usable join token: %v", errJoinFatal, err)
 	}

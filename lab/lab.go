@@ -34,6 +34,7 @@ import (
 	"github.com/petrel-edge/petrel/internal/pki"
 	"github.com/petrel-edge/petrel/internal/server"
 	"github.com/petrel-edge/petrel/inventory"
+	"github.com/petrel-edge/petrel/lab/hostnet"
 )
 
 // DefaultDir is where the lab lives without --dir or PETREL_LAB_DIR.
@@ -171,8 +172,9 @@ const (
 // ErrRunning reports a lab directory already in use.
 var ErrRunning = errors.New("lab: a lab already exists in this directory")
 
-// Up starts the lab and returns lab.json's contents once every daemon is
-// ready. On failure it stops whatever it started.
+// Up builds and starts the lab and returns lab.json's contents once every
+// site answers and every host has reported and been assigned. On failure it
+// tears down whatever it made.
 func Up(ctx context.Context, cfg Config) (_ *File, err error) {
 	if cfg.Dir == "" {
 		return nil, errors.New("lab: Dir is required")
@@ -192,6 +194,9 @@ func Up(ctx context.Context, cfg Config) (_ *File, err error) {
 	if cfg.Logger == nil {
 		cfg.Logger = slog.New(slog.DiscardHandler)
 	}
+	if err := Prerequisites(ctx); err != nil {
+		return nil, err
+	}
 	if _, err := os.Stat(filepath.Join(dir, stateDir)); err == nil {
 		return nil, fmt.Errorf("%w: %s (run 'petrel lab down --dir %s' first)", ErrRunning, dir, dir)
 	}
@@ -207,52 +212,157 @@ func Up(ctx context.Context, cfg Config) (_ *File, err error) {
 		return nil, err
 	}
 	caFile := filepath.Join(dir, "ca", pki.CACertFile)
-
+	prefix := prefixFor(dir)
+	net, err := hostnet.New(hostnet.Config{Prefix: prefix})
+	if err != nil {
+		return nil, err
+	}
 	f := &File{Version: 1, Dir: dir, CACert: caFile, Sites: []SiteEntry{}}
-	type started struct {
-		name, url, dataDir string
-		pid                int
-	}
-	var procs []started
-	start := func(daemon, dataDir, name string, extra map[string]any) (string, error) {
-		u, pid, err := startDaemon(cfg, dir, daemon, dataDir, name, extra)
-		if err == nil {
-			procs = append(procs, started{name: name, url: u, dataDir: dataDir, pid: pid})
-		}
-		return u, err
-	}
-	centralURL, err := start("central", filepath.Join(dir, "central"), "central", nil)
+
+	// Central, in the root namespace.
+	centralDir := filepath.Join(dir, "central")
+	centralURL, centralPID, err := startDaemon(cfg, dir, "central", centralDir, "central", nil)
 	if err != nil {
 		return nil, err
 	}
 	f.Central = CentralEntry{URL: centralURL, DashboardURL: centralURL + "/"}
-	for _, sp := range cfg.Sites {
-		u, err := start("subcloud", filepath.Join(dir, "sites", sp.Name, "controller-0"), sp.Name+"-controller-0",
-			map[string]any{"site": sp.Name, "shape": string(sp.Shape)})
+
+	// Every host: namespace, cgroup, software root, chassis.
+	var fabric FabricConfig
+	ids := map[string]string{} // site/host -> machine id
+	for i, sp := range cfg.Sites {
+		if err := net.EnsureSite(ctx, sp.Name); err != nil {
+			return nil, err
+		}
+		hosts := hostsOf(sp, i)
+		ctl, _ := hostnet.Addr(hostnet.Mgmt, i, 0)
+		siteURL := "https://" + netJoin(ctl.String(), SiteAPIPort)
+		entry := SiteEntry{Name: sp.Name, Shape: string(sp.Shape), Hosts: []HostEntry{}}
+		for _, h := range hosts {
+			he, id, err := buildHost(ctx, net, dir, prefix, cfg.Binary, h, h.Name, siteURL)
+			if err != nil {
+				return nil, err
+			}
+			ids[sp.Name+"/"+h.Name] = id
+			entry.Hosts = append(entry.Hosts, he)
+		}
+		port, err := freePort()
 		if err != nil {
 			return nil, err
 		}
-		f.Sites = append(f.Sites, SiteEntry{Name: sp.Name, Shape: string(sp.Shape), URL: u, Hosts: []HostEntry{}})
+		listen := netJoin("127.0.0.1", port)
+		fabric.Routes = append(fabric.Routes, Route{Name: sp.Name + "-api", Listen: listen,
+			Netns: net.HostNetns(sp.Name, "controller-0"), Target: netJoin(ctl.String(), SiteAPIPort)})
+		entry.URL = "https://" + listen
+		f.Sites = append(f.Sites, entry)
 	}
-	// Wait for every daemon, then trade each bootstrap password for a lab token.
-	tokens := map[string]string{}
-	for _, p := range procs {
-		alive := func() bool { return ours(p.pid, dir) }
-		tok, err := readyAndToken(ctx, p.url, caFile, p.dataDir, alive)
+	if err := writeYAML(filepath.Join(dir, "fabric.yaml"), fabric); err != nil {
+		return nil, err
+	}
+	fabricPID, err := startProcess(dir, cfg.Binary, "fabric", "lab", "fabric", "--config", filepath.Join(dir, "fabric.yaml"))
+	if err != nil {
+		return nil, err
+	}
+
+	// Wait for central and each site controller; trade bootstrap passwords
+	// for lab tokens; give every host its join token.
+	if f.Central.Token, err = readyAndToken(ctx, centralURL, caFile, centralDir, func() bool { return ours(centralPID, dir) }); err != nil {
+		return nil, fmt.Errorf("lab: central: %w; its log ends:\n%s", err, tail(filepath.Join(dir, "logs", "central.log"), 8))
+	}
+	for i, sp := range cfg.Sites {
+		ctlRoot := pathsOf(dir, sp.Name, "controller-0")
+		alive := func() bool { return ours(fabricPID, dir) }
+		tok, err := readyAndToken(ctx, f.Sites[i].URL, caFile, ctlRoot.f("data"), alive)
 		if err != nil {
-			return nil, fmt.Errorf("lab: %s: %w; its log ends:\n%s", p.name, err, tail(filepath.Join(dir, "logs", p.name+".log"), 8))
+			return nil, fmt.Errorf("lab: site %s: %w; its log ends:\n%s", sp.Name, err, tail(ctlRoot.f("logs/subcloud.log"), 8))
 		}
-		tokens[p.url] = tok
+		f.Sites[i].Token = tok
+		api, _ := client.New(client.Config{URL: f.Sites[i].URL, CACert: caFile, Token: tok})
+		for _, h := range f.Sites[i].Hosts {
+			if err := giveJoinToken(ctx, api, pathsOf(dir, sp.Name, h.Name)); err != nil {
+				return nil, fmt.Errorf("lab: %s/%s: %w", sp.Name, h.Name, err)
+			}
+		}
 	}
-	f.Central.Token = tokens[f.Central.URL]
-	for i := range f.Sites {
-		f.Sites[i].Token = tokens[f.Sites[i].URL]
+	// Wait until every host reported, then assign names and personalities.
+	for i, sp := range cfg.Sites {
+		api, _ := client.New(client.Config{URL: f.Sites[i].URL, CACert: caFile, Token: f.Sites[i].Token})
+		for j, h := range f.Sites[i].Hosts {
+			id := ids[sp.Name+"/"+h.Name]
+			if err := waitReported(ctx, api, id, 60*time.Second); err != nil {
+				return nil, fmt.Errorf("lab: %s/%s: %w; its agent's log ends:\n%s", sp.Name, h.Name, err,
+					tail(pathsOf(dir, sp.Name, h.Name).f("logs/agent.log"), 8))
+			}
+			body := map[string]string{"personality": h.Personality, "hostname": h.Name}
+			if err := api.Do(ctx, http.MethodPatch, "/v1/hosts/"+id, nil, body, nil); err != nil {
+				return nil, fmt.Errorf("lab: assign %s/%s: %w", sp.Name, h.Name, err)
+			}
+			f.Sites[i].Hosts[j].UUID = id
+		}
 	}
-	b, _ := json.MarshalIndent(f, "", "  ")
-	if err := atomicfile.Write(filepath.Join(dir, fileName), append(b, '\n'), 0o600); err != nil {
+	if err := f.save(); err != nil {
 		return nil, err
 	}
 	return f, nil
+}
+
+func (f *File) save() error {
+	b, _ := json.MarshalIndent(f, "", "  ")
+	return atomicfile.Write(filepath.Join(f.Dir, fileName), append(b, '\n'), 0o600)
+}
+
+func netJoin(host string, port int) string { return net.JoinHostPort(host, strconv.Itoa(port)) }
+
+// buildHost creates a host's namespace and cgroup, lays out its software
+// root and starts its chassis, which boots it.
+func buildHost(ctx context.Context, hn *hostnet.Lab, dir, prefix, binary string, h hostSpec, key, siteURL string) (HostEntry, string, error) {
+	host, err := hn.AddHost(ctx, h.Site, key, h.SiteIndex, h.Index)
+	if err != nil {
+		return HostEntry{}, "", err
+	}
+	id, err := prepareHost(dir, prefix, binary, h, key, siteURL)
+	if err != nil {
+		return HostEntry{}, "", err
+	}
+	p := pathsOf(dir, h.Site, key)
+	if _, err := startProcess(dir, binary, "vbmc-"+h.Site+"-"+key, "vbmc", "--config", p.f("vbmc.yaml")); err != nil {
+		return HostEntry{}, "", err
+	}
+	return HostEntry{Name: key, UUID: id, Personality: string(h.Personality), Netns: host.Netns(),
+		Addresses: map[string]string{"mgmt": host.Addr(hostnet.Mgmt).String(), "cluster": host.Addr(hostnet.Cluster).String()},
+		BMC:       BMCEntry{}}, id, nil
+}
+
+// giveJoinToken creates a join token at the site and writes it (0600) where
+// the host's agent waits for it.
+func giveJoinToken(ctx context.Context, api *client.Client, p hostPaths) error {
+	var it struct {
+		Token string `json:"token"`
+	}
+	if err := api.Do(ctx, http.MethodPost, "/v1/join-tokens", nil, map[string]any{"description": "lab " + p.rootDir(), "ttl_s": 600}, &it); err != nil {
+		return err
+	}
+	return atomicfile.Write(p.f("join.token"), []byte(it.Token+"\n"), 0o600)
+}
+
+// waitReported polls the site until the host has reported its inventory.
+func waitReported(ctx context.Context, api *client.Client, id string, limit time.Duration) error {
+	deadline := time.Now().Add(limit)
+	var last error
+	for time.Now().Before(deadline) {
+		var h inventory.Host
+		err := api.Do(ctx, http.MethodGet, "/v1/hosts/"+id, nil, nil, &h)
+		if err == nil && h.ReportGeneration > 0 {
+			return nil
+		}
+		last = err
+		select {
+		case <-ctx.Done():
+			return ctx.Err()
+		case <-time.After(100 * time.Millisecond):
+		}
+	}
+	return fmt.Errorf("host %s did not report within %s (last: %v)", id, limit, last)
 }
 
 // startDaemon writes a daemon's configuration and starts it detached, in its
@@ -484,7 +594,10 @@ func Down(ctx context.Context, dir string) error {
 			return fmt.Errorf("lab: process %s (pid %d) did not stop", p.Name, p.PID)
 		}
 	}
-	for _, sub := range []string{"central", "sites", "ca", "logs", fileName, stateDir} {
+	if err := teardownHosts(ctx, dir); err != nil {
+		return err
+	}
+	for _, sub := range []string{"central", "sites", "hosts", "ca", "logs", "fabric.yaml", fileName, stateDir} {
 		if err := os.RemoveAll(filepath.Join(dir, sub)); err != nil {
 			return err
 		}

@@ -44,6 +44,8 @@ install() {
   [ -x /usr/lib/postgresql/15/bin/initdb ] || missing+=(postgresql)
   command -v git >/dev/null || missing+=(git)
   command -v runuser >/dev/null || missing+=(util-linux)
+  command -v ip >/dev/null || missing+=(iproute2)
+  command -v iptables >/dev/null || missing+=(iptables)
   if [ ${#missing[@]} -gt 0 ]; then
     if [ "$(id -u)" != 0 ]; then
       echo "scripts/test.sh: missing Debian packages: ${missing[*]} (run as root to install them)" >&2
@@ -72,7 +74,8 @@ build() {
 PKGS_UNIT=$(go list ./... | grep -v '/cmd/petrel$')
 unit() {
   # The race detector on every package but the end-to-end one (which runs
-  # real processes); nothing here hammers SQLite yet.
+  # real processes); nothing here hammers SQLite yet. lab/hostnet builds real
+  # namespaces and cgroups (root).
   gotest unit -race -count=1 $PKGS_UNIT
 }
 

@@ -56,7 +56,7 @@ func TestAgentJoinsThroughTheCLI(t *testing.T) {
 	}
 	deadline := time.Now().Add(10 * time.Second)
 	for time.Now().Before(deadline) {
-		json.Unmarshal([]byte(site.ok("host", "list", "-o", "json")), &hosts)
+		json.Unmarshal([]byte(site.ok("host", "list", "--provisioning", "unprovisioned", "-o", "json")), &hosts)
 		if len(hosts.Items) == 1 && hosts.Items[0].Inventory.Cores == 16 {
 			break
 		}
@@ -64,7 +64,7 @@ func TestAgentJoinsThroughTheCLI(t *testing.T) {
 	}
 	if len(hosts.Items) != 1 || hosts.Items[0].Provisioning != "unprovisioned" || hosts.Items[0].Personality != "" ||
 		len(hosts.Items[0].Inventory.PCI) != 1 {
-		t.Fatalf("hosts after the agent started: %+v", hosts.Items)
+		t.Fatalf("unprovisioned hosts after the agent started: %+v", hosts.Items)
 	}
 	t.Logf("host inventoried %s after the agent process started (T11 target 5 s)", time.Since(start).Round(time.Millisecond))
 	id := hosts.Items[0].UUID

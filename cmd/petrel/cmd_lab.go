@@ -4,8 +4,11 @@ import (
 	"encoding/json"
 	"fmt"
 	"text/tabwriter"
+	"time"
 
 	"github.com/spf13/cobra"
+
+	"github.com/petrel-edge/petrel/internal/server"
 
 	"github.com/petrel-edge/petrel/lab"
 )
@@ -48,8 +51,14 @@ func (a *app) labCmd() *cobra.Command {
 			fmt.Fprintf(a.stdout, "            Dashboard: %s\n", f.Central.DashboardURL)
 			for _, s := range f.Sites {
 				fmt.Fprintf(a.stdout, "            Site %-10s %s (%s)\n", s.Name, s.URL, s.Shape)
+				for _, h := range s.Hosts {
+					fmt.Fprintf(a.stdout, "                 %-13s %-11s mgmt %-12s netns %s\n", h.Name, h.Personality, h.Addresses["mgmt"], h.Netns)
+				}
 			}
-			fmt.Fprintf(a.stdout, "\nUse it from this shell:\n  eval \"$(petrel lab env --dir %s)\"\n  petrel subcloud list\n  petrel --url %s host list\n", f.Dir, f.Sites[0].URL)
+			fmt.Fprintf(a.stdout, "\nUse it from this shell:\n  eval \"$(petrel lab env --dir %s)\"\n  petrel subcloud list\n", f.Dir)
+			if len(f.Sites) > 0 {
+				fmt.Fprintf(a.stdout, "  petrel --url %s --token \"$(jq -r .sites[0].token %s/lab.json)\" host list\n", f.Sites[0].URL, f.Dir)
+			}
 			fmt.Fprintf(a.stdout, "Log in as admin: the password is in %s/central/%s (mode 0600).\n", f.Dir, "admin.password")
 			fmt.Fprintf(a.stdout, "Everything (URLs, tokens, CA) is in %s/lab.json. Stop with: petrel lab down --dir %s\n", f.Dir, f.Dir)
 			return nil
@@ -119,7 +128,55 @@ func (a *app) labCmd() *cobra.Command {
 			return nil
 		},
 	}
-	c := group("lab", "Run a whole Petrel cloud on this machine", up, down, status, env)
+	addHost := &cobra.Command{
+		Use:   "add-host SITE",
+		Short: "Power on one more host, with no personality, at a site of the lab",
+		Args:  exactArgs(1, "SITE"),
+		RunE: func(cmd *cobra.Command, args []string) error {
+			he, took, err := lab.AddHost(cmd.Context(), a.labDir(dir), args[0], "")
+			if err != nil {
+				return err
+			}
+			if a.output != "table" {
+				b, _ := json.Marshal(he)
+				return a.printRaw(b)
+			}
+			fmt.Fprintf(a.stdout, "Host %s (%s) joined %s and was inventoried in %s; assign it with:\n  petrel host assign %s --personality worker --hostname NAME\n",
+				he.Name, he.UUID, args[0], took.Round(time.Millisecond), he.UUID)
+			return nil
+		},
+	}
+	var faultNet string
+	var faultPercent int
+	fault := &cobra.Command{
+		Use:   "fault KIND SITE/HOST [--net mgmt|cluster|all] [--percent N]",
+		Short: "Inject a fault: power-off, power-on, power-cycle, hang, resume, link-down, link-up, loss, clear",
+		Args:  exactArgs(2, "KIND", "SITE/HOST"),
+		RunE: func(cmd *cobra.Command, args []string) error {
+			if err := lab.Fault(cmd.Context(), a.labDir(dir), args[0], args[1], faultNet, faultPercent); err != nil {
+				return err
+			}
+			fmt.Fprintf(a.stdout, "%s %s: done.\n", args[0], args[1])
+			return nil
+		},
+	}
+	fault.Flags().StringVar(&faultNet, "net", "all", "network: mgmt, cluster or all")
+	fault.Flags().IntVar(&faultPercent, "percent", 0, "packet loss percentage (loss)")
+	var fabricCfg string
+	fabric := &cobra.Command{
+		Use:    "fabric --config FILE",
+		Short:  "Serve the lab's network fabric (started by lab up)",
+		Hidden: true,
+		Args:   noArgs,
+		RunE: func(cmd *cobra.Command, _ []string) error {
+			logger, _ := server.NewLogger(a.stderr, "info")
+			ctx, stop := daemonContext(cmd.Context())
+			defer stop()
+			return lab.RunFabric(ctx, fabricCfg, logger.With("daemon", "lab-fabric"))
+		},
+	}
+	fabric.Flags().StringVar(&fabricCfg, "config", "", "fabric configuration")
+	c := group("lab", "Run a whole Petrel cloud on this machine", up, down, status, env, addHost, fault, fabric)
 	c.PersistentFlags().StringVar(&dir, "dir", "", "lab directory (env PETREL_LAB_DIR; default "+lab.DefaultDir+")")
 	return c
 }

@@ -103,8 +103,23 @@ func TestEndToEndThroughTheCLI(t *testing.T) {
 	if again, _ := lab.Processes(dir); len(again) != len(procs) {
 		t.Errorf("second lab up changed the processes: %d -> %d", len(procs), len(again))
 	}
-	if out := base.ok("lab", "status"); strings.Count(out, "running") != 4 {
+	// central, the fabric, and one chassis per host (7 hosts in the default lab).
+	if out := base.ok("lab", "status"); strings.Count(out, "running") != 9 {
 		t.Errorf("lab status:\n%s", out)
+	}
+	// Every host is a namespace with its addresses, and every site lists its
+	// hosts with their personalities and the three states.
+	var hostCount int
+	for _, s := range lf.Sites {
+		for _, h := range s.Hosts {
+			hostCount++
+			if _, err := os.Stat("/var/run/netns/" + h.Netns); err != nil || h.UUID == "" || h.Addresses["mgmt"] == "" {
+				t.Errorf("host %s/%s: netns %s (%v), uuid %q, addresses %v", s.Name, h.Name, h.Netns, err, h.UUID, h.Addresses)
+			}
+		}
+	}
+	if hostCount != 7 {
+		t.Errorf("lab.json lists %d hosts; want 7", hostCount)
 	}
 
 	// lab env exports what the CLI needs.
@@ -119,9 +134,12 @@ func TestEndToEndThroughTheCLI(t *testing.T) {
 	if out := admin.ok("subcloud", "list", "-o", "yaml"); !strings.Contains(out, "items: []") {
 		t.Errorf("subcloud list -o yaml:\n%s", out)
 	}
-	site := admin.with("PETREL_URL="+lf.Sites[0].URL, "PETREL_TOKEN="+lf.Sites[0].Token)
-	if out := site.ok("host", "list"); !strings.HasPrefix(out, "NAME") {
-		t.Errorf("host list at the site:\n%s", out)
+	site := admin.with("PETREL_URL="+lf.Sites[2].URL, "PETREL_TOKEN="+lf.Sites[2].Token)
+	out := site.ok("host", "list")
+	for _, want := range []string{"controller-0  controller", "controller-1  controller", "worker-0      worker", "worker-1      worker"} {
+		if !strings.Contains(out, want) {
+			t.Errorf("host list at site-std lacks %q:\n%s", want, out)
+		}
 	}
 	site.exit(1, "host", "show", "controller-9")
 

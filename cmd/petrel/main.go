@@ -109,7 +109,7 @@ func (a *app) rootCmd() *cobra.Command {
 	root.AddCommand(
 		a.versionCmd(), a.loginCmd(), a.logoutCmd(), a.userCmd(), a.tokenCmd(),
 		a.hostCmd(), a.subcloudCmd(),
-		a.centralDaemonCmd(), a.agentDaemonCmd(),
+		a.centralDaemonCmd(), a.agentDaemonCmd(), a.vbmcCmd(), a.hostInitCmd(),
 		a.labCmd(), a.benchCmd(),
 	)
 	return root

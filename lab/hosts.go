@@ -1,0 +1,210 @@
+package lab
+
+import (
+	"crypto/sha256"
+	"encoding/hex"
+	"fmt"
+	"io"
+	"net"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"strconv"
+
+	"github.com/google/uuid"
+	"sigs.k8s.io/yaml"
+
+	"github.com/petrel-edge/petrel/agent"
+	"github.com/petrel-edge/petrel/agent/hostinit"
+	"github.com/petrel-edge/petrel/internal/atomicfile"
+	"github.com/petrel-edge/petrel/inventory"
+	"github.com/petrel-edge/petrel/lab/hostnet"
+	"github.com/petrel-edge/petrel/lab/vbmc"
+)
+
+// SiteAPIPort is where a site controller listens on its controller's
+// management address.
+const SiteAPIPort = 8443
+
+// hostSpec is one lab host to build.
+type hostSpec struct {
+	Site        string
+	Shape       inventory.Shape
+	SiteIndex   int
+	Name        string // "" for a host added without a name (it gets one when assigned)
+	Index       int
+	Personality inventory.Personality // "" for a bare host
+	RunsSite    bool                  // controller-0: runs the site controller
+}
+
+// hostsOf lists the hosts of a site of the given shape (brief §8).
+func hostsOf(sp SiteSpec, siteIdx int) []hostSpec {
+	names := []string{"controller-0"}
+	switch sp.Shape {
+	case inventory.Duplex:
+		names = append(names, "controller-1")
+	case inventory.MultiServer:
+		names = append(names, "controller-1")
+		for w := range sp.Workers {
+			names = append(names, fmt.Sprintf("worker-%d", w))
+		}
+	}
+	out := make([]hostSpec, len(names))
+	for i, n := range names {
+		p := inventory.Controller
+		if n[0] == 'w' {
+			p = inventory.Worker
+		}
+		out[i] = hostSpec{Site: sp.Name, Shape: sp.Shape, SiteIndex: siteIdx, Name: n, Index: i, Personality: p, RunsSite: i == 0}
+	}
+	return out
+}
+
+// prefixFor gives each lab directory its own namespace prefix: "petrel"
+// for the default directory (namespaces petrel-SITE-HOST, as brief §6
+// names them), a short hash of the directory otherwise, so that test labs
+// never touch the default lab's objects.
+func prefixFor(dir string) string {
+	if dir == DefaultDir {
+		return hostnet.DefaultPrefix
+	}
+	sum := sha256.Sum256([]byte(dir))
+	return "pl" + hex.EncodeToString(sum[:3])
+}
+
+// hostPaths are the files of one lab host.
+type hostPaths struct{ root string }
+
+func (p hostPaths) rootDir() string { return p.root }
+func (p hostPaths) f(rel string) string {
+	return filepath.Join(p.root, rel)
+}
+
+func pathsOf(dir, site, key string) hostPaths {
+	return hostPaths{root: filepath.Join(dir, "hosts", site, key)}
+}
+
+// profileFor is the simulated hardware of a host of a personality.
+func profileFor(p inventory.Personality) agent.Profile {
+	if p == inventory.Controller {
+		return agent.Profile{CPUModel: "Intel(R) Xeon(R) Gold 6338N (simulated)", Cores: 16, Threads: 32, NUMANodes: 1,
+			MemoryMiB: 65536, Disks: []inventory.Disk{{Name: "sda", SizeGiB: 480, Type: "ssd"}, {Name: "sdb", SizeGiB: 1920, Type: "ssd"}}}
+	}
+	return agent.Profile{CPUModel: "AMD EPYC 9354 (simulated)", Cores: 32, Threads: 64, NUMANodes: 2, MemoryMiB: 262144,
+		Disks: []inventory.Disk{{Name: "nvme0n1", SizeGiB: 3840, Type: "nvme"}},
+		PCI: []inventory.PCIDevice{{Address: "0000:3b:00.0", Vendor: "10de", Device: "20b5", Class: "0302"},
+			{Address: "0000:af:00.0", Vendor: "8086", Device: "0d58", Class: "1200"}}}
+}
+
+// prepareHost lays out a host's software root: slot a with this petrel,
+// the active marker, the agent's identity and configuration, the services
+// host-init runs and the chassis configuration. It returns the machine id.
+func prepareHost(dir, prefix, binary string, h hostSpec, key string, siteURL string) (string, error) {
+	p := pathsOf(dir, h.Site, key)
+	for _, d := range []string{"sw/a/bin", "sw/b/bin", "state", "logs", "data"} {
+		if err := os.MkdirAll(p.f(d), 0o700); err != nil {
+			return "", err
+		}
+	}
+	if err := installBinary(binary, p.f("sw/a/bin/petrel")); err != nil {
+		return "", err
+	}
+	if err := atomicfile.Write(p.f("active"), []byte("a\n"), 0o644); err != nil {
+		return "", err
+	}
+	id := uuid.NewString()
+	if err := atomicfile.Write(p.f("state/machine-id"), []byte(id+"\n"), 0o600); err != nil {
+		return "", err
+	}
+	prof := profileFor(h.Personality)
+	if h.Personality == inventory.PersonalityNone {
+		prof = profileFor(inventory.Worker)
+	}
+	if err := writeYAML(p.f("profile.yaml"), prof); err != nil {
+		return "", err
+	}
+	mgmt, err := hostnet.Addr(hostnet.Mgmt, h.SiteIndex, h.Index)
+	if err != nil {
+		return "", err
+	}
+	if err := writeYAML(p.f("agent.yaml"), map[string]any{
+		"site_url": siteURL, "ca_cert": filepath.Join(dir, "ca", "ca.crt"),
+		"join_token_file": p.f("join.token"), "state_dir": p.f("state"), "profile": p.f("profile.yaml"),
+		"platform": "lab", "lab": map[string]string{"software_root": p.rootDir(), "chassis": p.f("vbmc.sock")},
+		"check_interval": "1s",
+	}); err != nil {
+		return "", err
+	}
+	services := []hostinit.Service{}
+	if h.RunsSite {
+		if err := writeYAML(p.f("subcloud.yaml"), map[string]any{
+			"site": h.Site, "shape": string(h.Shape), "listen": net.JoinHostPort(mgmt.String(), strconv.Itoa(SiteAPIPort)),
+			"data_dir": p.f("data"), "tls": map[string]string{"ca_dir": filepath.Join(dir, "ca")}, "log_level": "info",
+		}); err != nil {
+			return "", err
+		}
+		services = append(services, hostinit.Service{Name: "subcloud", Args: []string{"subcloud", "--config", p.f("subcloud.yaml")}})
+	}
+	services = append(services, hostinit.Service{Name: "agent", Args: []string{"agent", "--config", p.f("agent.yaml")}})
+	if err := writeYAML(p.f("host.yaml"), hostinit.Config{Site: h.Site, Host: key, LogDir: p.f("logs"), Services: services}); err != nil {
+		return "", err
+	}
+	// argv of host-init names the lab dir, the site and the host (its config path).
+	return id, writeYAML(p.f("vbmc.yaml"), vbmc.Config{Prefix: prefix, Site: h.Site, Host: key, SiteIndex: h.SiteIndex,
+		HostIndex: h.Index, SoftwareRoot: p.rootDir(), Boot: []string{"host-init", "--config", p.f("host.yaml")},
+		BootDelayMS: 200, Socket: p.f("vbmc.sock")})
+}
+
+// installBinary puts petrel into a slot: a hard link when the lab is on
+// the binary's file system, else a copy.
+func installBinary(src, dst string) error {
+	os.Remove(dst)
+	if err := os.Link(src, dst); err == nil {
+		return nil
+	}
+	in, err := os.Open(src)
+	if err != nil {
+		return err
+	}
+	defer in.Close()
+	out, err := os.OpenFile(dst, os.O_CREATE|os.O_WRONLY|os.O_TRUNC, 0o755)
+	if err != nil {
+		return err
+	}
+	if _, err := io.Copy(out, in); err != nil {
+		out.Close()
+		return err
+	}
+	return out.Close()
+}
+
+func writeYAML(path string, v any) error {
+	b, err := yaml.Marshal(v)
+	if err != nil {
+		return err
+	}
+	return atomicfile.Write(path, b, 0o600)
+}
+
+// startProcess starts `binary args...` detached in its own session in the
+// root namespace, logging to DIR/logs/NAME.log, its pid in DIR/run/NAME.pid.
+func startProcess(dir, binary, name string, args ...string) (int, error) {
+	logDir := filepath.Join(dir, "logs")
+	if err := os.MkdirAll(logDir, 0o700); err != nil {
+		return 0, err
+	}
+	logf, err := os.OpenFile(filepath.Join(logDir, name+".log"), os.O_CREATE|os.O_WRONLY|os.O_APPEND, 0o600)
+	if err != nil {
+		return 0, err
+	}
+	defer logf.Close()
+	cmd := exec.Command(binary, args...)
+	cmd.Stdout, cmd.Stderr = logf, logf
+	cmd.SysProcAttr = sessionAttr()
+	if err := cmd.Start(); err != nil {
+		return 0, fmt.Errorf("lab: start %s: %w", name, err)
+	}
+	pid := cmd.Process.Pid
+	_ = cmd.Process.Release()
+	return pid, atomicfile.Write(filepath.Join(dir, stateDir, name+".pid"), []byte(strconv.Itoa(pid)+"\n"), 0o600)
+}

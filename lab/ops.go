@@ -1,0 +1,209 @@
+package lab
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"os"
+	"os/exec"
+	"strings"
+	"time"
+
+	"github.com/petrel-edge/petrel/client"
+	"github.com/petrel-edge/petrel/inventory"
+	"github.com/petrel-edge/petrel/lab/hostnet"
+	"github.com/petrel-edge/petrel/lab/vbmc"
+)
+
+// tools the lab needs, with the Debian package of each.
+var tools = map[string]string{"ip": "iproute2", "ss": "iproute2", "iptables": "iptables"}
+
+// Prerequisites checks the lab can run here: root, and the tools above;
+// as root it installs missing packages with apt-get (idempotent), otherwise
+// it fails at once naming them.
+func Prerequisites(ctx context.Context) error {
+	var missing []string
+	for tool, pkg := range tools {
+		if _, err := exec.LookPath(tool); err != nil && !contains(missing, pkg) {
+			missing = append(missing, pkg)
+		}
+	}
+	if os.Geteuid() != 0 {
+		msg := "lab: petrel lab needs root (network namespaces, cgroups)"
+		if len(missing) > 0 {
+			msg += "; missing Debian packages: " + strings.Join(missing, " ")
+		}
+		return errors.New(msg)
+	}
+	if len(missing) == 0 {
+		return nil
+	}
+	ictx, cancel := context.WithTimeout(ctx, 5*time.Minute)
+	defer cancel()
+	for _, args := range [][]string{{"update", "-qq"}, append([]string{"install", "-y", "-qq"}, missing...)} {
+		cmd := exec.CommandContext(ictx, "apt-get", args...)
+		cmd.Env = append(os.Environ(), "DEBIAN_FRONTEND=noninteractive")
+		if out, err := cmd.CombinedOutput(); err != nil {
+			return fmt.Errorf("lab: apt-get %s: %w\n%s", strings.Join(args, " "), err, out)
+		}
+	}
+	return nil
+}
+
+func contains(xs []string, x string) bool {
+	for _, y := range xs {
+		if y == x {
+			return true
+		}
+	}
+	return false
+}
+
+// AddHost adds a bare host to a running lab's site: a namespace, cgroup,
+// software root and chassis, and a join token, with no personality. It
+// returns once the host's agent has reported (T11 measures this).
+func AddHost(ctx context.Context, dir, site, binary string) (HostEntry, time.Duration, error) {
+	f, err := Load(dir)
+	if err != nil {
+		return HostEntry{}, 0, err
+	}
+	si := -1
+	for i, s := range f.Sites {
+		if s.Name == site {
+			si = i
+		}
+	}
+	if si < 0 {
+		return HostEntry{}, 0, fmt.Errorf("lab: no site %q in %s", site, dir)
+	}
+	if binary == "" {
+		if binary, err = os.Executable(); err != nil {
+			return HostEntry{}, 0, err
+		}
+	}
+	hn, err := hostnet.New(hostnet.Config{Prefix: prefixFor(f.Dir)})
+	if err != nil {
+		return HostEntry{}, 0, err
+	}
+	idx := len(f.Sites[si].Hosts)
+	key := fmt.Sprintf("host-%d", idx)
+	ctl, _ := hostnet.Addr(hostnet.Mgmt, si, 0)
+	start := time.Now()
+	he, id, err := buildHost(ctx, hn, f.Dir, prefixFor(f.Dir), binary,
+		hostSpec{Site: site, Shape: inventory.Shape(f.Sites[si].Shape), SiteIndex: si, Index: idx}, key,
+		"https://"+netJoin(ctl.String(), SiteAPIPort))
+	if err != nil {
+		return HostEntry{}, 0, err
+	}
+	api, err := client.New(client.Config{URL: f.Sites[si].URL, CACert: f.CACert, Token: f.Sites[si].Token})
+	if err != nil {
+		return HostEntry{}, 0, err
+	}
+	if err := giveJoinToken(ctx, api, pathsOf(f.Dir, site, key)); err != nil {
+		return HostEntry{}, 0, err
+	}
+	if err := waitReported(ctx, api, id, 30*time.Second); err != nil {
+		return HostEntry{}, 0, err
+	}
+	took := time.Since(start)
+	f.Sites[si].Hosts = append(f.Sites[si].Hosts, he)
+	return he, took, f.save()
+}
+
+// Fault kinds this lab injects so far; host management adds the rest.
+var faultKinds = []string{"power-off", "power-on", "power-cycle", "hang", "resume", "link-down", "link-up", "loss", "clear"}
+
+// Fault injects a fault into SITE/HOST: power through the host's chassis,
+// hang/resume through its cgroup, link and loss faults on one network
+// (net "mgmt", "cluster" or "all").
+func Fault(ctx context.Context, dir, kind, target, netName string, percent int) error {
+	f, err := Load(dir)
+	if err != nil {
+		return err
+	}
+	site, host, ok := strings.Cut(target, "/")
+	if !ok {
+		return fmt.Errorf("lab fault: target %q: want SITE/HOST", target)
+	}
+	si, hi := -1, -1
+	for i, s := range f.Sites {
+		if s.Name == site {
+			si = i
+			for j, h := range s.Hosts {
+				if h.Name == host {
+					hi = j
+				}
+			}
+		}
+	}
+	if si < 0 || hi < 0 {
+		return fmt.Errorf("lab fault: no host %s in the lab", target)
+	}
+	p := pathsOf(f.Dir, site, host)
+	switch kind {
+	case "power-off", "power-on", "power-cycle":
+		_, err := vbmc.Dial(p.f("vbmc.sock")).Power(ctx, strings.TrimPrefix(kind, "power-"))
+		return err
+	}
+	hn, err := hostnet.New(hostnet.Config{Prefix: prefixFor(f.Dir)})
+	if err != nil {
+		return err
+	}
+	h, err := hn.Host(site, host, si, hi)
+	if err != nil {
+		return err
+	}
+	nets := []hostnet.Network{hostnet.Mgmt, hostnet.Cluster}
+	switch netName {
+	case "", "all":
+	case "mgmt", "cluster":
+		nets = []hostnet.Network{hostnet.Network(netName)}
+	default:
+		return fmt.Errorf("lab fault: --net %q: want mgmt, cluster or all", netName)
+	}
+	for _, n := range nets {
+		switch kind {
+		case "hang":
+			return h.Freeze(ctx)
+		case "resume":
+			return h.Thaw(ctx)
+		case "link-down":
+			err = h.LinkDown(ctx, n)
+		case "link-up":
+			err = h.LinkUp(ctx, n)
+		case "loss":
+			if percent < 1 || percent > 100 {
+				return fmt.Errorf("lab fault loss: --percent must be 1..100")
+			}
+			err = h.Loss(ctx, n, percent)
+		case "clear":
+			return h.ClearLoss(ctx)
+		default:
+			return fmt.Errorf("lab fault: unknown kind %q (%s)", kind, strings.Join(faultKinds, ", "))
+		}
+		if err != nil {
+			return err
+		}
+	}
+	return nil
+}
+
+// teardownHosts removes every namespace, cgroup and route of the lab in dir
+// and reports anything that survives.
+func teardownHosts(ctx context.Context, dir string) error {
+	hn, err := hostnet.New(hostnet.Config{Prefix: prefixFor(dir)})
+	if err != nil {
+		return err
+	}
+	if err := hn.Teardown(ctx); err != nil {
+		return err
+	}
+	leaks, err := hn.Leaks(ctx)
+	if err != nil {
+		return err
+	}
+	if len(leaks) > 0 {
+		return fmt.Errorf("lab: left behind after teardown: %s", strings.Join(leaks, ", "))
+	}
+	return nil
+}

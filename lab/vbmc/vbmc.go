@@ -1,0 +1,291 @@
+// Package vbmc is a lab host's chassis, `petrel vbmc`: it owns the host's
+// power state and boot sequence. Power-on brings the host's links up and,
+// after a delay, boots the active software slot's `petrel host-init` inside
+// the host's network namespace and cgroup; power-off takes the links down
+// first, then kills every process of the host and drops its TCP state, so the
+// host goes silent as a dead machine does. It runs outside the host's
+// namespace and cgroup. Operators and the lab command it over a unix socket;
+// the IPMI and Redfish protocols arrive with host management.
+package vbmc
+
+import (
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"log/slog"
+	"net"
+	"net/http"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"strings"
+	"sync"
+	"time"
+
+	"github.com/petrel-edge/petrel/internal/atomicfile"
+	"github.com/petrel-edge/petrel/lab/hostnet"
+)
+
+// Config is a chassis' configuration file.
+type Config struct {
+	Prefix       string   `json:"prefix"` // hostnet prefix of the lab
+	Site         string   `json:"site"`
+	Host         string   `json:"host"`
+	SiteIndex    int      `json:"site_index"`
+	HostIndex    int      `json:"host_index"`
+	SoftwareRoot string   `json:"software_root"` // DIR/hosts/SITE/HOST: sw/a, sw/b, active
+	Boot         []string `json:"boot"`          // arguments to the active slot's petrel
+	BootDelayMS  int      `json:"boot_delay_ms"` // power-on to boot
+	Socket       string   `json:"socket"`        // control socket path
+}
+
+// Power states.
+const (
+	On  = "on"
+	Off = "off"
+)
+
+// Chassis is a running chassis.
+type Chassis struct {
+	cfg  Config
+	log  *slog.Logger
+	host *hostnet.Host
+
+	mu    sync.Mutex
+	state string
+	init  *exec.Cmd     // the booted host-init, while on
+	done  chan struct{} // closed when init exits
+	gen   int           // bumps on every power change; a stale boot timer does nothing
+}
+
+// New prepares a chassis for an existing lab host.
+func New(cfg Config, log *slog.Logger) (*Chassis, error) {
+	if cfg.SoftwareRoot == "" || cfg.Socket == "" || len(cfg.Boot) == 0 {
+		return nil, errors.New("vbmc: software_root, socket and boot are required")
+	}
+	lab, err := hostnet.New(hostnet.Config{Prefix: cfg.Prefix})
+	if err != nil {
+		return nil, err
+	}
+	h, err := lab.Host(cfg.Site, cfg.Host, cfg.SiteIndex, cfg.HostIndex)
+	if err != nil {
+		return nil, err
+	}
+	return &Chassis{cfg: cfg, log: log, host: h, state: Off}, nil
+}
+
+func (c *Chassis) stateFile() string { return filepath.Join(c.cfg.SoftwareRoot, "power") }
+
+// Run restores the persisted power state (on at first start), serves the
+// control socket, and powers the host off when ctx ends.
+func (c *Chassis) Run(ctx context.Context) error {
+	want := On
+	if b, err := os.ReadFile(c.stateFile()); err == nil && strings.TrimSpace(string(b)) == Off {
+		want = Off
+	}
+	os.Remove(c.cfg.Socket)
+	ln, err := net.Listen("unix", c.cfg.Socket)
+	if err != nil {
+		return fmt.Errorf("vbmc: control socket: %w", err)
+	}
+	if err := os.Chmod(c.cfg.Socket, 0o600); err != nil {
+		ln.Close()
+		return err
+	}
+	srv := &http.Server{Handler: c.handler(), ReadHeaderTimeout: 5 * time.Second}
+	go srv.Serve(ln)
+	defer srv.Close()
+	if err := c.power(ctx, want); err != nil {
+		c.log.Error("restoring power state failed", "state", want, "err", err)
+	}
+	<-ctx.Done()
+	// The lab is going down: the host dies with its chassis.
+	sctx, cancel := context.WithTimeout(context.Background(), 15*time.Second)
+	defer cancel()
+	return c.powerOff(sctx)
+}
+
+// State is the chassis' power state.
+func (c *Chassis) State() string {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	return c.state
+}
+
+// power sets the power state: "on", "off", or "cycle" (off, then on).
+func (c *Chassis) power(ctx context.Context, action string) error {
+	switch action {
+	case On:
+		return c.powerOn(ctx)
+	case Off:
+		return c.powerOff(ctx)
+	case "cycle", "reset":
+		if err := c.powerOff(ctx); err != nil {
+			return err
+		}
+		return c.powerOn(ctx)
+	}
+	return fmt.Errorf("vbmc: unknown power action %q (on, off, cycle)", action)
+}
+
+func (c *Chassis) powerOn(ctx context.Context) error {
+	c.mu.Lock()
+	if c.state == On {
+		c.mu.Unlock()
+		return nil
+	}
+	c.state = On
+	c.gen++
+	gen := c.gen
+	c.mu.Unlock()
+	if err := atomicfile.Write(c.stateFile(), []byte(On+"\n"), 0o600); err != nil {
+		return err
+	}
+	if err := c.host.PowerOn(ctx); err != nil {
+		return err
+	}
+	c.log.Info("power on; booting", "delay_ms", c.cfg.BootDelayMS)
+	time.AfterFunc(time.Duration(c.cfg.BootDelayMS)*time.Millisecond, func() { c.boot(gen) })
+	return nil
+}
+
+// boot starts host-init from the active slot, unless the power changed since.
+func (c *Chassis) boot(gen int) {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	if c.gen != gen || c.state != On {
+		return
+	}
+	slot := "a"
+	if b, err := os.ReadFile(filepath.Join(c.cfg.SoftwareRoot, "active")); err == nil {
+		slot = strings.TrimSpace(string(b))
+	}
+	bin := filepath.Join(c.cfg.SoftwareRoot, "sw", slot, "bin", "petrel")
+	console, err := os.OpenFile(filepath.Join(c.cfg.SoftwareRoot, "console.log"), os.O_CREATE|os.O_WRONLY|os.O_APPEND, 0o600)
+	if err != nil {
+		c.log.Error("boot: console", "err", err)
+		return
+	}
+	defer console.Close()
+	fmt.Fprintf(console, "--- %s boot from slot %s\n", time.Now().UTC().Format(time.RFC3339Nano), slot)
+	cmd := exec.Command(bin, c.cfg.Boot...)
+	cmd.Stdout, cmd.Stderr = console, console
+	cmd.Env = append(os.Environ(), "PETREL_LAB_HOST="+c.cfg.Site+"/"+c.cfg.Host)
+	if err := c.host.Start(cmd); err != nil {
+		c.log.Error("boot failed", "slot", slot, "err", err)
+		return
+	}
+	done := make(chan struct{})
+	c.init, c.done = cmd, done
+	go func() {
+		err := cmd.Wait()
+		close(done)
+		c.log.Info("host-init exited", "err", err)
+	}()
+	c.log.Info("booted", "slot", slot, "pid", cmd.Process.Pid)
+}
+
+func (c *Chassis) powerOff(ctx context.Context) error {
+	c.mu.Lock()
+	c.state = Off
+	c.gen++
+	done := c.done
+	c.init, c.done = nil, nil
+	c.mu.Unlock()
+	if err := atomicfile.Write(c.stateFile(), []byte(Off+"\n"), 0o600); err != nil {
+		return err
+	}
+	// Links down first, then kill everything, then forget TCP state.
+	if err := c.host.PowerOff(ctx); err != nil {
+		return err
+	}
+	if done != nil {
+		select {
+		case <-done:
+		case <-ctx.Done():
+			return ctx.Err()
+		}
+	}
+	c.log.Info("power off")
+	return nil
+}
+
+// PowerRequest is the body of POST /v1/power.
+type PowerRequest struct {
+	Action string `json:"action"` // on | off | cycle
+}
+
+// PowerStatus answers GET /v1/power.
+type PowerStatus struct {
+	State string `json:"state"`
+	Pids  []int  `json:"pids"`
+}
+
+func (c *Chassis) handler() http.Handler {
+	mux := http.NewServeMux()
+	mux.HandleFunc("GET /v1/power", func(w http.ResponseWriter, r *http.Request) {
+		pids, _ := c.host.Pids()
+		writeJSON(w, http.StatusOK, PowerStatus{State: c.State(), Pids: pids})
+	})
+	mux.HandleFunc("POST /v1/power", func(w http.ResponseWriter, r *http.Request) {
+		var req PowerRequest
+		if err := json.NewDecoder(http.MaxBytesReader(w, r.Body, 1024)).Decode(&req); err != nil {
+			writeJSON(w, http.StatusBadRequest, map[string]string{"error": "body must be {\"action\": \"on|off|cycle\"}"})
+			return
+		}
+		if err := c.power(r.Context(), req.Action); err != nil {
+			writeJSON(w, http.StatusBadRequest, map[string]string{"error": err.Error()})
+			return
+		}
+		pids, _ := c.host.Pids()
+		writeJSON(w, http.StatusOK, PowerStatus{State: c.State(), Pids: pids})
+	})
+	return mux
+}
+
+func writeJSON(w http.ResponseWriter, status int, v any) {
+	w.Header().Set("Content-Type", "application/json")
+	w.WriteHeader(status)
+	_ = json.NewEncoder(w).Encode(v)
+}
+
+// Client commands a chassis over its control socket.
+type Client struct{ hc *http.Client }
+
+// Dial returns a client for the chassis listening on socket.
+func Dial(socket string) *Client {
+	return &Client{hc: &http.Client{Timeout: 30 * time.Second, Transport: &http.Transport{
+		DialContext: func(ctx context.Context, _, _ string) (net.Conn, error) {
+			var d net.Dialer
+			return d.DialContext(ctx, "unix", socket)
+		}}}}
+}
+
+// Power asks for a power action and returns the resulting status.
+func (cl *Client) Power(ctx context.Context, action string) (PowerStatus, error) {
+	b, _ := json.Marshal(PowerRequest{Action: action})
+	req, _ := http.NewRequestWithContext(ctx, http.MethodPost, "http://vbmc/v1/power", strings.NewReader(string(b)))
+	return cl.do(req)
+}
+
+// Status returns the power status.
+func (cl *Client) Status(ctx context.Context) (PowerStatus, error) {
+	req, _ := http.NewRequestWithContext(ctx, http.MethodGet, "http://vbmc/v1/power", nil)
+	return cl.do(req)
+}
+
+func (cl *Client) do(req *http.Request) (PowerStatus, error) {
+	var st PowerStatus
+	resp, err := cl.hc.Do(req)
+	if err != nil {
+		return st, fmt.Errorf("vbmc: %w", err)
+	}
+	defer resp.Body.Close()
+	if resp.StatusCode != http.StatusOK {
+		var e map[string]string
+		_ = json.NewDecoder(resp.Body).Decode(&e)
+		return st, fmt.Errorf("vbmc: %s", e["error"])
+	}
+	return st, json.NewDecoder(resp.Body).Decode(&st)
+}

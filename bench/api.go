@@ -293,17 +293,4 @@ func procCPU(pid int) time.Duration {
 }
 
 // procRSSMB returns a process's resident set in MiB.
-func procRSSMB(pid int) float64 {
-	b, err := os.ReadFile(fmt.Sprintf("/proc/%d/status", pid))
-	if err != nil {
-		return 0
-	}
-	for _, l := range strings.Split(string(b), "\n") {
-		if strings.HasPrefix(l, "VmRSS:") {
-			var kb float64
-			fmt.Sscanf(strings.TrimSpace(strings.TrimPrefix(l, "VmRSS:")), "%f", &kb)
-			return kb / 1024
-		}
-	}
-	return 0
-}
+func procRSSMB(pid int) float64 { return procStatusMiB(pid, "VmRSS:") }

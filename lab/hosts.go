@@ -131,7 +131,7 @@ func prepareHost(dir, prefix, binary string, h hostSpec, key string, siteURL str
 		"site_url": siteURL, "ca_cert": filepath.Join(dir, "ca", "ca.crt"),
 		"join_token_file": p.f("join.token"), "state_dir": p.f("state"), "profile": p.f("profile.yaml"),
 		"platform": "lab", "lab": map[string]string{"software_root": p.rootDir(), "chassis": p.f("vbmc.sock")},
-		"check_interval": "1s",
+		"check_interval": "2s",
 	}); err != nil {
 		return "", err
 	}

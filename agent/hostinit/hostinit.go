@@ -34,7 +34,10 @@ type Config struct {
 
 // Run supervises every service until ctx ends, then stops them (SIGTERM,
 // SIGKILL after 10 s) and returns when all have exited.
-func Run(ctx context.Context, cfg Config, log *slog.Logger) error {
+func Run(ctx context.Context, cfg Config, log *slog.Logger) error { return RunEnv(ctx, cfg, log, nil) }
+
+// RunEnv is Run with extra environment variables for the services.
+func RunEnv(ctx context.Context, cfg Config, log *slog.Logger, env []string) error {
 	if len(cfg.Services) == 0 {
 		return errors.New("hostinit: no services")
 	}
@@ -50,18 +53,18 @@ func Run(ctx context.Context, cfg Config, log *slog.Logger) error {
 		wg.Add(1)
 		go func() {
 			defer wg.Done()
-			supervise(ctx, bin, s, cfg.LogDir, log.With("service", s.Name))
+			supervise(ctx, bin, s, cfg.LogDir, env, log.With("service", s.Name))
 		}()
 	}
 	wg.Wait()
 	return nil
 }
 
-func supervise(ctx context.Context, bin string, s Service, logDir string, log *slog.Logger) {
+func supervise(ctx context.Context, bin string, s Service, logDir string, env []string, log *slog.Logger) {
 	delay := 200 * time.Millisecond
 	for ctx.Err() == nil {
 		start := time.Now()
-		err := runOnce(ctx, bin, s, logDir)
+		err := runOnce(ctx, bin, s, logDir, env)
 		if ctx.Err() != nil {
 			return
 		}
@@ -78,7 +81,7 @@ func supervise(ctx context.Context, bin string, s Service, logDir string, log *s
 	}
 }
 
-func runOnce(ctx context.Context, bin string, s Service, logDir string) error {
+func runOnce(ctx context.Context, bin string, s Service, logDir string, env []string) error {
 	f, err := os.OpenFile(filepath.Join(logDir, s.Name+".log"), os.O_CREATE|os.O_WRONLY|os.O_APPEND, 0o600)
 	if err != nil {
 		return err
@@ -86,6 +89,7 @@ func runOnce(ctx context.Context, bin string, s Service, logDir string) error {
 	defer f.Close()
 	cmd := exec.Command(bin, s.Args...)
 	cmd.Stdout, cmd.Stderr = f, f
+	cmd.Env = append(os.Environ(), env...)
 	if err := cmd.Start(); err != nil {
 		return fmt.Errorf("start %s: %w", s.Name, err)
 	}

@@ -69,7 +69,75 @@ func (a *app) benchCmd() *cobra.Command {
 	api.Flags().DurationVar(&dur, "duration", 20*time.Second, "measured duration")
 	api.Flags().IntVar(&workers, "workers", 32, "concurrent connections")
 	api.Flags().IntVar(&hosts, "hosts", 200, "hosts seeded into the site")
-	c := group("bench", "Run benchmarks and record them in docs/benchmarks.md", api)
+	var invHosts int
+	inventory := &cobra.Command{
+		Use:   "inventory [--hosts 10]",
+		Short: "T11: new host powered on → listed with its inventory (needs root: builds a lab)",
+		Args:  noArgs,
+		RunE: func(cmd *cobra.Command, _ []string) error {
+			bin, err := os.Executable()
+			if err != nil {
+				return err
+			}
+			r, err := bench.RunInventory(cmd.Context(), bin, invHosts, a.stderr)
+			if err != nil {
+				return err
+			}
+			ms := func(d time.Duration) string { return fmt.Sprintf("%.0f ms", float64(d.Microseconds())/1000) }
+			verdict := "meets T11 (≤ 5 s)"
+			if r.Max > 5*time.Second {
+				verdict = "does not meet T11 (≤ 5 s)"
+			}
+			fmt.Fprintf(a.stdout, "%d hosts added: p50 %s  p90 %s  max %s\n%s\n", r.Hosts, ms(r.P50), ms(r.P90), ms(r.Max), verdict)
+			if !record {
+				return nil
+			}
+			return recordRow(a, out, "T11 — new host → inventoried",
+				"`lab add-host` on a running one-site lab, one host after another: from the moment the lab creates the host "+
+					"(namespace, cgroup, software root, chassis; power-on; the chassis' 200 ms boot delay; host-init; agent "+
+					"start; join with a single-use token; first full report) until the site lists it with its inventory. Target T11: ≤ 5 s.",
+				[]string{"date (UTC)", "commit", "machine", "command", "hosts", "p50", "p90", "max", "verdict"},
+				[]string{fmt.Sprint(r.Hosts), ms(r.P50), ms(r.P90), ms(r.Max), verdict}, cmd)
+		},
+	}
+	inventory.Flags().IntVar(&invHosts, "hosts", 10, "hosts to add")
+	var agentWorkers int
+	var window time.Duration
+	agentCmd := &cobra.Command{
+		Use:   "agent [--workers 4] [--window 30s]",
+		Short: "T9: idle agent footprint: anonymous memory, RSS, CPU (needs root: builds a lab)",
+		Args:  noArgs,
+		RunE: func(cmd *cobra.Command, _ []string) error {
+			bin, err := os.Executable()
+			if err != nil {
+				return err
+			}
+			r, err := bench.RunAgent(cmd.Context(), bin, agentWorkers, window, a.stderr)
+			if err != nil {
+				return err
+			}
+			verdict := "meets T9 (RssAnon ≤ 25 MB, idle CPU ≤ 0.3 %)"
+			if r.RssAnonMaxMiB*1.048576 > 25 || r.CPUPercent > 0.3 {
+				verdict = "does not meet T9 (RssAnon ≤ 25 MB, idle CPU ≤ 0.3 %)"
+			}
+			fmt.Fprintf(a.stdout, "%d agents over %s: RssAnon mean %.1f MiB (max %.1f), RSS mean %.1f MiB, CPU %.3f %% each; binary %.1f MiB\n%s\n",
+				r.Agents, r.Window, r.RssAnonMiB, r.RssAnonMaxMiB, r.RssMiB, r.CPUPercent, r.BinaryMiB, verdict)
+			if !record {
+				return nil
+			}
+			return recordRow(a, out, "T9 — agent footprint",
+				"Idle `petrel agent` processes (the one `petrel` binary, no slim build) in a lab site, after 5 s settling, "+
+					"sampled over the window: RssAnon and VmRSS from /proc/PID/status, CPU from utime+stime. The lab agent "+
+					"re-reads /proc and /sys every 2 s (check_interval) and sends a full report every 5 min. "+
+					"Target T9: RssAnon ≤ 25 MB, idle CPU ≤ 0.3 %.",
+				[]string{"date (UTC)", "commit", "machine", "command", "agents", "RssAnon mean / max", "RSS mean", "CPU per agent", "binary", "verdict"},
+				[]string{fmt.Sprint(r.Agents), fmt.Sprintf("%.1f / %.1f MiB", r.RssAnonMiB, r.RssAnonMaxMiB),
+					fmt.Sprintf("%.1f MiB", r.RssMiB), fmt.Sprintf("%.3f %%", r.CPUPercent), fmt.Sprintf("%.1f MiB", r.BinaryMiB), verdict}, cmd)
+		},
+	}
+	agentCmd.Flags().IntVar(&agentWorkers, "workers", 4, "workers in the lab site (plus 2 controllers)")
+	agentCmd.Flags().DurationVar(&window, "window", 30*time.Second, "measurement window")
+	c := group("bench", "Run benchmarks and record them in docs/benchmarks.md", api, inventory, agentCmd)
 	c.PersistentFlags().StringVar(&out, "out", "docs/benchmarks.md", "results file")
 	c.PersistentFlags().BoolVar(&record, "record", true, "append the result to --out")
 	return c
@@ -84,4 +152,16 @@ func commandLine(cmd *cobra.Command) string {
 		}
 	})
 	return strings.Join(parts, " ")
+}
+
+// recordRow appends a row (date, commit, machine, command, figures...) to a
+// benchmark's table.
+func recordRow(a *app, file, heading, intro string, header, figures []string, cmd *cobra.Command) error {
+	row := append([]string{time.Now().UTC().Format("2006-01-02 15:04"), bench.Commit(), bench.Machine(),
+		"`" + commandLine(cmd) + "`"}, figures...)
+	if err := bench.Record(file, heading, intro, header, row); err != nil {
+		return err
+	}
+	fmt.Fprintf(a.stderr, "recorded in %s\n", file)
+	return nil
 }

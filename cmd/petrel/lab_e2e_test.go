@@ -48,6 +48,17 @@ func TestLabHostsAddAndPower(t *testing.T) {
 	site.ok("host", "assign", added.UUID, "--personality", "worker", "--hostname", "worker-2")
 	site.exit(1, "host", "assign", "no-such-host", "--personality", "worker")
 
+	// The root namespace has no route to any lab address (network etiquette):
+	// `ip route get` asks the kernel without sending anything.
+	for _, h := range lf.Sites[0].Hosts {
+		for _, a := range h.Addresses {
+			out, err := exec.Command("ip", "route", "get", a).CombinedOutput()
+			if err == nil && !strings.Contains(string(out), "blackhole") {
+				t.Errorf("root namespace routes lab address %s: %s", a, out)
+			}
+		}
+	}
+
 	// Power off worker-0: its processes die and its links go down.
 	w := lf.Sites[0].Hosts[2]
 	if w.Name != "worker-0" {

@@ -91,12 +91,16 @@ func labOrTest() string {
 	if b, err := os.ReadFile("/proc/self/cgroup"); err == nil && strings.Contains(string(b), "/petrel/") {
 		return "in a lab host's cgroup"
 	}
+	// A real host's agent runs in its machine's root network namespace; a
+	// named one (ip netns) is a lab host or a test.
 	if self, err := os.Readlink("/proc/self/ns/net"); err == nil {
-		matches, _ := filepath.Glob("/var/run/netns/petrel-*")
-		for _, m := range matches {
-			var st unix.Stat_t
-			if unix.Stat(m, &st) == nil && self == fmt.Sprintf("net:[%d]", st.Ino) {
-				return "in the lab network namespace " + filepath.Base(m)
+		for _, dir := range []string{"/var/run/netns", "/run/netns"} {
+			matches, _ := filepath.Glob(filepath.Join(dir, "*"))
+			for _, m := range matches {
+				var st unix.Stat_t
+				if unix.Stat(m, &st) == nil && self == fmt.Sprintf("net:[%d]", st.Ino) {
+					return "in the named network namespace " + filepath.Base(m)
+				}
 			}
 		}
 	}

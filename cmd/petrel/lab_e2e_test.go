@@ -59,6 +59,14 @@ func TestLabHostsAddAndPower(t *testing.T) {
 		}
 	}
 
+	// The real platform refuses to exist inside a lab host, even when asked.
+	hostCfg := filepath.Join(t.TempDir(), "agent.yaml")
+	os.WriteFile(hostCfg, []byte("site_url: https://10.88.0.10:8443\nca_cert: /dev/null\nstate_dir: /tmp\nplatform: host\n"), 0o600)
+	refused, err := exec.Command("ip", "netns", "exec", lf.Sites[0].Hosts[2].Netns, petrelBin, "agent", "--config", hostCfg).CombinedOutput()
+	if err == nil || !strings.Contains(string(refused), "refuses to run under tests or the lab") {
+		t.Errorf("agent with platform host inside a lab host: %v\n%s", err, refused)
+	}
+
 	// Power off worker-0: its processes die and its links go down.
 	w := lf.Sites[0].Hosts[2]
 	if w.Name != "worker-0" {

@@ -254,26 +254,15 @@ func (a *app) tokenCmd() *cobra.Command {
 		Short: "Create an API token (shown once)",
 		Args:  noArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error {
-			c, err := a.client()
-			if err != nil {
-				return err
-			}
-			var raw []byte
 			req := auth.CreateTokenRequest{User: user, Role: auth.Role(role), Description: desc, TTLSeconds: int64(ttl / time.Second)}
-			if err := c.Do(cmd.Context(), http.MethodPost, "/v1/tokens", nil, req, &raw); err != nil {
-				return err
-			}
-			if a.output != "table" {
-				return a.printRaw(raw)
-			}
-			var it auth.IssuedToken
-			if err := json.Unmarshal(raw, &it); err != nil {
-				return err
-			}
-			fmt.Fprintf(a.stdout, "%s\n", it.Token)
-			fmt.Fprintf(a.stderr, "Token %s for %s (%s) expires at %s. It is shown only now: keep it in a 0600 file or PETREL_TOKEN.\n",
-				it.Detail.ID, it.Detail.User, it.Detail.Role, it.Detail.ExpiresAt.Format(time.RFC3339))
-			return nil
+			return a.createSecret(cmd, "/v1/tokens", req, func(raw []byte) (string, string, error) {
+				var it auth.IssuedToken
+				if err := json.Unmarshal(raw, &it); err != nil {
+					return "", "", err
+				}
+				return it.Token, fmt.Sprintf("Token %s for %s (%s) expires at %s. It is shown only now: keep it in a 0600 file or PETREL_TOKEN.",
+					it.Detail.ID, it.Detail.User, it.Detail.Role, it.Detail.ExpiresAt.Format(time.RFC3339)), nil
+			})
 		},
 	}
 	create.Flags().StringVar(&desc, "description", "", "what the token is for")
@@ -344,4 +333,28 @@ func (a *app) list(cmd *cobra.Command, path string, q url.Values, limit int, col
 		return err
 	}
 	return a.printList(p, columns...)
+}
+
+// createSecret POSTs body to path, which answers with a secret shown once:
+// -o json/yaml print the resource; the table format prints the secret alone
+// on stdout (for scripts) and what it is on stderr.
+func (a *app) createSecret(cmd *cobra.Command, path string, body any, describe func(raw []byte) (secret, note string, err error)) error {
+	c, err := a.client()
+	if err != nil {
+		return err
+	}
+	var raw []byte
+	if err := c.Do(cmd.Context(), http.MethodPost, path, nil, body, &raw); err != nil {
+		return err
+	}
+	if a.output != "table" {
+		return a.printRaw(raw)
+	}
+	secret, note, err := describe(raw)
+	if err != nil {
+		return err
+	}
+	fmt.Fprintln(a.stdout, secret)
+	fmt.Fprintln(a.stderr, note)
+	return nil
 }

@@ -124,32 +124,21 @@ func (a *app) joinTokenCmd() *cobra.Command {
 		Short: "Create a single-use join token for one new host (shown once)",
 		Args:  noArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error {
-			c, err := a.client()
-			if err != nil {
-				return err
-			}
-			var raw []byte
 			body := map[string]any{"description": desc, "ttl_s": int64(ttl / time.Second)}
-			if err := c.Do(cmd.Context(), http.MethodPost, "/v1/join-tokens", nil, body, &raw); err != nil {
-				return err
-			}
-			if a.output != "table" {
-				return a.printRaw(raw)
-			}
-			var it struct {
-				Token  string
-				Detail struct {
-					ID        string
-					ExpiresAt time.Time `json:"expires_at"`
+			return a.createSecret(cmd, "/v1/join-tokens", body, func(raw []byte) (string, string, error) {
+				var it struct {
+					Token  string
+					Detail struct {
+						ID        string
+						ExpiresAt time.Time `json:"expires_at"`
+					}
 				}
-			}
-			if err := json.Unmarshal(raw, &it); err != nil {
-				return err
-			}
-			fmt.Fprintln(a.stdout, it.Token)
-			fmt.Fprintf(a.stderr, "Join token %s, single use, expires at %s. Give it to the new host's agent in a 0600 file.\n",
-				it.Detail.ID, it.Detail.ExpiresAt.Format(time.RFC3339))
-			return nil
+				if err := json.Unmarshal(raw, &it); err != nil {
+					return "", "", err
+				}
+				return it.Token, fmt.Sprintf("Join token %s, single use, expires at %s. Give it to the new host's agent in a 0600 file.",
+					it.Detail.ID, it.Detail.ExpiresAt.Format(time.RFC3339)), nil
+			})
 		},
 	}
 	create.Flags().DurationVar(&ttl, "ttl", time.Hour, "lifetime (at most 168h)")

@@ -128,7 +128,8 @@ const (
 
 // Service is the authentication and authorisation service of one daemon.
 type Service struct {
-	cfg     Config
+	cfg      Config
+	verifier *AssertionVerifier // relayed calls from central; nil: not accepted
 	mu      sync.Mutex
 	cache   map[string]cached // secret hash -> verified principal
 	limiter loginLimiter
@@ -179,6 +180,10 @@ func validatePassword(field, pw string) error {
 	}
 	return nil
 }
+
+// AcceptAssertions makes the guards accept central's relay assertions,
+// verified by v. Call it before serving.
+func (s *Service) AcceptAssertions(v *AssertionVerifier) { s.verifier = v }
 
 // CreateUser creates a user with a password.
 func (s *Service) CreateUser(ctx context.Context, name string, role Role, password string) (User, error) {

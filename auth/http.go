@@ -22,11 +22,23 @@ import (
 // "X-Auth-Token: T".
 func (s *Service) Require(need Role) rest.Guard {
 	return func(r *http.Request) (*http.Request, error) {
-		secret := bearer(r)
-		if secret == "" {
+		secret, assertion := bearer(r), r.Header.Get(AssertionHeader)
+		var p Principal
+		var err error
+		switch {
+		case assertion != "" && secret != "":
+			// A relay strips Authorization; both at once is not a relayed call.
+			return nil, errs.Wrapf(errs.Unauthenticated, "send a token or a relay assertion, not both")
+		case assertion != "":
+			if s.verifier == nil {
+				return nil, errs.Wrapf(errs.Unauthenticated, "this daemon does not accept relay assertions")
+			}
+			p, err = s.verifier.Verify(assertion)
+		case secret != "":
+			p, err = s.Authenticate(r.Context(), secret)
+		default:
 			return nil, errs.Wrapf(errs.Unauthenticated, "credentials required: send Authorization: Bearer <token>")
 		}
-		p, err := s.Authenticate(r.Context(), secret)
 		if err != nil {
 			return nil, err
 		}

@@ -3,8 +3,10 @@ package auth
 import (
 	"crypto/ed25519"
 	"crypto/rand"
+	"crypto/x509"
 	"encoding/base64"
 	"encoding/json"
+	"encoding/pem"
 	"errors"
 	"fmt"
 	"os"
@@ -168,4 +170,31 @@ func (v *AssertionVerifier) Verify(token string) (Principal, error) {
 	}
 	v.seen[a.RequestID] = a.ExpiresAt
 	return Principal{User: "central:" + a.User, Role: a.Role}, nil
+}
+
+// EncodePublicKey returns a public key as PEM (what sites are configured with).
+func EncodePublicKey(pub ed25519.PublicKey) []byte {
+	der, _ := x509.MarshalPKIXPublicKey(pub)
+	return pem.EncodeToMemory(&pem.Block{Type: "PUBLIC KEY", Bytes: der})
+}
+
+// LoadPublicKey reads a PEM public key written by EncodePublicKey.
+func LoadPublicKey(path string) (ed25519.PublicKey, error) {
+	b, err := os.ReadFile(path)
+	if err != nil {
+		return nil, err
+	}
+	blk, _ := pem.Decode(b)
+	if blk == nil {
+		return nil, fmt.Errorf("auth: %s holds no PEM public key", path)
+	}
+	k, err := x509.ParsePKIXPublicKey(blk.Bytes)
+	if err != nil {
+		return nil, fmt.Errorf("auth: %s: %w", path, err)
+	}
+	pub, ok := k.(ed25519.PublicKey)
+	if !ok {
+		return nil, fmt.Errorf("auth: %s is not an ed25519 key", path)
+	}
+	return pub, nil
 }

@@ -130,9 +130,9 @@ const (
 type Service struct {
 	cfg      Config
 	verifier *AssertionVerifier // relayed calls from central; nil: not accepted
-	mu      sync.Mutex
-	cache   map[string]cached // secret hash -> verified principal
-	limiter loginLimiter
+	mu       sync.Mutex
+	cache    map[string]cached // secret hash -> verified principal
+	limiter  loginLimiter
 }
 
 type cached struct {

@@ -5,12 +5,28 @@ package central
 
 import (
 	"context"
+	"crypto/tls"
+	"crypto/x509"
 	_ "embed"
+	"fmt"
+	"log/slog"
+	"net"
 	"net/http"
+	"path/filepath"
+	"strings"
+	"sync"
+	"time"
+
+	"github.com/hashicorp/yamux"
+	"golang.org/x/sync/errgroup"
 
 	"github.com/petrel-edge/petrel/auth"
+	"github.com/petrel-edge/petrel/internal/atomicfile"
+	"github.com/petrel-edge/petrel/internal/errs"
+	"github.com/petrel-edge/petrel/internal/pki"
 	"github.com/petrel-edge/petrel/internal/rest"
 	"github.com/petrel-edge/petrel/internal/server"
+	"github.com/petrel-edge/petrel/inventory"
 )
 
 //go:embed openapi.yaml
@@ -19,19 +35,40 @@ var openapiFragment []byte
 // FileConfig is the configuration file of `petrel central`.
 type FileConfig struct {
 	server.FileConfig
+	// SiteListen is where sites dial home (mutual TLS); empty: no links.
+	SiteListen string `json:"site_listen"`
 }
 
 // Config configures central.
 type Config struct {
-	Shell server.Config // Daemon and OpenAPI are filled in by New
+	Shell      server.Config // Daemon and OpenAPI are filled in by New
+	SiteListen string        // host:port sites dial; "" serves no links
+	// UpdateInterval is how often sites send updates; offline after 3
+	// silent intervals. Zero: DefaultUpdateInterval.
+	UpdateInterval time.Duration
 }
 
 // Central is a running central cloud.
 type Central struct {
 	cfg       Config
 	shell     *server.Server
+	log       *slog.Logger
 	Subclouds SubcloudStore
+	tracker   *Tracker
+	links     links
+	signer    *auth.AssertionSigner
+	siteLn    net.Listener
+
+	wmu    sync.Mutex
+	writes map[string]time.Time // last registry write per site
 }
+
+// Files in central's data directory.
+const (
+	FleetCADir     = "fleet-ca"      // issues and verifies site certificates
+	RelayKeyFile   = "relay.key"     // signs relay assertions (0600)
+	RelayPublicKey = "relay.pub.pem" // what sites trust
+)
 
 // New builds central; it starts nothing.
 func New(ctx context.Context, cfg Config) (*Central, error) {
@@ -45,20 +82,147 @@ func New(ctx context.Context, cfg Config) (*Central, error) {
 		shell.Close()
 		return nil, err
 	}
-	c := &Central{cfg: cfg, shell: shell, Subclouds: subclouds}
+	c := &Central{cfg: cfg, shell: shell, log: cfg.Shell.Logger, Subclouds: subclouds,
+		tracker: NewTracker(cfg.UpdateInterval, 0), links: links{sessions: map[string]*yamux.Session{}},
+		writes: map[string]time.Time{}}
+	if c.signer, err = c.relayKey(); err != nil {
+		shell.Close()
+		return nil, err
+	}
+	if err := c.trackRegistry(ctx); err != nil {
+		shell.Close()
+		return nil, err
+	}
+	if cfg.SiteListen != "" {
+		fleet, err := pki.LoadOrCreateCA(filepath.Join(cfg.Shell.DataDir, FleetCADir), "Petrel fleet CA")
+		if err != nil {
+			shell.Close()
+			return nil, err
+		}
+		pool := x509.NewCertPool()
+		pool.AddCert(fleet.Cert)
+		tlsCfg := shell.TLS.Clone()
+		tlsCfg.ClientCAs, tlsCfg.ClientAuth = pool, tls.RequireAndVerifyClientCert
+		ln, err := net.Listen("tcp", cfg.SiteListen)
+		if err != nil {
+			shell.Close()
+			return nil, fmt.Errorf("central: site listener: %w", err)
+		}
+		c.siteLn = tls.NewListener(ln, tlsCfg)
+	}
 	c.register(shell.REST, shell.Auth)
 	return c, nil
 }
 
-// Run serves until ctx ends.
-func (c *Central) Run(ctx context.Context) error { return c.shell.Run(ctx) }
+// relayKey loads central's assertion key and publishes its public half.
+func (c *Central) relayKey() (*auth.AssertionSigner, error) {
+	signer, pub, err := auth.LoadOrCreateSigningKey(filepath.Join(c.cfg.Shell.DataDir, RelayKeyFile))
+	if err != nil {
+		return nil, err
+	}
+	return signer, atomicfile.Write(filepath.Join(c.cfg.Shell.DataDir, RelayPublicKey), auth.EncodePublicKey(pub), 0o644)
+}
+
+// trackRegistry starts tracking every registered subcloud as offline:
+// after a restart, each becomes online when it reconnects.
+func (c *Central) trackRegistry(ctx context.Context) error {
+	after := ""
+	for {
+		scs, next, err := c.Subclouds.Subclouds(ctx, rest.ListOptions{Limit: rest.MaxLimit, After: after})
+		if err != nil {
+			return err
+		}
+		for _, sc := range scs {
+			c.tracker.Add(sc.Name)
+		}
+		if next == "" {
+			return nil
+		}
+		after = next
+	}
+}
+
+// SiteAddr is where sites dial, once New has bound it.
+func (c *Central) SiteAddr() net.Addr {
+	if c.siteLn == nil {
+		return nil
+	}
+	return c.siteLn.Addr()
+}
+
+// Run serves the API and the sites' links until ctx ends.
+func (c *Central) Run(ctx context.Context) error {
+	g, ctx := errgroup.WithContext(ctx)
+	g.Go(func() error { return c.shell.Run(ctx) })
+	if c.siteLn != nil {
+		g.Go(func() error { return c.serveLinks(ctx) })
+		g.Go(func() error { return c.sweep(ctx) })
+	}
+	return g.Wait()
+}
+
+func (c *Central) lastWrite(site string) time.Time {
+	c.wmu.Lock()
+	defer c.wmu.Unlock()
+	return c.writes[site]
+}
+
+func (c *Central) wroteAt(site string, t time.Time) {
+	c.wmu.Lock()
+	c.writes[site] = t
+	c.wmu.Unlock()
+}
 
 // Shell exposes the daemon shell (URL, readiness, routes) to tests and tools.
 func (c *Central) Shell() *server.Server { return c.shell }
 
 func (c *Central) register(srv *rest.Server, a *auth.Service) {
 	srv.Handle("listSubclouds", http.MethodGet, "/v1/subclouds", a.Require(auth.Reader), c.listSubclouds)
+	srv.Handle("createSubcloud", http.MethodPost, "/v1/subclouds", a.Require(auth.Admin), c.createSubcloud)
 	srv.Handle("getSubcloud", http.MethodGet, "/v1/subclouds/{name}", a.Require(auth.Reader), c.getSubcloud)
+	srv.Handle("deleteSubcloud", http.MethodDelete, "/v1/subclouds/{name}", a.Require(auth.Admin), c.deleteSubcloud)
+	relay := c.relay()
+	for _, m := range []string{http.MethodGet, http.MethodPost, http.MethodPut, http.MethodPatch, http.MethodDelete} {
+		srv.HandleHTTP("relay"+m[:1]+strings.ToLower(m[1:]), m, "/v1/subclouds/{name}/api/{path:.*}", c.relayGuard, relay)
+	}
+}
+
+// CreateSubcloudRequest is the body of POST /v1/subclouds.
+type CreateSubcloudRequest struct {
+	Name  string          `json:"name"`
+	Shape inventory.Shape `json:"shape"`
+}
+
+func (c *Central) createSubcloud(r *http.Request) (int, any, error) {
+	var req CreateSubcloudRequest
+	if err := rest.DecodeJSON(r, &req); err != nil {
+		return 0, nil, err
+	}
+	if err := inventory.ValidateSiteName("name", req.Name); err != nil {
+		return 0, nil, err
+	}
+	if !req.Shape.Valid() {
+		return 0, nil, errs.Field("shape", "must be simplex, duplex or multi-server")
+	}
+	sc := Subcloud{Name: req.Name, Shape: req.Shape, Availability: Offline, Management: Unmanaged,
+		DeployStatus: "not-deployed", Sync: map[string]SyncStatus{}, Status: StatusOffline, CreatedAt: time.Now().UTC()}
+	if err := c.Subclouds.CreateSubcloud(r.Context(), sc); err != nil {
+		return 0, nil, err
+	}
+	c.tracker.Add(sc.Name)
+	return http.StatusCreated, sc, nil
+}
+
+func (c *Central) deleteSubcloud(r *http.Request) (int, any, error) {
+	name := rest.Var(r, "name")
+	if err := c.Subclouds.DeleteSubcloud(r.Context(), name); err != nil {
+		return 0, nil, err
+	}
+	c.tracker.Remove(name)
+	if s := c.links.get(name); s != nil {
+		s.Close()
+	}
+	return http.StatusNoContent, nil, nil
 }
 
 func (c *Central) listSubclouds(r *http.Request) (int, any, error) {

@@ -100,6 +100,37 @@ func (s *sqlStore) CreateSubcloud(ctx context.Context, sc Subcloud) error {
 	return err
 }
 
+func (s *sqlStore) UpdateSubcloud(ctx context.Context, name string, fn func(*Subcloud) error) (Subcloud, error) {
+	var out Subcloud
+	err := s.db.WithContext(ctx).Transaction(func(tx *gorm.DB) error {
+		var r subcloudRow
+		err := tx.Where("name = ?", name).Take(&r).Error
+		if errors.Is(err, gorm.ErrRecordNotFound) {
+			return fmt.Errorf("%w: %s", ErrSubcloudNotFound, name)
+		}
+		if err != nil {
+			return err
+		}
+		sc, err := fromRow(r)
+		if err != nil {
+			return err
+		}
+		if err := fn(&sc); err != nil {
+			return err
+		}
+		sc.Name = name // the key never changes
+		doc, err := json.Marshal(sc)
+		if err != nil {
+			return err
+		}
+		out = sc
+		return tx.Model(&subcloudRow{}).Where("name = ?", name).Updates(map[string]any{
+			"shape": string(sc.Shape), "availability": string(sc.Availability), "management": string(sc.Management),
+			"status": string(sc.Status), "doc": doc}).Error
+	})
+	return out, err
+}
+
 func (s *sqlStore) DeleteSubcloud(ctx context.Context, name string) error {
 	res := s.db.WithContext(ctx).Where("name = ?", name).Delete(&subcloudRow{})
 	if res.Error != nil {

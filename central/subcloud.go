@@ -93,6 +93,8 @@ type SubcloudStore interface {
 	// Subclouds lists by name; filters: shape, availability, management, status.
 	Subclouds(ctx context.Context, opts rest.ListOptions) ([]Subcloud, string, error)
 	CreateSubcloud(ctx context.Context, s Subcloud) error
+	// UpdateSubcloud applies fn to the stored subcloud in one transaction.
+	UpdateSubcloud(ctx context.Context, name string, fn func(*Subcloud) error) (Subcloud, error)
 	DeleteSubcloud(ctx context.Context, name string) error
 }
 

@@ -220,3 +220,15 @@ func agentCAPool(pemBytes []byte) *x509.CertPool {
 	p.AppendCertsFromPEM(pemBytes)
 	return p
 }
+
+func certPoolFile(file string) (*x509.CertPool, error) {
+	b, err := os.ReadFile(file)
+	if err != nil {
+		return nil, err
+	}
+	p := x509.NewCertPool()
+	if !p.AppendCertsFromPEM(b) {
+		return nil, fmt.Errorf("%s holds no certificate", file)
+	}
+	return p, nil
+}

@@ -11,7 +11,10 @@ import (
 	"log/slog"
 	"net/http"
 	"path/filepath"
+	"sync/atomic"
 	"time"
+
+	"golang.org/x/sync/errgroup"
 
 	"github.com/petrel-edge/petrel/auth"
 	"github.com/petrel-edge/petrel/internal/pki"
@@ -26,16 +29,18 @@ var openapiFragment []byte
 
 // FileConfig is the configuration file of `petrel subcloud`.
 type FileConfig struct {
-	Site  string `json:"site"`
-	Shape string `json:"shape"`
+	Site    string      `json:"site"`
+	Shape   string      `json:"shape"`
+	Central *HomeConfig `json:"central"` // how to dial home; absent: a standalone site
 	server.FileConfig
 }
 
 // Config configures a site controller.
 type Config struct {
-	Site  string          // required: the site's name
-	Shape inventory.Shape // required
-	Shell server.Config   // Daemon, Site and OpenAPI are filled in by New
+	Site    string          // required: the site's name
+	Shape   inventory.Shape // required
+	Shell   server.Config   // Daemon, Site and OpenAPI are filled in by New
+	Central *HomeConfig     // nil: the site does not dial home
 }
 
 // Subcloud is a running site controller.
@@ -46,6 +51,10 @@ type Subcloud struct {
 	agentCA    *pki.CA // issues host certificates at join; verifies agents
 	Hosts      inventory.Store
 	Enrollment inventory.Enrollment
+
+	connected atomic.Bool   // the link to central is up
+	seq       atomic.Uint64 // last update sequence sent
+	acked     atomic.Uint64 // last update sequence central acknowledged
 }
 
 // ConfigFromFile validates a configuration file's contents.
@@ -57,7 +66,7 @@ func ConfigFromFile(fc FileConfig, shell server.Config) (Config, error) {
 	if !shape.Valid() {
 		return Config{}, fmt.Errorf("config: shape %q: want simplex, duplex or multi-server", fc.Shape)
 	}
-	return Config{Site: fc.Site, Shape: shape, Shell: shell}, nil
+	return Config{Site: fc.Site, Shape: shape, Shell: shell, Central: fc.Central}, nil
 }
 
 // New builds the site controller; it starts nothing.
@@ -86,12 +95,28 @@ func New(ctx context.Context, cfg Config) (*Subcloud, error) {
 		return nil, err
 	}
 	s := &Subcloud{cfg: cfg, shell: shell, log: cfg.Shell.Logger, agentCA: agentCA, Hosts: hosts, Enrollment: hosts}
+	if cfg.Central != nil {
+		pub, err := auth.LoadPublicKey(cfg.Central.PublicKeyFile)
+		if err != nil {
+			shell.Close()
+			return nil, fmt.Errorf("subcloud: central's relay key: %w", err)
+		}
+		// Central's relayed calls carry its signed assertion, never its tokens.
+		shell.Auth.AcceptAssertions(auth.NewAssertionVerifier(pub, cfg.Site, nil))
+	}
 	s.register(shell.REST, shell.Auth)
 	return s, nil
 }
 
-// Run serves until ctx ends.
-func (s *Subcloud) Run(ctx context.Context) error { return s.shell.Run(ctx) }
+// Run serves until ctx ends, dialing home if configured.
+func (s *Subcloud) Run(ctx context.Context) error {
+	g, ctx := errgroup.WithContext(ctx)
+	g.Go(func() error { return s.shell.Run(ctx) })
+	if s.cfg.Central != nil {
+		g.Go(func() error { return s.dialHome(ctx) })
+	}
+	return g.Wait()
+}
 
 // Shell exposes the daemon shell (URL, readiness, routes) to tests and tools.
 func (s *Subcloud) Shell() *server.Server { return s.shell }

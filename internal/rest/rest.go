@@ -87,8 +87,10 @@ func New(cfg Config) (*Server, error) {
 		cfg.MaxBody = 1 << 20
 	}
 	s := &Server{
-		cfg:    cfg,
-		router: mux.NewRouter(),
+		cfg: cfg,
+		// Paths are not cleaned and redirected: a relay path with dot
+		// segments must reach its guard and be refused, not be redirected.
+		router: mux.NewRouter().SkipClean(true),
 		requests: prometheus.NewCounterVec(prometheus.CounterOpts{
 			Name: "petrel_http_requests_total",
 			Help: "API requests by operation, method and status code.",
@@ -133,6 +135,18 @@ func (s *Server) HandlePublicHTTP(op, method, path string, h http.Handler) {
 	})
 }
 
+// HandleHTTP registers a guarded route served by a plain http.Handler (a
+// reverse proxy, for example). Its audit record carries the status the
+// handler wrote.
+func (s *Server) HandleHTTP(op, method, path string, g Guard, h http.Handler) {
+	if g == nil {
+		panic("rest: route " + op + " has no guard; use HandlePublicHTTP")
+	}
+	s.add(Route{Op: op, Method: method, Path: path}, g, func(r *http.Request) (int, any, error) {
+		return 0, passThrough{h}, nil
+	})
+}
+
 // passThrough is a body that serves the response itself.
 type passThrough struct{ h http.Handler }
 
@@ -171,20 +185,22 @@ func (s *Server) wrap(rt Route, g Guard, h Handler) http.Handler {
 		if err != nil {
 			status = s.classifyAndLog(r, rt, err)
 		}
-		// The audit record is written before the caller hears the outcome.
+		pt, streamed := body.(passThrough)
+		if streamed && err == nil {
+			// The handler writes the response itself; audit what it wrote.
+			sw := &statusWriter{ResponseWriter: w, status: http.StatusOK}
+			pt.h.ServeHTTP(sw, r)
+			status = sw.status
+		}
+		// Otherwise the audit record is written before the caller hears the outcome.
 		if rt.Mutating() && s.cfg.Audit != nil && rt.Method != "" {
 			s.cfg.Audit(r, rt, status, err)
 		}
-		if err != nil {
+		switch {
+		case err != nil:
 			s.writeError(w, r, status, err)
-		} else {
-			if pt, ok := body.(passThrough); ok {
-				sw := &statusWriter{ResponseWriter: w, status: http.StatusOK}
-				pt.h.ServeHTTP(sw, r)
-				status = sw.status
-			} else {
-				writeBody(w, status, body)
-			}
+		case !streamed:
+			writeBody(w, status, body)
 		}
 		s.requests.WithLabelValues(rt.Op, r.Method, strconv.Itoa(status)).Inc()
 		s.latency.WithLabelValues(rt.Op).Observe(time.Since(start).Seconds())

@@ -69,7 +69,8 @@ type Server struct {
 	Events   faultmgr.EventStore
 	REST     *rest.Server
 	Registry *prometheus.Registry
-	CACert   string // file clients trust
+	CACert   string      // file clients trust
+	TLS      *tls.Config // the server's certificate, for other listeners of the daemon
 	spec     []byte
 
 	ln     net.Listener
@@ -138,6 +139,7 @@ func New(ctx context.Context, cfg Config) (_ *Server, err error) {
 	if err != nil {
 		return nil, fmt.Errorf("server: listen: %w", err)
 	}
+	s.TLS = tlsCfg.Clone()
 	if cfg.ClientCAs != nil {
 		tlsCfg.ClientCAs = cfg.ClientCAs
 		tlsCfg.ClientAuth = tls.VerifyClientCertIfGiven
@@ -175,7 +177,7 @@ func (s *Server) tlsConfig() (*tls.Config, error) {
 	if err != nil {
 		return nil, fmt.Errorf("server: listen address %q: %w", s.cfg.Listen, err)
 	}
-	dns := []string{"localhost"}
+	dns := []string{"localhost", s.cfg.Daemon} // sites reach central by the name "central"
 	ips := []net.IP{net.IPv4(127, 0, 0, 1), net.IPv6loopback}
 	if ip := net.ParseIP(host); ip != nil {
 		ips = append(ips, ip)

@@ -1,0 +1,240 @@
+package central
+
+import (
+	"context"
+	"crypto/tls"
+	"crypto/x509"
+	"errors"
+	"fmt"
+	"io"
+	"log/slog"
+	"net"
+	"sync"
+	"time"
+
+	"github.com/hashicorp/yamux"
+
+	"github.com/petrel-edge/petrel/internal/linkproto"
+)
+
+// links holds the live dial-home session of each site. Central never dials
+// a site: every call into a site opens a stream on its session.
+type links struct {
+	mu       sync.Mutex
+	sessions map[string]*yamux.Session
+}
+
+func (l *links) get(site string) *yamux.Session {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	return l.sessions[site]
+}
+
+// put makes s the site's session and closes the one it replaces.
+func (l *links) put(site string, s *yamux.Session) {
+	l.mu.Lock()
+	old := l.sessions[site]
+	l.sessions[site] = s
+	l.mu.Unlock()
+	if old != nil && old != s {
+		old.Close()
+	}
+}
+
+// drop forgets s if it is still the site's session.
+func (l *links) drop(site string, s *yamux.Session) {
+	l.mu.Lock()
+	if l.sessions[site] == s {
+		delete(l.sessions, site)
+	}
+	l.mu.Unlock()
+}
+
+func (l *links) closeAll() {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	for _, s := range l.sessions {
+		s.Close()
+	}
+	clear(l.sessions)
+}
+
+// yamuxConfig is the session configuration on both ends of a link.
+func yamuxConfig(log *slog.Logger) *yamux.Config {
+	c := yamux.DefaultConfig()
+	c.KeepAliveInterval = 5 * time.Second
+	c.ConnectionWriteTimeout = 10 * time.Second
+	c.StreamOpenTimeout = 10 * time.Second
+	c.LogOutput = io.Discard
+	return c
+}
+
+// serveLinks accepts sites' connections until ctx ends.
+func (c *Central) serveLinks(ctx context.Context) error {
+	var wg sync.WaitGroup
+	defer wg.Wait()
+	defer c.links.closeAll()
+	go func() { <-ctx.Done(); c.siteLn.Close() }()
+	for {
+		conn, err := c.siteLn.Accept()
+		if err != nil {
+			if ctx.Err() != nil {
+				return nil
+			}
+			c.log.Warn("site listener", "err", err)
+			continue
+		}
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			if err := c.serveLink(ctx, conn); err != nil && ctx.Err() == nil {
+				c.log.Info("site link ended", "remote", conn.RemoteAddr().String(), "err", err)
+			}
+		}()
+	}
+}
+
+// ErrSiteIdentity reports a site presenting an identity central does not
+// accept: an unknown site, or one speaking for another.
+var ErrSiteIdentity = errors.New("central: site identity refused")
+
+// serveLink runs one site's connection: identity from its certificate,
+// hello/welcome, then updates and acks; relayed calls use other streams.
+func (c *Central) serveLink(ctx context.Context, conn net.Conn) error {
+	defer conn.Close()
+	tc := conn.(*tls.Conn)
+	hctx, cancel := context.WithTimeout(ctx, 10*time.Second)
+	err := tc.HandshakeContext(hctx)
+	cancel()
+	if err != nil {
+		return fmt.Errorf("handshake: %w", err)
+	}
+	site := siteOf(tc.ConnectionState().PeerCertificates)
+	if _, err := c.Subclouds.Subcloud(ctx, site); err != nil {
+		c.log.Warn("refused a site certificate for an unknown subcloud", "site", site, "remote", conn.RemoteAddr().String())
+		return fmt.Errorf("%w: %q is not a registered subcloud", ErrSiteIdentity, site)
+	}
+	sess, err := yamux.Server(conn, yamuxConfig(c.log))
+	if err != nil {
+		return err
+	}
+	defer sess.Close()
+	ctl, err := acceptWithin(sess, 10*time.Second)
+	if err != nil {
+		return fmt.Errorf("control stream: %w", err)
+	}
+	ctl.SetReadDeadline(time.Now().Add(10 * time.Second))
+	hello, err := linkproto.Read(ctl)
+	if err != nil || hello.Type != linkproto.TypeHello {
+		return fmt.Errorf("hello: %v %w", hello.Type, err)
+	}
+	if hello.Site != site {
+		// Everything a site sends is bound to its certificate.
+		c.log.Warn("site spoke for another site", "certificate", site, "claimed", hello.Site)
+		_ = linkproto.Write(ctl, linkproto.Message{Type: linkproto.TypeGoodbye, Reason: "hello names another site", SentAt: time.Now().UTC()})
+		return fmt.Errorf("%w: certificate %s, hello %s", ErrSiteIdentity, site, hello.Site)
+	}
+	proto, ok := linkproto.Choose(hello.Protocols)
+	if !ok {
+		_ = linkproto.Write(ctl, linkproto.Message{Type: linkproto.TypeGoodbye, Reason: fmt.Sprintf("no common protocol: central speaks %d", linkproto.Current), SentAt: time.Now().UTC()})
+		return fmt.Errorf("site %s offers protocols %v", site, hello.Protocols)
+	}
+	if err := linkproto.Write(ctl, linkproto.Message{Type: linkproto.TypeWelcome, Protocol: proto, SentAt: time.Now().UTC()}); err != nil {
+		return err
+	}
+	c.links.put(site, sess)
+	defer c.links.drop(site, sess)
+	c.log.Info("site connected", "site", site, "protocol", proto, "remote", conn.RemoteAddr().String())
+	c.seen(ctx, site, nil)
+	for {
+		ctl.SetReadDeadline(time.Now().Add(3 * c.tracker.interval))
+		m, err := linkproto.Read(ctl)
+		if err != nil {
+			return err
+		}
+		if m.Type != linkproto.TypeUpdate {
+			continue
+		}
+		c.seen(ctx, site, m.Summary)
+		if err := linkproto.Write(ctl, linkproto.Message{Type: linkproto.TypeAck, Seq: m.Seq, SentAt: time.Now().UTC()}); err != nil {
+			return err
+		}
+	}
+}
+
+func acceptWithin(sess *yamux.Session, d time.Duration) (net.Conn, error) {
+	type res struct {
+		c   net.Conn
+		err error
+	}
+	ch := make(chan res, 1)
+	go func() { c, err := sess.Accept(); ch <- res{c, err} }()
+	select {
+	case r := <-ch:
+		return r.c, r.err
+	case <-time.After(d):
+		sess.Close()
+		return nil, errors.New("timed out")
+	}
+}
+
+func siteOf(chain []*x509.Certificate) string {
+	if len(chain) == 0 {
+		return ""
+	}
+	return chain[0].Subject.CommonName
+}
+
+// seen records an update from site: the tracker first, then the registry.
+func (c *Central) seen(ctx context.Context, site string, sum *linkproto.Summary) {
+	now := time.Now().UTC()
+	tn, err := c.tracker.Seen(site, now)
+	if err != nil {
+		return
+	}
+	if tn == nil && sum == nil && now.Sub(c.lastWrite(site)) < 30*time.Second {
+		return // a keepalive from an online site: no write needed
+	}
+	_, err = c.Subclouds.UpdateSubcloud(ctx, site, func(sc *Subcloud) error {
+		sc.Availability = Online
+		sc.LastSeen = &now
+		if sum != nil {
+			sc.AlarmSummary = AlarmSummary{Critical: sum.Alarms["critical"], Major: sum.Alarms["major"],
+				Minor: sum.Alarms["minor"], Warning: sum.Alarms["warning"]}
+		}
+		sc.Status = StatusOf(sc.Availability, sc.AlarmSummary)
+		return nil
+	})
+	if err != nil {
+		c.log.Error("recording a site update failed", "site", site, "err", err)
+		return
+	}
+	c.wroteAt(site, now)
+	if tn != nil {
+		c.log.Info("subcloud online", "site", site, "reason", tn.Reason)
+	}
+}
+
+// sweep marks silent sites offline, once per second until ctx ends.
+func (c *Central) sweep(ctx context.Context) error {
+	tick := time.NewTicker(c.tracker.interval / 5)
+	defer tick.Stop()
+	for {
+		select {
+		case <-ctx.Done():
+			return nil
+		case now := <-tick.C:
+			for _, tn := range c.tracker.Sweep(now.UTC()) {
+				_, err := c.Subclouds.UpdateSubcloud(ctx, tn.Site, func(sc *Subcloud) error {
+					sc.Availability = Offline
+					sc.Status = StatusOf(Offline, sc.AlarmSummary)
+					return nil
+				})
+				if err != nil {
+					c.log.Error("recording offline failed", "site", tn.Site, "err", err)
+				}
+				c.log.Warn("subcloud offline", "site", tn.Site, "reason", tn.Reason)
+			}
+		}
+	}
+}

@@ -1,0 +1,257 @@
+package central_test
+
+import (
+	"context"
+	"crypto/tls"
+	"crypto/x509"
+	"errors"
+	"io"
+	"net/http"
+	"os"
+	"path/filepath"
+	"testing"
+	"time"
+
+	"github.com/hashicorp/yamux"
+
+	"github.com/petrel-edge/petrel/auth"
+	"github.com/petrel-edge/petrel/central"
+	"github.com/petrel-edge/petrel/client"
+	"github.com/petrel-edge/petrel/internal/errs"
+	"github.com/petrel-edge/petrel/internal/linkproto"
+	"github.com/petrel-edge/petrel/internal/pki"
+	"github.com/petrel-edge/petrel/internal/rest"
+	"github.com/petrel-edge/petrel/internal/server/servertest"
+	"github.com/petrel-edge/petrel/inventory"
+	"github.com/petrel-edge/petrel/subcloud"
+)
+
+const interval = 100 * time.Millisecond
+
+type fleet struct {
+	c     *central.Central
+	admin *client.Client
+	dir   string
+}
+
+func startCentral(t *testing.T) fleet {
+	t.Helper()
+	shell := servertest.Shell(t)
+	c, err := central.New(context.Background(), central.Config{Shell: shell, SiteListen: "127.0.0.1:0", UpdateInterval: interval})
+	if err != nil {
+		t.Fatal(err)
+	}
+	servertest.Start(t, c)
+	return fleet{c: c, admin: plainClient(t, c, servertest.AdminToken(t, c)), dir: shell.DataDir}
+}
+
+// plainClient does not validate responses against central's document:
+// relayed answers follow the site's.
+func plainClient(t *testing.T, c servertest.Daemon, token string) *client.Client {
+	cl, err := client.New(client.Config{URL: c.Shell().URL(), Token: token, HTTPClient: servertest.HTTPClient(t, c)})
+	if err != nil {
+		t.Fatal(err)
+	}
+	return cl
+}
+
+// siteFiles registers a site at central and issues its certificate.
+func (f fleet) siteFiles(t *testing.T, name string) (cert, key string) {
+	t.Helper()
+	if err := f.admin.Do(context.Background(), http.MethodPost, "/v1/subclouds", nil,
+		central.CreateSubcloudRequest{Name: name, Shape: inventory.Simplex}, nil); err != nil {
+		t.Fatal(err)
+	}
+	return f.issue(t, name)
+}
+
+func (f fleet) issue(t *testing.T, name string) (cert, key string) {
+	ca, err := pki.LoadCA(filepath.Join(f.dir, central.FleetCADir))
+	if err != nil {
+		t.Fatal(err)
+	}
+	is, err := ca.IssueClient(name, time.Hour)
+	if err != nil {
+		t.Fatal(err)
+	}
+	dir := t.TempDir()
+	cert, key = filepath.Join(dir, "site.crt"), filepath.Join(dir, "site.key")
+	if err := is.Write(cert, key); err != nil {
+		t.Fatal(err)
+	}
+	return cert, key
+}
+
+type runningSite struct {
+	*subcloud.Subcloud
+	stop func()
+}
+
+func (f fleet) startSite(t *testing.T, name, cert, key string) runningSite {
+	t.Helper()
+	s, err := subcloud.New(context.Background(), subcloud.Config{Site: name, Shape: inventory.Simplex, Shell: servertest.Shell(t),
+		Central: &subcloud.HomeConfig{Addr: f.c.SiteAddr().String(), CACert: f.c.Shell().CACert, CertFile: cert, KeyFile: key,
+			PublicKeyFile: filepath.Join(f.dir, central.RelayPublicKey), Interval: interval}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	ctx, cancel := context.WithCancel(context.Background())
+	done := make(chan struct{})
+	go func() { defer close(done); s.Run(ctx) }()
+	stop := func() { cancel(); <-done }
+	t.Cleanup(stop)
+	return runningSite{s, stop}
+}
+
+func (f fleet) waitAvailability(t *testing.T, site string, want central.Availability) time.Duration {
+	t.Helper()
+	start := time.Now()
+	for time.Since(start) < 10*time.Second {
+		var sc central.Subcloud
+		if err := f.admin.Do(context.Background(), http.MethodGet, "/v1/subclouds/"+site, nil, nil, &sc); err == nil && sc.Availability == want {
+			return time.Since(start)
+		}
+		time.Sleep(10 * time.Millisecond) // polling with a deadline
+	}
+	t.Fatalf("subcloud %s never became %s", site, want)
+	return 0
+}
+
+func TestDialHomeAndRelay(t *testing.T) {
+	f := startCentral(t)
+	ctx := context.Background()
+	cert, key := f.siteFiles(t, "site-a")
+	site := f.startSite(t, "site-a", cert, key)
+	f.waitAvailability(t, "site-a", central.Online)
+
+	// Reads through the relay, with central's credentials only.
+	var hosts rest.List[inventory.Host]
+	if err := f.admin.Do(ctx, http.MethodGet, "/v1/subclouds/site-a/api/v1/hosts", nil, nil, &hosts); err != nil {
+		t.Fatalf("relayed GET /v1/hosts: %v", err)
+	}
+	var ver struct{ Daemon, Site string }
+	if err := f.admin.Do(ctx, http.MethodGet, "/v1/subclouds/site-a/api/v1/version", nil, nil, &ver); err != nil || ver.Site != "site-a" {
+		t.Fatalf("relayed GET /v1/version = %+v, %v", ver, err)
+	}
+	// A write through the relay is done as central:admin; the site's audit log says so.
+	if err := f.admin.Do(ctx, http.MethodPost, "/v1/subclouds/site-a/api/v1/join-tokens", nil, map[string]any{}, nil); err != nil {
+		t.Fatalf("relayed POST as admin: %v", err)
+	}
+	evs, _, _ := site.Shell().Events.Events(ctx, rest.ListOptions{Limit: 10, Filters: map[string]string{"type": "audit"}})
+	if len(evs) == 0 || evs[0].User != "central:admin" || evs[0].Action != "createJoinToken" {
+		t.Errorf("site audit events = %+v; want createJoinToken by central:admin", evs)
+	}
+	// A reader at central can read but not write at the site.
+	if err := f.admin.Do(ctx, http.MethodPost, "/v1/users", nil, auth.CreateUserRequest{Name: "rita", Role: auth.Reader, Password: "reader-password"}, nil); err != nil {
+		t.Fatal(err)
+	}
+	var it auth.IssuedToken
+	plainClient(t, f.c, "").Do(ctx, http.MethodPost, "/v1/login", nil, auth.LoginRequest{Username: "rita", Password: "reader-password"}, &it)
+	rita := plainClient(t, f.c, it.Token)
+	if err := rita.Do(ctx, http.MethodGet, "/v1/subclouds/site-a/api/v1/hosts", nil, nil, nil); err != nil {
+		t.Errorf("reader relayed read: %v", err)
+	}
+	if err := rita.Do(ctx, http.MethodPost, "/v1/subclouds/site-a/api/v1/join-tokens", nil, map[string]any{}, nil); !errors.Is(err, errs.Forbidden) {
+		t.Errorf("reader relayed write: %v; want forbidden at the site", err)
+	}
+	// No credentials: refused at central.
+	if err := plainClient(t, f.c, "").Do(ctx, http.MethodGet, "/v1/subclouds/site-a/api/v1/hosts", nil, nil, nil); !errors.Is(err, errs.Unauthenticated) {
+		t.Errorf("relay without a token: %v", err)
+	}
+	// Paths that try to escape.
+	hc := servertest.HTTPClient(t, f.c)
+	tok := servertest.AdminToken(t, f.c)
+	for _, p := range []string{"/v1/subclouds/site-a/api/v1/../../../v1/users", "/v1/subclouds/site-a/api/v1/%2e%2e/users",
+		"/v1/subclouds/site-a/api//etc/passwd", "/v1/subclouds/site-a/api/v1%2fusers"} {
+		req, _ := http.NewRequest(http.MethodGet, f.c.Shell().URL()+p, nil)
+		req.URL.Opaque = "" // keep the path exactly as written
+		req.URL.RawPath = req.URL.EscapedPath()
+		req.Header.Set("Authorization", "Bearer "+tok)
+		resp, err := hc.Do(req)
+		if err != nil {
+			t.Fatal(err)
+		}
+		io.Copy(io.Discard, resp.Body)
+		resp.Body.Close()
+		if resp.StatusCode != http.StatusBadRequest {
+			t.Errorf("GET %s = %d; want 400", p, resp.StatusCode)
+		}
+	}
+	// An unknown site: 404; a registered site that is not connected: 503.
+	if err := f.admin.Do(ctx, http.MethodGet, "/v1/subclouds/site-zz/api/v1/hosts", nil, nil, nil); !errors.Is(err, errs.NotFound) {
+		t.Errorf("relay to an unknown site: %v", err)
+	}
+
+	// Cut the site off: offline after three silent intervals, never sooner.
+	site.stop()
+	took := f.waitAvailability(t, "site-a", central.Offline)
+	t.Logf("offline %s after the site stopped (3 intervals of %s)", took, interval)
+	if err := f.admin.Do(ctx, http.MethodGet, "/v1/subclouds/site-a/api/v1/hosts", nil, nil, nil); !errors.Is(err, errs.Unavailable) {
+		t.Errorf("relay to a disconnected site: %v; want unavailable", err)
+	}
+	// It comes back by itself.
+	f.startSite(t, "site-a", cert, key)
+	f.waitAvailability(t, "site-a", central.Online)
+}
+
+// dialAs connects to central's site listener with a certificate and sends hello.
+func dialAs(t *testing.T, f fleet, cert, key, hello string) (linkproto.Message, error) {
+	t.Helper()
+	pair, err := tls.LoadX509KeyPair(cert, key)
+	if err != nil {
+		t.Fatal(err)
+	}
+	pem, _ := os.ReadFile(f.c.Shell().CACert)
+	pool := x509.NewCertPool()
+	pool.AppendCertsFromPEM(pem)
+	conn, err := tls.Dial("tcp", f.c.SiteAddr().String(), &tls.Config{Certificates: []tls.Certificate{pair}, RootCAs: pool, ServerName: "central"})
+	if err != nil {
+		return linkproto.Message{}, err
+	}
+	defer conn.Close()
+	sess, err := yamux.Client(conn, nil)
+	if err != nil {
+		return linkproto.Message{}, err
+	}
+	defer sess.Close()
+	ctl, err := sess.Open()
+	if err != nil {
+		return linkproto.Message{}, err
+	}
+	if err := linkproto.Write(ctl, linkproto.Message{Type: linkproto.TypeHello, Site: hello, Protocols: []int{linkproto.Current}}); err != nil {
+		return linkproto.Message{}, err
+	}
+	ctl.SetReadDeadline(time.Now().Add(5 * time.Second))
+	return linkproto.Read(ctl)
+}
+
+func TestLinkIdentityIsTheCertificate(t *testing.T) {
+	f := startCentral(t)
+	cert, key := f.siteFiles(t, "site-a")
+	f.siteFiles(t, "site-b")
+	if m, err := dialAs(t, f, cert, key, "site-a"); err != nil || m.Type != linkproto.TypeWelcome || m.Protocol != linkproto.Current {
+		t.Errorf("site-a as site-a: %+v, %v; want welcome", m, err)
+	}
+	// A site speaking for another site is refused.
+	if m, err := dialAs(t, f, cert, key, "site-b"); err == nil && m.Type == linkproto.TypeWelcome {
+		t.Errorf("site-a claiming site-b was welcomed")
+	}
+	// A certificate for a subcloud central does not know: refused.
+	ucert, ukey := f.issue(t, "site-unknown")
+	if m, err := dialAs(t, f, ucert, ukey, "site-unknown"); err == nil && m.Type == linkproto.TypeWelcome {
+		t.Errorf("an unregistered site was welcomed")
+	}
+	// A certificate from another CA: the TLS handshake fails.
+	other, _ := pki.LoadOrCreateCA(t.TempDir(), "not the fleet")
+	is, _ := other.IssueClient("site-a", time.Hour)
+	dir := t.TempDir()
+	is.Write(filepath.Join(dir, "c"), filepath.Join(dir, "k"))
+	if m, err := dialAs(t, f, filepath.Join(dir, "c"), filepath.Join(dir, "k"), "site-a"); err == nil && m.Type == linkproto.TypeWelcome {
+		t.Errorf("a certificate from another CA was welcomed")
+	}
+	var sc central.Subcloud
+	f.admin.Do(context.Background(), http.MethodGet, "/v1/subclouds/site-b", nil, nil, &sc)
+	if sc.Availability != central.Offline {
+		t.Errorf("site-b = %s after a spoofed hello; want offline", sc.Availability)
+	}
+}

@@ -1,0 +1,116 @@
+package central
+
+import (
+	"context"
+	"net"
+	"net/http"
+	"net/http/httputil"
+	"net/url"
+	"strings"
+	"time"
+
+	"github.com/petrel-edge/petrel/auth"
+	"github.com/petrel-edge/petrel/internal/errs"
+	"github.com/petrel-edge/petrel/internal/rest"
+)
+
+type relaySiteKey struct{}
+
+// relayTransport opens each connection as a stream of the site's dial-home
+// session: central never dials a site.
+func (c *Central) relayTransport() *http.Transport {
+	return &http.Transport{
+		DialContext: func(ctx context.Context, _, _ string) (net.Conn, error) {
+			site, _ := ctx.Value(relaySiteKey{}).(string)
+			sess := c.links.get(site)
+			if sess == nil {
+				return nil, errs.Wrapf(errs.Unavailable, "site %s is not connected", site)
+			}
+			return sess.Open()
+		},
+		MaxIdleConnsPerHost:   16,
+		IdleConnTimeout:       60 * time.Second,
+		ResponseHeaderTimeout: 60 * time.Second,
+	}
+}
+
+// hop-by-hop and credential headers never cross the relay.
+var strippedHeaders = []string{"Authorization", "Cookie", "X-Auth-Token", auth.AssertionHeader,
+	"Connection", "Proxy-Connection", "Keep-Alive", "Te", "Trailer", "Transfer-Encoding", "Upgrade"}
+
+// relayGuard authenticates the operator at central and checks the path:
+// the site checks the role the assertion carries.
+func (c *Central) relayGuard(r *http.Request) (*http.Request, error) {
+	r2, err := c.shell.Auth.Require(auth.Reader)(r)
+	if err != nil {
+		return nil, err
+	}
+	site := rest.Var(r, "name")
+	if _, err := c.Subclouds.Subcloud(r.Context(), site); err != nil {
+		return nil, err
+	}
+	if _, err := relayPath(r); err != nil {
+		return nil, err
+	}
+	return r2, nil
+}
+
+// relayPath returns the site path a relayed request names, refusing any
+// that tries to leave /v1/subclouds/NAME/api/ (dot segments, encoded
+// slashes, absolute URLs).
+func relayPath(r *http.Request) (string, error) {
+	raw := r.URL.EscapedPath()
+	i := strings.Index(raw, "/api/")
+	if i < 0 {
+		return "", errs.Field("path", "not a relay path")
+	}
+	rest := raw[i+len("/api"):]
+	lower := strings.ToLower(rest)
+	if strings.Contains(lower, "%2f") || strings.Contains(lower, "%5c") || strings.Contains(lower, "%2e") ||
+		strings.Contains(rest, "//") || strings.Contains(rest, `\`) {
+		return "", errs.Field("path", "encoded separators and empty segments are not relayed")
+	}
+	for _, seg := range strings.Split(rest, "/") {
+		if seg == "." || seg == ".." {
+			return "", errs.Field("path", "dot segments are not relayed")
+		}
+	}
+	if !strings.HasPrefix(rest, "/") {
+		return "", errs.Field("path", "must start with /")
+	}
+	return rest, nil
+}
+
+// relay forwards an authenticated operator's call to the named site over
+// its dial-home session, with a short-lived assertion instead of the
+// operator's credentials.
+func (c *Central) relay() http.Handler {
+	tr := c.relayTransport()
+	return &httputil.ReverseProxy{
+		Transport: tr,
+		Rewrite: func(pr *httputil.ProxyRequest) {
+			site := rest.Var(pr.In, "name")
+			raw, _ := relayPath(pr.In) // checked by the guard
+			p, _ := url.PathUnescape(raw)
+			pr.Out.URL = &url.URL{Scheme: "http", Host: "site.petrel", Path: p, RawPath: raw, RawQuery: pr.In.URL.RawQuery}
+			pr.Out.Host = "site.petrel"
+			for _, h := range strippedHeaders {
+				pr.Out.Header.Del(h)
+			}
+			principal, _ := auth.PrincipalFrom(pr.In.Context())
+			id := rest.RequestID(pr.In.Context())
+			if a, err := c.signer.Sign(principal, site, id, 30*time.Second); err == nil {
+				pr.Out.Header.Set(auth.AssertionHeader, a)
+			}
+			pr.Out.Header.Set("X-Request-Id", id)
+			pr.Out.Header.Set("X-Forwarded-For", strings.Split(pr.In.RemoteAddr, ":")[0])
+			*pr.Out = *pr.Out.WithContext(context.WithValue(pr.Out.Context(), relaySiteKey{}, site))
+		},
+		ErrorHandler: func(w http.ResponseWriter, r *http.Request, err error) {
+			id := rest.RequestID(r.Context())
+			c.log.Warn("relay failed", "site", rest.Var(r, "name"), "request_id", id, "err", err)
+			rest.WriteJSON(w, http.StatusServiceUnavailable, rest.ErrorBody{Error: rest.ErrorDetail{Code: "unavailable",
+				Message: "site " + rest.Var(r, "name") + " is not reachable now (request " + id + ")", RequestID: id}})
+		},
+	}
+}

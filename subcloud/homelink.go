@@ -1,0 +1,204 @@
+package subcloud
+
+import (
+	"context"
+	"crypto/rand"
+	"crypto/tls"
+	"fmt"
+	"math/big"
+	"net"
+	"net/http"
+	"reflect"
+	"time"
+
+	"github.com/hashicorp/yamux"
+
+	"github.com/petrel-edge/petrel/internal/linkproto"
+	"github.com/petrel-edge/petrel/internal/rest"
+	"github.com/petrel-edge/petrel/internal/version"
+)
+
+// HomeConfig is how a site reaches central.
+type HomeConfig struct {
+	Addr          string        `json:"addr"`            // central's site listener, host:port
+	ServerName    string        `json:"server_name"`     // name in central's certificate; default "central"
+	CACert        string        `json:"ca_cert"`         // verifies central's certificate
+	CertFile      string        `json:"cert_file"`       // the site's certificate (CN = site name), from the fleet CA
+	KeyFile       string        `json:"key_file"`        // its key (0600)
+	PublicKeyFile string        `json:"public_key_file"` // central's relay-assertion key (PEM)
+	Interval      time.Duration `json:"-"`               // update period; default 5 s
+}
+
+// LinkState is what the site knows of its link to central.
+type LinkState struct {
+	Connected bool
+	Protocol  int
+	LastAcked uint64
+}
+
+// dialHome keeps the site's one outbound connection to central up until ctx
+// ends, reconnecting with jittered exponential backoff.
+func (s *Subcloud) dialHome(ctx context.Context) error {
+	tlsCfg, err := s.homeTLS()
+	if err != nil {
+		return err
+	}
+	delay := 500 * time.Millisecond
+	for ctx.Err() == nil {
+		start := time.Now()
+		err := s.linkOnce(ctx, tlsCfg)
+		s.connected.Store(false)
+		if ctx.Err() != nil {
+			return nil
+		}
+		if time.Since(start) > time.Minute {
+			delay = 500 * time.Millisecond
+		}
+		wait := jittered(delay)
+		s.log.Warn("link to central down; retrying", "err", err, "in", wait.Round(time.Millisecond))
+		select {
+		case <-ctx.Done():
+			return nil
+		case <-time.After(wait):
+		}
+		delay = min(delay*2, 30*time.Second)
+	}
+	return nil
+}
+
+func (s *Subcloud) homeTLS() (*tls.Config, error) {
+	h := s.cfg.Central
+	pair, err := tls.LoadX509KeyPair(h.CertFile, h.KeyFile)
+	if err != nil {
+		return nil, fmt.Errorf("subcloud: site certificate: %w", err)
+	}
+	pool, err := certPoolFile(h.CACert)
+	if err != nil {
+		return nil, err
+	}
+	name := h.ServerName
+	if name == "" {
+		name = "central"
+	}
+	return &tls.Config{Certificates: []tls.Certificate{pair}, RootCAs: pool, ServerName: name, MinVersion: tls.VersionTLS12}, nil
+}
+
+// linkOnce runs one connection: hello, then updates every interval, while
+// central's relayed calls are served on the streams it opens.
+func (s *Subcloud) linkOnce(ctx context.Context, tlsCfg *tls.Config) error {
+	d := tls.Dialer{NetDialer: &net.Dialer{Timeout: 10 * time.Second}, Config: tlsCfg}
+	conn, err := d.DialContext(ctx, "tcp", s.cfg.Central.Addr)
+	if err != nil {
+		return err
+	}
+	ycfg := yamux.DefaultConfig()
+	ycfg.KeepAliveInterval, ycfg.ConnectionWriteTimeout, ycfg.LogOutput = 5*time.Second, 10*time.Second, discard{}
+	sess, err := yamux.Client(conn, ycfg)
+	if err != nil {
+		conn.Close()
+		return err
+	}
+	defer sess.Close()
+	ctl, err := sess.Open()
+	if err != nil {
+		return err
+	}
+	if err := linkproto.Write(ctl, linkproto.Message{Type: linkproto.TypeHello, Site: s.cfg.Site,
+		Protocols: []int{linkproto.Current}, Seq: s.acked.Load(), SentAt: time.Now().UTC()}); err != nil {
+		return err
+	}
+	ctl.SetReadDeadline(time.Now().Add(10 * time.Second))
+	w, err := linkproto.Read(ctl)
+	if err != nil {
+		return fmt.Errorf("welcome: %w", err)
+	}
+	if w.Type != linkproto.TypeWelcome {
+		return fmt.Errorf("central refused the link: %s", w.Reason)
+	}
+	ctl.SetReadDeadline(time.Time{})
+	s.connected.Store(true)
+	s.log.Info("linked to central", "protocol", w.Protocol)
+
+	// Central's calls into the site arrive as streams of this session.
+	srv := &http.Server{Handler: s.shell.REST, ReadHeaderTimeout: 10 * time.Second}
+	go srv.Serve(sess)
+	defer srv.Close()
+
+	errc := make(chan error, 1)
+	go func() {
+		for {
+			m, err := linkproto.Read(ctl)
+			if err != nil {
+				errc <- err
+				return
+			}
+			switch m.Type {
+			case linkproto.TypeAck:
+				s.acked.Store(m.Seq)
+			case linkproto.TypeGoodbye:
+				errc <- fmt.Errorf("central closed the link: %s", m.Reason)
+				return
+			}
+		}
+	}()
+	var sent *linkproto.Summary
+	tick := time.NewTicker(s.interval())
+	defer tick.Stop()
+	for {
+		sum := s.summary()
+		m := linkproto.Message{Type: linkproto.TypeUpdate, Seq: s.seq.Add(1), SentAt: time.Now().UTC()}
+		if sent == nil || !reflect.DeepEqual(*sent, sum) {
+			m.Summary = &sum // a delta: only when something changed; else a keepalive
+		}
+		if err := linkproto.Write(ctl, m); err != nil {
+			return err
+		}
+		if m.Summary != nil {
+			sent = m.Summary
+		}
+		select {
+		case <-ctx.Done():
+			_ = linkproto.Write(ctl, linkproto.Message{Type: linkproto.TypeGoodbye, Reason: "site shutting down", SentAt: time.Now().UTC()})
+			return nil
+		case err := <-errc:
+			return err
+		case <-tick.C:
+		}
+	}
+}
+
+func (s *Subcloud) interval() time.Duration {
+	if s.cfg.Central.Interval > 0 {
+		return s.cfg.Central.Interval
+	}
+	return 5 * time.Second
+}
+
+// summary is the site at a glance.
+func (s *Subcloud) summary() linkproto.Summary {
+	sum := linkproto.Summary{Shape: string(s.cfg.Shape), HostsByAvail: map[string]int{}, Alarms: map[string]int{},
+		Version: version.Get().Version}
+	hosts, _, err := s.Hosts.Hosts(context.Background(), rest.ListOptions{Limit: rest.MaxLimit})
+	if err != nil {
+		return sum
+	}
+	sum.Hosts = len(hosts)
+	for _, h := range hosts {
+		sum.HostsByAvail[string(h.Availability)]++
+	}
+	return sum
+}
+
+// Link reports the state of the site's link to central.
+func (s *Subcloud) Link() LinkState {
+	return LinkState{Connected: s.connected.Load(), Protocol: linkproto.Current, LastAcked: s.acked.Load()}
+}
+
+func jittered(d time.Duration) time.Duration {
+	n, _ := rand.Int(rand.Reader, big.NewInt(int64(d)/2+1))
+	return d*3/4 + time.Duration(n.Int64())
+}
+
+type discard struct{}
+
+func (discard) Write(p []byte) (int, error) { return len(p), nil }

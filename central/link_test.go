@@ -255,3 +255,21 @@ func TestLinkIdentityIsTheCertificate(t *testing.T) {
 		t.Errorf("site-b = %s after a spoofed hello; want offline", sc.Availability)
 	}
 }
+
+// TestRelayKeepsSitesApart alternates relayed calls between two sites: each
+// must reach its own site (the transport pools connections per site).
+func TestRelayKeepsSitesApart(t *testing.T) {
+	f := startCentral(t)
+	for _, name := range []string{"site-a", "site-b"} {
+		cert, key := f.siteFiles(t, name)
+		f.startSite(t, name, cert, key)
+		f.waitAvailability(t, name, central.Online)
+	}
+	for i := range 20 {
+		name := []string{"site-a", "site-b"}[i%2]
+		var ver struct{ Site string }
+		if err := f.admin.Do(context.Background(), http.MethodGet, "/v1/subclouds/"+name+"/api/v1/version", nil, nil, &ver); err != nil || ver.Site != name {
+			t.Fatalf("call %d to %s reached %q: %v", i, name, ver.Site, err)
+		}
+	}
+}

@@ -14,14 +14,20 @@ import (
 	"github.com/petrel-edge/petrel/internal/rest"
 )
 
-type relaySiteKey struct{}
+// relayHost is the host name a relayed request carries: one per site, so
+// the transport's connection pool never hands one site's stream to another.
+func relayHost(site string) string { return site + ".site.petrel" }
 
 // relayTransport opens each connection as a stream of the site's dial-home
 // session: central never dials a site.
 func (c *Central) relayTransport() *http.Transport {
 	return &http.Transport{
-		DialContext: func(ctx context.Context, _, _ string) (net.Conn, error) {
-			site, _ := ctx.Value(relaySiteKey{}).(string)
+		DialContext: func(ctx context.Context, _, addr string) (net.Conn, error) {
+			host, _, _ := net.SplitHostPort(addr)
+			site, ok := strings.CutSuffix(host, ".site.petrel")
+			if !ok {
+				return nil, errs.Wrapf(errs.Invalid, "not a relay address: %s", addr)
+			}
 			sess := c.links.get(site)
 			if sess == nil {
 				return nil, errs.Wrapf(errs.Unavailable, "site %s is not connected", site)
@@ -92,8 +98,8 @@ func (c *Central) relay() http.Handler {
 			site := rest.Var(pr.In, "name")
 			raw, _ := relayPath(pr.In) // checked by the guard
 			p, _ := url.PathUnescape(raw)
-			pr.Out.URL = &url.URL{Scheme: "http", Host: "site.petrel", Path: p, RawPath: raw, RawQuery: pr.In.URL.RawQuery}
-			pr.Out.Host = "site.petrel"
+			pr.Out.URL = &url.URL{Scheme: "http", Host: relayHost(site), Path: p, RawPath: raw, RawQuery: pr.In.URL.RawQuery}
+			pr.Out.Host = relayHost(site)
 			for _, h := range strippedHeaders {
 				pr.Out.Header.Del(h)
 			}
@@ -104,7 +110,6 @@ func (c *Central) relay() http.Handler {
 			}
 			pr.Out.Header.Set("X-Request-Id", id)
 			pr.Out.Header.Set("X-Forwarded-For", strings.Split(pr.In.RemoteAddr, ":")[0])
-			*pr.Out = *pr.Out.WithContext(context.WithValue(pr.Out.Context(), relaySiteKey{}, site))
 		},
 		ErrorHandler: func(w http.ResponseWriter, r *http.Request, err error) {
 			id := rest.RequestID(r.Context())

@@ -22,9 +22,21 @@ import (
 	"github.com/petrel-edge/petrel/lab/vbmc"
 )
 
-// SiteAPIPort is where a site controller listens on its controller's
-// management address.
-const SiteAPIPort = 8443
+// Ports on a site controller's management address: its API, and the WAN
+// route to central (served by the lab fabric inside the namespace).
+const (
+	SiteAPIPort = 8443
+	WANPort     = 9443
+)
+
+// homeInfo is how a site controller dials home.
+type homeInfo struct {
+	Addr          string `json:"addr"`
+	CACert        string `json:"ca_cert"`
+	CertFile      string `json:"cert_file"`
+	KeyFile       string `json:"key_file"`
+	PublicKeyFile string `json:"public_key_file"`
+}
 
 // hostSpec is one lab host to build.
 type hostSpec struct {
@@ -35,6 +47,7 @@ type hostSpec struct {
 	Index       int
 	Personality inventory.Personality // "" for a bare host
 	RunsSite    bool                  // controller-0: runs the site controller
+	Home        *homeInfo             // the site controller's link to central
 }
 
 // hostsOf lists the hosts of a site of the given shape (brief §8).
@@ -137,10 +150,14 @@ func prepareHost(dir, prefix, binary string, h hostSpec, key string, siteURL str
 	}
 	services := []hostinit.Service{}
 	if h.RunsSite {
-		if err := writeYAML(p.f("subcloud.yaml"), map[string]any{
+		conf := map[string]any{
 			"site": h.Site, "shape": string(h.Shape), "listen": net.JoinHostPort(mgmt.String(), strconv.Itoa(SiteAPIPort)),
 			"data_dir": p.f("data"), "tls": map[string]string{"ca_dir": filepath.Join(dir, "ca")}, "log_level": "info",
-		}); err != nil {
+		}
+		if h.Home != nil {
+			conf["central"] = h.Home
+		}
+		if err := writeYAML(p.f("subcloud.yaml"), conf); err != nil {
 			return "", err
 		}
 		services = append(services, hostinit.Service{Name: "subcloud", Args: []string{"subcloud", "--config", p.f("subcloud.yaml")}})

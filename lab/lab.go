@@ -29,6 +29,7 @@ import (
 	"sigs.k8s.io/yaml"
 
 	"github.com/petrel-edge/petrel/auth"
+	"github.com/petrel-edge/petrel/central"
 	"github.com/petrel-edge/petrel/client"
 	"github.com/petrel-edge/petrel/internal/atomicfile"
 	"github.com/petrel-edge/petrel/internal/pki"
@@ -219,26 +220,64 @@ func Up(ctx context.Context, cfg Config) (_ *File, err error) {
 	}
 	f := &File{Version: 1, Dir: dir, CACert: caFile, Sites: []SiteEntry{}}
 
-	// Central, in the root namespace.
+	// Central, in the root namespace, with the fleet CA and relay key the
+	// sites need made first.
 	centralDir := filepath.Join(dir, "central")
-	centralURL, centralPID, err := startDaemon(cfg, dir, "central", centralDir, "central", nil)
+	if err := os.MkdirAll(centralDir, 0o700); err != nil {
+		return nil, err
+	}
+	fleet, err := pki.LoadOrCreateCA(filepath.Join(centralDir, central.FleetCADir), "Petrel lab fleet CA")
+	if err != nil {
+		return nil, err
+	}
+	_, relayPub, err := auth.LoadOrCreateSigningKey(filepath.Join(centralDir, central.RelayKeyFile))
+	if err != nil {
+		return nil, err
+	}
+	if err := atomicfile.Write(filepath.Join(centralDir, central.RelayPublicKey), auth.EncodePublicKey(relayPub), 0o644); err != nil {
+		return nil, err
+	}
+	sitePort, err := freePort()
+	if err != nil {
+		return nil, err
+	}
+	centralURL, centralPID, err := startDaemon(cfg, dir, "central", centralDir, "central",
+		map[string]any{"site_listen": netJoin("127.0.0.1", sitePort)})
 	if err != nil {
 		return nil, err
 	}
 	f.Central = CentralEntry{URL: centralURL, DashboardURL: centralURL + "/"}
+	if f.Central.Token, err = readyAndToken(ctx, centralURL, caFile, centralDir, func() bool { return ours(centralPID, dir) }); err != nil {
+		return nil, fmt.Errorf("lab: central: %w; its log ends:\n%s", err, tail(filepath.Join(dir, "logs", "central.log"), 8))
+	}
+	capi, _ := client.New(client.Config{URL: centralURL, CACert: caFile, Token: f.Central.Token})
+	for _, sp := range cfg.Sites {
+		if err := capi.Do(ctx, http.MethodPost, "/v1/subclouds", nil, map[string]string{"name": sp.Name, "shape": string(sp.Shape)}, nil); err != nil {
+			return nil, fmt.Errorf("lab: register %s at central: %w", sp.Name, err)
+		}
+	}
 
-	// Every host: namespace, cgroup, software root, chassis.
+	// Every host: namespace, cgroup, software root, chassis. Site
+	// controllers dial home through their site's WAN route.
 	var fabric FabricConfig
 	ids := map[string]string{} // site/host -> machine id
 	for i, sp := range cfg.Sites {
 		if err := net.EnsureSite(ctx, sp.Name); err != nil {
 			return nil, err
 		}
-		hosts := hostsOf(sp, i)
 		ctl, _ := hostnet.Addr(hostnet.Mgmt, i, 0)
+		ctlNS := net.HostNetns(sp.Name, "controller-0")
+		wan := netJoin(ctl.String(), WANPort)
+		home, err := siteHome(dir, sp.Name, fleet, wan)
+		if err != nil {
+			return nil, err
+		}
 		siteURL := "https://" + netJoin(ctl.String(), SiteAPIPort)
 		entry := SiteEntry{Name: sp.Name, Shape: string(sp.Shape), Hosts: []HostEntry{}}
-		for _, h := range hosts {
+		for _, h := range hostsOf(sp, i) {
+			if h.RunsSite {
+				h.Home = home
+			}
 			he, id, err := buildHost(ctx, net, dir, prefix, cfg.Binary, h, h.Name, siteURL)
 			if err != nil {
 				return nil, err
@@ -251,8 +290,9 @@ func Up(ctx context.Context, cfg Config) (_ *File, err error) {
 			return nil, err
 		}
 		listen := netJoin("127.0.0.1", port)
-		fabric.Routes = append(fabric.Routes, Route{Name: sp.Name + "-api", Listen: listen,
-			Netns: net.HostNetns(sp.Name, "controller-0"), Target: netJoin(ctl.String(), SiteAPIPort)})
+		fabric.Routes = append(fabric.Routes,
+			Route{Name: sp.Name + "-api", Listen: listen, Netns: ctlNS, Target: netJoin(ctl.String(), SiteAPIPort)},
+			Route{Name: sp.Name + "-wan", Outbound: true, Listen: wan, Netns: ctlNS, Target: netJoin("127.0.0.1", sitePort)})
 		entry.URL = "https://" + listen
 		f.Sites = append(f.Sites, entry)
 	}
@@ -264,11 +304,8 @@ func Up(ctx context.Context, cfg Config) (_ *File, err error) {
 		return nil, err
 	}
 
-	// Wait for central and each site controller; trade bootstrap passwords
-	// for lab tokens; give every host its join token.
-	if f.Central.Token, err = readyAndToken(ctx, centralURL, caFile, centralDir, func() bool { return ours(centralPID, dir) }); err != nil {
-		return nil, fmt.Errorf("lab: central: %w; its log ends:\n%s", err, tail(filepath.Join(dir, "logs", "central.log"), 8))
-	}
+	// Wait for each site controller; trade its bootstrap password for a lab
+	// token; give every host its join token.
 	for i, sp := range cfg.Sites {
 		ctlRoot := pathsOf(dir, sp.Name, "controller-0")
 		alive := func() bool { return ours(fabricPID, dir) }
@@ -298,6 +335,13 @@ func Up(ctx context.Context, cfg Config) (_ *File, err error) {
 				return nil, fmt.Errorf("lab: assign %s/%s: %w", sp.Name, h.Name, err)
 			}
 			f.Sites[i].Hosts[j].UUID = id
+		}
+	}
+	// And until every site is online at central.
+	for _, sp := range cfg.Sites {
+		if err := waitOnline(ctx, capi, sp.Name, 60*time.Second); err != nil {
+			return nil, fmt.Errorf("lab: %s: %w; its controller's log ends:\n%s", sp.Name, err,
+				tail(pathsOf(dir, sp.Name, "controller-0").f("logs/subcloud.log"), 8))
 		}
 	}
 	if err := f.save(); err != nil {
@@ -343,6 +387,39 @@ func giveJoinToken(ctx context.Context, api *client.Client, p hostPaths) error {
 		return err
 	}
 	return atomicfile.Write(p.f("join.token"), []byte(it.Token+"\n"), 0o600)
+}
+
+// waitOnline polls central until the site is online.
+func waitOnline(ctx context.Context, api *client.Client, site string, limit time.Duration) error {
+	deadline := time.Now().Add(limit)
+	for time.Now().Before(deadline) {
+		var sc struct{ Availability string }
+		if err := api.Do(ctx, http.MethodGet, "/v1/subclouds/"+site, nil, nil, &sc); err == nil && sc.Availability == "online" {
+			return nil
+		}
+		select {
+		case <-ctx.Done():
+			return ctx.Err()
+		case <-time.After(100 * time.Millisecond):
+		}
+	}
+	return fmt.Errorf("not online at central within %s", limit)
+}
+
+// siteHome issues a site's certificate from the fleet CA and returns how
+// its controller dials home.
+func siteHome(dir, site string, fleet *pki.CA, wan string) (*homeInfo, error) {
+	p := pathsOf(dir, site, "controller-0")
+	if err := os.MkdirAll(p.f("home"), 0o700); err != nil {
+		return nil, err
+	}
+	is, err := fleet.IssueClient(site, 365*24*time.Hour)
+	if err != nil {
+		return nil, err
+	}
+	h := &homeInfo{Addr: wan, CACert: filepath.Join(dir, "ca", pki.CACertFile), CertFile: p.f("home/site.crt"),
+		KeyFile: p.f("home/site.key"), PublicKeyFile: filepath.Join(dir, "central", central.RelayPublicKey)}
+	return h, is.Write(h.CertFile, h.KeyFile)
 }
 
 // waitReported polls the site until the host has reported its inventory.

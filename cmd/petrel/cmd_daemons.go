@@ -42,7 +42,7 @@ func (a *app) centralDaemonCmd() *cobra.Command {
 			}
 			ctx, stop := daemonContext(cmd.Context())
 			defer stop()
-			c, err := central.New(ctx, central.Config{Shell: shell})
+			c, err := central.New(ctx, central.Config{Shell: shell, SiteListen: fc.SiteListen})
 			if err != nil {
 				return err
 			}

@@ -127,12 +127,27 @@ func TestEndToEndThroughTheCLI(t *testing.T) {
 	if out := admin.ok("version"); !strings.Contains(out, "server: petrel central") {
 		t.Errorf("version:\n%s", out)
 	}
-	var subclouds map[string]any
-	if err := json.Unmarshal([]byte(admin.ok("subcloud", "list", "-o", "json")), &subclouds); err != nil || subclouds["items"] == nil {
-		t.Errorf("subcloud list -o json = %v, %v; want the list envelope", subclouds, err)
+	// Every lab site dialed home: central lists it online.
+	var subclouds struct {
+		Items []struct{ Name, Shape, Availability, Status string }
 	}
-	if out := admin.ok("subcloud", "list", "-o", "yaml"); !strings.Contains(out, "items: []") {
-		t.Errorf("subcloud list -o yaml:\n%s", out)
+	if err := json.Unmarshal([]byte(admin.ok("subcloud", "list", "-o", "json")), &subclouds); err != nil || len(subclouds.Items) != 3 {
+		t.Fatalf("subcloud list -o json = %+v, %v; want the 3 lab sites", subclouds, err)
+	}
+	for _, sc := range subclouds.Items {
+		if sc.Availability != "online" || sc.Status != "ok" {
+			t.Errorf("subcloud %s is %s/%s; want online/ok", sc.Name, sc.Availability, sc.Status)
+		}
+	}
+	if out := admin.ok("subcloud", "show", "site-std", "-o", "yaml"); !strings.Contains(out, "shape: multi-server") {
+		t.Errorf("subcloud show -o yaml:\n%s", out)
+	}
+	// --site reaches a site through central's relay, with central's token only.
+	if out := admin.ok("--site", "site-std", "host", "list"); !strings.Contains(out, "worker-1") {
+		t.Errorf("--site site-std host list:\n%s", out)
+	}
+	if out := admin.ok("--site", "site-sx", "version"); !strings.Contains(out, "at site site-sx") {
+		t.Errorf("--site site-sx version:\n%s", out)
 	}
 	site := admin.with("PETREL_URL="+lf.Sites[2].URL, "PETREL_TOKEN="+lf.Sites[2].Token)
 	out := site.ok("host", "list")

@@ -48,6 +48,7 @@ type Tracker struct {
 type tracked struct {
 	avail Availability
 	last  time.Time // last update; zero if never seen
+	grace time.Time // not declared offline before this (after a central restart)
 }
 
 // Tracker defaults: an update (summary delta or keepalive) every 5 s, and
@@ -78,6 +79,16 @@ func (t *Tracker) Add(site string) {
 	if _, ok := t.sites[site]; !ok {
 		t.sites[site] = &tracked{avail: Offline}
 	}
+}
+
+// Resume starts tracking a site that was online before central restarted:
+// online, and not declared offline before grace has passed from now, so a
+// site that reconnects within its reconnect backoff is never falsely
+// offline, and one that does not goes offline when grace ends.
+func (t *Tracker) Resume(site string, now time.Time, grace time.Duration) {
+	t.mu.Lock()
+	defer t.mu.Unlock()
+	t.sites[site] = &tracked{avail: Online, last: now, grace: now.Add(grace)}
 }
 
 // Remove stops tracking a site.
@@ -119,7 +130,7 @@ func (t *Tracker) Sweep(now time.Time) []Transition {
 	limit := time.Duration(t.misses) * t.interval
 	var out []Transition
 	for name, s := range t.sites {
-		if s.avail != Online || now.Sub(s.last) < limit {
+		if s.avail != Online || now.Sub(s.last) < limit || now.Before(s.grace) {
 			continue
 		}
 		s.avail = Offline

@@ -49,6 +49,14 @@ func TestTrackerHysteresis(t *testing.T) {
 	if _, seen, _ := tr.Availability("site-a"); !seen.Equal(last.Add(100 * time.Second)) {
 		t.Errorf("last seen = %s; want the newest update", seen)
 	}
+	// After a central restart, a site that was online keeps it for the grace.
+	tr.Resume("site-r", t0, 45*time.Second)
+	if got := tr.Sweep(t0.Add(30 * time.Second)); len(got) != 0 {
+		t.Errorf("a resumed site went offline within its grace: %+v", got)
+	}
+	if got := tr.Sweep(t0.Add(46 * time.Second)); len(got) != 1 || got[0].Site != "site-r" {
+		t.Errorf("a resumed site that never reconnected: %+v; want offline after the grace", got)
+	}
 	// One miss is never enough, whatever the caller asks for.
 	one := central.NewTracker(time.Second, 1)
 	one.Add("s")

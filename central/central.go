@@ -46,7 +46,14 @@ type Config struct {
 	// UpdateInterval is how often sites send updates; offline after 3
 	// silent intervals. Zero: DefaultUpdateInterval.
 	UpdateInterval time.Duration
+	// RestartGrace is how long sites that were online keep that state after
+	// central starts, waiting for them to reconnect; it must exceed the sites'
+	// longest reconnect backoff (30 s). Zero: DefaultRestartGrace.
+	RestartGrace time.Duration
 }
+
+// DefaultRestartGrace covers a site's longest reconnect backoff (30 s) with margin.
+const DefaultRestartGrace = 45 * time.Second
 
 // Central is a running central cloud.
 type Central struct {
@@ -123,9 +130,15 @@ func (c *Central) relayKey() (*auth.AssertionSigner, error) {
 	return signer, atomicfile.Write(filepath.Join(c.cfg.Shell.DataDir, RelayPublicKey), auth.EncodePublicKey(pub), 0o644)
 }
 
-// trackRegistry starts tracking every registered subcloud as offline:
-// after a restart, each becomes online when it reconnects.
+// trackRegistry starts tracking every registered subcloud. Sites that were
+// online keep that state for a grace of the usual silent intervals from now:
+// they reconnect within it (never falsely offline), or go offline on time.
 func (c *Central) trackRegistry(ctx context.Context) error {
+	now := time.Now().UTC()
+	grace := c.cfg.RestartGrace
+	if grace <= 0 {
+		grace = DefaultRestartGrace
+	}
 	after := ""
 	for {
 		scs, next, err := c.Subclouds.Subclouds(ctx, rest.ListOptions{Limit: rest.MaxLimit, After: after})
@@ -133,7 +146,11 @@ func (c *Central) trackRegistry(ctx context.Context) error {
 			return err
 		}
 		for _, sc := range scs {
-			c.tracker.Add(sc.Name)
+			if sc.Availability == Online {
+				c.tracker.Resume(sc.Name, now, grace)
+			} else {
+				c.tracker.Add(sc.Name)
+			}
 		}
 		if next == "" {
 			return nil

@@ -273,3 +273,56 @@ func TestRelayKeepsSitesApart(t *testing.T) {
 		}
 	}
 }
+
+// TestCentralRestartSitesReconnect restarts central on the same data
+// directory and site port: every site reconnects by itself and the registry
+// (and what sites wrote) survives.
+func TestCentralRestartSitesReconnect(t *testing.T) {
+	shell := servertest.Shell(t)
+	ctx := context.Background()
+	start := func(listen string) (*central.Central, context.CancelFunc, chan struct{}) {
+		c, err := central.New(ctx, central.Config{Shell: shell, SiteListen: listen, UpdateInterval: interval, RestartGrace: 10 * time.Second})
+		if err != nil {
+			t.Fatal(err)
+		}
+		cctx, cancel := context.WithCancel(ctx)
+		done := make(chan struct{})
+		go func() { defer close(done); c.Run(cctx) }()
+		<-c.Shell().Ready()
+		return c, cancel, done
+	}
+	c1, stop1, done1 := start("127.0.0.1:0")
+	siteAddr := c1.SiteAddr().String()
+	f := fleet{c: c1, admin: plainClient(t, c1, servertest.AdminToken(t, c1)), dir: shell.DataDir}
+	for _, name := range []string{"site-a", "site-b"} {
+		cert, key := f.siteFiles(t, name)
+		f.startSite(t, name, cert, key)
+		f.waitAvailability(t, name, central.Online)
+	}
+	stop1()
+	<-done1
+
+	shell.Listen = "127.0.0.1:0"
+	c2, stop2, done2 := start(siteAddr)
+	t.Cleanup(func() { stop2(); <-done2 })
+	f2 := fleet{c: c2, admin: plainClient(t, c2, servertest.AdminToken(t, c2)), dir: shell.DataDir}
+	// Until they reconnect, the sites stay online (grace), never offline.
+	t0 := time.Now()
+	for _, name := range []string{"site-a", "site-b"} {
+		for {
+			var sc central.Subcloud
+			if err := f2.admin.Do(ctx, http.MethodGet, "/v1/subclouds/"+name, nil, nil, &sc); err != nil || sc.Availability != central.Online {
+				t.Fatalf("%s after central restarted: %s, %v; want online throughout", name, sc.Availability, err)
+			}
+			var ver struct{ Site string }
+			if err := f2.admin.Do(ctx, http.MethodGet, "/v1/subclouds/"+name+"/api/v1/version", nil, nil, &ver); err == nil && ver.Site == name {
+				break // relinked
+			}
+			if time.Since(t0) > 20*time.Second {
+				t.Fatalf("%s did not reconnect within 20 s", name)
+			}
+			time.Sleep(20 * time.Millisecond) // polling with a deadline
+		}
+	}
+	t.Logf("both sites relinked %s after central restarted", time.Since(t0).Round(time.Millisecond))
+}

@@ -115,7 +115,7 @@ func (c *Central) relay() http.Handler {
 			id := rest.RequestID(r.Context())
 			c.log.Warn("relay failed", "site", rest.Var(r, "name"), "request_id", id, "err", err)
 			rest.WriteJSON(w, http.StatusServiceUnavailable, rest.ErrorBody{Error: rest.ErrorDetail{Code: "unavailable",
-				Message: "site " + rest.Var(r, "name") + " is not reachable now (request " + id + ")", RequestID: id}})
+				Message: "site " + rest.Var(r, "name") + " is not reachable now", RequestID: id}})
 		},
 	}
 }

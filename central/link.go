@@ -199,6 +199,8 @@ func (c *Central) seen(ctx context.Context, site string, sum *linkproto.Summary)
 		sc.Availability = Online
 		sc.LastSeen = &now
 		if sum != nil {
+			sc.Hosts = HostCounts{Total: sum.Hosts, ByAvailability: sum.HostsByAvail}
+			sc.SoftwareVersion = sum.Version
 			sc.AlarmSummary = AlarmSummary{Critical: sum.Alarms["critical"], Major: sum.Alarms["major"],
 				Minor: sum.Alarms["minor"], Warning: sum.Alarms["warning"]}
 		}

@@ -52,6 +52,12 @@ type AlarmSummary struct {
 	Warning  int `json:"warning"`
 }
 
+// HostCounts counts a subcloud's hosts, as it last reported them.
+type HostCounts struct {
+	Total          int            `json:"total"`
+	ByAvailability map[string]int `json:"by_availability"`
+}
+
 // StatusOf computes a subcloud's status (brief §4): offline when central
 // cannot see it, critical with any critical alarm, degraded with any major or
 // minor alarm, else ok.
@@ -69,16 +75,18 @@ func StatusOf(a Availability, s AlarmSummary) Status {
 
 // Subcloud is a site as central sees it. JSON keys are the API contract.
 type Subcloud struct {
-	Name         string                `json:"name"`
-	Shape        inventory.Shape       `json:"shape"`
-	Availability Availability          `json:"availability"`
-	Management   Management            `json:"management"`
-	DeployStatus string                `json:"deploy_status"`
-	Sync         map[string]SyncStatus `json:"sync"`
-	AlarmSummary AlarmSummary          `json:"alarm_summary"`
-	Status       Status                `json:"status"`
-	LastSeen     *time.Time            `json:"last_seen"`
-	CreatedAt    time.Time             `json:"created_at"`
+	Name            string                `json:"name"`
+	Shape           inventory.Shape       `json:"shape"`
+	Availability    Availability          `json:"availability"`
+	Management      Management            `json:"management"`
+	DeployStatus    string                `json:"deploy_status"`
+	Sync            map[string]SyncStatus `json:"sync"`
+	AlarmSummary    AlarmSummary          `json:"alarm_summary"`
+	Hosts           HostCounts            `json:"hosts"`
+	SoftwareVersion string                `json:"software_version"`
+	Status          Status                `json:"status"`
+	LastSeen        *time.Time            `json:"last_seen"`
+	CreatedAt       time.Time             `json:"created_at"`
 }
 
 // Errors of this package.

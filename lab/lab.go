@@ -337,9 +337,9 @@ func Up(ctx context.Context, cfg Config) (_ *File, err error) {
 			f.Sites[i].Hosts[j].UUID = id
 		}
 	}
-	// And until every site is online at central.
-	for _, sp := range cfg.Sites {
-		if err := waitOnline(ctx, capi, sp.Name, 60*time.Second); err != nil {
+	// And until every site is online at central with all its hosts.
+	for i, sp := range cfg.Sites {
+		if err := waitOnline(ctx, capi, sp.Name, len(f.Sites[i].Hosts), 60*time.Second); err != nil {
 			return nil, fmt.Errorf("lab: %s: %w; its controller's log ends:\n%s", sp.Name, err,
 				tail(pathsOf(dir, sp.Name, "controller-0").f("logs/subcloud.log"), 8))
 		}
@@ -389,12 +389,12 @@ func giveJoinToken(ctx context.Context, api *client.Client, p hostPaths) error {
 	return atomicfile.Write(p.f("join.token"), []byte(it.Token+"\n"), 0o600)
 }
 
-// waitOnline polls central until the site is online.
-func waitOnline(ctx context.Context, api *client.Client, site string, limit time.Duration) error {
+// waitOnline polls central until the site is online and reports hosts.
+func waitOnline(ctx context.Context, api *client.Client, site string, hosts int, limit time.Duration) error {
 	deadline := time.Now().Add(limit)
 	for time.Now().Before(deadline) {
-		var sc struct{ Availability string }
-		if err := api.Do(ctx, http.MethodGet, "/v1/subclouds/"+site, nil, nil, &sc); err == nil && sc.Availability == "online" {
+		var sc central.Subcloud
+		if err := api.Do(ctx, http.MethodGet, "/v1/subclouds/"+site, nil, nil, &sc); err == nil && sc.Availability == central.Online && sc.Hosts.Total == hosts {
 			return nil
 		}
 		select {
@@ -403,7 +403,7 @@ func waitOnline(ctx context.Context, api *client.Client, site string, limit time
 		case <-time.After(100 * time.Millisecond):
 		}
 	}
-	return fmt.Errorf("not online at central within %s", limit)
+	return fmt.Errorf("not online at central with its %d hosts within %s", hosts, limit)
 }
 
 // siteHome issues a site's certificate from the fleet CA and returns how

@@ -111,7 +111,60 @@ func AddHost(ctx context.Context, dir, site, binary string) (HostEntry, time.Dur
 }
 
 // Fault kinds this lab injects so far; host management adds the rest.
-var faultKinds = []string{"power-off", "power-on", "power-cycle", "hang", "resume", "link-down", "link-up", "loss", "clear"}
+var faultKinds = []string{"power-off", "power-on", "power-cycle", "hang", "resume", "link-down", "link-up", "loss", "clear", "partition"}
+
+// wanChain holds a site's WAN faults, in its controller's namespace.
+const wanChain = "petrel-wan"
+
+// wanFault partitions a site from central, drops a share of its WAN
+// packets, or clears both: real packet drops (iptables) on the WAN route's
+// port inside the site controller's namespace, in both directions.
+func wanFault(ctx context.Context, f *File, site, kind string, percent int) error {
+	var ns string
+	for _, s := range f.Sites {
+		if s.Name == site && len(s.Hosts) > 0 {
+			ns = s.Hosts[0].Netns
+		}
+	}
+	if ns == "" {
+		return fmt.Errorf("lab fault: no site %q in the lab", site)
+	}
+	ipt := func(args ...string) error {
+		out, err := exec.CommandContext(ctx, "ip", append([]string{"netns", "exec", ns, "iptables", "-w"}, args...)...).CombinedOutput()
+		if err != nil {
+			return fmt.Errorf("lab fault: iptables %s: %v: %s", strings.Join(args, " "), err, strings.TrimSpace(string(out)))
+		}
+		return nil
+	}
+	// The chain and its two jumps, once.
+	if ipt("-n", "-L", wanChain) != nil {
+		if err := ipt("-N", wanChain); err != nil {
+			return err
+		}
+		port := fmt.Sprint(WANPort)
+		if err := ipt("-I", "INPUT", "-p", "tcp", "--dport", port, "-j", wanChain); err != nil {
+			return err
+		}
+		if err := ipt("-I", "INPUT", "-p", "tcp", "--sport", port, "-j", wanChain); err != nil {
+			return err
+		}
+	}
+	if err := ipt("-F", wanChain); err != nil {
+		return err
+	}
+	switch kind {
+	case "partition":
+		return ipt("-A", wanChain, "-j", "DROP")
+	case "loss":
+		if percent < 1 || percent > 100 {
+			return fmt.Errorf("lab fault loss: --percent must be 1..100")
+		}
+		return ipt("-A", wanChain, "-m", "statistic", "--mode", "random", "--probability", fmt.Sprintf("%.4f", float64(percent)/100), "-j", "DROP")
+	case "clear":
+		return nil
+	}
+	return fmt.Errorf("lab fault: %s does not apply to a site's WAN link (partition, loss, clear)", kind)
+}
 
 // Fault injects a fault into SITE/HOST: power through the host's chassis,
 // hang/resume through its cgroup, link and loss faults on one network
@@ -123,7 +176,8 @@ func Fault(ctx context.Context, dir, kind, target, netName string, percent int) 
 	}
 	site, host, ok := strings.Cut(target, "/")
 	if !ok {
-		return fmt.Errorf("lab fault: target %q: want SITE/HOST", target)
+		// A site alone names its WAN link to central.
+		return wanFault(ctx, f, target, kind, percent)
 	}
 	si, hi := -1, -1
 	for i, s := range f.Sites {

@@ -141,20 +141,28 @@ func (s *Subcloud) linkOnce(ctx context.Context, tlsCfg *tls.Config) error {
 			}
 		}
 	}()
+	// A change is sent within a second as a delta; otherwise a keepalive
+	// every interval tells central the site is there.
 	var sent *linkproto.Summary
-	tick := time.NewTicker(s.interval())
+	var lastSend time.Time
+	check := min(time.Second, s.interval())
+	tick := time.NewTicker(check)
 	defer tick.Stop()
 	for {
 		sum := s.summary()
-		m := linkproto.Message{Type: linkproto.TypeUpdate, Seq: s.seq.Add(1), SentAt: time.Now().UTC()}
-		if sent == nil || !reflect.DeepEqual(*sent, sum) {
-			m.Summary = &sum // a delta: only when something changed; else a keepalive
-		}
-		if err := linkproto.Write(ctl, m); err != nil {
-			return err
-		}
-		if m.Summary != nil {
-			sent = m.Summary
+		changed := sent == nil || !reflect.DeepEqual(*sent, sum)
+		if changed || time.Since(lastSend) >= s.interval()-check/2 {
+			m := linkproto.Message{Type: linkproto.TypeUpdate, Seq: s.seq.Add(1), SentAt: time.Now().UTC()}
+			if changed {
+				m.Summary = &sum
+			}
+			if err := linkproto.Write(ctl, m); err != nil {
+				return err
+			}
+			if changed {
+				sent = m.Summary
+			}
+			lastSend = time.Now()
 		}
 		select {
 		case <-ctx.Done():

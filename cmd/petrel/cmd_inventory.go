@@ -93,7 +93,7 @@ func (a *app) subcloudCmd() *cobra.Command {
 	list.Flags().IntVar(&limit, "limit", 0, "at most this many (default all)")
 	list.RunE = func(cmd *cobra.Command, _ []string) error {
 		return a.list(cmd, "/v1/subclouds", query(), limit,
-			"name", "shape", "availability", "management", "deploy_status", "status", "last_seen")
+			"name", "shape", "availability", "management", "deploy_status", "status", "hosts.total", "last_seen")
 	}
 	show := &cobra.Command{
 		Use:   "show NAME",

@@ -149,9 +149,9 @@ func (a *app) labCmd() *cobra.Command {
 	var faultNet string
 	var faultPercent int
 	fault := &cobra.Command{
-		Use:   "fault KIND SITE/HOST [--net mgmt|cluster|all] [--percent N]",
-		Short: "Inject a fault: power-off, power-on, power-cycle, hang, resume, link-down, link-up, loss, clear",
-		Args:  exactArgs(2, "KIND", "SITE/HOST"),
+		Use:   "fault KIND SITE/HOST|SITE [--net mgmt|cluster|all] [--percent N]",
+		Short: "Inject a fault: power-off, power-on, power-cycle, hang, resume, link-down, link-up, loss, clear (a host); partition, loss, clear (a site's WAN link)",
+		Args:  exactArgs(2, "KIND", "SITE/HOST|SITE"),
 		RunE: func(cmd *cobra.Command, args []string) error {
 			if err := lab.Fault(cmd.Context(), a.labDir(dir), args[0], args[1], faultNet, faultPercent); err != nil {
 				return err

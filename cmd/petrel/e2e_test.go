@@ -129,7 +129,10 @@ func TestEndToEndThroughTheCLI(t *testing.T) {
 	}
 	// Every lab site dialed home: central lists it online.
 	var subclouds struct {
-		Items []struct{ Name, Shape, Availability, Status string }
+		Items []struct {
+			Name, Shape, Availability, Status string
+			Hosts                             struct{ Total int }
+		}
 	}
 	if err := json.Unmarshal([]byte(admin.ok("subcloud", "list", "-o", "json")), &subclouds); err != nil || len(subclouds.Items) != 3 {
 		t.Fatalf("subcloud list -o json = %+v, %v; want the 3 lab sites", subclouds, err)
@@ -137,6 +140,9 @@ func TestEndToEndThroughTheCLI(t *testing.T) {
 	for _, sc := range subclouds.Items {
 		if sc.Availability != "online" || sc.Status != "ok" {
 			t.Errorf("subcloud %s is %s/%s; want online/ok", sc.Name, sc.Availability, sc.Status)
+		}
+		if want := map[string]int{"site-sx": 1, "site-dx": 2, "site-std": 4}[sc.Name]; sc.Hosts.Total != want {
+			t.Errorf("subcloud %s reports %d hosts; want %d", sc.Name, sc.Hosts.Total, want)
 		}
 	}
 	if out := admin.ok("subcloud", "show", "site-std", "-o", "yaml"); !strings.Contains(out, "shape: multi-server") {

@@ -65,6 +65,7 @@ type Central struct {
 	links     links
 	signer    *auth.AssertionSigner
 	siteLn    net.Listener
+	stream    *Stream
 
 	wmu    sync.Mutex
 	writes map[string]time.Time // last registry write per site
@@ -91,7 +92,7 @@ func New(ctx context.Context, cfg Config) (*Central, error) {
 	}
 	c := &Central{cfg: cfg, shell: shell, log: cfg.Shell.Logger, Subclouds: subclouds,
 		tracker: NewTracker(cfg.UpdateInterval, 0), links: links{sessions: map[string]*yamux.Session{}},
-		writes: map[string]time.Time{}}
+		writes: map[string]time.Time{}, stream: NewStream()}
 	if c.signer, err = c.relayKey(); err != nil {
 		shell.Close()
 		return nil, err
@@ -198,6 +199,7 @@ func (c *Central) register(srv *rest.Server, a *auth.Service) {
 	srv.Handle("createSubcloud", http.MethodPost, "/v1/subclouds", a.Require(auth.Admin), c.createSubcloud)
 	srv.Handle("getSubcloud", http.MethodGet, "/v1/subclouds/{name}", a.Require(auth.Reader), c.getSubcloud)
 	srv.Handle("deleteSubcloud", http.MethodDelete, "/v1/subclouds/{name}", a.Require(auth.Admin), c.deleteSubcloud)
+	srv.HandleHTTP("stream", http.MethodGet, "/v1/stream", a.Require(auth.Reader), c.serveStream())
 	relay := c.relay()
 	for _, m := range []string{http.MethodGet, http.MethodPost, http.MethodPut, http.MethodPatch, http.MethodDelete} {
 		srv.HandleHTTP("relay"+m[:1]+strings.ToLower(m[1:]), m, "/v1/subclouds/{name}/api/{path:.*}", c.relayGuard, relay)
@@ -227,6 +229,7 @@ func (c *Central) createSubcloud(r *http.Request) (int, any, error) {
 		return 0, nil, err
 	}
 	c.tracker.Add(sc.Name)
+	c.stream.Publish("subcloud", sc)
 	return http.StatusCreated, sc, nil
 }
 
@@ -236,6 +239,7 @@ func (c *Central) deleteSubcloud(r *http.Request) (int, any, error) {
 		return 0, nil, err
 	}
 	c.tracker.Remove(name)
+	c.stream.Publish("subcloud-deleted", map[string]string{"name": name})
 	if s := c.links.get(name); s != nil {
 		s.Close()
 	}

@@ -195,7 +195,7 @@ func (c *Central) seen(ctx context.Context, site string, sum *linkproto.Summary)
 	if tn == nil && sum == nil && now.Sub(c.lastWrite(site)) < 30*time.Second {
 		return // a keepalive from an online site: no write needed
 	}
-	_, err = c.Subclouds.UpdateSubcloud(ctx, site, func(sc *Subcloud) error {
+	updated, err := c.Subclouds.UpdateSubcloud(ctx, site, func(sc *Subcloud) error {
 		sc.Availability = Online
 		sc.LastSeen = &now
 		if sum != nil {
@@ -212,6 +212,7 @@ func (c *Central) seen(ctx context.Context, site string, sum *linkproto.Summary)
 		return
 	}
 	c.wroteAt(site, now)
+	c.stream.Publish("subcloud", updated)
 	if tn != nil {
 		c.log.Info("subcloud online", "site", site, "reason", tn.Reason)
 	}
@@ -227,13 +228,15 @@ func (c *Central) sweep(ctx context.Context) error {
 			return nil
 		case now := <-tick.C:
 			for _, tn := range c.tracker.Sweep(now.UTC()) {
-				_, err := c.Subclouds.UpdateSubcloud(ctx, tn.Site, func(sc *Subcloud) error {
+				updated, err := c.Subclouds.UpdateSubcloud(ctx, tn.Site, func(sc *Subcloud) error {
 					sc.Availability = Offline
 					sc.Status = StatusOf(Offline, sc.AlarmSummary)
 					return nil
 				})
 				if err != nil {
 					c.log.Error("recording offline failed", "site", tn.Site, "err", err)
+				} else {
+					c.stream.Publish("subcloud", updated)
 				}
 				c.log.Warn("subcloud offline", "site", tn.Site, "reason", tn.Reason)
 			}

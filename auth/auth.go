@@ -130,6 +130,7 @@ const (
 type Service struct {
 	cfg      Config
 	verifier *AssertionVerifier // relayed calls from central; nil: not accepted
+	csrfKey  [32]byte           // keys CSRF tokens of browser sessions
 	mu       sync.Mutex
 	cache    map[string]cached // secret hash -> verified principal
 	limiter  loginLimiter
@@ -155,7 +156,11 @@ func New(cfg Config) (*Service, error) {
 	if cfg.Now == nil {
 		cfg.Now = func() time.Time { return time.Now().UTC() }
 	}
-	return &Service{cfg: cfg, cache: map[string]cached{}, limiter: loginLimiter{fails: map[string]*failures{}}}, nil
+	s := &Service{cfg: cfg, cache: map[string]cached{}, limiter: loginLimiter{fails: map[string]*failures{}}}
+	if _, err := rand.Read(s.csrfKey[:]); err != nil {
+		return nil, err
+	}
+	return s, nil
 }
 
 var namePattern = regexp.MustCompile(`^[a-z][a-z0-9._-]{0,62}$`)

@@ -2,8 +2,11 @@ package auth
 
 import (
 	"context"
+	"crypto/hmac"
 	"crypto/rand"
+	"crypto/sha256"
 	"encoding/base64"
+	"encoding/hex"
 	"errors"
 	"fmt"
 	"net/http"
@@ -25,6 +28,17 @@ func (s *Service) Require(need Role) rest.Guard {
 		secret, assertion := bearer(r), r.Header.Get(AssertionHeader)
 		var p Principal
 		var err error
+		if secret == "" && assertion == "" {
+			// A browser session: its cookie authenticates, and any state
+			// change also needs the session's CSRF token.
+			if c, cerr := r.Cookie(SessionCookie); cerr == nil && c.Value != "" {
+				if r.Method != http.MethodGet && r.Method != http.MethodHead &&
+					!s.CheckCSRF(c.Value, r.Header.Get(CSRFHeader)) {
+					return nil, errs.Wrapf(errs.Forbidden, "missing or wrong CSRF token")
+				}
+				secret = c.Value
+			}
+		}
 		switch {
 		case assertion != "" && secret != "":
 			// A relay strips Authorization; both at once is not a relayed call.
@@ -338,4 +352,23 @@ func ReadSecretFile(path string) (string, error) {
 		return "", err
 	}
 	return strings.TrimRight(string(b), "\r\n"), nil
+}
+
+// Browser sessions.
+const (
+	SessionCookie = "petrel_session" // HttpOnly, Secure, SameSite=Strict; holds a login token
+	CSRFHeader    = "X-CSRF-Token"   // or the csrf_token form field on dashboard forms
+)
+
+// CSRFToken is the CSRF token of a browser session: an HMAC of the session
+// token under a key that never leaves the daemon.
+func (s *Service) CSRFToken(session string) string {
+	m := hmac.New(sha256.New, s.csrfKey[:])
+	m.Write([]byte("csrf:" + session))
+	return hex.EncodeToString(m.Sum(nil))
+}
+
+// CheckCSRF reports whether token is the session's CSRF token.
+func (s *Service) CheckCSRF(session, token string) bool {
+	return token != "" && hmac.Equal([]byte(token), []byte(s.CSRFToken(session)))
 }

@@ -27,6 +27,7 @@ import (
 	"github.com/petrel-edge/petrel/internal/rest"
 	"github.com/petrel-edge/petrel/internal/server"
 	"github.com/petrel-edge/petrel/inventory"
+	"github.com/petrel-edge/petrel/ui"
 )
 
 //go:embed openapi.yaml
@@ -119,7 +120,39 @@ func New(ctx context.Context, cfg Config) (*Central, error) {
 		c.siteLn = tls.NewListener(ln, tlsCfg)
 	}
 	c.register(shell.REST, shell.Auth)
+	dash, err := ui.New(ui.Config{Auth: shell.Auth, Logger: c.log.With("component", "ui"),
+		Audit: shell.RecordAudit, Sites: c.siteRows,
+		Site: func(ctx context.Context, name string) error { _, err := c.Subclouds.Subcloud(ctx, name); return err }})
+	if err != nil {
+		shell.Close()
+		return nil, err
+	}
+	shell.MountUI(dash)
 	return c, nil
+}
+
+// siteRows lists every subcloud for the dashboard's fleet page.
+func (c *Central) siteRows(ctx context.Context) ([]ui.SiteRow, error) {
+	var rows []ui.SiteRow
+	after := ""
+	for {
+		scs, next, err := c.Subclouds.Subclouds(ctx, rest.ListOptions{Limit: rest.MaxLimit, After: after})
+		if err != nil {
+			return nil, err
+		}
+		for _, sc := range scs {
+			seen := "-"
+			if sc.LastSeen != nil {
+				seen = sc.LastSeen.Format(time.RFC3339)
+			}
+			rows = append(rows, ui.SiteRow{Name: sc.Name, Shape: string(sc.Shape), Availability: string(sc.Availability),
+				Management: string(sc.Management), Status: string(sc.Status), LastSeen: seen, Hosts: sc.Hosts.Total})
+		}
+		if next == "" {
+			return rows, nil
+		}
+		after = next
+	}
 }
 
 // relayKey loads central's assertion key and publishes its public half.

@@ -17,6 +17,7 @@ import (
 	"net/http"
 	"os"
 	"path/filepath"
+	"strings"
 	"sync/atomic"
 	"time"
 
@@ -75,6 +76,7 @@ type Server struct {
 
 	ln     net.Listener
 	http   *http.Server
+	ui     http.Handler // the dashboard, at / and /ui/
 	ready  chan struct{}
 	closed atomic.Bool
 }
@@ -146,7 +148,7 @@ func New(ctx context.Context, cfg Config) (_ *Server, err error) {
 	}
 	s.ln = tls.NewListener(ln, tlsCfg)
 	s.http = &http.Server{
-		Handler:           s.REST,
+		Handler:           http.HandlerFunc(s.route),
 		ReadHeaderTimeout: 10 * time.Second,
 		IdleTimeout:       2 * time.Minute,
 		ErrorLog:          slog.NewLogLogger(cfg.Logger.Handler(), slog.LevelDebug),
@@ -197,6 +199,30 @@ func (s *Server) tlsConfig() (*tls.Config, error) {
 		return nil, err
 	}
 	return pki.ServerTLS(certFile, keyFile)
+}
+
+// MountUI serves h at / and under /ui/ (the dashboard); everything else is
+// the REST API. Call it before Run.
+func (s *Server) MountUI(h http.Handler) { s.ui = h }
+
+func (s *Server) route(w http.ResponseWriter, r *http.Request) {
+	if s.ui != nil && (r.URL.Path == "/" || strings.HasPrefix(r.URL.Path, "/ui/")) {
+		s.ui.ServeHTTP(w, r)
+		return
+	}
+	s.REST.ServeHTTP(w, r)
+}
+
+// RecordAudit writes an audit event for a change made outside the REST
+// routes (the dashboard's login and logout).
+func (s *Server) RecordAudit(ctx context.Context, user, role, action, target, result string) {
+	id, _ := uuid.NewV7()
+	ev := faultmgr.Event{UUID: id.String(), Type: faultmgr.EventAudit, User: user, Role: role, Action: action,
+		Target: target, Result: result, Timestamp: time.Now().UTC(), Site: s.cfg.Site,
+		ReasonText: fmt.Sprintf("%s by %s: %s", action, orDash(user), result)}
+	if err := s.Events.AppendEvent(context.WithoutCancel(ctx), ev); err != nil {
+		s.cfg.Logger.Error("audit event not stored", "action", action, "user", user, "err", err)
+	}
 }
 
 // DataDir is where the daemon keeps its state.

@@ -1,0 +1,182 @@
+package central_test
+
+import (
+	"context"
+	"io"
+	"net/http"
+	"net/http/cookiejar"
+	"net/url"
+	"regexp"
+	"strings"
+	"testing"
+
+	"github.com/petrel-edge/petrel/auth"
+	"github.com/petrel-edge/petrel/central"
+	"github.com/petrel-edge/petrel/internal/rest"
+	"github.com/petrel-edge/petrel/internal/server/servertest"
+	"github.com/petrel-edge/petrel/inventory"
+)
+
+// browser is an HTTP client with a cookie jar that does not follow redirects.
+func browser(t *testing.T, d servertest.Daemon) *http.Client {
+	jar, _ := cookiejar.New(nil)
+	hc := servertest.HTTPClient(t, d)
+	return &http.Client{Transport: hc.Transport, Jar: jar,
+		CheckRedirect: func(*http.Request, []*http.Request) error { return http.ErrUseLastResponse }}
+}
+
+func get(t *testing.T, b *http.Client, u string) (*http.Response, string) {
+	t.Helper()
+	resp, err := b.Get(u)
+	if err != nil {
+		t.Fatal(err)
+	}
+	body, _ := io.ReadAll(resp.Body)
+	resp.Body.Close()
+	return resp, string(body)
+}
+
+func post(t *testing.T, b *http.Client, u string, form url.Values, hdr map[string]string) (*http.Response, string) {
+	t.Helper()
+	req, _ := http.NewRequest(http.MethodPost, u, strings.NewReader(form.Encode()))
+	req.Header.Set("Content-Type", "application/x-www-form-urlencoded")
+	for k, v := range hdr {
+		req.Header.Set(k, v)
+	}
+	resp, err := b.Do(req)
+	if err != nil {
+		t.Fatal(err)
+	}
+	body, _ := io.ReadAll(resp.Body)
+	resp.Body.Close()
+	return resp, string(body)
+}
+
+var csrfField = regexp.MustCompile(`name="csrf_token" value="([^"]+)"`)
+
+func TestDashboardSessions(t *testing.T) {
+	f := startCentral(t)
+	ctx := context.Background()
+	if err := f.admin.Do(ctx, http.MethodPost, "/v1/subclouds", nil, central.CreateSubcloudRequest{Name: "site-x", Shape: inventory.Simplex}, nil); err != nil {
+		t.Fatal(err)
+	}
+	if err := f.admin.Do(ctx, http.MethodPost, "/v1/users", nil, auth.CreateUserRequest{Name: "ops", Role: auth.Operator, Password: "operator-pass-1"}, nil); err != nil {
+		t.Fatal(err)
+	}
+	base := f.c.Shell().URL()
+	b := browser(t, f.c)
+
+	// Not logged in: sent to the login page.
+	if resp, _ := get(t, b, base+"/"); resp.StatusCode != http.StatusSeeOther || resp.Header.Get("Location") != "/ui/login" {
+		t.Fatalf("GET / without a session = %d %s; want 303 to /ui/login", resp.StatusCode, resp.Header.Get("Location"))
+	}
+	resp, page := get(t, b, base+"/ui/login")
+	if resp.StatusCode != 200 || !strings.Contains(resp.Header.Get("Content-Security-Policy"), "script-src 'self'") {
+		t.Fatalf("login page = %d, CSP %q", resp.StatusCode, resp.Header.Get("Content-Security-Policy"))
+	}
+	m := csrfField.FindStringSubmatch(page)
+	if m == nil {
+		t.Fatal("login page has no CSRF field")
+	}
+	// A forged login (no matching CSRF token) is refused.
+	if resp, _ := post(t, b, base+"/ui/login", url.Values{"username": {"ops"}, "password": {"operator-pass-1"}, "csrf_token": {"forged"}}, nil); resp.StatusCode != http.StatusForbidden {
+		t.Errorf("login with a forged CSRF token = %d; want 403", resp.StatusCode)
+	}
+	_, page = get(t, b, base+"/ui/login")
+	m = csrfField.FindStringSubmatch(page)
+	if resp, body := post(t, b, base+"/ui/login", url.Values{"username": {"ops"}, "password": {"wrong"}, "csrf_token": {m[1]}}, nil); resp.StatusCode != http.StatusUnauthorized || !strings.Contains(body, "Wrong user or password") {
+		t.Errorf("wrong password = %d", resp.StatusCode)
+	}
+	_, page = get(t, b, base+"/ui/login")
+	m = csrfField.FindStringSubmatch(page)
+	resp, _ = post(t, b, base+"/ui/login", url.Values{"username": {"ops"}, "password": {"operator-pass-1"}, "csrf_token": {m[1]}}, nil)
+	if resp.StatusCode != http.StatusSeeOther {
+		t.Fatalf("login = %d; want 303", resp.StatusCode)
+	}
+	var session *http.Cookie
+	for _, c := range resp.Cookies() {
+		if c.Name == auth.SessionCookie {
+			session = c
+		}
+	}
+	if session == nil || !session.HttpOnly || !session.Secure || session.SameSite != http.SameSiteStrictMode {
+		t.Fatalf("session cookie = %+v; want HttpOnly, Secure, SameSite=Strict", session)
+	}
+
+	// The fleet page lists the subcloud; the script is external (CSP).
+	resp, page = get(t, b, base+"/")
+	if resp.StatusCode != 200 || !strings.Contains(page, `data-name="site-x"`) || !strings.Contains(page, "ops (operator)") {
+		t.Fatalf("fleet page = %d:\n%s", resp.StatusCode, page)
+	}
+	if regexp.MustCompile(`<script(?:\s[^>]*)?>[^<]`).MatchString(page) || strings.Contains(page, " on") && regexp.MustCompile(`\son[a-z]+=`).MatchString(page) {
+		t.Error("the fleet page has inline script or event handlers")
+	}
+	if resp, _ := get(t, b, base+"/ui/static/app.js"); resp.StatusCode != 200 {
+		t.Errorf("app.js = %d", resp.StatusCode)
+	}
+	if resp, _ := get(t, b, base+"/ui/sites/site-x"); resp.StatusCode != 200 {
+		t.Errorf("site page = %d", resp.StatusCode)
+	}
+	if resp, _ := get(t, b, base+"/ui/sites/site-nope"); resp.StatusCode != 404 {
+		t.Errorf("unknown site page = %d; want 404", resp.StatusCode)
+	}
+	csrf := csrfField.FindStringSubmatch(page)[1]
+
+	// The session cookie reads the API; a write needs the CSRF header.
+	if resp, _ := get(t, b, base+"/v1/subclouds"); resp.StatusCode != 200 {
+		t.Errorf("GET /v1/subclouds with the session cookie = %d", resp.StatusCode)
+	}
+	body := `{"name":"site-y","shape":"duplex"}`
+	for _, tc := range []struct {
+		hdr  map[string]string
+		want int
+	}{{nil, 403}, {map[string]string{auth.CSRFHeader: "forged"}, 403}, {map[string]string{auth.CSRFHeader: csrf}, 403 /* operator: admin needed */}} {
+		req, _ := http.NewRequest(http.MethodPost, base+"/v1/subclouds", strings.NewReader(body))
+		for k, v := range tc.hdr {
+			req.Header.Set(k, v)
+		}
+		resp, err := b.Do(req)
+		if err != nil {
+			t.Fatal(err)
+		}
+		msg, _ := io.ReadAll(resp.Body)
+		resp.Body.Close()
+		if resp.StatusCode != tc.want {
+			t.Errorf("POST /v1/subclouds with cookie, headers %v = %d %s; want %d", tc.hdr, resp.StatusCode, msg, tc.want)
+		}
+		if tc.hdr == nil && !strings.Contains(string(msg), "CSRF") {
+			t.Errorf("refusal without CSRF says %s", msg)
+		}
+	}
+
+	// With the right CSRF token a cookie-authenticated write goes through.
+	req, _ := http.NewRequest(http.MethodPut, base+"/v1/users/ops/password", strings.NewReader(`{"password":"operator-pass-2"}`))
+	req.Header.Set(auth.CSRFHeader, csrf)
+	if resp, err := b.Do(req); err != nil || resp.StatusCode != http.StatusNoContent {
+		t.Errorf("PUT own password with cookie and CSRF = %v, %v; want 204", resp.StatusCode, err)
+	}
+
+	// Logout needs the CSRF token, then revokes the session.
+	if resp, _ := post(t, b, base+"/ui/logout", url.Values{}, nil); resp.StatusCode != http.StatusForbidden {
+		t.Errorf("logout without CSRF = %d; want 403", resp.StatusCode)
+	}
+	if resp, _ := post(t, b, base+"/ui/logout", url.Values{"csrf_token": {csrf}}, nil); resp.StatusCode != http.StatusSeeOther {
+		t.Errorf("logout = %d; want 303", resp.StatusCode)
+	}
+	stale := browser(t, f.c)
+	u, _ := url.Parse(base)
+	stale.Jar.SetCookies(u, []*http.Cookie{session})
+	if resp, _ := get(t, stale, base+"/"); resp.StatusCode != http.StatusSeeOther {
+		t.Errorf("the old session after logout = %d; want a redirect to login", resp.StatusCode)
+	}
+	evs, _, _ := f.c.Shell().Events.Events(ctx, rest.ListOptions{Limit: 50, Filters: map[string]string{"type": "audit"}})
+	var actions []string
+	for _, e := range evs {
+		if strings.HasPrefix(e.Action, "ui") {
+			actions = append(actions, e.User+" "+e.Action+" "+e.Result)
+		}
+	}
+	if got := strings.Join(actions, "; "); got != "ops uiLogout ok; ops uiLogin ok; ops uiLogin unauthenticated" {
+		t.Errorf("dashboard audit events (newest first) = %s", got)
+	}
+}

@@ -70,6 +70,7 @@ type Central struct {
 
 	wmu    sync.Mutex
 	writes map[string]time.Time // last registry write per site
+	seqs   map[string]uint64    // last update sequence recorded per site (this run)
 }
 
 // Files in central's data directory.
@@ -93,7 +94,7 @@ func New(ctx context.Context, cfg Config) (*Central, error) {
 	}
 	c := &Central{cfg: cfg, shell: shell, log: cfg.Shell.Logger, Subclouds: subclouds,
 		tracker: NewTracker(cfg.UpdateInterval, 0), links: links{sessions: map[string]*yamux.Session{}},
-		writes: map[string]time.Time{}, stream: NewStream()}
+		writes: map[string]time.Time{}, seqs: map[string]uint64{}, stream: NewStream()}
 	if c.signer, err = c.relayKey(); err != nil {
 		shell.Close()
 		return nil, err
@@ -216,6 +217,22 @@ func (c *Central) lastWrite(site string) time.Time {
 	c.wmu.Lock()
 	defer c.wmu.Unlock()
 	return c.writes[site]
+}
+
+// recordedSeq is the last update sequence central recorded from site in
+// this run (0 after a restart: the site then resends its summary).
+func (c *Central) recordedSeq(site string) uint64 {
+	c.wmu.Lock()
+	defer c.wmu.Unlock()
+	return c.seqs[site]
+}
+
+func (c *Central) recordSeq(site string, seq uint64) {
+	c.wmu.Lock()
+	if seq > c.seqs[site] {
+		c.seqs[site] = seq
+	}
+	c.wmu.Unlock()
 }
 
 func (c *Central) wroteAt(site string, t time.Time) {

@@ -139,7 +139,10 @@ func (c *Central) serveLink(ctx context.Context, conn net.Conn) error {
 		_ = linkproto.Write(ctl, linkproto.Message{Type: linkproto.TypeGoodbye, Reason: fmt.Sprintf("no common protocol: central speaks %d", linkproto.Current), SentAt: time.Now().UTC()})
 		return fmt.Errorf("site %s offers protocols %v", site, hello.Protocols)
 	}
-	if err := linkproto.Write(ctl, linkproto.Message{Type: linkproto.TypeWelcome, Protocol: proto, SentAt: time.Now().UTC()}); err != nil {
+	// Seq tells the site what central holds: if its summary has not changed
+	// since, it resyncs with a keepalive instead of resending it.
+	if err := linkproto.Write(ctl, linkproto.Message{Type: linkproto.TypeWelcome, Protocol: proto,
+		Seq: c.recordedSeq(site), SentAt: time.Now().UTC()}); err != nil {
 		return err
 	}
 	c.links.put(site, sess)
@@ -156,6 +159,9 @@ func (c *Central) serveLink(ctx context.Context, conn net.Conn) error {
 			continue
 		}
 		c.seen(ctx, site, m.Summary)
+		if m.Summary != nil {
+			c.recordSeq(site, m.Seq)
+		}
 		if err := linkproto.Write(ctl, linkproto.Message{Type: linkproto.TypeAck, Seq: m.Seq, SentAt: time.Now().UTC()}); err != nil {
 			return err
 		}

@@ -6,9 +6,11 @@ import (
 	"crypto/x509"
 	"errors"
 	"io"
+	"net"
 	"net/http"
 	"os"
 	"path/filepath"
+	"sync"
 	"testing"
 	"time"
 
@@ -325,4 +327,92 @@ func TestCentralRestartSitesReconnect(t *testing.T) {
 		}
 	}
 	t.Logf("both sites relinked %s after central restarted", time.Since(t0).Round(time.Millisecond))
+}
+
+// cutter is a TCP proxy whose connections a test can cut.
+type cutter struct {
+	ln    net.Listener
+	mu    sync.Mutex
+	conns []net.Conn
+}
+
+func newCutter(t *testing.T, target string) *cutter {
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	c := &cutter{ln: ln}
+	t.Cleanup(func() { ln.Close(); c.cut() })
+	go func() {
+		for {
+			in, err := ln.Accept()
+			if err != nil {
+				return
+			}
+			out, err := net.Dial("tcp", target)
+			if err != nil {
+				in.Close()
+				continue
+			}
+			c.mu.Lock()
+			c.conns = append(c.conns, in, out)
+			c.mu.Unlock()
+			go func() { io.Copy(out, in); out.Close() }()
+			go func() { io.Copy(in, out); in.Close() }()
+		}
+	}()
+	return c
+}
+
+func (c *cutter) cut() {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	for _, x := range c.conns {
+		x.Close()
+	}
+	c.conns = nil
+}
+
+// TestReconnectResyncsBySequence: when a link drops and nothing changed at
+// the site, the reconnect carries no summary (central already holds it).
+func TestReconnectResyncsBySequence(t *testing.T) {
+	f := startCentral(t)
+	cert, key := f.siteFiles(t, "site-a")
+	proxy := newCutter(t, f.c.SiteAddr().String())
+	s, err := subcloud.New(context.Background(), subcloud.Config{Site: "site-a", Shape: inventory.Simplex, Shell: servertest.Shell(t),
+		Central: &subcloud.HomeConfig{Addr: proxy.ln.Addr().String(), CACert: f.c.Shell().CACert, CertFile: cert, KeyFile: key,
+			PublicKeyFile: filepath.Join(f.dir, central.RelayPublicKey), Interval: interval}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	servertest.Start(t, s)
+	f.waitAvailability(t, "site-a", central.Online)
+	waitLink := func(want bool) {
+		deadline := time.Now().Add(10 * time.Second)
+		for s.Link().Connected != want && time.Now().Before(deadline) {
+			time.Sleep(5 * time.Millisecond) // polling with a deadline
+		}
+		if s.Link().Connected != want {
+			t.Fatalf("link connected = %v; want %v", !want, want)
+		}
+	}
+	waitLink(true)
+	before := s.Link().SummariesSent
+	proxy.cut()
+	waitLink(false)
+	waitLink(true)
+	// Let a few update intervals pass on the new link.
+	acked := s.Link().LastAcked
+	deadline := time.Now().Add(5 * time.Second)
+	for s.Link().LastAcked < acked+3 && time.Now().Before(deadline) {
+		time.Sleep(10 * time.Millisecond) // polling with a deadline
+	}
+	if after := s.Link().SummariesSent; after != before {
+		t.Errorf("summaries sent: %d before the drop, %d after reconnecting with nothing changed; want no resend", before, after)
+	}
+	var sc central.Subcloud
+	f.admin.Do(context.Background(), http.MethodGet, "/v1/subclouds/site-a", nil, nil, &sc)
+	if sc.Availability != central.Online {
+		t.Errorf("site-a = %s after a brief drop; want online", sc.Availability)
+	}
 }

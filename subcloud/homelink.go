@@ -31,9 +31,10 @@ type HomeConfig struct {
 
 // LinkState is what the site knows of its link to central.
 type LinkState struct {
-	Connected bool
-	Protocol  int
-	LastAcked uint64
+	Connected     bool
+	Protocol      int
+	LastAcked     uint64
+	SummariesSent uint64
 }
 
 // dialHome keeps the site's one outbound connection to central up until ctx
@@ -141,9 +142,14 @@ func (s *Subcloud) linkOnce(ctx context.Context, tlsCfg *tls.Config) error {
 			}
 		}
 	}()
+	// Resync by sequence: if central holds the summary this site last sent
+	// and nothing changed since, a keepalive suffices; else resend it.
+	var sent *linkproto.Summary
+	if s.lastSum != nil && w.Seq == s.lastSumSeq {
+		sent = s.lastSum
+	}
 	// A change is sent within a second as a delta; otherwise a keepalive
 	// every interval tells central the site is there.
-	var sent *linkproto.Summary
 	var lastSend time.Time
 	check := min(time.Second, s.interval())
 	tick := time.NewTicker(check)
@@ -161,6 +167,8 @@ func (s *Subcloud) linkOnce(ctx context.Context, tlsCfg *tls.Config) error {
 			}
 			if changed {
 				sent = m.Summary
+				s.lastSum, s.lastSumSeq = m.Summary, m.Seq
+				s.resent.Add(1)
 			}
 			lastSend = time.Now()
 		}
@@ -199,7 +207,8 @@ func (s *Subcloud) summary() linkproto.Summary {
 
 // Link reports the state of the site's link to central.
 func (s *Subcloud) Link() LinkState {
-	return LinkState{Connected: s.connected.Load(), Protocol: linkproto.Current, LastAcked: s.acked.Load()}
+	return LinkState{Connected: s.connected.Load(), Protocol: linkproto.Current, LastAcked: s.acked.Load(),
+		SummariesSent: s.resent.Load()}
 }
 
 func jittered(d time.Duration) time.Duration {

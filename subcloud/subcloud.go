@@ -17,6 +17,7 @@ import (
 	"golang.org/x/sync/errgroup"
 
 	"github.com/petrel-edge/petrel/auth"
+	"github.com/petrel-edge/petrel/internal/linkproto"
 	"github.com/petrel-edge/petrel/internal/pki"
 	"github.com/petrel-edge/petrel/internal/rest"
 	"github.com/petrel-edge/petrel/internal/server"
@@ -55,6 +56,11 @@ type Subcloud struct {
 	connected atomic.Bool   // the link to central is up
 	seq       atomic.Uint64 // last update sequence sent
 	acked     atomic.Uint64 // last update sequence central acknowledged
+	resent    atomic.Uint64 // summaries sent (tests check resync sends none when nothing changed)
+
+	// The last summary sent, and its sequence; kept across reconnects.
+	lastSum    *linkproto.Summary
+	lastSumSeq uint64
 }
 
 // ConfigFromFile validates a configuration file's contents.

@@ -46,6 +46,17 @@ func TestPartitionedSiteGoesOfflineAndReturns(t *testing.T) {
 		t.Fatalf("site-sx is %s after lab up; want online", a)
 	}
 
+	// 1 % packet loss on the WAN link: never a false offline (T3).
+	base.ok("lab", "fault", "loss", "site-sx", "--percent", "1")
+	lossStart := time.Now()
+	for time.Since(lossStart) < 16*time.Second {
+		if a := availability(); a != "online" {
+			t.Fatalf("site-sx %s at 1 %% WAN loss after %s; want online", a, time.Since(lossStart).Round(time.Second))
+		}
+		<-time.After(time.Second)
+	}
+	base.ok("lab", "fault", "clear", "site-sx")
+
 	base.ok("lab", "fault", "partition", "site-sx")
 	cut := time.Now()
 	// Never on a single miss: still online two intervals (10 s) later.

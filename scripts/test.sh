@@ -46,6 +46,8 @@ install() {
   command -v runuser >/dev/null || missing+=(util-linux)
   command -v ip >/dev/null || missing+=(iproute2)
   command -v iptables >/dev/null || missing+=(iptables)
+  [ -x /usr/bin/chromium ] || missing+=(chromium)
+  command -v node >/dev/null || missing+=(nodejs npm)
   if [ ${#missing[@]} -gt 0 ]; then
     if [ "$(id -u)" != 0 ]; then
       echo "scripts/test.sh: missing Debian packages: ${missing[*]} (run as root to install them)" >&2
@@ -55,6 +57,10 @@ install() {
     DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${missing[@]}" >/dev/null
   fi
   go mod download
+  # Browser tests only: the product has no npm dependency.
+  if [ ! -d tests/browser/node_modules/playwright-core ]; then
+    npm ci --prefix tests/browser --no-audit --no-fund --loglevel=error
+  fi
   if ! staticcheck -version 2>/dev/null | grep -q "$STATICCHECK_VERSION"; then
     GOFLAGS= go install "$STATICCHECK_MODULE"
   fi
@@ -91,7 +97,11 @@ conformance() {
 }
 
 e2e() {
-  gotest e2e -count=1 ./cmd/petrel
+  gotest e2e -count=1 -skip TestBrowser ./cmd/petrel
+}
+
+browser() {
+  gotest browser -count=1 -run TestBrowser ./cmd/petrel
 }
 
 stage "installs" 300 install
@@ -99,6 +109,7 @@ stage "build, vet, staticcheck" 360 build
 stage "unit tests (-race)" 480 unit
 stage "store conformance" 120 conformance
 stage "end-to-end (CLI, lab)" 720 e2e
+stage "browser tests" 240 browser
 
 echo
 echo "=== stage times"

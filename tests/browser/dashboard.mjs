@@ -1,0 +1,79 @@
+// Dashboard test in a real browser: log in through the form, watch a
+// subcloud appear live (EventSource) without a reload, disappear when
+// deleted, and see a forged state change refused. Run by the Go test
+// TestBrowserDashboard, which starts central and passes:
+//   PETREL_URL, PETREL_TOKEN (admin API token), PETREL_ADMIN_PASSWORD_FILE,
+//   PETREL_SCREENSHOTS (a directory), NODE_EXTRA_CA_CERTS (central's CA).
+import { chromium } from "playwright-core";
+import { readFileSync } from "node:fs";
+
+const { PETREL_URL: base, PETREL_TOKEN: token, PETREL_ADMIN_PASSWORD_FILE: pwFile, PETREL_SCREENSHOTS: shots } = process.env;
+const password = readFileSync(pwFile, "utf8").trim();
+const fail = (msg) => { console.error("FAIL: " + msg); process.exitCode = 1; };
+const api = (method, path, body) => fetch(base + path, {
+  method, headers: { Authorization: "Bearer " + token, "Content-Type": "application/json" },
+  body: body ? JSON.stringify(body) : undefined,
+});
+
+const browser = await chromium.launch({
+  executablePath: process.env.CHROMIUM || "/usr/bin/chromium",
+  args: ["--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run", "--disable-background-networking",
+    "--disable-component-update", "--disable-sync"],
+});
+try {
+  const ctx = await browser.newContext({ ignoreHTTPSErrors: true, viewport: { width: 1200, height: 700 } });
+  const page = await ctx.newPage();
+  const errors = [];
+  page.on("pageerror", (e) => errors.push(e.message));
+  // Script errors fail the test; failed requests the test provokes (403, 503) do not.
+  page.on("console", (m) => { if (m.type() === "error" && !m.text().startsWith("Failed to load resource")) errors.push(m.text()); });
+  page.on("response", (res) => { if (res.status() === 404) errors.push("404 for " + res.url()); });
+
+  await page.goto(base + "/");
+  if (!page.url().endsWith("/ui/login")) fail("not sent to the login page: " + page.url());
+  await page.screenshot({ path: shots + "/login.png" });
+  await page.fill("input[name=username]", "admin");
+  await page.fill("input[name=password]", password);
+  await Promise.all([page.waitForURL(base + "/"), page.click("button[type=submit]")]);
+  await page.waitForSelector("#live:text('live')", { timeout: 5000 });
+
+  // A new subcloud appears live.
+  let t0 = Date.now();
+  let r = await api("POST", "/v1/subclouds", { name: "site-live", shape: "duplex" });
+  if (r.status !== 201) fail("create subcloud: " + r.status);
+  await page.waitForSelector('#fleet tr[data-name="site-live"]', { timeout: 3000 });
+  console.log(`row appeared ${Date.now() - t0} ms after the API call`);
+  const offline = await page.textContent('[data-count="offline"]');
+  if (offline !== "1") fail("offline count " + offline + "; want 1");
+  await page.screenshot({ path: shots + "/fleet.png" });
+
+  // The site page opens (its hosts come through the relay; this site never dialed home).
+  await page.click('a[href="/ui/sites/site-live"]');
+  await page.waitForSelector("#hosts tr.error", { timeout: 5000 });
+  await page.screenshot({ path: shots + "/site.png" });
+  await page.goBack();
+  await page.waitForSelector("#live:text('live')", { timeout: 5000 });
+
+  // A state change without the CSRF token is refused, even from the page.
+  const forged = await page.evaluate(async () =>
+    (await fetch("/v1/subclouds", { method: "POST", headers: { "Content-Type": "application/json" }, body: '{"name":"x","shape":"simplex"}' })).status);
+  if (forged !== 403) fail("POST without CSRF from the page: " + forged + "; want 403");
+
+  // Deleted: the row goes away live.
+  t0 = Date.now();
+  r = await api("DELETE", "/v1/subclouds/site-live");
+  if (r.status !== 204) fail("delete subcloud: " + r.status);
+  await page.waitForSelector('#fleet tr[data-name="site-live"]', { state: "detached", timeout: 3000 });
+  console.log(`row removed ${Date.now() - t0} ms after the API call`);
+
+  // Logging out ends the session.
+  await Promise.all([page.waitForURL(base + "/ui/login"), page.click(".logout button")]);
+  await page.goto(base + "/");
+  if (!page.url().endsWith("/ui/login")) fail("still logged in after logout");
+  if (errors.length) fail("browser errors: " + errors.join("; "));
+} catch (e) {
+  fail(e.stack || String(e));
+} finally {
+  await browser.close();
+}
+if (!process.exitCode) console.log("PASS: dashboard");

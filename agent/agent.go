@@ -9,15 +9,11 @@ package agent
 import (
 	"bytes"
 	"context"
-	"crypto/ecdsa"
-	"crypto/elliptic"
 	"crypto/rand"
 	"crypto/tls"
 	"crypto/x509"
-	"crypto/x509/pkix"
 	"encoding/hex"
 	"encoding/json"
-	"encoding/pem"
 	"errors"
 	"fmt"
 	"io"
@@ -31,6 +27,7 @@ import (
 	"time"
 
 	"github.com/petrel-edge/petrel/internal/atomicfile"
+	"github.com/petrel-edge/petrel/internal/pki"
 	"github.com/petrel-edge/petrel/inventory"
 )
 
@@ -238,17 +235,11 @@ func (a *Agent) ensureJoined(ctx context.Context) error {
 	if err != nil {
 		return fmt.Errorf("%w: not joined yet and no usable join token: %v", errJoinFatal, err)
 	}
-	key, err := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
+	keyPEM, csrPEM, err := pki.NewCSR(a.machineID)
 	if err != nil {
 		return err
 	}
-	csrDER, err := x509.CreateCertificateRequest(rand.Reader, &x509.CertificateRequest{
-		Subject: pkix.Name{CommonName: a.machineID}}, key)
-	if err != nil {
-		return err
-	}
-	req := inventory.JoinRequest{JoinToken: tok, MachineID: a.machineID,
-		CSR: string(pem.EncodeToMemory(&pem.Block{Type: "CERTIFICATE REQUEST", Bytes: csrDER}))}
+	req := inventory.JoinRequest{JoinToken: tok, MachineID: a.machineID, CSR: string(csrPEM)}
 	a.client = httpClient(pool, nil)
 	var resp inventory.JoinResponse
 	if err := a.do(ctx, http.MethodPost, "/v1/join", req, &resp); err != nil {
@@ -258,11 +249,6 @@ func (a *Agent) ensureJoined(ctx context.Context) error {
 		}
 		return err
 	}
-	keyDER, err := x509.MarshalPKCS8PrivateKey(key)
-	if err != nil {
-		return err
-	}
-	keyPEM := pem.EncodeToMemory(&pem.Block{Type: "PRIVATE KEY", Bytes: keyDER})
 	if err := atomicfile.Write(keyPath, keyPEM, 0o600); err != nil {
 		return err
 	}

@@ -12,6 +12,7 @@ import (
 	"log/slog"
 	"net"
 	"net/http"
+	"os"
 	"path/filepath"
 	"strings"
 	"sync"
@@ -67,6 +68,7 @@ type Central struct {
 	signer    *auth.AssertionSigner
 	siteLn    net.Listener
 	stream    *Stream
+	fleet     *pki.CA // issues site certificates; nil without a site listener
 
 	wmu    sync.Mutex
 	writes map[string]time.Time // last registry write per site
@@ -109,6 +111,7 @@ func New(ctx context.Context, cfg Config) (*Central, error) {
 			shell.Close()
 			return nil, err
 		}
+		c.fleet = fleet
 		pool := x509.NewCertPool()
 		pool.AddCert(fleet.Cert)
 		tlsCfg := shell.TLS.Clone()
@@ -250,6 +253,7 @@ func (c *Central) register(srv *rest.Server, a *auth.Service) {
 	srv.Handle("getSubcloud", http.MethodGet, "/v1/subclouds/{name}", a.Require(auth.Reader), c.getSubcloud)
 	srv.Handle("deleteSubcloud", http.MethodDelete, "/v1/subclouds/{name}", a.Require(auth.Admin), c.deleteSubcloud)
 	srv.HandleHTTP("stream", http.MethodGet, "/v1/stream", a.Require(auth.Reader), c.serveStream())
+	srv.Handle("issueSiteCertificate", http.MethodPost, "/v1/subclouds/{name}/certificate", a.Require(auth.Admin), c.issueSiteCertificate)
 	relay := c.relay()
 	for _, m := range []string{http.MethodGet, http.MethodPost, http.MethodPut, http.MethodPatch, http.MethodDelete} {
 		srv.HandleHTTP("relay"+m[:1]+strings.ToLower(m[1:]), m, "/v1/subclouds/{name}/api/{path:.*}", c.relayGuard, relay)
@@ -281,6 +285,62 @@ func (c *Central) createSubcloud(r *http.Request) (int, any, error) {
 	c.tracker.Add(sc.Name)
 	c.stream.Publish("subcloud", sc)
 	return http.StatusCreated, sc, nil
+}
+
+// SiteCertificateRequest is the body of POST /v1/subclouds/{name}/certificate.
+type SiteCertificateRequest struct {
+	CSR string `json:"csr"` // PEM; the site keeps its key
+}
+
+// SiteCredentials is what a site needs to dial home.
+type SiteCredentials struct {
+	Certificate    string          `json:"certificate"`      // PEM, CN = the site's name
+	CACertificate  string          `json:"ca_certificate"`   // verifies central's certificate
+	RelayPublicKey string          `json:"relay_public_key"` // verifies central's relay assertions
+	Detail         SiteCertificate `json:"detail"`
+}
+
+const siteCertTTL = 365 * 24 * time.Hour
+
+// issueSiteCertificate signs a site's CSR and makes the result the only
+// certificate its link accepts: issuing again revokes the previous one.
+func (c *Central) issueSiteCertificate(r *http.Request) (int, any, error) {
+	if c.fleet == nil {
+		return 0, nil, errs.Wrapf(errs.Unavailable, "central serves no site links (site_listen is not set)")
+	}
+	name := rest.Var(r, "name")
+	var req SiteCertificateRequest
+	if err := rest.DecodeJSON(r, &req); err != nil {
+		return 0, nil, err
+	}
+	if _, err := c.Subclouds.Subcloud(r.Context(), name); err != nil {
+		return 0, nil, err
+	}
+	certPEM, serial, err := c.fleet.SignClientCSR([]byte(req.CSR), name, "site", siteCertTTL)
+	if err != nil {
+		return 0, nil, errs.Field("csr", "%v", err)
+	}
+	now := time.Now().UTC()
+	detail := SiteCertificate{Serial: serial, IssuedAt: now, NotAfter: now.Add(siteCertTTL)}
+	if _, err := c.Subclouds.UpdateSubcloud(r.Context(), name, func(sc *Subcloud) error {
+		sc.Certificate = &detail
+		return nil
+	}); err != nil {
+		return 0, nil, err
+	}
+	if s := c.links.get(name); s != nil {
+		s.Close() // a link on the previous certificate ends now
+	}
+	ca, err := os.ReadFile(c.shell.CACert)
+	if err != nil {
+		return 0, nil, err
+	}
+	pub, err := os.ReadFile(filepath.Join(c.cfg.Shell.DataDir, RelayPublicKey))
+	if err != nil {
+		return 0, nil, err
+	}
+	return http.StatusCreated, SiteCredentials{Certificate: string(certPEM), CACertificate: string(ca),
+		RelayPublicKey: string(pub), Detail: detail}, nil
 }
 
 func (c *Central) deleteSubcloud(r *http.Request) (int, any, error) {

@@ -109,10 +109,16 @@ func (c *Central) serveLink(ctx context.Context, conn net.Conn) error {
 	if err != nil {
 		return fmt.Errorf("handshake: %w", err)
 	}
-	site := siteOf(tc.ConnectionState().PeerCertificates)
-	if _, err := c.Subclouds.Subcloud(ctx, site); err != nil {
+	chain := tc.ConnectionState().PeerCertificates
+	site := siteOf(chain)
+	sc, err := c.Subclouds.Subcloud(ctx, site)
+	if err != nil {
 		c.log.Warn("refused a site certificate for an unknown subcloud", "site", site, "remote", conn.RemoteAddr().String())
 		return fmt.Errorf("%w: %q is not a registered subcloud", ErrSiteIdentity, site)
+	}
+	if sc.Certificate == nil || chain[0].SerialNumber.Text(16) != sc.Certificate.Serial {
+		c.log.Warn("refused a revoked or superseded site certificate", "site", site, "remote", conn.RemoteAddr().String())
+		return fmt.Errorf("%w: %s presented a certificate that is not its current one", ErrSiteIdentity, site)
 	}
 	sess, err := yamux.Server(conn, yamuxConfig(c.log))
 	if err != nil {

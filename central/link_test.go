@@ -57,14 +57,34 @@ func plainClient(t *testing.T, c servertest.Daemon, token string) *client.Client
 	return cl
 }
 
-// siteFiles registers a site at central and issues its certificate.
+// siteFiles registers a site at central and has central issue its
+// certificate (the site's key stays here).
 func (f fleet) siteFiles(t *testing.T, name string) (cert, key string) {
 	t.Helper()
 	if err := f.admin.Do(context.Background(), http.MethodPost, "/v1/subclouds", nil,
 		central.CreateSubcloudRequest{Name: name, Shape: inventory.Simplex}, nil); err != nil {
 		t.Fatal(err)
 	}
-	return f.issue(t, name)
+	return f.certify(t, name)
+}
+
+// certify asks central for a site certificate, as a site being set up does.
+func (f fleet) certify(t *testing.T, name string) (cert, key string) {
+	t.Helper()
+	keyPEM, csrPEM, err := pki.NewCSR(name)
+	if err != nil {
+		t.Fatal(err)
+	}
+	var creds central.SiteCredentials
+	if err := f.admin.Do(context.Background(), http.MethodPost, "/v1/subclouds/"+name+"/certificate", nil,
+		central.SiteCertificateRequest{CSR: string(csrPEM)}, &creds); err != nil {
+		t.Fatal(err)
+	}
+	dir := t.TempDir()
+	cert, key = filepath.Join(dir, "site.crt"), filepath.Join(dir, "site.key")
+	os.WriteFile(cert, []byte(creds.Certificate), 0o600)
+	os.WriteFile(key, keyPEM, 0o600)
+	return cert, key
 }
 
 func (f fleet) issue(t *testing.T, name string) (cert, key string) {
@@ -242,6 +262,19 @@ func TestLinkIdentityIsTheCertificate(t *testing.T) {
 	ucert, ukey := f.issue(t, "site-unknown")
 	if m, err := dialAs(t, f, ucert, ukey, "site-unknown"); err == nil && m.Type == linkproto.TypeWelcome {
 		t.Errorf("an unregistered site was welcomed")
+	}
+	// A certificate from the fleet CA that central did not issue through
+	// its API (so never recorded) is refused; so is a superseded one.
+	rcert, rkey := f.issue(t, "site-a")
+	if m, err := dialAs(t, f, rcert, rkey, "site-a"); err == nil && m.Type == linkproto.TypeWelcome {
+		t.Errorf("an unrecorded site-a certificate was welcomed")
+	}
+	newCert, newKey := f.certify(t, "site-a")
+	if m, err := dialAs(t, f, cert, key, "site-a"); err == nil && m.Type == linkproto.TypeWelcome {
+		t.Errorf("site-a's revoked (superseded) certificate was welcomed")
+	}
+	if m, err := dialAs(t, f, newCert, newKey, "site-a"); err != nil || m.Type != linkproto.TypeWelcome {
+		t.Errorf("site-a's new certificate: %+v, %v; want welcome", m, err)
 	}
 	// A certificate from another CA: the TLS handshake fails.
 	other, _ := pki.LoadOrCreateCA(t.TempDir(), "not the fleet")

@@ -52,6 +52,14 @@ type AlarmSummary struct {
 	Warning  int `json:"warning"`
 }
 
+// SiteCertificate records the certificate central issued to a site; any
+// other certificate, including an earlier one, is refused on its link.
+type SiteCertificate struct {
+	Serial   string    `json:"serial"`
+	IssuedAt time.Time `json:"issued_at"`
+	NotAfter time.Time `json:"not_after"`
+}
+
 // HostCounts counts a subcloud's hosts, as it last reported them.
 type HostCounts struct {
 	Total          int            `json:"total"`
@@ -84,6 +92,7 @@ type Subcloud struct {
 	AlarmSummary    AlarmSummary          `json:"alarm_summary"`
 	Hosts           HostCounts            `json:"hosts"`
 	SoftwareVersion string                `json:"software_version"`
+	Certificate     *SiteCertificate      `json:"certificate"` // the one certificate its link may use
 	Status          Status                `json:"status"`
 	LastSeen        *time.Time            `json:"last_seen"`
 	CreatedAt       time.Time             `json:"created_at"`

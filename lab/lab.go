@@ -220,23 +220,8 @@ func Up(ctx context.Context, cfg Config) (_ *File, err error) {
 	}
 	f := &File{Version: 1, Dir: dir, CACert: caFile, Sites: []SiteEntry{}}
 
-	// Central, in the root namespace, with the fleet CA and relay key the
-	// sites need made first.
+	// Central, in the root namespace, with a listener for the sites' links.
 	centralDir := filepath.Join(dir, "central")
-	if err := os.MkdirAll(centralDir, 0o700); err != nil {
-		return nil, err
-	}
-	fleet, err := pki.LoadOrCreateCA(filepath.Join(centralDir, central.FleetCADir), "Petrel lab fleet CA")
-	if err != nil {
-		return nil, err
-	}
-	_, relayPub, err := auth.LoadOrCreateSigningKey(filepath.Join(centralDir, central.RelayKeyFile))
-	if err != nil {
-		return nil, err
-	}
-	if err := atomicfile.Write(filepath.Join(centralDir, central.RelayPublicKey), auth.EncodePublicKey(relayPub), 0o644); err != nil {
-		return nil, err
-	}
 	sitePort, err := freePort()
 	if err != nil {
 		return nil, err
@@ -268,7 +253,7 @@ func Up(ctx context.Context, cfg Config) (_ *File, err error) {
 		ctl, _ := hostnet.Addr(hostnet.Mgmt, i, 0)
 		ctlNS := net.HostNetns(sp.Name, "controller-0")
 		wan := netJoin(ctl.String(), WANPort)
-		home, err := siteHome(dir, sp.Name, fleet, wan)
+		home, err := siteHome(ctx, capi, dir, sp.Name, wan)
 		if err != nil {
 			return nil, err
 		}
@@ -406,20 +391,32 @@ func waitOnline(ctx context.Context, api *client.Client, site string, hosts int,
 	return fmt.Errorf("not online at central with its %d hosts within %s", hosts, limit)
 }
 
-// siteHome issues a site's certificate from the fleet CA and returns how
-// its controller dials home.
-func siteHome(dir, site string, fleet *pki.CA, wan string) (*homeInfo, error) {
+// siteHome has central issue a site's link certificate for a key made
+// here (as an operator setting up a site would) and returns how the site's
+// controller dials home.
+func siteHome(ctx context.Context, capi *client.Client, dir, site, wan string) (*homeInfo, error) {
 	p := pathsOf(dir, site, "controller-0")
 	if err := os.MkdirAll(p.f("home"), 0o700); err != nil {
 		return nil, err
 	}
-	is, err := fleet.IssueClient(site, 365*24*time.Hour)
+	keyPEM, csrPEM, err := pki.NewCSR(site)
 	if err != nil {
 		return nil, err
 	}
-	h := &homeInfo{Addr: wan, CACert: filepath.Join(dir, "ca", pki.CACertFile), CertFile: p.f("home/site.crt"),
-		KeyFile: p.f("home/site.key"), PublicKeyFile: filepath.Join(dir, "central", central.RelayPublicKey)}
-	return h, is.Write(h.CertFile, h.KeyFile)
+	var creds central.SiteCredentials
+	if err := capi.Do(ctx, http.MethodPost, "/v1/subclouds/"+site+"/certificate", nil,
+		central.SiteCertificateRequest{CSR: string(csrPEM)}, &creds); err != nil {
+		return nil, fmt.Errorf("lab: certificate for %s: %w", site, err)
+	}
+	h := &homeInfo{Addr: wan, CACert: p.f("home/central-ca.crt"), CertFile: p.f("home/site.crt"),
+		KeyFile: p.f("home/site.key"), PublicKeyFile: p.f("home/central-relay.pub.pem")}
+	for file, data := range map[string]string{h.KeyFile: string(keyPEM), h.CertFile: creds.Certificate,
+		h.CACert: creds.CACertificate, h.PublicKeyFile: creds.RelayPublicKey} {
+		if err := atomicfile.Write(file, []byte(data), 0o600); err != nil {
+			return nil, err
+		}
+	}
+	return h, nil
 }
 
 // waitReported polls the site until the host has reported its inventory.

@@ -238,3 +238,20 @@ func encodeKey(key *ecdsa.PrivateKey) ([]byte, error) {
 func pemBlock(typ string, der []byte) []byte {
 	return pem.EncodeToMemory(&pem.Block{Type: typ, Bytes: der})
 }
+
+// NewCSR makes a key and a certificate request for commonName; the key
+// stays with its owner, the request goes to the CA.
+func NewCSR(commonName string) (keyPEM, csrPEM []byte, err error) {
+	key, err := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
+	if err != nil {
+		return nil, nil, fmt.Errorf("pki: %w", err)
+	}
+	der, err := x509.CreateCertificateRequest(rand.Reader, &x509.CertificateRequest{Subject: pkix.Name{CommonName: commonName}}, key)
+	if err != nil {
+		return nil, nil, fmt.Errorf("pki: %w", err)
+	}
+	if keyPEM, err = encodeKey(key); err != nil {
+		return nil, nil, err
+	}
+	return keyPEM, pemBlock("CERTIFICATE REQUEST", der), nil
+}

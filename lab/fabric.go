@@ -7,8 +7,10 @@ import (
 	"log/slog"
 	"net"
 	"os"
+	"path/filepath"
 	"sync"
 	"syscall"
+	"time"
 
 	"sigs.k8s.io/yaml"
 
@@ -28,9 +30,58 @@ type Route struct {
 	Target   string `json:"target"` // inbound: an address inside Netns; outbound: 127.x.y.z:port
 }
 
+// WANFaultsFile sits beside the fabric's configuration.
+const WANFaultsFile = "wan-faults.yaml"
+
 // FabricConfig is the file `petrel lab fabric` serves.
 type FabricConfig struct {
 	Routes []Route `json:"routes"`
+}
+
+// WANFaults is the file (DIR/wan-faults.yaml) the fabric polls for each
+// outbound route's added delay, so `lab fault` can change it while the
+// fabric runs.
+type WANFaults struct {
+	DelayMS map[string]int `json:"delay_ms"` // route name -> one-way delay in ms
+}
+
+// delays holds the current delay of each route, read by the copy loops.
+type delays struct {
+	mu sync.RWMutex
+	ms map[string]int
+}
+
+func (d *delays) get(route string) time.Duration {
+	d.mu.RLock()
+	defer d.mu.RUnlock()
+	return time.Duration(d.ms[route]) * time.Millisecond
+}
+
+// watch reloads the faults file whenever it changes, until ctx ends.
+func (d *delays) watch(ctx context.Context, file string, log *slog.Logger) {
+	var last time.Time
+	for {
+		if fi, err := os.Stat(file); err == nil && fi.ModTime() != last {
+			last = fi.ModTime()
+			var f WANFaults
+			if b, err := os.ReadFile(file); err == nil && yaml.Unmarshal(b, &f) == nil {
+				d.mu.Lock()
+				d.ms = f.DelayMS
+				d.mu.Unlock()
+				log.Info("WAN faults", "delay_ms", f.DelayMS)
+			}
+		} else if err != nil && !last.IsZero() {
+			last = time.Time{}
+			d.mu.Lock()
+			d.ms = nil
+			d.mu.Unlock()
+		}
+		select {
+		case <-ctx.Done():
+			return
+		case <-time.After(200 * time.Millisecond):
+		}
+	}
 }
 
 // RunFabric serves every route until ctx ends, then closes every listener
@@ -52,6 +103,9 @@ func RunFabric(ctx context.Context, cfgFile string, log *slog.Logger) error {
 	}()
 	var wg sync.WaitGroup
 	defer wg.Wait()
+	dl := &delays{}
+	wg.Add(1)
+	go func() { defer wg.Done(); dl.watch(ctx, filepath.Join(filepath.Dir(cfgFile), WANFaultsFile), log) }()
 	for _, r := range cfg.Routes {
 		if r.Outbound {
 			ln, err := hostnet.ListenIn(ctx, r.Netns, r.Listen)
@@ -60,7 +114,8 @@ func RunFabric(ctx context.Context, cfgFile string, log *slog.Logger) error {
 			}
 			defer ln.Close()
 			wg.Add(1)
-			go func() { defer wg.Done(); serveOutbound(ctx, ln, r.Target, log.With("route", r.Name)) }()
+			delay := func() time.Duration { return dl.get(r.Name) }
+			go func() { defer wg.Done(); serveOutbound(ctx, ln, r.Target, delay, log.With("route", r.Name)) }()
 		} else {
 			f, err := hostnet.Forward(ctx, r.Listen, r.Netns, r.Target)
 			if err != nil {
@@ -76,7 +131,7 @@ func RunFabric(ctx context.Context, cfgFile string, log *slog.Logger) error {
 
 // serveOutbound relays connections accepted inside a namespace to target in
 // the root namespace until ctx ends; live connections close with it.
-func serveOutbound(ctx context.Context, ln net.Listener, target string, log *slog.Logger) {
+func serveOutbound(ctx context.Context, ln net.Listener, target string, delay func() time.Duration, log *slog.Logger) {
 	var wg sync.WaitGroup
 	defer wg.Wait()
 	go func() { <-ctx.Done(); ln.Close() }()
@@ -99,11 +154,45 @@ func serveOutbound(ctx context.Context, ln net.Listener, target string, log *slo
 			stop := context.AfterFunc(ctx, func() { in.Close(); out.Close() })
 			defer stop()
 			done := make(chan struct{}, 2)
-			go func() { io.Copy(out, in); done <- struct{}{} }()
-			go func() { io.Copy(in, out); done <- struct{}{} }()
+			go func() { delayedCopy(out, in, delay); done <- struct{}{} }()
+			go func() { delayedCopy(in, out, delay); done <- struct{}{} }()
 			<-done
 		}()
 	}
 }
 
 func sessionAttr() *syscall.SysProcAttr { return &syscall.SysProcAttr{Setsid: true} }
+
+// delayedCopy copies src to dst, delivering each chunk delay() after it was
+// read: a one-way WAN delay that does not throttle throughput (chunks in
+// flight overlap).
+func delayedCopy(dst io.Writer, src io.Reader, delay func() time.Duration) {
+	type chunk struct {
+		b   []byte
+		due time.Time
+	}
+	q := make(chan chunk, 256)
+	go func() {
+		defer close(q)
+		for {
+			b := make([]byte, 32<<10)
+			n, err := src.Read(b)
+			if n > 0 {
+				q <- chunk{b[:n], time.Now().Add(delay())}
+			}
+			if err != nil {
+				return
+			}
+		}
+	}()
+	for c := range q {
+		if d := time.Until(c.due); d > 0 {
+			time.Sleep(d)
+		}
+		if _, err := dst.Write(c.b); err != nil {
+			for range q { // drain so the reader can finish
+			}
+			return
+		}
+	}
+}

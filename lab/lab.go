@@ -671,7 +671,7 @@ func Down(ctx context.Context, dir string) error {
 	if err := teardownHosts(ctx, dir); err != nil {
 		return err
 	}
-	for _, sub := range []string{"central", "sites", "hosts", "ca", "logs", "fabric.yaml", fileName, stateDir} {
+	for _, sub := range []string{"central", "sites", "hosts", "ca", "logs", "fabric.yaml", WANFaultsFile, fileName, stateDir} {
 		if err := os.RemoveAll(filepath.Join(dir, sub)); err != nil {
 			return err
 		}

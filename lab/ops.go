@@ -6,8 +6,11 @@ import (
 	"fmt"
 	"os"
 	"os/exec"
+	"path/filepath"
 	"strings"
 	"time"
+
+	"sigs.k8s.io/yaml"
 
 	"github.com/petrel-edge/petrel/client"
 	"github.com/petrel-edge/petrel/inventory"
@@ -119,7 +122,7 @@ const wanChain = "petrel-wan"
 // wanFault partitions a site from central, drops a share of its WAN
 // packets, or clears both: real packet drops (iptables) on the WAN route's
 // port inside the site controller's namespace, in both directions.
-func wanFault(ctx context.Context, f *File, site, kind string, percent int) error {
+func wanFault(ctx context.Context, f *File, site, kind string, percent int, delay time.Duration) error {
 	var ns string
 	for _, s := range f.Sites {
 		if s.Name == site && len(s.Hosts) > 0 {
@@ -152,6 +155,12 @@ func wanFault(ctx context.Context, f *File, site, kind string, percent int) erro
 	if err := ipt("-F", wanChain); err != nil {
 		return err
 	}
+	if err := setWANDelay(f.Dir, site+"-wan", delay); err != nil {
+		return err
+	}
+	if kind == "loss" && percent == 0 && delay > 0 {
+		return nil // delay only
+	}
 	switch kind {
 	case "partition":
 		return ipt("-A", wanChain, "-j", "DROP")
@@ -169,7 +178,7 @@ func wanFault(ctx context.Context, f *File, site, kind string, percent int) erro
 // Fault injects a fault into SITE/HOST: power through the host's chassis,
 // hang/resume through its cgroup, link and loss faults on one network
 // (net "mgmt", "cluster" or "all").
-func Fault(ctx context.Context, dir, kind, target, netName string, percent int) error {
+func Fault(ctx context.Context, dir, kind, target, netName string, percent int, delay time.Duration) error {
 	f, err := Load(dir)
 	if err != nil {
 		return err
@@ -177,7 +186,7 @@ func Fault(ctx context.Context, dir, kind, target, netName string, percent int) 
 	site, host, ok := strings.Cut(target, "/")
 	if !ok {
 		// A site alone names its WAN link to central.
-		return wanFault(ctx, f, target, kind, percent)
+		return wanFault(ctx, f, target, kind, percent, delay)
 	}
 	si, hi := -1, -1
 	for i, s := range f.Sites {
@@ -260,4 +269,25 @@ func teardownHosts(ctx context.Context, dir string) error {
 		return fmt.Errorf("lab: left behind after teardown: %s", strings.Join(leaks, ", "))
 	}
 	return nil
+}
+
+// setWANDelay records a route's one-way delay where the fabric reads it
+// (zero removes it).
+func setWANDelay(dir, route string, delay time.Duration) error {
+	file := filepath.Join(dir, WANFaultsFile)
+	var f WANFaults
+	if b, err := os.ReadFile(file); err == nil {
+		if err := yaml.Unmarshal(b, &f); err != nil {
+			return err
+		}
+	}
+	if f.DelayMS == nil {
+		f.DelayMS = map[string]int{}
+	}
+	if delay > 0 {
+		f.DelayMS[route] = int(delay / time.Millisecond)
+	} else {
+		delete(f.DelayMS, route)
+	}
+	return writeYAML(file, f)
 }

@@ -148,12 +148,13 @@ func (a *app) labCmd() *cobra.Command {
 	}
 	var faultNet string
 	var faultPercent int
+	var faultDelay time.Duration
 	fault := &cobra.Command{
 		Use:   "fault KIND SITE/HOST|SITE [--net mgmt|cluster|all] [--percent N]",
 		Short: "Inject a fault: power-off, power-on, power-cycle, hang, resume, link-down, link-up, loss, clear (a host); partition, loss, clear (a site's WAN link)",
 		Args:  exactArgs(2, "KIND", "SITE/HOST|SITE"),
 		RunE: func(cmd *cobra.Command, args []string) error {
-			if err := lab.Fault(cmd.Context(), a.labDir(dir), args[0], args[1], faultNet, faultPercent); err != nil {
+			if err := lab.Fault(cmd.Context(), a.labDir(dir), args[0], args[1], faultNet, faultPercent, faultDelay); err != nil {
 				return err
 			}
 			fmt.Fprintf(a.stdout, "%s %s: done.\n", args[0], args[1])
@@ -162,6 +163,7 @@ func (a *app) labCmd() *cobra.Command {
 	}
 	fault.Flags().StringVar(&faultNet, "net", "all", "network: mgmt, cluster or all")
 	fault.Flags().IntVar(&faultPercent, "percent", 0, "packet loss percentage (loss)")
+	fault.Flags().DurationVar(&faultDelay, "delay", 0, "one-way delay added on a site's WAN link (loss SITE; --percent may be 0)")
 	var fabricCfg string
 	fabric := &cobra.Command{
 		Use:    "fabric --config FILE",

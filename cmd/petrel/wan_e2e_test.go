@@ -46,6 +46,31 @@ func TestPartitionedSiteGoesOfflineAndReturns(t *testing.T) {
 		t.Fatalf("site-sx is %s after lab up; want online", a)
 	}
 
+	// A one-way WAN delay of 300 ms slows relayed calls by at least a round
+	// trip, and the site stays online.
+	timed := func() time.Duration {
+		start := time.Now()
+		central.ok("--site", "site-sx", "version")
+		return time.Since(start)
+	}
+	base0 := timed()
+	base.ok("lab", "fault", "loss", "site-sx", "--percent", "0", "--delay", "300ms")
+	var slowed time.Duration
+	deadline := time.Now().Add(5 * time.Second)
+	for time.Now().Before(deadline) { // the fabric picks the change up within a fraction of a second
+		if slowed = timed(); slowed >= base0+600*time.Millisecond {
+			break
+		}
+	}
+	t.Logf("relayed call: %s without delay, %s with 300 ms one-way WAN delay", base0.Round(time.Millisecond), slowed.Round(time.Millisecond))
+	if slowed < base0+600*time.Millisecond {
+		t.Errorf("with 300 ms one-way delay a relayed call took %s (%s without)", slowed, base0)
+	}
+	if a := availability(); a != "online" {
+		t.Errorf("site-sx %s with WAN delay; want online", a)
+	}
+	base.ok("lab", "fault", "clear", "site-sx")
+
 	// 1 % packet loss on the WAN link: never a false offline (T3).
 	base.ok("lab", "fault", "loss", "site-sx", "--percent", "1")
 	lossStart := time.Now()

@@ -8,6 +8,7 @@ import (
 	"context"
 	"time"
 
+	"github.com/petrel-edge/petrel/internal/errs"
 	"github.com/petrel-edge/petrel/internal/rest"
 )
 
@@ -54,6 +55,15 @@ type Event struct {
 type EventStore interface {
 	AppendEvent(ctx context.Context, e Event) error
 	// Events lists events newest first, filtered by the list options'
-	// filters (type, alarm_id, entity_instance_id).
+	// filters (EventFilters).
 	Events(ctx context.Context, opts rest.ListOptions) ([]Event, string, error)
+	Event(ctx context.Context, uuid string) (Event, error)
 }
+
+// EventFilters are the filters Events accepts: exact type, alarm_id,
+// user; entity_instance_id as a prefix; since and until as RFC 3339 times
+// (since inclusive, until exclusive).
+var EventFilters = []string{"type", "alarm_id", "entity_instance_id", "user", "since", "until"}
+
+// ErrEventNotFound reports an unknown event.
+var ErrEventNotFound = errs.New(errs.NotFound, "event not found")

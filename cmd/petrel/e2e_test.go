@@ -173,6 +173,11 @@ func TestEndToEndThroughTheCLI(t *testing.T) {
 	if out := admin.ok("user", "list"); !strings.Contains(out, "rita") || !strings.Contains(out, "reader") {
 		t.Errorf("user list:\n%s", out)
 	}
+	// The change is in the audit history.
+	if out := admin.ok("event", "list", "--type", "audit", "--since", "10m"); !strings.Contains(out, "createUser") || !strings.Contains(out, "admin") {
+		t.Errorf("event list --type audit:\n%s", out)
+	}
+	admin.exit(1, "event", "list", "--type", "gossip")
 	readerTok := strings.TrimSpace(admin.with("PETREL_TOKEN=").ok("login", "-u", "rita", "--password-file", pwFile, "--print-token"))
 	reader := admin.with("PETREL_TOKEN=" + readerTok)
 	reader.ok("subcloud", "list")

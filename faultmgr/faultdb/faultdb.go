@@ -4,10 +4,15 @@ package faultdb
 
 import (
 	"context"
+	"errors"
 	"fmt"
+	"strings"
 	"time"
 
+	"gorm.io/gorm"
+
 	"github.com/petrel-edge/petrel/faultmgr"
+	"github.com/petrel-edge/petrel/internal/errs"
 	"github.com/petrel-edge/petrel/internal/rest"
 	"github.com/petrel-edge/petrel/internal/sqldb"
 )
@@ -54,9 +59,21 @@ func (s *Store) AppendEvent(ctx context.Context, e faultmgr.Event) error {
 
 func (s *Store) Events(ctx context.Context, opts rest.ListOptions) ([]faultmgr.Event, string, error) {
 	q := s.db.WithContext(ctx).Model(&eventRow{})
-	for field, col := range map[string]string{"type": "type", "alarm_id": "alarm_id", "entity_instance_id": "entity_instance_id", "user": "user_name"} {
+	for field, col := range map[string]string{"type": "type", "alarm_id": "alarm_id", "user": "user_name"} {
 		if v, ok := opts.Filters[field]; ok {
 			q = q.Where(col+" = ?", v)
+		}
+	}
+	if v, ok := opts.Filters["entity_instance_id"]; ok {
+		q = q.Where("entity_instance_id LIKE ? ESCAPE '\\'", likePrefix(v))
+	}
+	for field, op := range map[string]string{"since": ">=", "until": "<"} {
+		if v, ok := opts.Filters[field]; ok {
+			at, err := time.Parse(time.RFC3339Nano, v)
+			if err != nil {
+				return nil, "", errs.Field(field, "must be an RFC 3339 time, e.g. 2026-11-25T10:00:00Z")
+			}
+			q = q.Where("timestamp "+op+" ?", at.UTC())
 		}
 	}
 	if opts.After != "" {
@@ -69,10 +86,32 @@ func (s *Store) Events(ctx context.Context, opts rest.ListOptions) ([]faultmgr.E
 	rows, next := sqldb.Trim(rows, opts.Limit, func(r eventRow) string { return r.UUID })
 	out := make([]faultmgr.Event, len(rows))
 	for i, r := range rows {
-		out[i] = faultmgr.Event{UUID: r.UUID, Type: faultmgr.EventType(r.Type), AlarmID: r.AlarmID,
-			EntityInstanceID: r.EntityInstanceID, Severity: r.Severity, ReasonText: r.ReasonText, User: r.UserName,
-			Role: r.Role, Action: r.Action, Target: r.Target, Result: r.Result, RequestID: r.RequestID,
-			Timestamp: r.Timestamp.UTC(), Site: r.Site}
+		out[i] = toEvent(r)
 	}
 	return out, next, nil
+}
+
+func toEvent(r eventRow) faultmgr.Event {
+	return faultmgr.Event{UUID: r.UUID, Type: faultmgr.EventType(r.Type), AlarmID: r.AlarmID,
+		EntityInstanceID: r.EntityInstanceID, Severity: r.Severity, ReasonText: r.ReasonText, User: r.UserName,
+		Role: r.Role, Action: r.Action, Target: r.Target, Result: r.Result, RequestID: r.RequestID,
+		Timestamp: r.Timestamp.UTC(), Site: r.Site}
+}
+
+func (s *Store) Event(ctx context.Context, id string) (faultmgr.Event, error) {
+	var r eventRow
+	err := s.db.WithContext(ctx).Where("uuid = ?", id).Take(&r).Error
+	if errors.Is(err, gorm.ErrRecordNotFound) {
+		return faultmgr.Event{}, fmt.Errorf("%w: %s", faultmgr.ErrEventNotFound, id)
+	}
+	if err != nil {
+		return faultmgr.Event{}, err
+	}
+	return toEvent(r), nil
+}
+
+// likePrefix makes a LIKE pattern matching values that start with p.
+func likePrefix(p string) string {
+	r := strings.NewReplacer(`\`, `\\`, `%`, `\%`, `_`, `\_`)
+	return r.Replace(p) + "%"
 }

@@ -290,6 +290,31 @@ func (s *Server) registerCommon() {
 		return http.StatusOK, VersionInfo{Info: version.Get(), Daemon: s.cfg.Daemon, Site: s.cfg.Site}, nil
 	})
 	s.Auth.Register(s.REST)
+	s.REST.Handle("listEvents", http.MethodGet, "/v1/events", s.Auth.Require(auth.Reader), s.listEvents)
+	s.REST.Handle("getEvent", http.MethodGet, "/v1/events/{uuid}", s.Auth.Require(auth.Reader), s.getEvent)
+}
+
+func (s *Server) listEvents(r *http.Request) (int, any, error) {
+	opts, err := rest.ParseList(r, faultmgr.EventFilters...)
+	if err != nil {
+		return 0, nil, err
+	}
+	if t, ok := opts.Filters["type"]; ok && !faultmgr.EventType(t).Valid() {
+		return 0, nil, errs.Field("type", "must be set, clear, log or audit")
+	}
+	evs, next, err := s.Events.Events(r.Context(), opts)
+	if err != nil {
+		return 0, nil, err
+	}
+	return http.StatusOK, rest.List[faultmgr.Event]{Items: evs, NextPageToken: rest.EncodePageToken(next)}, nil
+}
+
+func (s *Server) getEvent(r *http.Request) (int, any, error) {
+	ev, err := s.Events.Event(r.Context(), rest.Var(r, "uuid"))
+	if err != nil {
+		return 0, nil, err
+	}
+	return http.StatusOK, ev, nil
 }
 
 // VersionInfo is the body of GET /v1/version.

@@ -1,0 +1,83 @@
+package main
+
+import (
+	"fmt"
+	"net/http"
+	"net/url"
+	"time"
+
+	"github.com/spf13/cobra"
+
+	"github.com/petrel-edge/petrel/faultmgr"
+)
+
+func (a *app) alarmCmd() *cobra.Command {
+	var markdown bool
+	catalogue := &cobra.Command{
+		Use:   "catalogue [--markdown]",
+		Short: "List every alarm this binary may raise (docs/alarms.md is --markdown)",
+		Args:  noArgs,
+		RunE: func(cmd *cobra.Command, _ []string) error {
+			c, err := faultmgr.LoadCatalog(faultmgr.EmbeddedCatalog())
+			if err != nil {
+				return err
+			}
+			if markdown {
+				_, err := a.stdout.Write(c.Markdown())
+				return err
+			}
+			for _, d := range c.All() {
+				fmt.Fprintf(a.stdout, "%s  %-8s  %-13s  %s\n", d.ID, d.Severity, d.Entity, d.Reason)
+			}
+			return nil
+		},
+	}
+	catalogue.Flags().BoolVar(&markdown, "markdown", false, "print docs/alarms.md")
+	return group("alarm", "Alarms (more verbs arrive with fault management)", catalogue)
+}
+
+func (a *app) eventCmd() *cobra.Command {
+	var typ, alarmID, entity, user string
+	var since, until time.Duration
+	var limit int
+	list := &cobra.Command{
+		Use:   "list [--type set|clear|log|audit] [--alarm-id ID] [--entity PREFIX] [--user U] [--since 1h] [--until 10m]",
+		Short: "The event history, newest first (audit events: --type audit)",
+		Args:  noArgs,
+		RunE: func(cmd *cobra.Command, _ []string) error {
+			q := url.Values{}
+			for k, v := range map[string]string{"type": typ, "alarm_id": alarmID, "entity_instance_id": entity, "user": user} {
+				if v != "" {
+					q.Set(k, v)
+				}
+			}
+			now := time.Now().UTC()
+			if since > 0 {
+				q.Set("since", now.Add(-since).Format(time.RFC3339Nano))
+			}
+			if until > 0 {
+				q.Set("until", now.Add(-until).Format(time.RFC3339Nano))
+			}
+			if limit == 0 {
+				limit = 100 // newest first: the latest hundred unless asked for more
+			}
+			return a.list(cmd, "/v1/events", q, limit, "timestamp", "type", "alarm_id", "entity_instance_id", "user", "action", "result", "reason_text")
+		},
+	}
+	list.Flags().StringVar(&typ, "type", "", "set, clear, log or audit")
+	list.Flags().StringVar(&alarmID, "alarm-id", "", "only this alarm ID")
+	list.Flags().StringVar(&entity, "entity", "", "entity instance ID prefix, e.g. host=worker-1")
+	list.Flags().StringVar(&user, "user", "", "only events by this user")
+	list.Flags().DurationVar(&since, "since", 0, "only events newer than this long ago")
+	list.Flags().DurationVar(&until, "until", 0, "only events older than this long ago")
+	list.Flags().IntVar(&limit, "limit", 0, "at most this many (default 100)")
+	show := &cobra.Command{
+		Use:   "show UUID",
+		Short: "Show an event",
+		Args:  exactArgs(1, "UUID"),
+		RunE: func(cmd *cobra.Command, args []string) error {
+			return a.call(cmd, http.MethodGet, "/v1/events/"+url.PathEscape(args[0]), nil)
+		},
+	}
+	return group("event", "The event history: alarm sets and clears, logs, audit", list, show)
+}

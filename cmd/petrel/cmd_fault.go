@@ -4,6 +4,7 @@ import (
 	"fmt"
 	"net/http"
 	"net/url"
+	"strings"
 	"time"
 
 	"github.com/spf13/cobra"
@@ -33,7 +34,87 @@ func (a *app) alarmCmd() *cobra.Command {
 		},
 	}
 	catalogue.Flags().BoolVar(&markdown, "markdown", false, "print docs/alarms.md")
-	return group("alarm", "Alarms (more verbs arrive with fault management)", catalogue)
+
+	var limit int
+	list := &cobra.Command{Use: "list", Short: "Active alarms, newest first", Args: noArgs}
+	query := filterFlags(list, "severity", "alarm_id", "mgmt_affecting", "suppressed")
+	var entity string
+	list.Flags().StringVar(&entity, "entity", "", "entity instance ID prefix, e.g. host=worker-1")
+	list.Flags().IntVar(&limit, "limit", 0, "at most this many (default all)")
+	list.RunE = func(cmd *cobra.Command, _ []string) error {
+		q := query()
+		if entity != "" {
+			q.Set("entity_instance_id", entity)
+		}
+		return a.list(cmd, "/v1/alarms", q, limit, "uuid", "alarm_id", "severity", "entity_instance_id", "reason_text", "suppressed", "acked_by", "timestamp")
+	}
+	show := &cobra.Command{
+		Use: "show UUID", Short: "Show an alarm", Args: exactArgs(1, "UUID"),
+		RunE: func(cmd *cobra.Command, args []string) error {
+			return a.call(cmd, http.MethodGet, "/v1/alarms/"+url.PathEscape(args[0]), nil)
+		},
+	}
+	del := &cobra.Command{
+		Use: "delete UUID", Short: "Clear an alarm by hand", Args: exactArgs(1, "UUID"),
+		RunE: func(cmd *cobra.Command, args []string) error {
+			if err := a.call(cmd, http.MethodDelete, "/v1/alarms/"+url.PathEscape(args[0]), nil); err != nil {
+				return err
+			}
+			fmt.Fprintf(a.stdout, "Cleared alarm %s.\n", args[0])
+			return nil
+		},
+	}
+	summary := &cobra.Command{
+		Use: "summary", Short: "Active, unsuppressed alarms per severity", Args: noArgs,
+		RunE: func(cmd *cobra.Command, _ []string) error {
+			return a.call(cmd, http.MethodGet, "/v1/alarms/summary", nil)
+		},
+	}
+	ack := &cobra.Command{
+		Use: "ack UUID", Short: "Acknowledge an alarm", Args: exactArgs(1, "UUID"),
+		RunE: func(cmd *cobra.Command, args []string) error {
+			return a.call(cmd, http.MethodPost, "/v1/alarms/"+url.PathEscape(args[0])+"/ack", nil)
+		},
+	}
+	suppress := &cobra.Command{
+		Use: "suppress ALARM_ID", Short: "Suppress an alarm ID (it stays listed, out of summaries)", Args: exactArgs(1, "ALARM_ID"),
+		RunE: func(cmd *cobra.Command, args []string) error {
+			if err := a.call(cmd, http.MethodPut, "/v1/alarm-suppressions/"+url.PathEscape(args[0]), nil); err != nil {
+				return err
+			}
+			fmt.Fprintf(a.stdout, "Suppressed %s.\n", args[0])
+			return nil
+		},
+	}
+	unsuppress := &cobra.Command{
+		Use: "unsuppress ALARM_ID", Short: "Stop suppressing an alarm ID", Args: exactArgs(1, "ALARM_ID"),
+		RunE: func(cmd *cobra.Command, args []string) error {
+			if err := a.call(cmd, http.MethodDelete, "/v1/alarm-suppressions/"+url.PathEscape(args[0]), nil); err != nil {
+				return err
+			}
+			fmt.Fprintf(a.stdout, "Unsuppressed %s.\n", args[0])
+			return nil
+		},
+	}
+	var fields []string
+	raise := &cobra.Command{
+		Use:   "raise ALARM_ID ENTITY [--field key=value]...",
+		Short: "Raise an alarm from the catalogue (integrations, tests)",
+		Args:  exactArgs(2, "ALARM_ID", "ENTITY"),
+		RunE: func(cmd *cobra.Command, args []string) error {
+			f := map[string]string{}
+			for _, kv := range fields {
+				k, v, ok := strings.Cut(kv, "=")
+				if !ok {
+					return usagef("--field %q: want key=value", kv)
+				}
+				f[k] = v
+			}
+			return a.call(cmd, http.MethodPost, "/v1/alarms", map[string]any{"alarm_id": args[0], "entity_instance_id": args[1], "fields": f})
+		},
+	}
+	raise.Flags().StringArrayVar(&fields, "field", nil, "fill a {placeholder} of the reason")
+	return group("alarm", "Alarms: list, acknowledge, suppress; the catalogue", list, show, del, summary, ack, suppress, unsuppress, raise, catalogue)
 }
 
 func (a *app) eventCmd() *cobra.Command {

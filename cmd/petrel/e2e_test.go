@@ -178,6 +178,29 @@ func TestEndToEndThroughTheCLI(t *testing.T) {
 		t.Errorf("event list --type audit:\n%s", out)
 	}
 	admin.exit(1, "event", "list", "--type", "gossip")
+
+	// Alarms at a site: raise, list, summary, suppress, clear.
+	site.ok("alarm", "raise", "100.104", "host=worker-0.filesystem=/var", "--field", "threshold=90")
+	if out := site.ok("alarm", "list"); !strings.Contains(out, "100.104") || !strings.Contains(out, "/var of worker-0 above 90% full") {
+		t.Errorf("alarm list:\n%s", out)
+	}
+	var sum struct{ Major int }
+	json.Unmarshal([]byte(site.ok("alarm", "summary", "-o", "json")), &sum)
+	if sum.Major != 1 {
+		t.Errorf("alarm summary major = %d; want 1", sum.Major)
+	}
+	site.exit(1, "alarm", "raise", "123.456", "host=x")
+	site.exit(1, "alarm", "suppress", "200.004")
+	site.ok("alarm", "suppress", "100.104")
+	var alarms struct{ Items []struct{ UUID string } }
+	json.Unmarshal([]byte(site.ok("alarm", "list", "--suppressed", "true", "-o", "json")), &alarms)
+	if len(alarms.Items) != 1 {
+		t.Fatalf("suppressed alarms = %+v", alarms.Items)
+	}
+	site.ok("alarm", "delete", alarms.Items[0].UUID)
+	if out := site.ok("event", "list", "--alarm-id", "100.104"); strings.Count(out, "100.104") != 2 {
+		t.Errorf("events of 100.104 (set, clear):\n%s", out)
+	}
 	readerTok := strings.TrimSpace(admin.with("PETREL_TOKEN=").ok("login", "-u", "rita", "--password-file", pwFile, "--print-token"))
 	reader := admin.with("PETREL_TOKEN=" + readerTok)
 	reader.ok("subcloud", "list")

@@ -43,7 +43,7 @@ var _ faultmgr.EventStore = (*Store)(nil)
 
 // Open migrates the schema and returns the store.
 func Open(ctx context.Context, db *sqldb.DB) (*Store, error) {
-	if err := db.WithContext(ctx).AutoMigrate(&eventRow{}); err != nil {
+	if err := db.WithContext(ctx).AutoMigrate(&eventRow{}, &alarmRow{}, &suppressionRow{}); err != nil {
 		return nil, fmt.Errorf("faultdb: migrate: %w", err)
 	}
 	return &Store{db: db}, nil

@@ -68,6 +68,7 @@ type Server struct {
 	DB       *sqldb.DB
 	Auth     *auth.Service
 	Events   faultmgr.EventStore
+	Alarms   *faultmgr.Manager
 	REST     *rest.Server
 	Registry *prometheus.Registry
 	CACert   string      // file clients trust
@@ -116,7 +117,17 @@ func New(ctx context.Context, cfg Config) (_ *Server, err error) {
 	if err != nil {
 		return nil, err
 	}
-	if s.Events, err = faultdb.Open(ctx, s.DB); err != nil {
+	fdb, err := faultdb.Open(ctx, s.DB)
+	if err != nil {
+		return nil, err
+	}
+	s.Events = fdb
+	cat, err := faultmgr.LoadCatalog(faultmgr.EmbeddedCatalog())
+	if err != nil {
+		return nil, err
+	}
+	if s.Alarms, err = faultmgr.NewManager(faultmgr.Config{Catalog: cat, Store: fdb, Site: cfg.Site,
+		Logger: cfg.Logger.With("component", "faultmgr")}); err != nil {
 		return nil, err
 	}
 	if s.Auth, err = auth.New(auth.Config{Store: authStore, Logger: cfg.Logger, LoginTTL: cfg.TokenTTL}); err != nil {
@@ -245,6 +256,9 @@ func (s *Server) Ready() <-chan struct{} { return s.ready }
 func (s *Server) Run(ctx context.Context) error {
 	errc := make(chan error, 1)
 	go func() { errc <- s.http.Serve(s.ln) }()
+	actx, stopAlarms := context.WithCancel(context.Background())
+	alarmsDone := make(chan struct{})
+	go func() { defer close(alarmsDone); s.Alarms.Run(actx) }()
 	close(s.ready)
 	s.cfg.Logger.Info("serving", "daemon", s.cfg.Daemon, "url", s.URL(), "ca_cert", s.CACert)
 	var err error
@@ -256,6 +270,10 @@ func (s *Server) Run(ctx context.Context) error {
 		cancel()
 		<-errc
 	}
+	// The alarm writer stops after the HTTP server (no call waits on it)
+	// and before the store closes (its last batch commits).
+	stopAlarms()
+	<-alarmsDone
 	s.Close()
 	if errors.Is(err, http.ErrServerClosed) {
 		err = nil
@@ -290,6 +308,7 @@ func (s *Server) registerCommon() {
 		return http.StatusOK, VersionInfo{Info: version.Get(), Daemon: s.cfg.Daemon, Site: s.cfg.Site}, nil
 	})
 	s.Auth.Register(s.REST)
+	s.registerAlarms()
 	s.REST.Handle("listEvents", http.MethodGet, "/v1/events", s.Auth.Require(auth.Reader), s.listEvents)
 	s.REST.Handle("getEvent", http.MethodGet, "/v1/events/{uuid}", s.Auth.Require(auth.Reader), s.getEvent)
 }

@@ -1,0 +1,275 @@
+package faultdb
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"strconv"
+	"time"
+
+	"github.com/google/uuid"
+	"gorm.io/gorm"
+
+	"github.com/petrel-edge/petrel/faultmgr"
+	"github.com/petrel-edge/petrel/internal/errs"
+	"github.com/petrel-edge/petrel/internal/page"
+	"github.com/petrel-edge/petrel/internal/sqldb"
+)
+
+type alarmRow struct {
+	UUID             string `gorm:"primaryKey;size:36"` // UUIDv7 of the first raise
+	AlarmID          string `gorm:"size:16;not null;uniqueIndex:alarm_key;index"`
+	EntityInstanceID string `gorm:"size:255;not null;uniqueIndex:alarm_key"`
+	Severity         string `gorm:"size:16;index"`
+	ReasonText       string
+	AlarmType        string `gorm:"size:64"`
+	ProbableCause    string `gorm:"size:64"`
+	Repair           string
+	ServiceAffecting bool
+	MgmtAffecting    string `gorm:"size:16"`
+	DegradeAffecting string `gorm:"size:16"`
+	AckedBy          string `gorm:"size:63"`
+	AckedAt          *time.Time
+	Timestamp        time.Time
+	Site             string `gorm:"size:63"`
+}
+
+func (alarmRow) TableName() string { return "fm_alarms" }
+
+type suppressionRow struct {
+	AlarmID   string `gorm:"primaryKey;size:16"`
+	UserName  string `gorm:"size:63"`
+	CreatedAt time.Time
+}
+
+func (suppressionRow) TableName() string { return "fm_suppressions" }
+
+var _ faultmgr.AlarmStore = (*Store)(nil)
+
+func toAlarm(r alarmRow, suppressed bool) faultmgr.Alarm {
+	a := faultmgr.Alarm{UUID: r.UUID, AlarmID: r.AlarmID, EntityInstanceID: r.EntityInstanceID,
+		Severity: faultmgr.Severity(r.Severity), ReasonText: r.ReasonText, AlarmType: r.AlarmType,
+		ProbableCause: r.ProbableCause, ProposedRepairAction: r.Repair, ServiceAffecting: r.ServiceAffecting,
+		MgmtAffecting: r.MgmtAffecting, DegradeAffecting: r.DegradeAffecting, Suppressed: suppressed,
+		AckedBy: r.AckedBy, Timestamp: r.Timestamp.UTC(), Site: r.Site}
+	if r.AckedAt != nil {
+		at := r.AckedAt.UTC()
+		a.AckedAt = &at
+	}
+	return a
+}
+
+func fromAlarm(a faultmgr.Alarm, at time.Time) alarmRow {
+	return alarmRow{UUID: a.UUID, AlarmID: a.AlarmID, EntityInstanceID: a.EntityInstanceID, Severity: string(a.Severity),
+		ReasonText: a.ReasonText, AlarmType: a.AlarmType, ProbableCause: a.ProbableCause, Repair: a.ProposedRepairAction,
+		ServiceAffecting: a.ServiceAffecting, MgmtAffecting: a.MgmtAffecting, DegradeAffecting: a.DegradeAffecting,
+		Timestamp: at, Site: a.Site}
+}
+
+func event(typ faultmgr.EventType, a faultmgr.Alarm, site string, at time.Time) eventRow {
+	id, _ := uuid.NewV7()
+	return eventRow{UUID: id.String(), Type: string(typ), AlarmID: a.AlarmID, EntityInstanceID: a.EntityInstanceID,
+		Severity: string(a.Severity), ReasonText: a.ReasonText, Timestamp: at, Site: site}
+}
+
+func (s *Store) ApplyAlarmOps(ctx context.Context, ops []faultmgr.Op, site string, at time.Time) ([]faultmgr.OpResult, error) {
+	res := make([]faultmgr.OpResult, len(ops))
+	err := s.db.WithContext(ctx).Transaction(func(tx *gorm.DB) error {
+		var events []eventRow
+		for i, op := range ops {
+			switch op.Kind {
+			case faultmgr.OpRaise:
+				var cur alarmRow
+				err := tx.Where("alarm_id = ? AND entity_instance_id = ?", op.Alarm.AlarmID, op.Alarm.EntityInstanceID).Take(&cur).Error
+				switch {
+				case errors.Is(err, gorm.ErrRecordNotFound):
+					row := fromAlarm(op.Alarm, at)
+					if err := tx.Create(&row).Error; err != nil {
+						return err
+					}
+					res[i] = faultmgr.OpResult{Alarm: toAlarm(row, false), Changed: true}
+					events = append(events, event(faultmgr.EventSet, op.Alarm, site, at))
+				case err != nil:
+					return err
+				case cur.Severity == string(op.Alarm.Severity) && cur.ReasonText == op.Alarm.ReasonText:
+					res[i] = faultmgr.OpResult{Alarm: toAlarm(cur, false)} // idempotent: nothing changes
+				default:
+					if err := tx.Model(&alarmRow{}).Where("uuid = ?", cur.UUID).Updates(map[string]any{
+						"severity": string(op.Alarm.Severity), "reason_text": op.Alarm.ReasonText, "timestamp": at}).Error; err != nil {
+						return err
+					}
+					cur.Severity, cur.ReasonText, cur.Timestamp = string(op.Alarm.Severity), op.Alarm.ReasonText, at
+					res[i] = faultmgr.OpResult{Alarm: toAlarm(cur, false), Changed: true}
+					events = append(events, event(faultmgr.EventSet, op.Alarm, site, at))
+				}
+			case faultmgr.OpClear:
+				var cur alarmRow
+				err := tx.Where("alarm_id = ? AND entity_instance_id = ?", op.Alarm.AlarmID, op.Alarm.EntityInstanceID).Take(&cur).Error
+				if errors.Is(err, gorm.ErrRecordNotFound) {
+					continue // clearing an absent alarm is a no-op
+				}
+				if err != nil {
+					return err
+				}
+				if err := tx.Delete(&alarmRow{}, "uuid = ?", cur.UUID).Error; err != nil {
+					return err
+				}
+				a := toAlarm(cur, false)
+				res[i] = faultmgr.OpResult{Alarm: a, Changed: true}
+				events = append(events, event(faultmgr.EventClear, a, site, at))
+			case faultmgr.OpClearPrefix:
+				var rows []alarmRow
+				if err := tx.Where("entity_instance_id LIKE ? ESCAPE '\\'", likePrefix(op.Prefix)).Find(&rows).Error; err != nil {
+					return err
+				}
+				for _, r := range rows {
+					if err := tx.Delete(&alarmRow{}, "uuid = ?", r.UUID).Error; err != nil {
+						return err
+					}
+					events = append(events, event(faultmgr.EventClear, toAlarm(r, false), site, at))
+				}
+				res[i] = faultmgr.OpResult{Changed: len(rows) > 0, Cleared: len(rows)}
+			default:
+				return fmt.Errorf("faultdb: unknown alarm operation %d", op.Kind)
+			}
+		}
+		if len(events) == 0 {
+			return nil
+		}
+		return tx.CreateInBatches(events, 500).Error
+	})
+	return res, err
+}
+
+func (s *Store) suppressed(ctx context.Context) (map[string]bool, error) {
+	ids, err := s.Suppressions(ctx)
+	if err != nil {
+		return nil, err
+	}
+	m := make(map[string]bool, len(ids))
+	for _, id := range ids {
+		m[id] = true
+	}
+	return m, nil
+}
+
+func (s *Store) Alarms(ctx context.Context, opts page.Options) ([]faultmgr.Alarm, string, error) {
+	q := s.db.WithContext(ctx).Model(&alarmRow{})
+	for _, f := range []string{"severity", "alarm_id"} {
+		if v, ok := opts.Filters[f]; ok {
+			q = q.Where(f+" = ?", v)
+		}
+	}
+	if v, ok := opts.Filters["entity_instance_id"]; ok {
+		q = q.Where("entity_instance_id LIKE ? ESCAPE '\\'", likePrefix(v))
+	}
+	if v, ok := opts.Filters["mgmt_affecting"]; ok {
+		b, err := strconv.ParseBool(v)
+		if err != nil {
+			return nil, "", errs.Field("mgmt_affecting", "must be true or false")
+		}
+		if b {
+			q = q.Where("mgmt_affecting <> ?", "none")
+		} else {
+			q = q.Where("mgmt_affecting = ?", "none")
+		}
+	}
+	if v, ok := opts.Filters["suppressed"]; ok {
+		b, err := strconv.ParseBool(v)
+		if err != nil {
+			return nil, "", errs.Field("suppressed", "must be true or false")
+		}
+		sub := s.db.Model(&suppressionRow{}).Select("alarm_id")
+		if b {
+			q = q.Where("alarm_id IN (?)", sub)
+		} else {
+			q = q.Where("alarm_id NOT IN (?)", sub)
+		}
+	}
+	if opts.After != "" {
+		q = q.Where("uuid < ?", opts.After) // newest first
+	}
+	var rows []alarmRow
+	if err := q.Order("uuid DESC").Limit(opts.Limit + 1).Find(&rows).Error; err != nil {
+		return nil, "", err
+	}
+	rows, next := sqldb.Trim(rows, opts.Limit, func(r alarmRow) string { return r.UUID })
+	sup, err := s.suppressed(ctx)
+	if err != nil {
+		return nil, "", err
+	}
+	out := make([]faultmgr.Alarm, len(rows))
+	for i, r := range rows {
+		out[i] = toAlarm(r, sup[r.AlarmID])
+	}
+	return out, next, nil
+}
+
+func (s *Store) Alarm(ctx context.Context, id string) (faultmgr.Alarm, error) {
+	var r alarmRow
+	err := s.db.WithContext(ctx).Where("uuid = ?", id).Take(&r).Error
+	if errors.Is(err, gorm.ErrRecordNotFound) {
+		return faultmgr.Alarm{}, fmt.Errorf("%w: %s", faultmgr.ErrAlarmNotFound, id)
+	}
+	if err != nil {
+		return faultmgr.Alarm{}, err
+	}
+	sup, err := s.suppressed(ctx)
+	if err != nil {
+		return faultmgr.Alarm{}, err
+	}
+	return toAlarm(r, sup[r.AlarmID]), nil
+}
+
+func (s *Store) Ack(ctx context.Context, id, user string, at time.Time) (faultmgr.Alarm, error) {
+	res := s.db.WithContext(ctx).Model(&alarmRow{}).Where("uuid = ?", id).Updates(map[string]any{"acked_by": user, "acked_at": at})
+	if res.Error != nil {
+		return faultmgr.Alarm{}, res.Error
+	}
+	if res.RowsAffected == 0 {
+		return faultmgr.Alarm{}, fmt.Errorf("%w: %s", faultmgr.ErrAlarmNotFound, id)
+	}
+	return s.Alarm(ctx, id)
+}
+
+func (s *Store) Summary(ctx context.Context) (faultmgr.Summary, error) {
+	var rows []struct {
+		Severity string
+		N        int
+	}
+	err := s.db.WithContext(ctx).Model(&alarmRow{}).Select("severity, count(*) as n").
+		Where("alarm_id NOT IN (?)", s.db.Model(&suppressionRow{}).Select("alarm_id")).
+		Group("severity").Scan(&rows).Error
+	var sum faultmgr.Summary
+	for _, r := range rows {
+		switch faultmgr.Severity(r.Severity) {
+		case faultmgr.Critical:
+			sum.Critical = r.N
+		case faultmgr.Major:
+			sum.Major = r.N
+		case faultmgr.Minor:
+			sum.Minor = r.N
+		case faultmgr.Warning:
+			sum.Warning = r.N
+		}
+	}
+	return sum, err
+}
+
+func (s *Store) SetSuppressed(ctx context.Context, alarmID string, on bool, user string, at time.Time) error {
+	db := s.db.WithContext(ctx)
+	if !on {
+		return db.Delete(&suppressionRow{}, "alarm_id = ?", alarmID).Error
+	}
+	err := db.Create(&suppressionRow{AlarmID: alarmID, UserName: user, CreatedAt: at}).Error
+	if err != nil && sqldb.IsUniqueViolation(err) {
+		return nil // suppressing twice is a no-op
+	}
+	return err
+}
+
+func (s *Store) Suppressions(ctx context.Context) ([]string, error) {
+	var ids []string
+	err := s.db.WithContext(ctx).Model(&suppressionRow{}).Order("alarm_id").Pluck("alarm_id", &ids).Error
+	return ids, err
+}

@@ -75,70 +75,145 @@ func event(typ faultmgr.EventType, a faultmgr.Alarm, site string, at time.Time) 
 func (s *Store) ApplyAlarmOps(ctx context.Context, ops []faultmgr.Op, site string, at time.Time) ([]faultmgr.OpResult, error) {
 	res := make([]faultmgr.OpResult, len(ops))
 	err := s.db.WithContext(ctx).Transaction(func(tx *gorm.DB) error {
-		var events []eventRow
+		b := &batch{tx: tx, cur: map[alarmKey]*alarmRow{}}
+		if err := b.load(ops); err != nil {
+			return err
+		}
 		for i, op := range ops {
 			switch op.Kind {
 			case faultmgr.OpRaise:
-				var cur alarmRow
-				err := tx.Where("alarm_id = ? AND entity_instance_id = ?", op.Alarm.AlarmID, op.Alarm.EntityInstanceID).Take(&cur).Error
+				k := alarmKey{op.Alarm.AlarmID, op.Alarm.EntityInstanceID}
+				cur := b.cur[k]
 				switch {
-				case errors.Is(err, gorm.ErrRecordNotFound):
+				case cur == nil:
 					row := fromAlarm(op.Alarm, at)
-					if err := tx.Create(&row).Error; err != nil {
-						return err
-					}
+					b.cur[k], b.inserts = &row, append(b.inserts, &row)
 					res[i] = faultmgr.OpResult{Alarm: toAlarm(row, false), Changed: true}
-					events = append(events, event(faultmgr.EventSet, op.Alarm, site, at))
-				case err != nil:
-					return err
+					b.events = append(b.events, event(faultmgr.EventSet, op.Alarm, site, at))
 				case cur.Severity == string(op.Alarm.Severity) && cur.ReasonText == op.Alarm.ReasonText:
-					res[i] = faultmgr.OpResult{Alarm: toAlarm(cur, false)} // idempotent: nothing changes
+					res[i] = faultmgr.OpResult{Alarm: toAlarm(*cur, false)} // idempotent: nothing changes
 				default:
-					if err := tx.Model(&alarmRow{}).Where("uuid = ?", cur.UUID).Updates(map[string]any{
-						"severity": string(op.Alarm.Severity), "reason_text": op.Alarm.ReasonText, "timestamp": at}).Error; err != nil {
-						return err
-					}
 					cur.Severity, cur.ReasonText, cur.Timestamp = string(op.Alarm.Severity), op.Alarm.ReasonText, at
-					res[i] = faultmgr.OpResult{Alarm: toAlarm(cur, false), Changed: true}
-					events = append(events, event(faultmgr.EventSet, op.Alarm, site, at))
+					b.updated[cur.UUID] = cur
+					res[i] = faultmgr.OpResult{Alarm: toAlarm(*cur, false), Changed: true}
+					b.events = append(b.events, event(faultmgr.EventSet, op.Alarm, site, at))
 				}
 			case faultmgr.OpClear:
-				var cur alarmRow
-				err := tx.Where("alarm_id = ? AND entity_instance_id = ?", op.Alarm.AlarmID, op.Alarm.EntityInstanceID).Take(&cur).Error
-				if errors.Is(err, gorm.ErrRecordNotFound) {
+				k := alarmKey{op.Alarm.AlarmID, op.Alarm.EntityInstanceID}
+				cur := b.cur[k]
+				if cur == nil {
 					continue // clearing an absent alarm is a no-op
 				}
-				if err != nil {
-					return err
-				}
-				if err := tx.Delete(&alarmRow{}, "uuid = ?", cur.UUID).Error; err != nil {
-					return err
-				}
-				a := toAlarm(cur, false)
+				a := toAlarm(*cur, false)
+				b.remove(k, cur)
 				res[i] = faultmgr.OpResult{Alarm: a, Changed: true}
-				events = append(events, event(faultmgr.EventClear, a, site, at))
+				b.events = append(b.events, event(faultmgr.EventClear, a, site, at))
 			case faultmgr.OpClearPrefix:
+				if err := b.flush(); err != nil { // the prefix query must see this batch's inserts
+					return err
+				}
 				var rows []alarmRow
 				if err := tx.Where("entity_instance_id LIKE ? ESCAPE '\\'", likePrefix(op.Prefix)).Find(&rows).Error; err != nil {
 					return err
 				}
 				for _, r := range rows {
-					if err := tx.Delete(&alarmRow{}, "uuid = ?", r.UUID).Error; err != nil {
-						return err
+					k := alarmKey{r.AlarmID, r.EntityInstanceID}
+					if cur := b.cur[k]; cur != nil {
+						r = *cur
 					}
-					events = append(events, event(faultmgr.EventClear, toAlarm(r, false), site, at))
+					b.remove(k, &r)
+					b.events = append(b.events, event(faultmgr.EventClear, toAlarm(r, false), site, at))
 				}
 				res[i] = faultmgr.OpResult{Changed: len(rows) > 0, Cleared: len(rows)}
 			default:
 				return fmt.Errorf("faultdb: unknown alarm operation %d", op.Kind)
 			}
 		}
-		if len(events) == 0 {
-			return nil
-		}
-		return tx.CreateInBatches(events, 500).Error
+		return b.flush()
 	})
 	return res, err
+}
+
+type alarmKey struct{ id, entity string }
+
+// batch applies a group commit's changes set-wise: one lookup for all keys,
+// multi-row inserts, deletes by UUID set, events in bulk.
+type batch struct {
+	tx      *gorm.DB
+	cur     map[alarmKey]*alarmRow // state as of the op being applied
+	inserts []*alarmRow            // new rows not yet written
+	updated map[string]*alarmRow   // stored rows whose severity/reason changed
+	deletes []string               // stored rows to delete
+	events  []eventRow
+}
+
+// load reads the stored alarms of every key the batch names.
+func (b *batch) load(ops []faultmgr.Op) error {
+	b.updated = map[string]*alarmRow{}
+	var keys [][]any
+	seen := map[alarmKey]bool{}
+	for _, op := range ops {
+		k := alarmKey{op.Alarm.AlarmID, op.Alarm.EntityInstanceID}
+		if (op.Kind == faultmgr.OpRaise || op.Kind == faultmgr.OpClear) && !seen[k] {
+			seen[k] = true
+			keys = append(keys, []any{k.id, k.entity})
+		}
+	}
+	for len(keys) > 0 {
+		n := min(len(keys), 400) // keep bound parameters well under every engine's limit
+		var rows []alarmRow
+		if err := b.tx.Where("(alarm_id, entity_instance_id) IN ?", keys[:n]).Find(&rows).Error; err != nil {
+			return err
+		}
+		for i := range rows {
+			b.cur[alarmKey{rows[i].AlarmID, rows[i].EntityInstanceID}] = &rows[i]
+		}
+		keys = keys[n:]
+	}
+	return nil
+}
+
+// remove forgets a row: unwritten inserts are dropped, stored rows deleted.
+func (b *batch) remove(k alarmKey, r *alarmRow) {
+	delete(b.cur, k)
+	delete(b.updated, r.UUID)
+	for i, ins := range b.inserts {
+		if ins.UUID == r.UUID {
+			b.inserts = append(b.inserts[:i], b.inserts[i+1:]...)
+			return
+		}
+	}
+	b.deletes = append(b.deletes, r.UUID)
+}
+
+// flush writes what the batch has decided so far.
+func (b *batch) flush() error {
+	if len(b.deletes) > 0 {
+		if err := b.tx.Where("uuid IN ?", b.deletes).Delete(&alarmRow{}).Error; err != nil {
+			return err
+		}
+		b.deletes = nil
+	}
+	for _, r := range b.updated {
+		if err := b.tx.Model(&alarmRow{}).Where("uuid = ?", r.UUID).Updates(map[string]any{
+			"severity": r.Severity, "reason_text": r.ReasonText, "timestamp": r.Timestamp}).Error; err != nil {
+			return err
+		}
+	}
+	clear(b.updated)
+	if len(b.inserts) > 0 {
+		if err := b.tx.CreateInBatches(b.inserts, 200).Error; err != nil {
+			return err
+		}
+		b.inserts = nil
+	}
+	if len(b.events) > 0 {
+		if err := b.tx.CreateInBatches(b.events, 300).Error; err != nil {
+			return err
+		}
+		b.events = nil
+	}
+	return nil
 }
 
 func (s *Store) suppressed(ctx context.Context) (map[string]bool, error) {

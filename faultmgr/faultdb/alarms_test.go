@@ -7,6 +7,7 @@ import (
 	"log/slog"
 	"sync"
 	"testing"
+	"time"
 
 	"github.com/petrel-edge/petrel/faultmgr"
 	"github.com/petrel-edge/petrel/faultmgr/faultdb"
@@ -138,4 +139,64 @@ func TestGroupCommit(t *testing.T) {
 	if len(sets) != 500 {
 		t.Errorf("%d set events; want 500", len(sets))
 	}
+}
+
+// TestConformanceBatchOrder applies dependent operations in one batch: the
+// outcome must be as if they ran one by one.
+func TestConformanceBatchOrder(t *testing.T) {
+	sqldbtest.Each(t, func(t *testing.T, open func(*testing.T) *sqldb.DB) {
+		ctx := context.Background()
+		st, err := faultdb.Open(ctx, open(t))
+		if err != nil {
+			t.Fatal(err)
+		}
+		mk := func(n int, id, ent string, sev faultmgr.Severity, reason string) faultmgr.Op {
+			return faultmgr.Op{Kind: faultmgr.OpRaise, Alarm: faultmgr.Alarm{UUID: fmt.Sprintf("01900000-0000-7000-8000-%012d", n),
+				AlarmID: id, EntityInstanceID: ent, Severity: sev, ReasonText: reason, MgmtAffecting: "none", DegradeAffecting: "none"}}
+		}
+		clr := func(id, ent string) faultmgr.Op {
+			return faultmgr.Op{Kind: faultmgr.OpClear, Alarm: faultmgr.Alarm{AlarmID: id, EntityInstanceID: ent}}
+		}
+		ops := []faultmgr.Op{
+			mk(1, "100.101", "host=a", faultmgr.Major, "r"),    // new
+			mk(2, "100.101", "host=a", faultmgr.Major, "r"),    // same: no change
+			mk(3, "100.101", "host=a", faultmgr.Critical, "r"), // severity change
+			mk(4, "100.103", "host=b", faultmgr.Major, "r"),    // new ...
+			clr("100.103", "host=b"),                           // ... cleared in the same batch
+			clr("100.103", "host=b"),                           // absent: no-op
+			mk(5, "100.104", "host=c.filesystem=/x", faultmgr.Major, "r"),
+			{Kind: faultmgr.OpClearPrefix, Prefix: "host=c"}, // clears the row inserted above
+			mk(6, "100.104", "host=d", faultmgr.Major, "r"),
+		}
+		res, err := st.ApplyAlarmOps(ctx, ops, "s", time.Now().UTC())
+		if err != nil {
+			t.Fatal(err)
+		}
+		changed := ""
+		for _, r := range res {
+			if r.Changed {
+				changed += "1"
+			} else {
+				changed += "0"
+			}
+		}
+		if changed != "101110111" {
+			t.Errorf("changed flags = %s; want 101110111", changed)
+		}
+		if res[7].Cleared != 1 {
+			t.Errorf("prefix clear cleared %d; want 1", res[7].Cleared)
+		}
+		all, _, _ := st.Alarms(ctx, rest.ListOptions{Limit: 10})
+		got := ""
+		for _, a := range all {
+			got += fmt.Sprintf("%s@%s:%s ", a.AlarmID, a.EntityInstanceID, a.Severity)
+		}
+		if got != "100.104@host=d:major 100.101@host=a:critical " {
+			t.Errorf("active after the batch = %q", got)
+		}
+		// set a, set a (severity), set b, clear b, set c, clear c, set d
+		if evs, _, _ := st.Events(ctx, rest.ListOptions{Limit: 20}); len(evs) != 7 {
+			t.Errorf("%d events; want 7", len(evs))
+		}
+	})
 }

@@ -1,0 +1,126 @@
+package bench
+
+import (
+	"context"
+	"fmt"
+	"log/slog"
+	"os"
+	"path/filepath"
+	"slices"
+	"sync"
+	"sync/atomic"
+	"time"
+
+	"github.com/petrel-edge/petrel/faultmgr"
+	"github.com/petrel-edge/petrel/faultmgr/faultdb"
+	"github.com/petrel-edge/petrel/internal/sqldb"
+)
+
+// AlarmsResult is the T6 measurement.
+type AlarmsResult struct {
+	Raises, Clients int
+	Elapsed         time.Duration
+	PerSecond       float64
+	P50, P99        time.Duration
+	Engine          string
+	BaselinePerSec  float64 // one row per transaction, no group commit, same engine
+	BaselineRaises  int
+}
+
+// RunAlarms raises n distinct alarms (each a durable set event) from
+// clients goroutines through the group-committing manager on a fresh
+// store (dsn "" = SQLite in a temp dir), and, as a baseline in the same
+// run, n/10 raises committed one transaction each.
+func RunAlarms(ctx context.Context, dsn string, n, clients int) (AlarmsResult, error) {
+	res := AlarmsResult{Raises: n, Clients: clients}
+	open := func() (*sqldb.DB, func(), error) {
+		if dsn != "" {
+			db, err := sqldb.Open(ctx, dsn)
+			return db, func() { db.Close() }, err
+		}
+		dir, err := os.MkdirTemp("", "petrel-bench-alarms-")
+		if err != nil {
+			return nil, nil, err
+		}
+		db, err := sqldb.Open(ctx, filepath.Join(dir, "fm.db"))
+		return db, func() { db.Close(); os.RemoveAll(dir) }, err
+	}
+	cat, err := faultmgr.LoadCatalog(faultmgr.EmbeddedCatalog())
+	if err != nil {
+		return res, err
+	}
+	// Baseline: no group commit.
+	{
+		db, done, err := open()
+		if err != nil {
+			return res, err
+		}
+		st, err := faultdb.Open(ctx, db)
+		if err != nil {
+			done()
+			return res, err
+		}
+		res.BaselineRaises = max(n/10, 100)
+		t0 := time.Now()
+		for i := range res.BaselineRaises {
+			a := faultmgr.Alarm{UUID: fmt.Sprintf("01900000-0000-7000-8000-%012d", i), AlarmID: "100.101",
+				EntityInstanceID: fmt.Sprintf("host=b%d", i), Severity: faultmgr.Major, MgmtAffecting: "none", DegradeAffecting: "none"}
+			if _, err := st.ApplyAlarmOps(ctx, []faultmgr.Op{{Kind: faultmgr.OpRaise, Alarm: a}}, "bench", time.Now().UTC()); err != nil {
+				done()
+				return res, err
+			}
+		}
+		res.BaselinePerSec = float64(res.BaselineRaises) / time.Since(t0).Seconds()
+		res.Engine = string(db.Kind)
+		done()
+	}
+	db, done, err := open()
+	if err != nil {
+		return res, err
+	}
+	defer done()
+	st, err := faultdb.Open(ctx, db)
+	if err != nil {
+		return res, err
+	}
+	m, err := faultmgr.NewManager(faultmgr.Config{Catalog: cat, Store: st, Site: "bench", Logger: slog.New(slog.DiscardHandler)})
+	if err != nil {
+		return res, err
+	}
+	mctx, cancel := context.WithCancel(ctx)
+	mdone := make(chan struct{})
+	go func() { defer close(mdone); m.Run(mctx) }()
+	defer func() { cancel(); <-mdone }()
+	lat := make([]time.Duration, n)
+	var next atomic.Int64
+	var firstErr atomic.Value
+	var wg sync.WaitGroup
+	t0 := time.Now()
+	for range clients {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			for {
+				i := int(next.Add(1)) - 1
+				if i >= n {
+					return
+				}
+				s := time.Now()
+				if _, _, err := m.Raise(ctx, "100.101", fmt.Sprintf("host=h%d", i), map[string]string{"threshold": "95"}); err != nil {
+					firstErr.CompareAndSwap(nil, err)
+					return
+				}
+				lat[i] = time.Since(s)
+			}
+		}()
+	}
+	wg.Wait()
+	res.Elapsed = time.Since(t0)
+	if e, ok := firstErr.Load().(error); ok {
+		return res, e
+	}
+	slices.Sort(lat)
+	res.PerSecond = float64(n) / res.Elapsed.Seconds()
+	res.P50, res.P99 = Percentile(lat, 50), Percentile(lat, 99)
+	return res, nil
+}

@@ -31,7 +31,10 @@ type Assertion struct {
 	User      string    `json:"user"`
 	Role      Role      `json:"role"`
 	Site      string    `json:"site"`       // the only site that may accept it
-	RequestID string    `json:"request_id"` // unique per call: replays are refused
+	Method    string    `json:"method"`     // the only call it vouches for
+	Path      string    `json:"path"`       // (escaped path, as the site receives it)
+	RequestID string    `json:"request_id"` // for correlating logs
+	Nonce     string    `json:"nonce"`      // random, unique per assertion: replays are refused
 	IssuedAt  time.Time `json:"iat"`
 	ExpiresAt time.Time `json:"exp"`
 }
@@ -42,6 +45,7 @@ var (
 	ErrAssertionExpired = errs.New(errs.Unauthenticated, "relay assertion expired")
 	ErrAssertionReplay  = errs.New(errs.Unauthenticated, "relay assertion replayed")
 	ErrAssertionSite    = errs.New(errs.Unauthenticated, "relay assertion is for another site")
+	ErrAssertionCall    = errs.New(errs.Unauthenticated, "relay assertion is for another call")
 )
 
 // AssertionSigner signs assertions with central's key.
@@ -83,18 +87,22 @@ func NewAssertionSigner(key ed25519.PrivateKey, now func() time.Time) *Assertion
 	return &AssertionSigner{key: key, now: now}
 }
 
-// Sign vouches for p's call to site: the assertion expires after ttl (at
-// most MaxAssertionTTL).
-func (s *AssertionSigner) Sign(p Principal, site, requestID string, ttl time.Duration) (string, error) {
+// Sign vouches for p's call `method path` to site: the assertion expires
+// after ttl (at most MaxAssertionTTL).
+func (s *AssertionSigner) Sign(p Principal, site, method, path, requestID string, ttl time.Duration) (string, error) {
 	if ttl <= 0 || ttl > MaxAssertionTTL {
 		ttl = MaxAssertionTTL
 	}
-	if site == "" || requestID == "" || !p.Role.Valid() {
-		return "", errors.New("auth: an assertion needs a site, a request id and a valid role")
+	if site == "" || method == "" || path == "" || !p.Role.Valid() {
+		return "", errors.New("auth: an assertion needs a site, a method, a path and a valid role")
+	}
+	var nonce [16]byte
+	if _, err := rand.Read(nonce[:]); err != nil {
+		return "", err
 	}
 	now := s.now()
-	payload, err := json.Marshal(Assertion{User: p.User, Role: p.Role, Site: site, RequestID: requestID,
-		IssuedAt: now, ExpiresAt: now.Add(ttl)})
+	payload, err := json.Marshal(Assertion{User: p.User, Role: p.Role, Site: site, Method: method, Path: path,
+		RequestID: requestID, Nonce: base64.RawURLEncoding.EncodeToString(nonce[:]), IssuedAt: now, ExpiresAt: now.Add(ttl)})
 	if err != nil {
 		return "", err
 	}
@@ -110,7 +118,7 @@ type AssertionVerifier struct {
 	now  func() time.Time
 
 	mu   sync.Mutex
-	seen map[string]time.Time // request id -> expiry
+	seen map[string]time.Time // nonce -> expiry
 }
 
 // NewAssertionVerifier returns a verifier for site trusting central's key.
@@ -125,9 +133,10 @@ func NewAssertionVerifier(pub ed25519.PublicKey, site string, now func() time.Ti
 // relayed calls per second per site.
 const maxSeen = 100000
 
-// Verify checks an assertion's signature, site, lifetime and freshness and
-// returns the principal it vouches for. Each request id is accepted once.
-func (v *AssertionVerifier) Verify(token string) (Principal, error) {
+// Verify checks an assertion's signature, site, call (method and escaped
+// path), lifetime and freshness and returns the principal it vouches for.
+// Each assertion (its nonce) is accepted once.
+func (v *AssertionVerifier) Verify(token, method, path string) (Principal, error) {
 	enc, sigEnc, ok := strings.Cut(token, ".")
 	if !ok || len(token) > 4096 {
 		return Principal{}, ErrAssertionInvalid
@@ -141,13 +150,15 @@ func (v *AssertionVerifier) Verify(token string) (Principal, error) {
 		return Principal{}, ErrAssertionInvalid
 	}
 	var a Assertion
-	if err := json.Unmarshal(payload, &a); err != nil || !a.Role.Valid() || a.RequestID == "" {
+	if err := json.Unmarshal(payload, &a); err != nil || !a.Role.Valid() || a.Nonce == "" {
 		return Principal{}, ErrAssertionInvalid
 	}
 	now := v.now()
 	switch {
 	case a.Site != v.site:
 		return Principal{}, ErrAssertionSite
+	case a.Method != method || a.Path != path:
+		return Principal{}, ErrAssertionCall
 	case a.ExpiresAt.Sub(a.IssuedAt) > MaxAssertionTTL || a.IssuedAt.After(now.Add(5*time.Second)):
 		return Principal{}, ErrAssertionInvalid // too long-lived, or from the future (5 s clock skew allowed)
 	case !now.Before(a.ExpiresAt):
@@ -155,7 +166,7 @@ func (v *AssertionVerifier) Verify(token string) (Principal, error) {
 	}
 	v.mu.Lock()
 	defer v.mu.Unlock()
-	if _, dup := v.seen[a.RequestID]; dup {
+	if _, dup := v.seen[a.Nonce]; dup {
 		return Principal{}, ErrAssertionReplay
 	}
 	if len(v.seen) >= maxSeen {
@@ -168,7 +179,7 @@ func (v *AssertionVerifier) Verify(token string) (Principal, error) {
 			return Principal{}, errs.Wrapf(errs.RateLimited, "too many relayed calls in flight")
 		}
 	}
-	v.seen[a.RequestID] = a.ExpiresAt
+	v.seen[a.Nonce] = a.ExpiresAt
 	return Principal{User: "central:" + a.User, Role: a.Role}, nil
 }
 

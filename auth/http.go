@@ -44,10 +44,12 @@ func (s *Service) Require(need Role) rest.Guard {
 			// A relay strips Authorization; both at once is not a relayed call.
 			return nil, errs.Wrapf(errs.Unauthenticated, "send a token or a relay assertion, not both")
 		case assertion != "":
-			if s.verifier == nil {
-				return nil, errs.Wrapf(errs.Unauthenticated, "this daemon does not accept relay assertions")
+			// Only calls that came over the site's link to central, never
+			// its public listener, may carry one.
+			if s.verifier == nil || r.Context().Value(viaLinkKey{}) == nil {
+				return nil, errs.Wrapf(errs.Unauthenticated, "relay assertions are accepted only from central's link")
 			}
-			p, err = s.verifier.Verify(assertion)
+			p, err = s.verifier.Verify(assertion, r.Method, r.URL.EscapedPath())
 		case secret != "":
 			p, err = s.Authenticate(r.Context(), secret)
 		default:
@@ -371,4 +373,14 @@ func (s *Service) CSRFToken(session string) string {
 // CheckCSRF reports whether token is the session's CSRF token.
 func (s *Service) CheckCSRF(session, token string) bool {
 	return token != "" && hmac.Equal([]byte(token), []byte(s.CSRFToken(session)))
+}
+
+type viaLinkKey struct{}
+
+// ViaLink marks requests h serves as having arrived over the link to
+// central: only those may authenticate with a relay assertion.
+func ViaLink(h http.Handler) http.Handler {
+	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		h.ServeHTTP(w, r.WithContext(context.WithValue(r.Context(), viaLinkKey{}, true)))
+	})
 }

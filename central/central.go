@@ -70,6 +70,11 @@ type Central struct {
 	stream    *Stream
 	fleet     *pki.CA // issues site certificates; nil without a site listener
 
+	// linkMu orders a link's certificate check and registration against
+	// certificate issue and subcloud delete, so a revoked certificate never
+	// registers a link.
+	linkMu sync.Mutex
+
 	wmu    sync.Mutex
 	writes map[string]time.Time // last registry write per site
 	seqs   map[string]uint64    // last update sequence recorded per site (this run)
@@ -320,8 +325,21 @@ func (c *Central) issueSiteCertificate(r *http.Request) (int, any, error) {
 	if err != nil {
 		return 0, nil, errs.Field("csr", "%v", err)
 	}
+	// Everything the answer needs is read before anything is recorded.
+	var ca []byte
+	if c.shell.CACert != "" {
+		if ca, err = os.ReadFile(c.shell.CACert); err != nil {
+			return 0, nil, err
+		}
+	}
+	pub, err := os.ReadFile(filepath.Join(c.cfg.Shell.DataDir, RelayPublicKey))
+	if err != nil {
+		return 0, nil, err
+	}
 	now := time.Now().UTC()
 	detail := SiteCertificate{Serial: serial, IssuedAt: now, NotAfter: now.Add(siteCertTTL)}
+	c.linkMu.Lock()
+	defer c.linkMu.Unlock()
 	if _, err := c.Subclouds.UpdateSubcloud(r.Context(), name, func(sc *Subcloud) error {
 		sc.Certificate = &detail
 		return nil
@@ -331,20 +349,14 @@ func (c *Central) issueSiteCertificate(r *http.Request) (int, any, error) {
 	if s := c.links.get(name); s != nil {
 		s.Close() // a link on the previous certificate ends now
 	}
-	ca, err := os.ReadFile(c.shell.CACert)
-	if err != nil {
-		return 0, nil, err
-	}
-	pub, err := os.ReadFile(filepath.Join(c.cfg.Shell.DataDir, RelayPublicKey))
-	if err != nil {
-		return 0, nil, err
-	}
 	return http.StatusCreated, SiteCredentials{Certificate: string(certPEM), CACertificate: string(ca),
 		RelayPublicKey: string(pub), Detail: detail}, nil
 }
 
 func (c *Central) deleteSubcloud(r *http.Request) (int, any, error) {
 	name := rest.Var(r, "name")
+	c.linkMu.Lock()
+	defer c.linkMu.Unlock()
 	if err := c.Subclouds.DeleteSubcloud(r.Context(), name); err != nil {
 		return 0, nil, err
 	}

@@ -111,14 +111,8 @@ func (c *Central) serveLink(ctx context.Context, conn net.Conn) error {
 	}
 	chain := tc.ConnectionState().PeerCertificates
 	site := siteOf(chain)
-	sc, err := c.Subclouds.Subcloud(ctx, site)
-	if err != nil {
-		c.log.Warn("refused a site certificate for an unknown subcloud", "site", site, "remote", conn.RemoteAddr().String())
-		return fmt.Errorf("%w: %q is not a registered subcloud", ErrSiteIdentity, site)
-	}
-	if sc.Certificate == nil || chain[0].SerialNumber.Text(16) != sc.Certificate.Serial {
-		c.log.Warn("refused a revoked or superseded site certificate", "site", site, "remote", conn.RemoteAddr().String())
-		return fmt.Errorf("%w: %s presented a certificate that is not its current one", ErrSiteIdentity, site)
+	if err := c.currentCertificate(ctx, site, chain); err != nil {
+		return err
 	}
 	sess, err := yamux.Server(conn, yamuxConfig(c.log))
 	if err != nil {
@@ -151,7 +145,15 @@ func (c *Central) serveLink(ctx context.Context, conn net.Conn) error {
 		Seq: c.recordedSeq(site), SentAt: time.Now().UTC()}); err != nil {
 		return err
 	}
+	// Check the certificate again and register the link under linkMu:
+	// re-issuing or deleting cannot slip between the two.
+	c.linkMu.Lock()
+	if err := c.currentCertificate(ctx, site, chain); err != nil {
+		c.linkMu.Unlock()
+		return err
+	}
 	c.links.put(site, sess)
+	c.linkMu.Unlock()
 	defer c.links.drop(site, sess)
 	c.log.Info("site connected", "site", site, "protocol", proto, "remote", conn.RemoteAddr().String())
 	c.seen(ctx, site, nil)
@@ -172,6 +174,21 @@ func (c *Central) serveLink(ctx context.Context, conn net.Conn) error {
 			return err
 		}
 	}
+}
+
+// currentCertificate checks that site is registered and chain's leaf is
+// the certificate central last issued it.
+func (c *Central) currentCertificate(ctx context.Context, site string, chain []*x509.Certificate) error {
+	sc, err := c.Subclouds.Subcloud(ctx, site)
+	if err != nil {
+		c.log.Warn("refused a site certificate for an unknown subcloud", "site", site)
+		return fmt.Errorf("%w: %q is not a registered subcloud", ErrSiteIdentity, site)
+	}
+	if sc.Certificate == nil || chain[0].SerialNumber.Text(16) != sc.Certificate.Serial {
+		c.log.Warn("refused a revoked or superseded site certificate", "site", site)
+		return fmt.Errorf("%w: %s presented a certificate that is not its current one", ErrSiteIdentity, site)
+	}
+	return nil
 }
 
 func acceptWithin(sess *yamux.Session, d time.Duration) (net.Conn, error) {

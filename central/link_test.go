@@ -10,6 +10,7 @@ import (
 	"net/http"
 	"os"
 	"path/filepath"
+	"strings"
 	"sync"
 	"testing"
 	"time"
@@ -430,6 +431,10 @@ func TestReconnectResyncsBySequence(t *testing.T) {
 		}
 	}
 	waitLink(true)
+	// Central marks the site online at connect, before its first summary.
+	for deadline := time.Now().Add(10 * time.Second); s.Link().SummariesSent == 0 && time.Now().Before(deadline); {
+		time.Sleep(5 * time.Millisecond) // polling with a deadline
+	}
 	before := s.Link().SummariesSent
 	proxy.cut()
 	waitLink(false)
@@ -447,5 +452,29 @@ func TestReconnectResyncsBySequence(t *testing.T) {
 	f.admin.Do(context.Background(), http.MethodGet, "/v1/subclouds/site-a", nil, nil, &sc)
 	if sc.Availability != central.Online {
 		t.Errorf("site-a = %s after a brief drop; want online", sc.Availability)
+	}
+}
+
+// TestRelayEdges: a subcloud named "api" relays correctly, and relayed
+// answers cannot set cookies or run script in central's origin.
+func TestRelayEdges(t *testing.T) {
+	f := startCentral(t)
+	cert, key := f.siteFiles(t, "api")
+	f.startSite(t, "api", cert, key)
+	f.waitAvailability(t, "api", central.Online)
+	var ver struct{ Site string }
+	if err := f.admin.Do(context.Background(), http.MethodGet, "/v1/subclouds/api/api/v1/version", nil, nil, &ver); err != nil || ver.Site != "api" {
+		t.Errorf("relay to a subcloud named api: %+v, %v", ver, err)
+	}
+	req, _ := http.NewRequest(http.MethodGet, f.c.Shell().URL()+"/v1/subclouds/api/api/v1/openapi.yaml", nil)
+	req.Header.Set("Authorization", "Bearer "+servertest.AdminToken(t, f.c))
+	resp, err := servertest.HTTPClient(t, f.c).Do(req)
+	if err != nil {
+		t.Fatal(err)
+	}
+	resp.Body.Close()
+	if resp.StatusCode != 200 || !strings.Contains(resp.Header.Get("Content-Security-Policy"), "sandbox") ||
+		resp.Header.Get("X-Content-Type-Options") != "nosniff" || resp.Header.Get("Set-Cookie") != "" {
+		t.Errorf("relayed answer %d headers %v; want sandbox CSP, nosniff, no cookies", resp.StatusCode, resp.Header)
 	}
 }

@@ -55,7 +55,7 @@ func (c *Central) relayGuard(r *http.Request) (*http.Request, error) {
 	if _, err := c.Subclouds.Subcloud(r.Context(), site); err != nil {
 		return nil, err
 	}
-	if _, err := relayPath(r); err != nil {
+	if _, err := relayPath(r, site); err != nil {
 		return nil, err
 	}
 	return r2, nil
@@ -64,13 +64,13 @@ func (c *Central) relayGuard(r *http.Request) (*http.Request, error) {
 // relayPath returns the site path a relayed request names, refusing any
 // that tries to leave /v1/subclouds/NAME/api/ (dot segments, encoded
 // slashes, absolute URLs).
-func relayPath(r *http.Request) (string, error) {
+func relayPath(r *http.Request, site string) (string, error) {
 	raw := r.URL.EscapedPath()
-	i := strings.Index(raw, "/api/")
-	if i < 0 {
+	prefix := "/v1/subclouds/" + url.PathEscape(site) + "/api"
+	rest, ok := strings.CutPrefix(raw, prefix)
+	if !ok || !strings.HasPrefix(rest, "/") {
 		return "", errs.Field("path", "not a relay path")
 	}
-	rest := raw[i+len("/api"):]
 	lower := strings.ToLower(rest)
 	if strings.Contains(lower, "%2f") || strings.Contains(lower, "%5c") || strings.Contains(lower, "%2e") ||
 		strings.Contains(rest, "//") || strings.Contains(rest, `\`) {
@@ -96,7 +96,7 @@ func (c *Central) relay() http.Handler {
 		Transport: tr,
 		Rewrite: func(pr *httputil.ProxyRequest) {
 			site := rest.Var(pr.In, "name")
-			raw, _ := relayPath(pr.In) // checked by the guard
+			raw, _ := relayPath(pr.In, site) // checked by the guard
 			p, _ := url.PathUnescape(raw)
 			pr.Out.URL = &url.URL{Scheme: "http", Host: relayHost(site), Path: p, RawPath: raw, RawQuery: pr.In.URL.RawQuery}
 			pr.Out.Host = relayHost(site)
@@ -105,11 +105,24 @@ func (c *Central) relay() http.Handler {
 			}
 			principal, _ := auth.PrincipalFrom(pr.In.Context())
 			id := rest.RequestID(pr.In.Context())
-			if a, err := c.signer.Sign(principal, site, id, 30*time.Second); err == nil {
+			if a, err := c.signer.Sign(principal, site, pr.In.Method, raw, id, 30*time.Second); err == nil {
 				pr.Out.Header.Set(auth.AssertionHeader, a)
 			}
 			pr.Out.Header.Set("X-Request-Id", id)
 			pr.Out.Header.Set("X-Forwarded-For", strings.Split(pr.In.RemoteAddr, ":")[0])
+		},
+		// A site's answer is served from central's origin: it may not set
+		// cookies there nor run script (a compromised site must not reach
+		// the dashboard's session).
+		ModifyResponse: func(resp *http.Response) error {
+			resp.Header.Del("Set-Cookie")
+			resp.Header.Set("Content-Security-Policy", "sandbox; default-src 'none'")
+			resp.Header.Set("X-Content-Type-Options", "nosniff")
+			if ct := resp.Header.Get("Content-Type"); !strings.HasPrefix(ct, "application/json") && !strings.HasPrefix(ct, "text/plain") &&
+				!strings.HasPrefix(ct, "application/yaml") && resp.StatusCode != http.StatusNoContent {
+				resp.Header.Set("Content-Disposition", "attachment")
+			}
+			return nil
 		},
 		ErrorHandler: func(w http.ResponseWriter, r *http.Request, err error) {
 			id := rest.RequestID(r.Context())

@@ -13,6 +13,7 @@ import (
 
 	"github.com/hashicorp/yamux"
 
+	"github.com/petrel-edge/petrel/auth"
 	"github.com/petrel-edge/petrel/internal/linkproto"
 	"github.com/petrel-edge/petrel/internal/rest"
 	"github.com/petrel-edge/petrel/internal/version"
@@ -121,7 +122,7 @@ func (s *Subcloud) linkOnce(ctx context.Context, tlsCfg *tls.Config) error {
 	s.log.Info("linked to central", "protocol", w.Protocol)
 
 	// Central's calls into the site arrive as streams of this session.
-	srv := &http.Server{Handler: s.shell.REST, ReadHeaderTimeout: 10 * time.Second}
+	srv := &http.Server{Handler: auth.ViaLink(s.shell.REST), ReadHeaderTimeout: 10 * time.Second}
 	go srv.Serve(sess)
 	defer srv.Close()
 

@@ -225,7 +225,7 @@ func (c *Central) seen(ctx context.Context, site string, sum *linkproto.Summary)
 		return // a keepalive from an online site: no write needed
 	}
 	updated, err := c.Subclouds.UpdateSubcloud(ctx, site, func(sc *Subcloud) error {
-		sc.Availability = Online
+		sc.Availability = c.availabilityNow(site, Online)
 		sc.LastSeen = &now
 		if sum != nil {
 			sc.Hosts = HostCounts{Total: sum.Hosts, ByAvailability: sum.HostsByAvail}
@@ -247,6 +247,15 @@ func (c *Central) seen(ctx context.Context, site string, sum *linkproto.Summary)
 	}
 }
 
+// availabilityNow is the tracker's current view of site (or def if it no
+// longer tracks it): registry writes record that, so racing writers converge.
+func (c *Central) availabilityNow(site string, def Availability) Availability {
+	if a, _, ok := c.tracker.Availability(site); ok {
+		return a
+	}
+	return def
+}
+
 // sweep marks silent sites offline, once per second until ctx ends.
 func (c *Central) sweep(ctx context.Context) error {
 	tick := time.NewTicker(c.tracker.interval / 5)
@@ -258,8 +267,10 @@ func (c *Central) sweep(ctx context.Context) error {
 		case now := <-tick.C:
 			for _, tn := range c.tracker.Sweep(now.UTC()) {
 				updated, err := c.Subclouds.UpdateSubcloud(ctx, tn.Site, func(sc *Subcloud) error {
-					sc.Availability = Offline
-					sc.Status = StatusOf(Offline, sc.AlarmSummary)
+					// The tracker's state now, not the transition's: an update
+					// that arrived meanwhile must not be overwritten.
+					sc.Availability = c.availabilityNow(tn.Site, Offline)
+					sc.Status = StatusOf(sc.Availability, sc.AlarmSummary)
 					return nil
 				})
 				if err != nil {

@@ -181,8 +181,9 @@ func (m *Manager) Clear(ctx context.Context, id, entity string) (bool, error) {
 	return r.Changed, err
 }
 
-// ClearEntity clears every alarm of entities starting with prefix (a host
-// that was deleted, say) and returns how many.
+// ClearEntity clears every alarm of an entity and its sub-entities
+// (host=worker-1 and host=worker-1.process=sm, not host=worker-10) and
+// returns how many.
 func (m *Manager) ClearEntity(ctx context.Context, prefix string) (int, error) {
 	if prefix == "" {
 		return 0, errs.Field("entity_instance_id", "is required")

@@ -46,7 +46,8 @@ type Enrollment interface {
 	// Enroll consumes the join token and records the host and its
 	// certificate in one transaction: on any error nothing is recorded. A
 	// machine that joins again keeps its host record and gets the new
-	// certificate (the old one is revoked).
+	// certificate (the old one is revoked); the same machine may retry with
+	// the token it used (its first answer may have been lost), no other.
 	Enroll(ctx context.Context, secretHash string, now time.Time, h Host, cert HostCert) (Host, error)
 	// HostCert returns the certificate currently recorded for a machine.
 	HostCert(ctx context.Context, machineID string) (HostCert, error)

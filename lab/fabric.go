@@ -101,8 +101,10 @@ func RunFabric(ctx context.Context, cfgFile string, log *slog.Logger) error {
 			f.Close()
 		}
 	}()
+	ctx, cancel := context.WithCancel(ctx)
 	var wg sync.WaitGroup
 	defer wg.Wait()
+	defer cancel() // runs before wg.Wait: an error return stops every goroutine
 	dl := &delays{}
 	wg.Add(1)
 	go func() { defer wg.Done(); dl.watch(ctx, filepath.Join(filepath.Dir(cfgFile), WANFaultsFile), log) }()

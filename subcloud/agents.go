@@ -123,11 +123,7 @@ func (s *Subcloud) join(r *http.Request) (int, any, error) {
 		return 0, nil, err
 	}
 	s.log.Info("host joined", "machine_id", req.MachineID, "host", h.Name)
-	serverCA, err := os.ReadFile(s.shell.CACert)
-	if err != nil {
-		return 0, nil, fmt.Errorf("read server CA: %w", err)
-	}
-	return http.StatusCreated, inventory.JoinResponse{Host: h, Certificate: string(certPEM), ServerCA: string(serverCA),
+	return http.StatusCreated, inventory.JoinResponse{Host: h, Certificate: string(certPEM), ServerCA: string(s.serverCA),
 		ClientCA: string(s.agentCA.CertPEM), ReportPath: "/v1/agents/" + h.UUID + "/report", SiteName: s.cfg.Site,
 		SoftwareSlots: []string{}}, nil
 }

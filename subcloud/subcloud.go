@@ -10,6 +10,7 @@ import (
 	"fmt"
 	"log/slog"
 	"net/http"
+	"os"
 	"path/filepath"
 	"sync/atomic"
 	"time"
@@ -50,6 +51,7 @@ type Subcloud struct {
 	shell      *server.Server
 	log        *slog.Logger
 	agentCA    *pki.CA // issues host certificates at join; verifies agents
+	serverCA   []byte  // given to joining agents; read at start so a join never fails after recording
 	Hosts      inventory.Store
 	Enrollment inventory.Enrollment
 
@@ -101,6 +103,12 @@ func New(ctx context.Context, cfg Config) (*Subcloud, error) {
 		return nil, err
 	}
 	s := &Subcloud{cfg: cfg, shell: shell, log: cfg.Shell.Logger, agentCA: agentCA, Hosts: hosts, Enrollment: hosts}
+	if shell.CACert != "" {
+		if s.serverCA, err = os.ReadFile(shell.CACert); err != nil {
+			shell.Close()
+			return nil, fmt.Errorf("subcloud: server CA: %w", err)
+		}
+	}
 	if cfg.Central != nil {
 		pub, err := auth.LoadPublicKey(cfg.Central.PublicKeyFile)
 		if err != nil {

@@ -113,7 +113,10 @@ func (s *Store) ApplyAlarmOps(ctx context.Context, ops []faultmgr.Op, site strin
 					return err
 				}
 				var rows []alarmRow
-				if err := tx.Where("entity_instance_id LIKE ? ESCAPE '\\'", likePrefix(op.Prefix)).Find(&rows).Error; err != nil {
+				// The entity itself and its sub-entities (host=worker-1 and
+				// host=worker-1.process=sm), not host=worker-10.
+				if err := tx.Where("entity_instance_id = ? OR entity_instance_id LIKE ? ESCAPE '\\'", op.Prefix,
+					likePrefix(op.Prefix+".")).Find(&rows).Error; err != nil {
 					return err
 				}
 				for _, r := range rows {

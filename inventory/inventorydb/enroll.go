@@ -91,8 +91,10 @@ func (s *Store) Enroll(ctx context.Context, hash string, now time.Time, h invent
 		h.Rev, h.CreatedAt, h.UpdatedAt = 1, now, now
 	}
 	err := s.db.WithContext(ctx).Transaction(func(tx *gorm.DB) error {
+		// Unused, or used by this same machine (it retries when the answer
+		// to its join was lost), and not expired.
 		res := tx.Model(&joinTokenRow{}).
-			Where("secret_hash = ? AND used_at IS NULL AND expires_at > ?", hash, now).
+			Where("secret_hash = ? AND (used_at IS NULL OR used_by = ?) AND expires_at > ?", hash, h.UUID, now).
 			Updates(map[string]any{"used_at": now, "used_by": h.UUID})
 		if res.Error != nil {
 			return res.Error

@@ -52,7 +52,8 @@ type Chassis struct {
 	log  *slog.Logger
 	host *hostnet.Host
 
-	mu    sync.Mutex
+	op    sync.Mutex // one power action at a time, from start to end
+	mu    sync.Mutex // guards the fields below
 	state string
 	init  *exec.Cmd     // the booted host-init, while on
 	done  chan struct{} // closed when init exits
@@ -103,7 +104,7 @@ func (c *Chassis) Run(ctx context.Context) error {
 	// The lab is going down: the host dies with its chassis.
 	sctx, cancel := context.WithTimeout(context.Background(), 15*time.Second)
 	defer cancel()
-	return c.powerOff(sctx)
+	return c.power(sctx, Off)
 }
 
 // State is the chassis' power state.
@@ -114,7 +115,10 @@ func (c *Chassis) State() string {
 }
 
 // power sets the power state: "on", "off", or "cycle" (off, then on).
+// Actions run one at a time.
 func (c *Chassis) power(ctx context.Context, action string) error {
+	c.op.Lock()
+	defer c.op.Unlock()
 	switch action {
 	case On:
 		return c.powerOn(ctx)

@@ -14,6 +14,7 @@ import (
 	"fmt"
 	"log/slog"
 	"regexp"
+	"runtime"
 	"strings"
 	"sync"
 	"time"
@@ -133,7 +134,9 @@ type Service struct {
 	csrfKey  [32]byte           // keys CSRF tokens of browser sessions
 	mu       sync.Mutex
 	cache    map[string]cached // secret hash -> verified principal
+	gen      uint64            // bumps on every revocation: a lookup that raced one is not cached
 	limiter  loginLimiter
+	hashing  chan struct{} // bounds concurrent password hashing (19 MiB each)
 }
 
 type cached struct {
@@ -156,7 +159,8 @@ func New(cfg Config) (*Service, error) {
 	if cfg.Now == nil {
 		cfg.Now = func() time.Time { return time.Now().UTC() }
 	}
-	s := &Service{cfg: cfg, cache: map[string]cached{}, limiter: loginLimiter{fails: map[string]*failures{}}}
+	s := &Service{cfg: cfg, cache: map[string]cached{}, limiter: loginLimiter{fails: map[string]*failures{}},
+		hashing: make(chan struct{}, 2*runtime.GOMAXPROCS(0))}
 	if _, err := rand.Read(s.csrfKey[:]); err != nil {
 		return nil, err
 	}
@@ -228,6 +232,14 @@ func (s *Service) DeleteUser(ctx context.Context, name string) error {
 // Login exchanges a user's password for a token that expires after the login TTL.
 func (s *Service) Login(ctx context.Context, name, password string) (string, Token, error) {
 	now := s.cfg.Now()
+	// At most 2 x GOMAXPROCS password hashes at once: a login flood costs
+	// bounded memory and CPU.
+	select {
+	case s.hashing <- struct{}{}:
+		defer func() { <-s.hashing }()
+	default:
+		return "", Token{}, errs.Wrapf(errs.RateLimited, "too many logins in progress; retry in a moment")
+	}
 	if err := s.limiter.allow(name, now); err != nil {
 		return "", Token{}, err
 	}
@@ -238,6 +250,7 @@ func (s *Service) Login(ctx context.Context, name, password string) (string, Tok
 		return "", Token{}, ErrBadCredentials
 	}
 	if err != nil {
+		s.limiter.done(name)
 		return "", Token{}, err
 	}
 	if !verifyPassword(hash, password) {
@@ -322,6 +335,7 @@ func (s *Service) Authenticate(ctx context.Context, secret string) (Principal, e
 	now := s.cfg.Now()
 	s.mu.Lock()
 	c, ok := s.cache[h]
+	gen := s.gen
 	s.mu.Unlock()
 	if ok && now.Before(c.expires) && now.Sub(c.checked) < cacheTTL {
 		return c.p, nil
@@ -345,7 +359,9 @@ func (s *Service) Authenticate(ctx context.Context, secret string) (Principal, e
 	if len(s.cache) >= cacheMax {
 		clear(s.cache)
 	}
-	s.cache[h] = cached{p: p, expires: t.ExpiresAt, checked: now}
+	if s.gen == gen { // no revocation since the lookup began
+		s.cache[h] = cached{p: p, expires: t.ExpiresAt, checked: now}
+	}
 	s.mu.Unlock()
 	return p, nil
 }
@@ -381,6 +397,7 @@ func (s *Service) Revoke(ctx context.Context, caller Principal, id string) error
 func (s *Service) forget(match func(Principal) bool) {
 	s.mu.Lock()
 	defer s.mu.Unlock()
+	s.gen++
 	for h, c := range s.cache {
 		if match(c.p) {
 			delete(s.cache, h)
@@ -414,9 +431,10 @@ type loginLimiter struct {
 }
 
 type failures struct {
-	n     int
-	first time.Time
-	until time.Time
+	n        int // failures in the current window
+	inflight int // attempts being checked now: counted as failures until they succeed
+	first    time.Time
+	until    time.Time
 }
 
 const (
@@ -425,26 +443,41 @@ const (
 	lockout    = 30 * time.Second
 )
 
+// allow admits one attempt for name, counting it as in flight.
 func (l *loginLimiter) allow(name string, now time.Time) error {
-	l.mu.Lock()
-	defer l.mu.Unlock()
-	if f := l.fails[name]; f != nil && now.Before(f.until) {
-		return errs.Wrapf(errs.RateLimited, "too many failed logins for %q; retry after %s", name, f.until.Format(time.RFC3339))
-	}
-	return nil
-}
-
-func (l *loginLimiter) fail(name string, now time.Time) {
 	l.mu.Lock()
 	defer l.mu.Unlock()
 	if len(l.fails) > 100000 {
 		clear(l.fails)
 	}
 	f := l.fails[name]
-	if f == nil || now.Sub(f.first) > failWindow {
+	if f == nil {
 		f = &failures{first: now}
 		l.fails[name] = f
 	}
+	if now.Before(f.until) {
+		return errs.Wrapf(errs.RateLimited, "too many failed logins for %q; retry after %s", name, f.until.Format(time.RFC3339))
+	}
+	if now.Sub(f.first) > failWindow {
+		f.n, f.first = 0, now
+	}
+	if f.n+f.inflight >= maxFails {
+		// Parallel guesses count before their results are known.
+		return errs.Wrapf(errs.RateLimited, "too many login attempts for %q at once; retry shortly", name)
+	}
+	f.inflight++
+	return nil
+}
+
+// fail records a failed attempt admitted by allow.
+func (l *loginLimiter) fail(name string, now time.Time) {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	f := l.fails[name]
+	if f == nil {
+		return
+	}
+	f.inflight = max(f.inflight-1, 0)
 	f.n++
 	if f.n >= maxFails {
 		f.until = now.Add(lockout)
@@ -452,8 +485,24 @@ func (l *loginLimiter) fail(name string, now time.Time) {
 	}
 }
 
+// done ends an attempt that neither failed nor succeeded (an error).
+func (l *loginLimiter) done(name string) {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	if f := l.fails[name]; f != nil {
+		f.inflight = max(f.inflight-1, 0)
+	}
+}
+
 func (l *loginLimiter) succeed(name string) {
 	l.mu.Lock()
-	delete(l.fails, name)
-	l.mu.Unlock()
+	defer l.mu.Unlock()
+	if f := l.fails[name]; f != nil {
+		f.inflight = max(f.inflight-1, 0)
+		if f.inflight == 0 {
+			delete(l.fails, name)
+		} else {
+			f.n = 0
+		}
+	}
 }

@@ -183,3 +183,34 @@ func TestAuthenticateRejectsJunkCheaply(t *testing.T) {
 		}
 	}
 }
+
+// TestParallelGuessesAreBounded: concurrent wrong passwords for one user
+// count before their results are known: at most 5 are checked.
+func TestParallelGuessesAreBounded(t *testing.T) {
+	s, _ := newService(t)
+	ctx := context.Background()
+	if _, err := s.CreateUser(ctx, "ops", auth.Operator, "ops-password-1"); err != nil {
+		t.Fatal(err)
+	}
+	var mu sync.Mutex
+	checked := 0
+	var wg sync.WaitGroup
+	for range 20 {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			_, _, err := s.Login(ctx, "ops", "wrong-password")
+			if errors.Is(err, auth.ErrBadCredentials) {
+				mu.Lock()
+				checked++
+				mu.Unlock()
+			} else if !errors.Is(err, errs.RateLimited) {
+				t.Errorf("Login = %v", err)
+			}
+		}()
+	}
+	wg.Wait()
+	if checked > 5 {
+		t.Errorf("%d of 20 parallel guesses were checked; want at most 5", checked)
+	}
+}

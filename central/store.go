@@ -8,6 +8,7 @@ import (
 	"time"
 
 	"gorm.io/gorm"
+	"gorm.io/gorm/clause"
 
 	"github.com/petrel-edge/petrel/internal/rest"
 	"github.com/petrel-edge/petrel/internal/sqldb"
@@ -104,7 +105,11 @@ func (s *sqlStore) UpdateSubcloud(ctx context.Context, name string, fn func(*Sub
 	var out Subcloud
 	err := s.db.WithContext(ctx).Transaction(func(tx *gorm.DB) error {
 		var r subcloudRow
-		err := tx.Where("name = ?", name).Take(&r).Error
+		q := tx
+		if s.db.Kind == sqldb.Postgres { // SQLite writers are serialised already (BEGIN IMMEDIATE)
+			q = q.Clauses(clause.Locking{Strength: "UPDATE"})
+		}
+		err := q.Where("name = ?", name).Take(&r).Error
 		if errors.Is(err, gorm.ErrRecordNotFound) {
 			return fmt.Errorf("%w: %s", ErrSubcloudNotFound, name)
 		}

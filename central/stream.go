@@ -10,6 +10,8 @@ import (
 	"strings"
 	"sync"
 	"time"
+
+	"github.com/petrel-edge/petrel/auth"
 )
 
 // Event is one change the fleet's live views (dashboard, CLI watchers) see.
@@ -127,6 +129,11 @@ func (c *Central) serveStream() http.Handler {
 			case <-r.Context().Done():
 				return
 			case <-beat.C:
+				// A revoked token, a logged-out session or a deleted user
+				// ends the stream at the next beat.
+				if _, err := c.shell.Auth.Require(auth.Reader)(r); err != nil {
+					return
+				}
 				fmt.Fprint(w, ": keepalive\n\n")
 				fl.Flush()
 				events = nil

@@ -103,3 +103,36 @@ func TestStreamOverHTTP(t *testing.T) {
 		}
 	}
 }
+
+// TestOpenStreamDoesNotBlockShutdown: central stops promptly with a
+// client still following /v1/stream.
+func TestOpenStreamDoesNotBlockShutdown(t *testing.T) {
+	c, err := central.New(context.Background(), central.Config{Shell: servertest.Shell(t)})
+	if err != nil {
+		t.Fatal(err)
+	}
+	ctx, cancel := context.WithCancel(context.Background())
+	done := make(chan error, 1)
+	go func() { done <- c.Run(ctx) }()
+	<-c.Shell().Ready()
+	req, _ := http.NewRequest(http.MethodGet, c.Shell().URL()+"/v1/stream", nil)
+	req.Header.Set("Authorization", "Bearer "+servertest.AdminToken(t, c))
+	resp, err := servertest.HTTPClient(t, c).Do(req)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer resp.Body.Close()
+	start := time.Now()
+	cancel()
+	select {
+	case err := <-done:
+		if err != nil {
+			t.Errorf("Run() = %v; want a clean stop", err)
+		}
+		if d := time.Since(start); d > 5*time.Second {
+			t.Errorf("shutdown took %s with a stream open", d)
+		}
+	case <-time.After(15 * time.Second):
+		t.Fatal("central did not stop with a stream open")
+	}
+}

@@ -9,6 +9,7 @@ import (
 	"time"
 
 	"gorm.io/gorm"
+	"gorm.io/gorm/clause"
 
 	"github.com/petrel-edge/petrel/auth"
 	"github.com/petrel-edge/petrel/internal/rest"
@@ -123,11 +124,17 @@ func (s *Store) DeleteUser(ctx context.Context, name string, now time.Time) erro
 			return err
 		}
 		if auth.Role(r.Role) == auth.Admin {
-			var admins int64
-			if err := tx.Model(&userRow{}).Where("role = ?", string(auth.Admin)).Count(&admins).Error; err != nil {
+			// Lock the admins (PostgreSQL; SQLite serialises writers) so two
+			// concurrent deletions cannot both see two admins.
+			q := tx
+			if s.db.Kind == sqldb.Postgres {
+				q = q.Clauses(clause.Locking{Strength: "UPDATE"})
+			}
+			var admins []userRow
+			if err := q.Where("role = ?", string(auth.Admin)).Find(&admins).Error; err != nil {
 				return err
 			}
-			if admins <= 1 {
+			if len(admins) <= 1 {
 				return auth.ErrLastAdmin
 			}
 		}

@@ -3,6 +3,7 @@ package authdb_test
 import (
 	"context"
 	"errors"
+	"sync"
 	"testing"
 	"time"
 
@@ -96,13 +97,32 @@ func TestConformanceAuthStore(t *testing.T) {
 		if len(toks) != 1 || toks[0].ID != tok.ID {
 			t.Errorf("Tokens(ops) = %v", toks)
 		}
+		// Two admins deleted at once: one deletion wins, one admin remains.
+		for _, n := range []string{"adm1", "adm2"} {
+			if err := st.CreateUser(ctx, auth.User{Name: n, Role: auth.Admin, CreatedAt: now}, "h"); err != nil {
+				t.Fatal(err)
+			}
+		}
+		if err := st.DeleteUser(ctx, "root", now); err != nil { // leaves adm1, adm2
+			t.Fatal(err)
+		}
+		var wg sync.WaitGroup
+		errsGot := make([]error, 2)
+		for i, n := range []string{"adm1", "adm2"} {
+			wg.Add(1)
+			go func() { defer wg.Done(); errsGot[i] = st.DeleteUser(ctx, n, now) }()
+		}
+		wg.Wait()
+		if admins, _, _ := st.Users(ctx, rest.ListOptions{Limit: 10, Filters: map[string]string{"role": "admin"}}); len(admins) != 1 {
+			t.Errorf("after deleting two admins at once: %d admins (%v); want exactly 1", len(admins), errsGot)
+		}
 		// Everything survives reopening the store.
 		st2, err := authdb.Open(ctx, db)
 		if err != nil {
 			t.Fatal(err)
 		}
 		if n, _ := st2.CountUsers(ctx); n != 2 {
-			t.Errorf("after reopen: %d users; want 2", n)
+			t.Errorf("after reopen: %d users; want 2 (ops and one admin)", n)
 		}
 	})
 }

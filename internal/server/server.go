@@ -158,12 +158,17 @@ func New(ctx context.Context, cfg Config) (_ *Server, err error) {
 		tlsCfg.ClientAuth = tls.VerifyClientCertIfGiven
 	}
 	s.ln = tls.NewListener(ln, tlsCfg)
+	// Long-lived calls (event streams) end when the server shuts down:
+	// their contexts derive from one that Shutdown cancels.
+	base, cancelBase := context.WithCancel(context.Background())
 	s.http = &http.Server{
+		BaseContext:       func(net.Listener) context.Context { return base },
 		Handler:           http.HandlerFunc(s.route),
 		ReadHeaderTimeout: 10 * time.Second,
 		IdleTimeout:       2 * time.Minute,
 		ErrorLog:          slog.NewLogLogger(cfg.Logger.Handler(), slog.LevelDebug),
 	}
+	s.http.RegisterOnShutdown(cancelBase)
 	return s, nil
 }
 

@@ -216,7 +216,7 @@ func (a *Agent) sync(ctx context.Context, full bool) error {
 // ensureJoined loads the host certificate, or joins the site to get one.
 func (a *Agent) ensureJoined(ctx context.Context) error {
 	keyPath, certPath := filepath.Join(a.cfg.StateDir, keyFile), filepath.Join(a.cfg.StateDir, certFile)
-	pool, err := certPool(a.cfg.CACert)
+	pool, err := pki.CertPool(a.cfg.CACert)
 	if err != nil {
 		return fmt.Errorf("%w: %v", errJoinFatal, err)
 	}
@@ -300,18 +300,6 @@ func httpClient(pool *x509.CertPool, cert *tls.Certificate) *http.Client {
 	}
 	return &http.Client{Timeout: 10 * time.Second, Transport: &http.Transport{TLSClientConfig: cfg, Proxy: nil,
 		MaxIdleConnsPerHost: 2, IdleConnTimeout: 90 * time.Second}}
-}
-
-func certPool(file string) (*x509.CertPool, error) {
-	b, err := os.ReadFile(file)
-	if err != nil {
-		return nil, err
-	}
-	p := x509.NewCertPool()
-	if !p.AppendCertsFromPEM(b) {
-		return nil, fmt.Errorf("%s holds no certificate", file)
-	}
-	return p, nil
 }
 
 // readSecret reads a 0600 secret file.

@@ -15,6 +15,7 @@ import (
 
 	"github.com/petrel-edge/petrel/auth"
 	"github.com/petrel-edge/petrel/internal/linkproto"
+	"github.com/petrel-edge/petrel/internal/pki"
 	"github.com/petrel-edge/petrel/internal/rest"
 	"github.com/petrel-edge/petrel/internal/version"
 )
@@ -74,7 +75,7 @@ func (s *Subcloud) homeTLS() (*tls.Config, error) {
 	if err != nil {
 		return nil, fmt.Errorf("subcloud: site certificate: %w", err)
 	}
-	pool, err := certPoolFile(h.CACert)
+	pool, err := pki.CertPool(h.CACert)
 	if err != nil {
 		return nil, err
 	}

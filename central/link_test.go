@@ -478,3 +478,35 @@ func TestRelayEdges(t *testing.T) {
 		t.Errorf("relayed answer %d headers %v; want sandbox CSP, nosniff, no cookies", resp.StatusCode, resp.Header)
 	}
 }
+
+// TestSiteAlarmsReachCentral: a site's alarms set its alarm summary and
+// status at central within moments, and clearing them restores ok.
+func TestSiteAlarmsReachCentral(t *testing.T) {
+	f := startCentral(t)
+	ctx := context.Background()
+	cert, key := f.siteFiles(t, "site-a")
+	site := f.startSite(t, "site-a", cert, key)
+	f.waitAvailability(t, "site-a", central.Online)
+	status := func(want central.Status) central.Subcloud {
+		t.Helper()
+		var sc central.Subcloud
+		for deadline := time.Now().Add(10 * time.Second); time.Now().Before(deadline); time.Sleep(20 * time.Millisecond) {
+			if f.admin.Do(ctx, http.MethodGet, "/v1/subclouds/site-a", nil, nil, &sc) == nil && sc.Status == want {
+				return sc
+			}
+		}
+		t.Fatalf("site-a status %s; want %s", sc.Status, want)
+		return sc
+	}
+	if _, _, err := site.Shell().Alarms.Raise(ctx, "200.004", "host=worker-1", nil); err != nil {
+		t.Fatal(err)
+	}
+	if sc := status(central.StatusCritical); sc.AlarmSummary.Critical != 1 {
+		t.Errorf("alarm summary at central = %+v", sc.AlarmSummary)
+	}
+	site.Shell().Alarms.Clear(ctx, "200.004", "host=worker-1")
+	site.Shell().Alarms.Raise(ctx, "100.103", "host=worker-1", map[string]string{"threshold": "90"})
+	status(central.StatusDegraded)
+	site.Shell().Alarms.Clear(ctx, "100.103", "host=worker-1")
+	status(central.StatusOK)
+}

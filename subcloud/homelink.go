@@ -204,6 +204,14 @@ func (s *Subcloud) summary() linkproto.Summary {
 	for _, h := range hosts {
 		sum.HostsByAvail[string(h.Availability)]++
 	}
+	// Active, unsuppressed alarms: central derives the site's status from them.
+	if a, err := s.shell.Alarms.Store().Summary(context.Background()); err == nil {
+		for sev, n := range map[string]int{"critical": a.Critical, "major": a.Major, "minor": a.Minor, "warning": a.Warning} {
+			if n > 0 {
+				sum.Alarms[sev] = n
+			}
+		}
+	}
 	return sum
 }
 

@@ -75,7 +75,11 @@ func event(typ faultmgr.EventType, a faultmgr.Alarm, site string, at time.Time) 
 func (s *Store) ApplyAlarmOps(ctx context.Context, ops []faultmgr.Op, site string, at time.Time) ([]faultmgr.OpResult, error) {
 	res := make([]faultmgr.OpResult, len(ops))
 	err := s.db.WithContext(ctx).Transaction(func(tx *gorm.DB) error {
-		b := &batch{tx: tx, cur: map[alarmKey]*alarmRow{}}
+		b := &batch{tx: tx, cur: map[alarmKey]*alarmRow{}, rows: 50, keys: 100}
+		if s.db.Kind == sqldb.Postgres {
+			// PostgreSQL pays per round trip, not per bound parameter.
+			b.rows, b.keys = 500, 1000
+		}
 		if err := b.load(ops); err != nil {
 			return err
 		}
@@ -148,30 +152,36 @@ type batch struct {
 	updated map[string]*alarmRow   // stored rows whose severity/reason changed
 	deletes []string               // stored rows to delete
 	events  []eventRow
+	rows    int // rows per INSERT
+	keys    int // keys per lookup query
 }
 
-// load reads the stored alarms of every key the batch names.
+// load reads the stored alarms of every key the batch names: per alarm ID
+// (a batch has few), its entities in chunks — a lookup both engines answer
+// from the unique (alarm_id, entity_instance_id) index.
 func (b *batch) load(ops []faultmgr.Op) error {
 	b.updated = map[string]*alarmRow{}
-	var keys [][]any
+	entities := map[string][]string{} // alarm ID -> entities
 	seen := map[alarmKey]bool{}
 	for _, op := range ops {
 		k := alarmKey{op.Alarm.AlarmID, op.Alarm.EntityInstanceID}
 		if (op.Kind == faultmgr.OpRaise || op.Kind == faultmgr.OpClear) && !seen[k] {
 			seen[k] = true
-			keys = append(keys, []any{k.id, k.entity})
+			entities[k.id] = append(entities[k.id], k.entity)
 		}
 	}
-	for len(keys) > 0 {
-		n := min(len(keys), 400) // keep bound parameters well under every engine's limit
-		var rows []alarmRow
-		if err := b.tx.Where("(alarm_id, entity_instance_id) IN ?", keys[:n]).Find(&rows).Error; err != nil {
-			return err
+	for id, ents := range entities {
+		for len(ents) > 0 {
+			n := min(len(ents), b.keys)
+			var rows []alarmRow
+			if err := b.tx.Where("alarm_id = ? AND entity_instance_id IN ?", id, ents[:n]).Find(&rows).Error; err != nil {
+				return err
+			}
+			for i := range rows {
+				b.cur[alarmKey{rows[i].AlarmID, rows[i].EntityInstanceID}] = &rows[i]
+			}
+			ents = ents[n:]
 		}
-		for i := range rows {
-			b.cur[alarmKey{rows[i].AlarmID, rows[i].EntityInstanceID}] = &rows[i]
-		}
-		keys = keys[n:]
 	}
 	return nil
 }
@@ -204,14 +214,16 @@ func (b *batch) flush() error {
 		}
 	}
 	clear(b.updated)
+	// Rows per INSERT: on SQLite 50 measured fastest (BenchmarkApplyRaiseBatch:
+	// 20 rows 22.8k/s, 50 rows 25.0k/s, 100 rows 21.6k/s, 200 rows 12.9k/s).
 	if len(b.inserts) > 0 {
-		if err := b.tx.CreateInBatches(b.inserts, 200).Error; err != nil {
+		if err := b.tx.CreateInBatches(b.inserts, b.rows).Error; err != nil {
 			return err
 		}
 		b.inserts = nil
 	}
 	if len(b.events) > 0 {
-		if err := b.tx.CreateInBatches(b.events, 300).Error; err != nil {
+		if err := b.tx.CreateInBatches(b.events, b.rows).Error; err != nil {
 			return err
 		}
 		b.events = nil

@@ -46,8 +46,9 @@ func TestPartitionedSiteGoesOfflineAndReturns(t *testing.T) {
 		t.Fatalf("site-sx is %s after lab up; want online", a)
 	}
 
-	// A one-way WAN delay of 300 ms slows relayed calls by at least a round
-	// trip, and the site stays online.
+	// A one-way WAN delay of 300 ms slows relayed calls by about a round
+	// trip (600 ms; at least 500 ms allows for noise in the CLI's own start),
+	// and the site stays online.
 	timed := func() time.Duration {
 		start := time.Now()
 		central.ok("--site", "site-sx", "version")
@@ -58,12 +59,12 @@ func TestPartitionedSiteGoesOfflineAndReturns(t *testing.T) {
 	var slowed time.Duration
 	deadline := time.Now().Add(5 * time.Second)
 	for time.Now().Before(deadline) { // the fabric picks the change up within a fraction of a second
-		if slowed = timed(); slowed >= base0+600*time.Millisecond {
+		if slowed = timed(); slowed >= base0+500*time.Millisecond {
 			break
 		}
 	}
 	t.Logf("relayed call: %s without delay, %s with 300 ms one-way WAN delay", base0.Round(time.Millisecond), slowed.Round(time.Millisecond))
-	if slowed < base0+600*time.Millisecond {
+	if slowed < base0+500*time.Millisecond {
 		t.Errorf("with 300 ms one-way delay a relayed call took %s (%s without)", slowed, base0)
 	}
 	if a := availability(); a != "online" {

@@ -50,6 +50,7 @@ const (
 	OpRaise OpKind = iota + 1
 	OpClear
 	OpClearPrefix
+	OpLog // appends Event: a log entry, or a site's audit event at central
 )
 
 // Op is one alarm change, applied with others in one transaction.
@@ -57,6 +58,10 @@ type Op struct {
 	Kind   OpKind
 	Alarm  Alarm  // OpRaise: the alarm as it should be; OpClear: AlarmID and EntityInstanceID
 	Prefix string // OpClearPrefix: clears every alarm whose entity starts with it
+	// Event, if set, is recorded as it is (UUID, type, time) instead of an
+	// event made by the store: a site's events applied at central, which
+	// are recorded even when they change nothing there. OpLog requires it.
+	Event *Event
 }
 
 // OpResult tells what an operation changed.
@@ -89,7 +94,8 @@ type AlarmStore interface {
 }
 
 // AlarmFilters are the filters Alarms accepts.
-var AlarmFilters = []string{"severity", "alarm_id", "entity_instance_id", "mgmt_affecting", "suppressed"}
+// site is exact ("" for central's own alarms).
+var AlarmFilters = []string{"severity", "alarm_id", "entity_instance_id", "mgmt_affecting", "suppressed", "site"}
 
 var entityPattern = regexp.MustCompile(`^[a-z][a-z0-9_-]*=[^.=\s]+(\.[a-z][a-z0-9_-]*=[^.=\s]+)*$`)
 

@@ -18,8 +18,9 @@ import (
 
 type alarmRow struct {
 	UUID             string `gorm:"primaryKey;size:36"` // UUIDv7 of the first raise
-	AlarmID          string `gorm:"size:16;not null;uniqueIndex:alarm_key;index"`
-	EntityInstanceID string `gorm:"size:255;not null;uniqueIndex:alarm_key"`
+	Site             string `gorm:"size:63;not null;default:'';uniqueIndex:alarm_site_key,priority:1;index"`
+	AlarmID          string `gorm:"size:16;not null;uniqueIndex:alarm_site_key,priority:2;index"`
+	EntityInstanceID string `gorm:"size:255;not null;uniqueIndex:alarm_site_key,priority:3"`
 	Severity         string `gorm:"size:16;index"`
 	ReasonText       string
 	AlarmType        string `gorm:"size:64"`
@@ -31,7 +32,6 @@ type alarmRow struct {
 	AckedBy          string `gorm:"size:63"`
 	AckedAt          *time.Time
 	Timestamp        time.Time
-	Site             string `gorm:"size:63"`
 }
 
 func (alarmRow) TableName() string { return "fm_alarms" }
@@ -66,79 +66,113 @@ func fromAlarm(a faultmgr.Alarm, at time.Time) alarmRow {
 		Timestamp: at, Site: a.Site}
 }
 
-func event(typ faultmgr.EventType, a faultmgr.Alarm, site string, at time.Time) eventRow {
-	id, _ := uuid.NewV7()
-	return eventRow{UUID: id.String(), Type: string(typ), AlarmID: a.AlarmID, EntityInstanceID: a.EntityInstanceID,
-		Severity: string(a.Severity), ReasonText: a.ReasonText, Timestamp: at, Site: site}
+// event makes the history entry of a change to alarm a: op's own event if
+// it carries one (a site's, applied at central), else a new one.
+func (b *batch) event(typ faultmgr.EventType, a faultmgr.Alarm, op faultmgr.Op, at time.Time) {
+	var r eventRow
+	if op.Event != nil {
+		r = fromEvent(*op.Event)
+	} else {
+		id, _ := uuid.NewV7()
+		r = eventRow{UUID: id.String(), Type: string(typ), AlarmID: a.AlarmID, EntityInstanceID: a.EntityInstanceID,
+			Severity: string(a.Severity), ReasonText: a.ReasonText, Timestamp: at}
+	}
+	r.Site, r.AlarmUUID, r.Seq = b.site, a.UUID, b.next()
+	b.events = append(b.events, r)
 }
 
 func (s *Store) ApplyAlarmOps(ctx context.Context, ops []faultmgr.Op, site string, at time.Time) ([]faultmgr.OpResult, error) {
-	res := make([]faultmgr.OpResult, len(ops))
-	err := s.db.WithContext(ctx).Transaction(func(tx *gorm.DB) error {
-		b := &batch{tx: tx, cur: map[alarmKey]*alarmRow{}, rows: 50, keys: 100}
-		if s.db.Kind == sqldb.Postgres {
-			// PostgreSQL pays per round trip, not per bound parameter.
-			b.rows, b.keys = 500, 1000
-		}
-		if err := b.load(ops); err != nil {
-			return err
-		}
-		for i, op := range ops {
-			switch op.Kind {
-			case faultmgr.OpRaise:
-				k := alarmKey{op.Alarm.AlarmID, op.Alarm.EntityInstanceID}
-				cur := b.cur[k]
-				switch {
-				case cur == nil:
-					row := fromAlarm(op.Alarm, at)
-					b.cur[k], b.inserts = &row, append(b.inserts, &row)
-					res[i] = faultmgr.OpResult{Alarm: toAlarm(row, false), Changed: true}
-					b.events = append(b.events, event(faultmgr.EventSet, op.Alarm, site, at))
-				case cur.Severity == string(op.Alarm.Severity) && cur.ReasonText == op.Alarm.ReasonText:
-					res[i] = faultmgr.OpResult{Alarm: toAlarm(*cur, false)} // idempotent: nothing changes
-				default:
-					cur.Severity, cur.ReasonText, cur.Timestamp = string(op.Alarm.Severity), op.Alarm.ReasonText, at
-					b.updated[cur.UUID] = cur
-					res[i] = faultmgr.OpResult{Alarm: toAlarm(*cur, false), Changed: true}
-					b.events = append(b.events, event(faultmgr.EventSet, op.Alarm, site, at))
-				}
-			case faultmgr.OpClear:
-				k := alarmKey{op.Alarm.AlarmID, op.Alarm.EntityInstanceID}
-				cur := b.cur[k]
-				if cur == nil {
-					continue // clearing an absent alarm is a no-op
-				}
-				a := toAlarm(*cur, false)
-				b.remove(k, cur)
-				res[i] = faultmgr.OpResult{Alarm: a, Changed: true}
-				b.events = append(b.events, event(faultmgr.EventClear, a, site, at))
-			case faultmgr.OpClearPrefix:
-				if err := b.flush(); err != nil { // the prefix query must see this batch's inserts
-					return err
-				}
-				var rows []alarmRow
-				// The entity itself and its sub-entities (host=worker-1 and
-				// host=worker-1.process=sm), not host=worker-10.
-				if err := tx.Where("entity_instance_id = ? OR entity_instance_id LIKE ? ESCAPE '\\'", op.Prefix,
-					likePrefix(op.Prefix+".")).Find(&rows).Error; err != nil {
-					return err
-				}
-				for _, r := range rows {
-					k := alarmKey{r.AlarmID, r.EntityInstanceID}
-					if cur := b.cur[k]; cur != nil {
-						r = *cur
-					}
-					b.remove(k, &r)
-					b.events = append(b.events, event(faultmgr.EventClear, toAlarm(r, false), site, at))
-				}
-				res[i] = faultmgr.OpResult{Changed: len(rows) > 0, Cleared: len(rows)}
-			default:
-				return fmt.Errorf("faultdb: unknown alarm operation %d", op.Kind)
-			}
-		}
-		return b.flush()
+	var res []faultmgr.OpResult
+	err := s.write(ctx, func(tx *gorm.DB, next func() uint64) error {
+		var err error
+		res, err = s.apply(tx, next, ops, site, at)
+		return err
 	})
 	return res, err
+}
+
+// apply applies ops to site's alarms within tx.
+func (s *Store) apply(tx *gorm.DB, next func() uint64, ops []faultmgr.Op, site string, at time.Time) ([]faultmgr.OpResult, error) {
+	res := make([]faultmgr.OpResult, len(ops))
+	b := &batch{tx: tx, site: site, next: next, cur: map[alarmKey]*alarmRow{}, rows: 50, keys: 100}
+	if s.db.Kind == sqldb.Postgres {
+		// PostgreSQL pays per round trip, not per bound parameter.
+		b.rows, b.keys = 500, 1000
+	}
+	if err := b.load(ops); err != nil {
+		return nil, err
+	}
+	for i, op := range ops {
+		when := at
+		if op.Event != nil {
+			when = op.Event.Timestamp.UTC()
+		}
+		switch op.Kind {
+		case faultmgr.OpRaise:
+			k := alarmKey{op.Alarm.AlarmID, op.Alarm.EntityInstanceID}
+			cur := b.cur[k]
+			switch {
+			case cur == nil:
+				row := fromAlarm(op.Alarm, when)
+				row.Site = site
+				b.cur[k], b.inserts = &row, append(b.inserts, &row)
+				res[i] = faultmgr.OpResult{Alarm: toAlarm(row, false), Changed: true}
+				b.event(faultmgr.EventSet, res[i].Alarm, op, when)
+			case cur.Severity == string(op.Alarm.Severity) && cur.ReasonText == op.Alarm.ReasonText:
+				res[i] = faultmgr.OpResult{Alarm: toAlarm(*cur, false)} // idempotent: nothing changes
+				if op.Event != nil {
+					b.event(faultmgr.EventSet, res[i].Alarm, op, when)
+				}
+			default:
+				cur.Severity, cur.ReasonText, cur.Timestamp = string(op.Alarm.Severity), op.Alarm.ReasonText, when
+				b.updated[cur.UUID] = cur
+				res[i] = faultmgr.OpResult{Alarm: toAlarm(*cur, false), Changed: true}
+				b.event(faultmgr.EventSet, res[i].Alarm, op, when)
+			}
+		case faultmgr.OpClear:
+			k := alarmKey{op.Alarm.AlarmID, op.Alarm.EntityInstanceID}
+			cur := b.cur[k]
+			if cur == nil {
+				if op.Event != nil {
+					b.event(faultmgr.EventClear, op.Alarm, op, when)
+				}
+				continue // clearing an absent alarm is a no-op
+			}
+			a := toAlarm(*cur, false)
+			b.remove(k, cur)
+			res[i] = faultmgr.OpResult{Alarm: a, Changed: true}
+			b.event(faultmgr.EventClear, a, op, when)
+		case faultmgr.OpClearPrefix:
+			if err := b.flush(); err != nil { // the prefix query must see this batch's inserts
+				return nil, err
+			}
+			var rows []alarmRow
+			// The entity itself and its sub-entities (host=worker-1 and
+			// host=worker-1.process=sm), not host=worker-10.
+			if err := tx.Where("site = ? AND (entity_instance_id = ? OR entity_instance_id LIKE ? ESCAPE '\\')", site,
+				op.Prefix, likePrefix(op.Prefix+".")).Find(&rows).Error; err != nil {
+				return nil, err
+			}
+			for _, r := range rows {
+				k := alarmKey{r.AlarmID, r.EntityInstanceID}
+				if cur := b.cur[k]; cur != nil {
+					r = *cur
+				}
+				b.remove(k, &r)
+				b.event(faultmgr.EventClear, toAlarm(r, false), faultmgr.Op{}, when)
+			}
+			res[i] = faultmgr.OpResult{Changed: len(rows) > 0, Cleared: len(rows)}
+		case faultmgr.OpLog:
+			if op.Event == nil {
+				return nil, fmt.Errorf("faultdb: a log operation needs its event")
+			}
+			b.event(op.Event.Type, faultmgr.Alarm{}, op, when)
+			res[i] = faultmgr.OpResult{Changed: true}
+		default:
+			return nil, fmt.Errorf("faultdb: unknown alarm operation %d", op.Kind)
+		}
+	}
+	return res, b.flush()
 }
 
 type alarmKey struct{ id, entity string }
@@ -147,6 +181,8 @@ type alarmKey struct{ id, entity string }
 // multi-row inserts, deletes by UUID set, events in bulk.
 type batch struct {
 	tx      *gorm.DB
+	site    string
+	next    func() uint64
 	cur     map[alarmKey]*alarmRow // state as of the op being applied
 	inserts []*alarmRow            // new rows not yet written
 	updated map[string]*alarmRow   // stored rows whose severity/reason changed
@@ -174,7 +210,7 @@ func (b *batch) load(ops []faultmgr.Op) error {
 		for len(ents) > 0 {
 			n := min(len(ents), b.keys)
 			var rows []alarmRow
-			if err := b.tx.Where("alarm_id = ? AND entity_instance_id IN ?", id, ents[:n]).Find(&rows).Error; err != nil {
+			if err := b.tx.Where("site = ? AND alarm_id = ? AND entity_instance_id IN ?", b.site, id, ents[:n]).Find(&rows).Error; err != nil {
 				return err
 			}
 			for i := range rows {
@@ -245,7 +281,7 @@ func (s *Store) suppressed(ctx context.Context) (map[string]bool, error) {
 
 func (s *Store) Alarms(ctx context.Context, opts page.Options) ([]faultmgr.Alarm, string, error) {
 	q := s.db.WithContext(ctx).Model(&alarmRow{})
-	for _, f := range []string{"severity", "alarm_id"} {
+	for _, f := range []string{"severity", "alarm_id", "site"} {
 		if v, ok := opts.Filters[f]; ok {
 			q = q.Where(f+" = ?", v)
 		}

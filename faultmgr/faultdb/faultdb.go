@@ -19,6 +19,8 @@ import (
 
 type eventRow struct {
 	UUID             string `gorm:"primaryKey;size:36"` // UUIDv7: ordered by time
+	Seq              uint64 `gorm:"uniqueIndex"`        // commit order (see seqlog)
+	AlarmUUID        string `gorm:"size:36"`
 	Type             string `gorm:"size:8;not null;index"`
 	AlarmID          string `gorm:"size:16;index"`
 	EntityInstanceID string `gorm:"size:255"`
@@ -36,25 +38,49 @@ type eventRow struct {
 
 func (eventRow) TableName() string { return "fm_events" }
 
-// Store implements faultmgr.EventStore.
-type Store struct{ db *sqldb.DB }
+// Store implements faultmgr.EventStore, faultmgr.AlarmStore and
+// faultmgr.Log.
+type Store struct {
+	db  *sqldb.DB
+	log seqlog
+}
 
 var _ faultmgr.EventStore = (*Store)(nil)
 
 // Open migrates the schema and returns the store.
 func Open(ctx context.Context, db *sqldb.DB) (*Store, error) {
-	if err := db.WithContext(ctx).AutoMigrate(&eventRow{}, &alarmRow{}, &suppressionRow{}); err != nil {
+	m := db.WithContext(ctx).Migrator()
+	if m.HasTable(&alarmRow{}) && m.HasIndex(&alarmRow{}, "alarm_key") {
+		// Before sites' alarms were kept at central the key had no site.
+		if err := m.DropIndex(&alarmRow{}, "alarm_key"); err != nil {
+			return nil, fmt.Errorf("faultdb: migrate: %w", err)
+		}
+	}
+	if err := db.WithContext(ctx).AutoMigrate(&eventRow{}, &alarmRow{}, &suppressionRow{}, &metaRow{},
+		&siteCursorRow{}); err != nil {
 		return nil, fmt.Errorf("faultdb: migrate: %w", err)
 	}
-	return &Store{db: db}, nil
+	s := &Store{db: db}
+	if err := s.openLog(ctx); err != nil {
+		return nil, err
+	}
+	return s, nil
+}
+
+func fromEvent(e faultmgr.Event) eventRow {
+	return eventRow{
+		UUID: e.UUID, Type: string(e.Type), AlarmID: e.AlarmID, EntityInstanceID: e.EntityInstanceID,
+		Severity: e.Severity, ReasonText: e.ReasonText, UserName: e.User, Role: e.Role, Action: e.Action,
+		Target: e.Target, Result: e.Result, RequestID: e.RequestID, Timestamp: e.Timestamp.UTC(), Site: e.Site,
+	}
 }
 
 func (s *Store) AppendEvent(ctx context.Context, e faultmgr.Event) error {
-	return s.db.WithContext(ctx).Create(&eventRow{
-		UUID: e.UUID, Type: string(e.Type), AlarmID: e.AlarmID, EntityInstanceID: e.EntityInstanceID,
-		Severity: e.Severity, ReasonText: e.ReasonText, UserName: e.User, Role: e.Role, Action: e.Action,
-		Target: e.Target, Result: e.Result, RequestID: e.RequestID, Timestamp: e.Timestamp, Site: e.Site,
-	}).Error
+	return s.write(ctx, func(tx *gorm.DB, next func() uint64) error {
+		r := fromEvent(e)
+		r.Seq = next()
+		return tx.Create(&r).Error
+	})
 }
 
 func (s *Store) Events(ctx context.Context, opts rest.ListOptions) ([]faultmgr.Event, string, error) {

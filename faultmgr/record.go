@@ -24,3 +24,29 @@ type Log interface {
 	// anew, so a reader holding a position in another epoch starts over.
 	Epoch() string
 }
+
+// SiteOps turns a site's records into the operations that apply them at
+// central: sets raise (the alarm's static fields from cat, its severity,
+// reason and UUID from the site), clears clear, and every record keeps its
+// own event.
+func SiteOps(cat *Catalog, recs []Record) []Op {
+	ops := make([]Op, len(recs))
+	for i, r := range recs {
+		ev := r.Event
+		a := Alarm{UUID: r.AlarmUUID, AlarmID: ev.AlarmID, EntityInstanceID: ev.EntityInstanceID,
+			Severity: Severity(ev.Severity), ReasonText: ev.ReasonText}
+		if d, ok := cat.Lookup(ev.AlarmID); ok {
+			a.AlarmType, a.ProbableCause, a.ProposedRepairAction = d.AlarmType, d.ProbableCause, d.Repair
+			a.ServiceAffecting, a.MgmtAffecting, a.DegradeAffecting = d.ServiceAffecting, d.MgmtAffecting, d.DegradeAffecting
+		}
+		switch ev.Type {
+		case EventSet:
+			ops[i] = Op{Kind: OpRaise, Alarm: a, Event: &ev}
+		case EventClear:
+			ops[i] = Op{Kind: OpClear, Alarm: a, Event: &ev}
+		default:
+			ops[i] = Op{Kind: OpLog, Event: &ev}
+		}
+	}
+	return ops
+}

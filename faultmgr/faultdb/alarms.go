@@ -115,6 +115,10 @@ func (s *Store) apply(tx *gorm.DB, next func() uint64, ops []faultmgr.Op, site s
 			case cur == nil:
 				row := fromAlarm(op.Alarm, when)
 				row.Site = site
+				if row.UUID == "" {
+					id, _ := uuid.NewV7()
+					row.UUID = id.String()
+				}
 				b.cur[k], b.inserts = &row, append(b.inserts, &row)
 				res[i] = faultmgr.OpResult{Alarm: toAlarm(row, false), Changed: true}
 				b.event(faultmgr.EventSet, res[i].Alarm, op, when)

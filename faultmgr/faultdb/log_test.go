@@ -1,0 +1,189 @@
+package faultdb_test
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"sync"
+	"testing"
+	"time"
+
+	"github.com/google/uuid"
+
+	"github.com/petrel-edge/petrel/faultmgr"
+	"github.com/petrel-edge/petrel/faultmgr/faultdb"
+	"github.com/petrel-edge/petrel/internal/rest"
+	"github.com/petrel-edge/petrel/internal/sqldb"
+	"github.com/petrel-edge/petrel/internal/sqldb/sqldbtest"
+)
+
+// TestConformanceLogOrder: concurrent writers of every kind get gap-free
+// sequence numbers, After reads them back in order, and Watch wakes on
+// commit.
+func TestConformanceLogOrder(t *testing.T) {
+	sqldbtest.Each(t, func(t *testing.T, open func(*testing.T) *sqldb.DB) {
+		ctx := context.Background()
+		db := open(t)
+		m, st := manager(t, db)
+		last0, woke := st.Watch()
+		var wg sync.WaitGroup
+		for w := range 4 {
+			wg.Add(1)
+			go func() {
+				defer wg.Done()
+				for i := range 25 {
+					if w%2 == 0 {
+						m.Raise(ctx, "100.101", fmt.Sprintf("host=w%d-%d", w, i), map[string]string{"threshold": "90"})
+					} else {
+						id, _ := uuid.NewV7()
+						st.AppendEvent(ctx, faultmgr.Event{UUID: id.String(), Type: faultmgr.EventAudit, User: "u", Timestamp: time.Now()})
+					}
+				}
+			}()
+		}
+		wg.Wait()
+		select {
+		case <-woke:
+		default:
+			t.Error("Watch's channel not closed after commits")
+		}
+		last, _ := st.Watch()
+		if last != last0+100 {
+			t.Fatalf("last seq %d after 100 events from %d", last, last0)
+		}
+		var got []faultmgr.Record
+		for after := last0; ; {
+			recs, err := st.After(ctx, after, 33)
+			if err != nil {
+				t.Fatal(err)
+			}
+			if len(recs) == 0 {
+				break
+			}
+			got = append(got, recs...)
+			after = recs[len(recs)-1].Seq
+		}
+		if len(got) != 100 {
+			t.Fatalf("After read %d records; want 100", len(got))
+		}
+		for i, r := range got {
+			if r.Seq != last0+uint64(i)+1 {
+				t.Fatalf("record %d has seq %d; want %d (gap-free, ascending)", i, r.Seq, last0+uint64(i)+1)
+			}
+			if r.Event.Type == faultmgr.EventSet && r.AlarmUUID == "" {
+				t.Errorf("set record %d carries no alarm UUID", r.Seq)
+			}
+		}
+		// The epoch and the numbering survive reopening the store.
+		st2, err := faultdb.Open(ctx, db)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if st2.Epoch() != st.Epoch() || st.Epoch() == "" {
+			t.Errorf("epoch %q after reopening; was %q", st2.Epoch(), st.Epoch())
+		}
+		if l2, _ := st2.Watch(); l2 != last {
+			t.Errorf("reopened store's last seq %d; want %d", l2, last)
+		}
+	})
+}
+
+// TestConformanceApplySite: central applies a site's records exactly once
+// and in order, keeps each site's alarms apart, and refuses another epoch.
+func TestConformanceApplySite(t *testing.T) {
+	sqldbtest.Each(t, func(t *testing.T, open func(*testing.T) *sqldb.DB) {
+		ctx := context.Background()
+		site, _ := manager(t, open(t)) // a site ("site-sx"), its own store
+		central, err := faultdb.Open(ctx, open(t))
+		if err != nil {
+			t.Fatal(err)
+		}
+		siteStore := site.Store().(*faultdb.Store)
+		site.Raise(ctx, "200.001", "host=controller-0", nil)
+		site.Raise(ctx, "100.101", "host=controller-0", map[string]string{"threshold": "90"})
+		site.Clear(ctx, "200.001", "host=controller-0")
+		recs, _ := siteStore.After(ctx, 0, 100)
+		ops := faultmgr.SiteOps(site.Catalog(), recs)
+		if err := central.ResetSite(ctx, "site-sx", siteStore.Epoch()); err != nil {
+			t.Fatal(err)
+		}
+		// Applied twice (an ack lost): the second time changes nothing.
+		for range 2 {
+			n, err := central.ApplySite(ctx, "site-sx", siteStore.Epoch(), recs, ops)
+			if err != nil || n != recs[len(recs)-1].Seq {
+				t.Fatalf("ApplySite = %d, %v", n, err)
+			}
+		}
+		// The same key at another site is another alarm.
+		other := []faultmgr.Record{{Seq: 1, AlarmUUID: mustUUID(), Event: faultmgr.Event{UUID: mustUUID(), Type: faultmgr.EventSet,
+			AlarmID: "100.101", EntityInstanceID: "host=controller-0", Severity: "major", ReasonText: "hot", Timestamp: time.Now()}}}
+		if _, err := central.ApplySite(ctx, "site-b", "epoch-b", other, faultmgr.SiteOps(site.Catalog(), other)); err != nil {
+			t.Fatal(err)
+		}
+		all, _, _ := central.Alarms(ctx, rest.ListOptions{Limit: 100})
+		if len(all) != 2 {
+			t.Fatalf("central holds %d alarms; want 100.101 at site-sx and at site-b: %+v", len(all), all)
+		}
+		sx, _, _ := central.Alarms(ctx, rest.ListOptions{Limit: 100, Filters: map[string]string{"site": "site-sx"}})
+		if len(sx) != 1 || sx[0].AlarmID != "100.101" || sx[0].Site != "site-sx" || sx[0].AlarmType == "" {
+			t.Errorf("site-sx alarms at central: %+v", sx)
+		}
+		evs, _, _ := central.Events(ctx, rest.ListOptions{Limit: 100})
+		if len(evs) != len(recs)+1 {
+			t.Errorf("central holds %d events; want %d (each exactly once)", len(evs), len(recs)+1)
+		}
+		if _, err := central.ApplySite(ctx, "site-sx", "another-epoch", recs, ops); !errors.Is(err, faultdb.ErrStaleBatch) {
+			t.Errorf("a batch from another epoch: %v", err)
+		}
+		// A site's log starting over drops what central held of it.
+		if err := central.ResetSite(ctx, "site-sx", "another-epoch"); err != nil {
+			t.Fatal(err)
+		}
+		if sx, _, _ := central.Alarms(ctx, rest.ListOptions{Limit: 100, Filters: map[string]string{"site": "site-sx"}}); len(sx) != 0 {
+			t.Errorf("after a reset central still holds %+v", sx)
+		}
+		if ep, seq, _ := central.SiteCursor(ctx, "site-sx"); ep != "another-epoch" || seq != 0 {
+			t.Errorf("cursor after reset = %s/%d", ep, seq)
+		}
+	})
+}
+
+// TestConformanceTrim: history is bounded by count and age, but events a
+// reader still needs stay until the hard bound.
+func TestConformanceTrim(t *testing.T) {
+	sqldbtest.Each(t, func(t *testing.T, open func(*testing.T) *sqldb.DB) {
+		ctx := context.Background()
+		st, err := faultdb.Open(ctx, open(t))
+		if err != nil {
+			t.Fatal(err)
+		}
+		t0 := time.Now().UTC().Add(-time.Hour)
+		for i := range 100 {
+			st.AppendEvent(ctx, faultmgr.Event{UUID: mustUUID(), Type: faultmgr.EventLog, Timestamp: t0.Add(time.Duration(i) * time.Second)})
+		}
+		count := func() int {
+			recs, _ := st.After(ctx, 0, 1000)
+			return len(recs)
+		}
+		// A reader at 30 holds back the count bound of 50.
+		if n, err := st.Trim(ctx, faultdb.TrimPolicy{MaxEvents: 50, Floor: 30, Now: time.Now()}); err != nil || n != 30 || count() != 70 {
+			t.Errorf("trim with floor 30: deleted %d (%v), %d left; want 30, 70", n, err, count())
+		}
+		if n, _ := st.Trim(ctx, faultdb.TrimPolicy{MaxEvents: 50, Floor: 100, Now: time.Now()}); n != 20 || count() != 50 {
+			t.Errorf("trim to 50: deleted %d, %d left", n, count())
+		}
+		// Age: events older than 70 s before the last are gone.
+		if n, _ := st.Trim(ctx, faultdb.TrimPolicy{MaxAge: time.Hour - 90*time.Second, Floor: 100, Now: time.Now()}); count() > 11 || n < 39 {
+			t.Errorf("trim by age: deleted %d, %d left", n, count())
+		}
+		// The hard bound wins over the floor.
+		if _, err := st.Trim(ctx, faultdb.TrimPolicy{MaxEvents: 1, Floor: 0, HardMax: 5, Now: time.Now()}); err != nil || count() != 5 {
+			t.Errorf("hard bound: %d left (%v); want 5", count(), err)
+		}
+	})
+}
+
+func mustUUID() string {
+	id, _ := uuid.NewV7()
+	return id.String()
+}

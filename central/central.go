@@ -361,6 +361,13 @@ func (c *Central) deleteSubcloud(r *http.Request) (int, any, error) {
 		return 0, nil, err
 	}
 	c.tracker.Remove(name)
+	// Its alarms go: those it sent and central's own about it.
+	if err := c.shell.FaultLog.DeleteSite(r.Context(), name); err != nil {
+		c.log.Error("dropping a deleted subcloud's alarms failed", "site", name, "err", err)
+	}
+	if _, err := c.shell.Alarms.ClearEntity(r.Context(), "subcloud="+name); err != nil {
+		c.log.Error("clearing a deleted subcloud's alarms failed", "site", name, "err", err)
+	}
 	c.stream.Publish("subcloud-deleted", map[string]string{"name": name})
 	if s := c.links.get(name); s != nil {
 		s.Close()

@@ -14,6 +14,7 @@ import (
 
 	"github.com/hashicorp/yamux"
 
+	"github.com/petrel-edge/petrel/faultmgr"
 	"github.com/petrel-edge/petrel/internal/linkproto"
 )
 
@@ -140,9 +141,14 @@ func (c *Central) serveLink(ctx context.Context, conn net.Conn) error {
 		return fmt.Errorf("site %s offers protocols %v", site, hello.Protocols)
 	}
 	// Seq tells the site what central holds: if its summary has not changed
-	// since, it resyncs with a keepalive instead of resending it.
+	// since, it resyncs with a keepalive instead of resending it. EventSeq
+	// is where the site's event log resumes.
+	evSeq, err := c.eventCursor(ctx, site, hello.Epoch)
+	if err != nil {
+		return fmt.Errorf("event cursor: %w", err)
+	}
 	if err := linkproto.Write(ctl, linkproto.Message{Type: linkproto.TypeWelcome, Protocol: proto,
-		Seq: c.recordedSeq(site), SentAt: time.Now().UTC()}); err != nil {
+		Seq: c.recordedSeq(site), EventSeq: evSeq, SentAt: time.Now().UTC()}); err != nil {
 		return err
 	}
 	// Check the certificate again and register the link under linkMu:
@@ -157,20 +163,60 @@ func (c *Central) serveLink(ctx context.Context, conn net.Conn) error {
 	defer c.links.drop(site, sess)
 	c.log.Info("site connected", "site", site, "protocol", proto, "remote", conn.RemoteAddr().String())
 	c.seen(ctx, site, nil)
+
+	// The site's event records are applied off the read loop, so a long
+	// backlog never delays the updates that keep the site online.
+	var wmu sync.Mutex
+	write := func(m linkproto.Message) error {
+		wmu.Lock()
+		defer wmu.Unlock()
+		m.SentAt = time.Now().UTC()
+		return linkproto.Write(ctl, m)
+	}
+	batches := make(chan []faultmgr.Record, 8)
+	applied := make(chan struct{})
+	go func() {
+		defer close(applied)
+		for recs := range batches {
+			n, err := c.applyEvents(ctx, site, hello.Epoch, recs)
+			if err != nil {
+				c.log.Warn("closing a site's link: its records were not applied", "site", site, "err", err)
+				_ = write(linkproto.Message{Type: linkproto.TypeGoodbye, Reason: err.Error()})
+				sess.Close()
+				for range batches { // drain until the reader stops
+				}
+				return
+			}
+			if err := write(linkproto.Message{Type: linkproto.TypeEventsAck, EventSeq: n}); err != nil {
+				sess.Close()
+			}
+		}
+	}()
+	defer func() { close(batches); <-applied }()
+
 	for {
 		ctl.SetReadDeadline(time.Now().Add(3 * c.tracker.interval))
 		m, err := linkproto.Read(ctl)
 		if err != nil {
 			return err
 		}
-		if m.Type != linkproto.TypeUpdate {
+		switch m.Type {
+		case linkproto.TypeEvents:
+			select {
+			case batches <- m.Records:
+			case <-applied:
+				return errors.New("records refused")
+			}
+			continue
+		case linkproto.TypeUpdate:
+		default:
 			continue
 		}
 		c.seen(ctx, site, m.Summary)
 		if m.Summary != nil {
 			c.recordSeq(site, m.Seq)
 		}
-		if err := linkproto.Write(ctl, linkproto.Message{Type: linkproto.TypeAck, Seq: m.Seq, SentAt: time.Now().UTC()}); err != nil {
+		if err := write(linkproto.Message{Type: linkproto.TypeAck, Seq: m.Seq}); err != nil {
 			return err
 		}
 	}
@@ -244,6 +290,9 @@ func (c *Central) seen(ctx context.Context, site string, sum *linkproto.Summary)
 	c.stream.Publish("subcloud", updated)
 	if tn != nil {
 		c.log.Info("subcloud online", "site", site, "reason", tn.Reason)
+		if _, err := c.shell.Alarms.Clear(ctx, "280.001", "subcloud="+site); err != nil {
+			c.log.Error("clearing 280.001 failed", "site", site, "err", err)
+		}
 	}
 }
 
@@ -279,6 +328,11 @@ func (c *Central) sweep(ctx context.Context) error {
 					c.stream.Publish("subcloud", updated)
 				}
 				c.log.Warn("subcloud offline", "site", tn.Site, "reason", tn.Reason)
+				if tn.From == Online {
+					if _, _, err := c.shell.Alarms.Raise(ctx, "280.001", "subcloud="+tn.Site, nil); err != nil {
+						c.log.Error("raising 280.001 failed", "site", tn.Site, "err", err)
+					}
+				}
 			}
 		}
 	}

@@ -12,6 +12,7 @@ import (
 	"path/filepath"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"testing"
 	"time"
 
@@ -366,6 +367,7 @@ func TestCentralRestartSitesReconnect(t *testing.T) {
 // cutter is a TCP proxy whose connections a test can cut.
 type cutter struct {
 	ln    net.Listener
+	down  atomic.Bool // refuse new connections: a partition
 	mu    sync.Mutex
 	conns []net.Conn
 }
@@ -382,6 +384,10 @@ func newCutter(t *testing.T, target string) *cutter {
 			in, err := ln.Accept()
 			if err != nil {
 				return
+			}
+			if c.down.Load() {
+				in.Close()
+				continue
 			}
 			out, err := net.Dial("tcp", target)
 			if err != nil {

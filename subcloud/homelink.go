@@ -4,7 +4,9 @@ import (
 	"context"
 	"crypto/rand"
 	"crypto/tls"
+	"errors"
 	"fmt"
+	"io"
 	"math/big"
 	"net"
 	"net/http"
@@ -37,6 +39,7 @@ type LinkState struct {
 	Protocol      int
 	LastAcked     uint64
 	SummariesSent uint64
+	EventsShipped uint64 // the last event-log sequence central acknowledged
 }
 
 // dialHome keeps the site's one outbound connection to central up until ctx
@@ -107,7 +110,8 @@ func (s *Subcloud) linkOnce(ctx context.Context, tlsCfg *tls.Config) error {
 		return err
 	}
 	if err := linkproto.Write(ctl, linkproto.Message{Type: linkproto.TypeHello, Site: s.cfg.Site,
-		Protocols: []int{linkproto.Current}, Seq: s.acked.Load(), SentAt: time.Now().UTC()}); err != nil {
+		Protocols: []int{linkproto.Current}, Seq: s.acked.Load(), Epoch: s.shell.FaultLog.Epoch(),
+		SentAt: time.Now().UTC()}); err != nil {
 		return err
 	}
 	ctl.SetReadDeadline(time.Now().Add(10 * time.Second))
@@ -127,6 +131,11 @@ func (s *Subcloud) linkOnce(ctx context.Context, tlsCfg *tls.Config) error {
 	go srv.Serve(sess)
 	defer srv.Close()
 
+	// Central holds the site's event log up to w.EventSeq: shipping resumes
+	// after it.
+	ship := &shipper{s: s, sent: w.EventSeq, acks: make(chan uint64, 1)}
+	ship.acked(ctx, w.EventSeq)
+
 	errc := make(chan error, 1)
 	go func() {
 		for {
@@ -136,6 +145,12 @@ func (s *Subcloud) linkOnce(ctx context.Context, tlsCfg *tls.Config) error {
 				return
 			}
 			switch m.Type {
+			case linkproto.TypeEventsAck:
+				select {
+				case ship.acks <- m.EventSeq:
+				case <-ship.acks: // replace an unread older ack
+					ship.acks <- m.EventSeq
+				}
 			case linkproto.TypeAck:
 				s.acked.Store(m.Seq)
 			case linkproto.TypeGoodbye:
@@ -174,15 +189,75 @@ func (s *Subcloud) linkOnce(ctx context.Context, tlsCfg *tls.Config) error {
 			}
 			lastSend = time.Now()
 		}
+		_, wake := s.shell.FaultLog.Watch() // before reading: no commit goes unnoticed
+		if err := ship.send(ctx, ctl); err != nil {
+			return err
+		}
 		select {
 		case <-ctx.Done():
 			_ = linkproto.Write(ctl, linkproto.Message{Type: linkproto.TypeGoodbye, Reason: "site shutting down", SentAt: time.Now().UTC()})
 			return nil
 		case err := <-errc:
 			return err
+		case n := <-ship.acks:
+			ship.acked(ctx, n)
+		case <-wake:
 		case <-tick.C:
 		}
 	}
+}
+
+// Shipping the event log: at most shipWindow records in flight, in frames
+// of shipBatch.
+const (
+	shipBatch  = 500
+	shipWindow = 4 * shipBatch
+)
+
+// shipper sends the site's event log to central in order; central applies
+// each record exactly once (its cursor) and acknowledges how far it got.
+type shipper struct {
+	s    *Subcloud
+	sent uint64 // the last sequence number sent on this link
+	ack  uint64 // the last central acknowledged
+	acks chan uint64
+}
+
+func (p *shipper) acked(ctx context.Context, n uint64) {
+	if n < p.ack {
+		return
+	}
+	p.ack = n
+	p.s.shipped.Store(n)
+	if err := p.s.shell.FaultLog.SetShipped(ctx, n); err != nil && ctx.Err() == nil {
+		p.s.log.Warn("recording central's acknowledgement failed", "seq", n, "err", err)
+	}
+}
+
+// send writes every committed record not yet sent, window permitting.
+func (p *shipper) send(ctx context.Context, w io.Writer) error {
+	for p.sent-p.ack < shipWindow {
+		recs, err := p.s.shell.FaultLog.After(ctx, p.sent, shipBatch)
+		if err != nil {
+			return fmt.Errorf("reading the event log: %w", err)
+		}
+		if len(recs) == 0 {
+			return nil
+		}
+		for {
+			err := linkproto.Write(w, linkproto.Message{Type: linkproto.TypeEvents, Records: recs, SentAt: time.Now().UTC()})
+			if errors.Is(err, linkproto.ErrFrameTooLarge) && len(recs) > 1 {
+				recs = recs[:len(recs)/2] // long texts: fewer records a frame
+				continue
+			}
+			if err != nil {
+				return err
+			}
+			break
+		}
+		p.sent = recs[len(recs)-1].Seq
+	}
+	return nil
 }
 
 func (s *Subcloud) interval() time.Duration {
@@ -218,7 +293,7 @@ func (s *Subcloud) summary() linkproto.Summary {
 // Link reports the state of the site's link to central.
 func (s *Subcloud) Link() LinkState {
 	return LinkState{Connected: s.connected.Load(), Protocol: linkproto.Current, LastAcked: s.acked.Load(),
-		SummariesSent: s.resent.Load()}
+		SummariesSent: s.resent.Load(), EventsShipped: s.shipped.Load()}
 }
 
 func jittered(d time.Duration) time.Duration {

@@ -59,6 +59,7 @@ type Subcloud struct {
 	seq       atomic.Uint64 // last update sequence sent
 	acked     atomic.Uint64 // last update sequence central acknowledged
 	resent    atomic.Uint64 // summaries sent (tests check resync sends none when nothing changed)
+	shipped   atomic.Uint64 // last event-log sequence central acknowledged
 
 	// The last summary sent, and its sequence; kept across reconnects.
 	lastSum    *linkproto.Summary
@@ -117,6 +118,8 @@ func New(ctx context.Context, cfg Config) (*Subcloud, error) {
 		}
 		// Central's relayed calls carry its signed assertion, never its tokens.
 		shell.Auth.AcceptAssertions(auth.NewAssertionVerifier(pub, cfg.Site, nil))
+		// History central has not acknowledged is kept (up to the hard bound).
+		shell.AddLogFloor(shell.FaultLog.Shipped)
 	}
 	s.register(shell.REST, shell.Auth)
 	return s, nil

@@ -38,15 +38,19 @@ func (a *app) alarmCmd() *cobra.Command {
 	var limit int
 	list := &cobra.Command{Use: "list", Short: "Active alarms, newest first", Args: noArgs}
 	query := filterFlags(list, "severity", "alarm_id", "mgmt_affecting", "suppressed")
-	var entity string
+	var entity, subcloud string
 	list.Flags().StringVar(&entity, "entity", "", "entity instance ID prefix, e.g. host=worker-1")
+	list.Flags().StringVar(&subcloud, "subcloud", "", "at central: one site's alarms")
 	list.Flags().IntVar(&limit, "limit", 0, "at most this many (default all)")
 	list.RunE = func(cmd *cobra.Command, _ []string) error {
 		q := query()
 		if entity != "" {
 			q.Set("entity_instance_id", entity)
 		}
-		return a.list(cmd, "/v1/alarms", q, limit, "uuid", "alarm_id", "severity", "entity_instance_id", "reason_text", "suppressed", "acked_by", "timestamp")
+		if subcloud != "" {
+			q.Set("site", subcloud)
+		}
+		return a.list(cmd, "/v1/alarms", q, limit, "uuid", "site", "alarm_id", "severity", "entity_instance_id", "reason_text", "suppressed", "acked_by", "timestamp")
 	}
 	show := &cobra.Command{
 		Use: "show UUID", Short: "Show an alarm", Args: exactArgs(1, "UUID"),

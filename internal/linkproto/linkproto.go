@@ -10,6 +10,8 @@ import (
 	"fmt"
 	"io"
 	"time"
+
+	"github.com/petrel-edge/petrel/faultmgr"
 )
 
 // Protocol versions. Central accepts Current and Previous, so a fleet can
@@ -21,24 +23,31 @@ const (
 
 // Message types.
 const (
-	TypeHello     = "hello"   // site -> central, first
-	TypeWelcome   = "welcome" // central -> site
-	TypeUpdate    = "update"  // site -> central: summary delta or keepalive
-	TypeAck       = "ack"     // central -> site
-	TypeGoodbye   = "goodbye" // either side, with a reason, before closing
+	TypeHello     = "hello"      // site -> central, first
+	TypeWelcome   = "welcome"    // central -> site
+	TypeUpdate    = "update"     // site -> central: summary delta or keepalive
+	TypeAck       = "ack"        // central -> site
+	TypeGoodbye   = "goodbye"    // either side, with a reason, before closing
+	TypeEvents    = "events"     // site -> central: the next records of the site's event log
+	TypeEventsAck = "events_ack" // central -> site: applied up to EventSeq
 	maxFrameBytes = 1 << 20
 )
 
 // Message is one control frame. Fields are used per Type.
 type Message struct {
-	Type      string    `json:"type"`
-	Protocols []int     `json:"protocols,omitempty"` // hello: versions the site speaks
-	Protocol  int       `json:"protocol,omitempty"`  // welcome: the version chosen
-	Site      string    `json:"site,omitempty"`      // hello
-	Seq       uint64    `json:"seq,omitempty"`       // update, ack; hello: last sequence the site saw acked
-	Summary   *Summary  `json:"summary,omitempty"`   // update: nil for a keepalive
-	Reason    string    `json:"reason,omitempty"`    // goodbye
-	SentAt    time.Time `json:"sent_at"`
+	Type      string   `json:"type"`
+	Protocols []int    `json:"protocols,omitempty"` // hello: versions the site speaks
+	Protocol  int      `json:"protocol,omitempty"`  // welcome: the version chosen
+	Site      string   `json:"site,omitempty"`      // hello
+	Seq       uint64   `json:"seq,omitempty"`       // update, ack; hello: last sequence the site saw acked
+	Summary   *Summary `json:"summary,omitempty"`   // update: nil for a keepalive
+	// Epoch names the site's event log (hello); EventSeq is how far central
+	// holds it (welcome, events_ack).
+	Epoch    string            `json:"epoch,omitempty"`
+	EventSeq uint64            `json:"event_seq,omitempty"`
+	Records  []faultmgr.Record `json:"records,omitempty"` // events: ascending, contiguous
+	Reason   string            `json:"reason,omitempty"`  // goodbye
+	SentAt   time.Time         `json:"sent_at"`
 }
 
 // Summary is a site's state at a glance, sent when it changes.
@@ -57,7 +66,7 @@ func Write(w io.Writer, m Message) error {
 		return err
 	}
 	if len(b) > maxFrameBytes {
-		return fmt.Errorf("linkproto: frame of %d bytes exceeds %d", len(b), maxFrameBytes)
+		return fmt.Errorf("%w: %d bytes exceeds %d", ErrFrameTooLarge, len(b), maxFrameBytes)
 	}
 	var hdr [4]byte
 	binary.BigEndian.PutUint32(hdr[:], uint32(len(b)))

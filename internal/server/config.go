@@ -15,13 +15,14 @@ import (
 
 // FileConfig is the part of a daemon's configuration file every daemon shares.
 type FileConfig struct {
-	Listen               string    `json:"listen"`
-	DataDir              string    `json:"data_dir"`
-	Database             string    `json:"database"`               // DSN; empty: SQLite in data_dir
-	DatabasePasswordFile string    `json:"database_password_file"` // 0600 file; never put a password in the DSN
-	TLS                  TLSConfig `json:"tls"`
-	LogLevel             string    `json:"log_level"` // debug | info | warn | error
-	TokenTTL             string    `json:"token_ttl"` // Go duration, e.g. 12h
+	Listen               string        `json:"listen"`
+	DataDir              string        `json:"data_dir"`
+	Database             string        `json:"database"`               // DSN; empty: SQLite in data_dir
+	DatabasePasswordFile string        `json:"database_password_file"` // 0600 file; never put a password in the DSN
+	TLS                  TLSConfig     `json:"tls"`
+	LogLevel             string        `json:"log_level"` // debug | info | warn | error
+	TokenTTL             string        `json:"token_ttl"` // Go duration, e.g. 12h
+	History              HistoryConfig `json:"history"`
 }
 
 // LoadConfig reads a YAML configuration file strictly: an unknown key is an
@@ -46,7 +47,7 @@ func (fc FileConfig) ShellConfig(daemon, site string, logger *slog.Logger) (Conf
 		return Config{}, fmt.Errorf("config: data_dir is required")
 	}
 	cfg := Config{Daemon: daemon, Site: site, Listen: fc.Listen, DataDir: fc.DataDir, Database: fc.Database,
-		TLS: fc.TLS, Logger: logger}
+		TLS: fc.TLS, Logger: logger, History: fc.History}
 	if fc.TokenTTL != "" {
 		d, err := time.ParseDuration(fc.TokenTTL)
 		if err != nil || d < time.Minute {

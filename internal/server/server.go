@@ -50,6 +50,7 @@ type Config struct {
 	// ClientCAs, when set, verifies client certificates that callers offer
 	// (agents authenticate with certificates; operators with tokens).
 	ClientCAs *x509.CertPool
+	History   HistoryConfig // bounds of the event history; zero: defaults
 	// OpenAPI holds the daemon's own OpenAPI fragment (paths and schemas),
 	// merged with the shared one and served at /v1/openapi.yaml.
 	OpenAPI []byte
@@ -68,6 +69,7 @@ type Server struct {
 	DB       *sqldb.DB
 	Auth     *auth.Service
 	Events   faultmgr.EventStore
+	FaultLog *faultdb.Store // the event log in commit order, for shipping and delivery
 	Alarms   *faultmgr.Manager
 	REST     *rest.Server
 	Registry *prometheus.Registry
@@ -80,6 +82,8 @@ type Server struct {
 	ui     http.Handler // the dashboard, at / and /ui/
 	ready  chan struct{}
 	closed atomic.Bool
+	hist   history
+	floors logFloors
 }
 
 // File names in the data directory.
@@ -98,7 +102,11 @@ func New(ctx context.Context, cfg Config) (_ *Server, err error) {
 	if err := os.MkdirAll(cfg.DataDir, 0o700); err != nil {
 		return nil, fmt.Errorf("server: data dir: %w", err)
 	}
-	s := &Server{cfg: cfg, Registry: prometheus.NewRegistry(), ready: make(chan struct{})}
+	hist, err := cfg.History.resolve(cfg.Daemon)
+	if err != nil {
+		return nil, err
+	}
+	s := &Server{cfg: cfg, Registry: prometheus.NewRegistry(), ready: make(chan struct{}), hist: hist}
 	defer func() {
 		if err != nil {
 			s.Close()
@@ -121,7 +129,7 @@ func New(ctx context.Context, cfg Config) (_ *Server, err error) {
 	if err != nil {
 		return nil, err
 	}
-	s.Events = fdb
+	s.Events, s.FaultLog = fdb, fdb
 	cat, err := faultmgr.LoadCatalog(faultmgr.EmbeddedCatalog())
 	if err != nil {
 		return nil, err
@@ -264,6 +272,8 @@ func (s *Server) Run(ctx context.Context) error {
 	actx, stopAlarms := context.WithCancel(context.Background())
 	alarmsDone := make(chan struct{})
 	go func() { defer close(alarmsDone); s.Alarms.Run(actx) }()
+	retentionDone := make(chan struct{})
+	go func() { defer close(retentionDone); s.retain(actx) }()
 	close(s.ready)
 	s.cfg.Logger.Info("serving", "daemon", s.cfg.Daemon, "url", s.URL(), "ca_cert", s.CACert)
 	var err error
@@ -279,6 +289,7 @@ func (s *Server) Run(ctx context.Context) error {
 	// and before the store closes (its last batch commits).
 	stopAlarms()
 	<-alarmsDone
+	<-retentionDone
 	s.Close()
 	if errors.Is(err, http.ErrServerClosed) {
 		err = nil

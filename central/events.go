@@ -1,0 +1,68 @@
+package central
+
+import (
+	"context"
+	"errors"
+	"fmt"
+
+	"github.com/petrel-edge/petrel/faultmgr"
+)
+
+// ErrBadRecords reports records a site may not send: about another site,
+// or out of sequence.
+var ErrBadRecords = errors.New("central: site records refused")
+
+// eventCursor is where site's event log resumes: central's cursor in the
+// site's epoch, or 0 once the site's log starts over (a site rebuilt with
+// an empty store), which drops the site's alarms held here.
+func (c *Central) eventCursor(ctx context.Context, site, epoch string) (uint64, error) {
+	if epoch == "" {
+		return 0, nil // a site that ships no log
+	}
+	log := c.shell.FaultLog
+	held, seq, err := log.SiteCursor(ctx, site)
+	if err != nil {
+		return 0, err
+	}
+	if held == epoch {
+		return seq, nil
+	}
+	if held != "" {
+		c.log.Warn("site's event log started over; dropping its alarms held here", "site", site, "epoch", epoch, "was", held)
+	}
+	return 0, log.ResetSite(ctx, site, epoch)
+}
+
+// applyEvents applies records of site's log exactly once, in order, and
+// returns how far central now holds it. Records about another site or out
+// of sequence are refused whole and alarmed (280.005).
+func (c *Central) applyEvents(ctx context.Context, site, epoch string, recs []faultmgr.Record) (uint64, error) {
+	if epoch == "" {
+		return 0, c.refuse(ctx, site, "records without an epoch in the hello")
+	}
+	var prev uint64
+	for _, r := range recs {
+		switch {
+		case r.Event.Site != "" && r.Event.Site != site:
+			return 0, c.refuse(ctx, site, fmt.Sprintf("a record about site %q", r.Event.Site))
+		case r.Seq <= prev:
+			return 0, c.refuse(ctx, site, fmt.Sprintf("sequence %d after %d", r.Seq, prev))
+		case !r.Event.Type.Valid() || r.Event.UUID == "":
+			return 0, c.refuse(ctx, site, fmt.Sprintf("record %d is not an event", r.Seq))
+		}
+		prev = r.Seq
+	}
+	n, err := c.shell.FaultLog.ApplySite(ctx, site, epoch, recs, faultmgr.SiteOps(c.shell.Alarms.Catalog(), recs))
+	if err != nil {
+		return 0, fmt.Errorf("applying %s's records: %w", site, err)
+	}
+	return n, nil
+}
+
+func (c *Central) refuse(ctx context.Context, site, detail string) error {
+	c.log.Warn("refused a site's records", "site", site, "detail", detail)
+	if _, _, err := c.shell.Alarms.Raise(ctx, "280.005", "subcloud="+site, map[string]string{"detail": detail}); err != nil {
+		c.log.Error("raising 280.005 failed", "site", site, "err", err)
+	}
+	return fmt.Errorf("%w: %s", ErrBadRecords, detail)
+}

@@ -186,9 +186,7 @@ type Page struct {
 // List fetches a list, following page tokens until limit items (0: all).
 // It returns the items in the list envelope's shape, as one page.
 func (c *Client) List(ctx context.Context, path string, query url.Values, limit int) (Page, error) {
-	if query == nil {
-		query = url.Values{}
-	}
+	query = cloneValues(query) // page tokens go into a copy, never the caller's values
 	var all Page
 	all.Items = []json.RawMessage{}
 	for {

@@ -47,6 +47,7 @@ type Definition struct {
 	DegradeAffecting string   `json:"degrade_affecting"` // degrades its host at this severity, or "none"
 	Suppressible     bool     `json:"suppressible"`
 	SuppressedBy     []string `json:"suppressed_by,omitempty"`
+	Log              bool     `json:"log,omitempty"` // a log entry: an event without an alarm, never active
 }
 
 // Catalog is a validated set of alarm definitions.
@@ -56,7 +57,8 @@ type Catalog struct {
 
 var (
 	idPattern   = regexp.MustCompile(`^[0-9]{3}\.[0-9]{3}$`)
-	entityTypes = map[string]bool{"host": true, "site": true, "subcloud": true, "service-group": true, "instance": true}
+	entityTypes = map[string]bool{"host": true, "site": true, "subcloud": true, "service-group": true, "instance": true,
+		"alarm-id": true}
 	// X.733 event types, with the X.736 security ones.
 	alarmTypes = map[string]bool{"communications": true, "quality-of-service": true, "processing-error": true,
 		"equipment": true, "environmental": true, "integrity-violation": true, "operational-violation": true,
@@ -131,6 +133,7 @@ func (c *Catalog) Markdown() []byte {
 	b.WriteString("# Alarms\n\nGenerated from `faultmgr/alarms.yaml` by `petrel alarm catalogue --markdown`; do not edit.\n")
 	b.WriteString("An alarm is unique by (alarm ID, entity instance ID). *Mgmt* is the severity at which it blocks\n")
 	b.WriteString("orchestration, *degrade* the severity at which it degrades its host; *SA* = service-affecting.\n")
+	b.WriteString("Entries marked *(log)* are log entries: events without an alarm, never active.\n")
 	area := ""
 	for _, d := range c.All() {
 		if g := d.ID[:3]; g != area {
@@ -138,6 +141,10 @@ func (c *Catalog) Markdown() []byte {
 			fmt.Fprintf(&b, "\n## %s.xxx — %s\n\n", g, areas[g])
 			b.WriteString("| ID | severity | entity | reason | type / probable cause | repair | SA | mgmt | degrade | suppressible |\n")
 			b.WriteString("|---|---|---|---|---|---|---|---|---|---|\n")
+		}
+		sev := string(d.Severity)
+		if d.Log {
+			sev += " (log)"
 		}
 		supp := "no"
 		if d.Suppressible {
@@ -150,7 +157,7 @@ func (c *Catalog) Markdown() []byte {
 		if d.ServiceAffecting {
 			sa = "yes"
 		}
-		fmt.Fprintf(&b, "| %s | %s | %s | %s | %s / %s | %s | %s | %s | %s | %s |\n", d.ID, d.Severity, d.Entity,
+		fmt.Fprintf(&b, "| %s | %s | %s | %s | %s / %s | %s | %s | %s | %s | %s |\n", d.ID, sev, d.Entity,
 			mdEscape(d.Reason), d.AlarmType, d.ProbableCause, mdEscape(d.Repair), sa, d.MgmtAffecting, d.DegradeAffecting, supp)
 	}
 	return b.Bytes()

@@ -164,5 +164,23 @@ func (a *app) eventCmd() *cobra.Command {
 			return a.call(cmd, http.MethodGet, "/v1/events/"+url.PathEscape(args[0]), nil)
 		},
 	}
-	return group("event", "The event history: alarm sets and clears, logs, audit", list, show)
+	var fields []string
+	logCmd := &cobra.Command{
+		Use:   "log ID ENTITY [--field key=value]...",
+		Short: "Append a log entry from the catalogue (integrations, tests)",
+		Args:  exactArgs(2, "ID", "ENTITY"),
+		RunE: func(cmd *cobra.Command, args []string) error {
+			f := map[string]string{}
+			for _, kv := range fields {
+				k, v, ok := strings.Cut(kv, "=")
+				if !ok {
+					return usagef("--field %q: want key=value", kv)
+				}
+				f[k] = v
+			}
+			return a.call(cmd, http.MethodPost, "/v1/events", map[string]any{"alarm_id": args[0], "entity_instance_id": args[1], "fields": f})
+		},
+	}
+	logCmd.Flags().StringArrayVar(&fields, "field", nil, "fill a {placeholder} of the reason")
+	return group("event", "The event history: alarm sets and clears, logs, audit", list, show, logCmd)
 }

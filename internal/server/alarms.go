@@ -2,7 +2,6 @@ package server
 
 import (
 	"net/http"
-	"time"
 
 	"github.com/petrel-edge/petrel/auth"
 	"github.com/petrel-edge/petrel/faultmgr"
@@ -18,6 +17,7 @@ func (s *Server) registerAlarms() {
 	s.REST.Handle("getAlarm", http.MethodGet, "/v1/alarms/{uuid}", a.Require(auth.Reader), s.getAlarm)
 	s.REST.Handle("deleteAlarm", http.MethodDelete, "/v1/alarms/{uuid}", a.Require(auth.Operator), s.deleteAlarm)
 	s.REST.Handle("ackAlarm", http.MethodPost, "/v1/alarms/{uuid}/ack", a.Require(auth.Operator), s.ackAlarm)
+	s.REST.Handle("logEvent", http.MethodPost, "/v1/events", a.Require(auth.Operator), s.logEvent)
 	s.REST.Handle("listSuppressions", http.MethodGet, "/v1/alarm-suppressions", a.Require(auth.Reader), s.listSuppressions)
 	s.REST.Handle("suppressAlarm", http.MethodPut, "/v1/alarm-suppressions/{alarm_id}", a.Require(auth.Operator), s.suppress(true))
 	s.REST.Handle("unsuppressAlarm", http.MethodDelete, "/v1/alarm-suppressions/{alarm_id}", a.Require(auth.Operator), s.suppress(false))
@@ -50,8 +50,12 @@ func (s *Server) raiseAlarm(r *http.Request) (int, any, error) {
 	if err := rest.DecodeJSON(r, &req); err != nil {
 		return 0, nil, err
 	}
-	if _, ok := s.Alarms.Catalog().Lookup(req.AlarmID); !ok {
+	d, ok := s.Alarms.Catalog().Lookup(req.AlarmID)
+	if !ok {
 		return 0, nil, errs.Field("alarm_id", "%q is not in the alarm catalogue", req.AlarmID)
+	}
+	if d.Log {
+		return 0, nil, errs.Field("alarm_id", "%s is a log entry, not an alarm: POST /v1/events", req.AlarmID)
 	}
 	a, changed, err := s.Alarms.Raise(r.Context(), req.AlarmID, req.EntityInstanceID, req.Fields)
 	if err != nil {
@@ -88,7 +92,7 @@ func (s *Server) deleteAlarm(r *http.Request) (int, any, error) {
 
 func (s *Server) ackAlarm(r *http.Request) (int, any, error) {
 	p, _ := auth.PrincipalFrom(r.Context())
-	a, err := s.Alarms.Store().Ack(r.Context(), rest.Var(r, "uuid"), p.User, time.Now().UTC())
+	a, err := s.Alarms.Ack(r.Context(), rest.Var(r, "uuid"), p.User)
 	if err != nil {
 		return 0, nil, err
 	}
@@ -114,4 +118,30 @@ func (s *Server) suppress(on bool) rest.Handler {
 		}
 		return http.StatusNoContent, nil, nil
 	}
+}
+
+// LogRequest is the body of POST /v1/events: a log entry from the catalogue.
+type LogRequest struct {
+	AlarmID          string            `json:"alarm_id"`
+	EntityInstanceID string            `json:"entity_instance_id"`
+	Fields           map[string]string `json:"fields,omitempty"`
+}
+
+func (s *Server) logEvent(r *http.Request) (int, any, error) {
+	var req LogRequest
+	if err := rest.DecodeJSON(r, &req); err != nil {
+		return 0, nil, err
+	}
+	d, ok := s.Alarms.Catalog().Lookup(req.AlarmID)
+	if !ok {
+		return 0, nil, errs.Field("alarm_id", "%q is not in the alarm catalogue", req.AlarmID)
+	}
+	if !d.Log {
+		return 0, nil, errs.Field("alarm_id", "%s is an alarm, not a log entry: POST /v1/alarms", req.AlarmID)
+	}
+	ev, err := s.Alarms.Log(r.Context(), req.AlarmID, req.EntityInstanceID, req.Fields)
+	if err != nil {
+		return 0, nil, err
+	}
+	return http.StatusCreated, ev, nil
 }

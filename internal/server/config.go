@@ -11,18 +11,20 @@ import (
 	"sigs.k8s.io/yaml"
 
 	"github.com/petrel-edge/petrel/auth"
+	"github.com/petrel-edge/petrel/faultmgr"
 )
 
 // FileConfig is the part of a daemon's configuration file every daemon shares.
 type FileConfig struct {
-	Listen               string        `json:"listen"`
-	DataDir              string        `json:"data_dir"`
-	Database             string        `json:"database"`               // DSN; empty: SQLite in data_dir
-	DatabasePasswordFile string        `json:"database_password_file"` // 0600 file; never put a password in the DSN
-	TLS                  TLSConfig     `json:"tls"`
-	LogLevel             string        `json:"log_level"` // debug | info | warn | error
-	TokenTTL             string        `json:"token_ttl"` // Go duration, e.g. 12h
-	History              HistoryConfig `json:"history"`
+	Listen               string          `json:"listen"`
+	DataDir              string          `json:"data_dir"`
+	Database             string          `json:"database"`               // DSN; empty: SQLite in data_dir
+	DatabasePasswordFile string          `json:"database_password_file"` // 0600 file; never put a password in the DSN
+	TLS                  TLSConfig       `json:"tls"`
+	LogLevel             string          `json:"log_level"` // debug | info | warn | error
+	TokenTTL             string          `json:"token_ttl"` // Go duration, e.g. 12h
+	History              HistoryConfig   `json:"history"`
+	Alarms               faultmgr.Limits `json:"alarms"`
 }
 
 // LoadConfig reads a YAML configuration file strictly: an unknown key is an
@@ -47,7 +49,7 @@ func (fc FileConfig) ShellConfig(daemon, site string, logger *slog.Logger) (Conf
 		return Config{}, fmt.Errorf("config: data_dir is required")
 	}
 	cfg := Config{Daemon: daemon, Site: site, Listen: fc.Listen, DataDir: fc.DataDir, Database: fc.Database,
-		TLS: fc.TLS, Logger: logger, History: fc.History}
+		TLS: fc.TLS, Logger: logger, History: fc.History, Alarms: fc.Alarms}
 	if fc.TokenTTL != "" {
 		d, err := time.ParseDuration(fc.TokenTTL)
 		if err != nil || d < time.Minute {

@@ -50,7 +50,8 @@ type Config struct {
 	// ClientCAs, when set, verifies client certificates that callers offer
 	// (agents authenticate with certificates; operators with tokens).
 	ClientCAs *x509.CertPool
-	History   HistoryConfig // bounds of the event history; zero: defaults
+	History   HistoryConfig   // bounds of the event history; zero: defaults
+	Alarms    faultmgr.Limits // storm control; zero: defaults
 	// OpenAPI holds the daemon's own OpenAPI fragment (paths and schemas),
 	// merged with the shared one and served at /v1/openapi.yaml.
 	OpenAPI []byte
@@ -135,7 +136,7 @@ func New(ctx context.Context, cfg Config) (_ *Server, err error) {
 		return nil, err
 	}
 	if s.Alarms, err = faultmgr.NewManager(faultmgr.Config{Catalog: cat, Store: fdb, Site: cfg.Site,
-		Logger: cfg.Logger.With("component", "faultmgr")}); err != nil {
+		Logger: cfg.Logger.With("component", "faultmgr"), Limits: cfg.Alarms, Registerer: s.Registry}); err != nil {
 		return nil, err
 	}
 	if s.Auth, err = auth.New(auth.Config{Store: authStore, Logger: cfg.Logger, LoginTTL: cfg.TokenTTL}); err != nil {

@@ -25,12 +25,14 @@
   }
 
   // api calls the daemon's REST API with the session cookie; a state change
-  // carries the session's CSRF token. A 401 means the session ended.
+  // carries the session's CSRF token. A 401 from the daemon itself means
+  // the session ended (one relayed from a site is that site's answer).
   async function api(method, path) {
     const headers = {};
     if (method !== "GET" && method !== "HEAD") headers["X-CSRF-Token"] = csrf;
-    const r = await fetch(path, { method, headers, credentials: "same-origin" });
-    if (r.status === 401) {
+    // A hung call must not stall the banner's poll for long.
+    const r = await fetch(path, { method, headers, credentials: "same-origin", signal: AbortSignal.timeout(10000) });
+    if (r.status === 401 && !path.startsWith("/v1/subclouds/")) {
       location.assign("/ui/login");
       throw new Error("the session ended");
     }

@@ -12,7 +12,9 @@ import (
 
 	"github.com/petrel-edge/petrel/auth"
 	"github.com/petrel-edge/petrel/central"
+	"github.com/petrel-edge/petrel/faultmgr"
 	"github.com/petrel-edge/petrel/internal/rest"
+	"github.com/petrel-edge/petrel/internal/server"
 	"github.com/petrel-edge/petrel/internal/server/servertest"
 	"github.com/petrel-edge/petrel/inventory"
 )
@@ -178,5 +180,115 @@ func TestDashboardSessions(t *testing.T) {
 	}
 	if got := strings.Join(actions, "; "); got != "ops uiLogout ok; ops uiLogin ok; ops uiLogin unauthenticated" {
 		t.Errorf("dashboard audit events (newest first) = %s", got)
+	}
+}
+
+// session returns a cookie-jar client holding a dashboard session of a new
+// user with role, and the session's CSRF token from a page.
+func session(t *testing.T, f fleet, name string, role auth.Role) (*http.Client, string) {
+	t.Helper()
+	ctx := context.Background()
+	pw := "password-of-" + name
+	if err := f.admin.Do(ctx, http.MethodPost, "/v1/users", nil, auth.CreateUserRequest{Name: name, Role: role, Password: pw}, nil); err != nil {
+		t.Fatal(err)
+	}
+	var it auth.IssuedToken
+	if err := f.admin.Do(ctx, http.MethodPost, "/v1/login", nil, auth.LoginRequest{Username: name, Password: pw}, &it); err != nil {
+		t.Fatal(err)
+	}
+	b := browser(t, f.c)
+	u, _ := url.Parse(f.c.Shell().URL())
+	b.Jar.SetCookies(u, []*http.Cookie{{Name: auth.SessionCookie, Value: it.Token, Path: "/"}})
+	_, page := get(t, b, f.c.Shell().URL()+"/ui/alarms")
+	m := regexp.MustCompile(`<meta name="csrf-token" content="([^"]+)"`).FindStringSubmatch(page)
+	if m == nil {
+		t.Fatalf("no CSRF token on the alarms page:\n%s", page)
+	}
+	return b, m[1]
+}
+
+func call(t *testing.T, b *http.Client, method, u, csrf string) (int, string) {
+	t.Helper()
+	req, _ := http.NewRequest(method, u, nil)
+	if csrf != "" {
+		req.Header.Set(auth.CSRFHeader, csrf)
+	}
+	resp, err := b.Do(req)
+	if err != nil {
+		t.Fatal(err)
+	}
+	body, _ := io.ReadAll(resp.Body)
+	resp.Body.Close()
+	return resp.StatusCode, string(body)
+}
+
+// The alarm banner and the alarms page at central: the banner counts
+// central's alarms, the page is strict and role-aware, and the calls its
+// buttons make (acknowledge, clear) work with the session cookie and CSRF
+// token for an operator and are refused for a reader.
+func TestDashboardAlarms(t *testing.T) {
+	f := startCentral(t)
+	ctx := context.Background()
+	base := f.c.Shell().URL()
+	if resp, _ := get(t, browser(t, f.c), base+"/ui/alarms"); resp.StatusCode != http.StatusSeeOther || resp.Header.Get("Location") != "/ui/login" {
+		t.Fatalf("GET /ui/alarms without a session = %d %s; want 303 to /ui/login", resp.StatusCode, resp.Header.Get("Location"))
+	}
+	var a faultmgr.Alarm
+	if err := f.admin.Do(ctx, http.MethodPost, "/v1/alarms", nil, server.RaiseRequest{AlarmID: "280.001", EntityInstanceID: "subcloud=site-q"}, &a); err != nil {
+		t.Fatal(err)
+	}
+	ops, opsCSRF := session(t, f, "ops", auth.Operator)
+	viewer, viewerCSRF := session(t, f, "viewer", auth.Reader)
+
+	for _, path := range []string{"/", "/ui/alarms"} {
+		resp, page := get(t, ops, base+path)
+		if resp.StatusCode != 200 || !strings.Contains(resp.Header.Get("Content-Security-Policy"), "script-src 'self'") {
+			t.Errorf("GET %s = %d, CSP %q", path, resp.StatusCode, resp.Header.Get("Content-Security-Policy"))
+		}
+		if !strings.Contains(page, `data-alarm-count="critical">1<`) {
+			t.Errorf("GET %s: the banner does not count the critical alarm", path)
+		}
+	}
+	_, page := get(t, ops, base+"/ui/alarms")
+	if !strings.Contains(page, "<th>Site</th>") || !strings.Contains(page, "<th>Actions</th>") {
+		t.Errorf("central's alarms page for an operator lacks the Site or Actions column")
+	}
+	if _, page := get(t, viewer, base+"/ui/alarms"); strings.Contains(page, "<th>Actions</th>") {
+		t.Errorf("a reader's alarms page has an Actions column")
+	}
+
+	// What the page's script reads, with the session cookie.
+	if code, body := call(t, viewer, http.MethodGet, base+"/v1/alarms/summary", ""); code != 200 || !strings.Contains(body, `"critical":1`) {
+		t.Errorf("summary with a reader's cookie = %d %s", code, body)
+	}
+	if code, body := call(t, viewer, http.MethodGet, base+"/v1/alarms?suppressed=false&limit=50&site=", ""); code != 200 || !strings.Contains(body, a.UUID) {
+		t.Errorf("central's own alarms with a reader's cookie = %d %s", code, body)
+	}
+	// What its buttons do.
+	ack := base + "/v1/alarms/" + a.UUID + "/ack"
+	for _, tc := range []struct {
+		who             string
+		b               *http.Client
+		method, u, csrf string
+		want            int
+	}{
+		{"reader", viewer, http.MethodPost, ack, viewerCSRF, http.StatusForbidden},
+		{"reader", viewer, http.MethodDelete, base + "/v1/alarms/" + a.UUID, viewerCSRF, http.StatusForbidden},
+		{"operator without CSRF", ops, http.MethodPost, ack, "", http.StatusForbidden},
+		{"operator with another session's CSRF", ops, http.MethodPost, ack, viewerCSRF, http.StatusForbidden},
+		{"operator", ops, http.MethodPost, ack, opsCSRF, http.StatusOK},
+	} {
+		if code, body := call(t, tc.b, tc.method, tc.u, tc.csrf); code != tc.want {
+			t.Errorf("%s: %s %s = %d %s; want %d", tc.who, tc.method, tc.u, code, body, tc.want)
+		}
+	}
+	if err := f.admin.Do(ctx, http.MethodGet, "/v1/alarms/"+a.UUID, nil, nil, &a); err != nil || a.AckedBy != "ops" {
+		t.Errorf("after the operator's ack: acked_by %q, %v; want ops", a.AckedBy, err)
+	}
+	if code, body := call(t, ops, http.MethodDelete, base+"/v1/alarms/"+a.UUID, opsCSRF); code != http.StatusNoContent {
+		t.Errorf("clear with the operator's cookie and CSRF = %d %s; want 204", code, body)
+	}
+	if _, page := get(t, ops, base+"/"); !strings.Contains(page, `data-alarm-count="critical">0<`) {
+		t.Error("the banner still counts the cleared alarm")
 	}
 }

@@ -24,6 +24,7 @@ import (
 	"github.com/petrel-edge/petrel/internal/server"
 	"github.com/petrel-edge/petrel/inventory"
 	"github.com/petrel-edge/petrel/inventory/inventorydb"
+	"github.com/petrel-edge/petrel/ui"
 )
 
 //go:embed openapi.yaml
@@ -122,6 +123,15 @@ func New(ctx context.Context, cfg Config) (*Subcloud, error) {
 		shell.AddLogFloor(shell.FaultLog.Shipped)
 	}
 	s.register(shell.REST, shell.Auth)
+	// The site's own dashboard: its hosts, its alarms, for operators on
+	// site or when central is out of reach.
+	dash, err := ui.New(ui.Config{Auth: shell.Auth, LocalSite: cfg.Site, AlarmSummary: shell.Alarms.Store().Summary,
+		Audit: shell.RecordAudit, Logger: cfg.Shell.Logger.With("component", "ui")})
+	if err != nil {
+		shell.Close()
+		return nil, err
+	}
+	shell.MountUI(dash)
 	return s, nil
 }
 

@@ -3,11 +3,15 @@ package subcloud_test
 import (
 	"context"
 	"errors"
+	"io"
 	"net/http"
+	"strings"
 	"testing"
 
+	"github.com/petrel-edge/petrel/auth"
 	"github.com/petrel-edge/petrel/internal/errs"
 	"github.com/petrel-edge/petrel/internal/rest"
+	"github.com/petrel-edge/petrel/internal/server"
 	"github.com/petrel-edge/petrel/internal/server/servertest"
 	"github.com/petrel-edge/petrel/inventory"
 	"github.com/petrel-edge/petrel/subcloud"
@@ -78,5 +82,59 @@ func TestConfigFromFileRejectsBadSites(t *testing.T) {
 		if _, err := subcloud.ConfigFromFile(fc, servertest.Shell(t)); err == nil {
 			t.Errorf("ConfigFromFile(%+v) = nil error", fc)
 		}
+	}
+}
+
+// A site controller serves its own dashboard: the site's hosts at /, the
+// alarm banner and the alarms page, behind a session.
+func TestSiteDashboard(t *testing.T) {
+	s := newSite(t)
+	ctx := context.Background()
+	base := s.Shell().URL()
+	hc := servertest.HTTPClient(t, s)
+	hc.CheckRedirect = func(*http.Request, []*http.Request) error { return http.ErrUseLastResponse }
+	get := func(path, session string) (*http.Response, string) {
+		t.Helper()
+		req, _ := http.NewRequest(http.MethodGet, base+path, nil)
+		if session != "" {
+			req.AddCookie(&http.Cookie{Name: auth.SessionCookie, Value: session})
+		}
+		resp, err := hc.Do(req)
+		if err != nil {
+			t.Fatal(err)
+		}
+		b, _ := io.ReadAll(resp.Body)
+		resp.Body.Close()
+		return resp, string(b)
+	}
+	for _, p := range []string{"/", "/ui/alarms"} {
+		if resp, _ := get(p, ""); resp.StatusCode != http.StatusSeeOther || resp.Header.Get("Location") != "/ui/login" {
+			t.Errorf("GET %s without a session = %d %s; want 303 to /ui/login", p, resp.StatusCode, resp.Header.Get("Location"))
+		}
+	}
+	if resp, page := get("/ui/login", ""); resp.StatusCode != 200 || !strings.Contains(page, `name="csrf_token"`) {
+		t.Errorf("login page = %d", resp.StatusCode)
+	}
+	tok := servertest.AdminToken(t, s)
+	c := servertest.Client(t, s, tok)
+	if err := c.Do(ctx, http.MethodPost, "/v1/alarms", nil, server.RaiseRequest{AlarmID: "200.010", EntityInstanceID: "host=controller-0"}, nil); err != nil {
+		t.Fatal(err)
+	}
+	resp, page := get("/", tok)
+	if resp.StatusCode != 200 || !strings.Contains(page, "<h1>Site site-sx</h1>") || !strings.Contains(page, `data-hosts="/v1/hosts"`) {
+		t.Fatalf("site home = %d:\n%s", resp.StatusCode, page)
+	}
+	if !strings.Contains(resp.Header.Get("Content-Security-Policy"), "script-src 'self'") {
+		t.Errorf("site home CSP = %q", resp.Header.Get("Content-Security-Policy"))
+	}
+	if !strings.Contains(page, `data-alarm-count="major">1<`) {
+		t.Error("the site's banner does not count its major alarm")
+	}
+	resp, page = get("/ui/alarms", tok)
+	if resp.StatusCode != 200 || !strings.Contains(page, `<table id="alarms">`) || strings.Contains(page, "<th>Site</th>") {
+		t.Errorf("site alarms page = %d (want the table, no Site column):\n%s", resp.StatusCode, page)
+	}
+	if resp, _ := get("/ui/static/app.js", ""); resp.StatusCode != 200 {
+		t.Errorf("app.js = %d", resp.StatusCode)
 	}
 }

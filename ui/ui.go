@@ -1,9 +1,10 @@
-// Package ui is the web dashboard central serves at /: server-rendered HTML
-// (html/template) and one small script that follows the API's event stream
-// with the browser's EventSource. Sessions are HttpOnly, Secure,
-// SameSite=Strict cookies holding a login token; every state change needs the
-// session's CSRF token; a strict Content-Security-Policy forbids inline
-// script. Everything is embedded in the binary.
+// Package ui is the web dashboard that central and every site controller
+// serve at /: server-rendered HTML (html/template) and one small script that
+// follows central's event stream with the browser's EventSource and keeps the
+// alarm banner current. Sessions are HttpOnly, Secure, SameSite=Strict
+// cookies holding a login token; every state change needs the session's CSRF
+// token; a strict Content-Security-Policy forbids inline script and style.
+// Everything is embedded in the binary.
 package ui
 
 import (
@@ -16,11 +17,13 @@ import (
 	"io/fs"
 	"log/slog"
 	"net/http"
+	"net/url"
 	"sort"
 	"strings"
 	"time"
 
 	"github.com/petrel-edge/petrel/auth"
+	"github.com/petrel-edge/petrel/faultmgr"
 	"github.com/petrel-edge/petrel/internal/errs"
 )
 
@@ -38,11 +41,18 @@ type SiteRow struct {
 
 // Config configures the dashboard.
 type Config struct {
-	Auth   *auth.Service
-	Sites  func(ctx context.Context) ([]SiteRow, error)
-	Site   func(ctx context.Context, name string) error // nil error if the subcloud exists
-	Audit  func(ctx context.Context, user, role, action, target, result string)
-	Logger *slog.Logger
+	Auth *auth.Service
+	// LocalSite names the site whose controller serves this dashboard: its
+	// home page shows that site. Empty at central, whose home page is the
+	// fleet, and which then needs Sites and Site.
+	LocalSite string
+	Sites     func(ctx context.Context) ([]SiteRow, error)
+	Site      func(ctx context.Context, name string) error // nil error if the subcloud exists
+	// AlarmSummary counts the daemon's active, unsuppressed alarms: the
+	// banner's first paint (the script keeps it current).
+	AlarmSummary func(ctx context.Context) (faultmgr.Summary, error)
+	Audit        func(ctx context.Context, user, role, action, target, result string)
+	Logger       *slog.Logger
 }
 
 // UI serves the dashboard.
@@ -54,8 +64,11 @@ type UI struct {
 
 // New returns the dashboard handler.
 func New(cfg Config) (*UI, error) {
-	if cfg.Auth == nil || cfg.Sites == nil || cfg.Site == nil || cfg.Audit == nil || cfg.Logger == nil {
-		return nil, errors.New("ui: Auth, Sites, Site, Audit and Logger are required")
+	if cfg.Auth == nil || cfg.AlarmSummary == nil || cfg.Audit == nil || cfg.Logger == nil {
+		return nil, errors.New("ui: Auth, AlarmSummary, Audit and Logger are required")
+	}
+	if cfg.LocalSite == "" && (cfg.Sites == nil || cfg.Site == nil) {
+		return nil, errors.New("ui: central's dashboard (no LocalSite) needs Sites and Site")
 	}
 	pages, err := template.ParseFS(templateFS, "templates/*.html")
 	if err != nil {
@@ -67,8 +80,13 @@ func New(cfg Config) (*UI, error) {
 	u.mux.HandleFunc("GET /ui/login", u.loginPage)
 	u.mux.HandleFunc("POST /ui/login", u.login)
 	u.mux.HandleFunc("POST /ui/logout", u.logout)
-	u.mux.HandleFunc("GET /{$}", u.fleet)
-	u.mux.HandleFunc("GET /ui/sites/{name}", u.site)
+	u.mux.HandleFunc("GET /ui/alarms", u.alarms)
+	if cfg.LocalSite != "" {
+		u.mux.HandleFunc("GET /{$}", u.localSite)
+	} else {
+		u.mux.HandleFunc("GET /{$}", u.fleet)
+		u.mux.HandleFunc("GET /ui/sites/{name}", u.site)
+	}
 	return u, nil
 }
 
@@ -89,8 +107,55 @@ func (u *UI) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 // page is what every template sees.
 type page struct {
 	Title, Page, Site, User, Role, CSRF, Error string
-	Sites                                      []SiteRow
-	Counts                                     map[string]int
+	// Fleet is true at central: the fleet pages, the event stream, and a
+	// site column and filter on the alarms page.
+	Fleet bool
+	// CanAct is true for callers who may change things (operator and up):
+	// only they get action buttons. The API checks the role regardless.
+	CanAct   bool
+	HostsURL string // the site page's host list: direct at a site, relayed at central
+	Sites    []SiteRow
+	Counts   map[string]int
+	Banner   []bannerCount
+	// The alarms page: its filter and the severities to choose from.
+	Filter     alarmFilter
+	Severities []faultmgr.Severity
+}
+
+// bannerCount is one severity of the alarm banner.
+type bannerCount struct {
+	Severity faultmgr.Severity
+	N        int
+	Known    bool // false: the summary could not be read
+}
+
+// alarmFilter is the alarms page's query: its form fields, kept in the
+// page's URL so a filtered view can be bookmarked and shared.
+type alarmFilter struct {
+	Severity, AlarmID, Entity string
+	Site                      string // "": every site; "-": central's own alarms; else a site's name
+	Suppressed                bool   // list suppressed alarms too
+}
+
+// severities are the banner's and the filter's severities, worst first.
+var severities = []faultmgr.Severity{faultmgr.Critical, faultmgr.Major, faultmgr.Minor, faultmgr.Warning}
+
+// signedIn fills the parts of a page every signed-in view shows: who, the
+// CSRF token, what the caller may do, and the alarm banner.
+func (u *UI) signedIn(r *http.Request, p auth.Principal, secret string, pg page) page {
+	pg.User, pg.Role, pg.CSRF = p.User, string(p.Role), u.cfg.Auth.CSRFToken(secret)
+	pg.CanAct = p.Role.Allows(auth.Operator)
+	pg.Fleet = u.cfg.LocalSite == ""
+	sum, err := u.cfg.AlarmSummary(r.Context())
+	if err != nil {
+		u.cfg.Logger.Warn("alarm banner: summary", "err", err)
+	}
+	n := map[faultmgr.Severity]int{faultmgr.Critical: sum.Critical, faultmgr.Major: sum.Major,
+		faultmgr.Minor: sum.Minor, faultmgr.Warning: sum.Warning}
+	for _, sev := range severities {
+		pg.Banner = append(pg.Banner, bannerCount{Severity: sev, N: n[sev], Known: err == nil})
+	}
+	return pg
 }
 
 func (u *UI) render(w http.ResponseWriter, status int, name string, p page) {
@@ -200,8 +265,7 @@ func (u *UI) fleet(w http.ResponseWriter, r *http.Request) {
 	for _, s := range sites {
 		counts[s.Status]++
 	}
-	u.render(w, http.StatusOK, "fleet.html", page{Title: "Fleet", Page: "fleet", User: p.User, Role: string(p.Role),
-		CSRF: u.cfg.Auth.CSRFToken(secret), Sites: sites, Counts: counts})
+	u.render(w, http.StatusOK, "fleet.html", u.signedIn(r, p, secret, page{Title: "Fleet", Page: "fleet", Sites: sites, Counts: counts}))
 }
 
 func (u *UI) site(w http.ResponseWriter, r *http.Request) {
@@ -215,6 +279,43 @@ func (u *UI) site(w http.ResponseWriter, r *http.Request) {
 		http.NotFound(w, r)
 		return
 	}
-	u.render(w, http.StatusOK, "site.html", page{Title: name, Page: "site", Site: name, User: p.User, Role: string(p.Role),
-		CSRF: u.cfg.Auth.CSRFToken(secret)})
+	u.render(w, http.StatusOK, "site.html", u.signedIn(r, p, secret, page{Title: name, Page: "site", Site: name,
+		HostsURL: "/v1/subclouds/" + url.PathEscape(name) + "/api/v1/hosts"}))
+}
+
+// localSite is a site controller's home page: the site's own hosts.
+func (u *UI) localSite(w http.ResponseWriter, r *http.Request) {
+	p, secret, ok := u.session(r)
+	if !ok {
+		http.Redirect(w, r, "/ui/login", http.StatusSeeOther)
+		return
+	}
+	name := u.cfg.LocalSite
+	u.render(w, http.StatusOK, "site.html", u.signedIn(r, p, secret, page{Title: name, Page: "site", Site: name, HostsURL: "/v1/hosts"}))
+}
+
+// alarms is the alarms page. The rows come from GET /v1/alarms in the
+// browser (the script pages, filters and refreshes them), so the page and
+// the API show one truth; the server renders the frame and the filter form.
+func (u *UI) alarms(w http.ResponseWriter, r *http.Request) {
+	p, secret, ok := u.session(r)
+	if !ok {
+		http.Redirect(w, r, "/ui/login", http.StatusSeeOther)
+		return
+	}
+	q := r.URL.Query()
+	pg := u.signedIn(r, p, secret, page{Title: "Alarms", Page: "alarms", Filter: alarmFilter{
+		Severity: q.Get("severity"), AlarmID: q.Get("alarm_id"), Entity: q.Get("entity"),
+		Site: q.Get("site"), Suppressed: q.Get("suppressed") == "include"}, Severities: severities})
+	if pg.Fleet {
+		sites, err := u.cfg.Sites(r.Context())
+		if err != nil {
+			u.cfg.Logger.Error("alarms page: sites", "err", err)
+			http.Error(w, "internal error", http.StatusInternalServerError)
+			return
+		}
+		sort.Slice(sites, func(i, j int) bool { return sites[i].Name < sites[j].Name })
+		pg.Sites = sites
+	}
+	u.render(w, http.StatusOK, "alarms.html", pg)
 }

@@ -14,11 +14,12 @@ import (
 	"github.com/petrel-edge/petrel/lab"
 )
 
-// TestBrowserDashboard drives the dashboard in Debian's chromium through
-// playwright-core (tests/browser). Under CI=true the browser and the npm
-// packages must be present; elsewhere the test skips without them.
-func TestBrowserDashboard(t *testing.T) {
-	script, _ := filepath.Abs("../../tests/browser/dashboard.mjs")
+// browserScript returns the path of a script in tests/browser, after
+// checking the browser and playwright-core are there. Under CI=true they
+// must be present; elsewhere the test skips without them.
+func browserScript(t *testing.T, name string) string {
+	t.Helper()
+	script, _ := filepath.Abs(filepath.Join("../../tests/browser", name))
 	modules := filepath.Join(filepath.Dir(script), "node_modules", "playwright-core")
 	for _, need := range []string{"/usr/bin/chromium", modules} {
 		if _, err := os.Stat(need); err != nil {
@@ -28,6 +29,19 @@ func TestBrowserDashboard(t *testing.T) {
 			t.Skipf("%s is missing; run scripts/test.sh to install the browser test tools", need)
 		}
 	}
+	return script
+}
+
+// daemon is a petrel daemon the test started from the binary.
+type daemon struct {
+	url, ca, passwordFile, token string
+}
+
+// startDaemon runs `petrel KIND --config` on a free loopback port with a
+// fresh data directory (extra is more YAML), waits until it is ready, logs
+// in as the bootstrap admin, and stops it with SIGTERM when the test ends.
+func startDaemon(t *testing.T, kind, extra string) daemon {
+	t.Helper()
 	dir := t.TempDir()
 	l, err := net.Listen("tcp", "127.0.0.1:0")
 	if err != nil {
@@ -35,33 +49,75 @@ func TestBrowserDashboard(t *testing.T) {
 	}
 	addr := l.Addr().String()
 	l.Close()
-	cfg := filepath.Join(dir, "central.yaml")
-	os.WriteFile(cfg, []byte(fmt.Sprintf("listen: %s\ndata_dir: %s\n", addr, dir)), 0o600)
-	cmd := exec.Command(petrelBin, "central", "--config", cfg)
+	cfg := filepath.Join(dir, kind+".yaml")
+	os.WriteFile(cfg, []byte(fmt.Sprintf("%slisten: %s\ndata_dir: %s\n", extra, addr, dir)), 0o600)
+	cmd := exec.Command(petrelBin, kind, "--config", cfg)
 	cmd.Stderr = os.Stderr
 	if err := cmd.Start(); err != nil {
 		t.Fatal(err)
 	}
 	t.Cleanup(func() { cmd.Process.Signal(syscall.SIGTERM); cmd.Wait() })
-	url, ca := "https://"+addr, filepath.Join(dir, "pki", "ca.crt")
-	if err := waitForFile(ca); err != nil {
+	d := daemon{url: "https://" + addr, ca: filepath.Join(dir, "pki", "ca.crt"), passwordFile: filepath.Join(dir, "admin.password")}
+	if err := waitForFile(d.ca); err != nil {
 		t.Fatal(err)
 	}
-	if err := lab.WaitReady(t.Context(), url, ca, 20*time.Second, nil); err != nil {
+	if err := lab.WaitReady(t.Context(), d.url, d.ca, 20*time.Second, nil); err != nil {
 		t.Fatal(err)
 	}
-	pwFile := filepath.Join(dir, "admin.password")
-	tok := strings.TrimSpace(cli{t: t, env: []string{"PETREL_CA_CERT=" + ca}}.ok("login", "--url", url, "--password-file", pwFile, "--print-token"))
+	d.token = strings.TrimSpace(cli{t: t, env: []string{"PETREL_CA_CERT=" + d.ca}}.ok("login", "--url", d.url,
+		"--password-file", d.passwordFile, "--print-token"))
+	return d
+}
+
+// runBrowser runs a tests/browser script under node with env and expects
+// it to print "PASS: name".
+func runBrowser(t *testing.T, script, name string, env ...string) {
+	t.Helper()
 	shots := os.Getenv("PETREL_SCREENSHOTS")
 	if shots == "" {
 		shots = t.TempDir()
 	}
 	node := exec.Command("node", script)
-	node.Env = append(os.Environ(), "PETREL_URL="+url, "PETREL_TOKEN="+tok, "PETREL_ADMIN_PASSWORD_FILE="+pwFile,
-		"PETREL_SCREENSHOTS="+shots, "NODE_EXTRA_CA_CERTS="+ca)
+	node.Env = append(os.Environ(), append(env, "PETREL_SCREENSHOTS="+shots)...)
 	out, err := node.CombinedOutput()
 	t.Logf("browser test:\n%s", out)
-	if err != nil || !strings.Contains(string(out), "PASS: dashboard") {
+	if err != nil || !strings.Contains(string(out), "PASS: "+name) {
 		t.Fatalf("browser test failed: %v", err)
 	}
+}
+
+// TestBrowserDashboard drives the dashboard in Debian's chromium through
+// playwright-core (tests/browser/dashboard.mjs).
+func TestBrowserDashboard(t *testing.T) {
+	script := browserScript(t, "dashboard.mjs")
+	c := startDaemon(t, "central", "")
+	runBrowser(t, script, "dashboard", "PETREL_URL="+c.url, "PETREL_TOKEN="+c.token,
+		"PETREL_ADMIN_PASSWORD_FILE="+c.passwordFile, "NODE_EXTRA_CA_CERTS="+c.ca)
+}
+
+// TestBrowserAlarms drives the alarm banner and the alarms page in chromium
+// (tests/browser/alarms.mjs) at central and at a standalone site controller:
+// alarms raised through the API show in the banner and on the page without
+// a reload, an operator acknowledges and clears them with the buttons, a
+// reader gets no buttons.
+func TestBrowserAlarms(t *testing.T) {
+	script := browserScript(t, "alarms.mjs")
+	c := startDaemon(t, "central", "")
+	s := startDaemon(t, "subcloud", "site: site-ui\nshape: simplex\n")
+	// Node trusts one extra CA file: both daemons' CAs in one bundle.
+	bundle := filepath.Join(t.TempDir(), "ca-bundle.pem")
+	var pem []byte
+	for _, ca := range []string{c.ca, s.ca} {
+		b, err := os.ReadFile(ca)
+		if err != nil {
+			t.Fatal(err)
+		}
+		pem = append(pem, b...)
+	}
+	if err := os.WriteFile(bundle, pem, 0o600); err != nil {
+		t.Fatal(err)
+	}
+	runBrowser(t, script, "alarms", "NODE_EXTRA_CA_CERTS="+bundle,
+		"PETREL_URL="+c.url, "PETREL_TOKEN="+c.token, "PETREL_ADMIN_PASSWORD_FILE="+c.passwordFile,
+		"PETREL_SITE_URL="+s.url, "PETREL_SITE_TOKEN="+s.token, "PETREL_SITE_ADMIN_PASSWORD_FILE="+s.passwordFile)
 }

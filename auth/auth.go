@@ -116,6 +116,10 @@ type Config struct {
 	LoginTTL time.Duration
 	MaxTTL   time.Duration
 	Now      func() time.Time
+	// SessionCookie names the browser session cookie; default
+	// "petrel_session". Daemons on one host differ by port only, which
+	// cookies ignore, so each site's controller names its own.
+	SessionCookie string
 }
 
 // Defaults.

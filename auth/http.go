@@ -31,7 +31,7 @@ func (s *Service) Require(need Role) rest.Guard {
 		if secret == "" && assertion == "" {
 			// A browser session: its cookie authenticates, and any state
 			// change also needs the session's CSRF token.
-			if c, cerr := r.Cookie(SessionCookie); cerr == nil && c.Value != "" {
+			if c, cerr := r.Cookie(s.SessionCookie()); cerr == nil && c.Value != "" {
 				if r.Method != http.MethodGet && r.Method != http.MethodHead &&
 					!s.CheckCSRF(c.Value, r.Header.Get(CSRFHeader)) {
 					return nil, errs.Wrapf(errs.Forbidden, "missing or wrong CSRF token")
@@ -358,9 +358,17 @@ func ReadSecretFile(path string) (string, error) {
 
 // Browser sessions.
 const (
-	SessionCookie = "petrel_session" // HttpOnly, Secure, SameSite=Strict; holds a login token
+	SessionCookie = "petrel_session" // the default name: HttpOnly, Secure, SameSite=Strict; holds a login token
 	CSRFHeader    = "X-CSRF-Token"   // or the csrf_token form field on dashboard forms
 )
+
+// SessionCookie is the name of this service's browser session cookie.
+func (s *Service) SessionCookie() string {
+	if s.cfg.SessionCookie != "" {
+		return s.cfg.SessionCookie
+	}
+	return SessionCookie
+}
 
 // CSRFToken is the CSRF token of a browser session: an HMAC of the session
 // token under a key that never leaves the daemon.

@@ -8,7 +8,6 @@ import (
 	"strings"
 	"testing"
 
-	"github.com/petrel-edge/petrel/auth"
 	"github.com/petrel-edge/petrel/internal/errs"
 	"github.com/petrel-edge/petrel/internal/rest"
 	"github.com/petrel-edge/petrel/internal/server"
@@ -97,7 +96,7 @@ func TestSiteDashboard(t *testing.T) {
 		t.Helper()
 		req, _ := http.NewRequest(http.MethodGet, base+path, nil)
 		if session != "" {
-			req.AddCookie(&http.Cookie{Name: auth.SessionCookie, Value: session})
+			req.AddCookie(&http.Cookie{Name: s.Shell().Auth.SessionCookie(), Value: session})
 		}
 		resp, err := hc.Do(req)
 		if err != nil {

@@ -168,7 +168,7 @@ func (u *UI) render(w http.ResponseWriter, status int, name string, p page) {
 
 // session returns the caller's principal and session token, or false.
 func (u *UI) session(r *http.Request) (auth.Principal, string, bool) {
-	c, err := r.Cookie(auth.SessionCookie)
+	c, err := r.Cookie(u.cfg.Auth.SessionCookie())
 	if err != nil || c.Value == "" {
 		return auth.Principal{}, "", false
 	}
@@ -222,7 +222,7 @@ func (u *UI) login(w http.ResponseWriter, r *http.Request) {
 		return
 	}
 	u.cfg.Audit(r.Context(), user, string(tok.Role), "uiLogin", "POST /ui/login", "ok")
-	http.SetCookie(w, &http.Cookie{Name: auth.SessionCookie, Value: secret, Path: "/", HttpOnly: true, Secure: true,
+	http.SetCookie(w, &http.Cookie{Name: u.cfg.Auth.SessionCookie(), Value: secret, Path: "/", HttpOnly: true, Secure: true,
 		SameSite: http.SameSiteStrictMode, Expires: tok.ExpiresAt, MaxAge: int(time.Until(tok.ExpiresAt) / time.Second)})
 	http.SetCookie(w, &http.Cookie{Name: loginCSRFCookie, Value: "", Path: "/ui/login", MaxAge: -1, HttpOnly: true, Secure: true})
 	http.Redirect(w, r, "/", http.StatusSeeOther)
@@ -243,7 +243,7 @@ func (u *UI) logout(w http.ResponseWriter, r *http.Request) {
 		u.cfg.Logger.Warn("logout: revoke", "user", p.User, "err", err)
 	}
 	u.cfg.Audit(r.Context(), p.User, string(p.Role), "uiLogout", "POST /ui/logout", "ok")
-	http.SetCookie(w, &http.Cookie{Name: auth.SessionCookie, Value: "", Path: "/", MaxAge: -1, HttpOnly: true, Secure: true,
+	http.SetCookie(w, &http.Cookie{Name: u.cfg.Auth.SessionCookie(), Value: "", Path: "/", MaxAge: -1, HttpOnly: true, Secure: true,
 		SameSite: http.SameSiteStrictMode})
 	http.Redirect(w, r, "/ui/login", http.StatusSeeOther)
 }

@@ -139,7 +139,11 @@ func New(ctx context.Context, cfg Config) (_ *Server, err error) {
 		Logger: cfg.Logger.With("component", "faultmgr"), Limits: cfg.Alarms, Registerer: s.Registry}); err != nil {
 		return nil, err
 	}
-	if s.Auth, err = auth.New(auth.Config{Store: authStore, Logger: cfg.Logger, LoginTTL: cfg.TokenTTL}); err != nil {
+	cookie := auth.SessionCookie
+	if cfg.Site != "" {
+		cookie += "_" + strings.ReplaceAll(cfg.Site, "-", "_")
+	}
+	if s.Auth, err = auth.New(auth.Config{Store: authStore, Logger: cfg.Logger, LoginTTL: cfg.TokenTTL, SessionCookie: cookie}); err != nil {
 		return nil, err
 	}
 	if _, err := s.Auth.Bootstrap(ctx, filepath.Join(cfg.DataDir, AdminPasswordFile)); err != nil {

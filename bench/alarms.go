@@ -2,11 +2,14 @@ package bench
 
 import (
 	"context"
+	"crypto/rand"
+	"encoding/hex"
 	"fmt"
 	"log/slog"
 	"os"
 	"path/filepath"
 	"slices"
+	"strings"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -35,8 +38,7 @@ func RunAlarms(ctx context.Context, dsn string, n, clients int) (AlarmsResult, e
 	res := AlarmsResult{Raises: n, Clients: clients}
 	open := func() (*sqldb.DB, func(), error) {
 		if dsn != "" {
-			db, err := sqldb.Open(ctx, dsn)
-			return db, func() { db.Close() }, err
+			return freshPostgres(ctx, dsn)
 		}
 		dir, err := os.MkdirTemp("", "petrel-bench-alarms-")
 		if err != nil {
@@ -83,7 +85,9 @@ func RunAlarms(ctx context.Context, dsn string, n, clients int) (AlarmsResult, e
 	if err != nil {
 		return res, err
 	}
-	m, err := faultmgr.NewManager(faultmgr.Config{Catalog: cat, Store: st, Site: "bench", Logger: slog.New(slog.DiscardHandler)})
+	// Distinct alarms, all stored: storm control's limits sit above n.
+	m, err := faultmgr.NewManager(faultmgr.Config{Catalog: cat, Store: st, Site: "bench", Logger: slog.New(slog.DiscardHandler),
+		Limits: faultmgr.Limits{MaxActive: n + 1, MaxActivePerID: n + 1}})
 	if err != nil {
 		return res, err
 	}
@@ -123,4 +127,39 @@ func RunAlarms(ctx context.Context, dsn string, n, clients int) (AlarmsResult, e
 	res.PerSecond = float64(n) / res.Elapsed.Seconds()
 	res.P50, res.P99 = Percentile(lat, 50), Percentile(lat, 99)
 	return res, nil
+}
+
+// freshPostgres creates an empty database on the server dsn names, so a
+// run never counts what an earlier one left; done drops it.
+func freshPostgres(ctx context.Context, dsn string) (*sqldb.DB, func(), error) {
+	admin, err := sqldb.Open(ctx, dsn)
+	if err != nil {
+		return nil, nil, err
+	}
+	var b [6]byte
+	_, _ = rand.Read(b[:])
+	name := "petrel_bench_" + hex.EncodeToString(b[:])
+	if err := admin.Exec("CREATE DATABASE " + name).Error; err != nil {
+		admin.Close()
+		return nil, nil, fmt.Errorf("bench: create database: %w", err)
+	}
+	var parts []string
+	for _, f := range strings.Fields(dsn) {
+		if !strings.HasPrefix(f, "dbname=") {
+			parts = append(parts, f)
+		}
+	}
+	db, err := sqldb.Open(ctx, strings.Join(append(parts, "dbname="+name), " "))
+	drop := func() {
+		if db != nil {
+			db.Close()
+		}
+		admin.Exec("DROP DATABASE IF EXISTS " + name + " WITH (FORCE)")
+		admin.Close()
+	}
+	if err != nil {
+		drop()
+		return nil, nil, err
+	}
+	return db, drop, nil
 }

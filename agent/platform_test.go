@@ -1,7 +1,10 @@
 package agent_test
 
 import (
+	"context"
 	"encoding/json"
+	"io"
+	"log/slog"
 	"net"
 	"net/http"
 	"path/filepath"
@@ -10,6 +13,7 @@ import (
 	"time"
 
 	"github.com/petrel-edge/petrel/agent"
+	"github.com/petrel-edge/petrel/agent/agenttest"
 	"github.com/petrel-edge/petrel/agent/monitor"
 )
 
@@ -78,5 +82,55 @@ func TestHostPlatformUsage(t *testing.T) {
 	}
 	if u.CPU == nil || u.CPU.CPUs < 1 || u.Memory == nil || u.Memory.Source != "meminfo" || u.Memory.UsedBytes == 0 {
 		t.Errorf("Usage() = CPU %+v, memory %+v (missing %v); want the machine's CPU time and meminfo", u.CPU, u.Memory, u.Missing)
+	}
+}
+
+// BenchmarkLabSample is one monitor sample of a lab host: the agent asks
+// its chassis over the unix socket, the chassis reads the host's cgroup
+// files (here a fixture: cpu.stat, memory.current, memory.max, meminfo),
+// and the agent statfs its software root. Both sides run in this process.
+func BenchmarkLabSample(b *testing.B) {
+	dir := b.TempDir()
+	for rel, content := range map[string]string{
+		"cg/cgroup.type":    "domain\n",
+		"cg/cpu.stat":       "usage_usec 123456789\nuser_usec 100000000\nsystem_usec 23456789\n",
+		"cg/memory.current": "1073741824\n",
+		"cg/memory.max":     "max\n",
+		"proc/meminfo":      "MemTotal: 8388608 kB\nMemAvailable: 2097152 kB\n",
+	} {
+		agenttest.Write(b, dir, rel, content)
+	}
+	cg := monitor.Cgroup{Dir: filepath.Join(dir, "cg"), ProcRoot: filepath.Join(dir, "proc")}
+	sock := filepath.Join(dir, "vbmc.sock")
+	ln, err := net.Listen("unix", sock)
+	if err != nil {
+		b.Fatal(err)
+	}
+	mux := http.NewServeMux()
+	mux.HandleFunc("GET /v1/usage", func(w http.ResponseWriter, r *http.Request) {
+		u := monitor.Usage{At: time.Now()}
+		cg.Read(&u)
+		json.NewEncoder(w).Encode(u)
+	})
+	srv := &http.Server{Handler: mux}
+	go srv.Serve(ln)
+	b.Cleanup(func() { srv.Close() })
+	p, err := agent.NewLabPlatform(dir, sock)
+	if err != nil {
+		b.Fatal(err)
+	}
+	m, err := monitor.New(monitor.Config{}, p.Usage, slog.New(slog.NewTextHandler(io.Discard, nil)))
+	if err != nil {
+		b.Fatal(err)
+	}
+	ctx := context.Background()
+	b.ReportAllocs()
+	for b.Loop() {
+		if err := m.Sample(ctx); err != nil {
+			b.Fatal(err)
+		}
+	}
+	if r := m.Last(); !r.Memory.Valid || !r.CPU.Valid {
+		b.Errorf("last readings = %+v; want CPU and memory", r)
 	}
 }

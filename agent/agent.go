@@ -68,6 +68,7 @@ type Agent struct {
 	sent      *inventory.Hardware // what the site holds
 	sentAlarm []inventory.ResourceAlarm
 	mon       *monitor.Monitor // nil when disabled
+	badAlarms string           // the last refusable alarm set logged
 	joined    chan struct{}
 }
 
@@ -122,12 +123,23 @@ func (a *Agent) Joined() <-chan struct{} { return a.joined }
 // Monitor is the agent's resource monitor; nil when disabled.
 func (a *Agent) Monitor() *monitor.Monitor { return a.mon }
 
-// asserted lists the resource alarms the monitors assert.
+// asserted lists the resource alarms the monitors assert. Should the
+// set be one the site refuses (a file system name the platform made up),
+// it is left out and logged rather than blocking every report.
 func (a *Agent) asserted() []inventory.ResourceAlarm {
 	if a.mon == nil {
 		return []inventory.ResourceAlarm{}
 	}
-	return a.mon.Asserted()
+	as := a.mon.Asserted()
+	if err := inventory.ValidateResourceAlarms("alarms", as); err != nil {
+		if err.Error() != a.badAlarms { // once per distinct problem
+			a.badAlarms = err.Error()
+			a.log.Error("resource alarms not reported: the site would refuse them", "err", err)
+		}
+		return []inventory.ResourceAlarm{}
+	}
+	a.badAlarms = ""
+	return as
 }
 
 // monitorChanged receives when the asserted alarms changed; never, when

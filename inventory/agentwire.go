@@ -135,6 +135,16 @@ func ValidateResourceAlarms(field string, as []ResourceAlarm) error {
 	return nil
 }
 
+// maxFilesystemField bounds the filesystem field of 100.104 (a path).
+const maxFilesystemField = 200
+
+// ValidFilesystemField reports whether v may be the filesystem field of
+// 100.104: 1-200 printable characters.
+func ValidFilesystemField(v string) bool {
+	return v != "" && len(v) <= maxFilesystemField &&
+		strings.IndexFunc(v, func(r rune) bool { return !unicode.IsPrint(r) }) < 0
+}
+
 func validateAlarmFields(field string, a ResourceAlarm) error {
 	th, ok := a.Fields["threshold"]
 	if !ok {
@@ -147,8 +157,8 @@ func validateAlarmFields(field string, a ResourceAlarm) error {
 		switch {
 		case k == "threshold":
 		case k == "filesystem" && a.AlarmID == AlarmFilesystem:
-			if v == "" || len(v) > 200 || strings.IndexFunc(v, func(r rune) bool { return !unicode.IsPrint(r) }) >= 0 {
-				return errs.Field(field+".filesystem", "must be 1-200 printable characters")
+			if !ValidFilesystemField(v) {
+				return errs.Field(field+".filesystem", "must be 1-%d printable characters", maxFilesystemField)
 			}
 		default:
 			return errs.Field(field, "unknown field %q for %s", k, a.AlarmID)

@@ -18,6 +18,7 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
+	"math"
 	"strconv"
 	"strings"
 	"sync"
@@ -334,7 +335,8 @@ func (m *Monitor) Asserted() []inventory.ResourceAlarm {
 	m.mu.Lock()
 	defer m.mu.Unlock()
 	out := []inventory.ResourceAlarm{}
-	pct := func(p float64) string { return strconv.FormatFloat(p, 'f', -1, 64) }
+	// At most two decimals: the site accepts thresholds of up to 8 characters.
+	pct := func(p float64) string { return strconv.FormatFloat(math.Round(p*100)/100, 'f', -1, 64) }
 	if m.cpu.Asserted() {
 		out = append(out, inventory.ResourceAlarm{AlarmID: inventory.AlarmCPU,
 			Fields: map[string]string{"threshold": pct(m.cfg.CPU.Raise)}})
@@ -345,8 +347,12 @@ func (m *Monitor) Asserted() []inventory.ResourceAlarm {
 	}
 	for name, st := range m.fs {
 		if st.h.Asserted() {
+			label := st.path // the reason names the path, unless the site would refuse it
+			if !inventory.ValidFilesystemField(label) {
+				label = name
+			}
 			out = append(out, inventory.ResourceAlarm{AlarmID: inventory.AlarmFilesystem, Resource: "filesystem=" + name,
-				Fields: map[string]string{"threshold": pct(m.cfg.Filesystem.Raise), "filesystem": st.path}})
+				Fields: map[string]string{"threshold": pct(m.cfg.Filesystem.Raise), "filesystem": label}})
 		}
 	}
 	return inventory.SortResourceAlarms(out)

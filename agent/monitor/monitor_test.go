@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"log/slog"
+	"strings"
 	"sync"
 	"testing"
 	"testing/synctest"
@@ -282,4 +283,24 @@ func TestMonitorRun(t *testing.T) {
 		cancel()
 		<-done
 	})
+}
+
+// TestAssertedFields: thresholds are given with at most two decimals, and
+// a path the site would refuse is replaced by the file system's name.
+func TestAssertedFields(t *testing.T) {
+	long := "/" + strings.Repeat("x", 300)
+	sc := &script{}
+	sc.set(monitor.Usage{At: time.Now(), Filesystems: []monitor.Filesystem{{Name: "software-root", Path: long, UsedBytes: 99, SizeBytes: 100}}}, nil)
+	m, err := monitor.New(monitor.Config{Filesystem: monitor.Threshold{Raise: 100.0 / 3, Clear: 10}}, sc.read, testLogger(t))
+	if err != nil {
+		t.Fatal(err)
+	}
+	m.Sample(t.Context())
+	as := m.Asserted()
+	if len(as) != 1 || as[0].Fields["threshold"] != "33.33" || as[0].Fields["filesystem"] != "software-root" {
+		t.Errorf("Asserted() = %+v; want threshold 33.33 and the file system's name for its over-long path", as)
+	}
+	if err := inventory.ValidateResourceAlarms("alarms", as); err != nil {
+		t.Errorf("the site would refuse %+v: %v", as, err)
+	}
 }

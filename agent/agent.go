@@ -2,8 +2,11 @@
 // identity (the machine UUID), joins the site with a single-use join token
 // in exchange for a certificate bound to that identity, and from then on
 // reports the host's inventory over mutual TLS — everything at start, then
-// what changed — as an explicit anti-entropy state machine. Every action
-// that changes the machine goes through its Platform.
+// what changed — as an explicit anti-entropy state machine. Its resource
+// monitors (package monitor) watch the host's CPU, memory and software
+// root, and every report carries the resource alarms they assert. Every
+// action that changes the machine, and every reading of its resources,
+// goes through its Platform.
 package agent
 
 import (
@@ -18,14 +21,17 @@ import (
 	"fmt"
 	"io"
 	"log/slog"
+	"maps"
 	"math/big"
 	"net/http"
 	"os"
 	"path/filepath"
 	"reflect"
+	"slices"
 	"strings"
 	"time"
 
+	"github.com/petrel-edge/petrel/agent/monitor"
 	"github.com/petrel-edge/petrel/internal/atomicfile"
 	"github.com/petrel-edge/petrel/internal/pki"
 	"github.com/petrel-edge/petrel/inventory"
@@ -46,6 +52,9 @@ type Config struct {
 
 	CheckInterval time.Duration // how often to look for changes; default 2 s
 	FullInterval  time.Duration // full report at least this often; default 5 min
+
+	Monitor        monitor.Config // resource monitors; zero fields take monitor's defaults
+	MonitorDisable bool           // no resource monitors (reports then assert no alarms)
 }
 
 // Agent is a running host agent.
@@ -57,6 +66,9 @@ type Agent struct {
 	client    *http.Client // mTLS once joined
 	gen       uint64
 	sent      *inventory.Hardware // what the site holds
+	sentAlarm []inventory.ResourceAlarm
+	mon       *monitor.Monitor // nil when disabled
+	badAlarms string           // the last refusable alarm set logged
 	joined    chan struct{}
 }
 
@@ -92,8 +104,14 @@ func New(cfg Config) (*Agent, error) {
 	}
 	var b [8]byte
 	_, _ = rand.Read(b[:])
-	return &Agent{cfg: cfg, log: cfg.Logger.With("machine_id", id), machineID: id,
-		bootID: hex.EncodeToString(b[:]), joined: make(chan struct{})}, nil
+	a := &Agent{cfg: cfg, log: cfg.Logger.With("machine_id", id), machineID: id,
+		bootID: hex.EncodeToString(b[:]), joined: make(chan struct{})}
+	if !cfg.MonitorDisable {
+		if a.mon, err = monitor.New(cfg.Monitor, cfg.Platform.Usage, a.log.With("component", "monitor")); err != nil {
+			return nil, fmt.Errorf("agent: %w", err)
+		}
+	}
+	return a, nil
 }
 
 // MachineID is the host's identity.
@@ -101,6 +119,37 @@ func (a *Agent) MachineID() string { return a.machineID }
 
 // Joined is closed once the agent holds a certificate for its site.
 func (a *Agent) Joined() <-chan struct{} { return a.joined }
+
+// Monitor is the agent's resource monitor; nil when disabled.
+func (a *Agent) Monitor() *monitor.Monitor { return a.mon }
+
+// asserted lists the resource alarms the monitors assert. Should the
+// set be one the site refuses (a file system name the platform made up),
+// it is left out and logged rather than blocking every report.
+func (a *Agent) asserted() []inventory.ResourceAlarm {
+	if a.mon == nil {
+		return []inventory.ResourceAlarm{}
+	}
+	as := a.mon.Asserted()
+	if err := inventory.ValidateResourceAlarms("alarms", as); err != nil {
+		if err.Error() != a.badAlarms { // once per distinct problem
+			a.badAlarms = err.Error()
+			a.log.Error("resource alarms not reported: the site would refuse them", "err", err)
+		}
+		return []inventory.ResourceAlarm{}
+	}
+	a.badAlarms = ""
+	return as
+}
+
+// monitorChanged receives when the asserted alarms changed; never, when
+// the monitors are off.
+func (a *Agent) monitorChanged() <-chan struct{} {
+	if a.mon == nil {
+		return nil
+	}
+	return a.mon.Changed()
+}
 
 // state is a step of the agent's loop (STYLE.md S10).
 type state int
@@ -112,13 +161,23 @@ const (
 	stateStopped
 )
 
-// Run joins if needed, then reports until ctx ends.
+// Run joins if needed, then reports until ctx ends. The resource monitor
+// runs alongside, joined or not; it has stopped when Run returns.
 func (a *Agent) Run(ctx context.Context) error {
 	defer func() {
 		if a.client != nil {
 			a.client.CloseIdleConnections()
 		}
 	}()
+	if a.mon != nil {
+		mctx, stop := context.WithCancel(ctx)
+		done := make(chan struct{})
+		go func() {
+			defer close(done)
+			_ = a.mon.Run(mctx)
+		}()
+		defer func() { stop(); <-done }()
+	}
 	backoff := newBackoff(200*time.Millisecond, 30*time.Second)
 	lastFull := time.Time{}
 	for s := stateJoin; s != stateStopped; {
@@ -158,7 +217,9 @@ func (a *Agent) Run(ctx context.Context) error {
 			lastFull = time.Now()
 			s = statePartialSync
 		case statePartialSync:
-			if !sleep(ctx, jitter(a.cfg.CheckInterval)) {
+			// Wait for the check interval, or report at once when the
+			// monitors' alarms changed.
+			if !wait(ctx, jitter(a.cfg.CheckInterval), a.monitorChanged()) {
 				return nil
 			}
 			if time.Since(lastFull) >= a.cfg.FullInterval {
@@ -187,30 +248,41 @@ var (
 	errJoinFatal = errors.New("agent: cannot join")
 )
 
-// sync sends a full report, or a delta when something changed.
+// sync sends a full report, or a delta when something changed. Every
+// report carries every alarm the monitors assert; a delta carries the
+// hardware only when it changed.
 func (a *Agent) sync(ctx context.Context, full bool) error {
 	hw, err := Discover(a.cfg.SysRoot)
 	if err != nil {
 		return err
 	}
 	hw = a.cfg.Profile.Apply(hw)
-	if !full && a.sent != nil && reflect.DeepEqual(*a.sent, hw) {
+	alarms := a.asserted()
+	hwSame := a.sent != nil && reflect.DeepEqual(*a.sent, hw)
+	if !full && hwSame && a.sentAlarm != nil && slices.EqualFunc(alarms, a.sentAlarm, sameAlarm) {
 		return nil // nothing changed
 	}
 	rep := inventory.Report{Full: full, BootID: a.bootID, Generation: a.gen + 1,
-		BootedAt: a.cfg.Platform.BootedAt(), SoftwareVersion: a.cfg.Version, Hardware: &hw}
+		BootedAt: a.cfg.Platform.BootedAt(), SoftwareVersion: a.cfg.Version, Hardware: &hw, Alarms: alarms}
+	if !full && hwSame {
+		rep.Hardware = nil
+	}
 	var ack inventory.ReportAck
 	if err := a.do(ctx, http.MethodPut, "/v1/agents/"+a.machineID+"/report", rep, &ack); err != nil {
 		return err
 	}
 	if ack.NeedFull {
-		a.sent = nil
+		a.sent, a.sentAlarm = nil, nil
 		return errNeedFull
 	}
 	a.gen = rep.Generation
-	a.sent = &hw
-	a.log.Debug("reported", "full", full, "generation", a.gen)
+	a.sent, a.sentAlarm = &hw, alarms
+	a.log.Debug("reported", "full", full, "generation", a.gen, "alarms", len(alarms))
 	return nil
+}
+
+func sameAlarm(x, y inventory.ResourceAlarm) bool {
+	return x.AlarmID == y.AlarmID && x.Resource == y.Resource && maps.Equal(x.Fields, y.Fields)
 }
 
 // ensureJoined loads the host certificate, or joins the site to get one.
@@ -333,6 +405,21 @@ func (b *backoff) next() time.Duration {
 func jitter(d time.Duration) time.Duration {
 	n, _ := rand.Int(rand.Reader, big.NewInt(int64(d)/5*2+1))
 	return d - d/5 + time.Duration(n.Int64())
+}
+
+// wait waits d, or until wake receives (a nil wake never does); it
+// reports false when ctx ended first.
+func wait(ctx context.Context, d time.Duration, wake <-chan struct{}) bool {
+	t := time.NewTimer(d)
+	defer t.Stop()
+	select {
+	case <-ctx.Done():
+		return false
+	case <-t.C:
+		return true
+	case <-wake:
+		return true
+	}
 }
 
 // sleep waits d or until ctx ends; it reports whether d passed.

@@ -2,8 +2,12 @@ package agent
 
 import (
 	"context"
+	"encoding/json"
 	"errors"
 	"fmt"
+	"io"
+	"net"
+	"net/http"
 	"os"
 	"path/filepath"
 	"strings"
@@ -11,13 +15,16 @@ import (
 	"time"
 
 	"golang.org/x/sys/unix"
+
+	"github.com/petrel-edge/petrel/agent/monitor"
 )
 
 // Platform is every action of the agent that changes the machine it runs
-// on: reboot, power, installing software. Nothing else in the agent may
-// change the machine. The lab implementation talks only to the host's
-// chassis (vbmc) and writes only under the host's software root; the real
-// one acts on the machine and cannot be constructed under the lab or tests.
+// on (reboot, power, installing software) and every reading of the
+// machine's resources. Nothing else in the agent may change the machine.
+// The lab implementation talks only to the host's chassis (vbmc) and
+// writes only under the host's software root; the real one acts on the
+// machine and cannot be constructed under the lab or tests.
 type Platform interface {
 	// Kind is "lab" or "host".
 	Kind() string
@@ -25,7 +32,16 @@ type Platform interface {
 	BootedAt() time.Time
 	// Reboot restarts the host.
 	Reboot(ctx context.Context) error
+	// Usage reads the CPU and memory counters of the host's own cgroup
+	// and the space of its software root's file system (named
+	// SoftwareRootFS). What cannot be read is listed in Usage.Missing; an
+	// error means nothing could be read.
+	Usage(ctx context.Context) (monitor.Usage, error)
 }
+
+// SoftwareRootFS is the name of the software root's file system in alarm
+// entities: host=NAME.filesystem=software-root.
+const SoftwareRootFS = "software-root"
 
 // ErrRealPlatformRefused is returned when the real platform is asked for
 // where it must never act: under `go test`, or inside a lab host.
@@ -36,6 +52,7 @@ type LabPlatform struct {
 	SoftwareRoot string // the host's DIR/hosts/SITE/HOST
 	Chassis      string // address of the host's vbmc control endpoint; "" until it has one
 	booted       time.Time
+	chassis      *http.Client // over the Chassis socket
 }
 
 // NewLabPlatform returns the platform of a lab host whose power-on is now.
@@ -43,7 +60,15 @@ func NewLabPlatform(softwareRoot, chassis string) (*LabPlatform, error) {
 	if softwareRoot == "" {
 		return nil, errors.New("agent: a lab platform needs its host's software root")
 	}
-	return &LabPlatform{SoftwareRoot: softwareRoot, Chassis: chassis, booted: time.Now().UTC()}, nil
+	p := &LabPlatform{SoftwareRoot: softwareRoot, Chassis: chassis, booted: time.Now().UTC()}
+	if chassis != "" {
+		p.chassis = &http.Client{Timeout: 5 * time.Second, Transport: &http.Transport{
+			DialContext: func(ctx context.Context, _, _ string) (net.Conn, error) {
+				var d net.Dialer
+				return d.DialContext(ctx, "unix", chassis)
+			}, MaxIdleConnsPerHost: 1, IdleConnTimeout: time.Minute}}
+	}
+	return p, nil
 }
 
 func (p *LabPlatform) Kind() string        { return "lab" }
@@ -57,6 +82,60 @@ func (p *LabPlatform) Reboot(ctx context.Context) error {
 	return fmt.Errorf("agent: reboot through the chassis at %s: not available yet", p.Chassis)
 }
 
+// Usage reads the host's cgroup through its chassis — the host's own
+// mount namespace has no cgroupfs (`ip netns exec` replaces /sys), the
+// chassis runs outside it — and statfs of the software root here.
+func (p *LabPlatform) Usage(ctx context.Context) (monitor.Usage, error) {
+	var u monitor.Usage
+	switch {
+	case p.chassis == nil:
+		u.Missing = append(u.Missing, "cpu, memory: this lab host has no chassis")
+	default:
+		cu, err := p.chassisUsage(ctx)
+		if err != nil {
+			u.Missing = append(u.Missing, "cpu, memory: "+err.Error())
+		} else {
+			u = cu
+		}
+	}
+	if u.At.IsZero() {
+		u.At = time.Now()
+	}
+	if fs, err := monitor.Statfs(SoftwareRootFS, p.SoftwareRoot); err != nil {
+		u.Missing = append(u.Missing, "filesystem: "+err.Error())
+	} else {
+		u.Filesystems = append(u.Filesystems, fs)
+	}
+	return u, nil
+}
+
+// chassisUsage asks the chassis for the host's cgroup counters (GET
+// /v1/usage on its control socket).
+func (p *LabPlatform) chassisUsage(ctx context.Context) (monitor.Usage, error) {
+	var u monitor.Usage
+	req, err := http.NewRequestWithContext(ctx, http.MethodGet, "http://vbmc/v1/usage", nil)
+	if err != nil {
+		return u, err
+	}
+	resp, err := p.chassis.Do(req)
+	if err != nil {
+		return u, fmt.Errorf("chassis: %w", err)
+	}
+	defer resp.Body.Close()
+	body, err := io.ReadAll(io.LimitReader(resp.Body, 64<<10))
+	if err != nil {
+		return u, fmt.Errorf("chassis: %w", err)
+	}
+	if resp.StatusCode != http.StatusOK {
+		return u, fmt.Errorf("chassis: HTTP %d: %s", resp.StatusCode, strings.TrimSpace(string(body)))
+	}
+	if err := json.Unmarshal(body, &u); err != nil {
+		return u, fmt.Errorf("chassis: %w", err)
+	}
+	u.Filesystems = nil // the software root is read here
+	return u, nil
+}
+
 // Path returns rel inside the software root, refusing anything that leaves it.
 func (p *LabPlatform) Path(rel string) (string, error) {
 	full := filepath.Join(p.SoftwareRoot, rel)
@@ -67,7 +146,12 @@ func (p *LabPlatform) Path(rel string) (string, error) {
 }
 
 // HostPlatform acts on the real machine.
-type HostPlatform struct{ booted time.Time }
+type HostPlatform struct {
+	// SoftwareRoot is where Petrel's software lives; its file system is
+	// watched. "" means "/".
+	SoftwareRoot string
+	booted       time.Time
+}
 
 // NewHostPlatform returns the real platform, or ErrRealPlatformRefused
 // under `go test` or when any sign of the lab is present.
@@ -109,6 +193,28 @@ func labOrTest() string {
 
 func (p *HostPlatform) Kind() string        { return "host" }
 func (p *HostPlatform) BootedAt() time.Time { return p.booted }
+
+// Usage reads the root of the machine's cgroup v2 hierarchy, which is
+// the whole machine (CPU time of every process; memory as MemTotal -
+// MemAvailable), and statfs of the software root. It only reads.
+func (p *HostPlatform) Usage(ctx context.Context) (monitor.Usage, error) {
+	u := monitor.Usage{At: time.Now()}
+	if root, err := monitor.CgroupV2Root(); err != nil {
+		u.Missing = append(u.Missing, "cpu, memory: "+err.Error())
+	} else {
+		monitor.Cgroup{Dir: root}.Read(&u)
+	}
+	sw := p.SoftwareRoot
+	if sw == "" {
+		sw = "/"
+	}
+	if fs, err := monitor.Statfs(SoftwareRootFS, sw); err != nil {
+		u.Missing = append(u.Missing, "filesystem: "+err.Error())
+	} else {
+		u.Filesystems = append(u.Filesystems, fs)
+	}
+	return u, nil
+}
 
 // Reboot flushes file systems and restarts the machine.
 func (p *HostPlatform) Reboot(ctx context.Context) error {

@@ -186,8 +186,11 @@ type Host struct {
 	BootID           string     `json:"boot_id"`
 	ReportGeneration uint64     `json:"report_generation"`
 	LastReport       *time.Time `json:"last_report"`
-	CreatedAt        time.Time  `json:"created_at"`
-	UpdatedAt        time.Time  `json:"updated_at"`
+	// ResourceAlarms are the alarms the agent asserted in its last
+	// accepted report, sorted; the site raises them on host=Name.
+	ResourceAlarms []ResourceAlarm `json:"resource_alarms"`
+	CreatedAt      time.Time       `json:"created_at"`
+	UpdatedAt      time.Time       `json:"updated_at"`
 	// Rev increases with every stored change; writers pass the revision they
 	// read so a stale write fails with ErrConflict.
 	Rev uint64 `json:"revision"`
@@ -199,6 +202,7 @@ func (h Host) Clone() Host {
 	h.Inventory.Disks = slices.Clone(h.Inventory.Disks)
 	h.Inventory.NICs = slices.Clone(h.Inventory.NICs)
 	h.Inventory.PCI = slices.Clone(h.Inventory.PCI)
+	h.ResourceAlarms = cloneResourceAlarms(h.ResourceAlarms)
 	return h
 }
 

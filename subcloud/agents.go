@@ -167,8 +167,20 @@ func (s *Subcloud) report(r *http.Request) (int, any, error) {
 		return 0, nil, errs.Field("hardware", "is required in a full report")
 	}
 	id := r.Context().Value(agentKey{}).(string)
+	if err := inventory.ValidateResourceAlarms("alarms", rep.Alarms); err != nil {
+		if errors.Is(err, errs.Forbidden) {
+			s.log.Warn("agent asserted an alarm beyond its own host; report refused", "machine_id", id, "err", err)
+		}
+		return 0, nil, err
+	}
+	ctx := r.Context()
+	unlock, err := s.hostLocks.lock(ctx, id)
+	if err != nil {
+		return 0, nil, err
+	}
+	defer unlock()
 	for attempt := 0; ; attempt++ {
-		h, err := s.Hosts.Host(r.Context(), id)
+		h, err := s.Hosts.Host(ctx, id)
 		if err != nil {
 			return 0, nil, err
 		}
@@ -176,9 +188,13 @@ func (s *Subcloud) report(r *http.Request) (int, any, error) {
 			// A delta the site cannot apply: ask for everything.
 			return http.StatusOK, inventory.ReportAck{Generation: h.ReportGeneration, NeedFull: true}, nil
 		}
-		if rep.Full && h.BootID == rep.BootID && rep.Generation <= h.ReportGeneration {
+		if rep.Full && h.BootID == rep.BootID && rep.Generation < h.ReportGeneration {
 			return http.StatusOK, inventory.ReportAck{Generation: h.ReportGeneration}, nil // a duplicate
 		}
+		// A full report of the generation the site holds is the agent's
+		// retry after a failure (perhaps after the host was stored but
+		// before its alarms were applied): it is applied again, with what
+		// the agent holds now.
 		h.BootID, h.ReportGeneration = rep.BootID, rep.Generation
 		if !rep.BootedAt.IsZero() {
 			b := rep.BootedAt.UTC()
@@ -192,16 +208,22 @@ func (s *Subcloud) report(r *http.Request) (int, any, error) {
 		if rep.Hardware != nil {
 			h.Inventory = *rep.Hardware
 		}
+		h.ResourceAlarms = inventory.SortResourceAlarms(rep.Alarms)
 		if h.Availability == inventory.Offline || h.Availability == inventory.PowerOff {
 			if err := h.SetAvailability(inventory.Online); err != nil {
 				return 0, nil, err
 			}
 		}
-		_, err = s.Hosts.PutHost(r.Context(), h, h.Rev)
+		stored, err := s.Hosts.PutHost(ctx, h, h.Rev)
 		if errors.Is(err, inventory.ErrStale) && attempt < 3 {
 			continue // an operator changed the host meanwhile; apply the report to the new revision
 		}
 		if err != nil {
+			return 0, nil, err
+		}
+		// The host (with the alarms asserted) is stored first: if applying
+		// them fails, the agent's retry of this report applies them.
+		if err := s.applyResourceAlarms(ctx, stored, ""); err != nil {
 			return 0, nil, err
 		}
 		return http.StatusOK, inventory.ReportAck{Generation: rep.Generation}, nil

@@ -15,6 +15,7 @@ import (
 
 	"github.com/petrel-edge/petrel/agent"
 	"github.com/petrel-edge/petrel/agent/agenttest"
+	"github.com/petrel-edge/petrel/agent/monitor"
 	"github.com/petrel-edge/petrel/client"
 	"github.com/petrel-edge/petrel/internal/errs"
 	"github.com/petrel-edge/petrel/internal/rest"
@@ -57,16 +58,22 @@ type testAgent struct {
 // newAgent builds an agent for s with its own state dir and fake machine.
 func newAgent(t *testing.T, s site, token string, stateDir string) *testAgent {
 	t.Helper()
+	return newAgentOn(t, s, token, stateDir, agenttest.NewPlatform(), monitor.Config{})
+}
+
+// newAgentOn builds an agent for s on platform plat, its monitors
+// configured by mon.
+func newAgentOn(t *testing.T, s site, token string, stateDir string, plat agent.Platform, mon monitor.Config) *testAgent {
+	t.Helper()
 	if stateDir == "" {
 		stateDir = t.TempDir()
 	}
 	tokFile := filepath.Join(t.TempDir(), "join.token")
 	os.WriteFile(tokFile, []byte(token+"\n"), 0o600)
-	plat, _ := agent.NewLabPlatform(t.TempDir(), "")
 	root := agenttest.SysRoot(t)
 	a, err := agent.New(agent.Config{SiteURL: s.Shell().URL(), CACert: s.Shell().CACert, JoinTokenFile: tokFile,
 		StateDir: stateDir, DMIPath: "/nonexistent", SysRoot: root, Platform: plat, Version: "test-1",
-		Logger: servertest.Logger(t), CheckInterval: 50 * time.Millisecond})
+		Logger: servertest.Logger(t), CheckInterval: 50 * time.Millisecond, Monitor: mon})
 	if err != nil {
 		t.Fatal(err)
 	}

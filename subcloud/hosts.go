@@ -1,6 +1,7 @@
 package subcloud
 
 import (
+	"context"
 	"errors"
 	"fmt"
 	"net/http"
@@ -79,11 +80,12 @@ func (s *Subcloud) updateHost(r *http.Request) (int, any, error) {
 			}
 			h.Subfunctions = req.Subfunctions
 		}
-		if req.Hostname != nil {
-			h.Name = *req.Hostname
-		}
 		if h.Personality == inventory.PersonalityNone {
 			return 0, nil, errs.Field("personality", "is required to provision host %s", h.Name)
+		}
+		oldName := h.Name
+		if req.Hostname != nil {
+			h.Name = *req.Hostname
 		}
 		out, err := s.Hosts.PutHost(r.Context(), h, h.Rev)
 		if errors.Is(err, inventory.ErrStale) && attempt < 3 {
@@ -91,6 +93,14 @@ func (s *Subcloud) updateHost(r *http.Request) (int, any, error) {
 		}
 		if err != nil {
 			return 0, nil, err
+		}
+		if out.Name != oldName {
+			// The agent's resource alarms move to the new name at once,
+			// not at its next report.
+			if err := s.moveResourceAlarms(r.Context(), out.UUID, oldName); err != nil {
+				s.log.Error("host renamed; moving its resource alarms failed", "host", out.Name, "from", oldName, "err", err)
+				return 0, nil, fmt.Errorf("host %s renamed from %s, but moving its resource alarms failed: %w", out.Name, oldName, err)
+			}
 		}
 		return http.StatusOK, out.WithUptime(time.Now()), nil
 	}
@@ -104,9 +114,39 @@ func (s *Subcloud) deleteHost(r *http.Request) (int, any, error) {
 	if h.Administrative != inventory.Locked {
 		return 0, nil, fmt.Errorf("%w: lock host %s before deleting it", inventory.ErrInvalidTransition, h.Name)
 	}
+	// Under the host's lock, so that no report of its agent raises an
+	// alarm for it after its alarms are cleared.
+	unlock, err := s.hostLocks.lock(r.Context(), h.UUID)
+	if err != nil {
+		return 0, nil, err
+	}
+	defer unlock()
 	if err := s.Hosts.DeleteHost(r.Context(), h.UUID); err != nil {
 		return 0, nil, err
 	}
 	s.log.Info("host deleted; its certificate is revoked", "host", h.Name, "machine_id", h.UUID)
+	n, err := s.shell.Alarms.ClearEntity(r.Context(), "host="+h.Name)
+	if err != nil {
+		s.log.Error("host deleted; clearing its alarms failed", "host", h.Name, "err", err)
+		return 0, nil, fmt.Errorf("host %s deleted, but clearing its alarms failed: %w", h.Name, err)
+	}
+	if n > 0 {
+		s.log.Info("alarms of the deleted host cleared", "host", h.Name, "cleared", n)
+	}
 	return http.StatusNoContent, nil, nil
+}
+
+// moveResourceAlarms re-applies the resource alarms of host uuid, renamed
+// from oldName, on its current name.
+func (s *Subcloud) moveResourceAlarms(ctx context.Context, uuid, oldName string) error {
+	unlock, err := s.hostLocks.lock(ctx, uuid)
+	if err != nil {
+		return err
+	}
+	defer unlock()
+	h, err := s.Hosts.Host(ctx, uuid)
+	if err != nil {
+		return err
+	}
+	return s.applyResourceAlarms(ctx, h, oldName)
 }

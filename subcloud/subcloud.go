@@ -55,6 +55,7 @@ type Subcloud struct {
 	serverCA   []byte  // given to joining agents; read at start so a join never fails after recording
 	Hosts      inventory.Store
 	Enrollment inventory.Enrollment
+	hostLocks  *hostLocks // per host: agent reports vs. rename and delete
 
 	connected atomic.Bool   // the link to central is up
 	seq       atomic.Uint64 // last update sequence sent
@@ -104,7 +105,8 @@ func New(ctx context.Context, cfg Config) (*Subcloud, error) {
 		shell.Close()
 		return nil, err
 	}
-	s := &Subcloud{cfg: cfg, shell: shell, log: cfg.Shell.Logger, agentCA: agentCA, Hosts: hosts, Enrollment: hosts}
+	s := &Subcloud{cfg: cfg, shell: shell, log: cfg.Shell.Logger, agentCA: agentCA, Hosts: hosts, Enrollment: hosts,
+		hostLocks: newHostLocks()}
 	if shell.CACert != "" {
 		if s.serverCA, err = os.ReadFile(shell.CACert); err != nil {
 			shell.Close()

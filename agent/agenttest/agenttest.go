@@ -1,10 +1,18 @@
-// Package agenttest builds fake /proc and /sys trees for agent tests.
+// Package agenttest builds fake /proc and /sys trees for agent tests, and
+// a fake platform whose resource readings a test sets.
 package agenttest
 
 import (
+	"context"
+	"errors"
 	"os"
 	"path/filepath"
+	"sync"
 	"testing"
+	"time"
+
+	"github.com/petrel-edge/petrel/agent"
+	"github.com/petrel-edge/petrel/agent/monitor"
 )
 
 // SysRoot writes a small machine under a temporary root: 2 sockets x 2
@@ -50,4 +58,73 @@ func Write(t testing.TB, root, rel, content string) {
 	if err := os.WriteFile(p, []byte(content), 0o644); err != nil {
 		t.Fatal(err)
 	}
+}
+
+// Platform is an agent platform for tests: it changes nothing, and its
+// resource readings follow the load a test sets. It has 2 CPUs, 8 GiB of
+// memory and a 100 GiB software root.
+type Platform struct {
+	mu      sync.Mutex
+	booted  time.Time
+	cpuPct  float64 // of the 2 CPUs, since at
+	cpuUsec uint64  // CPU time used up to at
+	at      time.Time
+	memPct  float64
+	fsPct   float64
+	err     error
+}
+
+var _ agent.Platform = (*Platform)(nil)
+
+// NewPlatform returns a platform booted now and idle.
+func NewPlatform() *Platform {
+	now := time.Now()
+	return &Platform{booted: now.UTC(), at: now}
+}
+
+func (p *Platform) Kind() string        { return "test" }
+func (p *Platform) BootedAt() time.Time { return p.booted }
+
+// Reboot refuses: a test host has nothing to reboot.
+func (p *Platform) Reboot(context.Context) error {
+	return errors.New("agenttest: the test platform does not reboot")
+}
+
+// SetLoad makes the host use cpuPct of its CPUs from now on, and memPct
+// of its memory and fsPct of its software root's file system.
+func (p *Platform) SetLoad(cpuPct, memPct, fsPct float64) {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	p.advance(time.Now())
+	p.cpuPct, p.memPct, p.fsPct = cpuPct, memPct, fsPct
+}
+
+// SetError makes Usage fail with err (nil: succeed again).
+func (p *Platform) SetError(err error) {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	p.err = err
+}
+
+func (p *Platform) advance(now time.Time) {
+	if d := now.Sub(p.at); d > 0 {
+		p.cpuUsec += uint64(p.cpuPct / 100 * 2 * float64(d.Microseconds()))
+		p.at = now
+	}
+}
+
+// Usage reports the load set, as the counters of a real host would show it.
+func (p *Platform) Usage(context.Context) (monitor.Usage, error) {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	if p.err != nil {
+		return monitor.Usage{}, p.err
+	}
+	p.advance(time.Now())
+	const mem, fs = 8 << 30, 100 << 30
+	return monitor.Usage{At: p.at,
+		CPU:    &monitor.CPU{UsageUsec: p.cpuUsec, CPUs: 2},
+		Memory: &monitor.Memory{UsedBytes: uint64(p.memPct / 100 * mem), LimitBytes: mem, Source: "memory.current"},
+		Filesystems: []monitor.Filesystem{{Name: agent.SoftwareRootFS, Path: "/srv/petrel",
+			UsedBytes: uint64(p.fsPct / 100 * fs), SizeBytes: fs}}}, nil
 }

@@ -7,6 +7,7 @@ import (
 	"github.com/spf13/cobra"
 
 	"github.com/petrel-edge/petrel/agent"
+	"github.com/petrel-edge/petrel/agent/monitor"
 	"github.com/petrel-edge/petrel/internal/server"
 	"github.com/petrel-edge/petrel/internal/version"
 )
@@ -23,8 +24,16 @@ type agentFileConfig struct {
 		SoftwareRoot string `json:"software_root"`
 		Chassis      string `json:"chassis"`
 	} `json:"lab"`
+	SoftwareRoot  string `json:"software_root"` // host platform: the file system the monitor watches; default /
 	LogLevel      string `json:"log_level"`
 	CheckInterval string `json:"check_interval"`
+	Monitor       struct {
+		Disabled   bool              `json:"disabled"`
+		Interval   string            `json:"interval"` // default 10s
+		CPU        monitor.Threshold `json:"cpu"`
+		Memory     monitor.Threshold `json:"memory"`
+		Filesystem monitor.Threshold `json:"filesystem"`
+	} `json:"monitor"`
 }
 
 func (a *app) agentDaemonCmd() *cobra.Command {
@@ -50,7 +59,11 @@ func (a *app) agentDaemonCmd() *cobra.Command {
 			case "lab":
 				plat, err = agent.NewLabPlatform(fc.Lab.SoftwareRoot, fc.Lab.Chassis)
 			case "", "host":
-				plat, err = agent.NewHostPlatform()
+				var hp *agent.HostPlatform
+				if hp, err = agent.NewHostPlatform(); err == nil {
+					hp.SoftwareRoot = fc.SoftwareRoot
+					plat = hp
+				}
 			default:
 				return usagef("config: platform %q: want host or lab", fc.Platform)
 			}
@@ -67,6 +80,13 @@ func (a *app) agentDaemonCmd() *cobra.Command {
 			if fc.CheckInterval != "" {
 				if cfg.CheckInterval, err = time.ParseDuration(fc.CheckInterval); err != nil {
 					return usagef("config: check_interval: %v", err)
+				}
+			}
+			cfg.MonitorDisable = fc.Monitor.Disabled
+			cfg.Monitor = monitor.Config{CPU: fc.Monitor.CPU, Memory: fc.Monitor.Memory, Filesystem: fc.Monitor.Filesystem}
+			if fc.Monitor.Interval != "" {
+				if cfg.Monitor.Interval, err = time.ParseDuration(fc.Monitor.Interval); err != nil {
+					return usagef("config: monitor.interval: %v", err)
 				}
 			}
 			ag, err := agent.New(cfg)

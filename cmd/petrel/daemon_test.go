@@ -9,6 +9,7 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"strings"
 	"syscall"
 	"testing"
 	"time"
@@ -91,6 +92,26 @@ func TestDaemonRefusesBadConfig(t *testing.T) {
 		out, err := exec.Command(petrelBin, "central", "--config", cfg).CombinedOutput()
 		if ee, ok := err.(*exec.ExitError); !ok || ee.ExitCode() != 1 {
 			t.Errorf("%s: %v; want exit 1\n%s", name, err, out)
+		}
+	}
+}
+
+// TestAgentRefusesBadMonitorConfig: the agent checks its monitor settings
+// before it does anything.
+func TestAgentRefusesBadMonitorConfig(t *testing.T) {
+	dir := t.TempDir()
+	base := "site_url: https://127.0.0.1:1\nca_cert: " + filepath.Join(dir, "ca.crt") + "\nstate_dir: " + dir +
+		"\nplatform: lab\nlab: {software_root: " + dir + "}\n"
+	for name, tc := range map[string]struct{ body, says string }{
+		"clear above raise": {base + "monitor: {cpu: {raise: 70, clear: 75}}\n", "monitor: cpu"},
+		"unknown key":       {base + "monitor: {cpu: {raise: 95, hysteresis: 5}}\n", "hysteresis"},
+		"bad interval":      {base + "monitor: {interval: soon}\n", "monitor.interval"},
+	} {
+		cfg := filepath.Join(t.TempDir(), "agent.yaml")
+		os.WriteFile(cfg, []byte(tc.body), 0o600)
+		out, err := exec.Command(petrelBin, "agent", "--config", cfg).CombinedOutput()
+		if ee, ok := err.(*exec.ExitError); !ok || ee.ExitCode() == 0 || !strings.Contains(string(out), tc.says) {
+			t.Errorf("%s: %v; want a refusal saying %q\n%s", name, err, tc.says, out)
 		}
 	}
 }

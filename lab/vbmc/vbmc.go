@@ -5,7 +5,9 @@
 // first, then kills every process of the host and drops its TCP state, so the
 // host goes silent as a dead machine does. It runs outside the host's
 // namespace and cgroup. Operators and the lab command it over a unix socket;
-// the IPMI and Redfish protocols arrive with host management.
+// the IPMI and Redfish protocols arrive with host management. The host's
+// agent reads its cgroup's CPU and memory counters from the chassis (GET
+// /v1/usage), because the host's own mount namespace has no cgroupfs.
 package vbmc
 
 import (
@@ -23,6 +25,7 @@ import (
 	"sync"
 	"time"
 
+	"github.com/petrel-edge/petrel/agent/monitor"
 	"github.com/petrel-edge/petrel/internal/atomicfile"
 	"github.com/petrel-edge/petrel/lab/hostnet"
 )
@@ -48,9 +51,10 @@ const (
 
 // Chassis is a running chassis.
 type Chassis struct {
-	cfg  Config
-	log  *slog.Logger
-	host *hostnet.Host
+	cfg    Config
+	log    *slog.Logger
+	host   *hostnet.Host
+	cgroup monitor.Cgroup // the host's cgroup, for GET /v1/usage
 
 	op    sync.Mutex // one power action at a time, from start to end
 	mu    sync.Mutex // guards the fields below
@@ -73,7 +77,7 @@ func New(cfg Config, log *slog.Logger) (*Chassis, error) {
 	if err != nil {
 		return nil, err
 	}
-	return &Chassis{cfg: cfg, log: log, host: h, state: Off}, nil
+	return &Chassis{cfg: cfg, log: log, host: h, state: Off, cgroup: monitor.Cgroup{Dir: h.Cgroup()}}, nil
 }
 
 func (c *Chassis) stateFile() string { return filepath.Join(c.cfg.SoftwareRoot, "power") }
@@ -244,6 +248,13 @@ func (c *Chassis) handler() http.Handler {
 		}
 		pids, _ := c.host.Pids()
 		writeJSON(w, http.StatusOK, PowerStatus{State: c.State(), Pids: pids})
+	})
+	// The host's cgroup counters, as the host's agent would read them on a
+	// real machine: CPU time and capacity, memory in use and its limit.
+	mux.HandleFunc("GET /v1/usage", func(w http.ResponseWriter, r *http.Request) {
+		u := monitor.Usage{At: time.Now()}
+		c.cgroup.Read(&u)
+		writeJSON(w, http.StatusOK, u)
 	})
 	return mux
 }

@@ -11,17 +11,32 @@ import (
 	"sigs.k8s.io/yaml"
 
 	"github.com/petrel-edge/petrel/auth"
+	"github.com/petrel-edge/petrel/internal/egress"
 )
 
 // FileConfig is the part of a daemon's configuration file every daemon shares.
 type FileConfig struct {
-	Listen               string    `json:"listen"`
-	DataDir              string    `json:"data_dir"`
-	Database             string    `json:"database"`               // DSN; empty: SQLite in data_dir
-	DatabasePasswordFile string    `json:"database_password_file"` // 0600 file; never put a password in the DSN
-	TLS                  TLSConfig `json:"tls"`
-	LogLevel             string    `json:"log_level"` // debug | info | warn | error
-	TokenTTL             string    `json:"token_ttl"` // Go duration, e.g. 12h
+	Listen               string        `json:"listen"`
+	DataDir              string        `json:"data_dir"`
+	Database             string        `json:"database"`               // DSN; empty: SQLite in data_dir
+	DatabasePasswordFile string        `json:"database_password_file"` // 0600 file; never put a password in the DSN
+	TLS                  TLSConfig     `json:"tls"`
+	LogLevel             string        `json:"log_level"` // debug | info | warn | error
+	TokenTTL             string        `json:"token_ttl"` // Go duration, e.g. 12h
+	Webhooks             WebhookConfig `json:"webhooks"`
+}
+
+// WebhookConfig is where webhook deliveries may go (docs/webhooks.md).
+type WebhookConfig struct {
+	// Allow, when not empty, lists the only CIDR prefixes targets may be in.
+	Allow []string `json:"allow"`
+	// Deny lists CIDR prefixes targets may not be in, on top of the
+	// built-in list (link-local, metadata services, multicast, unspecified).
+	// Deny wins over Allow.
+	Deny []string `json:"deny"`
+	// CACert is a PEM file of CAs trusted for https targets besides the
+	// system's.
+	CACert string `json:"ca_cert"`
 }
 
 // LoadConfig reads a YAML configuration file strictly: an unknown key is an
@@ -46,7 +61,10 @@ func (fc FileConfig) ShellConfig(daemon, site string, logger *slog.Logger) (Conf
 		return Config{}, fmt.Errorf("config: data_dir is required")
 	}
 	cfg := Config{Daemon: daemon, Site: site, Listen: fc.Listen, DataDir: fc.DataDir, Database: fc.Database,
-		TLS: fc.TLS, Logger: logger}
+		TLS: fc.TLS, Logger: logger, Webhooks: fc.Webhooks}
+	if _, err := egress.NewPolicy(fc.Webhooks.Allow, fc.Webhooks.Deny); err != nil {
+		return Config{}, fmt.Errorf("config: webhooks: %w", err)
+	}
 	if fc.TokenTTL != "" {
 		d, err := time.ParseDuration(fc.TokenTTL)
 		if err != nil || d < time.Minute {

@@ -30,9 +30,11 @@ import (
 	"github.com/petrel-edge/petrel/auth/authdb"
 	"github.com/petrel-edge/petrel/faultmgr"
 	"github.com/petrel-edge/petrel/faultmgr/faultdb"
+	"github.com/petrel-edge/petrel/faultmgr/webhook"
 	"github.com/petrel-edge/petrel/internal/errs"
 	"github.com/petrel-edge/petrel/internal/pki"
 	"github.com/petrel-edge/petrel/internal/rest"
+	"github.com/petrel-edge/petrel/internal/sealed"
 	"github.com/petrel-edge/petrel/internal/sqldb"
 	"github.com/petrel-edge/petrel/internal/version"
 )
@@ -53,6 +55,8 @@ type Config struct {
 	// OpenAPI holds the daemon's own OpenAPI fragment (paths and schemas),
 	// merged with the shared one and served at /v1/openapi.yaml.
 	OpenAPI []byte
+	// Webhooks is where webhook deliveries may go.
+	Webhooks WebhookConfig
 }
 
 // TLSConfig names the server's certificate, or the CA to issue one from.
@@ -69,6 +73,8 @@ type Server struct {
 	Auth     *auth.Service
 	Events   faultmgr.EventStore
 	Alarms   *faultmgr.Manager
+	Webhooks *webhook.Manager
+	Sealed   *sealed.Box // seals secrets stored in the database; key in DataDir/sealing.key
 	REST     *rest.Server
 	Registry *prometheus.Registry
 	CACert   string      // file clients trust
@@ -128,6 +134,12 @@ func New(ctx context.Context, cfg Config) (_ *Server, err error) {
 	}
 	if s.Alarms, err = faultmgr.NewManager(faultmgr.Config{Catalog: cat, Store: fdb, Site: cfg.Site,
 		Logger: cfg.Logger.With("component", "faultmgr")}); err != nil {
+		return nil, err
+	}
+	if s.Sealed, err = sealed.LoadOrCreate(filepath.Join(cfg.DataDir, sealed.KeyFile)); err != nil {
+		return nil, err
+	}
+	if s.Webhooks, err = newWebhooks(cfg, fdb, s.Sealed, s.Registry); err != nil {
 		return nil, err
 	}
 	if s.Auth, err = auth.New(auth.Config{Store: authStore, Logger: cfg.Logger, LoginTTL: cfg.TokenTTL}); err != nil {
@@ -264,6 +276,9 @@ func (s *Server) Run(ctx context.Context) error {
 	actx, stopAlarms := context.WithCancel(context.Background())
 	alarmsDone := make(chan struct{})
 	go func() { defer close(alarmsDone); s.Alarms.Run(actx) }()
+	wctx, stopWebhooks := context.WithCancel(context.Background())
+	webhooksDone := make(chan struct{})
+	go func() { defer close(webhooksDone); s.Webhooks.Run(wctx) }()
 	close(s.ready)
 	s.cfg.Logger.Info("serving", "daemon", s.cfg.Daemon, "url", s.URL(), "ca_cert", s.CACert)
 	var err error
@@ -275,8 +290,12 @@ func (s *Server) Run(ctx context.Context) error {
 		cancel()
 		<-errc
 	}
-	// The alarm writer stops after the HTTP server (no call waits on it)
-	// and before the store closes (its last batch commits).
+	// Webhook workers stop after the HTTP server and save their cursors
+	// before the store closes. The alarm writer stops after the HTTP
+	// server (no call waits on it) and before the store closes (its last
+	// batch commits).
+	stopWebhooks()
+	<-webhooksDone
 	stopAlarms()
 	<-alarmsDone
 	s.Close()
@@ -314,6 +333,7 @@ func (s *Server) registerCommon() {
 	})
 	s.Auth.Register(s.REST)
 	s.registerAlarms()
+	s.registerWebhooks()
 	s.REST.Handle("listEvents", http.MethodGet, "/v1/events", s.Auth.Require(auth.Reader), s.listEvents)
 	s.REST.Handle("getEvent", http.MethodGet, "/v1/events/{uuid}", s.Auth.Require(auth.Reader), s.getEvent)
 }

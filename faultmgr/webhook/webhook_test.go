@@ -644,6 +644,15 @@ func TestSecretIsShownOnlyAtCreate(t *testing.T) {
 	}
 }
 
+func TestAtMostMaxWebhooks(t *testing.T) {
+	e := newEnv(t, func(c *webhook.Config) { c.MaxWebhooks = 2 })
+	e.create("http://127.0.0.1:9/a", nil)
+	e.create("http://127.0.0.1:9/b", nil)
+	if _, err := e.hooks.Create(context.Background(), webhook.CreateRequest{URL: "http://127.0.0.1:9/c"}, "admin"); !errors.Is(err, errs.Conflict) {
+		t.Errorf("a third webhook with MaxWebhooks 2: %v; want conflict", err)
+	}
+}
+
 func TestTestReportsAFailingTarget(t *testing.T) {
 	e := newEnv(t, nil)
 	rcv := newReceiver(t)

@@ -41,7 +41,7 @@ type Config struct {
 	// MinBackoff and MaxBackoff bound the wait between attempts, which
 	// doubles from MinBackoff with jitter. Zero: 1 s and 60 s.
 	MinBackoff, MaxBackoff time.Duration
-	// Batch is how many log records a worker reads at once. Zero: 100.
+	// Batch is how many log records a worker reads at once. Zero: 500.
 	Batch int
 	// MaxWebhooks bounds how many webhooks may exist. Zero: 100.
 	MaxWebhooks int
@@ -84,7 +84,7 @@ func New(cfg Config) (*Manager, error) {
 	}
 	cfg.MaxBackoff = max(cfg.MaxBackoff, cfg.MinBackoff)
 	if cfg.Batch <= 0 {
-		cfg.Batch = 100
+		cfg.Batch = 500
 	}
 	if cfg.MaxWebhooks <= 0 {
 		cfg.MaxWebhooks = 100

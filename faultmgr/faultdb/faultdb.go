@@ -60,6 +60,9 @@ func Open(ctx context.Context, db *sqldb.DB) (*Store, error) {
 		&siteCursorRow{}); err != nil {
 		return nil, fmt.Errorf("faultdb: migrate: %w", err)
 	}
+	if err := migrateWebhooks(ctx, db); err != nil {
+		return nil, err
+	}
 	s := &Store{db: db}
 	if err := s.openLog(ctx); err != nil {
 		return nil, err

@@ -12,6 +12,7 @@ import (
 
 	"github.com/petrel-edge/petrel/auth"
 	"github.com/petrel-edge/petrel/faultmgr"
+	"github.com/petrel-edge/petrel/internal/egress"
 )
 
 // FileConfig is the part of a daemon's configuration file every daemon shares.
@@ -25,6 +26,20 @@ type FileConfig struct {
 	TokenTTL             string          `json:"token_ttl"` // Go duration, e.g. 12h
 	History              HistoryConfig   `json:"history"`
 	Alarms               faultmgr.Limits `json:"alarms"`
+	Webhooks             WebhookConfig   `json:"webhooks"`
+}
+
+// WebhookConfig is where webhook deliveries may go (docs/webhooks.md).
+type WebhookConfig struct {
+	// Allow, when not empty, lists the only CIDR prefixes targets may be in.
+	Allow []string `json:"allow"`
+	// Deny lists CIDR prefixes targets may not be in, on top of the
+	// built-in list (link-local, metadata services, multicast, unspecified).
+	// Deny wins over Allow.
+	Deny []string `json:"deny"`
+	// CACert is a PEM file of CAs trusted for https targets besides the
+	// system's.
+	CACert string `json:"ca_cert"`
 }
 
 // LoadConfig reads a YAML configuration file strictly: an unknown key is an
@@ -49,7 +64,10 @@ func (fc FileConfig) ShellConfig(daemon, site string, logger *slog.Logger) (Conf
 		return Config{}, fmt.Errorf("config: data_dir is required")
 	}
 	cfg := Config{Daemon: daemon, Site: site, Listen: fc.Listen, DataDir: fc.DataDir, Database: fc.Database,
-		TLS: fc.TLS, Logger: logger, History: fc.History, Alarms: fc.Alarms}
+		TLS: fc.TLS, Logger: logger, History: fc.History, Alarms: fc.Alarms, Webhooks: fc.Webhooks}
+	if _, err := egress.NewPolicy(fc.Webhooks.Allow, fc.Webhooks.Deny); err != nil {
+		return Config{}, fmt.Errorf("config: webhooks: %w", err)
+	}
 	if fc.TokenTTL != "" {
 		d, err := time.ParseDuration(fc.TokenTTL)
 		if err != nil || d < time.Minute {

@@ -13,6 +13,7 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
+	"math"
 	"net"
 	"net/http"
 	"os"
@@ -30,9 +31,11 @@ import (
 	"github.com/petrel-edge/petrel/auth/authdb"
 	"github.com/petrel-edge/petrel/faultmgr"
 	"github.com/petrel-edge/petrel/faultmgr/faultdb"
+	"github.com/petrel-edge/petrel/faultmgr/webhook"
 	"github.com/petrel-edge/petrel/internal/errs"
 	"github.com/petrel-edge/petrel/internal/pki"
 	"github.com/petrel-edge/petrel/internal/rest"
+	"github.com/petrel-edge/petrel/internal/sealed"
 	"github.com/petrel-edge/petrel/internal/sqldb"
 	"github.com/petrel-edge/petrel/internal/version"
 )
@@ -55,6 +58,8 @@ type Config struct {
 	// OpenAPI holds the daemon's own OpenAPI fragment (paths and schemas),
 	// merged with the shared one and served at /v1/openapi.yaml.
 	OpenAPI []byte
+	// Webhooks is where webhook deliveries may go.
+	Webhooks WebhookConfig
 }
 
 // TLSConfig names the server's certificate, or the CA to issue one from.
@@ -72,6 +77,8 @@ type Server struct {
 	Events   faultmgr.EventStore
 	FaultLog *faultdb.Store // the event log in commit order, for shipping and delivery
 	Alarms   *faultmgr.Manager
+	Webhooks *webhook.Manager
+	Sealed   *sealed.Box // seals secrets stored in the database; key in DataDir/sealing.key
 	REST     *rest.Server
 	Registry *prometheus.Registry
 	CACert   string      // file clients trust
@@ -139,6 +146,20 @@ func New(ctx context.Context, cfg Config) (_ *Server, err error) {
 		Logger: cfg.Logger.With("component", "faultmgr"), Limits: cfg.Alarms, Registerer: s.Registry}); err != nil {
 		return nil, err
 	}
+	if s.Sealed, err = sealed.LoadOrCreate(filepath.Join(cfg.DataDir, sealed.KeyFile)); err != nil {
+		return nil, err
+	}
+	if s.Webhooks, err = newWebhooks(cfg, fdb, s.Sealed, s.Registry); err != nil {
+		return nil, err
+	}
+	// History webhooks have not delivered is kept (up to the hard bound).
+	s.AddLogFloor(func(ctx context.Context) (uint64, error) {
+		n, ok, err := fdb.WebhookFloor(ctx)
+		if !ok || err != nil {
+			return math.MaxUint64, err
+		}
+		return n, nil
+	})
 	cookie := auth.SessionCookie
 	if cfg.Site != "" {
 		cookie += "_" + strings.ReplaceAll(cfg.Site, "-", "_")
@@ -279,6 +300,9 @@ func (s *Server) Run(ctx context.Context) error {
 	go func() { defer close(alarmsDone); s.Alarms.Run(actx) }()
 	retentionDone := make(chan struct{})
 	go func() { defer close(retentionDone); s.retain(actx) }()
+	wctx, stopWebhooks := context.WithCancel(context.Background())
+	webhooksDone := make(chan struct{})
+	go func() { defer close(webhooksDone); s.Webhooks.Run(wctx) }()
 	close(s.ready)
 	s.cfg.Logger.Info("serving", "daemon", s.cfg.Daemon, "url", s.URL(), "ca_cert", s.CACert)
 	var err error
@@ -290,8 +314,12 @@ func (s *Server) Run(ctx context.Context) error {
 		cancel()
 		<-errc
 	}
-	// The alarm writer stops after the HTTP server (no call waits on it)
-	// and before the store closes (its last batch commits).
+	// Webhook workers stop after the HTTP server and save their cursors
+	// before the store closes. The alarm writer stops after the HTTP
+	// server (no call waits on it) and before the store closes (its last
+	// batch commits).
+	stopWebhooks()
+	<-webhooksDone
 	stopAlarms()
 	<-alarmsDone
 	<-retentionDone
@@ -330,6 +358,7 @@ func (s *Server) registerCommon() {
 	})
 	s.Auth.Register(s.REST)
 	s.registerAlarms()
+	s.registerWebhooks()
 	s.REST.Handle("listEvents", http.MethodGet, "/v1/events", s.Auth.Require(auth.Reader), s.listEvents)
 	s.REST.Handle("getEvent", http.MethodGet, "/v1/events/{uuid}", s.Auth.Require(auth.Reader), s.getEvent)
 }

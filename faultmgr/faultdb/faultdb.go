@@ -50,10 +50,14 @@ var _ faultmgr.EventStore = (*Store)(nil)
 // Open migrates the schema and returns the store.
 func Open(ctx context.Context, db *sqldb.DB) (*Store, error) {
 	m := db.WithContext(ctx).Migrator()
-	if m.HasTable(&alarmRow{}) && m.HasIndex(&alarmRow{}, "alarm_key") {
-		// Before sites' alarms were kept at central the key had no site.
-		if err := m.DropIndex(&alarmRow{}, "alarm_key"); err != nil {
-			return nil, fmt.Errorf("faultdb: migrate: %w", err)
+	// Indexes of earlier versions: the key without a site (before sites'
+	// alarms were kept at central) and single-column indexes the unique
+	// key covers.
+	for _, idx := range []string{"alarm_key", "idx_fm_alarms_site", "idx_fm_alarms_alarm_id"} {
+		if m.HasTable(&alarmRow{}) && m.HasIndex(&alarmRow{}, idx) {
+			if err := m.DropIndex(&alarmRow{}, idx); err != nil {
+				return nil, fmt.Errorf("faultdb: migrate: %w", err)
+			}
 		}
 	}
 	if err := db.WithContext(ctx).AutoMigrate(&eventRow{}, &alarmRow{}, &suppressionRow{}, &metaRow{},

@@ -22,6 +22,7 @@ import (
 	"golang.org/x/sync/errgroup"
 
 	"github.com/petrel-edge/petrel/auth"
+	"github.com/petrel-edge/petrel/faultmgr/faultdb"
 	"github.com/petrel-edge/petrel/internal/atomicfile"
 	"github.com/petrel-edge/petrel/internal/errs"
 	"github.com/petrel-edge/petrel/internal/pki"
@@ -76,6 +77,8 @@ type Central struct {
 	linkMu sync.Mutex
 
 	wmu    sync.Mutex
+	ingest *faultdb.Ingest // sites' records, combined into transactions
+
 	writes map[string]time.Time // last registry write per site
 	seqs   map[string]uint64    // last update sequence recorded per site (this run)
 }
@@ -101,7 +104,7 @@ func New(ctx context.Context, cfg Config) (*Central, error) {
 	}
 	c := &Central{cfg: cfg, shell: shell, log: cfg.Shell.Logger, Subclouds: subclouds,
 		tracker: NewTracker(cfg.UpdateInterval, 0), links: links{sessions: map[string]*yamux.Session{}},
-		writes: map[string]time.Time{}, seqs: map[string]uint64{}, stream: NewStream()}
+		writes: map[string]time.Time{}, seqs: map[string]uint64{}, stream: NewStream(), ingest: faultdb.NewIngest(shell.FaultLog)}
 	if c.signer, err = c.relayKey(); err != nil {
 		shell.Close()
 		return nil, err
@@ -217,6 +220,7 @@ func (c *Central) Run(ctx context.Context) error {
 	if c.siteLn != nil {
 		g.Go(func() error { return c.serveLinks(ctx) })
 		g.Go(func() error { return c.sweep(ctx) })
+		g.Go(func() error { return c.ingest.Run(ctx) })
 	}
 	return g.Wait()
 }

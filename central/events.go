@@ -6,6 +6,7 @@ import (
 	"fmt"
 
 	"github.com/petrel-edge/petrel/faultmgr"
+	"github.com/petrel-edge/petrel/faultmgr/faultdb"
 )
 
 // ErrBadRecords reports records a site may not send: about another site,
@@ -52,13 +53,16 @@ func (c *Central) applyEvents(ctx context.Context, site, epoch string, recs []fa
 		}
 		prev = r.Seq
 	}
-	n, err := c.shell.FaultLog.ApplySite(ctx, site, epoch, recs, faultmgr.SiteOps(c.shell.Alarms.Catalog(), recs))
+	r, err := c.ingest.Apply(ctx, faultdb.SiteBatch{Site: site, Epoch: epoch, Records: recs,
+		Ops: faultmgr.SiteOps(c.shell.Alarms.Catalog(), recs)})
 	if err != nil {
-		return 0, fmt.Errorf("applying %s's records: %w", site, err)
+		return 0, err
 	}
-	return n, nil
+	if r.Err != nil {
+		return 0, fmt.Errorf("applying %s's records: %w", site, r.Err)
+	}
+	return r.Applied, nil
 }
-
 func (c *Central) refuse(ctx context.Context, site, detail string) error {
 	c.log.Warn("refused a site's records", "site", site, "detail", detail)
 	if _, _, err := c.shell.Alarms.Raise(ctx, "280.005", "subcloud="+site, map[string]string{"detail": detail}); err != nil {

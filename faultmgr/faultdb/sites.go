@@ -59,43 +59,90 @@ func (s *Store) DeleteSite(ctx context.Context, site string) error {
 	})
 }
 
-// ApplySite applies records first..last of site's log (epoch), as ops, in
-// one transaction with the site's cursor: applied exactly once, in order.
+// SiteBatch is records of one site's log (epoch) with the operations that
+// apply them (faultmgr.SiteOps).
+type SiteBatch struct {
+	Site, Epoch string
+	Records     []faultmgr.Record
+	Ops         []faultmgr.Op
+}
+
+// SiteResult is how far central holds a batch's site log after applying
+// it, or why the batch was refused.
+type SiteResult struct {
+	Applied uint64
+	Err     error
+}
+
+// ApplySite applies records of site's log (epoch), as ops, in one
+// transaction with the site's cursor: applied exactly once, in order.
 // Records at or below the cursor are skipped; a batch in another epoch is
 // refused with ErrStaleBatch.
 func (s *Store) ApplySite(ctx context.Context, site, epoch string, recs []faultmgr.Record, ops []faultmgr.Op) (uint64, error) {
-	if len(recs) != len(ops) {
-		return 0, fmt.Errorf("faultdb: %d records, %d operations", len(recs), len(ops))
+	res, err := s.ApplySites(ctx, []SiteBatch{{Site: site, Epoch: epoch, Records: recs, Ops: ops}})
+	if err != nil {
+		return 0, err
 	}
-	var applied uint64
+	return res[0].Applied, res[0].Err
+}
+
+// ApplySites applies batches of several sites in one transaction (central
+// combines what its links deliver at once: one commit for many sites). A
+// batch refused on its own (another epoch) fails alone; an error of the
+// store fails them all. Two batches of one site apply in order.
+func (s *Store) ApplySites(ctx context.Context, batches []SiteBatch) ([]SiteResult, error) {
+	res := make([]SiteResult, len(batches))
+	for i, b := range batches {
+		if len(b.Records) != len(b.Ops) {
+			return nil, fmt.Errorf("faultdb: %s: %d records, %d operations", b.Site, len(b.Records), len(b.Ops))
+		}
+		res[i] = SiteResult{}
+	}
 	err := s.write(ctx, func(tx *gorm.DB, next func() uint64) error {
-		var c siteCursorRow
-		err := tx.Clauses(clause.Locking{Strength: "UPDATE"}).Where("site = ?", site).Take(&c).Error
-		if errors.Is(err, gorm.ErrRecordNotFound) {
-			c = siteCursorRow{Site: site, Epoch: epoch}
-		} else if err != nil {
-			return err
-		}
-		if c.Epoch != epoch {
-			return fmt.Errorf("%w: site %s epoch %s, central holds %s", ErrStaleBatch, site, epoch, c.Epoch)
-		}
-		var todo []faultmgr.Op
-		last := c.Seq
-		for i, r := range recs {
-			if r.Seq <= last {
-				continue // applied before: a resend after a lost ack
+		cursors := map[string]*siteCursorRow{}
+		dirty := map[string]bool{}
+		for i, b := range batches {
+			c := cursors[b.Site]
+			if c == nil {
+				c = &siteCursorRow{}
+				err := tx.Clauses(clause.Locking{Strength: "UPDATE"}).Where("site = ?", b.Site).Take(c).Error
+				if errors.Is(err, gorm.ErrRecordNotFound) {
+					c = &siteCursorRow{Site: b.Site, Epoch: b.Epoch}
+				} else if err != nil {
+					return err
+				}
+				cursors[b.Site] = c
 			}
-			todo, last = append(todo, ops[i]), r.Seq
+			if c.Epoch != b.Epoch {
+				res[i].Err = fmt.Errorf("%w: site %s epoch %s, central holds %s", ErrStaleBatch, b.Site, b.Epoch, c.Epoch)
+				continue
+			}
+			var todo []faultmgr.Op
+			last := c.Seq
+			for j, r := range b.Records {
+				if r.Seq <= last {
+					continue // applied before: a resend after a lost ack
+				}
+				todo, last = append(todo, b.Ops[j]), r.Seq
+			}
+			res[i].Applied = last
+			if len(todo) == 0 {
+				continue
+			}
+			if _, err := s.apply(tx, next, todo, b.Site, time.Now().UTC()); err != nil {
+				return err
+			}
+			c.Seq, c.UpdatedAt, dirty[b.Site] = last, time.Now().UTC(), true
 		}
-		applied = last
-		if len(todo) == 0 {
-			return nil
+		for site := range dirty {
+			if err := tx.Clauses(clause.OnConflict{UpdateAll: true}).Create(cursors[site]).Error; err != nil {
+				return err
+			}
 		}
-		if _, err := s.apply(tx, next, todo, site, time.Now().UTC()); err != nil {
-			return err
-		}
-		c.Seq, c.UpdatedAt = last, time.Now().UTC()
-		return tx.Clauses(clause.OnConflict{UpdateAll: true}).Create(&c).Error
+		return nil
 	})
-	return applied, err
+	if err != nil {
+		return nil, err
+	}
+	return res, nil
 }

@@ -187,3 +187,51 @@ func mustUUID() string {
 	id, _ := uuid.NewV7()
 	return id.String()
 }
+
+// TestConformanceApplySites: batches of several sites commit together; a
+// batch in a stale epoch fails alone; two batches of one site apply in
+// order within one transaction.
+func TestConformanceApplySites(t *testing.T) {
+	sqldbtest.Each(t, func(t *testing.T, open func(*testing.T) *sqldb.DB) {
+		ctx := context.Background()
+		central, err := faultdb.Open(ctx, open(t))
+		if err != nil {
+			t.Fatal(err)
+		}
+		cat, _ := faultmgr.LoadCatalog(faultmgr.EmbeddedCatalog())
+		recs := func(from, to int, entity string) []faultmgr.Record {
+			var out []faultmgr.Record
+			for i := from; i <= to; i++ {
+				out = append(out, faultmgr.Record{Seq: uint64(i), AlarmUUID: mustUUID(), Event: faultmgr.Event{UUID: mustUUID(),
+					Type: faultmgr.EventSet, AlarmID: "100.101", EntityInstanceID: fmt.Sprintf("%s%d", entity, i), Severity: "major",
+					ReasonText: "hot", Timestamp: time.Now()}})
+			}
+			return out
+		}
+		for _, s := range []string{"a", "b", "c"} {
+			central.ResetSite(ctx, s, "e-"+s)
+		}
+		b := func(site, epoch string, r []faultmgr.Record) faultdb.SiteBatch {
+			return faultdb.SiteBatch{Site: site, Epoch: epoch, Records: r, Ops: faultmgr.SiteOps(cat, r)}
+		}
+		res, err := central.ApplySites(ctx, []faultdb.SiteBatch{
+			b("a", "e-a", recs(1, 3, "host=a")), b("b", "stale", recs(1, 2, "host=b")),
+			b("a", "e-a", recs(2, 5, "host=a")), b("c", "e-c", recs(1, 1, "host=c")),
+		})
+		if err != nil {
+			t.Fatal(err)
+		}
+		if res[0].Applied != 3 || res[2].Applied != 5 || res[3].Applied != 1 || !errors.Is(res[1].Err, faultdb.ErrStaleBatch) {
+			t.Errorf("results %+v", res)
+		}
+		for site, want := range map[string]int{"a": 5, "b": 0, "c": 1} {
+			as, _, _ := central.Alarms(ctx, rest.ListOptions{Limit: 100, Filters: map[string]string{"site": site}})
+			if len(as) != want {
+				t.Errorf("site %s: %d alarms at central; want %d", site, len(as), want)
+			}
+			if _, seq, _ := central.SiteCursor(ctx, site); seq != uint64(want) {
+				t.Errorf("site %s cursor %d; want %d", site, seq, want)
+			}
+		}
+	})
+}

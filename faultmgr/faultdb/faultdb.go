@@ -7,6 +7,7 @@ import (
 	"errors"
 	"fmt"
 	"strings"
+	"sync/atomic"
 	"time"
 
 	"gorm.io/gorm"
@@ -43,6 +44,11 @@ func (eventRow) TableName() string { return "fm_events" }
 type Store struct {
 	db  *sqldb.DB
 	log seqlog
+
+	// PostgreSQL statistics: events since the last ANALYZE, the events
+	// counted at it, and whether one is running.
+	grown, analyzedAt atomic.Uint64
+	analyzing         atomic.Bool
 }
 
 var _ faultmgr.EventStore = (*Store)(nil)

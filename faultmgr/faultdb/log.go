@@ -12,6 +12,7 @@ import (
 	"gorm.io/gorm/clause"
 
 	"github.com/petrel-edge/petrel/faultmgr"
+	"github.com/petrel-edge/petrel/internal/sqldb"
 )
 
 // metaRow holds the store's own facts: its log's epoch, and how far
@@ -52,6 +53,7 @@ func (s *Store) write(ctx context.Context, fn func(tx *gorm.DB, next func() uint
 		return err
 	}
 	if n != s.log.last {
+		s.analyzeIfGrown(n - s.log.last)
 		s.log.last = n
 		s.log.wmu.Lock()
 		s.log.seen = n
@@ -180,4 +182,24 @@ func (s *Store) Trim(ctx context.Context, p TrimPolicy) (int, error) {
 		total += int(res.RowsAffected)
 	}
 	return total, nil
+}
+
+// analyzeIfGrown refreshes PostgreSQL's statistics of the alarm and event
+// tables once they have grown by a tenth (at least 5,000 events) since the
+// last time: a storm fills them faster than autovacuum's minute, and plans
+// made on an "empty" table scan it whole for every batch's key lookup.
+func (s *Store) analyzeIfGrown(events uint64) {
+	if s.db.Kind != sqldb.Postgres {
+		return
+	}
+	grown := s.grown.Add(events)
+	if grown < max(5000, s.analyzedAt.Load()/10) || !s.analyzing.CompareAndSwap(false, true) {
+		return
+	}
+	go func() {
+		defer s.analyzing.Store(false)
+		s.grown.Store(0)
+		s.analyzedAt.Add(grown)
+		_ = s.db.Exec("ANALYZE fm_alarms, fm_events").Error
+	}()
 }

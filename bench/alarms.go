@@ -25,6 +25,7 @@ import (
 // AlarmsResult is the T6 measurement.
 type AlarmsResult struct {
 	Raises, Clients int
+	Distinct        int // different alarms among the raises
 	Elapsed         time.Duration
 	PerSecond       float64
 	P50, P99        time.Duration
@@ -33,12 +34,17 @@ type AlarmsResult struct {
 	BaselineRaises  int
 }
 
-// RunAlarms raises n distinct alarms (each a durable set event) from
-// clients goroutines through the group-committing manager on a fresh
-// store (dsn "" = SQLite in a temp dir), and, as a baseline in the same
+// RunAlarms raises n alarms from clients goroutines through the
+// group-committing manager on a fresh store (dsn "" = SQLite in a temp
+// dir), cycling over distinct different alarms (distinct = n: every raise a
+// new alarm and a durable set event, the worst case; fewer: a storm of
+// repeats, which the manager deduplicates), and, as a baseline in the same
 // run, n/10 raises committed one transaction each.
-func RunAlarms(ctx context.Context, dsn string, n, clients int) (AlarmsResult, error) {
-	res := AlarmsResult{Raises: n, Clients: clients}
+func RunAlarms(ctx context.Context, dsn string, n, distinct, clients int) (AlarmsResult, error) {
+	if distinct <= 0 || distinct > n {
+		distinct = n
+	}
+	res := AlarmsResult{Raises: n, Clients: clients, Distinct: distinct}
 	open := func() (*sqldb.DB, func(), error) {
 		if dsn != "" {
 			return freshPostgres(ctx, dsn)
@@ -113,7 +119,7 @@ func RunAlarms(ctx context.Context, dsn string, n, clients int) (AlarmsResult, e
 					return
 				}
 				s := time.Now()
-				if _, _, err := m.Raise(ctx, "100.101", fmt.Sprintf("host=h%d", i), map[string]string{"threshold": "95"}); err != nil {
+				if _, _, err := m.Raise(ctx, "100.101", fmt.Sprintf("host=h%d", i%distinct), map[string]string{"threshold": "95"}); err != nil {
 					firstErr.CompareAndSwap(nil, err)
 					return
 				}

@@ -142,7 +142,6 @@ func TestMonitorOverUDP(t *testing.T) {
 	r, _ := start(good, goodKey, map[Network]netip.AddrPort{Mgmt: mgmt, Cluster: cluster})
 	rc, stopCluster := start(good, goodKey, map[Network]netip.AddrPort{Cluster: netip.MustParseAddrPort("127.0.0.3:0")})
 	rb, _ := start(bad, NewKey(), map[Network]netip.AddrPort{Mgmt: mgmt})
-	_ = r
 	// The good host answers on mgmt from its first responder, on cluster from a second one we can stop.
 	m.Set(Target{Host: good, Key: goodKey, Addrs: map[Network]netip.AddrPort{Mgmt: r.Addr(Mgmt), Cluster: rc.Addr(Cluster)}})
 	m.Set(Target{Host: bad, Key: NewKey(), Addrs: map[Network]netip.AddrPort{Mgmt: rb.Addr(Mgmt)}})

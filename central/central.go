@@ -361,20 +361,29 @@ func (c *Central) deleteSubcloud(r *http.Request) (int, any, error) {
 	name := rest.Var(r, "name")
 	c.linkMu.Lock()
 	defer c.linkMu.Unlock()
+	if _, err := c.Subclouds.Subcloud(r.Context(), name); err != nil {
+		return 0, nil, err
+	}
+	// Its alarms go first — those it sent and central's own about it — so
+	// a failure leaves the subcloud registered and the call can be retried.
+	if err := c.shell.FaultLog.DeleteSite(r.Context(), name); err != nil {
+		return 0, nil, fmt.Errorf("dropping the subcloud's alarms: %w", err)
+	}
+	if _, err := c.shell.Alarms.ClearEntity(r.Context(), "subcloud="+name); err != nil {
+		return 0, nil, fmt.Errorf("clearing alarms about the subcloud: %w", err)
+	}
 	if err := c.Subclouds.DeleteSubcloud(r.Context(), name); err != nil {
 		return 0, nil, err
 	}
 	c.tracker.Remove(name)
-	// Its alarms go: those it sent and central's own about it.
-	if err := c.shell.FaultLog.DeleteSite(r.Context(), name); err != nil {
-		c.log.Error("dropping a deleted subcloud's alarms failed", "site", name, "err", err)
-	}
-	if _, err := c.shell.Alarms.ClearEntity(r.Context(), "subcloud="+name); err != nil {
-		c.log.Error("clearing a deleted subcloud's alarms failed", "site", name, "err", err)
-	}
 	c.stream.Publish("subcloud-deleted", map[string]string{"name": name})
 	if s := c.links.get(name); s != nil {
 		s.Close()
+	}
+	// Without a cursor, batches of the closed link still in flight are
+	// refused; this drops anything applied in between.
+	if err := c.shell.FaultLog.DeleteSite(r.Context(), name); err != nil {
+		c.log.Error("dropping a deleted subcloud's alarms failed", "site", name, "err", err)
 	}
 	return http.StatusNoContent, nil, nil
 }

@@ -16,7 +16,7 @@ var ErrBadRecords = errors.New("central: site records refused")
 // eventCursor is where site's event log resumes: central's cursor in the
 // site's epoch, or 0 once the site's log starts over (a site rebuilt with
 // an empty store), which drops the site's alarms held here.
-func (c *Central) eventCursor(ctx context.Context, site, epoch string) (uint64, error) {
+func (c *Central) eventCursor(ctx context.Context, site, epoch string, siteLast uint64) (uint64, error) {
 	if epoch == "" {
 		return 0, nil // a site that ships no log
 	}
@@ -25,8 +25,16 @@ func (c *Central) eventCursor(ctx context.Context, site, epoch string) (uint64, 
 	if err != nil {
 		return 0, err
 	}
-	if held == epoch {
+	if held == epoch && siteLast >= seq {
 		return seq, nil
+	}
+	if held == epoch {
+		// The site's log went back (its store restored from a backup):
+		// its new records would reuse numbers central has applied. Start
+		// over; events central holds are skipped by their UUIDs.
+		c.log.Warn("site's event log is behind central's cursor; taking it again from the start", "site", site,
+			"site_last", siteLast, "cursor", seq)
+		return 0, log.ResetSite(ctx, site, epoch)
 	}
 	if held != "" {
 		c.log.Warn("site's event log started over; dropping its alarms held here", "site", site, "epoch", epoch, "was", held)
@@ -60,6 +68,13 @@ func (c *Central) applyEvents(ctx context.Context, site, epoch string, recs []fa
 	}
 	if r.Err != nil {
 		return 0, fmt.Errorf("applying %s's records: %w", site, r.Err)
+	}
+	if r.Missing > 0 {
+		c.log.Warn("a site's history has a gap at central", "site", site, "from", r.GapFrom, "missing", r.Missing)
+		if _, err := c.shell.Alarms.Log(ctx, "280.006", "subcloud="+site, map[string]string{"subcloud": site,
+			"missing": fmt.Sprint(r.Missing), "from": fmt.Sprint(r.GapFrom)}); err != nil {
+			c.log.Error("logging 280.006 failed", "site", site, "err", err)
+		}
 	}
 	return r.Applied, nil
 }

@@ -143,7 +143,7 @@ func (c *Central) serveLink(ctx context.Context, conn net.Conn) error {
 	// Seq tells the site what central holds: if its summary has not changed
 	// since, it resyncs with a keepalive instead of resending it. EventSeq
 	// is where the site's event log resumes.
-	evSeq, err := c.eventCursor(ctx, site, hello.Epoch)
+	evSeq, err := c.eventCursor(ctx, site, hello.Epoch, hello.EventSeq)
 	if err != nil {
 		return fmt.Errorf("event cursor: %w", err)
 	}

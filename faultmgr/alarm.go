@@ -171,7 +171,6 @@ type Manager struct {
 	perID      map[string]int // active per alarm ID
 	inflight   map[key]int    // raises of keys not yet active, submitted
 	inflightID map[string]int
-	storms     map[string]bool // IDs with 100.150 active ("all": the total)
 	logs       map[string]*bucket
 
 	deduped   prometheus.Counter
@@ -217,7 +216,7 @@ func NewManager(cfg Config) (*Manager, error) {
 	cfg.Limits.defaults()
 	m := &Manager{cfg: cfg, in: make(chan request, 4*cfg.MaxBatch), loaded: make(chan struct{}),
 		active: map[key]Alarm{}, perID: map[string]int{}, inflight: map[key]int{}, inflightID: map[string]int{},
-		storms: map[string]bool{}, logs: map[string]*bucket{},
+		logs: map[string]*bucket{},
 		deduped: prometheus.NewCounter(prometheus.CounterOpts{Name: "petrel_alarm_raises_deduplicated_total",
 			Help: "Raises of an active alarm that changed nothing, answered from memory."}),
 		collapsed: prometheus.NewCounterVec(prometheus.CounterOpts{Name: "petrel_alarm_raises_collapsed_total",
@@ -239,6 +238,9 @@ func NewManager(cfg Config) (*Manager, error) {
 func (m *Manager) load(ctx context.Context) error {
 	m.mu.Lock()
 	defer m.mu.Unlock()
+	// Read afresh: a retried or repeated load must not count twice.
+	clear(m.active)
+	clear(m.perID)
 	for after := ""; ; {
 		as, next, err := m.cfg.Store.Alarms(ctx, page.Options{Limit: 1000, After: after, Filters: map[string]string{"site": m.cfg.Site}})
 		if err != nil {
@@ -247,9 +249,6 @@ func (m *Manager) load(ctx context.Context) error {
 		for _, a := range as {
 			m.active[key{a.AlarmID, a.EntityInstanceID}] = a
 			m.perID[a.AlarmID]++
-			if a.AlarmID == StormAlarm {
-				m.storms[stormTarget(a.EntityInstanceID)] = true
-			}
 		}
 		if next == "" {
 			return nil
@@ -343,11 +342,14 @@ func (m *Manager) overLimit(id string) string {
 	return ""
 }
 
-// storm raises 100.150 for target (an alarm ID or "all") once.
+// storm raises 100.150 for target (an alarm ID or "all") unless it is
+// active or being raised: the active set itself says, so a clear racing a
+// raise cannot leave a storm unalarmed.
 func (m *Manager) storm(ctx context.Context, target string) {
+	k := key{StormAlarm, stormEntity(target)}
 	m.mu.Lock()
-	on := m.storms[target]
-	m.storms[target] = true
+	_, on := m.active[k]
+	on = on || m.inflight[k] > 0
 	m.mu.Unlock()
 	if on {
 		return
@@ -358,9 +360,6 @@ func (m *Manager) storm(ctx context.Context, target string) {
 	}
 	m.cfg.Logger.Warn("alarm storm: raises beyond the active limit are counted, not stored", "alarm_id", target, "limit", limit)
 	if _, _, err := m.Raise(ctx, StormAlarm, stormEntity(target), map[string]string{"alarm": target, "limit": fmt.Sprint(limit)}); err != nil {
-		m.mu.Lock()
-		m.storms[target] = false // try again at the next collapsed raise
-		m.mu.Unlock()
 		m.cfg.Logger.Error("raising the storm alarm failed", "alarm_id", target, "err", err)
 	}
 }
@@ -381,17 +380,17 @@ func (m *Manager) calmLoop(ctx context.Context, wake <-chan struct{}) {
 func (m *Manager) calm(ctx context.Context) {
 	m.mu.Lock()
 	var done []string
-	for target, on := range m.storms {
-		if !on {
+	for k := range m.active {
+		if k.id != StormAlarm {
 			continue
 		}
+		target := stormTarget(k.entity)
 		n, limit := m.perID[target], m.cfg.Limits.MaxActivePerID
 		if target == "all" {
 			n, limit = len(m.active), m.cfg.Limits.MaxActive
 		}
 		if n < limit*9/10 {
 			done = append(done, target)
-			m.storms[target] = false
 		}
 	}
 	m.mu.Unlock()
@@ -662,6 +661,13 @@ func (m *Manager) Run(ctx context.Context) error {
 			select {
 			case calmWake <- struct{}{}:
 			default:
+			}
+		}
+		if err != nil {
+			// A failed COMMIT may still have committed: memory follows the
+			// store again before anyone is answered.
+			if lerr := m.load(context.WithoutCancel(ctx)); lerr != nil {
+				m.cfg.Logger.Error("re-reading the active alarms failed", "err", lerr)
 			}
 		}
 		for i, r := range batch {

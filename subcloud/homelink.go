@@ -110,7 +110,7 @@ func (s *Subcloud) linkOnce(ctx context.Context, tlsCfg *tls.Config) error {
 		return err
 	}
 	if err := linkproto.Write(ctl, linkproto.Message{Type: linkproto.TypeHello, Site: s.cfg.Site,
-		Protocols: []int{linkproto.Current}, Seq: s.acked.Load(), Epoch: s.shell.FaultLog.Epoch(),
+		Protocols: []int{linkproto.Current}, Seq: s.acked.Load(), Epoch: s.shell.FaultLog.Epoch(), EventSeq: lastEvent(s),
 		SentAt: time.Now().UTC()}); err != nil {
 		return err
 	}
@@ -228,6 +228,9 @@ func (p *shipper) acked(ctx context.Context, n uint64) {
 		return
 	}
 	p.ack = n
+	// Central may hold more than this link sent: batches of the previous
+	// link it applied after this one began. Those need no resend.
+	p.sent = max(p.sent, n)
 	p.s.shipped.Store(n)
 	if err := p.s.shell.FaultLog.SetShipped(ctx, n); err != nil && ctx.Err() == nil {
 		p.s.log.Warn("recording central's acknowledgement failed", "seq", n, "err", err)
@@ -236,7 +239,7 @@ func (p *shipper) acked(ctx context.Context, n uint64) {
 
 // send writes every committed record not yet sent, window permitting.
 func (p *shipper) send(ctx context.Context, w io.Writer) error {
-	for p.sent-p.ack < shipWindow {
+	for p.sent < p.ack+shipWindow {
 		recs, err := p.s.shell.FaultLog.After(ctx, p.sent, shipBatch)
 		if err != nil {
 			return fmt.Errorf("reading the event log: %w", err)
@@ -304,3 +307,9 @@ func jittered(d time.Duration) time.Duration {
 type discard struct{}
 
 func (discard) Write(p []byte) (int, error) { return len(p), nil }
+
+// lastEvent is the last sequence number the site's log has committed.
+func lastEvent(s *Subcloud) uint64 {
+	n, _ := s.shell.FaultLog.Watch()
+	return n
+}

@@ -55,8 +55,19 @@ func (s *Subcloud) updateHost(r *http.Request) (int, any, error) {
 			return 0, nil, errs.Field("subfunctions", "unknown subfunction %q (controller, worker, storage)", sf)
 		}
 	}
+	first, err := s.Hosts.Host(r.Context(), rest.Var(r, "id"))
+	if err != nil {
+		return 0, nil, err
+	}
+	// Under the host's lock: a rename, a delete and the agent's reports
+	// (which raise alarms on the host's name) never interleave.
+	unlock, err := s.hostLocks.lock(r.Context(), first.UUID)
+	if err != nil {
+		return 0, nil, err
+	}
+	defer unlock()
 	for attempt := 0; ; attempt++ {
-		h, err := s.Hosts.Host(r.Context(), rest.Var(r, "id"))
+		h, err := s.Hosts.Host(r.Context(), first.UUID)
 		if err != nil {
 			return 0, nil, err
 		}
@@ -97,7 +108,7 @@ func (s *Subcloud) updateHost(r *http.Request) (int, any, error) {
 		if out.Name != oldName {
 			// The agent's resource alarms move to the new name at once,
 			// not at its next report.
-			if err := s.moveResourceAlarms(r.Context(), out.UUID, oldName); err != nil {
+			if err := s.moveResourceAlarmsLocked(r.Context(), out.UUID, oldName); err != nil {
 				s.log.Error("host renamed; moving its resource alarms failed", "host", out.Name, "from", oldName, "err", err)
 				return 0, nil, fmt.Errorf("host %s renamed from %s, but moving its resource alarms failed: %w", out.Name, oldName, err)
 			}
@@ -107,20 +118,25 @@ func (s *Subcloud) updateHost(r *http.Request) (int, any, error) {
 }
 
 func (s *Subcloud) deleteHost(r *http.Request) (int, any, error) {
-	h, err := s.Hosts.Host(r.Context(), rest.Var(r, "id"))
+	first, err := s.Hosts.Host(r.Context(), rest.Var(r, "id"))
+	if err != nil {
+		return 0, nil, err
+	}
+	// Under the host's lock, so that no report of its agent raises an
+	// alarm for it after its alarms are cleared, and no rename changes the
+	// name whose alarms are cleared.
+	unlock, err := s.hostLocks.lock(r.Context(), first.UUID)
+	if err != nil {
+		return 0, nil, err
+	}
+	defer unlock()
+	h, err := s.Hosts.Host(r.Context(), first.UUID)
 	if err != nil {
 		return 0, nil, err
 	}
 	if h.Administrative != inventory.Locked {
 		return 0, nil, fmt.Errorf("%w: lock host %s before deleting it", inventory.ErrInvalidTransition, h.Name)
 	}
-	// Under the host's lock, so that no report of its agent raises an
-	// alarm for it after its alarms are cleared.
-	unlock, err := s.hostLocks.lock(r.Context(), h.UUID)
-	if err != nil {
-		return 0, nil, err
-	}
-	defer unlock()
 	if err := s.Hosts.DeleteHost(r.Context(), h.UUID); err != nil {
 		return 0, nil, err
 	}
@@ -136,14 +152,9 @@ func (s *Subcloud) deleteHost(r *http.Request) (int, any, error) {
 	return http.StatusNoContent, nil, nil
 }
 
-// moveResourceAlarms re-applies the resource alarms of host uuid, renamed
-// from oldName, on its current name.
-func (s *Subcloud) moveResourceAlarms(ctx context.Context, uuid, oldName string) error {
-	unlock, err := s.hostLocks.lock(ctx, uuid)
-	if err != nil {
-		return err
-	}
-	defer unlock()
+// moveResourceAlarmsLocked re-applies the resource alarms of host uuid,
+// renamed from oldName, on its current name; the host's lock is held.
+func (s *Subcloud) moveResourceAlarmsLocked(ctx context.Context, uuid, oldName string) error {
 	h, err := s.Hosts.Host(ctx, uuid)
 	if err != nil {
 		return err

@@ -257,7 +257,7 @@ func (b *batch) flush() error {
 	}
 	clear(b.updated)
 	if len(b.inserts) > 0 {
-		if err := bulkInsert(b.tx, b.kind, "fm_alarms", alarmColumns, b.inserts, bulkChunk); err != nil {
+		if err := bulkInsert(b.tx, b.kind, "fm_alarms", alarmColumns, "", b.inserts, bulkChunk); err != nil {
 			return err
 		}
 		b.inserts = nil
@@ -267,7 +267,9 @@ func (b *batch) flush() error {
 		for i := range b.events {
 			evs[i] = &b.events[i]
 		}
-		if err := bulkInsert(b.tx, b.kind, "fm_events", eventColumns, evs, bulkChunk); err != nil {
+		// A site's event central already holds (a site deleted and added
+		// again resends its log) is skipped, not an error for the batch.
+		if err := bulkInsert(b.tx, b.kind, "fm_events", eventColumns, "uuid", evs, bulkChunk); err != nil {
 			return err
 		}
 		b.events = nil

@@ -48,8 +48,9 @@ func (r *alarmRow) values(t func(time.Time) any) []any {
 // format), so bulk-inserted times sort and compare with bound ones.
 const sqliteTime = "2006-01-02 15:04:05.999999999-07:00"
 
-// bulkSQL is the statement inserting rows given as a JSON array of arrays.
-func bulkSQL(kind sqldb.Kind, table string, cols []column) string {
+// bulkSQL is the statement inserting rows given as a JSON array of arrays;
+// with ignore, rows whose key column is already stored are skipped.
+func bulkSQL(kind sqldb.Kind, table string, cols []column, ignore string) string {
 	names := make([]string, len(cols))
 	exprs := make([]string, len(cols))
 	for i, c := range cols {
@@ -64,7 +65,14 @@ func bulkSQL(kind sqldb.Kind, table string, cols []column) string {
 	if kind == sqldb.Postgres {
 		from = "json_array_elements(?::json) AS e"
 	}
-	return fmt.Sprintf("INSERT INTO %s (%s) SELECT %s FROM %s", table, strings.Join(names, ","), strings.Join(exprs, ","), from)
+	q := fmt.Sprintf("INSERT INTO %s (%s) SELECT %s FROM %s", table, strings.Join(names, ","), strings.Join(exprs, ","), from)
+	if ignore != "" {
+		if kind == sqldb.SQLite {
+			q += " WHERE true" // SQLite's parser needs it before an upsert clause
+		}
+		q += fmt.Sprintf(` ON CONFLICT ("%s") DO NOTHING`, ignore)
+	}
+	return q
 }
 
 // bulkRows is a table's rows for bulkInsert.
@@ -73,12 +81,12 @@ type bulkRows interface {
 }
 
 // bulkInsert inserts rows into table in statements of at most chunk rows.
-func bulkInsert[R bulkRows](tx *gorm.DB, kind sqldb.Kind, table string, cols []column, rows []R, chunk int) error {
+func bulkInsert[R bulkRows](tx *gorm.DB, kind sqldb.Kind, table string, cols []column, ignore string, rows []R, chunk int) error {
 	t := func(v time.Time) any { return v.UTC().Format(sqliteTime) }
 	if kind == sqldb.Postgres {
 		t = func(v time.Time) any { return v.UTC().Format(time.RFC3339Nano) }
 	}
-	stmt := bulkSQL(kind, table, cols)
+	stmt := bulkSQL(kind, table, cols, ignore)
 	for len(rows) > 0 {
 		n := min(len(rows), chunk)
 		vals := make([][]any, n)

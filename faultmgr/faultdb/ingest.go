@@ -65,6 +65,18 @@ func (g *Ingest) Run(ctx context.Context) error {
 			batches[i] = r.b
 		}
 		res, err := g.store.ApplySites(context.WithoutCancel(ctx), batches)
+		if err != nil && len(reqs) > 1 {
+			// One site's batch must not fail the others: apply each alone.
+			res, err = make([]SiteResult, len(reqs)), nil
+			for i, b := range batches {
+				one, oerr := g.store.ApplySites(context.WithoutCancel(ctx), []SiteBatch{b})
+				if oerr != nil {
+					res[i] = SiteResult{Err: oerr}
+				} else {
+					res[i] = one[0]
+				}
+			}
+		}
 		for i, r := range reqs {
 			if err != nil {
 				r.reply <- SiteResult{Err: err}

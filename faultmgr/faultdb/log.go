@@ -50,6 +50,17 @@ func (s *Store) write(ctx context.Context, fn func(tx *gorm.DB, next func() uint
 	n := s.log.last
 	next := func() uint64 { n++; return n }
 	if err := s.db.WithContext(ctx).Transaction(func(tx *gorm.DB) error { return fn(tx, next) }); err != nil {
+		// A failed COMMIT may still have committed: take the numbers from
+		// the store, so none is handed out twice.
+		var stored *uint64
+		if rerr := s.db.Model(&eventRow{}).Select("MAX(seq)").Scan(&stored).Error; rerr == nil && stored != nil && *stored > s.log.last {
+			s.log.last = *stored
+			s.log.wmu.Lock()
+			s.log.seen = *stored
+			close(s.log.watch)
+			s.log.watch = make(chan struct{})
+			s.log.wmu.Unlock()
+		}
 		return err
 	}
 	if n != s.log.last {
@@ -169,6 +180,12 @@ func (s *Store) Trim(ctx context.Context, p TrimPolicy) (int, error) {
 	if p.HardMax > 0 && last > uint64(p.HardMax) {
 		cut = max(cut, last-uint64(p.HardMax))
 	}
+	// The newest event always stays: the numbering restarts from it after
+	// a restart, and a reader's position must never be handed out again.
+	if last == 0 {
+		return 0, nil
+	}
+	cut = min(cut, last-1)
 	var first *uint64
 	if err := s.db.WithContext(ctx).Model(&eventRow{}).Select("MIN(seq)").Scan(&first).Error; err != nil || first == nil {
 		return 0, err

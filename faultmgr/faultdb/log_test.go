@@ -117,6 +117,10 @@ func TestConformanceApplySite(t *testing.T) {
 		// The same key at another site is another alarm.
 		other := []faultmgr.Record{{Seq: 1, AlarmUUID: mustUUID(), Event: faultmgr.Event{UUID: mustUUID(), Type: faultmgr.EventSet,
 			AlarmID: "100.101", EntityInstanceID: "host=controller-0", Severity: "major", ReasonText: "hot", Timestamp: time.Now()}}}
+		if _, err := central.ApplySite(ctx, "site-b", "epoch-b", other, faultmgr.SiteOps(site.Catalog(), other)); !errors.Is(err, faultdb.ErrStaleBatch) {
+			t.Errorf("a batch for a site without a cursor (deleted, never linked): %v", err)
+		}
+		central.ResetSite(ctx, "site-b", "epoch-b")
 		if _, err := central.ApplySite(ctx, "site-b", "epoch-b", other, faultmgr.SiteOps(site.Catalog(), other)); err != nil {
 			t.Fatal(err)
 		}
@@ -134,6 +138,21 @@ func TestConformanceApplySite(t *testing.T) {
 		}
 		if _, err := central.ApplySite(ctx, "site-sx", "another-epoch", recs, ops); !errors.Is(err, faultdb.ErrStaleBatch) {
 			t.Errorf("a batch from another epoch: %v", err)
+		}
+		// A subcloud deleted and added again: its log is resent from the
+		// start; events central still holds are skipped, alarms rebuilt.
+		if err := central.DeleteSite(ctx, "site-sx"); err != nil {
+			t.Fatal(err)
+		}
+		central.ResetSite(ctx, "site-sx", siteStore.Epoch())
+		if n, err := central.ApplySite(ctx, "site-sx", siteStore.Epoch(), recs, ops); err != nil || n != recs[len(recs)-1].Seq {
+			t.Fatalf("resent log after delete and re-add: %d, %v", n, err)
+		}
+		if sx, _, _ := central.Alarms(ctx, rest.ListOptions{Limit: 100, Filters: map[string]string{"site": "site-sx"}}); len(sx) != 1 {
+			t.Errorf("alarms rebuilt from the resent log: %+v", sx)
+		}
+		if evs, _, _ := central.Events(ctx, rest.ListOptions{Limit: 100}); len(evs) != len(recs)+1 {
+			t.Errorf("central holds %d events after the resend; want %d (no duplicates)", len(evs), len(recs)+1)
 		}
 		// A site's log starting over drops what central held of it.
 		if err := central.ResetSite(ctx, "site-sx", "another-epoch"); err != nil {
@@ -153,7 +172,8 @@ func TestConformanceApplySite(t *testing.T) {
 func TestConformanceTrim(t *testing.T) {
 	sqldbtest.Each(t, func(t *testing.T, open func(*testing.T) *sqldb.DB) {
 		ctx := context.Background()
-		st, err := faultdb.Open(ctx, open(t))
+		db := open(t)
+		st, err := faultdb.Open(ctx, db)
 		if err != nil {
 			t.Fatal(err)
 		}
@@ -179,6 +199,20 @@ func TestConformanceTrim(t *testing.T) {
 		// The hard bound wins over the floor.
 		if _, err := st.Trim(ctx, faultdb.TrimPolicy{MaxEvents: 1, Floor: 0, HardMax: 5, Now: time.Now()}); err != nil || count() != 5 {
 			t.Errorf("hard bound: %d left (%v); want 5", count(), err)
+		}
+		// Everything aged out: the newest stays, so numbering never
+		// restarts under the same epoch (a reader would skip new events).
+		st.Trim(ctx, faultdb.TrimPolicy{MaxAge: time.Hour, Floor: 1000, Now: time.Now().Add(48 * time.Hour)})
+		if count() != 1 {
+			t.Errorf("%d events left after all aged out; want the newest", count())
+		}
+		st2, err := faultdb.Open(ctx, db)
+		if err != nil {
+			t.Fatal(err)
+		}
+		st2.AppendEvent(ctx, faultmgr.Event{UUID: mustUUID(), Type: faultmgr.EventLog, Timestamp: time.Now()})
+		if last, _ := st2.Watch(); last != 101 {
+			t.Errorf("after a restart the next event is %d; want 101", last)
 		}
 	})
 }
@@ -224,13 +258,19 @@ func TestConformanceApplySites(t *testing.T) {
 		if res[0].Applied != 3 || res[2].Applied != 5 || res[3].Applied != 1 || !errors.Is(res[1].Err, faultdb.ErrStaleBatch) {
 			t.Errorf("results %+v", res)
 		}
-		for site, want := range map[string]int{"a": 5, "b": 0, "c": 1} {
+		// A gap (the site trimmed records before shipping them) is applied
+		// and reported.
+		gap, _ := central.ApplySites(ctx, []faultdb.SiteBatch{b("c", "e-c", recs(5, 6, "host=c"))})
+		if gap[0].Err != nil || gap[0].Missing != 3 || gap[0].GapFrom != 2 || gap[0].Applied != 6 {
+			t.Errorf("a batch after a gap: %+v; want 3 missing from 2, applied to 6", gap[0])
+		}
+		for site, want := range map[string][2]int{"a": {5, 5}, "b": {0, 0}, "c": {3, 6}} {
 			as, _, _ := central.Alarms(ctx, rest.ListOptions{Limit: 100, Filters: map[string]string{"site": site}})
-			if len(as) != want {
-				t.Errorf("site %s: %d alarms at central; want %d", site, len(as), want)
+			if len(as) != want[0] {
+				t.Errorf("site %s: %d alarms at central; want %d", site, len(as), want[0])
 			}
-			if _, seq, _ := central.SiteCursor(ctx, site); seq != uint64(want) {
-				t.Errorf("site %s cursor %d; want %d", site, seq, want)
+			if _, seq, _ := central.SiteCursor(ctx, site); seq != uint64(want[1]) {
+				t.Errorf("site %s cursor %d; want %d", site, seq, want[1])
 			}
 		}
 	})

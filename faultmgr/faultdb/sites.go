@@ -71,7 +71,11 @@ type SiteBatch struct {
 // it, or why the batch was refused.
 type SiteResult struct {
 	Applied uint64
-	Err     error
+	// Missing counts records absent between the cursor and the batch, or
+	// within it (the site trimmed them before they were shipped); GapFrom
+	// is the first of them.
+	Missing, GapFrom uint64
+	Err              error
 }
 
 // ApplySite applies records of site's log (epoch), as ops, in one
@@ -107,7 +111,9 @@ func (s *Store) ApplySites(ctx context.Context, batches []SiteBatch) ([]SiteResu
 				c = &siteCursorRow{}
 				err := tx.Clauses(clause.Locking{Strength: "UPDATE"}).Where("site = ?", b.Site).Take(c).Error
 				if errors.Is(err, gorm.ErrRecordNotFound) {
-					c = &siteCursorRow{Site: b.Site, Epoch: b.Epoch}
+					// No cursor: the site was deleted (or never linked); a
+					// straggling batch must not bring its alarms back.
+					c = &siteCursorRow{Site: b.Site, Epoch: "\x00deleted"}
 				} else if err != nil {
 					return err
 				}
@@ -122,6 +128,12 @@ func (s *Store) ApplySites(ctx context.Context, batches []SiteBatch) ([]SiteResu
 			for j, r := range b.Records {
 				if r.Seq <= last {
 					continue // applied before: a resend after a lost ack
+				}
+				if r.Seq != last+1 {
+					if res[i].Missing == 0 {
+						res[i].GapFrom = last + 1
+					}
+					res[i].Missing += r.Seq - last - 1
 				}
 				todo, last = append(todo, b.Ops[j]), r.Seq
 			}

@@ -41,8 +41,8 @@ type Message struct {
 	Site      string   `json:"site,omitempty"`      // hello
 	Seq       uint64   `json:"seq,omitempty"`       // update, ack; hello: last sequence the site saw acked
 	Summary   *Summary `json:"summary,omitempty"`   // update: nil for a keepalive
-	// Epoch names the site's event log (hello); EventSeq is how far central
-	// holds it (welcome, events_ack).
+	// Epoch names the site's event log (hello); EventSeq is the last record
+	// the site has (hello) or how far central holds it (welcome, events_ack).
 	Epoch    string            `json:"epoch,omitempty"`
 	EventSeq uint64            `json:"event_seq,omitempty"`
 	Records  []faultmgr.Record `json:"records,omitempty"` // events: ascending, contiguous

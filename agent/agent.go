@@ -68,6 +68,7 @@ type Agent struct {
 	sent      *inventory.Hardware // what the site holds
 	sentAlarm []inventory.ResourceAlarm
 	mon       *monitor.Monitor // nil when disabled
+	hb        pulses           // answering the site's heartbeat
 	badAlarms string           // the last refusable alarm set logged
 	joined    chan struct{}
 }
@@ -167,6 +168,9 @@ func (a *Agent) Run(ctx context.Context) error {
 	defer func() {
 		if a.client != nil {
 			a.client.CloseIdleConnections()
+		}
+		if a.hb.stop != nil {
+			a.hb.stop()
 		}
 	}()
 	if a.mon != nil {
@@ -270,6 +274,9 @@ func (a *Agent) sync(ctx context.Context, full bool) error {
 	var ack inventory.ReportAck
 	if err := a.do(ctx, http.MethodPut, "/v1/agents/"+a.machineID+"/report", rep, &ack); err != nil {
 		return err
+	}
+	if err := a.configureHeartbeat(ctx, ack.Heartbeat); err != nil {
+		a.log.Error("not answering the site's heartbeat", "err", err)
 	}
 	if ack.NeedFull {
 		a.sent, a.sentAlarm = nil, nil

@@ -3,6 +3,7 @@ package agent
 import (
 	"bufio"
 	"fmt"
+	"net"
 	"os"
 	"path/filepath"
 	"sort"
@@ -30,6 +31,11 @@ func Discover(root string) (inventory.Hardware, error) {
 	}
 	hw.Disks = readDisks(p("sys/block"))
 	hw.NICs = readNICs(p("sys/class/net"))
+	if root == "/" {
+		for i := range hw.NICs {
+			hw.NICs[i].Addresses = interfaceAddrs(hw.NICs[i].Name)
+		}
+	}
 	hw.PCI = readPCI(p("sys/bus/pci/devices"))
 	return hw, nil
 }
@@ -121,6 +127,26 @@ func readNICs(dir string) []inventory.NIC {
 		out = append(out, inventory.NIC{Name: name, MAC: mac, Speed: max(speed, 0)})
 	}
 	sort.Slice(out, func(i, j int) bool { return out[i].Name < out[j].Name })
+	return out
+}
+
+// interfaceAddrs lists an interface's IP prefixes, sorted.
+func interfaceAddrs(name string) []string {
+	ifc, err := net.InterfaceByName(name)
+	if err != nil {
+		return nil
+	}
+	addrs, err := ifc.Addrs()
+	if err != nil {
+		return nil
+	}
+	var out []string
+	for _, a := range addrs {
+		if ipn, ok := a.(*net.IPNet); ok && !ipn.IP.IsLinkLocalUnicast() {
+			out = append(out, ipn.String())
+		}
+	}
+	sort.Strings(out)
 	return out
 }
 

@@ -233,6 +233,12 @@ func (s *step) apply(ev Event) error {
 	switch ev.Kind {
 	case EvMNFA:
 		s.m.mnfa = ev.MNFA
+		switch s.h.Phase {
+		case PhaseSuspect, PhaseGrace, PhaseReboot, PhaseBMCReset, PhasePowerCycle, PhasePowerOn:
+			if ev.MNFA { // every destructive step waits for MNFA to end
+				return s.move(PhaseHold, 0)
+			}
+		}
 		if !ev.MNFA && s.h.Phase == PhaseHold && s.h.silent() {
 			// MNFA over and the host still silent: now ask its BMC.
 			return s.suspect()
@@ -301,13 +307,6 @@ func (s *step) settle() error {
 			Action{Kind: ActClear, Alarm: AlarmClusterLost})
 		return nil
 	}
-	if h.Admin == inventory.Locked {
-		// A locked host is out of service: observed, never recovered.
-		if h.silent() {
-			h.Avail = inventory.Offline
-		}
-		return nil
-	}
 	if !h.silent() {
 		// Heard on some network: degraded on the others, never a reboot.
 		for n, st := range h.Heartbeat {
@@ -330,6 +329,11 @@ func (s *step) settle() error {
 		return nil
 	}
 	// Silent on every network.
+	if h.Admin == inventory.Locked {
+		// A locked host is out of service: observed, never recovered.
+		h.Avail = inventory.Offline
+		return nil
+	}
 	switch h.Phase {
 	case PhaseNone:
 		return s.suspect()

@@ -185,6 +185,16 @@ func SortResourceAlarms(as []ResourceAlarm) []ResourceAlarm {
 type ReportAck struct {
 	Generation uint64 `json:"generation"`
 	NeedFull   bool   `json:"need_full"`
+	// Heartbeat tells the agent how to answer the site's heartbeat pulses:
+	// its key (base64, over this mutually authenticated channel only) and
+	// the UDP port to answer on.
+	Heartbeat *HeartbeatConfig `json:"heartbeat,omitempty"`
+}
+
+// HeartbeatConfig is an agent's part of the heartbeat.
+type HeartbeatConfig struct {
+	Key  string `json:"key"`
+	Port int    `json:"port"`
 }
 
 // cloneResourceAlarms deep-copies as (nil stays nil).

@@ -154,6 +154,10 @@ type NIC struct {
 	Name  string `json:"name"`
 	MAC   string `json:"mac"`
 	Speed int    `json:"speed_mbps"`
+	// Addresses are the interface's IP prefixes (e.g. 10.88.0.11/24). An
+	// interface named after a site network (mgmt, cluster) is the host's
+	// interface on it: heartbeats go to its address.
+	Addresses []string `json:"addresses,omitempty"`
 }
 
 // PCIDevice is a PCI device such as a GPU or accelerator.

@@ -153,6 +153,9 @@ func prepareHost(dir, prefix, binary string, h hostSpec, key string, siteURL str
 		conf := map[string]any{
 			"site": h.Site, "shape": string(h.Shape), "listen": net.JoinHostPort(mgmt.String(), strconv.Itoa(SiteAPIPort)),
 			"data_dir": p.f("data"), "tls": map[string]string{"ca_dir": filepath.Join(dir, "ca")}, "log_level": "info",
+			// Host maintenance pulses every host on both networks from the
+			// controller's interfaces named after them (brief §4 defaults).
+			"heartbeat": map[string]any{},
 		}
 		if h.Home != nil {
 			conf["central"] = h.Home

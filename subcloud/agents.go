@@ -186,10 +186,10 @@ func (s *Subcloud) report(r *http.Request) (int, any, error) {
 		}
 		if !rep.Full && (h.BootID != rep.BootID || rep.Generation != h.ReportGeneration+1) {
 			// A delta the site cannot apply: ask for everything.
-			return http.StatusOK, inventory.ReportAck{Generation: h.ReportGeneration, NeedFull: true}, nil
+			return http.StatusOK, inventory.ReportAck{Generation: h.ReportGeneration, NeedFull: true, Heartbeat: s.maint.ack(id)}, nil
 		}
 		if rep.Full && h.BootID == rep.BootID && rep.Generation < h.ReportGeneration {
-			return http.StatusOK, inventory.ReportAck{Generation: h.ReportGeneration}, nil // a duplicate
+			return http.StatusOK, inventory.ReportAck{Generation: h.ReportGeneration, Heartbeat: s.maint.ack(id)}, nil // a duplicate
 		}
 		// A full report of the generation the site holds is the agent's
 		// retry after a failure (perhaps after the host was stored but
@@ -226,7 +226,8 @@ func (s *Subcloud) report(r *http.Request) (int, any, error) {
 		if err := s.applyResourceAlarms(ctx, stored, ""); err != nil {
 			return 0, nil, err
 		}
-		return http.StatusOK, inventory.ReportAck{Generation: rep.Generation}, nil
+		s.maint.watch(stored)
+		return http.StatusOK, inventory.ReportAck{Generation: rep.Generation, Heartbeat: s.maint.ack(id)}, nil
 	}
 }
 

@@ -141,6 +141,7 @@ func (s *Subcloud) deleteHost(r *http.Request) (int, any, error) {
 		return 0, nil, err
 	}
 	s.log.Info("host deleted; its certificate is revoked", "host", h.Name, "machine_id", h.UUID)
+	s.maint.forget(h.UUID)
 	n, err := s.shell.Alarms.ClearEntity(r.Context(), "host="+h.Name)
 	if err != nil {
 		s.log.Error("host deleted; clearing its alarms failed", "host", h.Name, "err", err)

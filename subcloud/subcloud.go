@@ -32,9 +32,10 @@ var openapiFragment []byte
 
 // FileConfig is the configuration file of `petrel subcloud`.
 type FileConfig struct {
-	Site    string      `json:"site"`
-	Shape   string      `json:"shape"`
-	Central *HomeConfig `json:"central"` // how to dial home; absent: a standalone site
+	Site      string           `json:"site"`
+	Shape     string           `json:"shape"`
+	Central   *HomeConfig      `json:"central"`   // how to dial home; absent: a standalone site
+	Heartbeat *HeartbeatConfig `json:"heartbeat"` // host maintenance's heartbeat; absent: hosts are not pulsed
 	server.FileConfig
 }
 
@@ -44,6 +45,9 @@ type Config struct {
 	Shape   inventory.Shape // required
 	Shell   server.Config   // Daemon, Site and OpenAPI are filled in by New
 	Central *HomeConfig     // nil: the site does not dial home
+	// Heartbeat turns on host maintenance (pulses, availability,
+	// recovery); nil: off.
+	Heartbeat *HeartbeatConfig
 }
 
 // Subcloud is a running site controller.
@@ -55,7 +59,8 @@ type Subcloud struct {
 	serverCA   []byte  // given to joining agents; read at start so a join never fails after recording
 	Hosts      inventory.Store
 	Enrollment inventory.Enrollment
-	hostLocks  *hostLocks // per host: agent reports vs. rename and delete
+	hostLocks  *hostLocks   // per host: agent reports vs. rename and delete
+	maint      *maintenance // nil: no heartbeat
 
 	connected atomic.Bool   // the link to central is up
 	seq       atomic.Uint64 // last update sequence sent
@@ -77,7 +82,7 @@ func ConfigFromFile(fc FileConfig, shell server.Config) (Config, error) {
 	if !shape.Valid() {
 		return Config{}, fmt.Errorf("config: shape %q: want simplex, duplex or multi-server", fc.Shape)
 	}
-	return Config{Site: fc.Site, Shape: shape, Shell: shell, Central: fc.Central}, nil
+	return Config{Site: fc.Site, Shape: shape, Shell: shell, Central: fc.Central, Heartbeat: fc.Heartbeat}, nil
 }
 
 // New builds the site controller; it starts nothing.
@@ -134,6 +139,10 @@ func New(ctx context.Context, cfg Config) (*Subcloud, error) {
 		return nil, err
 	}
 	shell.MountUI(dash)
+	if s.maint, err = s.newMaintenance(cfg.Heartbeat); err != nil {
+		shell.Close()
+		return nil, err
+	}
 	return s, nil
 }
 
@@ -143,6 +152,9 @@ func (s *Subcloud) Run(ctx context.Context) error {
 	g.Go(func() error { return s.shell.Run(ctx) })
 	if s.cfg.Central != nil {
 		g.Go(func() error { return s.dialHome(ctx) })
+	}
+	if s.maint != nil {
+		g.Go(func() error { return s.maint.run(ctx, s) })
 	}
 	return g.Wait()
 }

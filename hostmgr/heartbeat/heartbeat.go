@@ -75,6 +75,7 @@ type link struct {
 	sent, acked uint64
 	misses      int
 	state       State
+	heard       bool // answered at least once: its first answer is reported
 }
 
 // tracker counts misses; it does no I/O, so its rules are tested directly.
@@ -127,7 +128,8 @@ func (t *tracker) reply(k linkKey, seq uint64, now time.Time) *Change {
 	}
 	l.acked = seq
 	l.misses = 0
-	if l.state != OK {
+	if l.state != OK || !l.heard {
+		l.heard = true
 		l.state = OK
 		return &Change{Host: k.host, Network: k.network, State: OK, At: now}
 	}
@@ -322,11 +324,16 @@ func (m *Monitor) receive(n Network, c *net.UDPConn, changes chan<- Change) {
 	}
 }
 
+// AnyNetwork, as a Responder's Listen key, answers pulses of every network
+// on one socket (a wildcard address: replies leave through the network the
+// pulse came from).
+const AnyNetwork Network = 0
+
 // ResponderConfig configures a host's answering side.
 type ResponderConfig struct {
 	Host   uuid.UUID
 	Key    []byte
-	Listen map[Network]netip.AddrPort // the host's address on each network
+	Listen map[Network]netip.AddrPort // the host's address on each network, or AnyNetwork
 	Logger *slog.Logger
 }
 
@@ -386,7 +393,7 @@ func (r *Responder) Run(ctx context.Context) error {
 					continue
 				}
 				f, err := open(buf[:k], keyOf)
-				if err != nil || f.kind != kindPulse || f.network != n {
+				if err != nil || f.kind != kindPulse || (f.network != n && n != AnyNetwork) {
 					continue
 				}
 				f.kind = kindReply

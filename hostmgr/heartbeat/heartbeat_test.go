@@ -26,10 +26,14 @@ func TestTrackerRules(t *testing.T) {
 		}
 	}
 	tickN(1) // pulse 1 out
-	if ch := tr.reply(k, 1, now); ch != nil {
+	if ch := tr.reply(k, 1, now); ch == nil || ch.State != OK {
+		t.Errorf("the first answer: %+v; want it reported ok", ch)
+	}
+	tickN(1)
+	if ch := tr.reply(k, 2, now); ch != nil {
 		t.Errorf("an answer while ok changed the state: %+v", ch)
 	}
-	tickN(5) // pulses 2..6 out; 2..5 missed (4 misses)
+	tickN(5) // pulses 3..7 out; 3..6 missed (4 misses)
 	if len(got) != 0 {
 		t.Fatalf("changes after 4 misses: %v", got)
 	}
@@ -157,13 +161,13 @@ func TestMonitorOverUDP(t *testing.T) {
 		return time.Since(t0)
 	}
 	waitFor("the host with the wrong key lost", 5*time.Second, func() bool { s, ok := seen.last(bad, Mgmt); return ok && s == Lost })
-	if _, ok := seen.last(good, Mgmt); ok {
-		t.Errorf("a healthy host changed state: %+v", seen.all)
+	if s, _ := seen.last(good, Mgmt); s != OK {
+		t.Errorf("a healthy host: %s; %+v", s, seen.all)
 	}
 	stopCluster()
 	took := waitFor("cluster lost", 5*time.Second, func() bool { s, ok := seen.last(good, Cluster); return ok && s == Lost })
 	t.Logf("cluster silent: lost after %s (10 periods of 100 ms)", took.Round(10*time.Millisecond))
-	if _, ok := seen.last(good, Mgmt); ok {
+	if s, _ := seen.last(good, Mgmt); s != OK {
 		t.Errorf("losing the cluster network changed mgmt: %+v", seen.all)
 	}
 	start(good, goodKey, map[Network]netip.AddrPort{Cluster: rc.Addr(Cluster)})

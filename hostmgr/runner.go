@@ -1,0 +1,315 @@
+package hostmgr
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"log/slog"
+	"time"
+
+	"github.com/petrel-edge/petrel/faultmgr"
+	"github.com/petrel-edge/petrel/hostmgr/heartbeat"
+	"github.com/petrel-edge/petrel/inventory"
+)
+
+// Hosts is the inventory as host management uses it.
+type Hosts interface {
+	Host(ctx context.Context, id string) (inventory.Host, error)
+	// UpdateHost applies fn to the stored host and stores the result,
+	// retrying if another writer got there first.
+	UpdateHost(ctx context.Context, id string, fn func(*inventory.Host) error) (inventory.Host, error)
+}
+
+// Alarms raises, clears and logs (faultmgr.Manager).
+type Alarms interface {
+	Raise(ctx context.Context, id, entity string, fields map[string]string) (faultmgr.Alarm, bool, error)
+	Clear(ctx context.Context, id, entity string) (bool, error)
+	Log(ctx context.Context, id, entity string, fields map[string]string) (faultmgr.Event, error)
+}
+
+// BMC is a host's board management controller.
+type BMC interface {
+	Power(ctx context.Context) (Power, error)
+	PowerOn(ctx context.Context) error
+	PowerOff(ctx context.Context) error
+	Reset(ctx context.Context) error
+	PowerCycle(ctx context.Context) error
+}
+
+// RunnerConfig configures a Runner.
+type RunnerConfig struct {
+	Site   string
+	Timing Timing
+	Hosts  Hosts
+	Alarms Alarms
+	// BMC returns a host's BMC client, or nil when it has none: a silent
+	// host without one is never confirmed, so never recovered by force.
+	BMC    func(hostID string) BMC
+	Logger *slog.Logger
+	// CallTimeout bounds one BMC call; default 20 s.
+	CallTimeout time.Duration
+}
+
+// Runner feeds observations of every host to the recovery machine, one at
+// a time, and carries out what it decides: it keeps availability and
+// heartbeat in the inventory, raises and clears alarms, logs each step,
+// and calls BMCs (asynchronously: a slow BMC never holds another host).
+type Runner struct {
+	cfg   RunnerConfig
+	m     *Machine
+	in    chan input
+	hosts map[string]*Host
+	mnfa  MNFA
+}
+
+type input struct {
+	host   string
+	ev     Event
+	track  []heartbeat.Network // track: start (non-nil) or stop (forget)
+	forget bool
+}
+
+// NewRunner returns a runner; Run must be running.
+func NewRunner(cfg RunnerConfig) (*Runner, error) {
+	if cfg.Hosts == nil || cfg.Alarms == nil || cfg.Logger == nil {
+		return nil, errors.New("hostmgr: Hosts, Alarms and Logger are required")
+	}
+	if cfg.BMC == nil {
+		cfg.BMC = func(string) BMC { return nil }
+	}
+	if cfg.CallTimeout == 0 {
+		cfg.CallTimeout = 20 * time.Second
+	}
+	return &Runner{cfg: cfg, m: NewMachine(cfg.Timing), in: make(chan input, 4096), hosts: map[string]*Host{}}, nil
+}
+
+// Track starts watching a host pulsed on networks (it starts ok on each).
+func (r *Runner) Track(hostID string, networks []heartbeat.Network) {
+	r.in <- input{host: hostID, track: networks}
+}
+
+// Forget stops watching a host (deleted).
+func (r *Runner) Forget(hostID string) { r.in <- input{host: hostID, forget: true} }
+
+// Heartbeat passes a heartbeat change on (heartbeat.Monitor's OnChange).
+func (r *Runner) Heartbeat(ch heartbeat.Change) {
+	r.in <- input{host: ch.Host.String(), ev: Event{Kind: EvHeartbeat, Network: ch.Network, State: ch.State}}
+}
+
+// Run handles inputs and phase timers until ctx ends.
+func (r *Runner) Run(ctx context.Context) error {
+	tick := time.NewTicker(250 * time.Millisecond)
+	defer tick.Stop()
+	for {
+		select {
+		case <-ctx.Done():
+			return nil
+		case in := <-r.in:
+			r.handle(ctx, in)
+		case now := <-tick.C:
+			for id, h := range r.hosts {
+				if !h.Deadline.IsZero() && !now.Before(h.Deadline) {
+					r.step(ctx, id, Event{Kind: EvTimer})
+				}
+			}
+		}
+	}
+}
+
+func (r *Runner) handle(ctx context.Context, in input) {
+	switch {
+	case in.forget:
+		if h := r.hosts[in.host]; h != nil {
+			if r.mnfa.Back(h.Name) {
+				r.mnfaEnded(ctx)
+			}
+		}
+		delete(r.hosts, in.host)
+	case in.track != nil:
+		if h := r.hosts[in.host]; h != nil {
+			for _, n := range in.track { // a network added; the others keep their state
+				if _, ok := h.Heartbeat[n]; !ok {
+					h.Heartbeat[n] = heartbeat.OK
+				}
+			}
+			return
+		}
+		hb := map[heartbeat.Network]heartbeat.State{}
+		for _, n := range in.track {
+			hb[n] = heartbeat.OK
+		}
+		inv, err := r.cfg.Hosts.Host(ctx, in.host)
+		if err != nil {
+			r.cfg.Logger.Error("host management: cannot read a host to watch", "host", in.host, "err", err)
+			return
+		}
+		r.hosts[in.host] = &Host{Name: inv.Name, Admin: inv.Administrative, Avail: inv.Availability, Heartbeat: hb}
+	default:
+		r.step(ctx, in.host, in.ev)
+	}
+}
+
+// step applies ev to a host and carries out the machine's actions.
+func (r *Runner) step(ctx context.Context, id string, ev Event) {
+	h := r.hosts[id]
+	if h == nil {
+		return // not watched (yet, or any more)
+	}
+	if inv, err := r.cfg.Hosts.Host(ctx, id); err == nil {
+		h.Name, h.Admin = inv.Name, inv.Administrative // renames and locks take effect
+	}
+	wasSilent := h.silent()
+	next, acts, err := r.m.Step(*h, ev, time.Now())
+	if err != nil {
+		r.cfg.Logger.Error("host management refused an event", "host", h.Name, "err", err)
+		return
+	}
+	before := *h
+	*h = next
+	r.carryOut(ctx, id, acts)
+	if before.Avail != h.Avail || !sameHB(before.Heartbeat, h.Heartbeat) {
+		r.record(ctx, id, before.Avail, *h)
+	}
+	// MNFA: several hosts silent together hold everyone's recovery.
+	switch silent := h.silent(); {
+	case silent && !wasSilent:
+		if r.mnfa.Silent(h.Name, time.Now()) {
+			r.mnfaBegan(ctx)
+		}
+	case !silent && wasSilent:
+		if r.mnfa.Back(h.Name) {
+			r.mnfaEnded(ctx)
+		}
+	}
+}
+
+func sameHB(a, b map[heartbeat.Network]heartbeat.State) bool {
+	if len(a) != len(b) {
+		return false
+	}
+	for k, v := range a {
+		if b[k] != v {
+			return false
+		}
+	}
+	return true
+}
+
+func (r *Runner) mnfaBegan(ctx context.Context) {
+	r.cfg.Logger.Warn("MNFA: several hosts lost heartbeat together; holding destructive recovery")
+	if _, _, err := r.cfg.Alarms.Raise(ctx, "200.012", "site="+r.cfg.Site, nil); err != nil {
+		r.cfg.Logger.Error("raising 200.012 failed", "err", err)
+	}
+	for id := range r.hosts {
+		r.step(ctx, id, Event{Kind: EvMNFA, MNFA: true})
+	}
+}
+
+func (r *Runner) mnfaEnded(ctx context.Context) {
+	r.cfg.Logger.Info("MNFA over")
+	if _, err := r.cfg.Alarms.Clear(ctx, "200.012", "site="+r.cfg.Site); err != nil {
+		r.cfg.Logger.Error("clearing 200.012 failed", "err", err)
+	}
+	for id := range r.hosts {
+		r.step(ctx, id, Event{Kind: EvMNFA, MNFA: false})
+	}
+}
+
+// record stores availability and heartbeat in the inventory.
+func (r *Runner) record(ctx context.Context, id string, was inventory.Availability, h Host) {
+	_, err := r.cfg.Hosts.UpdateHost(ctx, id, func(inv *inventory.Host) error {
+		inv.Heartbeat = inventory.Heartbeat{Mgmt: hbString(h.Heartbeat, heartbeat.Mgmt), Cluster: hbString(h.Heartbeat, heartbeat.Cluster)}
+		if inv.Availability != h.Avail && !inv.Availability.CanTo(h.Avail) && inv.Availability.CanTo(inventory.Online) {
+			inv.Availability = inventory.Online // through online, as the availability table requires
+		}
+		if err := inv.SetAvailability(h.Avail); err != nil {
+			return err
+		}
+		inv.Operational = inventory.Disabled
+		if h.Avail == inventory.Available || h.Avail == inventory.Degraded {
+			inv.Operational = inventory.Enabled
+		}
+		return nil
+	})
+	if err != nil {
+		r.cfg.Logger.Error("recording a host's availability failed", "host", h.Name, "err", err)
+		return
+	}
+	if was != h.Avail {
+		r.log(ctx, h.Name, fmt.Sprintf("availability %s -> %s", was, h.Avail))
+	}
+}
+
+func hbString(m map[heartbeat.Network]heartbeat.State, n heartbeat.Network) string {
+	if s, ok := m[n]; ok {
+		return s.String()
+	}
+	return ""
+}
+
+func (r *Runner) log(ctx context.Context, host, detail string) {
+	if _, err := r.cfg.Alarms.Log(ctx, "200.022", "host="+host, map[string]string{"detail": detail}); err != nil {
+		r.cfg.Logger.Warn("host maintenance log entry not stored", "host", host, "detail", detail, "err", err)
+	}
+}
+
+// carryOut does what the machine decided, in order; BMC calls run on
+// their own, their answers coming back as events.
+func (r *Runner) carryOut(ctx context.Context, id string, acts []Action) {
+	h := r.hosts[id]
+	entity := "host=" + h.Name
+	for _, a := range acts {
+		switch a.Kind {
+		case ActLog:
+			r.log(ctx, h.Name, a.Reason)
+		case ActRaise:
+			if _, _, err := r.cfg.Alarms.Raise(ctx, a.Alarm, entity, map[string]string{"detail": a.Reason}); err != nil {
+				r.cfg.Logger.Error("raising a host alarm failed", "host", h.Name, "alarm", a.Alarm, "err", err)
+			}
+		case ActClear:
+			if _, err := r.cfg.Alarms.Clear(ctx, a.Alarm, entity); err != nil {
+				r.cfg.Logger.Error("clearing a host alarm failed", "host", h.Name, "alarm", a.Alarm, "err", err)
+			}
+		case ActReadPower:
+			bmc := r.cfg.BMC(id)
+			if bmc == nil {
+				r.in <- input{host: id, ev: Event{Kind: EvPower, Power: PowerUnreachable}}
+				continue
+			}
+			go func() {
+				cctx, cancel := context.WithTimeout(ctx, r.cfg.CallTimeout)
+				defer cancel()
+				p, err := bmc.Power(cctx)
+				if err != nil {
+					r.cfg.Logger.Warn("reading a host's power through its BMC failed", "host", h.Name, "err", err)
+					p = PowerUnreachable
+				}
+				select {
+				case r.in <- input{host: id, ev: Event{Kind: EvPower, Power: p}}:
+				case <-ctx.Done():
+				}
+			}()
+		case ActBMCPowerOn, ActBMCPowerOff, ActBMCReset, ActBMCCycle:
+			bmc := r.cfg.BMC(id)
+			if bmc == nil {
+				r.log(ctx, h.Name, string(a.Kind)+" not possible: no BMC")
+				continue
+			}
+			call := map[ActionKind]func(context.Context) error{ActBMCPowerOn: bmc.PowerOn, ActBMCPowerOff: bmc.PowerOff,
+				ActBMCReset: bmc.Reset, ActBMCCycle: bmc.PowerCycle}[a.Kind]
+			name, kind := h.Name, a.Kind
+			go func() {
+				cctx, cancel := context.WithTimeout(ctx, r.cfg.CallTimeout)
+				defer cancel()
+				if err := call(cctx); err != nil {
+					r.cfg.Logger.Warn("a BMC action failed", "host", name, "action", kind, "err", err)
+				}
+			}()
+		case ActAgentReboot:
+			// Agents take commands from their report acknowledgements;
+			// a silent host's agent cannot, so the next step follows at the
+			// step timeout.
+			r.log(ctx, h.Name, "reboot through the agent requested")
+		}
+	}
+}

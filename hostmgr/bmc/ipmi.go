@@ -18,6 +18,9 @@ type ipmiBackend struct {
 	c    *Client
 	host string
 	port int
+	// suite is the cipher suite that worked last (0: none yet); it is
+	// tried first. Calls are serialised by the Client.
+	suite types.CipherSuiteID
 }
 
 func (b *ipmiBackend) protocol() string { return "ipmi" }
@@ -38,13 +41,21 @@ func (b *ipmiBackend) session(ctx context.Context, fn func(*client.Client) error
 	cl.WithTimeout(wait)
 	cl.WithRetry(2)
 	cl.WithMaxPrivilegeLevel(types.PrivilegeLevelAdministrator)
+	suites := []types.CipherSuiteID{types.CipherSuiteID17, types.CipherSuiteID3}
+	if b.suite == types.CipherSuiteID3 {
+		suites = []types.CipherSuiteID{types.CipherSuiteID3, types.CipherSuiteID17}
+	}
 	var last error
-	for _, cs := range []types.CipherSuiteID{types.CipherSuiteID17, types.CipherSuiteID3} {
+	for _, cs := range suites {
 		cl.WithCipherSuiteID(cs)
 		if last = cl.Connect(ctx); last == nil {
+			b.suite = cs
 			break
 		}
-		if c := ipmiClass(last); c != ErrUnsupported || ctx.Err() != nil {
+		// A BMC without suite 17 may refuse it with a status code or
+		// with a reply go-ipmi cannot parse (ipmi_sim): try the next
+		// suite unless the credentials were refused or time is up.
+		if ipmiClass(last) == ErrAuth || ctx.Err() != nil {
 			return ipmiError(ctx, last)
 		}
 	}

@@ -1,22 +1,27 @@
 package lab
 
 import (
+	"crypto/rand"
 	"crypto/sha256"
 	"encoding/hex"
 	"fmt"
 	"io"
 	"net"
+	"net/netip"
 	"os"
 	"os/exec"
 	"path/filepath"
 	"strconv"
+	"time"
 
 	"github.com/google/uuid"
 	"sigs.k8s.io/yaml"
 
 	"github.com/petrel-edge/petrel/agent"
 	"github.com/petrel-edge/petrel/agent/hostinit"
+	"github.com/petrel-edge/petrel/hostmgr/bmc"
 	"github.com/petrel-edge/petrel/internal/atomicfile"
+	"github.com/petrel-edge/petrel/internal/pki"
 	"github.com/petrel-edge/petrel/inventory"
 	"github.com/petrel-edge/petrel/lab/hostnet"
 	"github.com/petrel-edge/petrel/lab/vbmc"
@@ -112,7 +117,7 @@ func profileFor(p inventory.Personality) agent.Profile {
 // prepareHost lays out a host's software root: slot a with this petrel,
 // the active marker, the agent's identity and configuration, the services
 // host-init runs and the chassis configuration. It returns the machine id.
-func prepareHost(dir, prefix, binary string, h hostSpec, key string, siteURL string) (string, error) {
+func prepareHost(dir, prefix, binary string, h hostSpec, key string, siteURL string, bmcCfg *vbmc.BMCConfig) (string, error) {
 	p := pathsOf(dir, h.Site, key)
 	for _, d := range []string{"sw/a/bin", "sw/b/bin", "state", "logs", "data"} {
 		if err := os.MkdirAll(p.f(d), 0o700); err != nil {
@@ -172,7 +177,71 @@ func prepareHost(dir, prefix, binary string, h hostSpec, key string, siteURL str
 	// argv of host-init names the lab dir, the site and the host (its config path).
 	return id, writeYAML(p.f("vbmc.yaml"), vbmc.Config{Prefix: prefix, Site: h.Site, Host: key, SiteIndex: h.SiteIndex,
 		HostIndex: h.Index, SoftwareRoot: p.rootDir(), Boot: []string{"host-init", "--config", p.f("host.yaml")},
-		BootDelayMS: 200, Socket: p.f("vbmc.sock")})
+		BootDelayMS: 200, Socket: p.f("vbmc.sock"), BMC: bmcCfg, MachineID: id, SoftOffTimeoutMS: 5000})
+}
+
+// BMC ports inside a site: the standard ones.
+const (
+	bmcIPMIPort    = 623
+	bmcRedfishPort = 443
+)
+
+// prepareBMC writes a host BMC's credentials (a fresh random password,
+// 0600) and its Redfish certificate from the lab CA (for 127.0.0.1 and its
+// site address), picks its ports on 127.0.0.1, and returns the chassis'
+// BMC configuration and the host's lab.json entry.
+func prepareBMC(dir string, p hostPaths, addr netip.Addr, siteNS string) (*vbmc.BMCConfig, BMCEntry, error) {
+	if err := os.MkdirAll(p.rootDir(), 0o700); err != nil {
+		return nil, BMCEntry{}, err
+	}
+	pw := make([]byte, 10) // IPMI passwords are at most 20 bytes
+	if _, err := rand.Read(pw); err != nil {
+		return nil, BMCEntry{}, err
+	}
+	creds := bmc.Credentials{Username: "admin", Password: hex.EncodeToString(pw)}
+	credsFile := p.f("bmc.credentials")
+	if err := bmc.WriteCredentials(credsFile, creds); err != nil {
+		return nil, BMCEntry{}, err
+	}
+	ca, err := pki.LoadCA(filepath.Join(dir, "ca"))
+	if err != nil {
+		return nil, BMCEntry{}, err
+	}
+	is, err := ca.IssueServer("bmc."+filepath.Base(p.rootDir()), nil, []net.IP{net.IPv4(127, 0, 0, 1), net.IP(addr.AsSlice())}, 365*24*time.Hour)
+	if err != nil {
+		return nil, BMCEntry{}, err
+	}
+	if err := is.Write(p.f("bmc.crt"), p.f("bmc.key")); err != nil {
+		return nil, BMCEntry{}, err
+	}
+	ipmiPort, err := freeUDPPort()
+	if err != nil {
+		return nil, BMCEntry{}, err
+	}
+	rfPort, err := freePort()
+	if err != nil {
+		return nil, BMCEntry{}, err
+	}
+	siteIPMI := netip.AddrPortFrom(addr, bmcIPMIPort).String()
+	siteRF := netip.AddrPortFrom(addr, bmcRedfishPort).String()
+	cfg := &vbmc.BMCConfig{CredentialsFile: credsFile, TLSCert: p.f("bmc.crt"), TLSKey: p.f("bmc.key"),
+		Endpoints: []vbmc.Endpoint{
+			{IPMI: netJoin("127.0.0.1", ipmiPort), Redfish: netJoin("127.0.0.1", rfPort)},
+			{Netns: siteNS, IPMI: siteIPMI, Redfish: siteRF},
+		}}
+	return cfg, BMCEntry{Type: "dynamic", IPMI: netJoin("127.0.0.1", ipmiPort),
+		Redfish: "https://" + netJoin("127.0.0.1", rfPort) + "/redfish/v1", Username: creds.Username,
+		Password: creds.Password, CredentialsFile: credsFile, Address: addr.String(),
+		SiteIPMI: siteIPMI, SiteRedfish: "https://" + siteRF + "/redfish/v1"}, nil
+}
+
+func freeUDPPort() (int, error) {
+	c, err := net.ListenPacket("udp", "127.0.0.1:0")
+	if err != nil {
+		return 0, err
+	}
+	defer c.Close()
+	return c.LocalAddr().(*net.UDPAddr).Port, nil
 }
 
 // installBinary puts petrel into a slot: a hard link when the lab is on

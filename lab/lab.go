@@ -146,12 +146,21 @@ type HostEntry struct {
 	BMC         BMCEntry          `json:"bmc"`
 }
 
-// BMCEntry is how to reach a lab host's BMC.
+// BMCEntry is how to reach a lab host's BMC (its chassis): ipmi and
+// redfish from the machine's root namespace (127.0.0.1), site_ipmi and
+// site_redfish from inside the site (any host's namespace; the BMC's
+// address on the site's management network), with the credentials also
+// as a 0600 file for clients that take one.
 type BMCEntry struct {
-	IPMI     string `json:"ipmi"`
-	Redfish  string `json:"redfish"`
-	Username string `json:"username"`
-	Password string `json:"password"`
+	Type            string `json:"type"` // what host management should use: dynamic
+	IPMI            string `json:"ipmi"`
+	Redfish         string `json:"redfish"`
+	Username        string `json:"username"`
+	Password        string `json:"password"`
+	CredentialsFile string `json:"credentials_file"`
+	Address         string `json:"address"`
+	SiteIPMI        string `json:"site_ipmi"`
+	SiteRedfish     string `json:"site_redfish"`
 }
 
 // Config configures Up.
@@ -349,7 +358,15 @@ func buildHost(ctx context.Context, hn *hostnet.Lab, dir, prefix, binary string,
 	if err != nil {
 		return HostEntry{}, "", err
 	}
-	id, err := prepareHost(dir, prefix, binary, h, key, siteURL)
+	bmcAddr, siteNS, err := hn.EnsureBMC(ctx, h.Site, h.SiteIndex, h.Index)
+	if err != nil {
+		return HostEntry{}, "", err
+	}
+	bcfg, be, err := prepareBMC(dir, pathsOf(dir, h.Site, key), bmcAddr, siteNS)
+	if err != nil {
+		return HostEntry{}, "", err
+	}
+	id, err := prepareHost(dir, prefix, binary, h, key, siteURL, bcfg)
 	if err != nil {
 		return HostEntry{}, "", err
 	}
@@ -359,7 +376,7 @@ func buildHost(ctx context.Context, hn *hostnet.Lab, dir, prefix, binary string,
 	}
 	return HostEntry{Name: key, UUID: id, Personality: string(h.Personality), Netns: host.Netns(),
 		Addresses: map[string]string{"mgmt": host.Addr(hostnet.Mgmt).String(), "cluster": host.Addr(hostnet.Cluster).String()},
-		BMC:       BMCEntry{}}, id, nil
+		BMC:       be}, id, nil
 }
 
 // giveJoinToken creates a join token at the site and writes it (0600) where

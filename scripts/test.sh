@@ -48,6 +48,10 @@ install() {
   command -v iptables >/dev/null || missing+=(iptables)
   [ -x /usr/bin/chromium ] || missing+=(chromium)
   command -v node >/dev/null || missing+=(nodejs npm)
+  # BMC protocols: foreign clients and OpenIPMI's ipmi_sim as a foreign BMC.
+  command -v ipmitool >/dev/null || missing+=(ipmitool)
+  command -v ipmi_sim >/dev/null || missing+=(openipmi)
+  command -v redfishtool >/dev/null || missing+=(redfishtool)
   if [ ${#missing[@]} -gt 0 ]; then
     if [ "$(id -u)" != 0 ]; then
       echo "scripts/test.sh: missing Debian packages: ${missing[*]} (run as root to install them)" >&2

@@ -16,12 +16,13 @@ import (
 // state of its own, so any number of handles on the same host, in any
 // process, act on the same objects. Get one from Lab.AddHost or Lab.Host.
 type Host struct {
-	lab    *Lab
-	site   string
-	name   string
-	netns  string
-	cgroup cgroup
-	addrs  []netip.Addr // indexed like Networks()
+	lab     *Lab
+	site    string
+	name    string
+	netns   string
+	cgroup  cgroup
+	addrs   []netip.Addr // indexed like Networks()
+	siteIdx int
 }
 
 // Name is the host's name.
@@ -60,7 +61,15 @@ func (h *Host) setLink(ctx context.Context, n Network, state string) error {
 func (h *Host) LinkDown(ctx context.Context, n Network) error { return h.setLink(ctx, n, "down") }
 
 // LinkUp brings the host's interface on network n back up.
-func (h *Host) LinkUp(ctx context.Context, n Network) error { return h.setLink(ctx, n, "up") }
+func (h *Host) LinkUp(ctx context.Context, n Network) error {
+	if err := h.setLink(ctx, n, "up"); err != nil {
+		return err
+	}
+	if n == Mgmt {
+		return h.ensureBMCRoute(ctx)
+	}
+	return nil
+}
 
 // iptables chains inside a host namespace. Each chain holds rules without
 // interface matches; the jumps into it from INPUT and OUTPUT carry them,

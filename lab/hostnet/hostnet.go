@@ -21,8 +21,10 @@
 //   - Every process of host H runs in the cgroup v2 group
 //     "<cgroup v2 root>/P/S/H" (see [Host.Start]), which is what freezing
 //     ([Host.Freeze]) and power-off ([Host.PowerOff]) act on.
+//   - Each host's BMC has an address on the site's mgmt network, in the
+//     BMC subnet 10.90.<site>.0/24 (see [BMCAddr], [Lab.EnsureBMC]).
 //   - The root namespace has blackhole routes for the lab ranges
-//     10.88.0.0/16 and 10.89.0.0/16, so a stray packet to a lab address
+//     10.88.0.0/16, 10.89.0.0/16 and 10.90.0.0/16, so a stray packet to a lab address
 //     from the root namespace fails locally ("invalid argument") instead of
 //     leaving the machine through the default route. Reach lab endpoints
 //     from the root namespace with [ListenIn], [DialIn] or a [Forwarder].
@@ -366,7 +368,7 @@ func (l *Lab) Host(site, host string, siteIdx, hostIdx int) (*Host, error) {
 	if err := checkName("host", host); err != nil {
 		return nil, err
 	}
-	h := &Host{lab: l, site: site, name: host, netns: l.HostNetns(site, host),
+	h := &Host{lab: l, site: site, name: host, netns: l.HostNetns(site, host), siteIdx: siteIdx,
 		cgroup: cgroup(filepath.Join(l.cgroupDir(), site, host))}
 	for _, n := range Networks() {
 		a, err := Addr(n, siteIdx, hostIdx)
@@ -418,6 +420,13 @@ func (l *Lab) AddHost(ctx context.Context, site, host string, siteIdx, hostIdx i
 	}
 	for i, n := range Networks() {
 		if err := h.ensureLink(ctx, n, h.addrs[i], hostLinks, siteLinks); err != nil {
+			return nil, err
+		}
+	}
+	// The BMC route needs the link up; a host whose mgmt link a fault
+	// took down gets it back with LinkUp.
+	if err := h.ensureBMCRoute(ctx); err != nil {
+		if now, lerr := links(ctx, h.netns); lerr != nil || now[string(Mgmt)].up() {
 			return nil, err
 		}
 	}

@@ -175,6 +175,29 @@ func ListenIn(ctx context.Context, ns, addr string) (net.Listener, error) {
 	return l, nil
 }
 
+// ListenPacketIn opens a UDP socket on addr ("ip:port") inside the named
+// network namespace ns. Like ListenIn's listener, it keeps the namespace
+// alive until it is closed.
+func ListenPacketIn(ctx context.Context, ns, addr string) (*net.UDPConn, error) {
+	if err := checkAddrPort(addr); err != nil {
+		return nil, err
+	}
+	var c *net.UDPConn
+	err := inNetns(ns, func() error {
+		var lc net.ListenConfig
+		pc, err := lc.ListenPacket(ctx, "udp", addr)
+		if err != nil {
+			return err
+		}
+		c = pc.(*net.UDPConn)
+		return nil
+	})
+	if err != nil {
+		return nil, fmt.Errorf("listen in %s: %w", ns, err)
+	}
+	return c, nil
+}
+
 // DialIn opens a TCP connection to addr ("ip:port") from inside the named
 // network namespace ns. The connection keeps the namespace alive until it
 // is closed.

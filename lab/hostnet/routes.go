@@ -62,8 +62,8 @@ func (l *Lab) register(ctx context.Context) error {
 	if err := os.WriteFile(l.marker(), nil, 0o644); err != nil {
 		return fmt.Errorf("lab registry: %w", err)
 	}
-	for _, n := range Networks() {
-		if err := ensureBlackhole(ctx, n.Subnet().String()); err != nil {
+	for _, r := range labRanges() {
+		if err := ensureBlackhole(ctx, r.String()); err != nil {
 			return err
 		}
 	}
@@ -85,8 +85,8 @@ func (l *Lab) unregister(ctx context.Context) error {
 	if err != nil || len(left) > 0 {
 		return err
 	}
-	for _, n := range Networks() {
-		subnet := n.Subnet().String()
+	for _, r := range labRanges() {
+		subnet := r.String()
 		out, err := run(ctx, "", "ip", "-o", "route", "show", "type", "blackhole", "exact", subnet, "proto", routeProto)
 		if err != nil {
 			return err

@@ -4,8 +4,11 @@
 // the host's network namespace and cgroup; power-off takes the links down
 // first, then kills every process of the host and drops its TCP state, so the
 // host goes silent as a dead machine does. It runs outside the host's
-// namespace and cgroup. Operators and the lab command it over a unix socket;
-// the IPMI and Redfish protocols arrive with host management. The host's
+// namespace and cgroup. The lab commands it over a unix socket; host
+// management and operators speak to it as to a real BMC, over IPMI v2.0
+// (RMCP+, cipher suites 3 and 17; on go-ipmi's BMC server) and Redfish
+// (HTTPS, our own handlers), with simulated temperature, fan and power
+// sensors (see BMCConfig and ListenBMC). The host's
 // agent reads its cgroup's CPU and memory counters from the chassis (GET
 // /v1/usage), because the host's own mount namespace has no cgroupfs.
 package vbmc
@@ -23,6 +26,7 @@ import (
 	"path/filepath"
 	"strings"
 	"sync"
+	"syscall"
 	"time"
 
 	"github.com/petrel-edge/petrel/agent/monitor"
@@ -41,6 +45,14 @@ type Config struct {
 	Boot         []string `json:"boot"`          // arguments to the active slot's petrel
 	BootDelayMS  int      `json:"boot_delay_ms"` // power-on to boot
 	Socket       string   `json:"socket"`        // control socket path
+	// SoftOffTimeoutMS bounds a graceful shutdown: after it the chassis
+	// powers off whether or not the host's init has exited (default 10 s).
+	SoftOffTimeoutMS int `json:"soft_off_timeout_ms,omitempty"`
+	// BMC, if it has endpoints, serves IPMI and Redfish.
+	BMC *BMCConfig `json:"bmc,omitempty"`
+	// MachineID is the host's machine id; the BMC reports a UUID and GUID
+	// derived from it (default: site/host).
+	MachineID string `json:"machine_id,omitempty"`
 }
 
 // Power states.
@@ -62,6 +74,8 @@ type Chassis struct {
 	init  *exec.Cmd     // the booted host-init, while on
 	done  chan struct{} // closed when init exits
 	gen   int           // bumps on every power change; a stale boot timer does nothing
+
+	bg sync.WaitGroup // graceful shutdowns in progress; Run waits for them
 }
 
 // New prepares a chassis for an existing lab host.
@@ -101,14 +115,104 @@ func (c *Chassis) Run(ctx context.Context) error {
 	srv := &http.Server{Handler: c.handler(), ReadHeaderTimeout: 5 * time.Second}
 	go srv.Serve(ln)
 	defer srv.Close()
+	bmcDone := make(chan error, 1)
+	bctx, stopBMC := context.WithCancel(ctx)
+	defer stopBMC()
+	if c.cfg.BMC != nil && len(c.cfg.BMC.Endpoints) > 0 {
+		id := c.cfg.MachineID
+		if id == "" {
+			id = c.cfg.Site + "/" + c.cfg.Host
+		}
+		b, err := ListenBMC(ctx, *c.cfg.BMC, c, id, c.log.With("component", "bmc"))
+		if err != nil {
+			return err
+		}
+		go func() { bmcDone <- b.Serve(bctx) }()
+	} else {
+		bmcDone <- nil
+	}
 	if err := c.power(ctx, want); err != nil {
 		c.log.Error("restoring power state failed", "state", want, "err", err)
 	}
-	<-ctx.Done()
+	var bmcErr error
+	select {
+	case <-ctx.Done():
+	case bmcErr = <-bmcDone:
+		if bmcErr != nil {
+			c.log.Error("BMC failed", "err", bmcErr)
+		}
+	}
+	stopBMC()
 	// The lab is going down: the host dies with its chassis.
 	sctx, cancel := context.WithTimeout(context.Background(), 15*time.Second)
 	defer cancel()
-	return c.power(sctx, Off)
+	err = c.power(sctx, Off)
+	c.bg.Wait()
+	return errors.Join(bmcErr, err)
+}
+
+// PowerState is On or Off (Power, for the BMC protocols).
+func (c *Chassis) PowerState() string { return c.State() }
+
+// PowerAction performs a BMC power action. A graceful shutdown or restart
+// returns once started and completes in the background (as the ACPI
+// request of a real BMC does); the others complete before it returns.
+func (c *Chassis) PowerAction(ctx context.Context, a Action) error {
+	switch a {
+	case ActionSoftOff, ActionSoftRestart:
+		if c.State() == Off {
+			if a == ActionSoftRestart {
+				return errors.New("vbmc: the host is off")
+			}
+			return nil
+		}
+		c.bg.Add(1)
+		go func() {
+			defer c.bg.Done()
+			timeout := time.Duration(c.cfg.SoftOffTimeoutMS) * time.Millisecond
+			if timeout <= 0 {
+				timeout = 10 * time.Second
+			}
+			sctx, cancel := context.WithTimeout(context.Background(), timeout+15*time.Second)
+			defer cancel()
+			if err := c.softOff(sctx, timeout); err != nil {
+				c.log.Error("graceful shutdown failed", "err", err)
+				return
+			}
+			if a == ActionSoftRestart {
+				if err := c.power(sctx, On); err != nil {
+					c.log.Error("graceful restart: power on failed", "err", err)
+				}
+			}
+		}()
+		return nil
+	case ActionOn, ActionOff, ActionCycle, ActionReset:
+		return c.power(ctx, string(a))
+	}
+	return fmt.Errorf("vbmc: unknown power action %q", a)
+}
+
+// softOff asks the host's init to stop (SIGTERM), waits up to timeout for
+// it to exit, then powers the chassis off.
+func (c *Chassis) softOff(ctx context.Context, timeout time.Duration) error {
+	c.op.Lock()
+	defer c.op.Unlock()
+	c.mu.Lock()
+	init, done := c.init, c.done
+	c.mu.Unlock()
+	if init != nil && done != nil {
+		c.log.Info("graceful shutdown: stopping host-init", "pid", init.Process.Pid)
+		_ = init.Process.Signal(syscall.SIGTERM)
+		t := time.NewTimer(timeout)
+		select {
+		case <-done:
+		case <-t.C:
+			c.log.Warn("graceful shutdown: host-init still running; powering off", "timeout", timeout)
+		case <-ctx.Done():
+		}
+		t.Stop()
+	}
+	return c.powerOff(ctx)
 }
 
 // State is the chassis' power state.

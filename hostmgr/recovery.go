@@ -127,6 +127,7 @@ const (
 	EvLock                           // the operator locked the host
 	EvUnlock                         // the operator unlocked the host
 	EvPowerOff                       // the operator powered the locked host off
+	EvPowerOn                        // the operator powered it on again
 )
 
 // ActionKind is what the site controller must do.
@@ -212,7 +213,7 @@ func (s *step) move(p Phase, deadline time.Duration) error {
 		if !ok {
 			return fmt.Errorf("hostmgr: %s: no move from %q to %q", s.h.Name, s.h.Phase, p)
 		}
-		s.do(Action{Kind: ActLog, Reason: fmt.Sprintf("%s: recovery %s -> %s", s.h.Name, orNone(s.h.Phase), orNone(p))})
+		s.do(Action{Kind: ActLog, Reason: fmt.Sprintf("recovery %s -> %s", orNone(s.h.Phase), orNone(p))})
 	}
 	s.h.Phase = p
 	s.h.Deadline = time.Time{}
@@ -273,6 +274,13 @@ func (s *step) apply(ev Event) error {
 		s.h.Avail = inventory.PowerOff
 		s.do(Action{Kind: ActBMCPowerOff})
 		return nil
+	case EvPowerOn:
+		if s.h.Phase == PhaseOperatorOff {
+			if err := s.move(PhaseNone, 0); err != nil {
+				return err
+			}
+		}
+		return s.settle()
 	case EvHeartbeat:
 		s.h.Heartbeat[ev.Network] = ev.State
 		return s.settle()
@@ -296,7 +304,7 @@ func (s *step) settle() error {
 	}
 	if h.healthy() {
 		if h.Phase != PhaseNone {
-			s.do(Action{Kind: ActLog, Reason: h.Name + " is back"})
+			s.do(Action{Kind: ActLog, Reason: "heard again on every network"})
 		}
 		if err := s.move(PhaseNone, 0); err != nil {
 			return err
@@ -349,7 +357,7 @@ func (s *step) suspect() error {
 		if err := s.move(PhaseHold, 0); err != nil {
 			return err
 		}
-		s.do(Action{Kind: ActLog, Reason: s.h.Name + " silent during MNFA: holding"})
+		s.do(Action{Kind: ActLog, Reason: "silent during MNFA: holding"})
 		return nil
 	}
 	if err := s.move(PhaseSuspect, s.m.t.StepTimeout); err != nil {

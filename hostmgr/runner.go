@@ -96,6 +96,9 @@ func (r *Runner) Heartbeat(ch heartbeat.Change) {
 	r.in <- input{host: ch.Host.String(), ev: Event{Kind: EvHeartbeat, Network: ch.Network, State: ch.State}}
 }
 
+// Event passes an operator's action on (lock, unlock, power-off, power-on).
+func (r *Runner) Event(hostID string, ev Event) { r.in <- input{host: hostID, ev: ev} }
+
 // Run handles inputs and phase timers until ctx ends.
 func (r *Runner) Run(ctx context.Context) error {
 	tick := time.NewTicker(250 * time.Millisecond)

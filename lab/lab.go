@@ -329,6 +329,17 @@ func Up(ctx context.Context, cfg Config) (_ *File, err error) {
 				return nil, fmt.Errorf("lab: assign %s/%s: %w", sp.Name, h.Name, err)
 			}
 			f.Sites[i].Hosts[j].UUID = id
+			// Host management reaches the host's chassis as its BMC, from
+			// inside the site; then the host goes into service.
+			b := h.BMC
+			bmcBody := map[string]string{"type": "dynamic", "ipmi": b.SiteIPMI, "redfish": b.SiteRedfish,
+				"username": b.Username, "password": b.Password}
+			if err := api.Do(ctx, http.MethodPut, "/v1/hosts/"+id+"/bmc", nil, bmcBody, nil); err != nil {
+				return nil, fmt.Errorf("lab: set the BMC of %s/%s: %w", sp.Name, h.Name, err)
+			}
+			if err := api.Do(ctx, http.MethodPost, "/v1/hosts/"+id+"/action", nil, map[string]string{"action": "unlock"}, nil); err != nil {
+				return nil, fmt.Errorf("lab: unlock %s/%s: %w", sp.Name, h.Name, err)
+			}
 		}
 	}
 	// And until every site is online at central with all its hosts.

@@ -61,6 +61,8 @@ type Subcloud struct {
 	Enrollment inventory.Enrollment
 	hostLocks  *hostLocks   // per host: agent reports vs. rename and delete
 	maint      *maintenance // nil: no heartbeat
+	bmcs       bmcSecrets   // hosts' sealed BMC access
+	bmcClients *bmcClients
 
 	connected atomic.Bool   // the link to central is up
 	seq       atomic.Uint64 // last update sequence sent
@@ -111,7 +113,8 @@ func New(ctx context.Context, cfg Config) (*Subcloud, error) {
 		return nil, err
 	}
 	s := &Subcloud{cfg: cfg, shell: shell, log: cfg.Shell.Logger, agentCA: agentCA, Hosts: hosts, Enrollment: hosts,
-		hostLocks: newHostLocks()}
+		hostLocks: newHostLocks(), bmcs: hosts}
+	s.bmcClients = &bmcClients{s: s}
 	if shell.CACert != "" {
 		if s.serverCA, err = os.ReadFile(shell.CACert); err != nil {
 			shell.Close()
@@ -167,6 +170,8 @@ func (s *Subcloud) register(srv *rest.Server, a *auth.Service) {
 	srv.Handle("getHost", http.MethodGet, "/v1/hosts/{id}", a.Require(auth.Reader), s.getHost)
 	srv.Handle("updateHost", http.MethodPatch, "/v1/hosts/{id}", a.Require(auth.Operator), s.updateHost)
 	srv.Handle("deleteHost", http.MethodDelete, "/v1/hosts/{id}", a.Require(auth.Operator), s.deleteHost)
+	srv.Handle("setHostBMC", http.MethodPut, "/v1/hosts/{id}/bmc", a.Require(auth.Admin), s.setBMC)
+	srv.Handle("hostAction", http.MethodPost, "/v1/hosts/{id}/action", a.Require(auth.Operator), s.hostAction)
 	srv.Handle("listJoinTokens", http.MethodGet, "/v1/join-tokens", a.Require(auth.Operator), s.listJoinTokens)
 	srv.Handle("createJoinToken", http.MethodPost, "/v1/join-tokens", a.Require(auth.Operator), s.createJoinToken)
 	srv.Handle("deleteJoinToken", http.MethodDelete, "/v1/join-tokens/{id}", a.Require(auth.Operator), s.deleteJoinToken)

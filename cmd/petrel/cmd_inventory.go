@@ -82,8 +82,53 @@ func (a *app) hostCmd() *cobra.Command {
 			return nil
 		},
 	}
+	var actions []*cobra.Command
+	for _, act := range []struct{ verb, short string }{
+		{"lock", "Lock a host (refused for the site's only enabled controller)"},
+		{"force-lock", "Lock a host even if it is the only enabled controller"},
+		{"unlock", "Unlock a host: it returns to service"},
+		{"power-on", "Power a locked host on through its BMC"},
+		{"power-off", "Power a locked host off through its BMC (it stays off)"},
+		{"reset", "Reset a locked host through its BMC"},
+		{"reboot", "Reboot a locked host"},
+	} {
+		actions = append(actions, &cobra.Command{
+			Use: act.verb + " NAME|UUID", Short: act.short, Args: exactArgs(1, "NAME|UUID"),
+			RunE: func(cmd *cobra.Command, args []string) error {
+				return a.call(cmd, http.MethodPost, "/v1/hosts/"+url.PathEscape(args[0])+"/action", map[string]string{"action": act.verb})
+			},
+		})
+	}
+	var bmcType, ipmiAddr, redfishURL, bmcUser, bmcPasswordFile string
+	bmcSet := &cobra.Command{
+		Use:   "set NAME|UUID --type ipmi|redfish|dynamic|none [--ipmi HOST[:PORT]] [--redfish URL] --username U --password-file F",
+		Short: "Set a host's BMC (admin); the password comes from a 0600 file or standard input, never argv",
+		Args:  exactArgs(1, "NAME|UUID"),
+		RunE: func(cmd *cobra.Command, args []string) error {
+			body := map[string]string{"type": bmcType, "ipmi": ipmiAddr, "redfish": redfishURL, "username": bmcUser}
+			if bmcType != "none" {
+				pw, err := a.readPassword(bmcPasswordFile, "BMC password: ")
+				if err != nil {
+					return err
+				}
+				body["password"] = pw
+			}
+			for k, v := range body {
+				if v == "" {
+					delete(body, k)
+				}
+			}
+			return a.call(cmd, http.MethodPut, "/v1/hosts/"+url.PathEscape(args[0])+"/bmc", body)
+		},
+	}
+	bmcSet.Flags().StringVar(&bmcType, "type", "dynamic", "ipmi, redfish, dynamic (Redfish first) or none")
+	bmcSet.Flags().StringVar(&ipmiAddr, "ipmi", "", "the BMC's IPMI address, host or host:port")
+	bmcSet.Flags().StringVar(&redfishURL, "redfish", "", "the BMC's Redfish URL, https://host[:port]/redfish/v1")
+	bmcSet.Flags().StringVar(&bmcUser, "username", "", "BMC user")
+	bmcSet.Flags().StringVar(&bmcPasswordFile, "password-file", "", "file holding the BMC password (mode 0600)")
+	bmcCmd := group("bmc", "A host's board management controller", bmcSet)
 	return group("host", "Inspect and manage a site's hosts (at a site, or through central with --site)",
-		list, show, assign, del, a.joinTokenCmd())
+		append([]*cobra.Command{list, show, assign, del, a.joinTokenCmd(), bmcCmd}, actions...)...)
 }
 
 func (a *app) subcloudCmd() *cobra.Command {

@@ -81,6 +81,8 @@ func TestLabHostsAddAndPower(t *testing.T) {
 	}
 	var before map[string]any
 	json.Unmarshal([]byte(site.ok("host", "show", "worker-0", "-o", "json")), &before)
+	// Locked, so host management leaves its power to the operator.
+	site.ok("host", "lock", "worker-0")
 	base.ok("lab", "fault", "power-off", "site-std/worker-0")
 	if p := pidsIn(w.Netns); len(p) != 0 {
 		t.Errorf("after power-off worker-0 still runs %v", p)

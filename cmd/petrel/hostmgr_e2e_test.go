@@ -1,0 +1,134 @@
+package main
+
+import (
+	"encoding/json"
+	"os"
+	"path/filepath"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/petrel-edge/petrel/lab"
+)
+
+// TestHostRecoveryInTheLab drives rows of brief §4's fault table on a real
+// lab site (heartbeat over the host networks, the chassis as BMC over
+// IPMI/Redfish) and checks the response: power loss -> failed at once,
+// powered on through the BMC, available; one network down -> degraded,
+// never a reboot; a 2 s hang -> no reboot; an operator's power-off of a
+// locked host stays off. And the refusals of host actions.
+func TestHostRecoveryInTheLab(t *testing.T) {
+	dir := filepath.Join(t.TempDir(), "lab")
+	base := cli{t: t, env: []string{"PETREL_LAB_DIR=" + dir}}
+	base.ok("lab", "up", "--sites", "site-r=multi-server:1")
+	t.Cleanup(func() { base.run("", "lab", "down") })
+	lf, err := lab.Load(dir)
+	if err != nil {
+		t.Fatal(err)
+	}
+	site := base.with("PETREL_URL="+lf.Sites[0].URL, "PETREL_TOKEN="+lf.Sites[0].Token, "PETREL_CA_CERT="+lf.CACert)
+	type hostView struct {
+		Availability   string `json:"availability"`
+		Administrative string `json:"administrative"`
+		BootID         string `json:"boot_id"`
+		Heartbeat      struct{ Mgmt, Cluster string }
+		BMC            struct{ Status string }
+	}
+	show := func(name string) hostView {
+		var h hostView
+		json.Unmarshal([]byte(site.ok("host", "show", name, "-o", "json")), &h)
+		return h
+	}
+	waitFor := func(what string, limit time.Duration, cond func(hostView) bool) (hostView, time.Duration) {
+		t.Helper()
+		start := time.Now()
+		var h hostView
+		for time.Since(start) < limit {
+			if h = show("worker-0"); cond(h) {
+				return h, time.Since(start)
+			}
+			time.Sleep(100 * time.Millisecond) // polling with a deadline
+		}
+		t.Fatalf("worker-0 %s: not within %s; last %+v", what, limit, h)
+		return h, 0
+	}
+	alarmEvents := func(id string) string {
+		return site.ok("event", "list", "--alarm-id", id, "--entity", "host=worker-0", "-o", "json")
+	}
+	boots := func() int {
+		b, _ := os.ReadFile(filepath.Join(dir, "hosts", "site-r", "worker-0", "console.log"))
+		return strings.Count(string(b), "boot from slot")
+	}
+	h0, _ := waitFor("available", 20*time.Second, func(h hostView) bool { return h.Availability == "available" })
+
+	// Power loss of an unlocked host: failed at once, then powered on
+	// through its BMC and available again.
+	nBoots := boots()
+	base.ok("lab", "fault", "power-off", "site-r/worker-0")
+	_, failedAfter := waitFor("failed", 10*time.Second, func(h hostView) bool { return h.Availability == "failed" })
+	h1, back := waitFor("available again", 60*time.Second, func(h hostView) bool {
+		return h.Availability == "available" && h.BootID != h0.BootID
+	})
+	t.Logf("power loss: failed after %s, available again after %s more", failedAfter.Round(10*time.Millisecond), back.Round(10*time.Millisecond))
+	if boots() != nBoots+1 {
+		t.Errorf("console shows %d boots after the power loss; want %d", boots(), nBoots+1)
+	}
+	if ev := alarmEvents("200.004"); !strings.Contains(ev, `"type": "set"`) || !strings.Contains(ev, `"type": "clear"`) {
+		t.Errorf("200.004 events for the power loss:\n%s", ev)
+	}
+	if h1.BMC.Status != "ok" {
+		t.Errorf("BMC status %q after it was used; want ok", h1.BMC.Status)
+	}
+
+	// One network down: degraded with 200.009, never a reboot.
+	base.ok("lab", "fault", "link-down", "site-r/worker-0", "--net", "cluster")
+	waitFor("degraded", 10*time.Second, func(h hostView) bool { return h.Availability == "degraded" && h.Heartbeat.Cluster == "lost" })
+	if out := site.ok("alarm", "list", "--alarm_id", "200.009"); !strings.Contains(out, "host=worker-0") {
+		t.Errorf("200.009 not active with the cluster link down:\n%s", out)
+	}
+	time.Sleep(3 * time.Second) // a window in which a reboot must not happen (nothing to poll for)
+	base.ok("lab", "fault", "link-up", "site-r/worker-0", "--net", "cluster")
+	h2, _ := waitFor("available after link-up", 10*time.Second, func(h hostView) bool { return h.Availability == "available" })
+	if h2.BootID != h1.BootID {
+		t.Errorf("one network down rebooted the host")
+	}
+
+	// A 2 s hang (BMC reads on) is within the graceful window: no reboot.
+	base.ok("lab", "fault", "hang", "site-r/worker-0")
+	waitFor("silent", 10*time.Second, func(h hostView) bool { return h.Heartbeat.Mgmt == "lost" && h.Heartbeat.Cluster == "lost" })
+	base.ok("lab", "fault", "resume", "site-r/worker-0")
+	h3, _ := waitFor("available after the hang", 10*time.Second, func(h hostView) bool { return h.Availability == "available" })
+	if h3.BootID != h1.BootID || boots() != nBoots+1 {
+		t.Errorf("a short hang rebooted the host")
+	}
+
+	// The operator's power-off of a locked host stays off.
+	site.exit(1, "host", "power-off", "worker-0") // unlocked: refused
+	site.ok("host", "lock", "worker-0")
+	site.exit(1, "host", "lock", "worker-0") // already locked
+	site.ok("host", "power-off", "worker-0")
+	waitFor("power-off", 10*time.Second, func(h hostView) bool { return h.Availability == "power-off" })
+	time.Sleep(3 * time.Second) // a window in which nothing may power it on (nothing to poll for)
+	if h := show("worker-0"); h.Availability != "power-off" || boots() != nBoots+1 {
+		t.Errorf("an operator's power-off did not stay off: %+v, %d boots", h, boots())
+	}
+	site.ok("host", "power-on", "worker-0")
+	waitFor("back after power-on", 60*time.Second, func(h hostView) bool { return h.Availability == "available" })
+	site.ok("host", "unlock", "worker-0")
+
+	// Locking controllers: the last enabled one needs force-lock.
+	site.ok("host", "lock", "controller-1")
+	out := site.exit(1, "host", "lock", "controller-0")
+	if !strings.Contains(out, "force-lock") {
+		t.Errorf("locking the only enabled controller: %s", out)
+	}
+	site.ok("host", "unlock", "controller-1")
+	pw := filepath.Join(t.TempDir(), "bmc.pw")
+	os.WriteFile(pw, []byte("secret\n"), 0o600)
+	if out := site.exit(1, "host", "bmc", "set", "worker-0", "--type", "bogus", "--username", "u", "--password-file", pw); !strings.Contains(out, "type") {
+		t.Errorf("a bogus BMC type: %s", out)
+	}
+	if h := show("worker-0"); h.BMC.Status != "ok" {
+		t.Errorf("a refused BMC change changed the host: %+v", h)
+	}
+}

@@ -1,0 +1,122 @@
+package subcloud
+
+import (
+	"context"
+	"fmt"
+	"net/http"
+	"time"
+
+	"github.com/petrel-edge/petrel/hostmgr"
+	"github.com/petrel-edge/petrel/internal/errs"
+	"github.com/petrel-edge/petrel/internal/rest"
+	"github.com/petrel-edge/petrel/inventory"
+)
+
+// HostActionRequest is the body of POST /v1/hosts/{id}/action.
+type HostActionRequest struct {
+	Action string `json:"action"` // lock | force-lock | unlock | power-on | power-off | reset | reboot
+}
+
+var hostActions = map[string]bool{"lock": true, "force-lock": true, "unlock": true, "power-on": true,
+	"power-off": true, "reset": true, "reboot": true}
+
+func (s *Subcloud) hostAction(r *http.Request) (int, any, error) {
+	var req HostActionRequest
+	if err := rest.DecodeJSON(r, &req); err != nil {
+		return 0, nil, err
+	}
+	if !hostActions[req.Action] {
+		return 0, nil, errs.Field("action", "must be lock, force-lock, unlock, power-on, power-off, reset or reboot")
+	}
+	ctx := r.Context()
+	h, err := s.Hosts.Host(ctx, rest.Var(r, "id"))
+	if err != nil {
+		return 0, nil, err
+	}
+	switch req.Action {
+	case "lock", "force-lock":
+		if h.Administrative == inventory.Locked {
+			return 0, nil, fmt.Errorf("%w: host %s is already locked", inventory.ErrInvalidTransition, h.Name)
+		}
+		if req.Action == "lock" {
+			if err := s.lastController(ctx, h); err != nil {
+				return 0, nil, err
+			}
+		}
+		h, err = s.setAdmin(ctx, h.UUID, inventory.Locked)
+	case "unlock":
+		if h.Administrative == inventory.Unlocked {
+			return 0, nil, fmt.Errorf("%w: host %s is already unlocked", inventory.ErrInvalidTransition, h.Name)
+		}
+		if h.Personality == inventory.PersonalityNone {
+			return 0, nil, fmt.Errorf("%w: assign host %s a personality before unlocking it", inventory.ErrInvalidTransition, h.Name)
+		}
+		h, err = s.setAdmin(ctx, h.UUID, inventory.Unlocked)
+	default: // BMC actions
+		if h.Administrative != inventory.Locked {
+			return 0, nil, fmt.Errorf("%w: lock host %s before %s", inventory.ErrInvalidTransition, h.Name, req.Action)
+		}
+		b := s.bmcFor(h.UUID)
+		if b == nil {
+			return 0, nil, errs.Field("action", "host %s has no BMC: set one with petrel host bmc set", h.Name)
+		}
+		call := map[string]func(context.Context) error{"power-on": b.PowerOn, "power-off": b.PowerOff,
+			"reset": b.Reset, "reboot": b.Reset}[req.Action]
+		cctx, cancel := context.WithTimeout(ctx, 30*time.Second)
+		defer cancel()
+		if err := call(cctx); err != nil {
+			return 0, nil, errs.Wrapf(errs.Unavailable, "the BMC of %s: %v", h.Name, err)
+		}
+		if s.maint != nil {
+			switch req.Action {
+			case "power-off":
+				s.maint.runner.Event(h.UUID, hostmgr.Event{Kind: hostmgr.EvPowerOff})
+			case "power-on":
+				s.maint.runner.Event(h.UUID, hostmgr.Event{Kind: hostmgr.EvPowerOn})
+			}
+		}
+	}
+	if err != nil {
+		return 0, nil, err
+	}
+	return http.StatusOK, h.WithUptime(time.Now()), nil
+}
+
+// lastController refuses to lock the only enabled controller of the site.
+func (s *Subcloud) lastController(ctx context.Context, h inventory.Host) error {
+	if h.Personality != inventory.Controller {
+		return nil
+	}
+	hosts, _, err := s.Hosts.Hosts(ctx, rest.ListOptions{Limit: rest.MaxLimit,
+		Filters: map[string]string{"personality": string(inventory.Controller)}})
+	if err != nil {
+		return err
+	}
+	for _, o := range hosts {
+		if o.UUID != h.UUID && o.Administrative == inventory.Unlocked && o.Operational == inventory.Enabled {
+			return nil
+		}
+	}
+	return fmt.Errorf("%w: host %s is the site's only enabled controller; use force-lock to lock it anyway",
+		inventory.ErrInvalidTransition, h.Name)
+}
+
+func (s *Subcloud) setAdmin(ctx context.Context, id string, next inventory.AdminState) (inventory.Host, error) {
+	out, err := hostUpdater{s}.UpdateHost(ctx, id, func(h *inventory.Host) error { return h.SetAdministrative(next) })
+	if err != nil {
+		return out, err
+	}
+	if next == inventory.Locked {
+		s.shell.Alarms.Raise(ctx, "200.001", "host="+out.Name, nil)
+	} else {
+		s.shell.Alarms.Clear(ctx, "200.001", "host="+out.Name)
+	}
+	if s.maint != nil {
+		kind := hostmgr.EvUnlock
+		if next == inventory.Locked {
+			kind = hostmgr.EvLock
+		}
+		s.maint.runner.Event(id, hostmgr.Event{Kind: kind})
+	}
+	return out, nil
+}

@@ -186,7 +186,9 @@ type hostBMC struct {
 	host string
 }
 
-func (b hostBMC) cl(ctx context.Context) (*bmc.Client, error) { return b.s.bmcClients.client(ctx, b.host) }
+func (b hostBMC) cl(ctx context.Context) (*bmc.Client, error) {
+	return b.s.bmcClients.client(ctx, b.host)
+}
 
 func (b hostBMC) Power(ctx context.Context) (hostmgr.Power, error) {
 	cl, err := b.cl(ctx)

@@ -160,7 +160,9 @@ func prepareHost(dir, prefix, binary string, h hostSpec, key string, siteURL str
 			"data_dir": p.f("data"), "tls": map[string]string{"ca_dir": filepath.Join(dir, "ca")}, "log_level": "info",
 			// Host maintenance pulses every host on both networks from the
 			// controller's interfaces named after them (brief §4 defaults).
-			"heartbeat": map[string]any{},
+			// Recovery steps get 20 s (60 s by default): a lab host boots in
+			// about a second.
+			"heartbeat": map[string]any{"step_timeout": "20s"},
 		}
 		if h.Home != nil {
 			conf["central"] = h.Home

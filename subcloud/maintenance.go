@@ -34,6 +34,9 @@ type HeartbeatConfig struct {
 	// after the network.
 	Listen map[string]string `json:"listen"`
 	Grace  string            `json:"grace"` // G: default 5s, at least 3s
+	// StepTimeout is how long each recovery step (reboot, BMC reset,
+	// power-cycle, power-on) gets to bring the host back; default 60s.
+	StepTimeout string `json:"step_timeout"`
 }
 
 // DefaultHeartbeatPort is where agents answer pulses.
@@ -80,6 +83,12 @@ func (s *Subcloud) newMaintenance(cfg *HeartbeatConfig) (*maintenance, error) {
 			return nil, fmt.Errorf("config: heartbeat.grace %q: want a duration of at least 3s", cfg.Grace)
 		}
 	}
+	var step time.Duration
+	if cfg.StepTimeout != "" {
+		if step, err = time.ParseDuration(cfg.StepTimeout); err != nil || step < 5*time.Second {
+			return nil, fmt.Errorf("config: heartbeat.step_timeout %q: want a duration of at least 5s", cfg.StepTimeout)
+		}
+	}
 	listen := map[heartbeat.Network]netip.AddrPort{}
 	for name, n := range networksByName {
 		addr := cfg.Listen[name]
@@ -102,7 +111,7 @@ func (s *Subcloud) newMaintenance(cfg *HeartbeatConfig) (*maintenance, error) {
 	if len(listen) == 0 {
 		return nil, errors.New("config: heartbeat: no network to pulse on (no interface named mgmt or cluster, and no heartbeat.listen)")
 	}
-	if m.runner, err = hostmgr.NewRunner(hostmgr.RunnerConfig{Site: s.cfg.Site, Timing: hostmgr.Timing{Grace: grace},
+	if m.runner, err = hostmgr.NewRunner(hostmgr.RunnerConfig{Site: s.cfg.Site, Timing: hostmgr.Timing{Grace: grace, StepTimeout: step},
 		Hosts: hostUpdater{s}, Alarms: s.shell.Alarms, BMC: s.bmcFor, Logger: s.log.With("component", "hostmgr")}); err != nil {
 		return nil, err
 	}

@@ -195,11 +195,13 @@ func (h *Host) PowerOff(ctx context.Context) error {
 			return err
 		}
 	}
-	if err := h.cgroup.kill(ctx); err != nil {
-		return fmt.Errorf("power off %s: %w", h.name, err)
-	}
+	// Whether it was hung, read before the kill: the kill recreates the
+	// cgroup, which forgets that it was frozen, but the drop rules stay.
 	frozen, err := h.cgroup.freezeRequested()
 	if err != nil {
+		return fmt.Errorf("power off %s: %w", h.name, err)
+	}
+	if err := h.cgroup.kill(ctx); err != nil {
 		return fmt.Errorf("power off %s: %w", h.name, err)
 	}
 	if frozen {

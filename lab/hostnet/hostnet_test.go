@@ -598,6 +598,20 @@ func TestFreezeThaw(t *testing.T) {
 		t.Errorf("Frozen() after Thaw = %v, %v; want false", frozen, err)
 	}
 	mustEcho(t, ctx, b, addr) // the same process answers again
+
+	// A hung host that is reset (power off, then on) is not hung any more:
+	// its new processes run and its traffic flows.
+	if err := a.Freeze(ctx); err != nil {
+		t.Fatalf("Freeze() = %v", err)
+	}
+	if err := a.PowerOff(ctx); err != nil {
+		t.Fatalf("PowerOff() of a hung host = %v", err)
+	}
+	if err := a.PowerOn(ctx); err != nil {
+		t.Fatalf("PowerOn() = %v", err)
+	}
+	startEcho(t, a, addr)
+	mustEcho(t, ctx, b, addr)
 }
 
 func TestLoss(t *testing.T) {

@@ -132,3 +132,75 @@ func TestHostRecoveryInTheLab(t *testing.T) {
 		t.Errorf("a refused BMC change changed the host: %+v", h)
 	}
 }
+
+// TestHostMNFAAndEscalation: two hosts hung together are MNFA — one alarm
+// (200.012), nothing destructive, back without a reboot when they return;
+// one host hung past the graceful window escalates: failed with 200.004,
+// reboot through its agent, then a BMC reset that brings it back.
+func TestHostMNFAAndEscalation(t *testing.T) {
+	dir := filepath.Join(t.TempDir(), "lab")
+	base := cli{t: t, env: []string{"PETREL_LAB_DIR=" + dir}}
+	base.ok("lab", "up", "--sites", "site-m=multi-server:2")
+	t.Cleanup(func() { base.run("", "lab", "down") })
+	lf, err := lab.Load(dir)
+	if err != nil {
+		t.Fatal(err)
+	}
+	site := base.with("PETREL_URL="+lf.Sites[0].URL, "PETREL_TOKEN="+lf.Sites[0].Token, "PETREL_CA_CERT="+lf.CACert)
+	avail := func(host string) string {
+		var h struct {
+			Availability string `json:"availability"`
+		}
+		json.Unmarshal([]byte(site.ok("host", "show", host, "-o", "json")), &h)
+		return h.Availability
+	}
+	boots := func(host string) int {
+		b, _ := os.ReadFile(filepath.Join(dir, "hosts", "site-m", host, "console.log"))
+		return strings.Count(string(b), "boot from slot")
+	}
+	waitUntil := func(what string, limit time.Duration, cond func() bool) time.Duration {
+		t.Helper()
+		start := time.Now()
+		for !cond() {
+			if time.Since(start) > limit {
+				t.Fatalf("%s: not within %s", what, limit)
+			}
+			time.Sleep(100 * time.Millisecond) // polling with a deadline
+		}
+		return time.Since(start)
+	}
+	waitUntil("workers available", 20*time.Second, func() bool { return avail("worker-0") == "available" && avail("worker-1") == "available" })
+	b0, b1 := boots("worker-0"), boots("worker-1")
+
+	// Two hosts silent within 2 s: MNFA.
+	base.ok("lab", "fault", "hang", "site-m/worker-0")
+	base.ok("lab", "fault", "hang", "site-m/worker-1")
+	waitUntil("200.012 raised", 10*time.Second, func() bool {
+		return strings.Contains(site.ok("alarm", "list", "--alarm_id", "200.012"), "site=site-m")
+	})
+	time.Sleep(6 * time.Second) // longer than G: nothing may act meanwhile (nothing to poll for)
+	base.ok("lab", "fault", "resume", "site-m/worker-0")
+	base.ok("lab", "fault", "resume", "site-m/worker-1")
+	waitUntil("both back", 20*time.Second, func() bool { return avail("worker-0") == "available" && avail("worker-1") == "available" })
+	waitUntil("200.012 cleared", 10*time.Second, func() bool {
+		return !strings.Contains(site.ok("alarm", "list", "--alarm_id", "200.012"), "site=site-m")
+	})
+	if boots("worker-0") != b0 || boots("worker-1") != b1 {
+		t.Errorf("MNFA rebooted a host: boots %d/%d, were %d/%d", boots("worker-0"), boots("worker-1"), b0, b1)
+	}
+
+	// One host hung for good: graceful window, failed, reboot via the agent,
+	// then BMC reset (the lab's step timeout is 20 s) — and it is back.
+	base.ok("lab", "fault", "hang", "site-m/worker-0")
+	failed := waitUntil("failed", 20*time.Second, func() bool { return avail("worker-0") == "failed" })
+	back := waitUntil("back after the BMC reset", 60*time.Second, func() bool {
+		return avail("worker-0") == "available" && boots("worker-0") == b0+1
+	})
+	t.Logf("hung host: failed after %s (G = 5 s), available again %s later through a BMC reset", failed.Round(100*time.Millisecond), back.Round(100*time.Millisecond))
+	ev := site.ok("event", "list", "--alarm-id", "200.022", "--entity", "host=worker-0", "--limit", "50")
+	for _, want := range []string{"recovery grace -> reboot", "reboot through the agent requested", "recovery reboot -> bmc-reset"} {
+		if !strings.Contains(ev, want) {
+			t.Errorf("host maintenance log lacks %q:\n%s", want, ev)
+		}
+	}
+}

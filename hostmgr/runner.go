@@ -46,7 +46,8 @@ type RunnerConfig struct {
 	// host without one is never confirmed, so never recovered by force.
 	BMC    func(hostID string) BMC
 	Logger *slog.Logger
-	// CallTimeout bounds one BMC call; default 20 s.
+	// CallTimeout bounds one BMC call (both protocols of a dynamic BMC);
+	// default 45 s.
 	CallTimeout time.Duration
 }
 
@@ -78,7 +79,7 @@ func NewRunner(cfg RunnerConfig) (*Runner, error) {
 		cfg.BMC = func(string) BMC { return nil }
 	}
 	if cfg.CallTimeout == 0 {
-		cfg.CallTimeout = 20 * time.Second
+		cfg.CallTimeout = 45 * time.Second
 	}
 	return &Runner{cfg: cfg, m: NewMachine(cfg.Timing), in: make(chan input, 4096), hosts: map[string]*Host{}}, nil
 }

@@ -114,7 +114,8 @@ func AddHost(ctx context.Context, dir, site, binary string) (HostEntry, time.Dur
 }
 
 // Fault kinds this lab injects so far; host management adds the rest.
-var faultKinds = []string{"power-off", "power-on", "power-cycle", "hang", "resume", "link-down", "link-up", "loss", "clear", "partition"}
+var faultKinds = []string{"power-off", "power-on", "power-cycle", "hang", "resume", "link-down", "link-up", "loss", "clear",
+	"partition", "bmc-down", "bmc-slow", "bmc-ignore"}
 
 // wanChain holds a site's WAN faults, in its controller's namespace.
 const wanChain = "petrel-wan"
@@ -179,6 +180,17 @@ func wanFault(ctx context.Context, f *File, site, kind string, percent int, dela
 // hang/resume through its cgroup, link and loss faults on one network
 // (net "mgmt", "cluster" or "all").
 func Fault(ctx context.Context, dir, kind, target, netName string, percent int, delay time.Duration) error {
+	if err := injectFault(ctx, dir, kind, target, netName, percent, delay); err != nil {
+		return err
+	}
+	d, err := filepath.Abs(dir)
+	if err != nil {
+		return err
+	}
+	return recordFault(d, target, kind, netName, percent, delay)
+}
+
+func injectFault(ctx context.Context, dir, kind, target, netName string, percent int, delay time.Duration) error {
 	f, err := Load(dir)
 	if err != nil {
 		return err
@@ -203,10 +215,24 @@ func Fault(ctx context.Context, dir, kind, target, netName string, percent int, 
 		return fmt.Errorf("lab fault: no host %s in the lab", target)
 	}
 	p := pathsOf(f.Dir, site, host)
+	chassis := vbmc.Dial(p.f("vbmc.sock"))
 	switch kind {
 	case "power-off", "power-on", "power-cycle":
-		_, err := vbmc.Dial(p.f("vbmc.sock")).Power(ctx, strings.TrimPrefix(kind, "power-"))
+		_, err := chassis.Power(ctx, strings.TrimPrefix(kind, "power-"))
 		return err
+	case "bmc-down":
+		return chassis.SetBMCFault(ctx, vbmc.BMCFault{Mode: vbmc.BMCFaultDown})
+	case "bmc-ignore":
+		return chassis.SetBMCFault(ctx, vbmc.BMCFault{Mode: vbmc.BMCFaultIgnore})
+	case "bmc-slow":
+		if delay <= 0 {
+			delay = 5 * time.Second
+		}
+		return chassis.SetBMCFault(ctx, vbmc.BMCFault{Mode: vbmc.BMCFaultSlow, DelayMS: int(delay.Milliseconds())})
+	case "clear":
+		if err := chassis.SetBMCFault(ctx, vbmc.BMCFault{}); err != nil {
+			return err
+		}
 	}
 	hn, err := hostnet.New(hostnet.Config{Prefix: prefixFor(f.Dir)})
 	if err != nil {

@@ -235,6 +235,7 @@ func (s *Subcloud) bmcFor(hostUUID string) hostmgr.BMC {
 // bmcStatus records whether a host's BMC answered: its status in the
 // inventory, and 200.010 while it does not.
 func (s *Subcloud) bmcStatus(ctx context.Context, hostUUID string, callErr error) {
+	ctx = context.WithoutCancel(ctx) // the call's deadline may have passed: record it anyway
 	status := "ok"
 	switch {
 	case errors.Is(callErr, bmc.ErrAuth):

@@ -10,6 +10,7 @@ import (
 
 	"github.com/petrel-edge/petrel/internal/server"
 
+	"github.com/petrel-edge/petrel/client"
 	"github.com/petrel-edge/petrel/lab"
 )
 
@@ -150,10 +151,27 @@ func (a *app) labCmd() *cobra.Command {
 	var faultPercent int
 	var faultDelay time.Duration
 	fault := &cobra.Command{
-		Use:   "fault KIND SITE/HOST|SITE [--net mgmt|cluster|all] [--percent N]",
-		Short: "Inject a fault: power-off, power-on, power-cycle, hang, resume, link-down, link-up, loss, clear (a host); partition, loss, clear (a site's WAN link)",
-		Args:  exactArgs(2, "KIND", "SITE/HOST|SITE"),
+		Use: "fault KIND SITE/HOST|SITE [--net mgmt|cluster|all] [--percent N] [--delay D] | fault list",
+		Short: "Inject a fault: power-off, power-on, power-cycle, hang, resume, link-down, link-up, loss, " +
+			"bmc-down, bmc-slow (--delay, default 5s), bmc-ignore, clear (a host); partition, loss, clear (a site's WAN link); " +
+			"list shows what is in effect",
+		Args: cobra.RangeArgs(1, 2),
 		RunE: func(cmd *cobra.Command, args []string) error {
+			if args[0] == "list" && len(args) == 1 {
+				fs, err := lab.Faults(cmd.Context(), a.labDir(dir))
+				if err != nil {
+					return err
+				}
+				page := client.Page{Items: []json.RawMessage{}}
+				for _, f := range fs {
+					b, _ := json.Marshal(f)
+					page.Items = append(page.Items, b)
+				}
+				return a.printList(page, "target", "kind", "detail")
+			}
+			if len(args) != 2 {
+				return usagef("give KIND and SITE/HOST|SITE, or list")
+			}
 			if err := lab.Fault(cmd.Context(), a.labDir(dir), args[0], args[1], faultNet, faultPercent, faultDelay); err != nil {
 				return err
 			}

@@ -204,3 +204,77 @@ func TestHostMNFAAndEscalation(t *testing.T) {
 		}
 	}
 }
+
+// TestHostRecoveryWithBMCFaults: a slow BMC delays no other host's
+// recovery; a BMC that does not answer gives no confirmation — the host
+// is failed with 200.010 and nothing destructive happens until it answers
+// again; a BMC that ignores power-on ends in "gave up" after the bounded
+// attempts, saying so. lab fault list shows what is in effect.
+func TestHostRecoveryWithBMCFaults(t *testing.T) {
+	dir := filepath.Join(t.TempDir(), "lab")
+	base := cli{t: t, env: []string{"PETREL_LAB_DIR=" + dir}}
+	base.ok("lab", "up", "--sites", "site-f=multi-server:2")
+	t.Cleanup(func() { base.run("", "lab", "down") })
+	lf, err := lab.Load(dir)
+	if err != nil {
+		t.Fatal(err)
+	}
+	site := base.with("PETREL_URL="+lf.Sites[0].URL, "PETREL_TOKEN="+lf.Sites[0].Token, "PETREL_CA_CERT="+lf.CACert)
+	avail := func(host string) string {
+		var h struct {
+			Availability string `json:"availability"`
+		}
+		json.Unmarshal([]byte(site.ok("host", "show", host, "-o", "json")), &h)
+		return h.Availability
+	}
+	waitUntil := func(what string, limit time.Duration, cond func() bool) time.Duration {
+		t.Helper()
+		start := time.Now()
+		for !cond() {
+			if time.Since(start) > limit {
+				t.Fatalf("%s: not within %s", what, limit)
+			}
+			time.Sleep(100 * time.Millisecond) // polling with a deadline
+		}
+		return time.Since(start)
+	}
+	waitUntil("workers available", 20*time.Second, func() bool { return avail("worker-0") == "available" && avail("worker-1") == "available" })
+
+	// A slow BMC (worker-1's) holds no other host: worker-0's power loss is
+	// handled as fast as ever.
+	base.ok("lab", "fault", "bmc-slow", "site-f/worker-1", "--delay", "15s")
+	if out := base.ok("lab", "fault", "list"); !strings.Contains(out, "bmc-slow") || !strings.Contains(out, "site-f/worker-1") {
+		t.Errorf("lab fault list:\n%s", out)
+	}
+	base.ok("lab", "fault", "power-off", "site-f/worker-0")
+	waitUntil("worker-0 failed", 10*time.Second, func() bool { return avail("worker-0") == "failed" })
+	took := waitUntil("worker-0 back", 30*time.Second, func() bool { return avail("worker-0") == "available" })
+	t.Logf("power loss with another host's BMC slow: back in %s", took.Round(100*time.Millisecond))
+	base.ok("lab", "fault", "clear", "site-f/worker-1")
+
+	// A BMC that does not answer: failed, 200.010, no power-on.
+	base.ok("lab", "fault", "bmc-down", "site-f/worker-0")
+	base.ok("lab", "fault", "power-off", "site-f/worker-0")
+	waitUntil("failed with 200.010", 60*time.Second, func() bool {
+		return avail("worker-0") == "failed" && strings.Contains(site.ok("alarm", "list", "--alarm_id", "200.010"), "host=worker-0")
+	})
+	if out := base.ok("lab", "fault", "list"); !strings.Contains(out, "power-off") {
+		t.Errorf("the host was powered on without its BMC's confirmation:\n%s", out)
+	}
+	base.ok("lab", "fault", "clear", "site-f/worker-0")
+	took = waitUntil("back once its BMC answers", 90*time.Second, func() bool { return avail("worker-0") == "available" })
+	t.Logf("BMC answering again: host back %s later", took.Round(100*time.Millisecond))
+	waitUntil("200.010 cleared", 30*time.Second, func() bool {
+		return !strings.Contains(site.ok("alarm", "list", "--alarm_id", "200.010"), "host=worker-0")
+	})
+
+	// A BMC that ignores power-on: bounded attempts, then gave up.
+	base.ok("lab", "fault", "bmc-ignore", "site-f/worker-0")
+	base.ok("lab", "fault", "power-off", "site-f/worker-0")
+	waitUntil("gave up", 120*time.Second, func() bool {
+		return strings.Contains(site.ok("event", "list", "--alarm-id", "200.022", "--entity", "host=worker-0", "--limit", "5"), "power-on -> gave-up")
+	})
+	if out := site.ok("alarm", "list", "--alarm_id", "200.004"); !strings.Contains(out, "lock and unlock to retry") {
+		t.Errorf("gave up without saying so:\n%s", out)
+	}
+}

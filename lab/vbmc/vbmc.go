@@ -74,6 +74,9 @@ type Chassis struct {
 	init  *exec.Cmd     // the booted host-init, while on
 	done  chan struct{} // closed when init exits
 	gen   int           // bumps on every power change; a stale boot timer does nothing
+	// bmcFault is what the BMC protocols do instead of their job (lab
+	// faults); the control socket is never affected.
+	bmcFault BMCFault
 
 	bg sync.WaitGroup // graceful shutdowns in progress; Run waits for them
 }
@@ -123,7 +126,7 @@ func (c *Chassis) Run(ctx context.Context) error {
 		if id == "" {
 			id = c.cfg.Site + "/" + c.cfg.Host
 		}
-		b, err := ListenBMC(ctx, *c.cfg.BMC, c, id, c.log.With("component", "bmc"))
+		b, err := ListenBMC(ctx, *c.cfg.BMC, faultyPower{c}, id, c.log.With("component", "bmc"))
 		if err != nil {
 			return err
 		}
@@ -355,6 +358,7 @@ func (c *Chassis) handler() http.Handler {
 	})
 	// The host's cgroup counters, as the host's agent would read them on a
 	// real machine: CPU time and capacity, memory in use and its limit.
+	c.faultHandlers(mux)
 	mux.HandleFunc("GET /v1/usage", func(w http.ResponseWriter, r *http.Request) {
 		u := monitor.Usage{At: time.Now()}
 		c.cgroup.Read(&u)

@@ -267,3 +267,28 @@ func (s *Subcloud) bmcStatus(ctx context.Context, hostUUID string, callErr error
 		return nil
 	})
 }
+
+func (s *Subcloud) hostSensors(r *http.Request) (int, any, error) {
+	h, err := s.Hosts.Host(r.Context(), rest.Var(r, "id"))
+	if err != nil {
+		return 0, nil, err
+	}
+	if s.bmcFor(h.UUID) == nil {
+		return 0, nil, errs.Wrapf(errs.Conflict, "host %s has no BMC: set one with petrel host bmc set", h.Name)
+	}
+	cl, err := s.bmcClients.client(r.Context(), h.UUID)
+	if err != nil {
+		return 0, nil, err
+	}
+	ctx, cancel := context.WithTimeout(r.Context(), 30*time.Second)
+	defer cancel()
+	sensors, err := cl.Sensors(ctx)
+	s.bmcStatus(ctx, h.UUID, err)
+	if err != nil {
+		return 0, nil, errs.Wrapf(errs.Unavailable, "the BMC of %s: %v", h.Name, err)
+	}
+	if sensors == nil {
+		sensors = []bmc.Sensor{}
+	}
+	return http.StatusOK, rest.List[bmc.Sensor]{Items: sensors}, nil
+}

@@ -172,6 +172,7 @@ func (s *Subcloud) register(srv *rest.Server, a *auth.Service) {
 	srv.Handle("deleteHost", http.MethodDelete, "/v1/hosts/{id}", a.Require(auth.Operator), s.deleteHost)
 	srv.Handle("setHostBMC", http.MethodPut, "/v1/hosts/{id}/bmc", a.Require(auth.Admin), s.setBMC)
 	srv.Handle("hostAction", http.MethodPost, "/v1/hosts/{id}/action", a.Require(auth.Operator), s.hostAction)
+	srv.Handle("hostSensors", http.MethodGet, "/v1/hosts/{id}/sensors", a.Require(auth.Reader), s.hostSensors)
 	srv.Handle("listJoinTokens", http.MethodGet, "/v1/join-tokens", a.Require(auth.Operator), s.listJoinTokens)
 	srv.Handle("createJoinToken", http.MethodPost, "/v1/join-tokens", a.Require(auth.Operator), s.createJoinToken)
 	srv.Handle("deleteJoinToken", http.MethodDelete, "/v1/join-tokens/{id}", a.Require(auth.Operator), s.deleteJoinToken)

@@ -127,6 +127,13 @@ func (a *app) hostCmd() *cobra.Command {
 	bmcSet.Flags().StringVar(&bmcUser, "username", "", "BMC user")
 	bmcSet.Flags().StringVar(&bmcPasswordFile, "password-file", "", "file holding the BMC password (mode 0600)")
 	bmcCmd := group("bmc", "A host's board management controller", bmcSet)
+	sensors := &cobra.Command{
+		Use: "sensors NAME|UUID", Short: "The host's sensors, read from its BMC now", Args: exactArgs(1, "NAME|UUID"),
+		RunE: func(cmd *cobra.Command, args []string) error {
+			return a.list(cmd, "/v1/hosts/"+url.PathEscape(args[0])+"/sensors", nil, 0, "name", "kind", "value", "unit", "status")
+		},
+	}
+	actions = append(actions, sensors)
 	return group("host", "Inspect and manage a site's hosts (at a site, or through central with --site)",
 		append([]*cobra.Command{list, show, assign, del, a.joinTokenCmd(), bmcCmd}, actions...)...)
 }

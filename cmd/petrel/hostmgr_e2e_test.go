@@ -93,6 +93,19 @@ func TestHostRecoveryInTheLab(t *testing.T) {
 		t.Errorf("one network down rebooted the host")
 	}
 
+	// One-way loss on one network (the host's cluster replies dropped):
+	// degraded, never a reboot.
+	base.ok("lab", "fault", "loss", "site-r/worker-0", "--net", "cluster", "--percent", "100")
+	waitFor("degraded by one-way loss", 10*time.Second, func(h hostView) bool { return h.Availability == "degraded" })
+	time.Sleep(3 * time.Second) // a window in which a reboot must not happen (nothing to poll for)
+	base.ok("lab", "fault", "clear", "site-r/worker-0")
+	if h, _ := waitFor("available after the loss", 10*time.Second, func(h hostView) bool { return h.Availability == "available" }); h.BootID != h1.BootID {
+		t.Errorf("one-way loss on one network rebooted the host")
+	}
+	if out := site.ok("host", "sensors", "worker-0"); !strings.Contains(out, "TEMPERATURE") && !strings.Contains(strings.ToLower(out), "temperature") {
+		t.Errorf("host sensors:\n%s", out)
+	}
+
 	// A 2 s hang (BMC reads on) is within the graceful window: no reboot.
 	base.ok("lab", "fault", "hang", "site-r/worker-0")
 	waitFor("silent", 10*time.Second, func(h hostView) bool { return h.Heartbeat.Mgmt == "lost" && h.Heartbeat.Cluster == "lost" })

@@ -171,8 +171,15 @@ func (r *Runner) step(ctx context.Context, id string, ev Event) {
 	before := *h
 	*h = next
 	r.carryOut(ctx, id, acts)
-	if before.Avail != h.Avail || !sameHB(before.Heartbeat, h.Heartbeat) {
-		r.record(ctx, id, before.Avail, *h)
+	last := ""
+	for _, a := range acts {
+		switch a.Kind {
+		case ActBMCPowerOn, ActBMCPowerOff, ActBMCReset, ActBMCCycle, ActAgentReboot, ActReadPower:
+			last = string(a.Kind)
+		}
+	}
+	if before.Avail != h.Avail || !sameHB(before.Heartbeat, h.Heartbeat) || before.Phase != h.Phase || last != "" {
+		r.record(ctx, id, before.Avail, *h, last)
 	}
 	// MNFA: several hosts silent together hold everyone's recovery.
 	switch silent := h.silent(); {
@@ -219,9 +226,14 @@ func (r *Runner) mnfaEnded(ctx context.Context) {
 	}
 }
 
-// record stores availability and heartbeat in the inventory.
-func (r *Runner) record(ctx context.Context, id string, was inventory.Availability, h Host) {
+// record stores availability, heartbeat and recovery in the inventory.
+func (r *Runner) record(ctx context.Context, id string, was inventory.Availability, h Host, lastAction string) {
 	_, err := r.cfg.Hosts.UpdateHost(ctx, id, func(inv *inventory.Host) error {
+		inv.Recovery.Phase = string(h.Phase)
+		if lastAction != "" {
+			now := time.Now().UTC()
+			inv.Recovery.LastAction, inv.Recovery.LastActionAt = lastAction, &now
+		}
 		inv.Heartbeat = inventory.Heartbeat{Mgmt: hbString(h.Heartbeat, heartbeat.Mgmt), Cluster: hbString(h.Heartbeat, heartbeat.Cluster)}
 		if inv.Availability != h.Avail && !inv.Availability.CanTo(h.Avail) && inv.Availability.CanTo(inventory.Online) {
 			inv.Availability = inventory.Online // through online, as the availability table requires

@@ -128,6 +128,13 @@ type Heartbeat struct {
 	Cluster string `json:"cluster"`
 }
 
+// Recovery is host management's recovery of a host (docs/hostmgr.md).
+type Recovery struct {
+	Phase        string     `json:"phase"`          // "" (none), suspect, grace, reboot, bmc-reset, power-cycle, power-on, hold, gave-up, operator-off
+	LastAction   string     `json:"last_action"`    // e.g. bmc-power-on, bmc-reset, agent-reboot
+	LastActionAt *time.Time `json:"last_action_at"` // when
+}
+
 // Hardware is what a host reports about itself, optionally overlaid with a
 // simulated profile (Simulated is then true).
 type Hardware struct {
@@ -193,8 +200,11 @@ type Host struct {
 	// ResourceAlarms are the alarms the agent asserted in its last
 	// accepted report, sorted; the site raises them on host=Name.
 	ResourceAlarms []ResourceAlarm `json:"resource_alarms"`
-	CreatedAt      time.Time       `json:"created_at"`
-	UpdatedAt      time.Time       `json:"updated_at"`
+	// Recovery is where host management's recovery of the host stands,
+	// and the last thing it did.
+	Recovery  Recovery  `json:"recovery"`
+	CreatedAt time.Time `json:"created_at"`
+	UpdatedAt time.Time `json:"updated_at"`
 	// Rev increases with every stored change; writers pass the revision they
 	// read so a stale write fails with ErrConflict.
 	Rev uint64 `json:"revision"`

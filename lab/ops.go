@@ -115,7 +115,7 @@ func AddHost(ctx context.Context, dir, site, binary string) (HostEntry, time.Dur
 
 // Fault kinds this lab injects so far; host management adds the rest.
 var faultKinds = []string{"power-off", "power-on", "power-cycle", "hang", "resume", "link-down", "link-up", "loss", "clear",
-	"partition", "bmc-down", "bmc-slow", "bmc-ignore"}
+	"partition", "bmc-down", "bmc-slow", "bmc-ignore", "crash"}
 
 // wanChain holds a site's WAN faults, in its controller's namespace.
 const wanChain = "petrel-wan"
@@ -219,6 +219,11 @@ func injectFault(ctx context.Context, dir, kind, target, netName string, percent
 	switch kind {
 	case "power-off", "power-on", "power-cycle":
 		_, err := chassis.Power(ctx, strings.TrimPrefix(kind, "power-"))
+		return err
+	case "crash":
+		// A kernel crash with reboot-on-panic: everything dies at once and
+		// the machine boots again by itself (the chassis cycles).
+		_, err := chassis.Power(ctx, "cycle")
 		return err
 	case "bmc-down":
 		return chassis.SetBMCFault(ctx, vbmc.BMCFault{Mode: vbmc.BMCFaultDown})

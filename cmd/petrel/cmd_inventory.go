@@ -34,7 +34,8 @@ func (a *app) hostCmd() *cobra.Command {
 	list.Flags().IntVar(&limit, "limit", 0, "at most this many (default all)")
 	list.RunE = func(cmd *cobra.Command, _ []string) error {
 		return a.list(cmd, "/v1/hosts", query(), limit,
-			"name", "personality", "administrative", "operational", "availability", "uuid")
+			"name", "personality", "administrative", "operational", "availability", "uptime_s",
+			"heartbeat.mgmt", "heartbeat.cluster", "bmc.status", "recovery.last_action", "uuid")
 	}
 	show := &cobra.Command{
 		Use:   "show NAME|UUID",

@@ -79,6 +79,9 @@ func TestHostRecoveryInTheLab(t *testing.T) {
 	if h1.BMC.Status != "ok" {
 		t.Errorf("BMC status %q after it was used; want ok", h1.BMC.Status)
 	}
+	if out := site.ok("host", "list"); !strings.Contains(out, "bmc-power-on") {
+		t.Errorf("host list does not show the last recovery action:\n%s", out)
+	}
 
 	// One network down: degraded with 200.009, never a reboot.
 	base.ok("lab", "fault", "link-down", "site-r/worker-0", "--net", "cluster")
@@ -114,6 +117,13 @@ func TestHostRecoveryInTheLab(t *testing.T) {
 	if h3.BootID != h1.BootID || boots() != nBoots+1 {
 		t.Errorf("a short hang rebooted the host")
 	}
+
+	// A crash (the host reboots by itself): back, on its own.
+	base.ok("lab", "fault", "crash", "site-r/worker-0")
+	waitFor("back after a crash", 30*time.Second, func(h hostView) bool {
+		return h.Availability == "available" && h.BootID != h3.BootID
+	})
+	nBoots = boots() - 1 // the crash's boot
 
 	// The operator's power-off of a locked host stays off.
 	site.exit(1, "host", "power-off", "worker-0") // unlocked: refused

@@ -176,6 +176,60 @@ func wanFault(ctx context.Context, f *File, site, kind string, percent int, dela
 	return fmt.Errorf("lab fault: %s does not apply to a site's WAN link (partition, loss, clear)", kind)
 }
 
+// FaultOneWay drops percent of what target (SITE/HOST) sends to the host
+// to (SITE/HOST of the same site) on netName (mgmt, cluster or all); the
+// other direction is untouched. clear on target undoes it.
+func FaultOneWay(ctx context.Context, dir, target, to, netName string, percent int) error {
+	f, err := Load(dir)
+	if err != nil {
+		return err
+	}
+	find := func(t string) (si, hi int, ok bool) {
+		site, host, _ := strings.Cut(t, "/")
+		for i, s := range f.Sites {
+			for j, h := range s.Hosts {
+				if s.Name == site && h.Name == host {
+					return i, j, true
+				}
+			}
+		}
+		return 0, 0, false
+	}
+	si, hi, ok := find(target)
+	ti, tj, ok2 := find(to)
+	if !ok || !ok2 || si != ti {
+		return fmt.Errorf("lab fault --oneway-to: %s and %s must be hosts of one site in the lab", target, to)
+	}
+	hn, err := hostnet.New(hostnet.Config{Prefix: prefixFor(f.Dir)})
+	if err != nil {
+		return err
+	}
+	site, host, _ := strings.Cut(target, "/")
+	h, err := hn.Host(site, host, si, hi)
+	if err != nil {
+		return err
+	}
+	nets := []hostnet.Network{hostnet.Mgmt, hostnet.Cluster}
+	switch netName {
+	case "", "all":
+	case "mgmt", "cluster":
+		nets = []hostnet.Network{hostnet.Network(netName)}
+	default:
+		return fmt.Errorf("lab fault: --net %q: want mgmt, cluster or all", netName)
+	}
+	for _, n := range nets {
+		dst, err := hostnet.Addr(n, ti, tj)
+		if err != nil {
+			return err
+		}
+		if err := h.LossTo(ctx, n, percent, dst); err != nil {
+			return err
+		}
+	}
+	d, _ := filepath.Abs(dir)
+	return recordFault(d, target, "loss", netName, percent, 0)
+}
+
 // Fault injects a fault into SITE/HOST: power through the host's chassis,
 // hang/resume through its cgroup, link and loss faults on one network
 // (net "mgmt", "cluster" or "all").

@@ -147,7 +147,7 @@ func (a *app) labCmd() *cobra.Command {
 			return nil
 		},
 	}
-	var faultNet string
+	var faultNet, faultOneWay string
 	var faultPercent int
 	var faultDelay time.Duration
 	fault := &cobra.Command{
@@ -172,7 +172,14 @@ func (a *app) labCmd() *cobra.Command {
 			if len(args) != 2 {
 				return usagef("give KIND and SITE/HOST|SITE, or list")
 			}
-			if err := lab.Fault(cmd.Context(), a.labDir(dir), args[0], args[1], faultNet, faultPercent, faultDelay); err != nil {
+			if faultOneWay != "" {
+				if args[0] != "loss" {
+					return usagef("--oneway-to goes with loss")
+				}
+				if err := lab.FaultOneWay(cmd.Context(), a.labDir(dir), args[1], faultOneWay, faultNet, faultPercent); err != nil {
+					return err
+				}
+			} else if err := lab.Fault(cmd.Context(), a.labDir(dir), args[0], args[1], faultNet, faultPercent, faultDelay); err != nil {
 				return err
 			}
 			fmt.Fprintf(a.stdout, "%s %s: done.\n", args[0], args[1])
@@ -181,6 +188,7 @@ func (a *app) labCmd() *cobra.Command {
 	}
 	fault.Flags().StringVar(&faultNet, "net", "all", "network: mgmt, cluster or all")
 	fault.Flags().IntVar(&faultPercent, "percent", 0, "packet loss percentage (loss)")
+	fault.Flags().StringVar(&faultOneWay, "oneway-to", "", "loss only on what the host sends to this SITE/HOST (one way)")
 	fault.Flags().DurationVar(&faultDelay, "delay", 0, "one-way delay added on a site's WAN link (loss SITE; --percent may be 0)")
 	var fabricCfg string
 	fabric := &cobra.Command{

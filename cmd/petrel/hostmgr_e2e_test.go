@@ -96,9 +96,9 @@ func TestHostRecoveryInTheLab(t *testing.T) {
 		t.Errorf("one network down rebooted the host")
 	}
 
-	// One-way loss on one network (the host's cluster replies dropped):
-	// degraded, never a reboot.
-	base.ok("lab", "fault", "loss", "site-r/worker-0", "--net", "cluster", "--percent", "100")
+	// One-way loss on one network (what worker-0 sends controller-0 on
+	// cluster: the heartbeat's replies): degraded, never a reboot.
+	base.ok("lab", "fault", "loss", "site-r/worker-0", "--net", "cluster", "--percent", "100", "--oneway-to", "site-r/controller-0")
 	waitFor("degraded by one-way loss", 10*time.Second, func(h hostView) bool { return h.Availability == "degraded" })
 	time.Sleep(3 * time.Second) // a window in which a reboot must not happen (nothing to poll for)
 	base.ok("lab", "fault", "clear", "site-r/worker-0")

@@ -138,6 +138,23 @@ func (h *Host) Loss(ctx context.Context, n Network, percent int) error {
 	})
 }
 
+// LossTo drops percent of the packets the host sends to dst on network n
+// (one way: what dst sends arrives), replacing any loss on n.
+func (h *Host) LossTo(ctx context.Context, n Network, percent int, dst netip.Addr) error {
+	if !n.Valid() {
+		return fmt.Errorf("%w: network %q", ErrInvalidName, n)
+	}
+	if percent < 1 || percent > 100 || !dst.IsValid() {
+		return fmt.Errorf("hostnet: one-way loss %d%% to %v: want 1 to 100 and an address", percent, dst)
+	}
+	rule := "-d " + dst.String() + " -j DROP"
+	if percent < 100 {
+		rule = "-d " + dst.String() + " -m statistic --mode random --probability " +
+			strconv.FormatFloat(float64(percent)/100, 'f', 2, 64) + " -j DROP"
+	}
+	return h.setChain(ctx, lossChainPrefix+string(n), rule, []jump{{"OUTPUT", "-o", string(n)}})
+}
+
 // ClearLoss removes the loss on every network.
 func (h *Host) ClearLoss(ctx context.Context) error {
 	for _, n := range Networks() {

@@ -7,12 +7,15 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"strconv"
 	"strings"
+	"syscall"
 	"time"
 
 	"sigs.k8s.io/yaml"
 
 	"github.com/petrel-edge/petrel/client"
+	"github.com/petrel-edge/petrel/internal/atomicfile"
 	"github.com/petrel-edge/petrel/inventory"
 	"github.com/petrel-edge/petrel/lab/hostnet"
 	"github.com/petrel-edge/petrel/lab/vbmc"
@@ -250,6 +253,9 @@ func injectFault(ctx context.Context, dir, kind, target, netName string, percent
 		return err
 	}
 	site, host, ok := strings.Cut(target, "/")
+	if target == "central" {
+		return centralFault(ctx, f, kind, percent, delay)
+	}
 	if !ok {
 		// A site alone names its WAN link to central.
 		return wanFault(ctx, f, target, kind, percent, delay)
@@ -375,4 +381,63 @@ func setWANDelay(dir, route string, delay time.Duration) error {
 		delete(f.DelayMS, route)
 	}
 	return writeYAML(file, f)
+}
+
+// centralFault acts on central: crash (SIGKILL, then started again on the
+// same store and ports, as its supervisor would), or partition, loss and
+// clear on every site's WAN link at once (central's own uplink).
+func centralFault(ctx context.Context, f *File, kind string, percent int, delay time.Duration) error {
+	switch kind {
+	case "partition", "loss", "clear":
+		for _, s := range f.Sites {
+			if err := wanFault(ctx, f, s.Name, kind, percent, delay); err != nil {
+				return err
+			}
+		}
+		return nil
+	case "crash":
+		return restartCentral(ctx, f)
+	}
+	return fmt.Errorf("lab fault: %s does not apply to central (crash, partition, loss, clear)", kind)
+}
+
+// restartCentral kills central with SIGKILL and starts it again from its
+// configuration file, waiting until it is ready.
+func restartCentral(ctx context.Context, f *File) error {
+	pidFile := filepath.Join(f.Dir, stateDir, "central.pid")
+	b, err := os.ReadFile(pidFile)
+	if err != nil {
+		return fmt.Errorf("lab fault crash central: %w", err)
+	}
+	pid, _ := strconv.Atoi(strings.TrimSpace(string(b)))
+	if ours(pid, f.Dir) {
+		if err := syscall.Kill(pid, syscall.SIGKILL); err != nil {
+			return err
+		}
+		for deadline := time.Now().Add(10 * time.Second); ours(pid, f.Dir) && time.Now().Before(deadline); {
+			time.Sleep(20 * time.Millisecond) // polling with a deadline
+		}
+	}
+	bin, err := os.Executable()
+	if err != nil {
+		return err
+	}
+	cfgPath := filepath.Join(f.Dir, "central", "central.yaml")
+	logf, err := os.OpenFile(filepath.Join(f.Dir, "logs", "central.log"), os.O_CREATE|os.O_WRONLY|os.O_APPEND, 0o600)
+	if err != nil {
+		return err
+	}
+	defer logf.Close()
+	cmd := exec.Command(bin, "central", "--config", cfgPath)
+	cmd.Stdout, cmd.Stderr = logf, logf
+	cmd.SysProcAttr = &syscall.SysProcAttr{Setsid: true}
+	if err := cmd.Start(); err != nil {
+		return fmt.Errorf("lab fault crash central: restart: %w", err)
+	}
+	npid := cmd.Process.Pid
+	_ = cmd.Process.Release()
+	if err := atomicfile.Write(pidFile, []byte(strconv.Itoa(npid)+"\n"), 0o600); err != nil {
+		return err
+	}
+	return WaitReady(ctx, f.Central.URL, f.CACert, 30*time.Second, func() bool { return ours(npid, f.Dir) })
 }

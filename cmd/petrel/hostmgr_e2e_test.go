@@ -146,6 +146,34 @@ func TestHostRecoveryInTheLab(t *testing.T) {
 		t.Errorf("locking the only enabled controller: %s", out)
 	}
 	site.ok("host", "unlock", "controller-1")
+	// Wrong BMC credentials: 200.010 with a repair hint, the client holds
+	// further calls (no retry storm); the right ones clear it.
+	w0 := lf.Sites[0].Hosts[2]
+	wrong := filepath.Join(t.TempDir(), "wrong.pw")
+	os.WriteFile(wrong, []byte("not-the-password\n"), 0o600)
+	site.ok("host", "bmc", "set", "worker-0", "--type", "ipmi", "--ipmi", w0.BMC.SiteIPMI, "--username", w0.BMC.Username, "--password-file", wrong)
+	site.exit(1, "host", "sensors", "worker-0")
+	if out := site.ok("alarm", "list", "--alarm_id", "200.010", "-o", "json"); !strings.Contains(out, "host=worker-0") || !strings.Contains(out, "credentials") {
+		t.Errorf("wrong BMC credentials: 200.010 missing or without its hint:\n%s", out)
+	}
+	if h := show("worker-0"); h.BMC.Status != "auth-failed" {
+		t.Errorf("BMC status with wrong credentials: %q", h.BMC.Status)
+	}
+	right := filepath.Join(t.TempDir(), "right.pw")
+	os.WriteFile(right, []byte(w0.BMC.Password+"\n"), 0o600)
+	site.ok("host", "bmc", "set", "worker-0", "--type", "dynamic", "--ipmi", w0.BMC.SiteIPMI, "--redfish", w0.BMC.SiteRedfish,
+		"--username", w0.BMC.Username, "--password-file", right)
+	site.ok("host", "sensors", "worker-0")
+	if out := site.ok("alarm", "list", "--alarm_id", "200.010"); strings.Contains(out, "host=worker-0") {
+		t.Errorf("200.010 not cleared by the right credentials:\n%s", out)
+	}
+	// No BMC: power actions are refused with the reason.
+	site.ok("host", "bmc", "set", "controller-1", "--type", "none")
+	site.ok("host", "lock", "controller-1")
+	if out := site.exit(1, "host", "power-on", "controller-1"); !strings.Contains(out, "no BMC") {
+		t.Errorf("power-on without a BMC: %s", out)
+	}
+
 	pw := filepath.Join(t.TempDir(), "bmc.pw")
 	os.WriteFile(pw, []byte("secret\n"), 0o600)
 	if out := site.exit(1, "host", "bmc", "set", "worker-0", "--type", "bogus", "--username", "u", "--password-file", pw); !strings.Contains(out, "type") {

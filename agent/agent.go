@@ -69,6 +69,7 @@ type Agent struct {
 	sentAlarm []inventory.ResourceAlarm
 	mon       *monitor.Monitor // nil when disabled
 	hb        pulses           // answering the site's heartbeat
+	epoch     uint64           // the newest controller epoch seen
 	badAlarms string           // the last refusable alarm set logged
 	joined    chan struct{}
 }
@@ -107,6 +108,7 @@ func New(cfg Config) (*Agent, error) {
 	_, _ = rand.Read(b[:])
 	a := &Agent{cfg: cfg, log: cfg.Logger.With("machine_id", id), machineID: id,
 		bootID: hex.EncodeToString(b[:]), joined: make(chan struct{})}
+	a.epoch = a.loadEpoch()
 	if !cfg.MonitorDisable {
 		if a.mon, err = monitor.New(cfg.Monitor, cfg.Platform.Usage, a.log.With("component", "monitor")); err != nil {
 			return nil, fmt.Errorf("agent: %w", err)
@@ -225,6 +227,9 @@ func (a *Agent) Run(ctx context.Context) error {
 			// monitors' alarms changed.
 			if !wait(ctx, jitter(a.cfg.CheckInterval), a.monitorChanged()) {
 				return nil
+			}
+			if err := a.poll(ctx); err != nil {
+				a.log.Debug("polling the site's commands failed", "err", err)
 			}
 			if time.Since(lastFull) >= a.cfg.FullInterval {
 				s = stateFullSync

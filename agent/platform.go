@@ -76,10 +76,24 @@ func (p *LabPlatform) BootedAt() time.Time { return p.booted }
 
 // Reboot asks the host's chassis to power-cycle it.
 func (p *LabPlatform) Reboot(ctx context.Context) error {
-	if p.Chassis == "" {
+	if p.chassis == nil {
 		return errors.New("agent: this lab host has no chassis to reboot it")
 	}
-	return fmt.Errorf("agent: reboot through the chassis at %s: not available yet", p.Chassis)
+	// The lab's machine restarts through its chassis: everything of the
+	// host stops (this agent too) and it boots again.
+	req, err := http.NewRequestWithContext(ctx, http.MethodPost, "http://vbmc/v1/power", strings.NewReader(`{"action":"cycle"}`))
+	if err != nil {
+		return err
+	}
+	resp, err := p.chassis.Do(req)
+	if err != nil {
+		return fmt.Errorf("chassis: %w", err)
+	}
+	resp.Body.Close()
+	if resp.StatusCode != http.StatusOK {
+		return fmt.Errorf("chassis: HTTP %d", resp.StatusCode)
+	}
+	return nil
 }
 
 // Usage reads the host's cgroup through its chassis — the host's own

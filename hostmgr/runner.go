@@ -44,8 +44,10 @@ type RunnerConfig struct {
 	Alarms Alarms
 	// BMC returns a host's BMC client, or nil when it has none: a silent
 	// host without one is never confirmed, so never recovered by force.
-	BMC    func(hostID string) BMC
-	Logger *slog.Logger
+	BMC func(hostID string) BMC
+	// AgentReboot asks a host's agent to reboot it; nil: not possible.
+	AgentReboot func(ctx context.Context, hostID string) error
+	Logger      *slog.Logger
 	// CallTimeout bounds one BMC call (both protocols of a dynamic BMC);
 	// default 45 s.
 	CallTimeout time.Duration
@@ -322,9 +324,15 @@ func (r *Runner) carryOut(ctx context.Context, id string, acts []Action) {
 				}
 			}()
 		case ActAgentReboot:
-			// Agents take commands from their report acknowledgements;
-			// a silent host's agent cannot, so the next step follows at the
-			// step timeout.
+			// The agent takes it at its next poll, if it still can; if not,
+			// the next step follows at the step timeout.
+			if r.cfg.AgentReboot == nil {
+				r.log(ctx, h.Name, "reboot through the agent not possible")
+				continue
+			}
+			if err := r.cfg.AgentReboot(ctx, id); err != nil {
+				r.cfg.Logger.Warn("asking the agent to reboot failed", "host", h.Name, "err", err)
+			}
 			r.log(ctx, h.Name, "reboot through the agent requested")
 		}
 	}

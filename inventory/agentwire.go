@@ -209,3 +209,20 @@ func cloneResourceAlarms(as []ResourceAlarm) []ResourceAlarm {
 	}
 	return out
 }
+
+// AgentCommand is an order from the site to a host's agent (GET
+// /v1/agents/{uuid}/commands). Epoch is the issuing controller's epoch:
+// an agent refuses a command older than the newest epoch it has seen, so a
+// controller that lost its role cannot act through agents.
+type AgentCommand struct {
+	ID       string    `json:"id"`
+	Action   string    `json:"action"` // reboot
+	Epoch    uint64    `json:"epoch"`
+	IssuedAt time.Time `json:"issued_at"`
+}
+
+// AgentCommands is the answer to an agent's poll.
+type AgentCommands struct {
+	Epoch    uint64         `json:"epoch"`
+	Commands []AgentCommand `json:"commands"`
+}

@@ -52,6 +52,13 @@ func (s *Subcloud) hostAction(r *http.Request) (int, any, error) {
 			return 0, nil, fmt.Errorf("%w: assign host %s a personality before unlocking it", inventory.ErrInvalidTransition, h.Name)
 		}
 		h, err = s.setAdmin(ctx, h.UUID, inventory.Unlocked)
+	case "reboot":
+		// Graceful: through the host's agent (at its next poll).
+		if h.Administrative != inventory.Locked {
+			return 0, nil, fmt.Errorf("%w: lock host %s before rebooting it", inventory.ErrInvalidTransition, h.Name)
+		}
+		c := s.queueCommand(h.UUID, "reboot")
+		s.log.Info("reboot requested through the agent", "host", h.Name, "command", c.ID)
 	default: // BMC actions
 		if h.Administrative != inventory.Locked {
 			return 0, nil, fmt.Errorf("%w: lock host %s before %s", inventory.ErrInvalidTransition, h.Name, req.Action)
@@ -61,7 +68,7 @@ func (s *Subcloud) hostAction(r *http.Request) (int, any, error) {
 			return 0, nil, errs.Field("action", "host %s has no BMC: set one with petrel host bmc set", h.Name)
 		}
 		call := map[string]func(context.Context) error{"power-on": b.PowerOn, "power-off": b.PowerOff,
-			"reset": b.Reset, "reboot": b.Reset}[req.Action]
+			"reset": b.Reset}[req.Action]
 		cctx, cancel := context.WithTimeout(ctx, 30*time.Second)
 		defer cancel()
 		if err := call(cctx); err != nil {

@@ -63,6 +63,8 @@ type Subcloud struct {
 	maint      *maintenance // nil: no heartbeat
 	bmcs       bmcSecrets   // hosts' sealed BMC access
 	bmcClients *bmcClients
+	epoch      uint64        // this controller's epoch: counts its starts
+	cmds       agentCommands // commands waiting for agents
 
 	connected atomic.Bool   // the link to central is up
 	seq       atomic.Uint64 // last update sequence sent
@@ -115,6 +117,10 @@ func New(ctx context.Context, cfg Config) (*Subcloud, error) {
 	s := &Subcloud{cfg: cfg, shell: shell, log: cfg.Shell.Logger, agentCA: agentCA, Hosts: hosts, Enrollment: hosts,
 		hostLocks: newHostLocks(), bmcs: hosts}
 	s.bmcClients = &bmcClients{s: s}
+	if s.epoch, err = nextEpoch(cfg.Shell.DataDir); err != nil {
+		shell.Close()
+		return nil, err
+	}
 	if shell.CACert != "" {
 		if s.serverCA, err = os.ReadFile(shell.CACert); err != nil {
 			shell.Close()
@@ -178,6 +184,7 @@ func (s *Subcloud) register(srv *rest.Server, a *auth.Service) {
 	srv.Handle("deleteJoinToken", http.MethodDelete, "/v1/join-tokens/{id}", a.Require(auth.Operator), s.deleteJoinToken)
 	srv.HandlePublic("join", http.MethodPost, "/v1/join", s.join) // authenticated by the join token in the body
 	srv.Handle("agentReport", http.MethodPut, "/v1/agents/{uuid}/report", s.agentGuard, s.report)
+	srv.Handle("agentCommands", http.MethodGet, "/v1/agents/{uuid}/commands", s.agentGuard, s.agentPoll)
 }
 
 func (s *Subcloud) listHosts(r *http.Request) (int, any, error) {

@@ -4,7 +4,6 @@ package agenttest
 
 import (
 	"context"
-	"errors"
 	"os"
 	"path/filepath"
 	"sync"
@@ -72,6 +71,7 @@ type Platform struct {
 	memPct  float64
 	fsPct   float64
 	err     error
+	reboots int
 }
 
 var _ agent.Platform = (*Platform)(nil)
@@ -85,9 +85,19 @@ func NewPlatform() *Platform {
 func (p *Platform) Kind() string        { return "test" }
 func (p *Platform) BootedAt() time.Time { return p.booted }
 
-// Reboot refuses: a test host has nothing to reboot.
+// Reboot counts the request: a test host has nothing to reboot.
 func (p *Platform) Reboot(context.Context) error {
-	return errors.New("agenttest: the test platform does not reboot")
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	p.reboots++
+	return nil
+}
+
+// Reboots is how many reboots were asked for.
+func (p *Platform) Reboots() int {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	return p.reboots
 }
 
 // SetLoad makes the host use cpuPct of its CPUs from now on, and memPct

@@ -244,3 +244,41 @@ func TestLifecycle(t *testing.T) {
 		t.Errorf("List after Undefine = %+v, %v; want none", doms, err)
 	}
 }
+
+// BenchmarkBoot measures a VM's boot through libvirt: from Define (on a
+// fresh overlay) to the image's banner on the serial console. Run:
+//
+//	go test -run '^$' -bench Boot -benchtime 5x ./compute/libvirt/
+func BenchmarkBoot(b *testing.B) {
+	r := newRig(b)
+	ctx := context.Background()
+	var total time.Duration
+	for i := 0; i < b.N; i++ {
+		b.StopTimer()
+		spec := r.instance(b, "bench"+uuid.NewString()[:8])
+		b.StartTimer()
+		t0 := time.Now()
+		if err := r.drv.Define(ctx, spec); err != nil {
+			b.Fatal(err)
+		}
+		if err := r.drv.Start(ctx, spec.ID); err != nil {
+			b.Fatal(err)
+		}
+		bctx, cancel := context.WithTimeout(ctx, 90*time.Second)
+		log, err := waitConsole(bctx, r.drv, spec.ID, guestimage.Test.Banner(), 1)
+		cancel()
+		if err != nil {
+			b.Fatalf("no banner: %v; console:\n%s", err, log)
+		}
+		total += time.Since(t0)
+		b.StopTimer()
+		if err := r.drv.Destroy(ctx, spec.ID); err != nil {
+			b.Fatal(err)
+		}
+		if err := r.drv.Undefine(ctx, spec.ID); err != nil {
+			b.Fatal(err)
+		}
+		b.StartTimer()
+	}
+	b.ReportMetric(total.Seconds()/float64(b.N), "s/boot")
+}

@@ -55,7 +55,7 @@ func (c *cpio) charDev(name string, perm uint32, major, minor int) {
 func (c *cpio) gzip() ([]byte, error) {
 	c.entry("TRAILER!!!", 0, 0, 0, nil)
 	var out bytes.Buffer
-	zw, err := gzip.NewWriterLevel(&out, gzip.BestCompression)
+	zw, err := gzip.NewWriterLevel(&out, gzip.BestSpeed)
 	if err != nil {
 		return nil, err
 	}

@@ -102,7 +102,7 @@ const kernelMeta = "linux-image-cloud-amd64"
 
 // builderVersion changes whenever the way images are laid out changes in a
 // way the other hashed inputs do not show.
-const builderVersion = "guestimage/1"
+const builderVersion = "guestimage/2"
 
 // Builder builds and caches images.
 type Builder struct {

@@ -52,14 +52,33 @@ install() {
   command -v ipmitool >/dev/null || missing+=(ipmitool)
   command -v ipmi_sim >/dev/null || missing+=(openipmi)
   command -v redfishtool >/dev/null || missing+=(redfishtool)
-  if [ ${#missing[@]} -gt 0 ]; then
+  # Compute (notes/vm-disk-images.md): test guest images are built from
+  # Debian packages (dosfstools, mtools, syslinux; the kernel and
+  # busybox-static .debs are fetched with apt-get download by the build and
+  # cached in /var/cache/petrel/guest), booted by QEMU (TCG) and by private
+  # libvirtd daemons under tini. No recommends: they pull lvm2, GUI, firmware.
+  local norec=()
+  command -v mkfs.fat >/dev/null || norec+=(dosfstools)
+  command -v mcopy >/dev/null || norec+=(mtools)
+  command -v syslinux >/dev/null || norec+=(syslinux syslinux-common)
+  command -v qemu-system-x86_64 >/dev/null || norec+=(qemu-system-x86)
+  command -v qemu-img >/dev/null || norec+=(qemu-utils)
+  [ -x /usr/sbin/libvirtd ] || norec+=(libvirt-daemon)
+  [ -e /usr/lib/x86_64-linux-gnu/libvirt/connection-driver/libvirt_driver_qemu.so ] || norec+=(libvirt-daemon-driver-qemu)
+  command -v virsh >/dev/null || norec+=(libvirt-clients)
+  command -v tini >/dev/null || norec+=(tini)
+  if [ $((${#missing[@]} + ${#norec[@]})) -gt 0 ]; then
     if [ "$(id -u)" != 0 ]; then
-      echo "scripts/test.sh: missing Debian packages: ${missing[*]} (run as root to install them)" >&2
+      echo "scripts/test.sh: missing Debian packages: ${missing[*]} ${norec[*]} (run as root to install them)" >&2
       exit 1
     fi
     apt-get update -qq
-    DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${missing[@]}" >/dev/null
+    [ ${#missing[@]} -eq 0 ] || DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${missing[@]}" >/dev/null
+    [ ${#norec[@]} -eq 0 ] || DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends "${norec[@]}" >/dev/null
   fi
+  # libvirtd's QEMU driver will not load without its compiled-in user
+  # (normally created by libvirt-daemon-system, which we do not install).
+  [ "$(id -u)" != 0 ] || getent passwd libvirt-qemu >/dev/null || useradd -r -U -M -d /var/lib/libvirt -s /usr/sbin/nologin libvirt-qemu
   go mod download
   # Browser tests only: the product has no npm dependency.
   if [ ! -d tests/browser/node_modules/playwright-core ]; then

@@ -1,0 +1,419 @@
+// Package libvirt implements compute.Hypervisor on a libvirtd, speaking
+// libvirt's RPC protocol through github.com/digitalocean/go-libvirt (no
+// cgo, no libvirt client library).
+//
+// Domains are `type='qemu'` (TCG: these machines have no usable KVM), boot
+// from their first disk through SeaBIOS, have one virtio qcow2 disk (the
+// instance's overlay, cache='none') and a serial console appended to a file.
+// The libvirt domain UUID is the server ID.
+//
+// go-libvirt's calls take no context: a Driver checks ctx between calls and
+// while it waits, but a call to a hung daemon blocks until the connection
+// fails.
+package libvirt
+
+import (
+	"context"
+	"encoding/xml"
+	"errors"
+	"fmt"
+	"io"
+	"net/url"
+	"os"
+	"time"
+
+	golibvirt "github.com/digitalocean/go-libvirt"
+	"github.com/google/uuid"
+
+	"github.com/petrel-edge/petrel/compute"
+)
+
+// Driver is a connection to one libvirtd.
+type Driver struct {
+	l *golibvirt.Libvirt
+}
+
+var _ compute.Hypervisor = (*Driver)(nil)
+
+// Dial connects to the libvirtd at uri: "qemu:///system?socket=PATH" (a
+// unix socket), "qemu:///system" (the default socket) or
+// "qemu+tcp://HOST[:PORT]/system".
+func Dial(ctx context.Context, uri string) (*Driver, error) {
+	u, err := url.Parse(uri)
+	if err != nil {
+		return nil, fmt.Errorf("libvirt: uri %q: %w", uri, err)
+	}
+	if err := ctx.Err(); err != nil {
+		return nil, err
+	}
+	l, err := golibvirt.ConnectToURI(u)
+	if err != nil {
+		return nil, fmt.Errorf("libvirt: %s: %w", uri, err)
+	}
+	return &Driver{l: l}, nil
+}
+
+// Close disconnects.
+func (d *Driver) Close() error { return d.l.Disconnect() }
+
+// Version is the daemon's libvirt version, e.g. "9.0.0".
+func (d *Driver) Version(ctx context.Context) (string, error) {
+	if err := ctx.Err(); err != nil {
+		return "", err
+	}
+	v, err := d.l.ConnectGetLibVersion()
+	if err != nil {
+		return "", err
+	}
+	return fmt.Sprintf("%d.%d.%d", v/1000000, v/1000%1000, v%1000), nil
+}
+
+// WarmCapabilities asks the daemon for QEMU's domain capabilities. A
+// daemon with a cold cache probes QEMU first (~4 s); doing it up front
+// keeps that out of the first Start.
+func (d *Driver) WarmCapabilities(ctx context.Context) error {
+	if err := ctx.Err(); err != nil {
+		return err
+	}
+	_, err := d.l.ConnectGetDomainCapabilities(golibvirt.OptString{"/usr/bin/qemu-system-x86_64"},
+		golibvirt.OptString{"x86_64"}, golibvirt.OptString{"pc"}, golibvirt.OptString{"qemu"}, 0)
+	return err
+}
+
+// domainXML is the subset of libvirt's domain XML Petrel writes.
+type domainXML struct {
+	XMLName xml.Name `xml:"domain"`
+	Type    string   `xml:"type,attr"`
+	Name    string   `xml:"name"`
+	UUID    string   `xml:"uuid"`
+	Memory  struct {
+		Unit  string `xml:"unit,attr"`
+		Value int    `xml:",chardata"`
+	} `xml:"memory"`
+	VCPU int `xml:"vcpu"`
+	OS   struct {
+		Type struct {
+			Arch    string `xml:"arch,attr"`
+			Machine string `xml:"machine,attr"`
+			Value   string `xml:",chardata"`
+		} `xml:"type"`
+		Boot struct {
+			Dev string `xml:"dev,attr"`
+		} `xml:"boot"`
+	} `xml:"os"`
+	Features struct {
+		ACPI struct{} `xml:"acpi"`
+	} `xml:"features"`
+	Clock struct {
+		Offset string `xml:"offset,attr"`
+	} `xml:"clock"`
+	OnPoweroff string     `xml:"on_poweroff"`
+	OnReboot   string     `xml:"on_reboot"`
+	OnCrash    string     `xml:"on_crash"`
+	Devices    devicesXML `xml:"devices"`
+}
+
+type devicesXML struct {
+	Emulator string          `xml:"emulator,omitempty"`
+	Disks    []diskXML       `xml:"disk"`
+	Controls []controllerXML `xml:"controller"`
+	Serials  []serialXML     `xml:"serial"`
+	Balloon  struct {
+		Model string `xml:"model,attr"`
+	} `xml:"memballoon"`
+}
+
+type controllerXML struct {
+	Type  string `xml:"type,attr"`
+	Model string `xml:"model,attr"`
+}
+
+type diskXML struct {
+	Type   string `xml:"type,attr"`
+	Device string `xml:"device,attr"`
+	Driver struct {
+		Name  string `xml:"name,attr"`
+		Type  string `xml:"type,attr"`
+		Cache string `xml:"cache,attr"`
+	} `xml:"driver"`
+	Source struct {
+		File string `xml:"file,attr"`
+	} `xml:"source"`
+	Target struct {
+		Dev string `xml:"dev,attr"`
+		Bus string `xml:"bus,attr"`
+	} `xml:"target"`
+}
+
+type serialXML struct {
+	Type   string `xml:"type,attr"`
+	Source struct {
+		Path   string `xml:"path,attr"`
+		Append string `xml:"append,attr,omitempty"`
+	} `xml:"source"`
+	Target struct {
+		Port int `xml:"port,attr"`
+	} `xml:"target"`
+}
+
+// DomainXML renders spec as libvirt domain XML.
+func DomainXML(spec compute.DomainSpec) ([]byte, error) {
+	if err := spec.Validate(); err != nil {
+		return nil, err
+	}
+	var x domainXML
+	x.Type = "qemu" // TCG
+	x.Name = spec.Name
+	x.UUID = spec.ID
+	x.Memory.Unit, x.Memory.Value = "MiB", spec.MemoryMiB
+	x.VCPU = spec.VCPUs
+	x.OS.Type.Arch, x.OS.Type.Machine, x.OS.Type.Value = "x86_64", "pc", "hvm"
+	x.OS.Boot.Dev = "hd"
+	x.Clock.Offset = "utc"
+	x.OnPoweroff, x.OnReboot, x.OnCrash = "destroy", "restart", "destroy"
+	x.Devices.Emulator = "/usr/bin/qemu-system-x86_64"
+	var disk diskXML
+	disk.Type, disk.Device = "file", "disk"
+	disk.Driver.Name, disk.Driver.Type, disk.Driver.Cache = "qemu", "qcow2", "none"
+	disk.Source.File = spec.Disk
+	disk.Target.Dev, disk.Target.Bus = "vda", "virtio"
+	x.Devices.Disks = []diskXML{disk}
+	x.Devices.Controls = []controllerXML{{Type: "usb", Model: "none"}}
+	var serial serialXML
+	serial.Type = "file"
+	serial.Source.Path, serial.Source.Append = spec.ConsoleLog, "on"
+	x.Devices.Serials = []serialXML{serial}
+	x.Devices.Balloon.Model = "none"
+	return xml.MarshalIndent(x, "", "  ")
+}
+
+// Define creates or updates the domain's persistent definition; libvirt
+// validates the XML against its schema.
+func (d *Driver) Define(ctx context.Context, spec compute.DomainSpec) error {
+	doc, err := DomainXML(spec)
+	if err != nil {
+		return err
+	}
+	if err := ctx.Err(); err != nil {
+		return err
+	}
+	if _, err := d.l.DomainDefineXMLFlags(string(doc), golibvirt.DomainDefineValidate); err != nil {
+		return fmt.Errorf("libvirt: define %s: %w", spec.ID, err)
+	}
+	return nil
+}
+
+// lookup finds a domain by its UUID.
+func (d *Driver) lookup(ctx context.Context, id string) (golibvirt.Domain, error) {
+	if err := ctx.Err(); err != nil {
+		return golibvirt.Domain{}, err
+	}
+	u, err := uuid.Parse(id)
+	if err != nil {
+		return golibvirt.Domain{}, fmt.Errorf("libvirt: domain %q: %w", id, compute.ErrNotFound)
+	}
+	dom, err := d.l.DomainLookupByUUID(golibvirt.UUID(u))
+	if golibvirt.IsNotFound(err) {
+		return golibvirt.Domain{}, fmt.Errorf("libvirt: domain %s: %w", id, compute.ErrNotFound)
+	}
+	return dom, err
+}
+
+// Start boots the domain; a running domain is left as it is.
+func (d *Driver) Start(ctx context.Context, id string) error {
+	dom, err := d.lookup(ctx, id)
+	if err != nil {
+		return err
+	}
+	if st, err := d.state(dom); err == nil && st == compute.StateRunning {
+		return nil
+	}
+	if _, err := d.l.DomainCreateWithFlags(dom, 0); err != nil {
+		if st, serr := d.state(dom); serr == nil && st == compute.StateRunning {
+			return nil // started concurrently
+		}
+		return fmt.Errorf("libvirt: start %s: %w", id, err)
+	}
+	return nil
+}
+
+// Stop presses the guest's ACPI power button, waits up to timeout for it
+// to power off, then destroys it.
+func (d *Driver) Stop(ctx context.Context, id string, timeout time.Duration) error {
+	dom, err := d.lookup(ctx, id)
+	if err != nil {
+		return err
+	}
+	if st, err := d.state(dom); err == nil && st == compute.StateShutoff {
+		return nil
+	}
+	// An error here (guest not running, or ACPI not ready) leaves the
+	// wait below to decide.
+	_ = d.l.DomainShutdownFlags(dom, golibvirt.DomainShutdownAcpiPowerBtn)
+	deadline := time.NewTimer(timeout)
+	defer deadline.Stop()
+	tick := time.NewTicker(100 * time.Millisecond)
+	defer tick.Stop()
+	for {
+		st, err := d.state(dom)
+		if err != nil {
+			return fmt.Errorf("libvirt: stop %s: %w", id, err)
+		}
+		if st == compute.StateShutoff {
+			return nil
+		}
+		select {
+		case <-ctx.Done():
+			return ctx.Err()
+		case <-deadline.C:
+			return d.Destroy(ctx, id)
+		case <-tick.C:
+		}
+	}
+}
+
+// Destroy stops the domain at once; a stopped domain is left as it is.
+func (d *Driver) Destroy(ctx context.Context, id string) error {
+	dom, err := d.lookup(ctx, id)
+	if err != nil {
+		return err
+	}
+	if err := d.l.DomainDestroyFlags(dom, golibvirt.DomainDestroyDefault); err != nil {
+		if st, serr := d.state(dom); serr == nil && st == compute.StateShutoff {
+			return nil
+		}
+		return fmt.Errorf("libvirt: destroy %s: %w", id, err)
+	}
+	return nil
+}
+
+// Undefine removes the definition; an unknown domain is not an error. A
+// running domain stays running, transient, until it is destroyed.
+func (d *Driver) Undefine(ctx context.Context, id string) error {
+	dom, err := d.lookup(ctx, id)
+	if errors.Is(err, compute.ErrNotFound) {
+		return nil
+	}
+	if err != nil {
+		return err
+	}
+	flags := golibvirt.DomainUndefineManagedSave | golibvirt.DomainUndefineSnapshotsMetadata
+	if err := d.l.DomainUndefineFlags(dom, flags); err != nil && !golibvirt.IsNotFound(err) {
+		return fmt.Errorf("libvirt: undefine %s: %w", id, err)
+	}
+	return nil
+}
+
+// State reports the domain's run state.
+func (d *Driver) State(ctx context.Context, id string) (compute.State, error) {
+	dom, err := d.lookup(ctx, id)
+	if err != nil {
+		return compute.StateUnknown, err
+	}
+	return d.state(dom)
+}
+
+func (d *Driver) state(dom golibvirt.Domain) (compute.State, error) {
+	st, _, err := d.l.DomainGetState(dom, 0)
+	if golibvirt.IsNotFound(err) {
+		return compute.StateUnknown, fmt.Errorf("libvirt: domain %s: %w", uuidString(dom.UUID), compute.ErrNotFound)
+	}
+	if err != nil {
+		return compute.StateUnknown, err
+	}
+	return stateOf(golibvirt.DomainState(st)), nil
+}
+
+func stateOf(s golibvirt.DomainState) compute.State {
+	switch s {
+	case golibvirt.DomainRunning:
+		return compute.StateRunning
+	case golibvirt.DomainBlocked:
+		return compute.StateBlocked
+	case golibvirt.DomainPaused:
+		return compute.StatePaused
+	case golibvirt.DomainShutdown:
+		return compute.StateShuttingDown
+	case golibvirt.DomainShutoff:
+		return compute.StateShutoff
+	case golibvirt.DomainCrashed:
+		return compute.StateCrashed
+	case golibvirt.DomainPmsuspended:
+		return compute.StateSuspended
+	}
+	return compute.StateUnknown
+}
+
+func uuidString(u golibvirt.UUID) string { return uuid.UUID(u).String() }
+
+// MaxConsoleLog is how much of the end of a console log ConsoleLog returns.
+const MaxConsoleLog = 1 << 20
+
+// ConsoleLog returns up to MaxConsoleLog bytes from the end of the file
+// the domain's serial console is written to. It reads the file where this
+// process sees it, so the driver must run where the daemon's files are
+// visible (the host's agent, or a test).
+func (d *Driver) ConsoleLog(ctx context.Context, id string) ([]byte, error) {
+	dom, err := d.lookup(ctx, id)
+	if err != nil {
+		return nil, err
+	}
+	doc, err := d.l.DomainGetXMLDesc(dom, 0)
+	if err != nil {
+		return nil, fmt.Errorf("libvirt: %s: %w", id, err)
+	}
+	var x domainXML
+	if err := xml.Unmarshal([]byte(doc), &x); err != nil {
+		return nil, fmt.Errorf("libvirt: %s: domain XML: %w", id, err)
+	}
+	for _, s := range x.Devices.Serials {
+		if s.Type == "file" && s.Source.Path != "" {
+			return tail(s.Source.Path, MaxConsoleLog)
+		}
+	}
+	return nil, fmt.Errorf("libvirt: %s has no serial console file", id)
+}
+
+func tail(name string, max int64) ([]byte, error) {
+	f, err := os.Open(name)
+	if errors.Is(err, os.ErrNotExist) {
+		return nil, nil // not started yet
+	}
+	if err != nil {
+		return nil, err
+	}
+	defer f.Close()
+	st, err := f.Stat()
+	if err != nil {
+		return nil, err
+	}
+	if st.Size() > max {
+		if _, err := f.Seek(st.Size()-max, io.SeekStart); err != nil {
+			return nil, err
+		}
+	}
+	return io.ReadAll(io.LimitReader(f, max))
+}
+
+// List returns every domain, defined or running.
+func (d *Driver) List(ctx context.Context) ([]compute.Domain, error) {
+	if err := ctx.Err(); err != nil {
+		return nil, err
+	}
+	doms, _, err := d.l.ConnectListAllDomains(1, 0)
+	if err != nil {
+		return nil, fmt.Errorf("libvirt: list: %w", err)
+	}
+	out := make([]compute.Domain, 0, len(doms))
+	for _, dom := range doms {
+		st, err := d.state(dom)
+		if errors.Is(err, compute.ErrNotFound) {
+			continue // gone meanwhile
+		}
+		if err != nil {
+			return nil, err
+		}
+		out = append(out, compute.Domain{ID: uuidString(dom.UUID), Name: dom.Name, State: st})
+	}
+	return out, nil
+}

@@ -1,0 +1,327 @@
+// Package libvirtd runs a private libvirtd: one simulated hypervisor
+// host's daemon in the lab, or a test's own daemon.
+//
+// The recipe is the verified one of shared/notes/libvirt-and-live-migration.md
+// and vm-disk-images.md: the monolithic libvirtd runs in the foreground in
+// its own mount namespace, where libvirt's five system directories
+// (/etc, /run, /var/lib, /var/log, /var/cache /libvirt) are bind mounts of
+// the daemon's own directory, so several daemons never share state. Its
+// parent is `tini -s`, a child subreaper, so exited QEMUs are reaped at once
+// (this machine's PID 1 reaps orphans only every ~2 s, and libvirt waits for
+// the reap). qemu.conf runs QEMU as root with no security driver and
+// `cgroup_controllers = [ ]`, which keeps QEMU in the daemon's cgroup (the
+// lab host's) instead of libvirt's machine/ slices, where daemons collide.
+// There is no KVM here: domains are type 'qemu' (TCG).
+//
+// Start needs root (mount namespaces) and the Debian packages in Packages.
+package libvirtd
+
+import (
+	"bytes"
+	"context"
+	"errors"
+	"fmt"
+	"net"
+	"net/url"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"strconv"
+	"strings"
+	"syscall"
+	"time"
+
+	"github.com/google/uuid"
+)
+
+// Packages are the Debian packages a daemon needs (installed with
+// --no-install-recommends; libvirt-daemon-system is deliberately absent: it
+// brings polkit, systemd units and iptables rules).
+var Packages = []string{"libvirt-daemon", "libvirt-daemon-driver-qemu", "libvirt-clients",
+	"qemu-system-x86", "qemu-utils", "tini"}
+
+// ErrNotInstalled is returned (wrapped, naming what is missing) when the
+// daemon cannot run here.
+var ErrNotInstalled = errors.New("libvirtd: not installed")
+
+const (
+	libvirtdBin = "/usr/sbin/libvirtd"
+	qemuDriver  = "/usr/lib/x86_64-linux-gnu/libvirt/connection-driver/libvirt_driver_qemu.so"
+)
+
+// Config describes one daemon.
+type Config struct {
+	// Dir is the daemon's own directory: its libvirt directories, config,
+	// socket and logs live under it. Created if missing.
+	Dir string
+	// HostUUID is the daemon's host_uuid; distinct per daemon. Default: a
+	// new random UUID.
+	HostUUID string
+	// ListenAddr, if set, makes the daemon also listen on TCP
+	// (qemu+tcp://ListenAddr/system, no auth: lab and test addresses only)
+	// and take incoming migrations on that address.
+	ListenAddr string
+}
+
+// Daemon is a running libvirtd.
+type Daemon struct {
+	cfg  Config
+	cmd  *exec.Cmd
+	done chan struct{}
+	werr error
+}
+
+// Installed reports whether the programs a daemon needs are present,
+// naming the missing Debian packages in the error.
+func Installed() error {
+	var missing []string
+	check := func(ok bool, pkg string) {
+		if !ok {
+			missing = append(missing, pkg)
+		}
+	}
+	check(exists(libvirtdBin), "libvirt-daemon")
+	check(exists(qemuDriver), "libvirt-daemon-driver-qemu")
+	_, err := exec.LookPath("qemu-system-x86_64")
+	check(err == nil, "qemu-system-x86")
+	_, err = exec.LookPath("qemu-img")
+	check(err == nil, "qemu-utils")
+	_, err = exec.LookPath("tini")
+	check(err == nil, "tini")
+	_, err = exec.LookPath("unshare")
+	check(err == nil, "util-linux")
+	if len(missing) > 0 {
+		return fmt.Errorf("%w: Debian packages %s", ErrNotInstalled, strings.Join(missing, " "))
+	}
+	return nil
+}
+
+func exists(name string) bool { _, err := os.Stat(name); return err == nil }
+
+// Start starts the daemon and returns once it answers on its socket. ctx
+// bounds the start only, not the daemon's life: Close stops it.
+func Start(ctx context.Context, cfg Config) (*Daemon, error) {
+	if err := Installed(); err != nil {
+		return nil, err
+	}
+	if os.Geteuid() != 0 {
+		return nil, errors.New("libvirtd: needs root (mount namespaces)")
+	}
+	if err := ensureQEMUUser(ctx); err != nil {
+		return nil, err
+	}
+	if cfg.HostUUID == "" {
+		cfg.HostUUID = uuid.NewString()
+	}
+	dir, err := filepath.Abs(cfg.Dir)
+	if err != nil {
+		return nil, err
+	}
+	cfg.Dir = dir
+	for _, d := range []string{"etc", "run", "lib", "log", "cache"} {
+		if err := os.MkdirAll(filepath.Join(dir, d), 0o755); err != nil {
+			return nil, err
+		}
+	}
+	for _, d := range mounts {
+		if err := os.MkdirAll(d[1], 0o755); err != nil {
+			return nil, err
+		}
+	}
+	if err := os.WriteFile(filepath.Join(dir, "etc", "libvirtd.conf"), []byte(libvirtdConf(cfg)), 0o644); err != nil {
+		return nil, err
+	}
+	if err := os.WriteFile(filepath.Join(dir, "etc", "qemu.conf"), []byte(qemuConf(cfg)), 0o644); err != nil {
+		return nil, err
+	}
+	for _, stale := range []string{"run/libvirtd.pid", "run/libvirt-sock", "run/libvirt-sock-ro", "run/libvirt-admin-sock"} {
+		_ = os.Remove(filepath.Join(dir, stale))
+	}
+	var script strings.Builder
+	for _, m := range mounts {
+		fmt.Fprintf(&script, "mount --bind %s %s && ", shellQuote(filepath.Join(dir, m[0])), m[1])
+	}
+	args := []string{"--listen"}
+	if cfg.ListenAddr == "" {
+		args = nil
+	}
+	// The daemon's argv names its directory, so it can be told apart.
+	fmt.Fprintf(&script, "exec tini -s -- %s %s -f /etc/libvirt/libvirtd.conf -p /run/libvirt/libvirtd.pid # %s",
+		libvirtdBin, strings.Join(args, " "), shellQuote(dir))
+	out, err := os.OpenFile(filepath.Join(dir, "log", "stdout.log"), os.O_CREATE|os.O_WRONLY|os.O_APPEND, 0o644)
+	if err != nil {
+		return nil, err
+	}
+	defer out.Close()
+	cmd := exec.Command("unshare", "-m", "--propagation", "private", "sh", "-c", script.String())
+	cmd.Stdout, cmd.Stderr = out, out
+	// Its own session (no terminal signals); stopped (tini forwards SIGTERM
+	// to libvirtd) if this process dies.
+	cmd.SysProcAttr = &syscall.SysProcAttr{Setsid: true, Pdeathsig: syscall.SIGTERM}
+	if err := cmd.Start(); err != nil {
+		return nil, fmt.Errorf("libvirtd: start: %w", err)
+	}
+	d := &Daemon{cfg: cfg, cmd: cmd, done: make(chan struct{})}
+	go func() { d.werr = cmd.Wait(); close(d.done) }()
+	if err := d.waitReady(ctx); err != nil {
+		d.Close()
+		return nil, err
+	}
+	return d, nil
+}
+
+// mounts are libvirt's system directories and the subdirectory of Dir
+// bound over each.
+var mounts = [][2]string{
+	{"etc", "/etc/libvirt"}, {"run", "/run/libvirt"}, {"lib", "/var/lib/libvirt"},
+	{"log", "/var/log/libvirt"}, {"cache", "/var/cache/libvirt"},
+}
+
+func libvirtdConf(cfg Config) string {
+	var b strings.Builder
+	fmt.Fprintf(&b, "host_uuid = %q\n", cfg.HostUUID)
+	b.WriteString("auth_unix_ro = \"none\"\nauth_unix_rw = \"none\"\nunix_sock_rw_perms = \"0700\"\nlisten_tls = 0\n")
+	if cfg.ListenAddr != "" {
+		fmt.Fprintf(&b, "listen_tcp = 1\nlisten_addr = %q\nauth_tcp = \"none\"\n", cfg.ListenAddr)
+	}
+	b.WriteString("log_outputs = \"3:file:/var/log/libvirt/libvirtd.log\"\n")
+	return b.String()
+}
+
+func qemuConf(cfg Config) string {
+	var b strings.Builder
+	b.WriteString("user = \"root\"\ngroup = \"root\"\ndynamic_ownership = 0\nremember_owner = 0\n")
+	b.WriteString("security_driver = \"none\"\nstdio_handler = \"file\"\ncgroup_controllers = [ ]\n")
+	if cfg.ListenAddr != "" {
+		fmt.Fprintf(&b, "migration_address = %q\nmigration_host = %q\n", cfg.ListenAddr, cfg.ListenAddr)
+	}
+	return b.String()
+}
+
+func shellQuote(s string) string { return "'" + strings.ReplaceAll(s, "'", `'\''`) + "'" }
+
+// ensureQEMUUser creates the libvirt-qemu user: libvirtd's QEMU driver
+// resolves its compiled-in default user before reading qemu.conf and will
+// not load without it (libvirt-daemon-system, not installed, would create
+// it).
+func ensureQEMUUser(ctx context.Context) error {
+	if exec.CommandContext(ctx, "getent", "passwd", "libvirt-qemu").Run() == nil {
+		return nil
+	}
+	out, err := exec.CommandContext(ctx, "useradd", "-r", "-U", "-M", "-d", "/var/lib/libvirt", "-s", "/usr/sbin/nologin", "libvirt-qemu").CombinedOutput()
+	if err != nil && exec.CommandContext(ctx, "getent", "passwd", "libvirt-qemu").Run() != nil {
+		return fmt.Errorf("libvirtd: useradd libvirt-qemu: %w: %s", err, bytes.TrimSpace(out))
+	}
+	return nil
+}
+
+// waitReady waits for the socket to answer. If driver start-up fails the
+// socket appears and vanishes again, so it dials rather than stats.
+func (d *Daemon) waitReady(ctx context.Context) error {
+	sock := d.Socket()
+	for {
+		if c, err := net.DialTimeout("unix", sock, time.Second); err == nil {
+			c.Close()
+			// Settle: a failing QEMU driver init closes the socket soon after.
+			select {
+			case <-time.After(200 * time.Millisecond):
+			case <-d.done:
+			}
+			if c, err := net.DialTimeout("unix", sock, time.Second); err == nil {
+				c.Close()
+				return nil
+			}
+		}
+		select {
+		case <-d.done:
+			return fmt.Errorf("libvirtd: exited during start (%v): %s", d.werr, d.logTail())
+		case <-ctx.Done():
+			return fmt.Errorf("libvirtd: not ready: %w: %s", ctx.Err(), d.logTail())
+		case <-time.After(50 * time.Millisecond):
+		}
+	}
+}
+
+func (d *Daemon) logTail() string {
+	var out []byte
+	for _, f := range []string{"log/libvirtd.log", "log/stdout.log"} {
+		b, _ := os.ReadFile(filepath.Join(d.cfg.Dir, f))
+		out = append(out, b...)
+	}
+	if len(out) > 2000 {
+		out = out[len(out)-2000:]
+	}
+	return string(bytes.TrimSpace(out))
+}
+
+// Socket is the daemon's read-write unix socket.
+func (d *Daemon) Socket() string { return filepath.Join(d.cfg.Dir, "run", "libvirt-sock") }
+
+// URI is the libvirt URI of the daemon's unix socket (go-libvirt and
+// virsh accept it).
+func (d *Daemon) URI() string {
+	return "qemu:///system?socket=" + url.QueryEscape(d.Socket())
+}
+
+// HostUUID is the daemon's host_uuid.
+func (d *Daemon) HostUUID() string { return d.cfg.HostUUID }
+
+// Dir is the daemon's directory.
+func (d *Daemon) Dir() string { return d.cfg.Dir }
+
+// Pid is the process ID of the daemon's tini (libvirtd is its child).
+func (d *Daemon) Pid() int { return d.cmd.Process.Pid }
+
+// Close stops the daemon: SIGTERM to tini, which forwards it to libvirtd,
+// then SIGKILL after 10 s. QEMU processes outlive libvirtd by design, so
+// any domain still running is then killed by the PID libvirt recorded in
+// its pidfile (callers should destroy their domains first). Idempotent.
+func (d *Daemon) Close() error {
+	select {
+	case <-d.done:
+	default:
+		_ = d.cmd.Process.Signal(syscall.SIGTERM)
+		select {
+		case <-d.done:
+		case <-time.After(10 * time.Second):
+			_ = d.cmd.Process.Kill()
+			<-d.done
+		}
+	}
+	return d.killOrphanedQEMUs()
+}
+
+// killOrphanedQEMUs kills the QEMUs named in run/qemu/*.pid, checking that
+// each PID is still a QEMU started for this daemon's domain before
+// signalling it.
+func (d *Daemon) killOrphanedQEMUs() error {
+	pidfiles, _ := filepath.Glob(filepath.Join(d.cfg.Dir, "run", "qemu", "*.pid"))
+	var errs []error
+	for _, pf := range pidfiles {
+		b, err := os.ReadFile(pf)
+		if err != nil {
+			continue
+		}
+		pid, err := strconv.Atoi(strings.TrimSpace(string(b)))
+		if err != nil || pid <= 1 {
+			continue
+		}
+		name := strings.TrimSuffix(filepath.Base(pf), ".pid")
+		argv, err := os.ReadFile(fmt.Sprintf("/proc/%d/cmdline", pid))
+		if err != nil || !bytes.Contains(argv, []byte("qemu-system")) || !bytes.Contains(argv, []byte("guest="+name)) {
+			continue
+		}
+		if err := syscall.Kill(pid, syscall.SIGKILL); err != nil {
+			errs = append(errs, fmt.Errorf("libvirtd: kill qemu %d (%s): %w", pid, name, err))
+			continue
+		}
+		for i := 0; i < 100; i++ {
+			if syscall.Kill(pid, 0) != nil {
+				break
+			}
+			time.Sleep(20 * time.Millisecond)
+		}
+		_ = os.Remove(pf)
+	}
+	return errors.Join(errs...)
+}

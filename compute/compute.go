@@ -154,7 +154,7 @@ func imageFormat(name string) (string, error) {
 	if _, err := f.ReadAt(magic, 0); err != nil {
 		return "", fmt.Errorf("compute: base image %s: %w", name, err)
 	}
-	if string(magic) == "QFI\xfb" {
+	if DetectFormat(magic) == FormatQCOW2 {
 		return "qcow2", nil
 	}
 	return "raw", nil

@@ -104,14 +104,28 @@ func (e *Error) Is(target error) bool {
 // Do calls method path with the JSON body in (nil for none) and decodes the
 // answer into out (nil to discard; *[]byte for the raw body).
 func (c *Client) Do(ctx context.Context, method, path string, query url.Values, in, out any) error {
-	var body io.Reader
-	if in != nil {
-		b, err := json.Marshal(in)
-		if err != nil {
-			return err
-		}
-		body = bytes.NewReader(b)
+	if in == nil {
+		return c.send(ctx, c.http, method, path, query, nil, 0, "", out)
 	}
+	b, err := json.Marshal(in)
+	if err != nil {
+		return err
+	}
+	return c.send(ctx, c.http, method, path, query, bytes.NewReader(b), int64(len(b)), "application/json", out)
+}
+
+// Upload streams size bytes of body (an image, say) to method path as
+// application/octet-stream and decodes the answer into out as Do does.
+// Only ctx bounds it: the client's timeout would cut off a large upload.
+func (c *Client) Upload(ctx context.Context, method, path string, body io.Reader, size int64, out any) error {
+	hc := *c.http
+	hc.Timeout = 0
+	return c.send(ctx, &hc, method, path, nil, body, size, "application/octet-stream", out)
+}
+
+// send calls method path with body, of size bytes (sent as its
+// Content-Length), and decodes the answer into out.
+func (c *Client) send(ctx context.Context, hc *http.Client, method, path string, query url.Values, body io.Reader, size int64, contentType string, out any) error {
 	u := *c.base
 	u.Path = c.base.Path + c.cfg.PathPrefix + path
 	u.RawQuery = query.Encode()
@@ -119,14 +133,17 @@ func (c *Client) Do(ctx context.Context, method, path string, query url.Values, 
 	if err != nil {
 		return err
 	}
-	if in != nil {
-		req.Header.Set("Content-Type", "application/json")
+	if body != nil && size > 0 {
+		req.ContentLength = size
+	}
+	if contentType != "" {
+		req.Header.Set("Content-Type", contentType)
 	}
 	req.Header.Set("Accept", "application/json")
 	if c.cfg.Token != "" {
 		req.Header.Set("Authorization", "Bearer "+c.cfg.Token)
 	}
-	resp, err := c.http.Do(req)
+	resp, err := hc.Do(req)
 	if err != nil {
 		return reachError(c.cfg.URL, err)
 	}

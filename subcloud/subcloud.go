@@ -18,6 +18,7 @@ import (
 	"golang.org/x/sync/errgroup"
 
 	"github.com/petrel-edge/petrel/auth"
+	"github.com/petrel-edge/petrel/compute"
 	"github.com/petrel-edge/petrel/internal/linkproto"
 	"github.com/petrel-edge/petrel/internal/pki"
 	"github.com/petrel-edge/petrel/internal/rest"
@@ -36,6 +37,8 @@ type FileConfig struct {
 	Shape     string           `json:"shape"`
 	Central   *HomeConfig      `json:"central"`   // how to dial home; absent: a standalone site
 	Heartbeat *HeartbeatConfig `json:"heartbeat"` // host maintenance's heartbeat; absent: hosts are not pulsed
+	// ImageMaxBytes caps an uploaded image; 0: DefaultImageMaxBytes (8 GiB).
+	ImageMaxBytes int64 `json:"image_max_bytes"`
 	server.FileConfig
 }
 
@@ -48,6 +51,8 @@ type Config struct {
 	// Heartbeat turns on host maintenance (pulses, availability,
 	// recovery); nil: off.
 	Heartbeat *HeartbeatConfig
+	// ImageMaxBytes caps an uploaded image; 0: DefaultImageMaxBytes.
+	ImageMaxBytes int64
 }
 
 // Subcloud is a running site controller.
@@ -65,6 +70,10 @@ type Subcloud struct {
 	bmcClients *bmcClients
 	epoch      uint64        // this controller's epoch: counts its starts
 	cmds       agentCommands // commands waiting for agents
+	Images     compute.ImageStore
+	Flavors    compute.FlavorStore
+	ImageFiles *compute.ImageFiles // image bytes, DATA_DIR/images/<sha256>
+	images     *images
 
 	connected atomic.Bool   // the link to central is up
 	seq       atomic.Uint64 // last update sequence sent
@@ -86,7 +95,11 @@ func ConfigFromFile(fc FileConfig, shell server.Config) (Config, error) {
 	if !shape.Valid() {
 		return Config{}, fmt.Errorf("config: shape %q: want simplex, duplex or multi-server", fc.Shape)
 	}
-	return Config{Site: fc.Site, Shape: shape, Shell: shell, Central: fc.Central, Heartbeat: fc.Heartbeat}, nil
+	if fc.ImageMaxBytes < 0 {
+		return Config{}, fmt.Errorf("config: image_max_bytes %d: want a positive size, or 0 for the default", fc.ImageMaxBytes)
+	}
+	return Config{Site: fc.Site, Shape: shape, Shell: shell, Central: fc.Central, Heartbeat: fc.Heartbeat,
+		ImageMaxBytes: fc.ImageMaxBytes}, nil
 }
 
 // New builds the site controller; it starts nothing.
@@ -117,6 +130,10 @@ func New(ctx context.Context, cfg Config) (*Subcloud, error) {
 	s := &Subcloud{cfg: cfg, shell: shell, log: cfg.Shell.Logger, agentCA: agentCA, Hosts: hosts, Enrollment: hosts,
 		hostLocks: newHostLocks(), bmcs: hosts}
 	s.bmcClients = &bmcClients{s: s}
+	if err := s.openImages(ctx); err != nil {
+		shell.Close()
+		return nil, err
+	}
 	if s.epoch, err = nextEpoch(cfg.Shell.DataDir); err != nil {
 		shell.Close()
 		return nil, err
@@ -185,6 +202,7 @@ func (s *Subcloud) register(srv *rest.Server, a *auth.Service) {
 	srv.HandlePublic("join", http.MethodPost, "/v1/join", s.join) // authenticated by the join token in the body
 	srv.Handle("agentReport", http.MethodPut, "/v1/agents/{uuid}/report", s.agentGuard, s.report)
 	srv.Handle("agentCommands", http.MethodGet, "/v1/agents/{uuid}/commands", s.agentGuard, s.agentPoll)
+	s.registerCompute(srv, a)
 }
 
 func (s *Subcloud) listHosts(r *http.Request) (int, any, error) {

@@ -50,6 +50,8 @@ type Route struct {
 	Method string
 	Path   string // gorilla/mux template, e.g. /v1/hosts/{id}
 	Public bool   // no guard: reachable without credentials
+	// MaxBody caps the request body; zero: the server's MaxBody.
+	MaxBody int64
 }
 
 // Mutating reports whether calls to the route change state (and are audited).
@@ -127,6 +129,15 @@ func (s *Server) Handle(op, method, path string, g Guard, h Handler) {
 	s.add(Route{Op: op, Method: method, Path: path}, g, h)
 }
 
+// HandleStream registers an authenticated route whose request body may be
+// up to maxBody bytes (an upload); the handler reads r.Body as a stream.
+func (s *Server) HandleStream(op, method, path string, maxBody int64, g Guard, h Handler) {
+	if g == nil {
+		panic("rest: route " + op + " has no guard")
+	}
+	s.add(Route{Op: op, Method: method, Path: path, MaxBody: maxBody}, g, h)
+}
+
 // HandlePublicHTTP registers a public route served by a plain http.Handler
 // (metrics exposition, for example); it still gets a request id and metrics.
 func (s *Server) HandlePublicHTTP(op, method, path string, h http.Handler) {
@@ -179,7 +190,11 @@ func (s *Server) wrap(rt Route, g Guard, h Handler) http.Handler {
 		id := requestID(r)
 		w.Header().Set("X-Request-Id", id)
 		r = r.WithContext(context.WithValue(r.Context(), ctxKey{}, &requestState{id: id, notes: map[string]string{}}))
-		r.Body = http.MaxBytesReader(w, r.Body, s.cfg.MaxBody)
+		maxBody := s.cfg.MaxBody
+		if rt.MaxBody > 0 {
+			maxBody = rt.MaxBody
+		}
+		r.Body = http.MaxBytesReader(w, r.Body, maxBody)
 
 		r, status, body, err := s.serve(rt, g, h, r)
 		if err != nil {

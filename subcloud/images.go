@@ -1,0 +1,283 @@
+package subcloud
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"net/http"
+	"path/filepath"
+	"sync"
+
+	"github.com/petrel-edge/petrel/auth"
+	"github.com/petrel-edge/petrel/compute"
+	"github.com/petrel-edge/petrel/compute/computedb"
+	"github.com/petrel-edge/petrel/internal/errs"
+	"github.com/petrel-edge/petrel/internal/rest"
+)
+
+// DefaultImageMaxBytes caps an image's size unless the configuration says
+// otherwise: 8 GiB.
+const DefaultImageMaxBytes int64 = 8 << 30
+
+// CreateImageRequest is the body of POST /v1/images: the record of an
+// image whose bytes follow with PUT /v1/images/{id}/file.
+type CreateImageRequest struct {
+	Name       string             `json:"name"`
+	DiskFormat compute.DiskFormat `json:"disk_format"`
+	Visibility compute.Visibility `json:"visibility,omitempty"` // default private
+	Project    string             `json:"project,omitempty"`    // default admin
+	Checksum   string             `json:"checksum"`             // SHA-256, lower-case hex
+	Size       int64              `json:"size"`                 // bytes
+}
+
+// CreateFlavorRequest is the body of POST /v1/flavors.
+type CreateFlavorRequest struct {
+	Name    string `json:"name"`
+	VCPUs   int    `json:"vcpus"`
+	RAMMiB  int    `json:"ram_mib"`
+	DiskGiB int    `json:"disk_gib"`
+	Public  bool   `json:"public,omitempty"`  // default false: the owner project's only
+	Project string `json:"project,omitempty"` // default admin
+}
+
+// images is the site's image service: records in SQL, bytes in
+// DATA_DIR/images.
+type images struct {
+	store    *computedb.Store
+	files    *compute.ImageFiles
+	maxBytes int64
+	// mu orders committing an upload's file against deleting the last
+	// image that uses a file, so a file in use is never removed.
+	mu sync.Mutex
+	// inUse says whether servers use an image; deleting one in use is
+	// refused with a conflict. Nil until servers exist.
+	inUse func(ctx context.Context, im compute.Image) (bool, error)
+}
+
+func (s *Subcloud) openImages(ctx context.Context) error {
+	store, err := computedb.Open(ctx, s.shell.DB)
+	if err != nil {
+		return err
+	}
+	files, err := compute.OpenImageFiles(filepath.Join(s.cfg.Shell.DataDir, "images"))
+	if err != nil {
+		return err
+	}
+	// An upload cut off by a restart left only a temporary file, which
+	// OpenImageFiles removed: its image waits for a new upload.
+	n, err := store.RequeueSaving(ctx)
+	if err != nil {
+		return err
+	}
+	if n > 0 {
+		s.log.Warn("uploads interrupted by a restart; their images are queued again", "images", n)
+	}
+	max := s.cfg.ImageMaxBytes
+	if max <= 0 {
+		max = DefaultImageMaxBytes
+	}
+	s.images = &images{store: store, files: files, maxBytes: max}
+	s.Images, s.Flavors, s.ImageFiles = store, store, files
+	return nil
+}
+
+func (s *Subcloud) registerCompute(srv *rest.Server, a *auth.Service) {
+	srv.Handle("listImages", http.MethodGet, "/v1/images", a.Require(auth.Reader), s.listImages)
+	srv.Handle("createImage", http.MethodPost, "/v1/images", a.Require(auth.Operator), s.createImage)
+	srv.Handle("getImage", http.MethodGet, "/v1/images/{id}", a.Require(auth.Reader), s.getImage)
+	srv.Handle("deleteImage", http.MethodDelete, "/v1/images/{id}", a.Require(auth.Operator), s.deleteImage)
+	// One more byte than the cap is read, to tell "too long" from "exact".
+	srv.HandleStream("uploadImage", http.MethodPut, "/v1/images/{id}/file", s.images.maxBytes+1, a.Require(auth.Operator), s.uploadImage)
+	srv.Handle("listFlavors", http.MethodGet, "/v1/flavors", a.Require(auth.Reader), s.listFlavors)
+	srv.Handle("createFlavor", http.MethodPost, "/v1/flavors", a.Require(auth.Admin), s.createFlavor)
+	srv.Handle("getFlavor", http.MethodGet, "/v1/flavors/{id}", a.Require(auth.Reader), s.getFlavor)
+	srv.Handle("deleteFlavor", http.MethodDelete, "/v1/flavors/{id}", a.Require(auth.Admin), s.deleteFlavor)
+}
+
+func (s *Subcloud) listImages(r *http.Request) (int, any, error) {
+	opts, err := rest.ParseList(r, compute.ImageFilters...)
+	if err != nil {
+		return 0, nil, err
+	}
+	items, next, err := s.Images.Images(r.Context(), opts)
+	if err != nil {
+		return 0, nil, err
+	}
+	return http.StatusOK, rest.List[compute.Image]{Items: items, NextPageToken: rest.EncodePageToken(next)}, nil
+}
+
+func (s *Subcloud) getImage(r *http.Request) (int, any, error) {
+	im, err := s.Images.Image(r.Context(), rest.Var(r, "id"))
+	if err != nil {
+		return 0, nil, err
+	}
+	return http.StatusOK, im, nil
+}
+
+func (s *Subcloud) createImage(r *http.Request) (int, any, error) {
+	var req CreateImageRequest
+	if err := rest.DecodeJSON(r, &req); err != nil {
+		return 0, nil, err
+	}
+	im := compute.Image{Name: req.Name, DiskFormat: req.DiskFormat, Visibility: req.Visibility,
+		Project: req.Project, Checksum: req.Checksum, Size: req.Size}
+	if im.Visibility == "" {
+		im.Visibility = compute.Private
+	}
+	if im.Project == "" {
+		im.Project = compute.DefaultProject
+	}
+	if err := im.Validate(s.images.maxBytes); err != nil {
+		return 0, nil, err
+	}
+	out, err := s.Images.CreateImage(r.Context(), im)
+	if err != nil {
+		return 0, nil, err
+	}
+	s.log.Info("image created", "image", out.Name, "id", out.ID, "size", out.Size, "checksum", out.Checksum)
+	return http.StatusCreated, out, nil
+}
+
+// uploadImage streams an image's bytes into a temporary file, verifying
+// size, checksum and format as they arrive; only verified bytes are
+// renamed into place. A rejected upload leaves nothing and puts the
+// image back to queued; a failure to store verified bytes kills it.
+func (s *Subcloud) uploadImage(r *http.Request) (int, any, error) {
+	ctx := r.Context()
+	im, err := s.Images.Image(ctx, rest.Var(r, "id"))
+	if err != nil {
+		return 0, nil, err
+	}
+	if r.ContentLength >= 0 && r.ContentLength != im.Size {
+		return 0, nil, fmt.Errorf("%w: the request carries %d bytes; image %s is %d bytes", compute.ErrSizeMismatch, r.ContentLength, im.Name, im.Size)
+	}
+	if _, err := s.Images.TransitionImage(ctx, im.ID, compute.ImageQueued, compute.ImageSaving, nil); err != nil {
+		return 0, nil, err
+	}
+	// Whatever happens to the caller, the image leaves saving.
+	bg := context.WithoutCancel(ctx)
+	fail := func(cause error) (int, any, error) {
+		to := compute.ImageQueued
+		if !errors.Is(cause, errs.Invalid) {
+			to = compute.ImageKilled
+		}
+		if _, err := s.Images.TransitionImage(bg, im.ID, compute.ImageSaving, to, nil); err != nil {
+			s.log.Error("image upload failed; leaving saving failed too", "image", im.Name, "err", err)
+		}
+		s.log.Warn("image upload rejected", "image", im.Name, "status", to, "err", cause)
+		return 0, nil, cause
+	}
+	up, err := s.images.files.Stage(r.Body, im)
+	if err != nil {
+		return fail(err)
+	}
+	s.images.mu.Lock()
+	defer s.images.mu.Unlock()
+	if err := up.Commit(); err != nil {
+		return fail(err)
+	}
+	out, err := s.Images.TransitionImage(bg, im.ID, compute.ImageSaving, compute.ImageActive, func(x *compute.Image) {
+		x.DiskFormat = up.Format
+	})
+	if err != nil {
+		return 0, nil, err
+	}
+	s.log.Info("image stored", "image", out.Name, "id", out.ID, "format", out.DiskFormat, "size", out.Size)
+	return http.StatusOK, out, nil
+}
+
+func (s *Subcloud) deleteImage(r *http.Request) (int, any, error) {
+	ctx := r.Context()
+	im, err := s.Images.Image(ctx, rest.Var(r, "id"))
+	if err != nil {
+		return 0, nil, err
+	}
+	if err := im.CheckTransition(compute.ImageDeleted); err != nil {
+		return 0, nil, err
+	}
+	if s.images.inUse != nil {
+		used, err := s.images.inUse(ctx, im)
+		if err != nil {
+			return 0, nil, err
+		}
+		if used {
+			return 0, nil, fmt.Errorf("%w: servers use image %s; delete or rebuild them first", compute.ErrImageInUse, im.Name)
+		}
+	}
+	s.images.mu.Lock()
+	defer s.images.mu.Unlock()
+	// Re-read under the lock: an upload may have started meanwhile.
+	if im, err = s.Images.Image(ctx, im.ID); err != nil {
+		return 0, nil, err
+	}
+	if err := im.CheckTransition(compute.ImageDeleted); err != nil {
+		return 0, nil, err
+	}
+	if err := s.Images.DeleteImage(ctx, im.ID); err != nil {
+		return 0, nil, err
+	}
+	others, err := s.Images.ImagesWithChecksum(ctx, im.Checksum, im.ID)
+	if err != nil {
+		return 0, nil, fmt.Errorf("image %s deleted, but checking whether its file is shared failed: %w", im.Name, err)
+	}
+	if others == 0 {
+		if err := s.images.files.Remove(im.Checksum); err != nil {
+			return 0, nil, fmt.Errorf("image %s deleted, but removing its file failed: %w", im.Name, err)
+		}
+	}
+	s.log.Info("image deleted", "image", im.Name, "id", im.ID, "file_kept", others > 0)
+	return http.StatusNoContent, nil, nil
+}
+
+func (s *Subcloud) listFlavors(r *http.Request) (int, any, error) {
+	opts, err := rest.ParseList(r)
+	if err != nil {
+		return 0, nil, err
+	}
+	items, next, err := s.Flavors.Flavors(r.Context(), opts)
+	if err != nil {
+		return 0, nil, err
+	}
+	return http.StatusOK, rest.List[compute.Flavor]{Items: items, NextPageToken: rest.EncodePageToken(next)}, nil
+}
+
+func (s *Subcloud) getFlavor(r *http.Request) (int, any, error) {
+	f, err := s.Flavors.Flavor(r.Context(), rest.Var(r, "id"))
+	if err != nil {
+		return 0, nil, err
+	}
+	return http.StatusOK, f, nil
+}
+
+func (s *Subcloud) createFlavor(r *http.Request) (int, any, error) {
+	var req CreateFlavorRequest
+	if err := rest.DecodeJSON(r, &req); err != nil {
+		return 0, nil, err
+	}
+	f := compute.Flavor{Name: req.Name, VCPUs: req.VCPUs, RAMMiB: req.RAMMiB, DiskGiB: req.DiskGiB,
+		Public: req.Public, Project: req.Project}
+	if f.Project == "" {
+		f.Project = compute.DefaultProject
+	}
+	if err := f.Validate(); err != nil {
+		return 0, nil, err
+	}
+	out, err := s.Flavors.CreateFlavor(r.Context(), f)
+	if err != nil {
+		return 0, nil, err
+	}
+	return http.StatusCreated, out, nil
+}
+
+func (s *Subcloud) deleteFlavor(r *http.Request) (int, any, error) {
+	f, err := s.Flavors.Flavor(r.Context(), rest.Var(r, "id"))
+	if err != nil {
+		return 0, nil, err
+	}
+	// Servers keep a copy of their flavor (as Nova does), so a flavor in
+	// use may be deleted.
+	if err := s.Flavors.DeleteFlavor(r.Context(), f.ID); err != nil {
+		return 0, nil, err
+	}
+	return http.StatusNoContent, nil, nil
+}

@@ -1,13 +1,16 @@
 // Package compute runs tenants' virtual machines on a site's hypervisor
 // hosts. This is its groundwork (issue 7): the hypervisor interface the
 // instance manager will consume, the domain description it passes, and
-// per-instance disks (a qcow2 overlay on a raw or qcow2 base image).
+// per-instance disks (a qcow2 overlay on a raw or qcow2 base image). It
+// also owns a site's images (content-addressed raw or qcow2 disks, with
+// their state machine and verified uploads) and flavors.
 //
 // Its subpackages: compute/libvirt implements Hypervisor on a libvirtd
 // through github.com/digitalocean/go-libvirt; compute/libvirtd runs a
 // private libvirtd (the lab's per-host daemon, and the tests'); and
 // compute/guestimage builds the bootable test images petrel-test and
-// petrel-test-v2 from Debian packages. See docs/compute.md.
+// petrel-test-v2 from Debian packages; compute/computedb stores images and
+// flavors. See docs/compute.md.
 package compute
 
 import (

@@ -18,6 +18,7 @@ import (
 	"github.com/petrel-edge/petrel/internal/errs"
 	"github.com/petrel-edge/petrel/internal/rest"
 	"github.com/petrel-edge/petrel/internal/server/servertest"
+	"github.com/petrel-edge/petrel/inventory"
 	"github.com/petrel-edge/petrel/subcloud"
 )
 
@@ -328,5 +329,45 @@ func TestFlavors(t *testing.T) {
 	}
 	if err := op.Do(ctx, http.MethodGet, "/v1/flavors/m1.small", nil, nil, nil); !errors.Is(err, errs.NotFound) {
 		t.Errorf("GET deleted flavor = %v", err)
+	}
+}
+
+// An upload cut off by a restart leaves a temporary file and an image in
+// saving; the next start removes the file and queues the image again.
+func TestImageUploadInterruptedByRestart(t *testing.T) {
+	ctx := context.Background()
+	shell := servertest.Shell(t)
+	s1, err := subcloud.New(ctx, subcloud.Config{Site: "site-sx", Shape: inventory.Simplex, Shell: shell})
+	if err != nil {
+		t.Fatal(err)
+	}
+	im, err := s1.Images.CreateImage(ctx, compute.Image{Name: "cut", DiskFormat: compute.FormatRaw, Visibility: compute.Private,
+		Project: "admin", Checksum: sha([]byte("x")), Size: 1})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := s1.Images.TransitionImage(ctx, im.ID, compute.ImageQueued, compute.ImageSaving, nil); err != nil {
+		t.Fatal(err)
+	}
+	if err := os.WriteFile(filepath.Join(s1.ImageFiles.Dir, ".upload-123"), []byte("partial"), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	s1.Shell().Close()
+
+	s2, err := subcloud.New(ctx, subcloud.Config{Site: "site-sx", Shape: inventory.Simplex, Shell: shell})
+	if err != nil {
+		t.Fatal(err)
+	}
+	servertest.Start(t, s2)
+	if names := imageDir(t, s2); len(names) != 0 {
+		t.Errorf("after the restart the image dir holds %v", names)
+	}
+	c := servertest.Client(t, s2, servertest.AdminToken(t, s2))
+	var got compute.Image
+	if err := c.Do(ctx, http.MethodGet, "/v1/images/cut", nil, nil, &got); err != nil || got.Status != compute.ImageQueued {
+		t.Fatalf("after the restart: %+v, %v; want queued", got, err)
+	}
+	if err := c.Upload(ctx, http.MethodPut, "/v1/images/cut/file", bytes.NewReader([]byte("x")), 1, &got); err != nil || got.Status != compute.ImageActive {
+		t.Errorf("upload after the restart = %+v, %v", got, err)
 	}
 }

@@ -3,6 +3,7 @@ package rest_test
 import (
 	"errors"
 	"fmt"
+	"io"
 	"log/slog"
 	"net/http"
 	"net/http/httptest"
@@ -143,4 +144,43 @@ func TestParseList(t *testing.T) {
 	if opts, err := rest.ParseList(r); err != nil || opts.After != "host-07" || opts.Limit != rest.DefaultLimit {
 		t.Errorf("ParseList(page token) = %+v, %v", opts, err)
 	}
+}
+
+// A streamed route has its own body cap; others keep the server's.
+func TestHandleStreamBodyCap(t *testing.T) {
+	s := newServer(t)
+	read := func(r *http.Request) (int, any, error) {
+		n, err := io.Copy(io.Discard, r.Body)
+		if err != nil {
+			var mbe *http.MaxBytesError
+			if errors.As(err, &mbe) {
+				return 0, nil, errs.Wrapf(errs.TooLarge, "over %d bytes", mbe.Limit)
+			}
+			return 0, nil, err
+		}
+		return http.StatusOK, map[string]int64{"n": n}, nil
+	}
+	allow := func(r *http.Request) (*http.Request, error) { return r, nil }
+	s.HandleStream("upload", http.MethodPut, "/upload", 3<<20, allow, read)
+	s.Handle("small", http.MethodPut, "/small", allow, read)
+	big := strings.Repeat("x", 2<<20)
+	for _, tc := range []struct {
+		path   string
+		status int
+	}{{"/upload", 200}, {"/small", 413}} {
+		w := httptest.NewRecorder()
+		s.ServeHTTP(w, httptest.NewRequest(http.MethodPut, tc.path, strings.NewReader(big)))
+		if w.Code != tc.status {
+			t.Errorf("PUT 2 MiB to %s = %d; want %d", tc.path, w.Code, tc.status)
+		}
+	}
+	if rt := s.Routes(); rt[0].MaxBody != 3<<20 || rt[1].MaxBody != 0 {
+		t.Errorf("routes = %+v", rt)
+	}
+	defer func() {
+		if recover() == nil {
+			t.Error("HandleStream with a nil guard did not panic")
+		}
+	}()
+	s.HandleStream("x", http.MethodPut, "/x", 1, nil, read)
 }

@@ -264,10 +264,17 @@ func (c *Central) register(srv *rest.Server, a *auth.Service) {
 	srv.HandleHTTP("stream", http.MethodGet, "/v1/stream", a.Require(auth.Reader), c.serveStream())
 	srv.Handle("issueSiteCertificate", http.MethodPost, "/v1/subclouds/{name}/certificate", a.Require(auth.Admin), c.issueSiteCertificate)
 	relay := c.relay()
-	for _, m := range []string{http.MethodGet, http.MethodPost, http.MethodPut, http.MethodPatch, http.MethodDelete} {
+	for _, m := range []string{http.MethodGet, http.MethodPost, http.MethodPatch, http.MethodDelete} {
 		srv.HandleHTTP("relay"+m[:1]+strings.ToLower(m[1:]), m, "/v1/subclouds/{name}/api/{path:.*}", c.relayGuard, relay)
 	}
+	// PUT carries image uploads (PUT /v1/images/{id}/file), streamed
+	// through: the site caps every route's body itself.
+	srv.HandleHTTPStream("relayPut", http.MethodPut, "/v1/subclouds/{name}/api/{path:.*}", RelayMaxUpload, c.relayGuard, relay)
 }
+
+// RelayMaxUpload bounds a body relayed to a site by PUT (an image upload);
+// each site applies its own, smaller caps.
+const RelayMaxUpload int64 = 64 << 30
 
 // CreateSubcloudRequest is the body of POST /v1/subclouds.
 type CreateSubcloudRequest struct {

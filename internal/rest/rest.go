@@ -158,6 +158,17 @@ func (s *Server) HandleHTTP(op, method, path string, g Guard, h http.Handler) {
 	})
 }
 
+// HandleHTTPStream is HandleHTTP for a route whose request body may be up
+// to maxBody bytes (a relay that carries uploads, for example).
+func (s *Server) HandleHTTPStream(op, method, path string, maxBody int64, g Guard, h http.Handler) {
+	if g == nil {
+		panic("rest: route " + op + " has no guard; use HandlePublicHTTP")
+	}
+	s.add(Route{Op: op, Method: method, Path: path, MaxBody: maxBody}, g, func(r *http.Request) (int, any, error) {
+		return 0, passThrough{h}, nil
+	})
+}
+
 // passThrough is a body that serves the response itself.
 type passThrough struct{ h http.Handler }
 

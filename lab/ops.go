@@ -230,7 +230,7 @@ func FaultOneWay(ctx context.Context, dir, target, to, netName string, percent i
 		}
 	}
 	d, _ := filepath.Abs(dir)
-	return recordFault(d, target, "loss", netName, percent, 0)
+	return recordFault(d, target, "loss to "+to, netName, percent, 0)
 }
 
 // Fault injects a fault into SITE/HOST: power through the host's chassis,
@@ -243,6 +243,23 @@ func Fault(ctx context.Context, dir, kind, target, netName string, percent int, 
 	d, err := filepath.Abs(dir)
 	if err != nil {
 		return err
+	}
+	if target == "central" && kind != "crash" {
+		// central's uplink is every site's WAN link: recorded per site, so
+		// a clear of either undoes it.
+		f, err := Load(d)
+		if err != nil {
+			return err
+		}
+		for _, s := range f.Sites {
+			if err := recordFault(d, s.Name, kind, netName, percent, delay); err != nil {
+				return err
+			}
+		}
+		return nil
+	}
+	if kind == "crash" {
+		return nil // over once done
 	}
 	return recordFault(d, target, kind, netName, percent, delay)
 }
@@ -414,7 +431,10 @@ func restartCentral(ctx context.Context, f *File) error {
 		if err := syscall.Kill(pid, syscall.SIGKILL); err != nil {
 			return err
 		}
-		for deadline := time.Now().Add(10 * time.Second); ours(pid, f.Dir) && time.Now().Before(deadline); {
+		for deadline := time.Now().Add(10 * time.Second); ours(pid, f.Dir); {
+			if time.Now().After(deadline) {
+				return fmt.Errorf("lab fault crash central: pid %d still runs 10 s after SIGKILL", pid)
+			}
 			time.Sleep(20 * time.Millisecond) // polling with a deadline
 		}
 	}

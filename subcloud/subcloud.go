@@ -12,6 +12,7 @@ import (
 	"net/http"
 	"os"
 	"path/filepath"
+	"sync"
 	"sync/atomic"
 	"time"
 
@@ -65,6 +66,7 @@ type Subcloud struct {
 	bmcClients *bmcClients
 	epoch      uint64        // this controller's epoch: counts its starts
 	cmds       agentCommands // commands waiting for agents
+	lockMu     sync.Mutex    // host locks one at a time (the last-controller rule)
 
 	connected atomic.Bool   // the link to central is up
 	seq       atomic.Uint64 // last update sequence sent

@@ -91,16 +91,16 @@ func recordFault(dir, target, kind, netName string, percent int, delay time.Dura
 		}
 	case "partition":
 		m["partition"] = ""
-	default:
-		if rest, ok := strings.CutPrefix(kind, "loss to "); ok { // one way, from FaultOneWay
-			for _, n := range strings.Split(netName, ",") {
-				m["loss "+n+" to "+rest] = fmt.Sprintf("%d%%", percent)
-			}
-		}
 	case "clear":
 		for k := range m {
 			if k != "hang" && !strings.HasPrefix(k, "link-down") {
 				delete(m, k)
+			}
+		}
+	default:
+		if rest, ok := strings.CutPrefix(kind, "loss to "); ok { // one way, from FaultOneWay
+			for _, n := range strings.Split(netName, ",") {
+				m["loss "+n+" to "+rest] = fmt.Sprintf("%d%%", percent)
 			}
 		}
 	}

@@ -53,14 +53,22 @@ const (
 type Config struct {
 	// Dir is the daemon's own directory: its libvirt directories, config,
 	// socket and logs live under it. Created if missing.
-	Dir string
+	Dir string `json:"dir"`
 	// HostUUID is the daemon's host_uuid; distinct per daemon. Default: a
 	// new random UUID.
-	HostUUID string
+	HostUUID string `json:"host_uuid,omitempty"`
 	// ListenAddr, if set, makes the daemon also listen on TCP
-	// (qemu+tcp://ListenAddr/system, no auth: lab and test addresses only)
-	// and take incoming migrations on that address.
-	ListenAddr string
+	// (qemu+tcp://ListenAddr/system, port TCPPort, no auth: lab and test
+	// addresses only) and take incoming migrations on that address.
+	ListenAddr string `json:"listen_addr,omitempty"`
+}
+
+// TCPPort is libvirtd's TCP port (its default, 16509).
+const TCPPort = 16509
+
+// TCPURI is the URI of a daemon listening on addr (an IP address).
+func TCPURI(addr string) string {
+	return "qemu+tcp://" + net.JoinHostPort(addr, strconv.Itoa(TCPPort)) + "/system"
 }
 
 // Daemon is a running libvirtd.
@@ -107,7 +115,7 @@ func Start(ctx context.Context, cfg Config) (*Daemon, error) {
 	if os.Geteuid() != 0 {
 		return nil, errors.New("libvirtd: needs root (mount namespaces)")
 	}
-	if err := ensureQEMUUser(ctx); err != nil {
+	if err := EnsureUser(ctx); err != nil {
 		return nil, err
 	}
 	if cfg.HostUUID == "" {
@@ -200,11 +208,12 @@ func qemuConf(cfg Config) string {
 
 func shellQuote(s string) string { return "'" + strings.ReplaceAll(s, "'", `'\''`) + "'" }
 
-// ensureQEMUUser creates the libvirt-qemu user: libvirtd's QEMU driver
-// resolves its compiled-in default user before reading qemu.conf and will
-// not load without it (libvirt-daemon-system, not installed, would create
-// it).
-func ensureQEMUUser(ctx context.Context) error {
+// EnsureUser creates the libvirt-qemu user if it is missing: libvirtd's
+// QEMU driver resolves its compiled-in default user before reading
+// qemu.conf and will not load without it (libvirt-daemon-system, not
+// installed, would create it). Start calls it; a caller starting several
+// daemons at once (the lab) calls it first, so they do not race on useradd.
+func EnsureUser(ctx context.Context) error {
 	if exec.CommandContext(ctx, "getent", "passwd", "libvirt-qemu").Run() == nil {
 		return nil
 	}
@@ -253,6 +262,23 @@ func (d *Daemon) logTail() string {
 	}
 	return string(bytes.TrimSpace(out))
 }
+
+// Done is closed when the daemon (its tini) has exited, whether by Close
+// or by itself; Err then says how it ended.
+func (d *Daemon) Done() <-chan struct{} { return d.done }
+
+// Err is how the daemon exited (nil while it runs, or after a clean exit).
+func (d *Daemon) Err() error {
+	select {
+	case <-d.done:
+		return d.werr
+	default:
+		return nil
+	}
+}
+
+// LogTail is the end of the daemon's logs, for error messages.
+func (d *Daemon) LogTail() string { return d.logTail() }
 
 // Socket is the daemon's read-write unix socket.
 func (d *Daemon) Socket() string { return filepath.Join(d.cfg.Dir, "run", "libvirt-sock") }

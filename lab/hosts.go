@@ -196,7 +196,7 @@ func prepareHost(dir, prefix, binary string, h hostSpec, key string, siteURL str
 		// listening on the mgmt address only, where the site controller on
 		// any host of the site reaches it (qemu+tcp, no auth: docs/lab.md).
 		if err := writeYAML(p.f("libvirtd.yaml"), libvirtd.Config{Dir: p.f("libvirt"), HostUUID: id,
-			ListenAddr: mgmt.String()}); err != nil {
+			ListenAddr: mgmt.String(), StartNice: 10}); err != nil {
 			return "", err
 		}
 		services = append(services, hostinit.Service{Name: "libvirtd", Args: []string{"libvirtd", "--config", p.f("libvirtd.yaml")}})

@@ -68,3 +68,10 @@ func (d *MNFA) Back(host string) bool {
 	clear(d.episode)
 	return true
 }
+
+// End ends an episode that was held too long: its hosts are treated as
+// any silent host again.
+func (d *MNFA) End() {
+	d.init()
+	clear(d.episode)
+}

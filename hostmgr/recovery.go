@@ -311,6 +311,9 @@ func (s *step) settle() error {
 		}
 		h.Attempt = 0
 		h.Avail = inventory.Available
+		if h.Admin == inventory.Locked {
+			h.Avail = inventory.Online // in service only once unlocked
+		}
 		s.do(Action{Kind: ActClear, Alarm: AlarmFailed}, Action{Kind: ActClear, Alarm: AlarmMgmtLost},
 			Action{Kind: ActClear, Alarm: AlarmClusterLost})
 		return nil
@@ -328,12 +331,13 @@ func (s *step) settle() error {
 				s.do(Action{Kind: ActRaise, Alarm: id, Reason: st.String()})
 			}
 		}
-		if h.Phase == PhaseNone || h.Phase == PhaseHold || h.Phase == PhaseSuspect || h.Phase == PhaseGrace {
-			if err := s.move(PhaseNone, 0); err != nil {
-				return err
-			}
-			h.Avail = inventory.Degraded
+		// Heard again on some network: whatever recovery was under way
+		// stops (a host that answers is not reset or power-cycled).
+		if err := s.move(PhaseNone, 0); err != nil {
+			return err
 		}
+		h.Attempt = 0
+		h.Avail = inventory.Degraded
 		return nil
 	}
 	// Silent on every network.
@@ -402,6 +406,10 @@ func (s *step) power(p Power) error {
 // timeout moves a phase whose deadline passed to the next step.
 func (s *step) timeout() error {
 	h := &s.h
+	if h.Admin == inventory.Locked && h.Phase != PhaseOperatorOff {
+		// Locked meanwhile: recovery stops, nothing destructive.
+		return s.move(PhaseNone, 0)
+	}
 	if s.m.mnfa && h.Phase != PhaseSuspect && h.Phase != PhaseHold && h.Phase != PhaseGaveUp {
 		// MNFA holds every destructive step; the host is confirmed anew
 		// when it ends.

@@ -47,7 +47,14 @@ type RunnerConfig struct {
 	BMC func(hostID string) BMC
 	// AgentReboot asks a host's agent to reboot it; nil: not possible.
 	AgentReboot func(ctx context.Context, hostID string) error
-	Logger      *slog.Logger
+	// WithdrawCommands drops a host's commands its agent has not taken
+	// yet (recovery ended, the host was locked, MNFA began).
+	WithdrawCommands func(hostID string)
+	// MNFAHold bounds an MNFA episode: hosts still silent after it are
+	// confirmed through their BMCs as usual (several hosts can truly lose
+	// power together). Default 2 min.
+	MNFAHold time.Duration
+	Logger   *slog.Logger
 	// CallTimeout bounds one BMC call (both protocols of a dynamic BMC);
 	// default 45 s.
 	CallTimeout time.Duration
@@ -61,8 +68,12 @@ type Runner struct {
 	cfg   RunnerConfig
 	m     *Machine
 	in    chan input
+	local []input       // inputs Run gives itself: handled after the current one
+	done  chan struct{} // closed when Run returns: senders stop waiting
 	hosts map[string]*Host
 	mnfa  MNFA
+	began time.Time                     // when the MNFA episode began
+	calls map[string]context.CancelFunc // per host: its BMC calls in flight
 }
 
 type input struct {
@@ -83,27 +94,49 @@ func NewRunner(cfg RunnerConfig) (*Runner, error) {
 	if cfg.CallTimeout == 0 {
 		cfg.CallTimeout = 45 * time.Second
 	}
-	return &Runner{cfg: cfg, m: NewMachine(cfg.Timing), in: make(chan input, 4096), hosts: map[string]*Host{}}, nil
+	if cfg.MNFAHold == 0 {
+		cfg.MNFAHold = 2 * time.Minute
+	}
+	if cfg.WithdrawCommands == nil {
+		cfg.WithdrawCommands = func(string) {}
+	}
+	return &Runner{cfg: cfg, m: NewMachine(cfg.Timing), in: make(chan input, 4096), done: make(chan struct{}),
+		hosts: map[string]*Host{}, calls: map[string]context.CancelFunc{}}, nil
 }
 
-// Track starts watching a host pulsed on networks (it starts ok on each).
+// send queues an input, unless Run has stopped.
+func (r *Runner) send(in input) {
+	select {
+	case r.in <- in:
+	case <-r.done:
+	}
+}
+
+// Track watches a host pulsed on networks: new ones start ok, ones no
+// longer pulsed are dropped.
 func (r *Runner) Track(hostID string, networks []heartbeat.Network) {
-	r.in <- input{host: hostID, track: networks}
+	r.send(input{host: hostID, track: networks})
 }
 
 // Forget stops watching a host (deleted).
-func (r *Runner) Forget(hostID string) { r.in <- input{host: hostID, forget: true} }
+func (r *Runner) Forget(hostID string) { r.send(input{host: hostID, forget: true}) }
 
 // Heartbeat passes a heartbeat change on (heartbeat.Monitor's OnChange).
 func (r *Runner) Heartbeat(ch heartbeat.Change) {
-	r.in <- input{host: ch.Host.String(), ev: Event{Kind: EvHeartbeat, Network: ch.Network, State: ch.State}}
+	r.send(input{host: ch.Host.String(), ev: Event{Kind: EvHeartbeat, Network: ch.Network, State: ch.State}})
 }
 
 // Event passes an operator's action on (lock, unlock, power-off, power-on).
-func (r *Runner) Event(hostID string, ev Event) { r.in <- input{host: hostID, ev: ev} }
+func (r *Runner) Event(hostID string, ev Event) { r.send(input{host: hostID, ev: ev}) }
 
 // Run handles inputs and phase timers until ctx ends.
 func (r *Runner) Run(ctx context.Context) error {
+	defer close(r.done)
+	defer func() {
+		for _, cancel := range r.calls {
+			cancel()
+		}
+	}()
 	tick := time.NewTicker(250 * time.Millisecond)
 	defer tick.Stop()
 	for {
@@ -113,11 +146,21 @@ func (r *Runner) Run(ctx context.Context) error {
 		case in := <-r.in:
 			r.handle(ctx, in)
 		case now := <-tick.C:
+			if r.mnfa.Active() && now.Sub(r.began) > r.cfg.MNFAHold {
+				r.cfg.Logger.Warn("MNFA held longer than its bound; confirming silent hosts through their BMCs", "hold", r.cfg.MNFAHold)
+				r.mnfa.End()
+				r.mnfaEnded(ctx)
+			}
 			for id, h := range r.hosts {
 				if !h.Deadline.IsZero() && !now.Before(h.Deadline) {
 					r.step(ctx, id, Event{Kind: EvTimer})
 				}
 			}
+		}
+		for len(r.local) > 0 { // what handling the input gave itself
+			in := r.local[0]
+			r.local = r.local[1:]
+			r.handle(ctx, in)
 		}
 	}
 }
@@ -133,11 +176,15 @@ func (r *Runner) handle(ctx context.Context, in input) {
 		delete(r.hosts, in.host)
 	case in.track != nil:
 		if h := r.hosts[in.host]; h != nil {
-			for _, n := range in.track { // a network added; the others keep their state
-				if _, ok := h.Heartbeat[n]; !ok {
-					h.Heartbeat[n] = heartbeat.OK
+			keep := map[heartbeat.Network]heartbeat.State{}
+			for _, n := range in.track { // networks still pulsed keep their state; new ones start ok
+				st, ok := h.Heartbeat[n]
+				if !ok {
+					st = heartbeat.OK
 				}
+				keep[n] = st
 			}
+			h.Heartbeat = keep
 			return
 		}
 		hb := map[heartbeat.Network]heartbeat.State{}
@@ -149,7 +196,15 @@ func (r *Runner) handle(ctx context.Context, in input) {
 			r.cfg.Logger.Error("host management: cannot read a host to watch", "host", in.host, "err", err)
 			return
 		}
-		r.hosts[in.host] = &Host{Name: inv.Name, Admin: inv.Administrative, Avail: inv.Availability, Heartbeat: hb}
+		h := &Host{Name: inv.Name, Admin: inv.Administrative, Avail: inv.Availability, Heartbeat: hb}
+		// Where recovery stopped for good survives a controller restart:
+		// a gave-up host is not escalated again, an operator's power-off
+		// stays off.
+		switch p := Phase(inv.Recovery.Phase); p {
+		case PhaseGaveUp, PhaseOperatorOff:
+			h.Phase = p
+		}
+		r.hosts[in.host] = h
 	default:
 		r.step(ctx, in.host, in.ev)
 	}
@@ -161,7 +216,8 @@ func (r *Runner) step(ctx context.Context, id string, ev Event) {
 	if h == nil {
 		return // not watched (yet, or any more)
 	}
-	if inv, err := r.cfg.Hosts.Host(ctx, id); err == nil {
+	inv, invErr := r.cfg.Hosts.Host(ctx, id)
+	if invErr == nil {
 		h.Name, h.Admin = inv.Name, inv.Administrative // renames and locks take effect
 	}
 	wasSilent := h.silent()
@@ -172,6 +228,15 @@ func (r *Runner) step(ctx context.Context, id string, ev Event) {
 	}
 	before := *h
 	*h = next
+	if h.Phase != before.Phase || h.Admin == inventory.Locked || h.Phase == PhaseHold {
+		switch h.Phase {
+		case PhaseNone, PhaseHold, PhaseOperatorOff, PhaseGaveUp:
+			// Nothing under way may still act: BMC calls in flight are
+			// cancelled, commands the agent has not taken withdrawn.
+			r.cancelCalls(id)
+			r.cfg.WithdrawCommands(id)
+		}
+	}
 	r.carryOut(ctx, id, acts)
 	last := ""
 	for _, a := range acts {
@@ -180,7 +245,11 @@ func (r *Runner) step(ctx context.Context, id string, ev Event) {
 			last = string(a.Kind)
 		}
 	}
-	if before.Avail != h.Avail || !sameHB(before.Heartbeat, h.Heartbeat) || before.Phase != h.Phase || last != "" {
+	// The inventory follows the machine: written whenever it differs (a
+	// failed write is retried at the host's next event).
+	stale := invErr != nil || inv.Availability != h.Avail || inv.Recovery.Phase != string(h.Phase) ||
+		inv.Heartbeat != (inventory.Heartbeat{Mgmt: hbString(h.Heartbeat, heartbeat.Mgmt), Cluster: hbString(h.Heartbeat, heartbeat.Cluster)})
+	if before.Avail != h.Avail || !sameHB(before.Heartbeat, h.Heartbeat) || before.Phase != h.Phase || last != "" || stale {
 		r.record(ctx, id, before.Avail, *h, last)
 	}
 	// MNFA: several hosts silent together hold everyone's recovery.
@@ -208,7 +277,28 @@ func sameHB(a, b map[heartbeat.Network]heartbeat.State) bool {
 	return true
 }
 
+// cancelCalls cancels a host's BMC calls in flight.
+func (r *Runner) cancelCalls(id string) {
+	if cancel := r.calls[id]; cancel != nil {
+		cancel()
+		delete(r.calls, id)
+	}
+}
+
+// callCtx is the context of a host's next BMC call: cancelled when its
+// recovery ends or holds.
+func (r *Runner) callCtx(ctx context.Context, id string) context.Context {
+	cctx, cancel := context.WithCancel(ctx)
+	if prev := r.calls[id]; prev != nil {
+		r.calls[id] = func() { prev(); cancel() }
+	} else {
+		r.calls[id] = cancel
+	}
+	return cctx
+}
+
 func (r *Runner) mnfaBegan(ctx context.Context) {
+	r.began = time.Now()
 	r.cfg.Logger.Warn("MNFA: several hosts lost heartbeat together; holding destructive recovery")
 	if _, _, err := r.cfg.Alarms.Raise(ctx, "200.012", "site="+r.cfg.Site, nil); err != nil {
 		r.cfg.Logger.Error("raising 200.012 failed", "err", err)
@@ -244,7 +334,7 @@ func (r *Runner) record(ctx context.Context, id string, was inventory.Availabili
 			return err
 		}
 		inv.Operational = inventory.Disabled
-		if h.Avail == inventory.Available || h.Avail == inventory.Degraded {
+		if h.Admin == inventory.Unlocked && (h.Avail == inventory.Available || h.Avail == inventory.Degraded) {
 			inv.Operational = inventory.Enabled
 		}
 		return nil
@@ -291,15 +381,17 @@ func (r *Runner) carryOut(ctx context.Context, id string, acts []Action) {
 		case ActReadPower:
 			bmc := r.cfg.BMC(id)
 			if bmc == nil {
-				r.in <- input{host: id, ev: Event{Kind: EvPower, Power: PowerUnreachable}}
+				// No BMC, no confirmation: answered after this input.
+				r.local = append(r.local, input{host: id, ev: Event{Kind: EvPower, Power: PowerUnreachable}})
 				continue
 			}
+			name, base := h.Name, r.callCtx(ctx, id)
 			go func() {
-				cctx, cancel := context.WithTimeout(ctx, r.cfg.CallTimeout)
+				cctx, cancel := context.WithTimeout(base, r.cfg.CallTimeout)
 				defer cancel()
 				p, err := bmc.Power(cctx)
 				if err != nil {
-					r.cfg.Logger.Warn("reading a host's power through its BMC failed", "host", h.Name, "err", err)
+					r.cfg.Logger.Warn("reading a host's power through its BMC failed", "host", name, "err", err)
 					p = PowerUnreachable
 				}
 				select {
@@ -315,9 +407,9 @@ func (r *Runner) carryOut(ctx context.Context, id string, acts []Action) {
 			}
 			call := map[ActionKind]func(context.Context) error{ActBMCPowerOn: bmc.PowerOn, ActBMCPowerOff: bmc.PowerOff,
 				ActBMCReset: bmc.Reset, ActBMCCycle: bmc.PowerCycle}[a.Kind]
-			name, kind := h.Name, a.Kind
+			name, kind, base := h.Name, a.Kind, r.callCtx(ctx, id)
 			go func() {
-				cctx, cancel := context.WithTimeout(ctx, r.cfg.CallTimeout)
+				cctx, cancel := context.WithTimeout(base, r.cfg.CallTimeout)
 				defer cancel()
 				if err := call(cctx); err != nil {
 					r.cfg.Logger.Warn("a BMC action failed", "host", name, "action", kind, "err", err)

@@ -10,6 +10,7 @@ import (
 	"sort"
 	"strings"
 	"sync"
+	"syscall"
 	"time"
 
 	"github.com/petrel-edge/petrel/internal/atomicfile"
@@ -28,10 +29,30 @@ const faultsFile = "faults.json"
 
 var faultsMu sync.Mutex
 
+// lockFaults serialises readers and writers of the record across
+// processes (concurrent `petrel lab fault` commands) with flock.
+func lockFaults(dir string) (func(), error) {
+	faultsMu.Lock()
+	f, err := os.OpenFile(filepath.Join(dir, stateDir, faultsFile+".lock"), os.O_CREATE|os.O_RDWR, 0o600)
+	if err != nil {
+		faultsMu.Unlock()
+		return nil, err
+	}
+	if err := syscall.Flock(int(f.Fd()), syscall.LOCK_EX); err != nil {
+		f.Close()
+		faultsMu.Unlock()
+		return nil, err
+	}
+	return func() { f.Close(); faultsMu.Unlock() }, nil
+}
+
 // recordFault keeps the record of faults in effect up to date.
 func recordFault(dir, target, kind, netName string, percent int, delay time.Duration) error {
-	faultsMu.Lock()
-	defer faultsMu.Unlock()
+	unlock, err := lockFaults(dir)
+	if err != nil {
+		return err
+	}
+	defer unlock()
 	path := filepath.Join(dir, stateDir, faultsFile)
 	rec := map[string]map[string]string{}
 	if b, err := os.ReadFile(path); err == nil {
@@ -76,6 +97,12 @@ func recordFault(dir, target, kind, netName string, percent int, delay time.Dura
 				delete(m, k)
 			}
 		}
+	default:
+		if rest, ok := strings.CutPrefix(kind, "loss to "); ok { // one way, from FaultOneWay
+			for _, n := range strings.Split(netName, ",") {
+				m["loss "+n+" to "+rest] = fmt.Sprintf("%d%%", percent)
+			}
+		}
 	}
 	if len(m) == 0 {
 		delete(rec, target)
@@ -92,12 +119,15 @@ func Faults(ctx context.Context, dir string) ([]ActiveFault, error) {
 		return nil, err
 	}
 	out := []ActiveFault{}
-	faultsMu.Lock()
+	unlock, err := lockFaults(f.Dir)
+	if err != nil {
+		return nil, err
+	}
 	rec := map[string]map[string]string{}
 	if b, err := os.ReadFile(filepath.Join(f.Dir, stateDir, faultsFile)); err == nil {
 		_ = json.Unmarshal(b, &rec)
 	}
-	faultsMu.Unlock()
+	unlock()
 	for target, m := range rec {
 		for kind, detail := range m {
 			out = append(out, ActiveFault{Target: target, Kind: kind, Detail: detail})

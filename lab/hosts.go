@@ -19,6 +19,7 @@ import (
 
 	"github.com/petrel-edge/petrel/agent"
 	"github.com/petrel-edge/petrel/agent/hostinit"
+	"github.com/petrel-edge/petrel/compute/libvirtd"
 	"github.com/petrel-edge/petrel/hostmgr/bmc"
 	"github.com/petrel-edge/petrel/internal/atomicfile"
 	"github.com/petrel-edge/petrel/internal/pki"
@@ -52,6 +53,7 @@ type hostSpec struct {
 	Index       int
 	Personality inventory.Personality // "" for a bare host
 	RunsSite    bool                  // controller-0: runs the site controller
+	Hypervisor  bool                  // runs VMs: its own libvirtd
 	Home        *homeInfo             // the site controller's link to central
 }
 
@@ -73,9 +75,24 @@ func hostsOf(sp SiteSpec, siteIdx int) []hostSpec {
 		if n[0] == 'w' {
 			p = inventory.Worker
 		}
-		out[i] = hostSpec{Site: sp.Name, Shape: sp.Shape, SiteIndex: siteIdx, Name: n, Index: i, Personality: p, RunsSite: i == 0}
+		out[i] = hostSpec{Site: sp.Name, Shape: sp.Shape, SiteIndex: siteIdx, Name: n, Index: i, Personality: p,
+			RunsSite: i == 0, Hypervisor: runsVMs(sp.Shape, p)}
 	}
 	return out
+}
+
+// runsVMs reports whether a host of a personality runs VMs at a site of a
+// shape: workers, and the controllers of simplex and duplex sites, which
+// are all-in-one (controller with a worker subfunction). A multi-server
+// site's controllers and a bare host (no personality yet) do not.
+func runsVMs(shape inventory.Shape, p inventory.Personality) bool {
+	switch p {
+	case inventory.Worker:
+		return true
+	case inventory.Controller:
+		return shape == inventory.Simplex || shape == inventory.Duplex
+	}
+	return false
 }
 
 // prefixFor gives each lab directory its own namespace prefix: "petrel"
@@ -173,6 +190,17 @@ func prepareHost(dir, prefix, binary string, h hostSpec, key string, siteURL str
 		services = append(services, hostinit.Service{Name: "subcloud", Args: []string{"subcloud", "--config", p.f("subcloud.yaml")}})
 	}
 	services = append(services, hostinit.Service{Name: "agent", Args: []string{"agent", "--config", p.f("agent.yaml")}})
+	if h.Hypervisor {
+		// The host's own libvirtd: its directories under libvirt/ (its mount
+		// namespace shows them as /etc/libvirt, /var/lib/libvirt, ...),
+		// listening on the mgmt address only, where the site controller on
+		// any host of the site reaches it (qemu+tcp, no auth: docs/lab.md).
+		if err := writeYAML(p.f("libvirtd.yaml"), libvirtd.Config{Dir: p.f("libvirt"), HostUUID: id,
+			ListenAddr: mgmt.String(), StartNice: 10}); err != nil {
+			return "", err
+		}
+		services = append(services, hostinit.Service{Name: "libvirtd", Args: []string{"libvirtd", "--config", p.f("libvirtd.yaml")}})
+	}
 	if err := writeYAML(p.f("host.yaml"), hostinit.Config{Site: h.Site, Host: key, LogDir: p.f("logs"), Services: services}); err != nil {
 		return "", err
 	}

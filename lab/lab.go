@@ -31,6 +31,7 @@ import (
 	"github.com/petrel-edge/petrel/auth"
 	"github.com/petrel-edge/petrel/central"
 	"github.com/petrel-edge/petrel/client"
+	"github.com/petrel-edge/petrel/compute/libvirtd"
 	"github.com/petrel-edge/petrel/internal/atomicfile"
 	"github.com/petrel-edge/petrel/internal/pki"
 	"github.com/petrel-edge/petrel/internal/server"
@@ -385,9 +386,13 @@ func buildHost(ctx context.Context, hn *hostnet.Lab, dir, prefix, binary string,
 	if _, err := startProcess(dir, binary, "vbmc-"+h.Site+"-"+key, "vbmc", "--config", p.f("vbmc.yaml")); err != nil {
 		return HostEntry{}, "", err
 	}
-	return HostEntry{Name: key, UUID: id, Personality: string(h.Personality), Netns: host.Netns(),
+	he := HostEntry{Name: key, UUID: id, Personality: string(h.Personality), Netns: host.Netns(),
 		Addresses: map[string]string{"mgmt": host.Addr(hostnet.Mgmt).String(), "cluster": host.Addr(hostnet.Cluster).String()},
-		BMC:       be}, id, nil
+		BMC:       be}
+	if h.Hypervisor {
+		he.LibvirtURI = libvirtd.TCPURI(host.Addr(hostnet.Mgmt).String())
+	}
+	return he, id, nil
 }
 
 // giveJoinToken creates a join token at the site and writes it (0600) where

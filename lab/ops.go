@@ -15,6 +15,8 @@ import (
 	"sigs.k8s.io/yaml"
 
 	"github.com/petrel-edge/petrel/client"
+	"github.com/petrel-edge/petrel/compute/guestimage"
+	"github.com/petrel-edge/petrel/compute/libvirtd"
 	"github.com/petrel-edge/petrel/internal/atomicfile"
 	"github.com/petrel-edge/petrel/inventory"
 	"github.com/petrel-edge/petrel/lab/hostnet"
@@ -24,13 +26,27 @@ import (
 // tools the lab needs, with the Debian package of each.
 var tools = map[string]string{"ip": "iproute2", "ss": "iproute2", "iptables": "iptables"}
 
-// Prerequisites checks the lab can run here: root, and the tools above;
-// as root it installs missing packages with apt-get (idempotent), otherwise
-// it fails at once naming them.
+// Packages are the Debian packages the lab installs besides its tools:
+// libvirtd and QEMU for the hypervisor hosts (compute/libvirtd) and what
+// the test guest images are built with (compute/guestimage).
+func Packages() []string {
+	return append(append([]string{}, libvirtd.Packages...), guestimage.Packages...)
+}
+
+// Prerequisites checks the lab can run here: root, the tools above and
+// Packages; as root it installs what is missing with apt-get
+// --no-install-recommends (idempotent: nothing is run when all are
+// present), otherwise it fails at once naming them. It also creates the
+// libvirt-qemu user the hypervisor hosts' daemons need.
 func Prerequisites(ctx context.Context) error {
 	var missing []string
 	for tool, pkg := range tools {
 		if _, err := exec.LookPath(tool); err != nil && !contains(missing, pkg) {
+			missing = append(missing, pkg)
+		}
+	}
+	for _, pkg := range missingPackages(ctx, Packages()) {
+		if !contains(missing, pkg) {
 			missing = append(missing, pkg)
 		}
 	}
@@ -41,19 +57,41 @@ func Prerequisites(ctx context.Context) error {
 		}
 		return errors.New(msg)
 	}
-	if len(missing) == 0 {
-		return nil
-	}
-	ictx, cancel := context.WithTimeout(ctx, 5*time.Minute)
-	defer cancel()
-	for _, args := range [][]string{{"update", "-qq"}, append([]string{"install", "-y", "-qq"}, missing...)} {
-		cmd := exec.CommandContext(ictx, "apt-get", args...)
-		cmd.Env = append(os.Environ(), "DEBIAN_FRONTEND=noninteractive")
-		if out, err := cmd.CombinedOutput(); err != nil {
-			return fmt.Errorf("lab: apt-get %s: %w\n%s", strings.Join(args, " "), err, out)
+	if len(missing) > 0 {
+		ictx, cancel := context.WithTimeout(ctx, 5*time.Minute)
+		defer cancel()
+		for _, args := range [][]string{{"update", "-qq"}, append([]string{"install", "-y", "-qq", "--no-install-recommends"}, missing...)} {
+			cmd := exec.CommandContext(ictx, "apt-get", args...)
+			cmd.Env = append(os.Environ(), "DEBIAN_FRONTEND=noninteractive")
+			if out, err := cmd.CombinedOutput(); err != nil {
+				return fmt.Errorf("lab: apt-get %s: %w\n%s", strings.Join(args, " "), err, out)
+			}
 		}
 	}
-	return nil
+	if err := libvirtd.Installed(); err != nil {
+		return fmt.Errorf("lab: hypervisor hosts: %w", err)
+	}
+	return libvirtd.EnsureUser(ctx)
+}
+
+// missingPackages lists the packages of pkgs that dpkg does not have
+// installed (all of them if dpkg-query cannot say).
+func missingPackages(ctx context.Context, pkgs []string) []string {
+	// Exit status 1 names unknown packages on stderr; the rest are listed.
+	out, _ := exec.CommandContext(ctx, "dpkg-query", append([]string{"-W", "-f=${Package} ${db:Status-Abbrev}\n"}, pkgs...)...).Output()
+	installed := map[string]bool{}
+	for _, line := range strings.Split(string(out), "\n") {
+		if f := strings.Fields(line); len(f) >= 2 && f[1] == "ii" {
+			installed[strings.SplitN(f[0], ":", 2)[0]] = true
+		}
+	}
+	var missing []string
+	for _, p := range pkgs {
+		if !installed[p] {
+			missing = append(missing, p)
+		}
+	}
+	return missing
 }
 
 func contains(xs []string, x string) bool {
@@ -230,7 +268,7 @@ func FaultOneWay(ctx context.Context, dir, target, to, netName string, percent i
 		}
 	}
 	d, _ := filepath.Abs(dir)
-	return recordFault(d, target, "loss", netName, percent, 0)
+	return recordFault(d, target, "loss to "+to, netName, percent, 0)
 }
 
 // Fault injects a fault into SITE/HOST: power through the host's chassis,
@@ -243,6 +281,23 @@ func Fault(ctx context.Context, dir, kind, target, netName string, percent int, 
 	d, err := filepath.Abs(dir)
 	if err != nil {
 		return err
+	}
+	if target == "central" && kind != "crash" {
+		// central's uplink is every site's WAN link: recorded per site, so
+		// a clear of either undoes it.
+		f, err := Load(d)
+		if err != nil {
+			return err
+		}
+		for _, s := range f.Sites {
+			if err := recordFault(d, s.Name, kind, netName, percent, delay); err != nil {
+				return err
+			}
+		}
+		return nil
+	}
+	if kind == "crash" {
+		return nil // over once done
 	}
 	return recordFault(d, target, kind, netName, percent, delay)
 }
@@ -414,7 +469,10 @@ func restartCentral(ctx context.Context, f *File) error {
 		if err := syscall.Kill(pid, syscall.SIGKILL); err != nil {
 			return err
 		}
-		for deadline := time.Now().Add(10 * time.Second); ours(pid, f.Dir) && time.Now().Before(deadline); {
+		for deadline := time.Now().Add(10 * time.Second); ours(pid, f.Dir); {
+			if time.Now().After(deadline) {
+				return fmt.Errorf("lab fault crash central: pid %d still runs 10 s after SIGKILL", pid)
+			}
 			time.Sleep(20 * time.Millisecond) // polling with a deadline
 		}
 	}

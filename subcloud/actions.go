@@ -29,7 +29,23 @@ func (s *Subcloud) hostAction(r *http.Request) (int, any, error) {
 		return 0, nil, errs.Field("action", "must be lock, force-lock, unlock, power-on, power-off, reset or reboot")
 	}
 	ctx := r.Context()
-	h, err := s.Hosts.Host(ctx, rest.Var(r, "id"))
+	first, err := s.Hosts.Host(ctx, rest.Var(r, "id"))
+	if err != nil {
+		return 0, nil, err
+	}
+	// One action per host at a time, checked against the host as it is
+	// under the lock; locks site-wide one at a time, so two controllers
+	// cannot both pass the last-controller rule.
+	if req.Action == "lock" || req.Action == "force-lock" {
+		s.lockMu.Lock()
+		defer s.lockMu.Unlock()
+	}
+	unlock, err := s.hostLocks.lock(ctx, first.UUID)
+	if err != nil {
+		return 0, nil, err
+	}
+	defer unlock()
+	h, err := s.Hosts.Host(ctx, first.UUID)
 	if err != nil {
 		return 0, nil, err
 	}
@@ -50,6 +66,10 @@ func (s *Subcloud) hostAction(r *http.Request) (int, any, error) {
 		}
 		if h.Personality == inventory.PersonalityNone {
 			return 0, nil, fmt.Errorf("%w: assign host %s a personality before unlocking it", inventory.ErrInvalidTransition, h.Name)
+		}
+		if h.Availability == inventory.PowerOff {
+			return 0, nil, fmt.Errorf("%w: host %s is powered off: power it on (petrel host power-on) before unlocking it",
+				inventory.ErrInvalidTransition, h.Name)
 		}
 		h, err = s.setAdmin(ctx, h.UUID, inventory.Unlocked)
 	case "reboot":

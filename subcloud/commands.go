@@ -91,3 +91,10 @@ func (s *Subcloud) PendingCommands(hostUUID string) int {
 	defer s.cmds.mu.Unlock()
 	return len(s.cmds.pending[hostUUID])
 }
+
+// withdrawCommands drops the commands a host's agent has not taken yet.
+func (s *Subcloud) withdrawCommands(hostUUID string) {
+	s.cmds.mu.Lock()
+	defer s.cmds.mu.Unlock()
+	delete(s.cmds.pending, hostUUID)
+}

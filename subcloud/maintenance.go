@@ -112,7 +112,8 @@ func (s *Subcloud) newMaintenance(cfg *HeartbeatConfig) (*maintenance, error) {
 		return nil, errors.New("config: heartbeat: no network to pulse on (no interface named mgmt or cluster, and no heartbeat.listen)")
 	}
 	if m.runner, err = hostmgr.NewRunner(hostmgr.RunnerConfig{Site: s.cfg.Site, Timing: hostmgr.Timing{Grace: grace, StepTimeout: step},
-		Hosts: hostUpdater{s}, Alarms: s.shell.Alarms, BMC: s.bmcFor, AgentReboot: s.agentReboot, Logger: s.log.With("component", "hostmgr")}); err != nil {
+		Hosts: hostUpdater{s}, Alarms: s.shell.Alarms, BMC: s.bmcFor, AgentReboot: s.agentReboot, WithdrawCommands: s.withdrawCommands,
+		Logger: s.log.With("component", "hostmgr")}); err != nil {
 		return nil, err
 	}
 	if m.monitor, err = heartbeat.NewMonitor(heartbeat.MonitorConfig{Listen: listen, Period: period,

@@ -12,6 +12,7 @@ import (
 	"net/http"
 	"os"
 	"path/filepath"
+	"sync"
 	"sync/atomic"
 	"time"
 
@@ -70,6 +71,7 @@ type Subcloud struct {
 	bmcClients *bmcClients
 	epoch      uint64        // this controller's epoch: counts its starts
 	cmds       agentCommands // commands waiting for agents
+	lockMu     sync.Mutex    // host locks one at a time (the last-controller rule)
 	Images     compute.ImageStore
 	Flavors    compute.FlavorStore
 	ImageFiles *compute.ImageFiles // image bytes, DATA_DIR/images/<sha256>

@@ -1,11 +1,15 @@
 package main
 
 import (
+	"context"
+	"fmt"
 	"os"
+	"time"
 
 	"github.com/spf13/cobra"
 
 	"github.com/petrel-edge/petrel/agent/hostinit"
+	"github.com/petrel-edge/petrel/compute/libvirtd"
 	"github.com/petrel-edge/petrel/internal/server"
 	"github.com/petrel-edge/petrel/lab/vbmc"
 )
@@ -59,5 +63,52 @@ func (a *app) hostInitCmd() *cobra.Command {
 		},
 	}
 	c.Flags().StringVar(&cfgFile, "config", "", "configuration file (YAML)")
+	return c
+}
+
+// libvirtdCmd runs a private libvirtd in the foreground (compute/libvirtd:
+// its own mount namespace, under tini): a host-init service of every lab
+// hypervisor host. It exits non-zero if the daemon dies, so host-init
+// restarts it, and stops the daemon on SIGTERM.
+func (a *app) libvirtdCmd() *cobra.Command {
+	var cfgFile string
+	c := &cobra.Command{
+		Use:   "libvirtd --config FILE",
+		Short: "Run a host's private libvirtd in the foreground (lab hypervisor hosts)",
+		Args:  noArgs,
+		RunE: func(cmd *cobra.Command, _ []string) error {
+			if cfgFile == "" {
+				return usagef("--config is required")
+			}
+			var cfg libvirtd.Config
+			if err := server.LoadConfig(cfgFile, &cfg); err != nil {
+				return err
+			}
+			if cfg.Dir == "" {
+				return usagef("%s: dir is required", cfgFile)
+			}
+			logger, _ := server.NewLogger(os.Stderr, "info")
+			log := logger.With("daemon", "libvirtd", "dir", cfg.Dir)
+			ctx, stop := daemonContext(cmd.Context())
+			defer stop()
+			sctx, cancel := context.WithTimeout(ctx, 60*time.Second)
+			start := time.Now()
+			d, err := libvirtd.Start(sctx, cfg)
+			cancel()
+			if err != nil {
+				return err
+			}
+			log.Info("libvirtd ready", "pid", d.Pid(), "uri", d.URI(), "listen", cfg.ListenAddr, "in", time.Since(start).Round(time.Millisecond).String())
+			select {
+			case <-ctx.Done():
+				log.Info("stopping libvirtd")
+				return d.Close()
+			case <-d.Done():
+				_ = d.Close()
+				return fmt.Errorf("libvirtd exited (%v): %s", d.Err(), d.LogTail())
+			}
+		},
+	}
+	c.Flags().StringVar(&cfgFile, "config", "", "configuration file (YAML: dir, host_uuid, listen_addr)")
 	return c
 }

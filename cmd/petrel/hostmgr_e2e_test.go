@@ -135,9 +135,11 @@ func TestHostRecoveryInTheLab(t *testing.T) {
 	if h := show("worker-0"); h.Availability != "power-off" || boots() != nBoots+1 {
 		t.Errorf("an operator's power-off did not stay off: %+v, %d boots", h, boots())
 	}
+	site.exit(1, "host", "unlock", "worker-0") // powered off: power it on first
 	site.ok("host", "power-on", "worker-0")
-	waitFor("back after power-on", 60*time.Second, func(h hostView) bool { return h.Availability == "available" })
+	waitFor("back after power-on (locked: online)", 60*time.Second, func(h hostView) bool { return h.Availability == "online" })
 	site.ok("host", "unlock", "worker-0")
+	waitFor("in service again", 10*time.Second, func(h hostView) bool { return h.Availability == "available" })
 
 	// Locking controllers: the last enabled one needs force-lock.
 	site.ok("host", "lock", "controller-1")

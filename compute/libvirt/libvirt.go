@@ -18,6 +18,7 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"net"
 	"net/url"
 	"os"
 	"time"
@@ -52,6 +53,26 @@ func Dial(ctx context.Context, uri string) (*Driver, error) {
 	}
 	return &Driver{l: l}, nil
 }
+
+// DialFunc connects to a daemon over the connection dial opens (a
+// qemu:///system connection on it): for a caller that must open the
+// socket itself, such as a process in the machine's root namespace
+// reaching a lab host's libvirtd inside the host's network namespace
+// (lab/hostnet.DialIn).
+func DialFunc(ctx context.Context, dial func() (net.Conn, error)) (*Driver, error) {
+	if err := ctx.Err(); err != nil {
+		return nil, err
+	}
+	l := golibvirt.NewWithDialer(dialerFunc(dial))
+	if err := l.ConnectToURI(golibvirt.QEMUSystem); err != nil {
+		return nil, fmt.Errorf("libvirt: connect: %w", err)
+	}
+	return &Driver{l: l}, nil
+}
+
+type dialerFunc func() (net.Conn, error)
+
+func (f dialerFunc) Dial() (net.Conn, error) { return f() }
 
 // Close disconnects.
 func (d *Driver) Close() error { return d.l.Disconnect() }

@@ -3,6 +3,7 @@ package heartbeat
 import (
 	"context"
 	"crypto/rand"
+	"encoding/binary"
 	"errors"
 	"log/slog"
 	"net"
@@ -76,6 +77,7 @@ type link struct {
 	misses      int
 	state       State
 	heard       bool // answered at least once: its first answer is reported
+	fresh       bool // no pulse sent yet
 }
 
 // tracker counts misses; it does no I/O, so its rules are tested directly.
@@ -104,17 +106,23 @@ func (t *tracker) stateOf(misses int) State {
 func (t *tracker) tick(k linkKey, now time.Time) (uint64, *Change) {
 	l := t.links[k]
 	if l == nil {
-		l = &link{}
+		// A random first number: answers recorded in an earlier run (the
+		// key outlives a controller restart) never match this run's pulses.
+		var b [4]byte
+		_, _ = rand.Read(b[:])
+		start := uint64(binary.BigEndian.Uint32(b[:])) << 16
+		l = &link{sent: start, acked: start, fresh: true}
 		t.links[k] = l
 	}
 	var ch *Change
-	if l.sent > 0 && l.acked < l.sent {
+	if !l.fresh && l.acked < l.sent {
 		l.misses++
 		if s := t.stateOf(l.misses); s != l.state {
 			l.state = s
 			ch = &Change{Host: k.host, Network: k.network, State: s, Misses: l.misses, At: now}
 		}
 	}
+	l.fresh = false
 	l.sent++
 	return l.sent, ch
 }

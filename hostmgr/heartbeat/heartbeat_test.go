@@ -25,12 +25,15 @@ func TestTrackerRules(t *testing.T) {
 			}
 		}
 	}
-	tickN(1) // pulse 1 out
-	if ch := tr.reply(k, 1, now); ch == nil || ch.State != OK {
+	first, _ := tr.tick(k, now) // the first pulse out, at a random number
+	if first < 1<<16 {
+		t.Errorf("first sequence number %d; want a random start", first)
+	}
+	if ch := tr.reply(k, first, now); ch == nil || ch.State != OK {
 		t.Errorf("the first answer: %+v; want it reported ok", ch)
 	}
 	tickN(1)
-	if ch := tr.reply(k, 2, now); ch != nil {
+	if ch := tr.reply(k, first+1, now); ch != nil {
 		t.Errorf("an answer while ok changed the state: %+v", ch)
 	}
 	tickN(5) // pulses 3..7 out; 3..6 missed (4 misses)

@@ -106,13 +106,9 @@ func (a *app) alarmCmd() *cobra.Command {
 		Short: "Raise an alarm from the catalogue (integrations, tests)",
 		Args:  exactArgs(2, "ALARM_ID", "ENTITY"),
 		RunE: func(cmd *cobra.Command, args []string) error {
-			f := map[string]string{}
-			for _, kv := range fields {
-				k, v, ok := strings.Cut(kv, "=")
-				if !ok {
-					return usagef("--field %q: want key=value", kv)
-				}
-				f[k] = v
+			f, err := parseFields(fields)
+			if err != nil {
+				return err
 			}
 			return a.call(cmd, http.MethodPost, "/v1/alarms", map[string]any{"alarm_id": args[0], "entity_instance_id": args[1], "fields": f})
 		},
@@ -170,17 +166,26 @@ func (a *app) eventCmd() *cobra.Command {
 		Short: "Append a log entry from the catalogue (integrations, tests)",
 		Args:  exactArgs(2, "ID", "ENTITY"),
 		RunE: func(cmd *cobra.Command, args []string) error {
-			f := map[string]string{}
-			for _, kv := range fields {
-				k, v, ok := strings.Cut(kv, "=")
-				if !ok {
-					return usagef("--field %q: want key=value", kv)
-				}
-				f[k] = v
+			f, err := parseFields(fields)
+			if err != nil {
+				return err
 			}
 			return a.call(cmd, http.MethodPost, "/v1/events", map[string]any{"alarm_id": args[0], "entity_instance_id": args[1], "fields": f})
 		},
 	}
 	logCmd.Flags().StringArrayVar(&fields, "field", nil, "fill a {placeholder} of the reason")
 	return group("event", "The event history: alarm sets and clears, logs, audit", list, show, logCmd)
+}
+
+// parseFields turns --field key=value flags into a reason's fields.
+func parseFields(kvs []string) (map[string]string, error) {
+	f := map[string]string{}
+	for _, kv := range kvs {
+		k, v, ok := strings.Cut(kv, "=")
+		if !ok {
+			return nil, usagef("--field %q: want key=value", kv)
+		}
+		f[k] = v
+	}
+	return f, nil
 }

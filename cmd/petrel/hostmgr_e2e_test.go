@@ -89,7 +89,7 @@ func TestHostRecoveryInTheLab(t *testing.T) {
 	if out := site.ok("alarm", "list", "--alarm_id", "200.009"); !strings.Contains(out, "host=worker-0") {
 		t.Errorf("200.009 not active with the cluster link down:\n%s", out)
 	}
-	time.Sleep(3 * time.Second) // a window in which a reboot must not happen (nothing to poll for)
+	holds(t, "no reboot with one network down", 3*time.Second, func() bool { return boots() == nBoots+1 })
 	base.ok("lab", "fault", "link-up", "site-r/worker-0", "--net", "cluster")
 	h2, _ := waitFor("available after link-up", 10*time.Second, func(h hostView) bool { return h.Availability == "available" })
 	if h2.BootID != h1.BootID {
@@ -100,7 +100,7 @@ func TestHostRecoveryInTheLab(t *testing.T) {
 	// cluster: the heartbeat's replies): degraded, never a reboot.
 	base.ok("lab", "fault", "loss", "site-r/worker-0", "--net", "cluster", "--percent", "100", "--oneway-to", "site-r/controller-0")
 	waitFor("degraded by one-way loss", 10*time.Second, func(h hostView) bool { return h.Availability == "degraded" })
-	time.Sleep(3 * time.Second) // a window in which a reboot must not happen (nothing to poll for)
+	holds(t, "no reboot with one-way loss", 3*time.Second, func() bool { return boots() == nBoots+1 })
 	base.ok("lab", "fault", "clear", "site-r/worker-0")
 	if h, _ := waitFor("available after the loss", 10*time.Second, func(h hostView) bool { return h.Availability == "available" }); h.BootID != h1.BootID {
 		t.Errorf("one-way loss on one network rebooted the host")
@@ -131,10 +131,9 @@ func TestHostRecoveryInTheLab(t *testing.T) {
 	site.exit(1, "host", "lock", "worker-0") // already locked
 	site.ok("host", "power-off", "worker-0")
 	waitFor("power-off", 10*time.Second, func(h hostView) bool { return h.Availability == "power-off" })
-	time.Sleep(3 * time.Second) // a window in which nothing may power it on (nothing to poll for)
-	if h := show("worker-0"); h.Availability != "power-off" || boots() != nBoots+1 {
-		t.Errorf("an operator's power-off did not stay off: %+v, %d boots", h, boots())
-	}
+	holds(t, "an operator's power-off stays off", 3*time.Second, func() bool {
+		return show("worker-0").Availability == "power-off" && boots() == nBoots+1
+	})
 	site.exit(1, "host", "unlock", "worker-0") // powered off: power it on first
 	site.ok("host", "power-on", "worker-0")
 	waitFor("back after power-on (locked: online)", 60*time.Second, func(h hostView) bool { return h.Availability == "online" })
@@ -200,42 +199,27 @@ func TestHostMNFAAndEscalation(t *testing.T) {
 		t.Fatal(err)
 	}
 	site := base.with("PETREL_URL="+lf.Sites[0].URL, "PETREL_TOKEN="+lf.Sites[0].Token, "PETREL_CA_CERT="+lf.CACert)
-	avail := func(host string) string {
-		var h struct {
-			Availability string `json:"availability"`
-		}
-		json.Unmarshal([]byte(site.ok("host", "show", host, "-o", "json")), &h)
-		return h.Availability
-	}
+	avail := func(host string) string { return availabilityOf(site, host) }
 	boots := func(host string) int {
 		b, _ := os.ReadFile(filepath.Join(dir, "hosts", "site-m", host, "console.log"))
 		return strings.Count(string(b), "boot from slot")
 	}
-	waitUntil := func(what string, limit time.Duration, cond func() bool) time.Duration {
-		t.Helper()
-		start := time.Now()
-		for !cond() {
-			if time.Since(start) > limit {
-				t.Fatalf("%s: not within %s", what, limit)
-			}
-			time.Sleep(100 * time.Millisecond) // polling with a deadline
-		}
-		return time.Since(start)
-	}
-	waitUntil("workers available", 20*time.Second, func() bool { return avail("worker-0") == "available" && avail("worker-1") == "available" })
+	waitUntil(t, "workers available", 20*time.Second, func() bool { return avail("worker-0") == "available" && avail("worker-1") == "available" })
 	b0, b1 := boots("worker-0"), boots("worker-1")
 
 	// Two hosts silent within 2 s: MNFA.
 	base.ok("lab", "fault", "hang", "site-m/worker-0")
 	base.ok("lab", "fault", "hang", "site-m/worker-1")
-	waitUntil("200.012 raised", 10*time.Second, func() bool {
+	waitUntil(t, "200.012 raised", 10*time.Second, func() bool {
 		return strings.Contains(site.ok("alarm", "list", "--alarm_id", "200.012"), "site=site-m")
 	})
-	time.Sleep(6 * time.Second) // longer than G: nothing may act meanwhile (nothing to poll for)
+	holds(t, "MNFA: no reboot for longer than G", 6*time.Second, func() bool {
+		return boots("worker-0") == b0 && boots("worker-1") == b1
+	})
 	base.ok("lab", "fault", "resume", "site-m/worker-0")
 	base.ok("lab", "fault", "resume", "site-m/worker-1")
-	waitUntil("both back", 20*time.Second, func() bool { return avail("worker-0") == "available" && avail("worker-1") == "available" })
-	waitUntil("200.012 cleared", 10*time.Second, func() bool {
+	waitUntil(t, "both back", 20*time.Second, func() bool { return avail("worker-0") == "available" && avail("worker-1") == "available" })
+	waitUntil(t, "200.012 cleared", 10*time.Second, func() bool {
 		return !strings.Contains(site.ok("alarm", "list", "--alarm_id", "200.012"), "site=site-m")
 	})
 	if boots("worker-0") != b0 || boots("worker-1") != b1 {
@@ -245,8 +229,8 @@ func TestHostMNFAAndEscalation(t *testing.T) {
 	// One host hung for good: graceful window, failed, reboot via the agent,
 	// then BMC reset (the lab's step timeout is 20 s) — and it is back.
 	base.ok("lab", "fault", "hang", "site-m/worker-0")
-	failed := waitUntil("failed", 20*time.Second, func() bool { return avail("worker-0") == "failed" })
-	back := waitUntil("back after the BMC reset", 60*time.Second, func() bool {
+	failed := waitUntil(t, "failed", 20*time.Second, func() bool { return avail("worker-0") == "failed" })
+	back := waitUntil(t, "back after the BMC reset", 60*time.Second, func() bool {
 		return avail("worker-0") == "available" && boots("worker-0") == b0+1
 	})
 	t.Logf("hung host: failed after %s (G = 5 s), available again %s later through a BMC reset", failed.Round(100*time.Millisecond), back.Round(100*time.Millisecond))
@@ -273,25 +257,8 @@ func TestHostRecoveryWithBMCFaults(t *testing.T) {
 		t.Fatal(err)
 	}
 	site := base.with("PETREL_URL="+lf.Sites[0].URL, "PETREL_TOKEN="+lf.Sites[0].Token, "PETREL_CA_CERT="+lf.CACert)
-	avail := func(host string) string {
-		var h struct {
-			Availability string `json:"availability"`
-		}
-		json.Unmarshal([]byte(site.ok("host", "show", host, "-o", "json")), &h)
-		return h.Availability
-	}
-	waitUntil := func(what string, limit time.Duration, cond func() bool) time.Duration {
-		t.Helper()
-		start := time.Now()
-		for !cond() {
-			if time.Since(start) > limit {
-				t.Fatalf("%s: not within %s", what, limit)
-			}
-			time.Sleep(100 * time.Millisecond) // polling with a deadline
-		}
-		return time.Since(start)
-	}
-	waitUntil("workers available", 20*time.Second, func() bool { return avail("worker-0") == "available" && avail("worker-1") == "available" })
+	avail := func(host string) string { return availabilityOf(site, host) }
+	waitUntil(t, "workers available", 20*time.Second, func() bool { return avail("worker-0") == "available" && avail("worker-1") == "available" })
 
 	// A slow BMC (worker-1's) holds no other host: worker-0's power loss is
 	// handled as fast as ever.
@@ -300,34 +267,68 @@ func TestHostRecoveryWithBMCFaults(t *testing.T) {
 		t.Errorf("lab fault list:\n%s", out)
 	}
 	base.ok("lab", "fault", "power-off", "site-f/worker-0")
-	waitUntil("worker-0 failed", 10*time.Second, func() bool { return avail("worker-0") == "failed" })
-	took := waitUntil("worker-0 back", 30*time.Second, func() bool { return avail("worker-0") == "available" })
+	waitUntil(t, "worker-0 failed", 10*time.Second, func() bool { return avail("worker-0") == "failed" })
+	took := waitUntil(t, "worker-0 back", 30*time.Second, func() bool { return avail("worker-0") == "available" })
 	t.Logf("power loss with another host's BMC slow: back in %s", took.Round(100*time.Millisecond))
 	base.ok("lab", "fault", "clear", "site-f/worker-1")
 
 	// A BMC that does not answer: failed, 200.010, no power-on.
 	base.ok("lab", "fault", "bmc-down", "site-f/worker-0")
 	base.ok("lab", "fault", "power-off", "site-f/worker-0")
-	waitUntil("failed with 200.010", 60*time.Second, func() bool {
+	waitUntil(t, "failed with 200.010", 60*time.Second, func() bool {
 		return avail("worker-0") == "failed" && strings.Contains(site.ok("alarm", "list", "--alarm_id", "200.010"), "host=worker-0")
 	})
 	if out := base.ok("lab", "fault", "list"); !strings.Contains(out, "power-off") {
 		t.Errorf("the host was powered on without its BMC's confirmation:\n%s", out)
 	}
 	base.ok("lab", "fault", "clear", "site-f/worker-0")
-	took = waitUntil("back once its BMC answers", 90*time.Second, func() bool { return avail("worker-0") == "available" })
+	took = waitUntil(t, "back once its BMC answers", 90*time.Second, func() bool { return avail("worker-0") == "available" })
 	t.Logf("BMC answering again: host back %s later", took.Round(100*time.Millisecond))
-	waitUntil("200.010 cleared", 30*time.Second, func() bool {
+	waitUntil(t, "200.010 cleared", 30*time.Second, func() bool {
 		return !strings.Contains(site.ok("alarm", "list", "--alarm_id", "200.010"), "host=worker-0")
 	})
 
 	// A BMC that ignores power-on: bounded attempts, then gave up.
 	base.ok("lab", "fault", "bmc-ignore", "site-f/worker-0")
 	base.ok("lab", "fault", "power-off", "site-f/worker-0")
-	waitUntil("gave up", 120*time.Second, func() bool {
+	waitUntil(t, "gave up", 120*time.Second, func() bool {
 		return strings.Contains(site.ok("event", "list", "--alarm-id", "200.022", "--entity", "host=worker-0", "--limit", "5"), "power-on -> gave-up")
 	})
 	if out := site.ok("alarm", "list", "--alarm_id", "200.004"); !strings.Contains(out, "lock and unlock to retry") {
 		t.Errorf("gave up without saying so:\n%s", out)
 	}
+}
+
+// holds polls cond for d and fails the test the first time it is false:
+// something that must not happen within a window.
+func holds(t *testing.T, what string, d time.Duration, cond func() bool) {
+	t.Helper()
+	for end := time.Now().Add(d); time.Now().Before(end); time.Sleep(100 * time.Millisecond) { // polling over the window
+		if !cond() {
+			t.Fatalf("%s: broken within %s", what, d)
+		}
+	}
+}
+
+// availabilityOf is a site host's availability.
+func availabilityOf(site cli, host string) string {
+	var h struct {
+		Availability string `json:"availability"`
+	}
+	json.Unmarshal([]byte(site.ok("host", "show", host, "-o", "json")), &h)
+	return h.Availability
+}
+
+// waitUntil polls cond until it holds, failing after limit; it returns how
+// long it took.
+func waitUntil(t *testing.T, what string, limit time.Duration, cond func() bool) time.Duration {
+	t.Helper()
+	start := time.Now()
+	for !cond() {
+		if time.Since(start) > limit {
+			t.Fatalf("%s: not within %s", what, limit)
+		}
+		time.Sleep(100 * time.Millisecond) // polling with a deadline
+	}
+	return time.Since(start)
 }

@@ -179,15 +179,7 @@ func TestCentralRestartResyncsEvents(t *testing.T) {
 	shell := servertest.Shell(t)
 	ctx := context.Background()
 	start := func(listen string) (*central.Central, context.CancelFunc, chan struct{}) {
-		c, err := central.New(ctx, central.Config{Shell: shell, SiteListen: listen, UpdateInterval: interval, RestartGrace: 10 * time.Second})
-		if err != nil {
-			t.Fatal(err)
-		}
-		cctx, cancel := context.WithCancel(ctx)
-		done := make(chan struct{})
-		go func() { defer close(done); c.Run(cctx) }()
-		<-c.Shell().Ready()
-		return c, cancel, done
+		return runCentral(t, shell, listen)
 	}
 	c1, stop1, done1 := start("127.0.0.1:0")
 	siteAddr := c1.SiteAddr().String()

@@ -25,6 +25,7 @@ import (
 	"github.com/petrel-edge/petrel/internal/linkproto"
 	"github.com/petrel-edge/petrel/internal/pki"
 	"github.com/petrel-edge/petrel/internal/rest"
+	"github.com/petrel-edge/petrel/internal/server"
 	"github.com/petrel-edge/petrel/internal/server/servertest"
 	"github.com/petrel-edge/petrel/inventory"
 	"github.com/petrel-edge/petrel/subcloud"
@@ -318,15 +319,7 @@ func TestCentralRestartSitesReconnect(t *testing.T) {
 	shell := servertest.Shell(t)
 	ctx := context.Background()
 	start := func(listen string) (*central.Central, context.CancelFunc, chan struct{}) {
-		c, err := central.New(ctx, central.Config{Shell: shell, SiteListen: listen, UpdateInterval: interval, RestartGrace: 10 * time.Second})
-		if err != nil {
-			t.Fatal(err)
-		}
-		cctx, cancel := context.WithCancel(ctx)
-		done := make(chan struct{})
-		go func() { defer close(done); c.Run(cctx) }()
-		<-c.Shell().Ready()
-		return c, cancel, done
+		return runCentral(t, shell, listen)
 	}
 	c1, stop1, done1 := start("127.0.0.1:0")
 	siteAddr := c1.SiteAddr().String()
@@ -515,4 +508,20 @@ func TestSiteAlarmsReachCentral(t *testing.T) {
 	status(central.StatusDegraded)
 	site.Shell().Alarms.Clear(ctx, "100.103", "host=worker-1")
 	status(central.StatusOK)
+}
+
+// runCentral starts central on shell (its store and data dir, so a test
+// can start it again after stopping it) with sites dialing listen, and
+// waits until it serves; cancel stops it, done closes when it has.
+func runCentral(t *testing.T, shell server.Config, listen string) (*central.Central, context.CancelFunc, chan struct{}) {
+	t.Helper()
+	c, err := central.New(context.Background(), central.Config{Shell: shell, SiteListen: listen, UpdateInterval: interval, RestartGrace: 10 * time.Second})
+	if err != nil {
+		t.Fatal(err)
+	}
+	cctx, cancel := context.WithCancel(context.Background())
+	done := make(chan struct{})
+	go func() { defer close(done); c.Run(cctx) }()
+	<-c.Shell().Ready()
+	return c, cancel, done
 }

@@ -89,6 +89,21 @@ type Principal struct {
 	User    string
 	Role    Role
 	TokenID string
+	// Project is the Keystone project the caller acts in; "" means the
+	// admin project (DefaultProject).
+	Project string
+}
+
+// DefaultProject is Keystone's admin project: users created without a
+// project belong to it.
+const DefaultProject = "admin"
+
+// ProjectName is the caller's project, DefaultProject if unset.
+func (p Principal) ProjectName() string {
+	if p.Project == "" {
+		return DefaultProject
+	}
+	return p.Project
 }
 
 // Store keeps users and tokens. Implementations: authdb (gorm).

@@ -131,11 +131,12 @@ type WhoAmI struct {
 	User    string `json:"user"`
 	Role    Role   `json:"role"`
 	TokenID string `json:"token_id"`
+	Project string `json:"project"`
 }
 
 func (s *Service) whoami(r *http.Request) (int, any, error) {
 	p := mustPrincipal(r.Context())
-	return http.StatusOK, WhoAmI(p), nil
+	return http.StatusOK, WhoAmI{User: p.User, Role: p.Role, TokenID: p.TokenID, Project: p.ProjectName()}, nil
 }
 
 func (s *Service) listUsers(r *http.Request) (int, any, error) {

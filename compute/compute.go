@@ -18,6 +18,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"io"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -117,6 +118,58 @@ type Hypervisor interface {
 	ConsoleLog(ctx context.Context, id string) ([]byte, error)
 	// List returns every domain defined or running on the host.
 	List(ctx context.Context) ([]Domain, error)
+	// Reboot restarts a running domain: hard resets it at once, soft
+	// asks the guest (ACPI) to reboot.
+	Reboot(ctx context.Context, id string, hard bool) error
+	// HostInfo describes the host as its hypervisor sees it.
+	HostInfo(ctx context.Context) (HostInfo, error)
+	// Events delivers the host's domain lifecycle events until ctx ends or
+	// the connection fails (then the channel is closed).
+	Events(ctx context.Context) (<-chan DomainEvent, error)
+}
+
+// HostInfo is what a hypervisor reports of its host.
+type HostInfo struct {
+	CPUs      int
+	MemoryMiB int64
+	// Version is the hypervisor's version, e.g. libvirt "9.0.0".
+	Version string
+}
+
+// DomainEvent is a change of a domain's run state.
+type DomainEvent struct {
+	ID    string // domain UUID
+	State State  // the state after the event
+	// Detail is the hypervisor's reason, e.g. "shutdown", "crashed",
+	// "destroyed", "booted".
+	Detail string
+}
+
+// InstanceFiles are an instance's files on its host, as the host's
+// hypervisor sees their paths.
+type InstanceFiles struct {
+	Disk       string // the qcow2 overlay
+	ConsoleLog string // the serial console's log
+}
+
+// HostStorage keeps base images and instance disks on one hypervisor
+// host, which shares no filesystem with the site controller or other
+// hosts. Every method is idempotent.
+type HostStorage interface {
+	// HasBase reports whether the base image with SHA-256 sum is complete
+	// on the host.
+	HasBase(ctx context.Context, sum string) (bool, error)
+	// PutBase copies a base image — size bytes read from r, in format — to
+	// the host. It is crash-safe: a copy cut off part-way is never taken
+	// as complete by HasBase, and PutBase replaces it.
+	PutBase(ctx context.Context, sum string, format DiskFormat, size int64, r io.Reader) error
+	// CreateInstanceFiles creates instance id's qcow2 overlay on base sum
+	// (which must be present) and an empty console log, replacing any
+	// files id had (a rebuild).
+	CreateInstanceFiles(ctx context.Context, id, sum string, format DiskFormat) (InstanceFiles, error)
+	// DeleteInstanceFiles removes instance id's files; absent files are no
+	// error.
+	DeleteInstanceFiles(ctx context.Context, id string) error
 }
 
 // NewOverlay creates the qcow2 overlay disk of an instance on a base

@@ -86,14 +86,16 @@ type Task string
 
 // Tasks.
 const (
-	TaskNone       Task = ""
-	TaskSpawning   Task = "spawning"
-	TaskStopping   Task = "powering-off"
-	TaskStarting   Task = "powering-on"
-	TaskRebooting  Task = "rebooting"
-	TaskRebuilding Task = "rebuilding"
-	TaskDeleting   Task = "deleting"
-	TaskMigrating  Task = "migrating"
+	TaskNone      Task = ""
+	TaskSpawning  Task = "spawning"
+	TaskStopping  Task = "powering-off"
+	TaskStarting  Task = "powering-on"
+	TaskRebooting Task = "rebooting"
+	// TaskRebootingHard is a hard reboot (reset) in progress.
+	TaskRebootingHard Task = "rebooting-hard"
+	TaskRebuilding    Task = "rebuilding"
+	TaskDeleting      Task = "deleting"
+	TaskMigrating     Task = "migrating"
 )
 
 // Action is an operation a caller asks of a server.

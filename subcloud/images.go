@@ -78,7 +78,7 @@ func (s *Subcloud) openImages(ctx context.Context) error {
 	}
 	s.images = &images{store: store, files: files, maxBytes: max}
 	s.Images, s.Flavors, s.ImageFiles = store, store, files
-	return nil
+	return s.openServers(store)
 }
 
 func (s *Subcloud) registerCompute(srv *rest.Server, a *auth.Service) {

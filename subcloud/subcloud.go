@@ -40,6 +40,8 @@ type FileConfig struct {
 	Heartbeat *HeartbeatConfig `json:"heartbeat"` // host maintenance's heartbeat; absent: hosts are not pulsed
 	// ImageMaxBytes caps an uploaded image; 0: DefaultImageMaxBytes (8 GiB).
 	ImageMaxBytes int64 `json:"image_max_bytes"`
+	// Compute configures the servers' manager; absent: the defaults.
+	Compute *ComputeConfig `json:"compute"`
 	server.FileConfig
 }
 
@@ -54,6 +56,8 @@ type Config struct {
 	Heartbeat *HeartbeatConfig
 	// ImageMaxBytes caps an uploaded image; 0: DefaultImageMaxBytes.
 	ImageMaxBytes int64
+	// Compute configures the servers' manager; nil: the defaults.
+	Compute *ComputeConfig
 }
 
 // Subcloud is a running site controller.
@@ -75,7 +79,10 @@ type Subcloud struct {
 	Images     compute.ImageStore
 	Flavors    compute.FlavorStore
 	ImageFiles *compute.ImageFiles // image bytes, DATA_DIR/images/<sha256>
-	images     *images
+	// Servers is the site's compute service (tenants' VMs).
+	Servers compute.Servers
+	servers *compute.Manager
+	images  *images
 
 	connected atomic.Bool   // the link to central is up
 	seq       atomic.Uint64 // last update sequence sent
@@ -101,7 +108,7 @@ func ConfigFromFile(fc FileConfig, shell server.Config) (Config, error) {
 		return Config{}, fmt.Errorf("config: image_max_bytes %d: want a positive size, or 0 for the default", fc.ImageMaxBytes)
 	}
 	return Config{Site: fc.Site, Shape: shape, Shell: shell, Central: fc.Central, Heartbeat: fc.Heartbeat,
-		ImageMaxBytes: fc.ImageMaxBytes}, nil
+		ImageMaxBytes: fc.ImageMaxBytes, Compute: fc.Compute}, nil
 }
 
 // New builds the site controller; it starts nothing.
@@ -184,6 +191,7 @@ func (s *Subcloud) Run(ctx context.Context) error {
 	if s.maint != nil {
 		g.Go(func() error { return s.maint.run(ctx, s) })
 	}
+	g.Go(func() error { return s.servers.Run(ctx) })
 	return g.Wait()
 }
 
@@ -205,6 +213,7 @@ func (s *Subcloud) register(srv *rest.Server, a *auth.Service) {
 	srv.Handle("agentReport", http.MethodPut, "/v1/agents/{uuid}/report", s.agentGuard, s.report)
 	srv.Handle("agentCommands", http.MethodGet, "/v1/agents/{uuid}/commands", s.agentGuard, s.agentPoll)
 	s.registerCompute(srv, a)
+	s.registerServers(srv, a)
 }
 
 func (s *Subcloud) listHosts(r *http.Request) (int, any, error) {

@@ -1,4 +1,5 @@
-// Package computedb keeps a site's compute records — images and flavors —
+// Package computedb keeps a site's compute records — images, flavors,
+// servers and server groups —
 // in its SQL store through gorm. A site holds tens of images and flavors,
 // so every read goes to SQL; status changes are compare-and-set in one
 // UPDATE, so two uploads to one image never both start. Its gorm models
@@ -60,7 +61,7 @@ var (
 
 // Open migrates the schema and returns the store.
 func Open(ctx context.Context, db *sqldb.DB) (*Store, error) {
-	if err := db.WithContext(ctx).AutoMigrate(&imageRow{}, &flavorRow{}); err != nil {
+	if err := db.WithContext(ctx).AutoMigrate(&imageRow{}, &flavorRow{}, &serverRow{}, &groupRow{}); err != nil {
 		return nil, fmt.Errorf("computedb: migrate: %w", err)
 	}
 	return &Store{db: db}, nil

@@ -1,0 +1,349 @@
+package subcloud
+
+import (
+	"context"
+	"fmt"
+	"io"
+	"net/http"
+	"net/netip"
+	"os"
+	"strconv"
+	"strings"
+	"time"
+
+	"github.com/petrel-edge/petrel/auth"
+	"github.com/petrel-edge/petrel/compute"
+	"github.com/petrel-edge/petrel/compute/computedb"
+	"github.com/petrel-edge/petrel/compute/libvirt"
+	"github.com/petrel-edge/petrel/faultmgr"
+	"github.com/petrel-edge/petrel/internal/errs"
+	"github.com/petrel-edge/petrel/internal/page"
+	"github.com/petrel-edge/petrel/internal/rest"
+	"github.com/petrel-edge/petrel/inventory"
+)
+
+// ComputeConfig is the `compute:` section of a site's configuration.
+type ComputeConfig struct {
+	// LibvirtURI is each hypervisor host's libvirt URI, with {mgmt}
+	// standing for the host's management address. Default:
+	// DefaultLibvirtURI.
+	LibvirtURI string                  `json:"libvirt_uri"`
+	Scheduler  compute.SchedulerConfig `json:"scheduler"`
+	// StopTimeout is how long a stop waits for the guest before pulling
+	// the plug; default 30s.
+	StopTimeout string `json:"stop_timeout"`
+	// ReconcileEvery is how often the hosts' domains are compared with
+	// the records; default 2s.
+	ReconcileEvery string `json:"reconcile_every"`
+}
+
+// DefaultLibvirtURI reaches a host's libvirtd on its management address.
+const DefaultLibvirtURI = "qemu+tcp://{mgmt}:16509/system"
+
+func (c *ComputeConfig) managerConfig() (compute.ManagerConfig, string, error) {
+	var mc compute.ManagerConfig
+	uri := DefaultLibvirtURI
+	if c == nil {
+		return mc, uri, nil
+	}
+	if c.LibvirtURI != "" {
+		if !strings.Contains(c.LibvirtURI, "{mgmt}") {
+			return mc, "", fmt.Errorf("config: compute.libvirt_uri %q must contain {mgmt}", c.LibvirtURI)
+		}
+		uri = c.LibvirtURI
+	}
+	if err := c.Scheduler.Validate(); err != nil {
+		return mc, "", fmt.Errorf("config: compute.%w", err)
+	}
+	mc.Scheduler = c.Scheduler
+	for _, d := range []struct {
+		name string
+		s    string
+		to   *time.Duration
+	}{{"stop_timeout", c.StopTimeout, &mc.StopTimeout}, {"reconcile_every", c.ReconcileEvery, &mc.ReconcileEvery}} {
+		if d.s == "" {
+			continue
+		}
+		v, err := time.ParseDuration(d.s)
+		if err != nil || v <= 0 {
+			return mc, "", fmt.Errorf("config: compute.%s %q: want a positive duration", d.name, d.s)
+		}
+		*d.to = v
+	}
+	return mc, uri, nil
+}
+
+// openServers builds the site's compute manager (Run starts it).
+func (s *Subcloud) openServers(store *computedb.Store) error {
+	mc, uri, err := s.cfg.Compute.managerConfig()
+	if err != nil {
+		return err
+	}
+	mc.Store = store
+	mc.Images = imageSource{store: store, files: s.ImageFiles}
+	mc.Flavors = store
+	mc.Hosts = hypervisorHosts{s: s, uri: uri}
+	mc.Connect = func(ctx context.Context, uri string) (compute.HostConn, error) { return libvirt.Dial(ctx, uri) }
+	mc.Alarms = alarmSink{s.shell.Alarms}
+	mc.Logger = s.log
+	m, err := compute.NewManager(mc)
+	if err != nil {
+		return err
+	}
+	s.Servers, s.servers = m, m
+	s.images.inUse = func(ctx context.Context, im compute.Image) (bool, error) {
+		n, err := store.ServersUsingImage(ctx, im.ID)
+		return n > 0, err
+	}
+	return nil
+}
+
+// imageSource opens image bytes from the site's content-addressed store.
+type imageSource struct {
+	store *computedb.Store
+	files *compute.ImageFiles
+}
+
+func (i imageSource) Image(ctx context.Context, id string) (compute.Image, error) {
+	return i.store.Image(ctx, id)
+}
+
+func (i imageSource) OpenImage(sum string) (io.ReadCloser, error) { return os.Open(i.files.Path(sum)) }
+
+// alarmSink adapts the site's alarm manager to compute.Alarms.
+type alarmSink struct{ m *faultmgr.Manager }
+
+func (a alarmSink) Raise(ctx context.Context, id, entity string, f map[string]string) error {
+	_, _, err := a.m.Raise(ctx, id, entity, f)
+	return err
+}
+
+func (a alarmSink) Clear(ctx context.Context, id, entity string) error {
+	_, err := a.m.Clear(ctx, id, entity)
+	return err
+}
+
+func (a alarmSink) Log(ctx context.Context, id, entity string, f map[string]string) error {
+	_, err := a.m.Log(ctx, id, entity, f)
+	return err
+}
+
+// hypervisorHosts derives the hypervisor hosts from the inventory:
+// workers, and the controllers of simplex and duplex sites (all-in-one).
+type hypervisorHosts struct {
+	s   *Subcloud
+	uri string
+}
+
+// IsHypervisor reports whether h runs VMs at a site of shape.
+func IsHypervisor(shape inventory.Shape, h inventory.Host) bool {
+	switch h.Personality {
+	case inventory.Worker:
+		return true
+	case inventory.Controller:
+		return shape == inventory.Simplex || shape == inventory.Duplex
+	}
+	return false
+}
+
+func (hh hypervisorHosts) HypervisorHosts(ctx context.Context) ([]compute.HypervisorHost, error) {
+	var out []compute.HypervisorHost
+	opts := page.Options{Limit: 500}
+	for {
+		hosts, next, err := hh.s.Hosts.Hosts(ctx, opts)
+		if err != nil {
+			return nil, err
+		}
+		for _, h := range hosts {
+			if !IsHypervisor(hh.s.cfg.Shape, h) {
+				continue
+			}
+			out = append(out, hh.describe(h))
+		}
+		if next == "" {
+			break
+		}
+		opts.After = next
+	}
+	compute.SortHosts(out)
+	return out, nil
+}
+
+func (hh hypervisorHosts) describe(h inventory.Host) compute.HypervisorHost {
+	hv := compute.HypervisorHost{Name: h.Name, VCPUs: h.Inventory.Threads, MemoryMiB: h.Inventory.MemoryMiB}
+	if hv.VCPUs == 0 {
+		hv.VCPUs = h.Inventory.Cores
+	}
+	for _, d := range h.Inventory.Disks {
+		hv.DiskGiB += d.SizeGiB
+	}
+	if addr := mgmtAddr(h); addr.IsValid() {
+		hv.URI = strings.ReplaceAll(hh.uri, "{mgmt}", addr.String())
+	}
+	switch {
+	case h.Administrative == inventory.Locked:
+		hv.Down = "locked"
+	case h.Availability != inventory.Available && h.Availability != inventory.Degraded:
+		hv.Down = string(h.Availability)
+	case hv.URI == "":
+		hv.Down = "no management address"
+	}
+	switch h.Availability {
+	case inventory.Failed, inventory.Offline, inventory.PowerOff:
+		hv.Lost = true
+	}
+	return hv
+}
+
+// mgmtAddr is the address of the host's NIC named mgmt, if any.
+func mgmtAddr(h inventory.Host) netip.Addr {
+	for _, n := range h.Inventory.NICs {
+		if n.Name != "mgmt" {
+			continue
+		}
+		for _, a := range n.Addresses {
+			if p, err := netip.ParsePrefix(a); err == nil {
+				return p.Addr()
+			}
+			if ip, err := netip.ParseAddr(a); err == nil {
+				return ip
+			}
+		}
+	}
+	return netip.Addr{}
+}
+
+func (s *Subcloud) registerServers(srv *rest.Server, a *auth.Service) {
+	srv.Handle("listServers", http.MethodGet, "/v1/servers", a.Require(auth.Reader), s.listServers)
+	srv.Handle("createServer", http.MethodPost, "/v1/servers", a.Require(auth.Operator), s.createServer)
+	srv.Handle("getServer", http.MethodGet, "/v1/servers/{id}", a.Require(auth.Reader), s.getServer)
+	srv.Handle("deleteServer", http.MethodDelete, "/v1/servers/{id}", a.Require(auth.Operator), s.deleteServer)
+	srv.Handle("serverAction", http.MethodPost, "/v1/servers/{id}/action", a.Require(auth.Operator), s.serverAction)
+	srv.Handle("serverConsoleLog", http.MethodGet, "/v1/servers/{id}/console-log", a.Require(auth.Reader), s.serverConsoleLog)
+	srv.Handle("listHypervisors", http.MethodGet, "/v1/hypervisors", a.Require(auth.Reader), s.listHypervisors)
+	srv.Handle("listServerGroups", http.MethodGet, "/v1/server-groups", a.Require(auth.Reader), s.listServerGroups)
+	srv.Handle("createServerGroup", http.MethodPost, "/v1/server-groups", a.Require(auth.Operator), s.createServerGroup)
+	srv.Handle("getServerGroup", http.MethodGet, "/v1/server-groups/{id}", a.Require(auth.Reader), s.getServerGroup)
+	srv.Handle("deleteServerGroup", http.MethodDelete, "/v1/server-groups/{id}", a.Require(auth.Operator), s.deleteServerGroup)
+}
+
+func (s *Subcloud) listServers(r *http.Request) (int, any, error) {
+	opts, err := rest.ParseList(r, compute.ServerFilters...)
+	if err != nil {
+		return 0, nil, err
+	}
+	items, next, err := s.Servers.ListServers(r.Context(), opts)
+	if err != nil {
+		return 0, nil, err
+	}
+	return http.StatusOK, rest.List[compute.Server]{Items: items, NextPageToken: rest.EncodePageToken(next)}, nil
+}
+
+func (s *Subcloud) createServer(r *http.Request) (int, any, error) {
+	var req compute.CreateServer
+	if err := rest.DecodeJSON(r, &req); err != nil {
+		return 0, nil, err
+	}
+	sv, err := s.Servers.CreateServer(r.Context(), req)
+	if err != nil {
+		return 0, nil, err
+	}
+	return http.StatusAccepted, sv, nil
+}
+
+func (s *Subcloud) getServer(r *http.Request) (int, any, error) {
+	sv, err := s.Servers.Server(r.Context(), rest.Var(r, "id"))
+	if err != nil {
+		return 0, nil, err
+	}
+	return http.StatusOK, sv, nil
+}
+
+func (s *Subcloud) deleteServer(r *http.Request) (int, any, error) {
+	if err := s.Servers.DeleteServer(r.Context(), rest.Var(r, "id")); err != nil {
+		return 0, nil, err
+	}
+	return http.StatusAccepted, nil, nil
+}
+
+func (s *Subcloud) serverAction(r *http.Request) (int, any, error) {
+	var req compute.ServerAction
+	if err := rest.DecodeJSON(r, &req); err != nil {
+		return 0, nil, err
+	}
+	sv, err := s.Servers.Act(r.Context(), rest.Var(r, "id"), req)
+	if err != nil {
+		return 0, nil, err
+	}
+	return http.StatusAccepted, sv, nil
+}
+
+// ConsoleLog is the body of GET /v1/servers/{id}/console-log.
+type ConsoleLog struct {
+	Output string `json:"output"`
+}
+
+func (s *Subcloud) serverConsoleLog(r *http.Request) (int, any, error) {
+	lines := 0
+	if v := r.URL.Query().Get("lines"); v != "" {
+		n, err := strconv.Atoi(v)
+		if err != nil || n < 0 {
+			return 0, nil, errs.Field("lines", "must be a non-negative integer")
+		}
+		lines = n
+	}
+	out, err := s.Servers.ConsoleLog(r.Context(), rest.Var(r, "id"), lines)
+	if err != nil {
+		return 0, nil, err
+	}
+	return http.StatusOK, ConsoleLog{Output: out}, nil
+}
+
+func (s *Subcloud) listHypervisors(r *http.Request) (int, any, error) {
+	hs, err := s.Servers.Hypervisors(r.Context())
+	if err != nil {
+		return 0, nil, err
+	}
+	if hs == nil {
+		hs = []compute.HypervisorInfo{}
+	}
+	return http.StatusOK, rest.List[compute.HypervisorInfo]{Items: hs}, nil
+}
+
+func (s *Subcloud) listServerGroups(r *http.Request) (int, any, error) {
+	gs, err := s.Servers.ListServerGroups(r.Context())
+	if err != nil {
+		return 0, nil, err
+	}
+	return http.StatusOK, rest.List[compute.ServerGroup]{Items: gs}, nil
+}
+
+func (s *Subcloud) createServerGroup(r *http.Request) (int, any, error) {
+	var g compute.ServerGroup
+	if err := rest.DecodeJSON(r, &g); err != nil {
+		return 0, nil, err
+	}
+	if g.ID != "" || len(g.Members) > 0 {
+		return 0, nil, errs.Field("id", "id and members are not set by the caller")
+	}
+	out, err := s.Servers.CreateServerGroup(r.Context(), g)
+	if err != nil {
+		return 0, nil, err
+	}
+	return http.StatusCreated, out, nil
+}
+
+func (s *Subcloud) getServerGroup(r *http.Request) (int, any, error) {
+	g, err := s.Servers.ServerGroup(r.Context(), rest.Var(r, "id"))
+	if err != nil {
+		return 0, nil, err
+	}
+	return http.StatusOK, g, nil
+}
+
+func (s *Subcloud) deleteServerGroup(r *http.Request) (int, any, error) {
+	if err := s.Servers.DeleteServerGroup(r.Context(), rest.Var(r, "id")); err != nil {
+		return 0, nil, err
+	}
+	return http.StatusNoContent, nil, nil
+}

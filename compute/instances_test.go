@@ -317,7 +317,9 @@ func (s *fakeSite) alarm(id, ent string) bool {
 	return ok
 }
 
-func (s *fakeSite) Image(ctx context.Context, id string) (compute.Image, error) { return s.store.Image(ctx, id) }
+func (s *fakeSite) Image(ctx context.Context, id string) (compute.Image, error) {
+	return s.store.Image(ctx, id)
+}
 
 func (s *fakeSite) OpenImage(sum string) (io.ReadCloser, error) {
 	b, ok := s.images[sum]

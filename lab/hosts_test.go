@@ -31,4 +31,11 @@ func TestHypervisorHosts(t *testing.T) {
 	if runsVMs(inventory.MultiServer, inventory.PersonalityNone) {
 		t.Error("a bare host runs VMs")
 	}
+	// Only a lab with a hypervisor host needs the test images.
+	if !specsRunVMs(sites) {
+		t.Error("specsRunVMs(default lab) = false; want true")
+	}
+	if noVMs := []SiteSpec{{Name: "std", Shape: inventory.MultiServer}}; specsRunVMs(noVMs) {
+		t.Error("specsRunVMs(multi-server without workers) = true; want false")
+	}
 }

@@ -31,6 +31,7 @@ import (
 	"github.com/petrel-edge/petrel/auth"
 	"github.com/petrel-edge/petrel/central"
 	"github.com/petrel-edge/petrel/client"
+	"github.com/petrel-edge/petrel/compute/guestimage"
 	"github.com/petrel-edge/petrel/compute/libvirtd"
 	"github.com/petrel-edge/petrel/internal/atomicfile"
 	"github.com/petrel-edge/petrel/internal/pki"
@@ -184,8 +185,9 @@ const (
 var ErrRunning = errors.New("lab: a lab already exists in this directory")
 
 // Up builds and starts the lab and returns lab.json's contents once every
-// site answers and every host has reported and been assigned. On failure it
-// tears down whatever it made.
+// site answers, has its test images and flavors (if it runs VMs), and every
+// host has reported and been assigned. On failure it tears down whatever it
+// made.
 func Up(ctx context.Context, cfg Config) (_ *File, err error) {
 	if cfg.Dir == "" {
 		return nil, errors.New("lab: Dir is required")
@@ -210,6 +212,19 @@ func Up(ctx context.Context, cfg Config) (_ *File, err error) {
 	}
 	if _, err := os.Stat(filepath.Join(dir, stateDir)); err == nil {
 		return nil, fmt.Errorf("%w: %s (run 'petrel lab down --dir %s' first)", ErrRunning, dir, dir)
+	}
+	// The test images are built (or found in the cache) before anything
+	// starts: a lab whose sites run VMs is not up without them, and a
+	// failed build (no Debian archive reachable on a cold cache, say)
+	// leaves nothing to tear down.
+	var images []SeedImage
+	if specsRunVMs(cfg.Sites) {
+		start, cache := time.Now(), guestimage.DefaultCacheDir()
+		if images, err = TestImages(ctx, cache); err != nil {
+			return nil, fmt.Errorf("lab: every site with a hypervisor host gets the test images %s and %s, "+
+				"built from Debian packages (apt) into %s (PETREL_GUEST_CACHE): %w", guestimage.Test, guestimage.TestV2, cache, err)
+		}
+		cfg.Logger.Info("test images ready", "cache", cache, "took", time.Since(start).Round(time.Millisecond))
 	}
 	if err := os.MkdirAll(filepath.Join(dir, stateDir), 0o700); err != nil {
 		return nil, err
@@ -316,6 +331,13 @@ func Up(ctx context.Context, cfg Config) (_ *File, err error) {
 			}
 		}
 	}
+	// The test images and flavors, at every site that runs VMs.
+	start := time.Now()
+	n, err := seedSites(ctx, f, images)
+	if err != nil {
+		return nil, err
+	}
+	cfg.Logger.Info("seeded test images and flavors", "sites", n, "took", time.Since(start).Round(time.Millisecond))
 	// Wait until every host reported, then assign names and personalities.
 	for i, sp := range cfg.Sites {
 		api, _ := client.New(client.Config{URL: f.Sites[i].URL, CACert: caFile, Token: f.Sites[i].Token})

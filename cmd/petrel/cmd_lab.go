@@ -3,6 +3,8 @@ package main
 import (
 	"encoding/json"
 	"fmt"
+	"log/slog"
+	"strings"
 	"text/tabwriter"
 	"time"
 
@@ -11,6 +13,7 @@ import (
 	"github.com/petrel-edge/petrel/internal/server"
 
 	"github.com/petrel-edge/petrel/client"
+	"github.com/petrel-edge/petrel/compute/guestimage"
 	"github.com/petrel-edge/petrel/lab"
 )
 
@@ -40,7 +43,16 @@ func (a *app) labCmd() *cobra.Command {
 			}
 			d := a.labDir(dir)
 			fmt.Fprintf(a.stderr, "Starting the lab in %s ...\n", d)
-			f, err := lab.Up(cmd.Context(), lab.Config{Dir: d, Sites: specs})
+			// Progress (processes started, test images, seeding) to
+			// stderr, without timestamps.
+			progress := slog.New(slog.NewTextHandler(a.stderr, &slog.HandlerOptions{
+				ReplaceAttr: func(groups []string, at slog.Attr) slog.Attr {
+					if len(groups) == 0 && at.Key == slog.TimeKey {
+						return slog.Attr{}
+					}
+					return at
+				}}))
+			f, err := lab.Up(cmd.Context(), lab.Config{Dir: d, Sites: specs, Logger: progress})
 			if err != nil {
 				return err
 			}
@@ -60,6 +72,12 @@ func (a *app) labCmd() *cobra.Command {
 			if len(f.Sites) > 0 {
 				fmt.Fprintf(a.stdout, "  petrel --url %s --token \"$(jq -r .sites[0].token %s/lab.json)\" host list\n", f.Sites[0].URL, f.Dir)
 			}
+			var flavors []string
+			for _, fl := range lab.Flavors {
+				flavors = append(flavors, fl.Name)
+			}
+			fmt.Fprintf(a.stdout, "Sites with a hypervisor host have the public images %s and %s and flavors %s (petrel image list, petrel flavor list).\n",
+				guestimage.Test, guestimage.TestV2, strings.Join(flavors, ", "))
 			fmt.Fprintf(a.stdout, "Log in as admin: the password is in %s/central/%s (mode 0600).\n", f.Dir, "admin.password")
 			fmt.Fprintf(a.stdout, "Everything (URLs, tokens, CA) is in %s/lab.json. Stop with: petrel lab down --dir %s\n", f.Dir, f.Dir)
 			return nil

@@ -2,6 +2,7 @@ package main
 
 import (
 	"context"
+	"encoding/json"
 	"net"
 	"net/netip"
 	"os"
@@ -23,9 +24,9 @@ import (
 )
 
 // TestLabLibvirtd: a simplex site's controller (all-in-one, so a
-// hypervisor host) runs its own libvirtd inside the host: in its network
-// namespace and cgroup, listening on its mgmt address, at lab.json's
-// libvirt_uri. The test reaches it from the root namespace only through
+// hypervisor host) gets the test images and flavors at lab up, and runs
+// its own libvirtd inside the host: in its network namespace and cgroup,
+// listening on its mgmt address, at lab.json's libvirt_uri. The test reaches it from the root namespace only through
 // hostnet.DialIn (the root namespace never sends to lab addresses), lists
 // its domains (none), starts a VM (its QEMU runs in the host's cgroup),
 // power-cycles the host and finds a new libvirtd there, the VM's QEMU
@@ -41,13 +42,56 @@ func TestLabLibvirtd(t *testing.T) {
 	dir := filepath.Join(t.TempDir(), "lab")
 	base := cli{t: t, env: []string{"PETREL_LAB_DIR=" + dir}}
 	start := time.Now()
-	base.ok("lab", "up", "--sites", "site-v=simplex")
-	t.Logf("lab up: %s", time.Since(start).Round(time.Millisecond))
+	_, progress, code := base.run("", "lab", "up", "--sites", "site-v=simplex")
 	t.Cleanup(func() { base.run("", "lab", "down") })
+	if code != 0 {
+		t.Fatalf("lab up: exit %d\n%s", code, progress)
+	}
+	t.Logf("lab up: %s", time.Since(start).Round(time.Millisecond))
+	for _, line := range strings.Split(progress, "\n") {
+		if strings.Contains(line, "test images") {
+			t.Log(line)
+		}
+	}
 	lf, err := lab.Load(dir)
 	if err != nil {
 		t.Fatal(err)
 	}
+	// lab up seeded the site (it runs VMs) with the test images and the
+	// flavors, as `petrel image list` and `petrel flavor list` show.
+	site := base.with("PETREL_URL="+lf.Sites[0].URL, "PETREL_TOKEN="+lf.Sites[0].Token, "PETREL_CA_CERT="+lf.CACert,
+		"PETREL_CONFIG_DIR="+t.TempDir())
+	var images struct{ Items []compute.Image }
+	if err := json.Unmarshal([]byte(site.ok("image", "list", "-o", "json")), &images); err != nil {
+		t.Fatal(err)
+	}
+	seeded := map[string]compute.Image{}
+	for _, im := range images.Items {
+		seeded[im.Name] = im
+	}
+	for _, v := range guestimage.Variants {
+		im := seeded[string(v)]
+		if im.Status != compute.ImageActive || im.Visibility != compute.Public || im.DiskFormat != compute.FormatRaw || im.Size == 0 {
+			t.Errorf("image %s at site-v = %+v; want active, public, raw", v, im)
+		}
+	}
+	var flavors struct{ Items []compute.Flavor }
+	if err := json.Unmarshal([]byte(site.ok("flavor", "list", "-o", "json")), &flavors); err != nil {
+		t.Fatal(err)
+	}
+	gotFlavors := map[string]compute.Flavor{}
+	for _, f := range flavors.Items {
+		gotFlavors[f.Name] = f
+	}
+	for _, want := range lab.Flavors {
+		if f := gotFlavors[want.Name]; f.VCPUs != want.VCPUs || f.RAMMiB != want.RAMMiB || f.DiskGiB != want.DiskGiB || !f.Public {
+			t.Errorf("flavor %s at site-v = %+v; want %+v", want.Name, f, want)
+		}
+	}
+	if out := site.ok("image", "list"); !strings.Contains(out, "petrel-test-v2") {
+		t.Errorf("image list:\n%s", out)
+	}
+
 	h := lf.Sites[0].Hosts[0]
 	mgmt := h.Addresses["mgmt"]
 	if want := "qemu+tcp://" + mgmt + ":16509/system"; h.LibvirtURI != want {

@@ -340,18 +340,15 @@ func (m *Manager) ListServers(ctx context.Context, opts page.Options) ([]Server,
 
 // Act starts an action on a server.
 func (m *Manager) Act(ctx context.Context, id string, a ServerAction) (Server, error) {
+	if err := a.Validate(); err != nil {
+		return Server{}, err
+	}
 	sv, err := m.Server(ctx, id)
 	if err != nil {
 		return Server{}, err
 	}
 	if err := sv.CheckAction(a.Action); err != nil {
 		return Server{}, err
-	}
-	if a.Image != "" && a.Action != ActionRebuild {
-		return Server{}, errs.Field("image", "only rebuild takes an image")
-	}
-	if a.Hard && a.Action != ActionReboot {
-		return Server{}, errs.Field("hard", "only reboot can be hard")
 	}
 	switch a.Action {
 	case ActionStop:

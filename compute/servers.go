@@ -117,6 +117,20 @@ var actionFrom = map[Action][]ServerStatus{
 	ActionRebuild: {ServerActive, ServerShutoff, ServerError},
 }
 
+// Validate checks an action request's fields.
+func (a ServerAction) Validate() error {
+	if _, ok := actionFrom[a.Action]; !ok {
+		return errs.Field("action", "must be stop, start, reboot or rebuild")
+	}
+	if a.Image != "" && a.Action != ActionRebuild {
+		return errs.Field("image", "only rebuild takes an image")
+	}
+	if a.Hard && a.Action != ActionReboot {
+		return errs.Field("hard", "only reboot can be hard")
+	}
+	return nil
+}
+
 // CheckAction returns nil if a server in status st with no task may take
 // action a, else an ErrServerState naming why.
 func (sv Server) CheckAction(a Action) error {

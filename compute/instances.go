@@ -426,7 +426,9 @@ func (m *Manager) ConsoleLog(ctx context.Context, id string, lines int) (string,
 	if err != nil {
 		return "", errs.Wrapf(errs.Unavailable, "host %s: %v", sv.Host, err)
 	}
-	b, err := c.ConsoleLog(ctx, sv.ID)
+	var b []byte
+	// A caller that goes away does not close the shared connection.
+	err = m.bounded(context.WithoutCancel(ctx), h, c, 20*time.Second, func() (err error) { b, err = c.ConsoleLog(ctx, sv.ID); return err })
 	if errors.Is(err, ErrNotFound) {
 		return "", nil
 	}
@@ -475,7 +477,8 @@ func (m *Manager) Hypervisors(ctx context.Context) ([]HypervisorInfo, error) {
 		}
 		if !h.Lost {
 			if c, err := m.conn(ctx, h); err == nil {
-				if info, err := c.HostInfo(ctx); err == nil {
+				var info HostInfo
+				if err := m.bounded(ctx, h, c, 5*time.Second, func() (err error) { info, err = c.HostInfo(ctx); return err }); err == nil {
 					hi.State, hi.Version = "up", info.Version
 				} else {
 					m.dropConn(h.URI, c)
@@ -623,6 +626,29 @@ func (m *Manager) closeConns() {
 	}
 }
 
+// bounded runs fn, a call on connection c to h's hypervisor, for at
+// most limit. The driver's calls take no context: if the daemon does not
+// answer in time, or ctx ends, the connection is closed, which fails the
+// call (and every other call waiting on it, which their callers retry on
+// a new connection).
+func (m *Manager) bounded(ctx context.Context, h HypervisorHost, c HostConn, limit time.Duration, fn func() error) error {
+	done := make(chan error, 1)
+	go func() { done <- fn() }()
+	t := time.NewTimer(limit)
+	defer t.Stop()
+	select {
+	case err := <-done:
+		return err
+	case <-ctx.Done():
+		m.dropConn(h.URI, c)
+		return ctx.Err()
+	case <-t.C:
+		m.log.Warn("hypervisor did not answer in time: connection closed", "host", h.Name, "limit", limit.String())
+		m.dropConn(h.URI, c)
+		return fmt.Errorf("host %s: its hypervisor did not answer within %s", h.Name, limit)
+	}
+}
+
 // ---- tasks ----
 
 // drive runs server id's task in a goroutine of its own, unless one runs.
@@ -716,8 +742,11 @@ func (m *Manager) retryLater(ctx context.Context) (bool, error) {
 // declared the server's host lost.
 var errHostLost = errors.New("host lost")
 
-// faultHostLost starts the fault of a server whose host was lost.
-const faultHostLost = "host lost: "
+// Faults the reconciler records.
+const (
+	faultHostLost    = "host lost: " // starts the fault of a server whose host was lost
+	faultUnrequested = "stopped without a request (guest power-off or crash)"
+)
 
 // afterTask raises, clears and logs what a finished task means.
 func (m *Manager) afterTask(ctx context.Context, task Task, sv Server, opErr error) {
@@ -981,8 +1010,11 @@ func (m *Manager) reconcile(ctx context.Context) error {
 func (m *Manager) reconcileHost(ctx context.Context, h HypervisorHost, servers []Server, known map[string]bool) error {
 	if h.Lost {
 		for _, sv := range servers {
-			if sv.Task != TaskNone || sv.Status == ServerError || sv.Status == ServerShutoff {
-				continue // a task fails on its own; a stopped server stays stopped
+			// A task fails on its own; a server stopped on request stays
+			// stopped. One seen stopping without a request just before is
+			// taken as a victim of the loss (its QEMU died first).
+			if sv.Task != TaskNone || sv.Status == ServerError || (sv.Status == ServerShutoff && sv.Fault != faultUnrequested) {
+				continue
 			}
 			m.observe(ctx, sv, func(sv *Server) {
 				sv.Status, sv.Power, sv.Fault = ServerError, StateUnknown, faultHostLost+h.Name+" is "+h.Down
@@ -994,7 +1026,8 @@ func (m *Manager) reconcileHost(ctx context.Context, h HypervisorHost, servers [
 	if err != nil {
 		return err
 	}
-	doms, err := c.List(ctx)
+	var doms []Domain
+	err = m.bounded(ctx, h, c, 15*time.Second, func() (err error) { doms, err = c.List(ctx); return err })
 	if err != nil {
 		m.dropConn(h.URI, c)
 		return err
@@ -1027,7 +1060,7 @@ func (m *Manager) reconcileHost(ctx context.Context, h HypervisorHost, servers [
 			switch {
 			case sv.Status == ServerActive:
 				m.observe(ctx, sv, func(sv *Server) {
-					sv.Status, sv.Power, sv.Fault = ServerShutoff, st, "stopped without a request (guest power-off or crash)"
+					sv.Status, sv.Power, sv.Fault = ServerShutoff, st, faultUnrequested
 				})
 			case sv.Status == ServerError && strings.HasPrefix(sv.Fault, faultHostLost):
 				m.observe(ctx, sv, func(sv *Server) {

@@ -623,6 +623,23 @@ func TestHostLostAndBack(t *testing.T) {
 		t.Error("700.004 not raised for an unrequested stop")
 	}
 
+	// Its QEMU dies before host management declares the host lost: seen
+	// shutoff first, then error with the host.
+	if _, err := m.Act(ctx, "vm1", compute.ServerAction{Action: compute.ActionStart}); err != nil {
+		t.Fatal(err)
+	}
+	waitFor(t, m, sv.ID, "active", idle(compute.ServerActive))
+	h.mu.Lock()
+	h.doms[sv.ID].state = compute.StateShutoff
+	h.mu.Unlock()
+	waitFor(t, m, sv.ID, "shutoff", idle(compute.ServerShutoff))
+	h.setDown(true)
+	s.setHost("compute-0", func(hh *compute.HypervisorHost) { hh.Down, hh.Lost = "failed", true })
+	waitFor(t, m, sv.ID, "error after the host loss", idle(compute.ServerError))
+	h.setDown(false)
+	s.setHost("compute-0", func(hh *compute.HypervisorHost) { hh.Down, hh.Lost = "", false })
+	waitFor(t, m, sv.ID, "shutoff after the host returned", idle(compute.ServerShutoff))
+
 	// Deleted while its host is lost: the record goes at once, the domain
 	// when the host returns.
 	h.setDown(true)

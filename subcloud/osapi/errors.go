@@ -44,7 +44,7 @@ type NovaError struct {
 
 // errorStatus picks the statuses Petrel's table has no kind for.
 func errorStatus(err error) int {
-	var ve *versionError
+	var ve *statusError
 	if errors.As(err, &ve) {
 		return ve.status
 	}

@@ -107,6 +107,17 @@ func (o *api) getHypervisor(r *http.Request, v microversion) (int, any, error) {
 	return 0, nil, errs.Wrapf(errs.NotFound, "hypervisor %s could not be found", id)
 }
 
+// hypervisorUptime is not reported (501, which clients take as "not
+// offered").
+func (o *api) hypervisorUptime(r *http.Request, _ microversion) (int, any, error) {
+	return 0, nil, &statusError{status: http.StatusNotImplemented, msg: "hypervisor uptime is not reported"}
+}
+
+// listAggregates: a site has no host aggregates.
+func (o *api) listAggregates(r *http.Request, _ microversion) (int, any, error) {
+	return http.StatusOK, map[string][]any{"aggregates": {}}, nil
+}
+
 // listZones lists the site's one availability zone; the detailed form
 // names its hypervisor hosts.
 func (o *api) listZones(detail bool) novaHandler {

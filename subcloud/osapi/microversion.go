@@ -34,14 +34,14 @@ func (v microversion) less(w microversion) bool {
 	return v.major < w.major || (v.major == w.major && v.minor < w.minor)
 }
 
-// versionError is a microversion the API refuses: malformed (400) or out
-// of range (406), as Nova answers.
-type versionError struct {
+// statusError is an error with a status Petrel's error kinds do not
+// name: a microversion out of range (406), a call not implemented (501).
+type statusError struct {
 	status int
 	msg    string
 }
 
-func (e *versionError) Error() string { return e.msg }
+func (e *statusError) Error() string { return e.msg }
 
 // requestedVersion reads the microversion a request asks for.
 func requestedVersion(r *http.Request) (microversion, error) {
@@ -66,12 +66,12 @@ func requestedVersion(r *http.Request) (microversion, error) {
 	maj, err1 := strconv.Atoi(majS)
 	minor, err2 := strconv.Atoi(minS)
 	if !ok || err1 != nil || err2 != nil || maj < 0 || minor < 0 {
-		return microversion{}, &versionError{status: http.StatusBadRequest,
+		return microversion{}, &statusError{status: http.StatusBadRequest,
 			msg: fmt.Sprintf("API version string %s format is not valid; use major.minor, e.g. 2.37", raw)}
 	}
 	v := microversion{maj, minor}
 	if v.less(minVersion) || maxVersion.less(v) {
-		return microversion{}, &versionError{status: http.StatusNotAcceptable,
+		return microversion{}, &statusError{status: http.StatusNotAcceptable,
 			msg: fmt.Sprintf("Version %s is not supported by the API. Minimum is %s and maximum is %s.", v, minVersion, maxVersion)}
 	}
 	return v, nil

@@ -491,6 +491,7 @@ func TestNovaErrorBodies(t *testing.T) {
 		{"all_tenants as non-admin", "GET", "/compute/v2.1/servers?all_tenants=1", ops, nil, 403, "forbidden"},
 		{"unknown flavor", "GET", "/compute/v2.1/flavors/nope", ops, nil, 404, "itemNotFound"},
 		{"unknown hypervisor", "GET", "/compute/v2.1/os-hypervisors/nope", ops, nil, 404, "itemNotFound"},
+		{"hypervisor uptime", "GET", "/compute/v2.1/os-hypervisors/compute-0/uptime", ops, nil, 501, "notImplemented"},
 	} {
 		resp, body := e.call(tc.method, tc.path, tc.token, mv, tc.body)
 		f, _ := body[tc.fault].(map[string]any)

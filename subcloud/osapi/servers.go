@@ -57,6 +57,8 @@ func (o *api) registerCompute(srv *rest.Server) {
 	srv.HandleDialect(d, "osListHypervisorsDetail", http.MethodGet, p+"/os-hypervisors/detail", reader, versioned(o.listHypervisors(true)))
 	srv.HandleDialect(d, "osListHypervisors", http.MethodGet, p+"/os-hypervisors", reader, versioned(o.listHypervisors(false)))
 	srv.HandleDialect(d, "osGetHypervisor", http.MethodGet, p+"/os-hypervisors/{id}", reader, versioned(o.getHypervisor))
+	srv.HandleDialect(d, "osHypervisorUptime", http.MethodGet, p+"/os-hypervisors/{id}/uptime", reader, versioned(o.hypervisorUptime))
+	srv.HandleDialect(d, "osListAggregates", http.MethodGet, p+"/os-aggregates", reader, versioned(o.listAggregates))
 	srv.HandleDialect(d, "osListZones", http.MethodGet, p+"/os-availability-zone", reader, versioned(o.listZones(false)))
 	srv.HandleDialect(d, "osListZonesDetail", http.MethodGet, p+"/os-availability-zone/detail", reader, versioned(o.listZones(true)))
 	srv.HandleDialect(d, "osLimits", http.MethodGet, p+"/limits", reader, versioned(o.limits))

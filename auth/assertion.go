@@ -30,11 +30,12 @@ const MaxAssertionTTL = 60 * time.Second
 type Assertion struct {
 	User      string    `json:"user"`
 	Role      Role      `json:"role"`
-	Site      string    `json:"site"`       // the only site that may accept it
-	Method    string    `json:"method"`     // the only call it vouches for
-	Path      string    `json:"path"`       // (escaped path, as the site receives it)
-	RequestID string    `json:"request_id"` // for correlating logs
-	Nonce     string    `json:"nonce"`      // random, unique per assertion: replays are refused
+	Project   string    `json:"project,omitempty"` // the user's project; absent (older centrals): admin
+	Site      string    `json:"site"`              // the only site that may accept it
+	Method    string    `json:"method"`            // the only call it vouches for
+	Path      string    `json:"path"`              // (escaped path, as the site receives it)
+	RequestID string    `json:"request_id"`        // for correlating logs
+	Nonce     string    `json:"nonce"`             // random, unique per assertion: replays are refused
 	IssuedAt  time.Time `json:"iat"`
 	ExpiresAt time.Time `json:"exp"`
 }
@@ -101,7 +102,7 @@ func (s *AssertionSigner) Sign(p Principal, site, method, path, requestID string
 		return "", err
 	}
 	now := s.now()
-	payload, err := json.Marshal(Assertion{User: p.User, Role: p.Role, Site: site, Method: method, Path: path,
+	payload, err := json.Marshal(Assertion{User: p.User, Role: p.Role, Project: p.Project, Site: site, Method: method, Path: path,
 		RequestID: requestID, Nonce: base64.RawURLEncoding.EncodeToString(nonce[:]), IssuedAt: now, ExpiresAt: now.Add(ttl)})
 	if err != nil {
 		return "", err
@@ -180,7 +181,10 @@ func (v *AssertionVerifier) Verify(token, method, path string) (Principal, error
 		}
 	}
 	v.seen[a.Nonce] = a.ExpiresAt
-	return Principal{User: "central:" + a.User, Role: a.Role}, nil
+	if a.Project != "" && ValidateProjectName("project", a.Project) != nil {
+		return Principal{}, ErrAssertionInvalid
+	}
+	return Principal{User: "central:" + a.User, Role: a.Role, Project: a.Project}, nil
 }
 
 // EncodePublicKey returns a public key as PEM (what sites are configured with).

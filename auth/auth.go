@@ -57,16 +57,33 @@ var (
 	ErrUserExists    = errs.New(errs.Conflict, "user already exists")
 	ErrLastAdmin     = errs.New(errs.Conflict, "cannot delete the last admin")
 	ErrTokenNotFound = errs.New(errs.NotFound, "token not found")
+	// ErrProjectNotFound: no such project.
+	ErrProjectNotFound = errs.New(errs.NotFound, "project not found")
+	ErrProjectExists   = errs.New(errs.Conflict, "project already exists")
+	// ErrProjectInUse: a project with users, or the admin project, cannot
+	// be deleted.
+	ErrProjectInUse = errs.New(errs.Conflict, "project in use")
 	// ErrBadCredentials covers unknown users, wrong passwords and unknown,
 	// expired or revoked tokens alike, so a caller learns nothing from it.
 	ErrBadCredentials = errs.New(errs.Unauthenticated, "invalid credentials")
 )
 
-// User is an account.
+// User is an account. It belongs to one project.
 type User struct {
 	Name      string    `json:"name"`
 	Role      Role      `json:"role"`
+	Project   string    `json:"project"`
 	CreatedAt time.Time `json:"created_at"`
+}
+
+// Project is a tenant (a Keystone project in domain Default): it owns
+// users, servers, and non-public images and flavors. Its Keystone ID is its
+// name. The admin project (DefaultProject) always exists; its admins see
+// every project's resources.
+type Project struct {
+	Name        string    `json:"name"`
+	Description string    `json:"description"`
+	CreatedAt   time.Time `json:"created_at"`
 }
 
 // Token describes an API token. The secret itself is shown once, at creation,
@@ -74,7 +91,8 @@ type User struct {
 type Token struct {
 	ID          string     `json:"id"`
 	User        string     `json:"user"`
-	Role        Role       `json:"role"` // the token's scope: at most its user's role
+	Role        Role       `json:"role"`    // the token's scope: at most its user's role
+	Project     string     `json:"project"` // its user's project
 	Description string     `json:"description"`
 	CreatedAt   time.Time  `json:"created_at"`
 	ExpiresAt   time.Time  `json:"expires_at"`
@@ -106,10 +124,19 @@ func (p Principal) ProjectName() string {
 	return p.Project
 }
 
-// Store keeps users and tokens. Implementations: authdb (gorm).
+// Store keeps projects, users and tokens. Implementations: authdb (gorm).
+// The admin project always exists.
 type Store interface {
-	CreateUser(ctx context.Context, u User, passwordHash string) error // ErrUserExists
-	User(ctx context.Context, name string) (User, string, error)       // user and password hash; ErrUserNotFound
+	CreateProject(ctx context.Context, p Project) error // ErrProjectExists
+	Project(ctx context.Context, name string) (Project, error)
+	Projects(ctx context.Context, opts rest.ListOptions) ([]Project, string, error)
+	// DeleteProject removes a project; ErrProjectInUse if it has users or is
+	// the admin project.
+	DeleteProject(ctx context.Context, name string) error
+	// CreateUser records a user of an existing project: ErrUserExists, or
+	// ErrProjectNotFound.
+	CreateUser(ctx context.Context, u User, passwordHash string) error
+	User(ctx context.Context, name string) (User, string, error) // user and password hash; ErrUserNotFound
 	Users(ctx context.Context, opts rest.ListOptions) ([]User, string, error)
 	SetPassword(ctx context.Context, name, passwordHash string) error
 	// DeleteUser removes the user and revokes its tokens at now, in one
@@ -186,7 +213,19 @@ func New(cfg Config) (*Service, error) {
 	return s, nil
 }
 
-var namePattern = regexp.MustCompile(`^[a-z][a-z0-9._-]{0,62}$`)
+var (
+	namePattern    = regexp.MustCompile(`^[a-z][a-z0-9._-]{0,62}$`)
+	projectPattern = regexp.MustCompile(`^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$`)
+)
+
+// ValidateProjectName checks a project name (compute.ValidateProject
+// accepts the same names).
+func ValidateProjectName(field, name string) error {
+	if !projectPattern.MatchString(name) {
+		return errs.Field(field, "must be 1-64 characters of letters, digits, '.', '_' and '-', starting with a letter or digit")
+	}
+	return nil
+}
 
 // ValidateUserName checks a user name.
 func ValidateUserName(field, name string) error {
@@ -213,22 +252,77 @@ func validatePassword(field, pw string) error {
 // verified by v. Call it before serving.
 func (s *Service) AcceptAssertions(v *AssertionVerifier) { s.verifier = v }
 
-// CreateUser creates a user with a password.
+// CreateUser creates a user of the admin project with a password.
 func (s *Service) CreateUser(ctx context.Context, name string, role Role, password string) (User, error) {
+	return s.CreateProjectUser(ctx, name, role, DefaultProject, password)
+}
+
+// CreateProjectUser creates a user of project ("" for the admin project)
+// with a password; an unknown project is an invalid argument.
+func (s *Service) CreateProjectUser(ctx context.Context, name string, role Role, project, password string) (User, error) {
 	if err := ValidateUserName("name", name); err != nil {
 		return User{}, err
 	}
 	if !role.Valid() {
 		return User{}, errs.Field("role", "must be admin, operator or reader")
 	}
+	if project == "" {
+		project = DefaultProject
+	}
+	if err := ValidateProjectName("project", project); err != nil {
+		return User{}, err
+	}
 	if err := validatePassword("password", password); err != nil {
 		return User{}, err
 	}
-	u := User{Name: name, Role: role, CreatedAt: s.cfg.Now()}
+	u := User{Name: name, Role: role, Project: project, CreatedAt: s.cfg.Now()}
 	if err := s.cfg.Store.CreateUser(ctx, u, hashPassword(password)); err != nil {
+		if errors.Is(err, ErrProjectNotFound) {
+			return User{}, errs.Field("project", "no project %q; create it first (POST /v1/projects)", project)
+		}
 		return User{}, err
 	}
 	return u, nil
+}
+
+// CreateProject creates a project.
+func (s *Service) CreateProject(ctx context.Context, name, description string) (Project, error) {
+	if err := ValidateProjectName("name", name); err != nil {
+		return Project{}, err
+	}
+	if len(description) > 200 {
+		return Project{}, errs.Field("description", "must be at most 200 characters")
+	}
+	p := Project{Name: name, Description: description, CreatedAt: s.cfg.Now()}
+	if err := s.cfg.Store.CreateProject(ctx, p); err != nil {
+		return Project{}, err
+	}
+	return p, nil
+}
+
+// Project returns a project.
+func (s *Service) Project(ctx context.Context, name string) (Project, error) {
+	return s.cfg.Store.Project(ctx, name)
+}
+
+// Projects lists projects by name.
+func (s *Service) Projects(ctx context.Context, opts rest.ListOptions) ([]Project, string, error) {
+	return s.cfg.Store.Projects(ctx, opts)
+}
+
+// User returns a user.
+func (s *Service) User(ctx context.Context, name string) (User, error) {
+	u, _, err := s.cfg.Store.User(ctx, name)
+	return u, err
+}
+
+// DeleteProject removes a project that has no users; the admin project
+// stays.
+func (s *Service) DeleteProject(ctx context.Context, name string) error {
+	if name == DefaultProject {
+		return fmt.Errorf("%w: the admin project cannot be deleted", ErrProjectInUse)
+	}
+	return s.cfg.Store.DeleteProject(ctx, name)
 }
 
 // SetPassword changes a user's password. Existing tokens stay valid.
@@ -250,6 +344,12 @@ func (s *Service) DeleteUser(ctx context.Context, name string) error {
 
 // Login exchanges a user's password for a token that expires after the login TTL.
 func (s *Service) Login(ctx context.Context, name, password string) (string, Token, error) {
+	return s.LoginFor(ctx, name, password, "login")
+}
+
+// LoginFor is Login with the token's description naming what logged in
+// (the OpenStack API's Keystone password method says "openstack").
+func (s *Service) LoginFor(ctx context.Context, name, password, description string) (string, Token, error) {
 	now := s.cfg.Now()
 	// At most 2 x GOMAXPROCS password hashes at once: a login flood costs
 	// bounded memory and CPU.
@@ -277,7 +377,7 @@ func (s *Service) Login(ctx context.Context, name, password string) (string, Tok
 		return "", Token{}, ErrBadCredentials
 	}
 	s.limiter.succeed(name)
-	return s.issue(ctx, u.Name, u.Role, "login", s.cfg.LoginTTL)
+	return s.issue(ctx, u, u.Role, description, s.cfg.LoginTTL)
 }
 
 // TokenRequest asks for a new API token.
@@ -324,10 +424,11 @@ func (s *Service) CreateToken(ctx context.Context, caller Principal, req TokenRe
 	if req.User == caller.User && !caller.Role.Allows(role) {
 		role = caller.Role
 	}
-	return s.issue(ctx, u.Name, role, req.Description, req.TTL)
+	return s.issue(ctx, u, role, req.Description, req.TTL)
 }
 
-func (s *Service) issue(ctx context.Context, user string, role Role, desc string, ttl time.Duration) (string, Token, error) {
+// issue makes a token for user u, in u's project.
+func (s *Service) issue(ctx context.Context, u User, role Role, desc string, ttl time.Duration) (string, Token, error) {
 	var b [32]byte
 	if _, err := rand.Read(b[:]); err != nil {
 		return "", Token{}, fmt.Errorf("auth: no randomness: %w", err)
@@ -338,7 +439,11 @@ func (s *Service) issue(ctx context.Context, user string, role Role, desc string
 	if err != nil {
 		return "", Token{}, fmt.Errorf("auth: token id: %w", err)
 	}
-	t := Token{ID: id.String(), User: user, Role: role, Description: desc, CreatedAt: now, ExpiresAt: now.Add(ttl)}
+	project := u.Project
+	if project == "" {
+		project = DefaultProject
+	}
+	t := Token{ID: id.String(), User: u.Name, Role: role, Project: project, Description: desc, CreatedAt: now, ExpiresAt: now.Add(ttl)}
 	if err := s.cfg.Store.CreateToken(ctx, t, hashSecret(secret)); err != nil {
 		return "", Token{}, err
 	}
@@ -373,7 +478,7 @@ func (s *Service) Authenticate(ctx context.Context, secret string) (Principal, e
 	if !userRole.Allows(role) { // the user was demoted since the token was made
 		role = userRole
 	}
-	p := Principal{User: t.User, Role: role, TokenID: t.ID}
+	p := Principal{User: t.User, Role: role, TokenID: t.ID, Project: t.Project}
 	s.mu.Lock()
 	if len(s.cache) >= cacheMax {
 		clear(s.cache)

@@ -91,6 +91,10 @@ func (s *Service) Register(srv *rest.Server) {
 	srv.Handle("createToken", http.MethodPost, "/v1/tokens", s.Require(Reader), s.createToken)
 	srv.Handle("getToken", http.MethodGet, "/v1/tokens/{id}", s.Require(Reader), s.getToken)
 	srv.Handle("revokeToken", http.MethodDelete, "/v1/tokens/{id}", s.Require(Reader), s.revokeToken)
+	srv.Handle("listProjects", http.MethodGet, "/v1/projects", s.Require(Admin), s.listProjects)
+	srv.Handle("createProject", http.MethodPost, "/v1/projects", s.Require(Admin), s.createProject)
+	srv.Handle("getProject", http.MethodGet, "/v1/projects/{name}", s.Require(Reader), s.getProject)
+	srv.Handle("deleteProject", http.MethodDelete, "/v1/projects/{name}", s.Require(Admin), s.deleteProject)
 }
 
 // LoginRequest is the body of POST /v1/login.
@@ -140,7 +144,7 @@ func (s *Service) whoami(r *http.Request) (int, any, error) {
 }
 
 func (s *Service) listUsers(r *http.Request) (int, any, error) {
-	opts, err := rest.ParseList(r, "role")
+	opts, err := rest.ParseList(r, "role", "project")
 	if err != nil {
 		return 0, nil, err
 	}
@@ -160,6 +164,7 @@ func (s *Service) listUsers(r *http.Request) (int, any, error) {
 type CreateUserRequest struct {
 	Name     string `json:"name"`
 	Role     Role   `json:"role"`
+	Project  string `json:"project,omitempty"` // default admin
 	Password string `json:"password"`
 }
 
@@ -171,11 +176,61 @@ func (s *Service) createUser(r *http.Request) (int, any, error) {
 	if _, err := ParseRole("role", string(req.Role)); err != nil {
 		return 0, nil, err
 	}
-	u, err := s.CreateUser(r.Context(), req.Name, req.Role, req.Password)
+	u, err := s.CreateProjectUser(r.Context(), req.Name, req.Role, req.Project, req.Password)
 	if err != nil {
 		return 0, nil, err
 	}
 	return http.StatusCreated, u, nil
+}
+
+// CreateProjectRequest is the body of POST /v1/projects.
+type CreateProjectRequest struct {
+	Name        string `json:"name"`
+	Description string `json:"description,omitempty"`
+}
+
+func (s *Service) listProjects(r *http.Request) (int, any, error) {
+	opts, err := rest.ParseList(r)
+	if err != nil {
+		return 0, nil, err
+	}
+	items, next, err := s.cfg.Store.Projects(r.Context(), opts)
+	if err != nil {
+		return 0, nil, err
+	}
+	return http.StatusOK, rest.List[Project]{Items: items, NextPageToken: rest.EncodePageToken(next)}, nil
+}
+
+func (s *Service) createProject(r *http.Request) (int, any, error) {
+	var req CreateProjectRequest
+	if err := rest.DecodeJSON(r, &req); err != nil {
+		return 0, nil, err
+	}
+	p, err := s.CreateProject(r.Context(), req.Name, req.Description)
+	if err != nil {
+		return 0, nil, err
+	}
+	return http.StatusCreated, p, nil
+}
+
+// getProject shows a project to admins and to its own members.
+func (s *Service) getProject(r *http.Request) (int, any, error) {
+	name := rest.Var(r, "name")
+	if p := mustPrincipal(r.Context()); p.ProjectName() != name && !p.Role.Allows(Admin) {
+		return 0, nil, fmt.Errorf("%w: %s", ErrProjectNotFound, name) // others' projects are not revealed
+	}
+	p, err := s.cfg.Store.Project(r.Context(), name)
+	if err != nil {
+		return 0, nil, err
+	}
+	return http.StatusOK, p, nil
+}
+
+func (s *Service) deleteProject(r *http.Request) (int, any, error) {
+	if err := s.DeleteProject(r.Context(), rest.Var(r, "name")); err != nil {
+		return 0, nil, err
+	}
+	return http.StatusNoContent, nil, nil
 }
 
 func (s *Service) getUser(r *http.Request) (int, any, error) {

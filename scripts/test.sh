@@ -67,6 +67,8 @@ install() {
   [ -e /usr/lib/x86_64-linux-gnu/libvirt/connection-driver/libvirt_driver_qemu.so ] || norec+=(libvirt-daemon-driver-qemu)
   command -v virsh >/dev/null || norec+=(libvirt-clients)
   command -v tini >/dev/null || norec+=(tini)
+  # The OpenStack-compatible API's black-box test drives the real CLI.
+  command -v openstack >/dev/null || norec+=(python3-openstackclient)
   if [ $((${#missing[@]} + ${#norec[@]})) -gt 0 ]; then
     if [ "$(id -u)" != 0 ]; then
       echo "scripts/test.sh: missing Debian packages: ${missing[*]} ${norec[*]} (run as root to install them)" >&2

@@ -25,7 +25,7 @@ type CreateImageRequest struct {
 	Name       string             `json:"name"`
 	DiskFormat compute.DiskFormat `json:"disk_format"`
 	Visibility compute.Visibility `json:"visibility,omitempty"` // default private
-	Project    string             `json:"project,omitempty"`    // default admin
+	Project    string             `json:"project,omitempty"`    // default the caller's; another needs admin
 	Checksum   string             `json:"checksum"`             // SHA-256, lower-case hex
 	Size       int64              `json:"size"`                 // bytes
 }
@@ -37,7 +37,7 @@ type CreateFlavorRequest struct {
 	RAMMiB  int    `json:"ram_mib"`
 	DiskGiB int    `json:"disk_gib"`
 	Public  bool   `json:"public,omitempty"`  // default false: the owner project's only
-	Project string `json:"project,omitempty"` // default admin
+	Project string `json:"project,omitempty"` // default the caller's (admin)
 }
 
 // images is the site's image service: records in SQL, bytes in
@@ -94,6 +94,15 @@ func (s *Subcloud) registerCompute(srv *rest.Server, a *auth.Service) {
 	srv.Handle("deleteFlavor", http.MethodDelete, "/v1/flavors/{id}", a.Require(auth.Admin), s.deleteFlavor)
 }
 
+// tenant is the caller's project, and whether it sees every project's
+// resources (the admin role).
+func tenant(ctx context.Context) (string, bool) {
+	p, _ := auth.PrincipalFrom(ctx)
+	return p.ProjectName(), p.Role.Allows(auth.Admin)
+}
+
+// listImages lists the images the caller may use: public ones and its
+// project's (admins: all). A page may hold fewer than limit items.
 func (s *Subcloud) listImages(r *http.Request) (int, any, error) {
 	opts, err := rest.ParseList(r, compute.ImageFilters...)
 	if err != nil {
@@ -103,11 +112,44 @@ func (s *Subcloud) listImages(r *http.Request) (int, any, error) {
 	if err != nil {
 		return 0, nil, err
 	}
-	return http.StatusOK, rest.List[compute.Image]{Items: items, NextPageToken: rest.EncodePageToken(next)}, nil
+	project, admin := tenant(r.Context())
+	visible := items[:0]
+	for _, im := range items {
+		if im.VisibleTo(project, admin) {
+			visible = append(visible, im)
+		}
+	}
+	return http.StatusOK, rest.List[compute.Image]{Items: visible, NextPageToken: rest.EncodePageToken(next)}, nil
+}
+
+// image finds an image the caller may see; others' private images are
+// not found.
+func (s *Subcloud) image(ctx context.Context, id string) (compute.Image, error) {
+	im, err := s.Images.Image(ctx, id)
+	if err != nil {
+		return compute.Image{}, err
+	}
+	if project, admin := tenant(ctx); !im.VisibleTo(project, admin) {
+		return compute.Image{}, fmt.Errorf("%w: %s", compute.ErrImageNotFound, id)
+	}
+	return im, nil
+}
+
+// ownImage finds an image the caller may change: its project's (admins:
+// any).
+func (s *Subcloud) ownImage(ctx context.Context, id string) (compute.Image, error) {
+	im, err := s.image(ctx, id)
+	if err != nil {
+		return compute.Image{}, err
+	}
+	if project, admin := tenant(ctx); !admin && im.Project != project {
+		return compute.Image{}, errs.Wrapf(errs.Forbidden, "image %s belongs to project %s; only an admin may change it", im.Name, im.Project)
+	}
+	return im, nil
 }
 
 func (s *Subcloud) getImage(r *http.Request) (int, any, error) {
-	im, err := s.Images.Image(r.Context(), rest.Var(r, "id"))
+	im, err := s.image(r.Context(), rest.Var(r, "id"))
 	if err != nil {
 		return 0, nil, err
 	}
@@ -124,11 +166,15 @@ func (s *Subcloud) createImage(r *http.Request) (int, any, error) {
 	if im.Visibility == "" {
 		im.Visibility = compute.Private
 	}
+	project, admin := tenant(r.Context())
 	if im.Project == "" {
-		im.Project = compute.DefaultProject
+		im.Project = project
 	}
 	if err := im.Validate(s.images.maxBytes); err != nil {
 		return 0, nil, err
+	}
+	if !admin && im.Project != project {
+		return 0, nil, errs.Wrapf(errs.Forbidden, "only an admin may create images for another project than %s", project)
 	}
 	out, err := s.Images.CreateImage(r.Context(), im)
 	if err != nil {
@@ -144,7 +190,7 @@ func (s *Subcloud) createImage(r *http.Request) (int, any, error) {
 // image back to queued; a failure to store verified bytes kills it.
 func (s *Subcloud) uploadImage(r *http.Request) (int, any, error) {
 	ctx := r.Context()
-	im, err := s.Images.Image(ctx, rest.Var(r, "id"))
+	im, err := s.ownImage(ctx, rest.Var(r, "id"))
 	if err != nil {
 		return 0, nil, err
 	}
@@ -188,7 +234,7 @@ func (s *Subcloud) uploadImage(r *http.Request) (int, any, error) {
 
 func (s *Subcloud) deleteImage(r *http.Request) (int, any, error) {
 	ctx := r.Context()
-	im, err := s.Images.Image(ctx, rest.Var(r, "id"))
+	im, err := s.ownImage(ctx, rest.Var(r, "id"))
 	if err != nil {
 		return 0, nil, err
 	}
@@ -229,6 +275,8 @@ func (s *Subcloud) deleteImage(r *http.Request) (int, any, error) {
 	return http.StatusNoContent, nil, nil
 }
 
+// listFlavors lists the flavors the caller may use: public ones and its
+// project's (admins: all).
 func (s *Subcloud) listFlavors(r *http.Request) (int, any, error) {
 	opts, err := rest.ParseList(r)
 	if err != nil {
@@ -238,13 +286,23 @@ func (s *Subcloud) listFlavors(r *http.Request) (int, any, error) {
 	if err != nil {
 		return 0, nil, err
 	}
-	return http.StatusOK, rest.List[compute.Flavor]{Items: items, NextPageToken: rest.EncodePageToken(next)}, nil
+	project, admin := tenant(r.Context())
+	visible := items[:0]
+	for _, f := range items {
+		if f.VisibleTo(project, admin) {
+			visible = append(visible, f)
+		}
+	}
+	return http.StatusOK, rest.List[compute.Flavor]{Items: visible, NextPageToken: rest.EncodePageToken(next)}, nil
 }
 
 func (s *Subcloud) getFlavor(r *http.Request) (int, any, error) {
 	f, err := s.Flavors.Flavor(r.Context(), rest.Var(r, "id"))
 	if err != nil {
 		return 0, nil, err
+	}
+	if project, admin := tenant(r.Context()); !f.VisibleTo(project, admin) {
+		return 0, nil, fmt.Errorf("%w: %s", compute.ErrFlavorNotFound, rest.Var(r, "id"))
 	}
 	return http.StatusOK, f, nil
 }
@@ -257,7 +315,7 @@ func (s *Subcloud) createFlavor(r *http.Request) (int, any, error) {
 	f := compute.Flavor{Name: req.Name, VCPUs: req.VCPUs, RAMMiB: req.RAMMiB, DiskGiB: req.DiskGiB,
 		Public: req.Public, Project: req.Project}
 	if f.Project == "" {
-		f.Project = compute.DefaultProject
+		f.Project, _ = tenant(r.Context())
 	}
 	if err := f.Validate(); err != nil {
 		return 0, nil, err

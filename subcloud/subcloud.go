@@ -26,6 +26,7 @@ import (
 	"github.com/petrel-edge/petrel/internal/server"
 	"github.com/petrel-edge/petrel/inventory"
 	"github.com/petrel-edge/petrel/inventory/inventorydb"
+	"github.com/petrel-edge/petrel/subcloud/osapi"
 	"github.com/petrel-edge/petrel/ui"
 )
 
@@ -214,6 +215,7 @@ func (s *Subcloud) register(srv *rest.Server, a *auth.Service) {
 	srv.Handle("agentCommands", http.MethodGet, "/v1/agents/{uuid}/commands", s.agentGuard, s.agentPoll)
 	s.registerCompute(srv, a)
 	s.registerServers(srv, a)
+	osapi.Register(srv, a, s.openstackDeps()) // /identity, /compute, /image
 }
 
 func (s *Subcloud) listHosts(r *http.Request) (int, any, error) {

@@ -1,4 +1,4 @@
-// Package authdb keeps users and tokens in a SQL store (SQLite or
+// Package authdb keeps projects, users and tokens in a SQL store (SQLite or
 // PostgreSQL through gorm). Its gorm models never leave the package.
 package authdb
 
@@ -16,9 +16,20 @@ import (
 	"github.com/petrel-edge/petrel/internal/sqldb"
 )
 
+type projectRow struct {
+	Name        string `gorm:"primaryKey;size:64"`
+	Description string `gorm:"size:200;not null;default:''"`
+	CreatedAt   time.Time
+}
+
+func (projectRow) TableName() string { return "auth_projects" }
+
+// Users and tokens recorded before projects existed belong to the admin
+// project: AutoMigrate adds their project columns with that default.
 type userRow struct {
 	Name         string `gorm:"primaryKey;size:63"`
 	Role         string `gorm:"size:16;not null;index"`
+	Project      string `gorm:"size:64;not null;default:'admin';index"`
 	PasswordHash string `gorm:"not null"`
 	CreatedAt    time.Time
 }
@@ -30,6 +41,7 @@ type tokenRow struct {
 	SecretHash  string `gorm:"uniqueIndex;size:64;not null"`
 	UserName    string `gorm:"index;size:63;not null"`
 	Role        string `gorm:"size:16;not null"`
+	Project     string `gorm:"size:64;not null;default:'admin'"`
 	Description string `gorm:"size:200"`
 	CreatedAt   time.Time
 	ExpiresAt   time.Time `gorm:"index"`
@@ -43,20 +55,36 @@ type Store struct{ db *sqldb.DB }
 
 var _ auth.Store = (*Store)(nil)
 
-// Open migrates the schema and returns the store.
+// Open migrates the schema, makes sure the admin project exists, and
+// returns the store.
 func Open(ctx context.Context, db *sqldb.DB) (*Store, error) {
-	if err := db.WithContext(ctx).AutoMigrate(&userRow{}, &tokenRow{}); err != nil {
+	if err := db.WithContext(ctx).AutoMigrate(&projectRow{}, &userRow{}, &tokenRow{}); err != nil {
 		return nil, fmt.Errorf("authdb: migrate: %w", err)
+	}
+	admin := projectRow{Name: auth.DefaultProject, Description: "the cloud's administrators", CreatedAt: time.Now().UTC()}
+	if err := db.WithContext(ctx).Clauses(clause.OnConflict{DoNothing: true}).Create(&admin).Error; err != nil {
+		return nil, fmt.Errorf("authdb: admin project: %w", err)
 	}
 	return &Store{db: db}, nil
 }
 
+func orAdmin(project string) string {
+	if project == "" {
+		return auth.DefaultProject
+	}
+	return project
+}
+
+func toProject(r projectRow) auth.Project {
+	return auth.Project{Name: r.Name, Description: r.Description, CreatedAt: r.CreatedAt.UTC()}
+}
+
 func toUser(r userRow) auth.User {
-	return auth.User{Name: r.Name, Role: auth.Role(r.Role), CreatedAt: r.CreatedAt.UTC()}
+	return auth.User{Name: r.Name, Role: auth.Role(r.Role), Project: orAdmin(r.Project), CreatedAt: r.CreatedAt.UTC()}
 }
 
 func toToken(r tokenRow) auth.Token {
-	t := auth.Token{ID: r.ID, User: r.UserName, Role: auth.Role(r.Role), Description: r.Description,
+	t := auth.Token{ID: r.ID, User: r.UserName, Role: auth.Role(r.Role), Project: orAdmin(r.Project), Description: r.Description,
 		CreatedAt: r.CreatedAt.UTC(), ExpiresAt: r.ExpiresAt.UTC()}
 	if r.RevokedAt != nil {
 		at := r.RevokedAt.UTC()
@@ -65,8 +93,81 @@ func toToken(r tokenRow) auth.Token {
 	return t
 }
 
+// lockProject reads project name inside tx, locking its row on PostgreSQL
+// (SQLite serialises writers): strength SHARE for a user joining it, UPDATE
+// for its deletion, so the two never interleave.
+func (s *Store) lockProject(tx *gorm.DB, name, strength string) error {
+	q := tx
+	if s.db.Kind == sqldb.Postgres {
+		q = q.Clauses(clause.Locking{Strength: strength})
+	}
+	var p projectRow
+	err := q.Where("name = ?", name).Take(&p).Error
+	if errors.Is(err, gorm.ErrRecordNotFound) {
+		return fmt.Errorf("%w: %s", auth.ErrProjectNotFound, name)
+	}
+	return err
+}
+
+func (s *Store) CreateProject(ctx context.Context, p auth.Project) error {
+	err := s.db.WithContext(ctx).Create(&projectRow{Name: p.Name, Description: p.Description, CreatedAt: p.CreatedAt}).Error
+	if err != nil && sqldb.IsUniqueViolation(err) {
+		return fmt.Errorf("%w: %s", auth.ErrProjectExists, p.Name)
+	}
+	return err
+}
+
+func (s *Store) Project(ctx context.Context, name string) (auth.Project, error) {
+	var r projectRow
+	err := s.db.WithContext(ctx).Where("name = ?", name).Take(&r).Error
+	if errors.Is(err, gorm.ErrRecordNotFound) {
+		return auth.Project{}, fmt.Errorf("%w: %s", auth.ErrProjectNotFound, name)
+	}
+	if err != nil {
+		return auth.Project{}, err
+	}
+	return toProject(r), nil
+}
+
+func (s *Store) Projects(ctx context.Context, opts rest.ListOptions) ([]auth.Project, string, error) {
+	var rows []projectRow
+	if err := sqldb.Page(s.db.WithContext(ctx).Model(&projectRow{}), "name", opts.After, opts.Limit).Find(&rows).Error; err != nil {
+		return nil, "", err
+	}
+	rows, next := sqldb.Trim(rows, opts.Limit, func(r projectRow) string { return r.Name })
+	out := make([]auth.Project, len(rows))
+	for i, r := range rows {
+		out[i] = toProject(r)
+	}
+	return out, next, nil
+}
+
+func (s *Store) DeleteProject(ctx context.Context, name string) error {
+	if name == auth.DefaultProject {
+		return fmt.Errorf("%w: the admin project cannot be deleted", auth.ErrProjectInUse)
+	}
+	return s.db.WithContext(ctx).Transaction(func(tx *gorm.DB) error {
+		if err := s.lockProject(tx, name, "UPDATE"); err != nil {
+			return err
+		}
+		var n int64
+		if err := tx.Model(&userRow{}).Where("project = ?", name).Count(&n).Error; err != nil {
+			return err
+		}
+		if n > 0 {
+			return fmt.Errorf("%w: project %s has %d users; delete them first", auth.ErrProjectInUse, name, n)
+		}
+		return tx.Delete(&projectRow{}, "name = ?", name).Error
+	})
+}
+
 func (s *Store) CreateUser(ctx context.Context, u auth.User, hash string) error {
-	err := s.db.WithContext(ctx).Create(&userRow{Name: u.Name, Role: string(u.Role), PasswordHash: hash, CreatedAt: u.CreatedAt}).Error
+	err := s.db.WithContext(ctx).Transaction(func(tx *gorm.DB) error {
+		if err := s.lockProject(tx, orAdmin(u.Project), "SHARE"); err != nil {
+			return err
+		}
+		return tx.Create(&userRow{Name: u.Name, Role: string(u.Role), Project: orAdmin(u.Project), PasswordHash: hash, CreatedAt: u.CreatedAt}).Error
+	})
 	if err != nil && sqldb.IsUniqueViolation(err) {
 		return fmt.Errorf("%w: %s", auth.ErrUserExists, u.Name)
 	}
@@ -89,6 +190,9 @@ func (s *Store) Users(ctx context.Context, opts rest.ListOptions) ([]auth.User, 
 	q := s.db.WithContext(ctx).Model(&userRow{})
 	if role, ok := opts.Filters["role"]; ok {
 		q = q.Where("role = ?", role)
+	}
+	if project, ok := opts.Filters["project"]; ok {
+		q = q.Where("project = ?", project)
 	}
 	var rows []userRow
 	if err := sqldb.Page(q, "name", opts.After, opts.Limit).Find(&rows).Error; err != nil {
@@ -153,7 +257,7 @@ func (s *Store) CountUsers(ctx context.Context) (int64, error) {
 }
 
 func (s *Store) CreateToken(ctx context.Context, t auth.Token, hash string) error {
-	return s.db.WithContext(ctx).Create(&tokenRow{ID: t.ID, SecretHash: hash, UserName: t.User, Role: string(t.Role),
+	return s.db.WithContext(ctx).Create(&tokenRow{ID: t.ID, SecretHash: hash, UserName: t.User, Role: string(t.Role), Project: orAdmin(t.Project),
 		Description: t.Description, CreatedAt: t.CreatedAt, ExpiresAt: t.ExpiresAt}).Error
 }
 

@@ -171,10 +171,10 @@ func (a *app) logoutCmd() *cobra.Command {
 }
 
 func (a *app) userCmd() *cobra.Command {
-	var role, pwFile, filterRole string
+	var role, project, pwFile, filterRole, filterProject string
 	var limit int
 	create := &cobra.Command{
-		Use:   "create NAME --role admin|operator|reader [--password-file FILE]",
+		Use:   "create NAME --role admin|operator|reader [--project P] [--password-file FILE]",
 		Short: "Create a user (admin)",
 		Args:  exactArgs(1, "NAME"),
 		RunE: func(cmd *cobra.Command, args []string) error {
@@ -185,10 +185,11 @@ func (a *app) userCmd() *cobra.Command {
 			if err != nil {
 				return err
 			}
-			return a.call(cmd, http.MethodPost, "/v1/users", auth.CreateUserRequest{Name: args[0], Role: auth.Role(role), Password: pw})
+			return a.call(cmd, http.MethodPost, "/v1/users", auth.CreateUserRequest{Name: args[0], Role: auth.Role(role), Project: project, Password: pw})
 		},
 	}
 	create.Flags().StringVar(&role, "role", "", "admin, operator or reader")
+	create.Flags().StringVar(&project, "project", "", "the user's project (default admin)")
 	create.Flags().StringVar(&pwFile, "password-file", "", "file holding the password (mode 0600); else a prompt or stdin")
 	list := &cobra.Command{
 		Use:   "list",
@@ -199,10 +200,14 @@ func (a *app) userCmd() *cobra.Command {
 			if filterRole != "" {
 				q.Set("role", filterRole)
 			}
-			return a.list(cmd, "/v1/users", q, limit, "name", "role", "created_at")
+			if filterProject != "" {
+				q.Set("project", filterProject)
+			}
+			return a.list(cmd, "/v1/users", q, limit, "name", "role", "project", "created_at")
 		},
 	}
 	list.Flags().StringVar(&filterRole, "role", "", "only users with this role")
+	list.Flags().StringVar(&filterProject, "project", "", "only users of this project")
 	list.Flags().IntVar(&limit, "limit", 0, "at most this many (default all)")
 	show := &cobra.Command{
 		Use:   "show NAME",
@@ -245,6 +250,49 @@ func (a *app) userCmd() *cobra.Command {
 	return group("user", "Manage users", create, list, show, del, setPw)
 }
 
+func (a *app) projectCmd() *cobra.Command {
+	var name, desc string
+	var limit int
+	create := &cobra.Command{
+		Use:   "create NAME [--description D]",
+		Short: "Create a project (a tenant; admin)",
+		Args:  cobra.MaximumNArgs(1),
+		RunE: func(cmd *cobra.Command, args []string) error {
+			n, err := nameArg(cmd, args, name)
+			if err != nil {
+				return err
+			}
+			return a.call(cmd, http.MethodPost, "/v1/projects", auth.CreateProjectRequest{Name: n, Description: desc})
+		},
+	}
+	create.Flags().StringVar(&name, "name", "", "the project's name (alias of NAME)")
+	create.Flags().StringVar(&desc, "description", "", "what the project is for")
+	list := &cobra.Command{
+		Use: "list", Short: "List projects (admin)", Args: noArgs,
+		RunE: func(cmd *cobra.Command, _ []string) error {
+			return a.list(cmd, "/v1/projects", nil, limit, "name", "description", "created_at")
+		},
+	}
+	list.Flags().IntVar(&limit, "limit", 0, "at most this many (default all)")
+	show := &cobra.Command{
+		Use: "show NAME", Short: "Show a project (admin, or a member)", Args: exactArgs(1, "NAME"),
+		RunE: func(cmd *cobra.Command, args []string) error {
+			return a.call(cmd, http.MethodGet, "/v1/projects/"+url.PathEscape(args[0]), nil)
+		},
+	}
+	del := &cobra.Command{
+		Use: "delete NAME", Short: "Delete a project without users (admin)", Args: exactArgs(1, "NAME"),
+		RunE: func(cmd *cobra.Command, args []string) error {
+			if err := a.call(cmd, http.MethodDelete, "/v1/projects/"+url.PathEscape(args[0]), nil); err != nil {
+				return err
+			}
+			fmt.Fprintf(a.stdout, "Deleted project %s.\n", args[0])
+			return nil
+		},
+	}
+	return group("project", "Manage projects (tenants)", create, list, show, del)
+}
+
 func (a *app) tokenCmd() *cobra.Command {
 	var desc, role, user, filterUser string
 	var ttl time.Duration
@@ -278,7 +326,7 @@ func (a *app) tokenCmd() *cobra.Command {
 			if filterUser != "" {
 				q.Set("user", filterUser)
 			}
-			return a.list(cmd, "/v1/tokens", q, limit, "id", "user", "role", "description", "expires_at", "revoked_at")
+			return a.list(cmd, "/v1/tokens", q, limit, "id", "user", "role", "project", "description", "expires_at", "revoked_at")
 		},
 	}
 	list.Flags().StringVar(&filterUser, "user", "", "only this user's tokens")

@@ -52,6 +52,22 @@ type Route struct {
 	Public bool   // no guard: reachable without credentials
 	// MaxBody caps the request body; zero: the server's MaxBody.
 	MaxBody int64
+	// Dialect names the foreign API the route speaks ("" for Petrel's own);
+	// such routes are not in Petrel's OpenAPI document.
+	Dialect string
+	dialect *Dialect
+}
+
+// Dialect is another API's protocol spoken on some routes (the
+// OpenStack-compatible API): its error answers take the dialect's shape.
+// Its routes are guarded, audited, counted and logged as Petrel's own.
+type Dialect struct {
+	Name string
+	// Status, when set, may choose an error's HTTP status (0: Classify's).
+	Status func(err error) int
+	// WriteError writes an error answer; status is the one chosen and
+	// message what the client may see (see PublicMessage).
+	WriteError func(w http.ResponseWriter, r *http.Request, status int, message string, err error)
 }
 
 // Mutating reports whether calls to the route change state (and are audited).
@@ -172,6 +188,15 @@ func (s *Server) HandleHTTPStream(op, method, path string, maxBody int64, g Guar
 // passThrough is a body that serves the response itself.
 type passThrough struct{ h http.Handler }
 
+// HandleDialect registers a route that speaks dialect d; a nil guard
+// makes it public.
+func (s *Server) HandleDialect(d *Dialect, op, method, path string, g Guard, h Handler) {
+	if d == nil || d.Name == "" || d.WriteError == nil {
+		panic("rest: route " + op + " needs a named dialect with an error writer")
+	}
+	s.add(Route{Op: op, Method: method, Path: path, Public: g == nil, Dialect: d.Name, dialect: d}, g, h)
+}
+
 // HandlePublic registers a route that needs no credentials.
 func (s *Server) HandlePublic(op, method, path string, h Handler) {
 	s.add(Route{Op: op, Method: method, Path: path, Public: true}, nil, h)
@@ -211,6 +236,11 @@ func (s *Server) wrap(rt Route, g Guard, h Handler) http.Handler {
 		if err != nil {
 			status = s.classifyAndLog(r, rt, err)
 		}
+		if st, ok := r.Context().Value(ctxKey{}).(*requestState); ok && st.header != nil {
+			for k, v := range st.header {
+				w.Header()[k] = v
+			}
+		}
 		pt, streamed := body.(passThrough)
 		if streamed && err == nil {
 			// The handler writes the response itself; audit what it wrote.
@@ -223,6 +253,8 @@ func (s *Server) wrap(rt Route, g Guard, h Handler) http.Handler {
 			s.cfg.Audit(r, rt, status, err)
 		}
 		switch {
+		case err != nil && rt.dialect != nil:
+			rt.dialect.WriteError(w, r, status, PublicMessage(r.Context(), status, err), err)
 		case err != nil:
 			s.writeError(w, r, status, err)
 		case !streamed:
@@ -308,6 +340,11 @@ type ErrorDetail struct {
 // request id (their detail never reaches the client).
 func (s *Server) classifyAndLog(r *http.Request, rt Route, err error) int {
 	status, _ := Classify(err)
+	if rt.dialect != nil && rt.dialect.Status != nil {
+		if st := rt.dialect.Status(err); st != 0 {
+			status = st
+		}
+	}
 	if status >= 500 {
 		s.cfg.Logger.Error("request failed", "op", rt.Op, "method", r.Method, "path", r.URL.Path,
 			"request_id", RequestID(r.Context()), "status", status, "err", err)
@@ -318,20 +355,29 @@ func (s *Server) classifyAndLog(r *http.Request, rt Route, err error) int {
 func (s *Server) writeError(w http.ResponseWriter, r *http.Request, status int, err error) {
 	_, code := Classify(err)
 	id := RequestID(r.Context())
-	d := ErrorDetail{Code: code, Message: err.Error(), RequestID: id}
+	d := ErrorDetail{Code: code, Message: PublicMessage(r.Context(), status, err), RequestID: id}
 	var fe *errs.FieldError
 	if errors.As(err, &fe) {
 		d.Field = fe.Field
 	}
-	switch {
-	case status == http.StatusServiceUnavailable:
-		d.Message = "service unavailable, retry later (request " + id + ")"
-	case status >= 500:
-		d.Message = "internal error (request " + id + ")"
-	case status == http.StatusUnauthorized:
+	if status == http.StatusUnauthorized {
 		w.Header().Set("WWW-Authenticate", `Bearer realm="petrel"`)
 	}
 	writeBody(w, status, ErrorBody{Error: d})
+}
+
+// PublicMessage is what a client may read of an error answered with
+// status: the error's text, except for server errors, whose detail goes
+// only to the log (under the request id).
+func PublicMessage(ctx context.Context, status int, err error) string {
+	id := RequestID(ctx)
+	switch {
+	case status == http.StatusServiceUnavailable:
+		return "service unavailable, retry later (request " + id + ")"
+	case status >= 500:
+		return "internal error (request " + id + ")"
+	}
+	return err.Error()
 }
 
 func writeBody(w http.ResponseWriter, status int, body any) {
@@ -350,9 +396,10 @@ func writeBody(w http.ResponseWriter, status int, body any) {
 type ctxKey struct{}
 
 type requestState struct {
-	id    string
-	mu    sync.Mutex
-	notes map[string]string
+	id     string
+	mu     sync.Mutex
+	notes  map[string]string
+	header http.Header // set by handlers with SetHeader
 }
 
 var requestIDPattern = regexp.MustCompile(`^[A-Za-z0-9._-]{8,64}$`)
@@ -382,6 +429,21 @@ func Annotate(ctx context.Context, key, value string) {
 	if st, ok := ctx.Value(ctxKey{}).(*requestState); ok {
 		st.mu.Lock()
 		st.notes[key] = value
+		st.mu.Unlock()
+	}
+}
+
+// SetHeader sets a header of the response to the request being served (a
+// handler's way to add headers to its answer, e.g. a Keystone token's
+// X-Subject-Token). It is a no-op outside a Server, and for handlers that
+// write their response themselves.
+func SetHeader(ctx context.Context, key, value string) {
+	if st, ok := ctx.Value(ctxKey{}).(*requestState); ok {
+		st.mu.Lock()
+		if st.header == nil {
+			st.header = http.Header{}
+		}
+		st.header.Set(key, value)
 		st.mu.Unlock()
 	}
 }

@@ -117,7 +117,8 @@ func HTTPClient(t testing.TB, d Daemon) *http.Client {
 
 // CheckRoutes fails t unless the OpenAPI document describes exactly the
 // registered routes, with the same operation IDs, and marks exactly the
-// public routes as needing no credentials.
+// public routes as needing no credentials. Routes of a foreign dialect (the
+// OpenStack-compatible API) are documented by that API, not here.
 func CheckRoutes(t *testing.T, spec []byte, routes []rest.Route) {
 	t.Helper()
 	doc := Load(t, spec)
@@ -128,6 +129,9 @@ func CheckRoutes(t *testing.T, spec []byte, routes []rest.Route) {
 		}
 	}
 	for _, rt := range routes {
+		if rt.Dialect != "" {
+			continue
+		}
 		// gorilla/mux patterns ({path:.*}) are plain parameters in OpenAPI.
 		key := rt.Method + " " + muxPattern.ReplaceAllString(rt.Path, "{$1}")
 		op, ok := documented[key]

@@ -59,7 +59,9 @@ type HypervisorHost struct {
 	Down string
 	// Lost is true when host management has confirmed the host down
 	// (failed, offline or powered off): its servers are not running.
-	Lost      bool
+	Lost bool
+	// BootID changes when the host restarts ("" if unknown).
+	BootID    string
 	VCPUs     int
 	MemoryMiB int64
 	DiskGiB   int64
@@ -129,6 +131,7 @@ type Manager struct {
 	ctx     context.Context      // Run's; nil before Run
 	wake    chan struct{}
 	baseMu  map[string]*sync.Mutex // by host+checksum
+	boots   map[string]string      // host -> boot ID when last reconciled
 }
 
 type hostConn struct {
@@ -158,7 +161,7 @@ func NewManager(cfg ManagerConfig) (*Manager, error) {
 		cfg.RetryFor = time.Minute
 	}
 	return &Manager{cfg: cfg, log: cfg.Logger.With("component", "compute"), conns: map[string]*hostConn{},
-		running: map[string]bool{}, wake: make(chan struct{}, 1), baseMu: map[string]*sync.Mutex{}}, nil
+		running: map[string]bool{}, wake: make(chan struct{}, 1), baseMu: map[string]*sync.Mutex{}, boots: map[string]string{}}, nil
 }
 
 // Run resumes every task a restart interrupted, then reconciles until ctx
@@ -626,6 +629,13 @@ func (m *Manager) closeConns() {
 	}
 }
 
+// SeenBoot reports whether the reconciler last saw host with boot ID id.
+func (m *Manager) SeenBoot(host, id string) bool {
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	return m.boots[host] == id
+}
+
 // bounded runs fn, a call on connection c to h's hypervisor, for at
 // most limit. The driver's calls take no context: if the daemon does not
 // answer in time, or ctx ends, the connection is closed, which fails the
@@ -1022,9 +1032,33 @@ func (m *Manager) reconcileHost(ctx context.Context, h HypervisorHost, servers [
 		}
 		return nil
 	}
+	// A host that restarted (power loss, crash, reset) between two looks
+	// — host management may have it back before it was ever seen lost —
+	// took its running servers down: each is recorded failed with the
+	// host, then (below) as its domain is now.
+	m.mu.Lock()
+	prev, seen := m.boots[h.Name]
+	m.mu.Unlock()
+	if seen && h.BootID != "" && prev != h.BootID {
+		m.log.Warn("hypervisor host restarted", "host", h.Name, "boot_id", h.BootID)
+		for i, sv := range servers {
+			if sv.Task != TaskNone || (sv.Status != ServerActive && sv.Status != ServerBuilding &&
+				!(sv.Status == ServerShutoff && sv.Fault == faultUnrequested)) {
+				continue
+			}
+			servers[i], _ = m.observe(ctx, sv, func(sv *Server) {
+				sv.Status, sv.Power, sv.Fault = ServerError, StateUnknown, faultHostLost+h.Name+" restarted (power loss or crash)"
+			})
+		}
+	}
 	c, err := m.conn(ctx, h)
 	if err != nil {
 		return err
+	}
+	if h.BootID != "" {
+		m.mu.Lock()
+		m.boots[h.Name] = h.BootID
+		m.mu.Unlock()
 	}
 	var doms []Domain
 	err = m.bounded(ctx, h, c, 15*time.Second, func() (err error) { doms, err = c.List(ctx); return err })
@@ -1077,7 +1111,7 @@ func (m *Manager) reconcileHost(ctx context.Context, h HypervisorHost, servers [
 // observe records what the reconciler saw of an idle server, with its
 // alarms: 700.001 while it is in error, 700.004 while it is stopped
 // without a request.
-func (m *Manager) observe(ctx context.Context, sv Server, change func(*Server)) {
+func (m *Manager) observe(ctx context.Context, sv Server, change func(*Server)) (Server, bool) {
 	before := sv
 	change(&sv)
 	saved, err := m.cfg.Store.UpdateServer(ctx, sv)
@@ -1085,10 +1119,10 @@ func (m *Manager) observe(ctx context.Context, sv Server, change func(*Server)) 
 		if ctx.Err() == nil {
 			m.log.Debug("reconcile: server changed meanwhile", "server", sv.Name, "err", err)
 		}
-		return
+		return before, false
 	}
 	if saved.Status == before.Status {
-		return
+		return saved, true
 	}
 	ent := "instance=" + saved.ID
 	f := map[string]string{"instance": saved.Name, "host": saved.Host, "detail": saved.Fault,
@@ -1105,6 +1139,7 @@ func (m *Manager) observe(ctx context.Context, sv Server, change func(*Server)) 
 		m.clear(ctx, AlarmInstanceFailed, ent)
 		m.clear(ctx, AlarmInstanceStopped, ent)
 	}
+	return saved, true
 }
 
 func orNone(s string) string {

@@ -640,6 +640,37 @@ func TestHostLostAndBack(t *testing.T) {
 	s.setHost("compute-0", func(hh *compute.HypervisorHost) { hh.Down, hh.Lost = "", false })
 	waitFor(t, m, sv.ID, "shutoff after the host returned", idle(compute.ServerShutoff))
 
+	// The host restarts between two looks (host management had it back
+	// before it was seen lost): recorded failed with the host, then
+	// shutoff as its domain is.
+	if _, err := m.Act(ctx, "vm1", compute.ServerAction{Action: compute.ActionStart}); err != nil {
+		t.Fatal(err)
+	}
+	waitFor(t, m, sv.ID, "active", idle(compute.ServerActive))
+	s.setHost("compute-0", func(hh *compute.HypervisorHost) { hh.BootID = "boot-1" })
+	deadline := time.Now().Add(10 * time.Second)
+	for !m.SeenBoot("compute-0", "boot-1") {
+		if time.Now().After(deadline) {
+			t.Fatal("the reconciler never saw boot-1")
+		}
+		time.Sleep(5 * time.Millisecond)
+	}
+	h.mu.Lock()
+	h.doms[sv.ID].state = compute.StateShutoff
+	h.mu.Unlock()
+	s.mu.Lock()
+	s.logs = nil
+	s.mu.Unlock()
+	s.setHost("compute-0", func(hh *compute.HypervisorHost) { hh.BootID = "boot-2" })
+	got = waitFor(t, m, sv.ID, "shutoff after the restart", idle(compute.ServerShutoff))
+	s.mu.Lock()
+	logs := strings.Join(s.logs, "\n")
+	s.mu.Unlock()
+	if !strings.Contains(logs, "active -> error on compute-0: host lost: compute-0 restarted") ||
+		!strings.Contains(logs, "error -> shutoff") || !s.alarm(compute.AlarmInstanceStopped, ent) || s.alarm(compute.AlarmInstanceFailed, ent) {
+		t.Errorf("after a restart between looks: %+v; logs:\n%s", got, logs)
+	}
+
 	// Deleted while its host is lost: the record goes at once, the domain
 	// when the host returns.
 	h.setDown(true)
@@ -647,7 +678,7 @@ func TestHostLostAndBack(t *testing.T) {
 	if err := m.DeleteServer(ctx, "vm1"); err != nil {
 		t.Fatal(err)
 	}
-	deadline := time.Now().Add(10 * time.Second)
+	deadline = time.Now().Add(10 * time.Second)
 	for {
 		if _, err := m.Server(ctx, sv.ID); errors.Is(err, compute.ErrServerNotFound) {
 			break

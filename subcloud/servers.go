@@ -170,7 +170,7 @@ func (hh hypervisorHosts) HypervisorHosts(ctx context.Context) ([]compute.Hyperv
 }
 
 func (hh hypervisorHosts) describe(h inventory.Host) compute.HypervisorHost {
-	hv := compute.HypervisorHost{Name: h.Name, VCPUs: h.Inventory.Threads, MemoryMiB: h.Inventory.MemoryMiB}
+	hv := compute.HypervisorHost{Name: h.Name, VCPUs: h.Inventory.Threads, MemoryMiB: h.Inventory.MemoryMiB, BootID: h.BootID}
 	if hv.VCPUs == 0 {
 		hv.VCPUs = h.Inventory.Cores
 	}

@@ -7,6 +7,11 @@
 // instance's overlay, cache='none') and a serial console appended to a file.
 // The libvirt domain UUID is the server ID.
 //
+// A Driver is also the host's compute.HostStorage: base images and
+// instance files are libvirt storage volumes in two dir pools on the
+// daemon's host (storage.go), so the site controller, which reaches a host
+// only over qemu+tcp, never needs the host's filesystem.
+//
 // go-libvirt's calls take no context: a Driver checks ctx between calls and
 // while it waits, but a call to a hung daemon blocks until the connection
 // fails.
@@ -21,6 +26,7 @@ import (
 	"net"
 	"net/url"
 	"os"
+	"sync"
 	"time"
 
 	golibvirt "github.com/digitalocean/go-libvirt"
@@ -31,43 +37,108 @@ import (
 
 // Driver is a connection to one libvirtd.
 type Driver struct {
-	l *golibvirt.Libvirt
+	l    *golibvirt.Libvirt
+	opts Options
+
+	poolMu sync.Mutex
+	pools  map[string]golibvirt.StoragePool // pools made ready on this connection
+
+	baseMu    sync.Mutex
+	baseLocks map[string]*baseLock // by sum: one PutBase of a sum at a time
 }
 
-var _ compute.Hypervisor = (*Driver)(nil)
+var (
+	_ compute.Hypervisor  = (*Driver)(nil)
+	_ compute.HostStorage = (*Driver)(nil)
+)
+
+// Options tune a Driver. The zero value of each field means its default,
+// which suits every daemon compute/libvirtd starts.
+type Options struct {
+	// BasePool is the dir pool that holds base images, at BaseDir on the
+	// host. Defaults: "petrel-base", "/var/lib/libvirt/petrel/base".
+	BasePool, BaseDir string
+	// InstancePool is the dir pool that holds instances' overlays and
+	// console logs, at InstanceDir on the host. Defaults:
+	// "petrel-instances", "/var/lib/libvirt/petrel/instances".
+	InstancePool, InstanceDir string
+	// SoftRebootTimeout is how long a soft Reboot waits for the guest to
+	// go down before it resets the domain. Default: 2 minutes (Nova's
+	// wait_soft_reboot_seconds).
+	SoftRebootTimeout time.Duration
+}
+
+// The defaults of Options.
+const (
+	DefaultBasePool          = "petrel-base"
+	DefaultBaseDir           = "/var/lib/libvirt/petrel/base"
+	DefaultInstancePool      = "petrel-instances"
+	DefaultInstanceDir       = "/var/lib/libvirt/petrel/instances"
+	DefaultSoftRebootTimeout = 2 * time.Minute
+)
+
+func (o Options) withDefaults() Options {
+	set := func(s *string, def string) {
+		if *s == "" {
+			*s = def
+		}
+	}
+	set(&o.BasePool, DefaultBasePool)
+	set(&o.BaseDir, DefaultBaseDir)
+	set(&o.InstancePool, DefaultInstancePool)
+	set(&o.InstanceDir, DefaultInstanceDir)
+	if o.SoftRebootTimeout <= 0 {
+		o.SoftRebootTimeout = DefaultSoftRebootTimeout
+	}
+	return o
+}
+
+func newDriver(l *golibvirt.Libvirt, opts Options) *Driver {
+	return &Driver{l: l, opts: opts.withDefaults()}
+}
 
 // Dial connects to the libvirtd at uri: "qemu:///system?socket=PATH" (a
 // unix socket), "qemu:///system" (the default socket) or
-// "qemu+tcp://HOST[:PORT]/system".
+// "qemu+tcp://HOST[:PORT]/system". Other transports are refused: every
+// connection is a streamConn (conn.go). The Driver has the default Options.
 func Dial(ctx context.Context, uri string) (*Driver, error) {
+	return DialOptions(ctx, uri, Options{})
+}
+
+// DialOptions is Dial with opts.
+func DialOptions(ctx context.Context, uri string, opts Options) (*Driver, error) {
 	u, err := url.Parse(uri)
 	if err != nil {
 		return nil, fmt.Errorf("libvirt: uri %q: %w", uri, err)
 	}
+	dialer, err := dialerFor(u)
+	if err != nil {
+		return nil, err
+	}
 	if err := ctx.Err(); err != nil {
 		return nil, err
 	}
-	l, err := golibvirt.ConnectToURI(u)
+	l, err := connect(dialer, golibvirt.RemoteURI(u))
 	if err != nil {
 		return nil, fmt.Errorf("libvirt: %s: %w", uri, err)
 	}
-	return &Driver{l: l}, nil
+	return newDriver(l, opts), nil
 }
 
 // DialFunc connects to a daemon over the connection dial opens (a
 // qemu:///system connection on it): for a caller that must open the
 // socket itself, such as a process in the machine's root namespace
 // reaching a lab host's libvirtd inside the host's network namespace
-// (lab/hostnet.DialIn).
+// (lab/hostnet.DialIn). The Driver has the default Options.
 func DialFunc(ctx context.Context, dial func() (net.Conn, error)) (*Driver, error) {
 	if err := ctx.Err(); err != nil {
 		return nil, err
 	}
-	l := golibvirt.NewWithDialer(dialerFunc(dial))
-	if err := l.ConnectToURI(golibvirt.QEMUSystem); err != nil {
+	l, err := connect(dialerFunc(dial), golibvirt.QEMUSystem)
+	if err != nil {
 		return nil, fmt.Errorf("libvirt: connect: %w", err)
 	}
-	return &Driver{l: l}, nil
+	return newDriver(l, Options{}), nil
 }
 
 type dialerFunc func() (net.Conn, error)
@@ -308,6 +379,105 @@ func (d *Driver) Destroy(ctx context.Context, id string) error {
 	return nil
 }
 
+// Reboot restarts a running domain. Hard resets it at once (virDomainReset:
+// the guest gets no warning). Soft asks the guest through ACPI. libvirt's
+// QEMU driver implements an ACPI reboot as a "fake reboot": it presses the
+// power button, and when the guest powers off it resets the domain instead
+// of stopping it (the petrel-test guest prints GUEST-POWEROFF, then boots
+// again; the domain stays running and libvirt sends a reboot event, no
+// lifecycle event). Soft Reboot waits up to Options.SoftRebootTimeout for
+// that reboot event. If the domain ends shut off instead (a definition
+// that destroys on reboot, or a guest that powered itself off), it starts
+// it again. If the guest does not react in time, or refuses the request,
+// it resets the domain. A domain that is not running is an error.
+func (d *Driver) Reboot(ctx context.Context, id string, hard bool) error {
+	dom, err := d.lookup(ctx, id)
+	if err != nil {
+		return err
+	}
+	if hard {
+		return d.reset(dom, id)
+	}
+	return d.softReboot(ctx, dom, id)
+}
+
+func (d *Driver) reset(dom golibvirt.Domain, id string) error {
+	if err := d.l.DomainReset(dom, 0); err != nil {
+		return fmt.Errorf("libvirt: reset %s: %w", id, err)
+	}
+	return nil
+}
+
+func (d *Driver) softReboot(ctx context.Context, dom golibvirt.Domain, id string) error {
+	if st, err := d.state(dom); err != nil {
+		return err
+	} else if st != compute.StateRunning {
+		return fmt.Errorf("libvirt: reboot %s: domain is %s, not running", id, st)
+	}
+	// Subscribe before asking, so the reboot event cannot be missed.
+	sctx, cancel := context.WithCancel(ctx)
+	evs, err := d.l.SubscribeEvents(sctx, golibvirt.DomainEventIDReboot, nil)
+	if err != nil {
+		cancel()
+		return fmt.Errorf("libvirt: reboot %s: events: %w", id, err)
+	}
+	defer func() {
+		cancel()
+		for range evs { // go-libvirt's sender blocks until it sees the cancel
+		}
+	}()
+	if err := d.l.DomainReboot(dom, golibvirt.DomainRebootAcpiPowerBtn); err != nil {
+		if st, serr := d.state(dom); serr == nil && st == compute.StateRunning {
+			return d.reset(dom, id) // the guest cannot be asked: take it as no answer
+		}
+		return fmt.Errorf("libvirt: reboot %s: %w", id, err)
+	}
+	deadline := time.NewTimer(d.opts.SoftRebootTimeout)
+	defer deadline.Stop()
+	tick := time.NewTicker(100 * time.Millisecond)
+	defer tick.Stop()
+	for {
+		select {
+		case ev, ok := <-evs:
+			if !ok {
+				return fmt.Errorf("libvirt: reboot %s: connection lost", id)
+			}
+			if m, ok := ev.(*golibvirt.DomainEventCallbackRebootMsg); ok && m.Msg.Dom.UUID == dom.UUID {
+				return nil
+			}
+		case <-tick.C:
+			st, err := d.state(dom)
+			if err != nil {
+				return fmt.Errorf("libvirt: reboot %s: %w", id, err)
+			}
+			if st == compute.StateShutoff {
+				return d.Start(ctx, id)
+			}
+		case <-deadline.C:
+			return d.reset(dom, id)
+		case <-ctx.Done():
+			return ctx.Err()
+		}
+	}
+}
+
+// HostInfo reports the host's CPUs and memory (virNodeGetInfo) and the
+// daemon's libvirt version.
+func (d *Driver) HostInfo(ctx context.Context) (compute.HostInfo, error) {
+	if err := ctx.Err(); err != nil {
+		return compute.HostInfo{}, err
+	}
+	_, memKiB, cpus, _, _, _, _, _, err := d.l.NodeGetInfo()
+	if err != nil {
+		return compute.HostInfo{}, fmt.Errorf("libvirt: node info: %w", err)
+	}
+	v, err := d.Version(ctx)
+	if err != nil {
+		return compute.HostInfo{}, fmt.Errorf("libvirt: version: %w", err)
+	}
+	return compute.HostInfo{CPUs: int(cpus), MemoryMiB: int64(memKiB / 1024), Version: v}, nil
+}
+
 // Undefine removes the definition; an unknown domain is not an error. A
 // running domain stays running, transient, until it is destroyed.
 func (d *Driver) Undefine(ctx context.Context, id string) error {
@@ -371,9 +541,11 @@ func uuidString(u golibvirt.UUID) string { return uuid.UUID(u).String() }
 const MaxConsoleLog = 1 << 20
 
 // ConsoleLog returns up to MaxConsoleLog bytes from the end of the file
-// the domain's serial console is written to. It reads the file where this
-// process sees it, so the driver must run where the daemon's files are
-// visible (the host's agent, or a test).
+// the domain's serial console is written to. It reads the file through
+// libvirt when the file is a storage volume (CreateInstanceFiles makes it
+// one; a file in a pool directory that libvirt has not seen yet is found by
+// refreshing that pool), so it works without access to the host's files.
+// Otherwise it reads the file where this process sees it.
 func (d *Driver) ConsoleLog(ctx context.Context, id string) ([]byte, error) {
 	dom, err := d.lookup(ctx, id)
 	if err != nil {
@@ -388,9 +560,21 @@ func (d *Driver) ConsoleLog(ctx context.Context, id string) ([]byte, error) {
 		return nil, fmt.Errorf("libvirt: %s: domain XML: %w", id, err)
 	}
 	for _, s := range x.Devices.Serials {
-		if s.Type == "file" && s.Source.Path != "" {
+		if s.Type != "file" || s.Source.Path == "" {
+			continue
+		}
+		vol, ok, err := d.volByPath(ctx, s.Source.Path)
+		if err != nil {
+			return nil, fmt.Errorf("libvirt: %s console log: %w", id, err)
+		}
+		if !ok {
 			return tail(s.Source.Path, MaxConsoleLog)
 		}
+		b, err := d.volTail(vol, MaxConsoleLog)
+		if err != nil {
+			return nil, fmt.Errorf("libvirt: %s console log: %w", id, err)
+		}
+		return b, nil
 	}
 	return nil, fmt.Errorf("libvirt: %s has no serial console file", id)
 }

@@ -99,7 +99,8 @@ func newDriver(l *golibvirt.Libvirt, opts Options) *Driver {
 
 // Dial connects to the libvirtd at uri: "qemu:///system?socket=PATH" (a
 // unix socket), "qemu:///system" (the default socket) or
-// "qemu+tcp://HOST[:PORT]/system". The Driver has the default Options.
+// "qemu+tcp://HOST[:PORT]/system". Other transports are refused: every
+// connection is a streamConn (conn.go). The Driver has the default Options.
 func Dial(ctx context.Context, uri string) (*Driver, error) {
 	return DialOptions(ctx, uri, Options{})
 }
@@ -110,10 +111,14 @@ func DialOptions(ctx context.Context, uri string, opts Options) (*Driver, error)
 	if err != nil {
 		return nil, fmt.Errorf("libvirt: uri %q: %w", uri, err)
 	}
+	dialer, err := dialerFor(u)
+	if err != nil {
+		return nil, err
+	}
 	if err := ctx.Err(); err != nil {
 		return nil, err
 	}
-	l, err := golibvirt.ConnectToURI(u)
+	l, err := connect(dialer, golibvirt.RemoteURI(u))
 	if err != nil {
 		return nil, fmt.Errorf("libvirt: %s: %w", uri, err)
 	}
@@ -129,8 +134,8 @@ func DialFunc(ctx context.Context, dial func() (net.Conn, error)) (*Driver, erro
 	if err := ctx.Err(); err != nil {
 		return nil, err
 	}
-	l := golibvirt.NewWithDialer(dialerFunc(dial))
-	if err := l.ConnectToURI(golibvirt.QEMUSystem); err != nil {
+	l, err := connect(dialerFunc(dial), golibvirt.QEMUSystem)
+	if err != nil {
 		return nil, fmt.Errorf("libvirt: connect: %w", err)
 	}
 	return newDriver(l, Options{}), nil
@@ -421,9 +426,7 @@ func (d *Driver) softReboot(ctx context.Context, dom golibvirt.Domain, id string
 		for range evs { // go-libvirt's sender blocks until it sees the cancel
 		}
 	}()
-	err = d.l.DomainReboot(dom, golibvirt.DomainRebootAcpiPowerBtn)
-	println("DEBUG reboot err", fmt.Sprint(err))
-	if err != nil {
+	if err := d.l.DomainReboot(dom, golibvirt.DomainRebootAcpiPowerBtn); err != nil {
 		if st, serr := d.state(dom); serr == nil && st == compute.StateRunning {
 			return d.reset(dom, id) // the guest cannot be asked: take it as no answer
 		}
@@ -439,7 +442,6 @@ func (d *Driver) softReboot(ctx context.Context, dom golibvirt.Domain, id string
 			if !ok {
 				return fmt.Errorf("libvirt: reboot %s: connection lost", id)
 			}
-			println("DEBUG ev", fmt.Sprintf("%T %+v", ev, ev))
 			if m, ok := ev.(*golibvirt.DomainEventCallbackRebootMsg); ok && m.Msg.Dom.UUID == dom.UUID {
 				return nil
 			}

@@ -448,14 +448,18 @@ func tailLines(b []byte, n int) string {
 		return string(b)
 	}
 	b = bytes.TrimRight(b, "\n")
-	i := len(b)
-	for ; n > 0 && i > 0; n-- {
-		i = bytes.LastIndexByte(b[:i], '\n')
+	if len(b) == 0 {
+		return ""
+	}
+	start := len(b)
+	for ; n > 0; n-- {
+		i := bytes.LastIndexByte(b[:start], '\n')
 		if i < 0 {
 			return string(b) + "\n"
 		}
+		start = i
 	}
-	return string(b[i+1:]) + "\n"
+	return string(b[start+1:]) + "\n"
 }
 
 // Hypervisors describes every hypervisor host with its usage.

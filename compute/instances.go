@@ -222,18 +222,8 @@ func (m *Manager) CreateServer(ctx context.Context, req CreateServer) (Server, e
 	if err := ValidateName("name", req.Name); err != nil {
 		return Server{}, err
 	}
-	switch {
-	case req.Project == "" && project != "":
-		req.Project = project
-	case req.Project == "":
-		req.Project = auth.DefaultProject
-		if p, ok := auth.PrincipalFrom(ctx); ok {
-			req.Project = p.ProjectName()
-		}
-	case !admin && req.Project != project:
-		return Server{}, errs.New(errs.Forbidden, "only an admin creates servers in another project")
-	}
-	if err := ValidateProject("project", req.Project); err != nil {
+	var err error
+	if req.Project, err = ownerProject(ctx, req.Project); err != nil {
 		return Server{}, err
 	}
 	if req.Host != "" && !admin {
@@ -308,6 +298,27 @@ func (m *Manager) CreateServer(ctx context.Context, req CreateServer) (Server, e
 	m.log.Info("server placed", "server", sv.Name, "id", sv.ID, "host", sv.Host, "flavor", fl.Name, "image", im.Name)
 	m.drive(sv.ID)
 	return sv, nil
+}
+
+// ownerProject is the project a new resource belongs to: the one asked
+// for (only an admin may name another project than its own), else the
+// caller's.
+func ownerProject(ctx context.Context, want string) (string, error) {
+	project, admin := scope(ctx)
+	own := auth.DefaultProject
+	if p, ok := auth.PrincipalFrom(ctx); ok {
+		own = p.ProjectName()
+	}
+	switch {
+	case want == "":
+		want = own
+	case !admin && want != project:
+		return "", errs.New(errs.Forbidden, "only an admin creates resources in another project")
+	}
+	if err := ValidateProject("project", want); err != nil {
+		return "", err
+	}
+	return want, nil
 }
 
 // fieldNotFound turns a not-found into a 400 on field; other errors pass.
@@ -499,23 +510,14 @@ func (m *Manager) Hypervisors(ctx context.Context) ([]HypervisorInfo, error) {
 
 // CreateServerGroup records a server group in the caller's project.
 func (m *Manager) CreateServerGroup(ctx context.Context, g ServerGroup) (ServerGroup, error) {
-	project, admin := scope(ctx)
 	if err := ValidateName("name", g.Name); err != nil {
 		return ServerGroup{}, err
 	}
 	if g.Policy != AntiAffinity && g.Policy != Affinity {
 		return ServerGroup{}, errs.Field("policy", "must be anti-affinity or affinity")
 	}
-	switch {
-	case g.Project == "":
-		g.Project = auth.DefaultProject
-		if p, ok := auth.PrincipalFrom(ctx); ok {
-			g.Project = p.ProjectName()
-		}
-	case !admin && g.Project != project:
-		return ServerGroup{}, errs.New(errs.Forbidden, "only an admin creates groups in another project")
-	}
-	if err := ValidateProject("project", g.Project); err != nil {
+	var err error
+	if g.Project, err = ownerProject(ctx, g.Project); err != nil {
 		return ServerGroup{}, err
 	}
 	return m.cfg.Store.CreateServerGroup(ctx, g)

@@ -123,9 +123,24 @@ type Hypervisor interface {
 	Reboot(ctx context.Context, id string, hard bool) error
 	// HostInfo describes the host as its hypervisor sees it.
 	HostInfo(ctx context.Context) (HostInfo, error)
+	// Stats reads a domain's resource use.
+	Stats(ctx context.Context, id string) (DomainStats, error)
 	// Events delivers the host's domain lifecycle events until ctx ends or
 	// the connection fails (then the channel is closed).
 	Events(ctx context.Context) (<-chan DomainEvent, error)
+}
+
+// DomainStats is a domain's resource use as its hypervisor reports it.
+type DomainStats struct {
+	State        State `json:"state"`
+	VCPUs        int   `json:"vcpus"`
+	MaxMemoryMiB int64 `json:"max_memory_mib"`
+	MemoryMiB    int64 `json:"memory_mib"`
+	// RSSMiB is the resident memory of the domain's emulator process
+	// (0 when it is not running).
+	RSSMiB int64 `json:"rss_mib"`
+	// CPUTimeNs is the CPU time the domain has used since it started.
+	CPUTimeNs uint64 `json:"cpu_time_ns"`
 }
 
 // HostInfo is what a hypervisor reports of its host.

@@ -453,6 +453,31 @@ func (m *Manager) ConsoleLog(ctx context.Context, id string, lines int) (string,
 	return tailLines(b, lines), nil
 }
 
+// ServerStats reads the server's resource use from its host.
+func (m *Manager) ServerStats(ctx context.Context, id string) (DomainStats, error) {
+	sv, err := m.Server(ctx, id)
+	if err != nil {
+		return DomainStats{}, err
+	}
+	h, err := m.host(ctx, sv.Host)
+	if err != nil {
+		return DomainStats{}, err
+	}
+	c, err := m.conn(ctx, h)
+	if err != nil {
+		return DomainStats{}, errs.Wrapf(errs.Unavailable, "host %s: %v", sv.Host, err)
+	}
+	var st DomainStats
+	err = m.bounded(context.WithoutCancel(ctx), h, c, 10*time.Second, func() (err error) { st, err = c.Stats(ctx, sv.ID); return err })
+	if errors.Is(err, ErrNotFound) {
+		return DomainStats{}, fmt.Errorf("%w: server %s has no domain on %s", ErrServerState, sv.Name, sv.Host)
+	}
+	if err != nil {
+		return DomainStats{}, errs.Wrapf(errs.Unavailable, "host %s: stats: %v", sv.Host, err)
+	}
+	return st, nil
+}
+
 // tailLines returns the last n lines of b (all of it when n <= 0).
 func tailLines(b []byte, n int) string {
 	if n <= 0 {

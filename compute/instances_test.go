@@ -182,6 +182,16 @@ func (h *fakeHost) Reboot(_ context.Context, id string, _ bool) error {
 	return nil
 }
 
+func (h *fakeHost) Stats(_ context.Context, id string) (compute.DomainStats, error) {
+	h.mu.Lock()
+	defer h.mu.Unlock()
+	d, err := h.dom(id)
+	if err != nil {
+		return compute.DomainStats{}, err
+	}
+	return compute.DomainStats{State: d.state, VCPUs: d.spec.VCPUs, MemoryMiB: int64(d.spec.MemoryMiB)}, nil
+}
+
 func (h *fakeHost) HostInfo(context.Context) (compute.HostInfo, error) {
 	h.mu.Lock()
 	defer h.mu.Unlock()
@@ -458,6 +468,9 @@ func TestServerLifecycle(t *testing.T) {
 	act(compute.ServerAction{Action: compute.ActionReboot, Hard: true}, compute.ServerActive)
 	if _, b, _ := h.domState(sv.ID); b != boots+1 {
 		t.Errorf("boots after reboot = %d; want %d", b, boots+1)
+	}
+	if st, err := m.ServerStats(ctx, "vm1"); err != nil || st.MemoryMiB != 512 || st.State != compute.StateRunning {
+		t.Errorf("stats = %+v, %v", st, err)
 	}
 	out, err := m.ConsoleLog(ctx, "vm1", 1)
 	if err != nil || out != fmt.Sprintf("boot %d\n", boots+1) {

@@ -246,6 +246,8 @@ type Servers interface {
 	// ConsoleLog returns the last lines (0: all kept) of the server's
 	// serial console.
 	ConsoleLog(ctx context.Context, id string, lines int) (string, error)
+	// ServerStats reads the server's resource use from its hypervisor.
+	ServerStats(ctx context.Context, id string) (DomainStats, error)
 	// Hypervisors describes the site's hypervisor hosts.
 	Hypervisors(ctx context.Context) ([]HypervisorInfo, error)
 

@@ -220,6 +220,7 @@ func (s *Subcloud) registerServers(srv *rest.Server, a *auth.Service) {
 	srv.Handle("deleteServer", http.MethodDelete, "/v1/servers/{id}", a.Require(auth.Operator), s.deleteServer)
 	srv.Handle("serverAction", http.MethodPost, "/v1/servers/{id}/action", a.Require(auth.Operator), s.serverAction)
 	srv.Handle("serverConsoleLog", http.MethodGet, "/v1/servers/{id}/console-log", a.Require(auth.Reader), s.serverConsoleLog)
+	srv.Handle("serverStats", http.MethodGet, "/v1/servers/{id}/stats", a.Require(auth.Reader), s.serverStats)
 	srv.Handle("listHypervisors", http.MethodGet, "/v1/hypervisors", a.Require(auth.Reader), s.listHypervisors)
 	srv.Handle("listServerGroups", http.MethodGet, "/v1/server-groups", a.Require(auth.Reader), s.listServerGroups)
 	srv.Handle("createServerGroup", http.MethodPost, "/v1/server-groups", a.Require(auth.Operator), s.createServerGroup)
@@ -297,6 +298,14 @@ func (s *Subcloud) serverConsoleLog(r *http.Request) (int, any, error) {
 		return 0, nil, err
 	}
 	return http.StatusOK, ConsoleLog{Output: out}, nil
+}
+
+func (s *Subcloud) serverStats(r *http.Request) (int, any, error) {
+	st, err := s.Servers.ServerStats(r.Context(), rest.Var(r, "id"))
+	if err != nil {
+		return 0, nil, err
+	}
+	return http.StatusOK, st, nil
 }
 
 func (s *Subcloud) listHypervisors(r *http.Request) (int, any, error) {

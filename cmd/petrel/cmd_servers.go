@@ -223,12 +223,18 @@ func (a *app) serverCmd() *cobra.Command {
 		},
 	}
 	console.Flags().IntVar(&lines, "lines", 0, "only the last N lines")
+	stats := &cobra.Command{
+		Use: "stats NAME|ID", Short: "Show a server's resource use, read from its hypervisor", Args: exactArgs(1, "NAME|ID"),
+		RunE: func(cmd *cobra.Command, args []string) error {
+			return a.call(cmd, http.MethodGet, "/v1/servers/"+url.PathEscape(args[0])+"/stats", nil)
+		},
+	}
 	return group("server", "Servers: tenants' VMs on the site's hypervisor hosts", create, list, show,
 		action(compute.ActionStop, "Stop a server (ACPI power-off, then pull the plug after a timeout)", "stopped"),
 		action(compute.ActionStart, "Start a stopped server", "active"),
 		action(compute.ActionReboot, "Reboot a server", "active"),
 		action(compute.ActionRebuild, "Rebuild a server's disk from an image (same ID, host and flavor)", "rebuilt"),
-		del, console)
+		del, console, stats)
 }
 
 func (a *app) serverGroupCmd() *cobra.Command {

@@ -131,6 +131,14 @@ func TestServersInTheLab(t *testing.T) {
 	console("vm-a", "=== IMAGE v1 BOOTED", 1)
 	t.Logf("vm-a banner %s after active", time.Since(start).Round(time.Millisecond))
 	console("vm-a", "HEARTBEAT v1", 1)
+	var st struct {
+		State  string `json:"state"`
+		RSSMiB int64  `json:"rss_mib"`
+		CPU    uint64 `json:"cpu_time_ns"`
+	}
+	if err := json.Unmarshal([]byte(site.ok("server", "stats", "vm-a", "-o", "json")), &st); err != nil || st.State != "running" || st.RSSMiB < 16 || st.CPU == 0 {
+		t.Errorf("server stats vm-a: %+v, %v", st, err)
+	}
 	if errOut := site.exit(1, "server-group", "delete", "ha"); !strings.Contains(errOut, "members") {
 		t.Errorf("deleting a group with members: %s", errOut)
 	}

@@ -174,6 +174,14 @@ func (f *fakeServers) ConsoleLog(ctx context.Context, id string, lines int) (str
 	return "", nil
 }
 
+func (f *fakeServers) ServerStats(ctx context.Context, id string) (compute.DomainStats, error) {
+	sv, err := f.find(ctx, id)
+	if err != nil {
+		return compute.DomainStats{}, err
+	}
+	return compute.DomainStats{State: sv.Power, VCPUs: sv.Flavor.VCPUs, MemoryMiB: int64(sv.Flavor.RAMMiB)}, nil
+}
+
 func (f *fakeServers) Hypervisors(ctx context.Context) ([]compute.HypervisorInfo, error) {
 	return []compute.HypervisorInfo{
 		{Host: "compute-0", State: "up", Status: "enabled", VCPUs: 4, VCPUsUsed: 1, MemoryMiB: 8192, MemoryMiBUse: 128,

@@ -56,10 +56,20 @@ func TestSiteServesOpenStackAPI(t *testing.T) {
 	if fl, _ := flavors.ExtractFlavors(pages); len(fl) != 1 || fl[0].Name != "m1.tiny" {
 		t.Errorf("flavors = %+v", fl)
 	}
-	// No compute service at this site yet: servers answer 503.
+	// The site's real compute service: no servers yet; no hypervisor
+	// host, so a create is refused with Nova's "no valid host" shape and
+	// nothing is created.
+	spages, err := servers.List(cc, nil).AllPages(ctx)
+	if err != nil {
+		t.Fatalf("servers.List: %v", err)
+	}
+	if svs, _ := servers.ExtractServers(spages); len(svs) != 0 {
+		t.Errorf("servers = %+v", svs)
+	}
 	var ue gophercloud.ErrUnexpectedResponseCode
-	if _, err := servers.List(cc, nil).AllPages(ctx); !errors.As(err, &ue) || ue.Actual != http.StatusServiceUnavailable {
-		t.Errorf("servers.List = %v; want 503", err)
+	_, err = servers.Create(ctx, cc, servers.CreateOpts{Name: "vm1", ImageRef: "nope", FlavorRef: "m1.tiny"}, nil).Extract()
+	if !errors.As(err, &ue) || ue.Actual != http.StatusBadRequest {
+		t.Errorf("servers.Create with an unknown image = %v; want 400", err)
 	}
 }
 

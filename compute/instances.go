@@ -61,7 +61,13 @@ type HypervisorHost struct {
 	// (failed, offline or powered off): its servers are not running.
 	Lost bool
 	// BootID changes when the host restarts ("" if unknown).
-	BootID    string
+	BootID string
+	// PeerURI is the host's hypervisor URI as the other hosts' daemons
+	// reach it (live migration, peer to peer); "" means URI.
+	PeerURI string
+	// MgmtAddr and ClusterAddr are the host's addresses on the site's
+	// networks; a live migration copies to ClusterAddr (MgmtAddr if "").
+	MgmtAddr, ClusterAddr string
 	VCPUs     int
 	MemoryMiB int64
 	DiskGiB   int64
@@ -76,6 +82,7 @@ type HostSource interface {
 type HostConn interface {
 	Hypervisor
 	HostStorage
+	Migrator
 	Close() error
 }
 
@@ -110,6 +117,9 @@ type ManagerConfig struct {
 	// ReconcileEvery is how often every host's domains are compared with
 	// the records; default 2 s. Domain events trigger it at once.
 	ReconcileEvery time.Duration
+	// MigrationTimeout bounds a live migration: one still running then is
+	// aborted (the guest stays on the source); default 5 min.
+	MigrationTimeout time.Duration
 	// RetryFor is how long an operation retries a host whose hypervisor
 	// does not answer before it fails (unless host management declares
 	// the host lost first); default 60 s.
@@ -159,6 +169,9 @@ func NewManager(cfg ManagerConfig) (*Manager, error) {
 	}
 	if cfg.RetryFor <= 0 {
 		cfg.RetryFor = time.Minute
+	}
+	if cfg.MigrationTimeout <= 0 {
+		cfg.MigrationTimeout = 5 * time.Minute
 	}
 	return &Manager{cfg: cfg, log: cfg.Logger.With("component", "compute"), conns: map[string]*hostConn{},
 		running: map[string]bool{}, wake: make(chan struct{}, 1), baseMu: map[string]*sync.Mutex{}, boots: map[string]string{}}, nil
@@ -363,6 +376,15 @@ func (m *Manager) Act(ctx context.Context, id string, a ServerAction) (Server, e
 	}
 	if err := sv.CheckAction(a.Action); err != nil {
 		return Server{}, err
+	}
+	if a.Action == ActionMigrate {
+		sv, err := m.startMigration(ctx, sv, a)
+		if err != nil {
+			return Server{}, err
+		}
+		m.log.Info("server live migration", "server", sv.Name, "id", sv.ID, "from", sv.Migration.Source, "to", sv.Migration.Dest)
+		m.drive(sv.ID)
+		return sv, nil
 	}
 	switch a.Action {
 	case ActionStop:
@@ -929,6 +951,8 @@ func (m *Manager) run(ctx context.Context, sv Server) (Server, error) {
 			return sv, nil
 		}
 		return m.launched(sv), nil
+	case TaskMigrating:
+		return m.migrate(ctx, sv)
 	case TaskDeleting:
 		err := m.withHost(ctx, sv.Host, func(c HostConn) error {
 			if err := c.Destroy(ctx, sv.ID); err != nil && !errors.Is(err, ErrNotFound) {
@@ -1035,10 +1059,10 @@ func (m *Manager) reconcile(ctx context.Context) error {
 		return err
 	}
 	byHost := map[string][]Server{}
-	known := map[string]bool{}
+	known := map[string]Server{}
 	for _, sv := range all {
 		byHost[sv.Host] = append(byHost[sv.Host], sv)
-		known[sv.ID] = true
+		known[sv.ID] = sv
 	}
 	for _, h := range hosts {
 		if err := m.reconcileHost(ctx, h, byHost[h.Name], known); err != nil && ctx.Err() == nil {
@@ -1048,7 +1072,7 @@ func (m *Manager) reconcile(ctx context.Context) error {
 	return nil
 }
 
-func (m *Manager) reconcileHost(ctx context.Context, h HypervisorHost, servers []Server, known map[string]bool) error {
+func (m *Manager) reconcileHost(ctx context.Context, h HypervisorHost, servers []Server, known map[string]Server) error {
 	if h.Lost {
 		for _, sv := range servers {
 			// A task fails on its own; a server stopped on request stays
@@ -1100,8 +1124,18 @@ func (m *Manager) reconcileHost(ctx context.Context, h HypervisorHost, servers [
 	state := map[string]State{}
 	for _, d := range doms {
 		state[d.ID] = d.State
-		if !known[d.ID] && d.Name == DomainName(d.ID) {
+		sv, ok := known[d.ID]
+		switch {
+		case !ok && d.Name == DomainName(d.ID):
 			m.removeOrphan(ctx, c, h, d)
+		case ok && sv.Host != h.Name && sv.Task == TaskNone && d.State != StateRunning:
+			// A stopped copy left on another host than the server's (a
+			// migration whose clean-up failed, a host that was down):
+			// removed. A running one is left for an operator: it may be
+			// the only copy.
+			m.removeLeftover(ctx, c, h, sv, d)
+		case ok && sv.Host != h.Name && sv.Task == TaskNone:
+			m.log.Warn("a server's domain runs on another host than its own: left for an operator", "server", sv.Name, "host", h.Name, "recorded_host", sv.Host)
 		}
 	}
 	for _, sv := range servers {
@@ -1198,6 +1232,19 @@ func (m *Manager) removeOrphan(ctx context.Context, c HostConn, h HypervisorHost
 	}
 	if err := c.DeleteInstanceFiles(ctx, d.ID); err != nil {
 		m.log.Warn("remove orphan disk", "domain", d.Name, "err", err)
+	}
+}
+
+// removeLeftover removes a stopped copy of server sv's domain from a host
+// that is not sv's.
+func (m *Manager) removeLeftover(ctx context.Context, c HostConn, h HypervisorHost, sv Server, d Domain) {
+	m.log.Warn("removing a stopped copy of a server's domain from another host", "server", sv.Name, "host", h.Name, "recorded_host", sv.Host)
+	if err := c.Undefine(ctx, d.ID); err != nil {
+		m.log.Warn("remove leftover domain", "server", sv.Name, "host", h.Name, "err", err)
+		return
+	}
+	if err := c.DeleteInstanceFiles(ctx, d.ID); err != nil {
+		m.log.Warn("remove leftover disk", "server", sv.Name, "host", h.Name, "err", err)
 	}
 }
 

@@ -32,6 +32,8 @@ type fakeHost struct {
 	files   map[string]string // instance id -> base checksum
 	created map[string]int    // instance id -> CreateInstanceFiles calls
 	stopErr error
+	site    *fakeSite
+	migErr  error // Migrate fails with it
 }
 
 type fakeDom struct {
@@ -260,6 +262,48 @@ func (h *fakeHost) DeleteInstanceFiles(_ context.Context, id string) error {
 
 func (h *fakeHost) Close() error { return nil }
 
+// Migrate moves the domain to the fake host at spec.DestURI, whose files
+// must exist (as libvirt requires for an incremental block migration).
+func (h *fakeHost) Migrate(_ context.Context, id string, spec compute.MigrateSpec) error {
+	h.site.mu.Lock()
+	dst := h.site.fake[spec.DestURI]
+	h.site.mu.Unlock()
+	h.mu.Lock()
+	defer h.mu.Unlock()
+	d, err := h.dom(id)
+	if err != nil {
+		return err
+	}
+	if h.migErr != nil {
+		return h.migErr
+	}
+	if dst == nil || !strings.HasPrefix(spec.MigrateURI, "tcp://") {
+		return fmt.Errorf("bad destination %q / %q", spec.DestURI, spec.MigrateURI)
+	}
+	dst.mu.Lock()
+	defer dst.mu.Unlock()
+	if dst.down {
+		return errConn
+	}
+	if _, ok := dst.files[id]; !ok {
+		return errors.New("pre-creation of storage targets for incremental storage migration is not supported")
+	}
+	dst.doms[id] = &fakeDom{spec: d.spec, state: compute.StateRunning, boots: d.boots}
+	d.state = compute.StateShutoff
+	return nil
+}
+
+func (h *fakeHost) MigrationProgress(_ context.Context, id string, completed bool) (compute.MigrationProgress, error) {
+	if completed {
+		return compute.MigrationProgress{Elapsed: 10 * time.Millisecond, Downtime: 5 * time.Millisecond}, nil
+	}
+	return compute.MigrationProgress{}, nil
+}
+
+func (h *fakeHost) SetMaxDowntime(context.Context, string, time.Duration) error { return nil }
+
+func (h *fakeHost) AbortMigration(context.Context, string) error { return nil }
+
 func (h *fakeHost) setDown(v bool) { h.mu.Lock(); h.down = v; h.mu.Unlock() }
 
 func (h *fakeHost) domState(id string) (compute.State, int, bool) {
@@ -352,8 +396,10 @@ func newSite(t *testing.T, hosts ...string) (*compute.Manager, *fakeSite) {
 	s := &fakeSite{fake: map[string]*fakeHost{}, alarms: map[string]string{}, store: st, images: map[string][]byte{}}
 	for _, h := range hosts {
 		uri := "fake://" + h
-		s.hosts = append(s.hosts, compute.HypervisorHost{Name: h, URI: uri, VCPUs: 4, MemoryMiB: 4096, DiskGiB: 100})
+		s.hosts = append(s.hosts, compute.HypervisorHost{Name: h, URI: uri, VCPUs: 4, MemoryMiB: 4096, DiskGiB: 100,
+			MgmtAddr: "10.0.0." + fmt.Sprint(len(s.hosts)+1)})
 		s.fake[uri] = newFakeHost()
+		s.fake[uri].site = s
 	}
 	for i, name := range []string{"img1", "img2"} {
 		b := []byte(strings.Repeat(name, 1000))
@@ -791,5 +837,97 @@ func TestTenancy(t *testing.T) {
 	}
 	if len(s.hosts) != 1 {
 		t.Fatal("one host")
+	}
+}
+
+func TestLiveMigration(t *testing.T) {
+	m, s := newSite(t, "compute-0", "compute-1", "compute-2")
+	ctx := context.Background()
+	h0, h1 := s.fake["fake://compute-0"], s.fake["fake://compute-1"]
+	sv, err := m.CreateServer(ctx, compute.CreateServer{Name: "vm1", Image: "img1", Flavor: "small", Host: "compute-0"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	waitFor(t, m, sv.ID, "active", idle(compute.ServerActive))
+	ent := "instance=" + sv.ID
+
+	// Refusals: a tenant, the same host, a locked or unknown host.
+	tenant := auth.WithPrincipal(ctx, auth.Principal{User: "t", Role: auth.Operator, Project: "admin"})
+	if _, err := m.Act(tenant, sv.ID, compute.ServerAction{Action: compute.ActionMigrate}); !errors.Is(err, errs.Forbidden) {
+		t.Errorf("operator migrating: %v", err)
+	}
+	if _, err := m.Act(ctx, sv.ID, compute.ServerAction{Action: compute.ActionMigrate, Host: "compute-0"}); !errors.Is(err, errs.Invalid) {
+		t.Errorf("migrating to its own host: %v", err)
+	}
+	s.setHost("compute-2", func(h *compute.HypervisorHost) { h.Down = "locked" })
+	for _, bad := range []string{"compute-2", "compute-9"} {
+		if _, err := m.Act(ctx, sv.ID, compute.ServerAction{Action: compute.ActionMigrate, Host: bad}); !errors.Is(err, compute.ErrNoValidHost) {
+			t.Errorf("migrating to %s: %v", bad, err)
+		}
+	}
+	if got, _ := m.Server(ctx, sv.ID); got.Status != compute.ServerActive || got.Migration != nil {
+		t.Errorf("a refused migration changed the server: %+v", got)
+	}
+
+	// A migration the scheduler places: onto compute-1, the only host up.
+	if _, err := m.Act(ctx, sv.ID, compute.ServerAction{Action: compute.ActionMigrate}); err != nil {
+		t.Fatal(err)
+	}
+	got := waitFor(t, m, sv.ID, "migrated", idle(compute.ServerActive))
+	if got.Host != "compute-1" || got.Migration == nil || got.Migration.Phase != compute.MigrationDone || got.Migration.Source != "compute-0" {
+		t.Fatalf("after migration: %+v %+v", got, got.Migration)
+	}
+	if st, _, ok := h1.domState(sv.ID); !ok || st != compute.StateRunning {
+		t.Errorf("destination domain: %v %v", st, ok)
+	}
+	if _, _, ok := h0.domState(sv.ID); ok {
+		t.Error("source domain still defined")
+	}
+	if _, ok := h0.files[sv.ID]; ok {
+		t.Error("source files still there")
+	}
+
+	// A failing job: the guest stays on the source, 700.003, the
+	// destination cleaned.
+	h1.mu.Lock()
+	h1.migErr = errors.New("migration job: connection to the destination lost")
+	h1.mu.Unlock()
+	if _, err := m.Act(ctx, sv.ID, compute.ServerAction{Action: compute.ActionMigrate, Host: "compute-0"}); err != nil {
+		t.Fatal(err)
+	}
+	got = waitFor(t, m, sv.ID, "migration failed", idle(compute.ServerActive))
+	if got.Host != "compute-1" || got.Migration.Phase != compute.MigrationFailed || !strings.Contains(got.Migration.Reason, "destination lost") {
+		t.Errorf("after a failed migration: %+v %+v", got, got.Migration)
+	}
+	if !s.alarm(compute.AlarmMigrationFailed, ent) {
+		t.Error("700.003 not raised")
+	}
+	if _, ok := h0.files[sv.ID]; ok {
+		t.Error("the failed destination keeps the server's files")
+	}
+	h1.mu.Lock()
+	h1.migErr = nil
+	h1.mu.Unlock()
+
+	// Anti-affinity: a member may not join another member's host.
+	if _, err := m.CreateServerGroup(ctx, compute.ServerGroup{Name: "ha", Policy: compute.AntiAffinity}); err != nil {
+		t.Fatal(err)
+	}
+	a, _ := m.CreateServer(ctx, compute.CreateServer{Name: "a", Image: "img1", Flavor: "small", Group: "ha", Host: "compute-0"})
+	b, _ := m.CreateServer(ctx, compute.CreateServer{Name: "b", Image: "img1", Flavor: "small", Group: "ha", Host: "compute-1"})
+	waitFor(t, m, a.ID, "active", idle(compute.ServerActive))
+	waitFor(t, m, b.ID, "active", idle(compute.ServerActive))
+	if _, err := m.Act(ctx, "a", compute.ServerAction{Action: compute.ActionMigrate, Host: "compute-1"}); !errors.Is(err, compute.ErrNoValidHost) ||
+		!strings.Contains(err.Error(), "anti-affinity") {
+		t.Errorf("breaking anti-affinity: %v", err)
+	}
+
+	// Back again, and a successful migration clears 700.003.
+	if _, err := m.Act(ctx, sv.ID, compute.ServerAction{Action: compute.ActionMigrate, Host: "compute-0"}); err != nil {
+		t.Fatal(err)
+	}
+	got = waitFor(t, m, sv.ID, "migrated back", func(sv compute.Server) bool { return idle(compute.ServerActive)(sv) && sv.Host == "compute-0" })
+	if s.alarm(compute.AlarmMigrationFailed, ent) {
+		t.Error("700.003 still raised after a successful migration")
 	}
 }

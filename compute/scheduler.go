@@ -81,19 +81,28 @@ type Usage struct {
 
 // Usages sums the claims of servers per host. Every server that is not
 // deleted claims its flavor on its host, whatever its status (a stopped
-// or failed server may start again there).
+// or failed server may start again there), and on the destination of a
+// live migration in progress.
 func Usages(servers []Server) map[string]Usage {
 	out := map[string]Usage{}
 	for _, sv := range servers {
 		if sv.Host == "" || sv.Status == ServerDeleted {
 			continue
 		}
-		u := out[sv.Host]
-		u.VCPUs += sv.Flavor.VCPUs
-		u.MemoryMiB += int64(sv.Flavor.RAMMiB)
-		u.DiskGiB += int64(sv.Flavor.DiskGiB)
-		u.Servers++
-		out[sv.Host] = u
+		claim := func(host string) {
+			u := out[host]
+			u.VCPUs += sv.Flavor.VCPUs
+			u.MemoryMiB += int64(sv.Flavor.RAMMiB)
+			u.DiskGiB += int64(sv.Flavor.DiskGiB)
+			u.Servers++
+			out[host] = u
+		}
+		claim(sv.Host)
+		// A server migrating claims its destination too, until the
+		// migration ends.
+		if sv.Migration.Active() && sv.Migration.Dest != sv.Host {
+			claim(sv.Migration.Dest)
+		}
 	}
 	return out
 }

@@ -39,6 +39,8 @@ type Server struct {
 	CreatedAt  time.Time  `json:"created_at"`
 	UpdatedAt  time.Time  `json:"updated_at"`
 	LaunchedAt *time.Time `json:"launched_at"`
+	// Migration is the server's last (or running) live migration.
+	Migration *Migration `json:"migration,omitempty"`
 	// Rev increases with every stored change.
 	Rev uint64 `json:"revision"`
 }
@@ -107,7 +109,41 @@ const (
 	ActionStart   Action = "start"
 	ActionReboot  Action = "reboot"  // soft: ACPI reboot request; hard: reset
 	ActionRebuild Action = "rebuild" // a new disk from an image, same ID, host and flavor
+	ActionMigrate Action = "migrate" // live-migrate to another host
 )
+
+// Migration is a live migration: where it stands, and how it ended.
+type Migration struct {
+	Source string         `json:"source"`
+	Dest   string         `json:"dest"`
+	Phase  MigrationPhase `json:"phase"`
+	// Reason says why it failed or was aborted.
+	Reason    string            `json:"reason,omitempty"`
+	StartedAt time.Time         `json:"started_at"`
+	EndedAt   *time.Time        `json:"ended_at,omitempty"`
+	Progress  MigrationProgress `json:"progress"`
+	// MaxDowntime is the downtime limit in force (raised step by step
+	// while the copy does not converge).
+	MaxDowntime time.Duration `json:"max_downtime"`
+	PostCopy    bool          `json:"post_copy,omitempty"`
+}
+
+// MigrationPhase is where a live migration is.
+type MigrationPhase string
+
+// Migration phases.
+const (
+	MigrationPreparing MigrationPhase = "preparing" // the destination gets the base image and the overlay
+	MigrationCopying   MigrationPhase = "copying"   // memory and disk are copied; the guest runs on the source
+	MigrationCleaning  MigrationPhase = "cleaning"  // the job ended; the side that lost is being cleaned
+	MigrationDone      MigrationPhase = "done"      // the guest runs on the destination
+	MigrationFailed    MigrationPhase = "failed"    // the guest runs on the source; Reason says why
+)
+
+// Active reports whether the migration has not ended.
+func (m *Migration) Active() bool {
+	return m != nil && m.Phase != MigrationDone && m.Phase != MigrationFailed
+}
 
 // actionFrom says which statuses accept an action.
 var actionFrom = map[Action][]ServerStatus{
@@ -115,12 +151,19 @@ var actionFrom = map[Action][]ServerStatus{
 	ActionStart:   {ServerShutoff},
 	ActionReboot:  {ServerActive, ServerShutoff, ServerError},
 	ActionRebuild: {ServerActive, ServerShutoff, ServerError},
+	ActionMigrate: {ServerActive},
 }
 
 // Validate checks an action request's fields.
 func (a ServerAction) Validate() error {
 	if _, ok := actionFrom[a.Action]; !ok {
-		return errs.Field("action", "must be stop, start, reboot or rebuild")
+		return errs.Field("action", "must be stop, start, reboot, rebuild or migrate")
+	}
+	if a.Host != "" && a.Action != ActionMigrate {
+		return errs.Field("host", "only migrate takes a host")
+	}
+	if a.PostCopy && a.Action != ActionMigrate {
+		return errs.Field("post_copy", "only migrate can use post-copy")
 	}
 	if a.Image != "" && a.Action != ActionRebuild {
 		return errs.Field("image", "only rebuild takes an image")
@@ -136,7 +179,7 @@ func (a ServerAction) Validate() error {
 func (sv Server) CheckAction(a Action) error {
 	from, ok := actionFrom[a]
 	if !ok {
-		return errs.Field("action", "must be stop, start, reboot or rebuild")
+		return errs.Field("action", "must be stop, start, reboot, rebuild or migrate")
 	}
 	if sv.Task != TaskNone {
 		return fmt.Errorf("%w: server %s is busy (%s)", ErrServerState, sv.Name, sv.Task)
@@ -201,6 +244,12 @@ type ServerAction struct {
 	// Image, for rebuild: the image (ID or name) to rebuild on; default
 	// the server's own.
 	Image string `json:"image,omitempty"`
+	// Host, for migrate: the destination (admin); default: the
+	// scheduler picks one.
+	Host string `json:"host,omitempty"`
+	// PostCopy, for migrate: allow post-copy (the VM is lost if the
+	// destination fails while it runs).
+	PostCopy bool `json:"post_copy,omitempty"`
 }
 
 // Hypervisor describes one hypervisor host as the scheduler and the

@@ -34,6 +34,7 @@ type serverRow struct {
 	CreatedAt  time.Time `gorm:"autoCreateTime:false"`
 	UpdatedAt  time.Time `gorm:"autoUpdateTime:false"`
 	LaunchedAt *time.Time
+	Migration  string `gorm:"not null;default:''"` // JSON of *compute.Migration, "" for none
 	Rev        uint64 `gorm:"not null"`
 }
 
@@ -60,12 +61,22 @@ func toServer(r serverRow) (compute.Server, error) {
 	if err := json.Unmarshal([]byte(r.Flavor), &sv.Flavor); err != nil {
 		return compute.Server{}, fmt.Errorf("computedb: server %s flavor: %w", r.ID, err)
 	}
+	if r.Migration != "" {
+		sv.Migration = &compute.Migration{}
+		if err := json.Unmarshal([]byte(r.Migration), sv.Migration); err != nil {
+			return compute.Server{}, fmt.Errorf("computedb: server %s migration: %w", r.ID, err)
+		}
+	}
 	return sv, nil
 }
 
 func fromServer(sv compute.Server) serverRow {
 	fl, _ := json.Marshal(sv.Flavor) // a struct of strings and ints
-	return serverRow{ID: sv.ID, Name: sv.Name, Project: sv.Project, Status: string(sv.Status), Task: string(sv.Task),
+	var mig []byte
+	if sv.Migration != nil {
+		mig, _ = json.Marshal(sv.Migration) // strings, numbers and times
+	}
+	return serverRow{Migration: string(mig), ID: sv.ID, Name: sv.Name, Project: sv.Project, Status: string(sv.Status), Task: string(sv.Task),
 		Power: string(sv.Power), Host: sv.Host, Image: sv.Image, ImageName: sv.ImageName, Flavor: string(fl),
 		FlavorID: sv.Flavor.ID, GroupID: sv.Group, Fault: sv.Fault, CreatedAt: sv.CreatedAt, UpdatedAt: sv.UpdatedAt,
 		LaunchedAt: sv.LaunchedAt, Rev: sv.Rev}

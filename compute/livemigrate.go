@@ -1,0 +1,347 @@
+package compute
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"time"
+
+	"github.com/petrel-edge/petrel/internal/errs"
+)
+
+// Live-migration convergence: the downtime limit starts at
+// FirstMaxDowntime and doubles, up to LastMaxDowntime, each time a
+// DowntimeStep passes with the remaining memory not shrinking. QEMU's
+// auto-converge throttles a guest that still dirties memory faster than
+// it is copied. A migration still running at ManagerConfig.MigrationTimeout
+// is aborted: the guest stays on the source.
+const (
+	FirstMaxDowntime = 50 * time.Millisecond
+	LastMaxDowntime  = 800 * time.Millisecond
+	DowntimeStep     = 2 * time.Second
+	progressEvery    = 250 * time.Millisecond
+)
+
+// AlarmMigrationFailed is raised on a server whose live migration failed.
+const AlarmMigrationFailed = "700.003"
+
+// startMigration checks a migrate request and records the server as
+// migrating to the chosen host (the scheduler's filters apply to it,
+// anti-affinity included; the destination is claimed from now on).
+func (m *Manager) startMigration(ctx context.Context, sv Server, a ServerAction) (Server, error) {
+	if _, admin := scope(ctx); !admin {
+		return Server{}, errs.New(errs.Forbidden, "only an admin migrates servers")
+	}
+	m.placeMu.Lock()
+	defer m.placeMu.Unlock()
+	hosts, err := m.cfg.Hosts.HypervisorHosts(ctx)
+	if err != nil {
+		return Server{}, err
+	}
+	all, err := m.cfg.Store.AllServers(ctx)
+	if err != nil {
+		return Server{}, err
+	}
+	if a.Host == sv.Host {
+		return Server{}, errs.Field("host", "server %s is on %s already", sv.Name, sv.Host)
+	}
+	var cands []Candidate
+	for _, h := range hosts {
+		if h.Name == sv.Host {
+			continue
+		}
+		cands = append(cands, Candidate{Host: h.Name, Down: h.Down, VCPUs: h.VCPUs, MemoryMiB: h.MemoryMiB, DiskGiB: h.DiskGiB})
+	}
+	var group *ServerGroup
+	if sv.Group != "" {
+		g, err := m.cfg.Store.ServerGroup(ctx, sv.Group, "")
+		if err != nil {
+			return Server{}, err
+		}
+		group = &g
+	}
+	others := make([]Server, 0, len(all))
+	for _, o := range all {
+		if o.ID != sv.ID {
+			others = append(others, o)
+		}
+	}
+	if group != nil && group.Policy == Affinity {
+		// The member moving keeps no claim on the group's host.
+		return Server{}, fmt.Errorf("%w: server %s is in affinity group %s: its members move together, not one by one", ErrServerState, sv.Name, group.Name)
+	}
+	dest, err := Schedule(m.cfg.Scheduler, ScheduleRequest{Flavor: sv.Flavor, Host: a.Host, Group: group}, cands, others)
+	if err != nil {
+		return Server{}, fmt.Errorf("cannot migrate %s: %w", sv.Name, err)
+	}
+	sv.Status, sv.Task = ServerMigrating, TaskMigrating
+	sv.Migration = &Migration{Source: sv.Host, Dest: dest, Phase: MigrationPreparing, StartedAt: time.Now().UTC(),
+		MaxDowntime: FirstMaxDowntime, PostCopy: a.PostCopy}
+	return m.cfg.Store.UpdateServer(ctx, sv)
+}
+
+// migrate runs (or resumes) a live migration task. It ends with the guest
+// running on exactly one host and the record saying which: on success the
+// destination (the source's definition and overlay removed), on failure
+// the source (the destination's removed, 700.003 raised).
+func (m *Manager) migrate(ctx context.Context, sv Server) (Server, error) {
+	mig := sv.Migration
+	if mig == nil {
+		return sv, errors.New("migration task without a migration record")
+	}
+	src, err := m.host(ctx, mig.Source)
+	if err != nil {
+		return sv, err
+	}
+	dst, err := m.host(ctx, mig.Dest)
+	if err != nil {
+		return m.migrationFailed(ctx, sv, err)
+	}
+	if mig.Phase == MigrationPreparing {
+		err := m.withHost(ctx, dst.Name, func(c HostConn) error {
+			im, err := m.cfg.Images.Image(ctx, sv.Image)
+			if err != nil {
+				return fmt.Errorf("image %s: %w", sv.ImageName, err)
+			}
+			if err := m.ensureBase(ctx, c, dst.Name, im); err != nil {
+				return err
+			}
+			_, err = c.CreateInstanceFiles(ctx, sv.ID, im.Checksum, im.DiskFormat)
+			return err
+		})
+		if err != nil {
+			return m.migrationFailed(ctx, sv, fmt.Errorf("preparing %s: %w", dst.Name, err))
+		}
+		if sv, err = m.saveMigration(ctx, sv, func(mg *Migration) { mg.Phase = MigrationCopying }); err != nil {
+			return sv, err
+		}
+		mig = sv.Migration
+	}
+	if mig.Phase == MigrationCopying {
+		jobErr := m.copy(ctx, sv, src, dst)
+		if ctx.Err() != nil {
+			return sv, ctx.Err() // the next start resumes: the job goes on in the source daemon
+		}
+		// Where does the guest run now? The job's result may be lost with
+		// a connection; the hypervisors are the truth.
+		onDst := m.runsOn(ctx, dst, sv.ID)
+		onSrc := m.runsOn(ctx, src, sv.ID)
+		if onDst && !onSrc {
+			var done MigrationProgress
+			_ = m.withHost(ctx, src.Name, func(c HostConn) error {
+				var err error
+				done, err = c.MigrationProgress(ctx, sv.ID, true)
+				return err
+			})
+			sv, err = m.saveMigration(ctx, sv, func(mg *Migration) {
+				mg.Phase = MigrationCleaning
+				if done.Elapsed > 0 {
+					mg.Progress = done
+				}
+			})
+			if err != nil {
+				return sv, err
+			}
+			mig = sv.Migration
+		} else {
+			if jobErr == nil {
+				jobErr = fmt.Errorf("the guest does not run on %s after the job (running on the source: %v)", dst.Name, onSrc)
+			}
+			return m.migrationFailed(ctx, sv, jobErr)
+		}
+	}
+	if mig.Phase == MigrationCleaning {
+		// The guest runs on the destination: the record says so first,
+		// then the source's leftovers go.
+		now := time.Now().UTC()
+		sv.Host, sv.Status, sv.Power, sv.Fault = dst.Name, ServerActive, StateRunning, ""
+		mig.Phase, mig.EndedAt = MigrationDone, &now
+		if err := m.withHost(ctx, src.Name, func(c HostConn) error {
+			if err := c.Undefine(ctx, sv.ID); err != nil {
+				return err
+			}
+			return c.DeleteInstanceFiles(ctx, sv.ID)
+		}); err != nil {
+			// The reconciler removes a domain of this server found on
+			// another host than its own.
+			m.log.Warn("migration: cleaning the source failed; the reconciler will", "server", sv.Name, "host", src.Name, "err", err)
+		}
+		ent := "instance=" + sv.ID
+		m.clear(ctx, AlarmMigrationFailed, ent)
+		m.log.Info("server migrated", "server", sv.Name, "from", src.Name, "to", dst.Name,
+			"job", mig.Progress.Elapsed.String(), "downtime", mig.Progress.Downtime.String())
+		return sv, nil
+	}
+	return sv, fmt.Errorf("migration in phase %q", mig.Phase)
+}
+
+// copy runs the migration job on the source, or waits for the one a
+// restart left running, polling its progress into the record and raising
+// the downtime limit while the copy does not converge.
+func (m *Manager) copy(ctx context.Context, sv Server, src, dst HypervisorHost) error {
+	c, err := m.conn(ctx, src)
+	if err != nil {
+		return err
+	}
+	running := false
+	if p, err := c.MigrationProgress(ctx, sv.ID, false); err == nil && p.Active {
+		running = true // a restart found the job going on
+	}
+	result := make(chan error, 1)
+	if running {
+		m.log.Info("migration: following a job already running", "server", sv.Name, "to", dst.Name)
+		result = nil
+	} else {
+		if st, err := c.State(ctx, sv.ID); err != nil || st != StateRunning {
+			return fmt.Errorf("the guest is not running on %s (%v, %v)", src.Name, st, err)
+		}
+		destURI := dst.PeerURI
+		if destURI == "" {
+			destURI = dst.URI
+		}
+		addr := dst.ClusterAddr
+		if addr == "" {
+			addr = dst.MgmtAddr
+		}
+		spec := MigrateSpec{DestURI: destURI, MigrateURI: "tcp://" + addr, Disks: []string{"vda"}, AutoConverge: true,
+			PostCopy: sv.Migration.PostCopy}
+		go func() { result <- c.Migrate(ctx, sv.ID, spec) }()
+	}
+	limit := sv.Migration.MaxDowntime
+	if limit <= 0 {
+		limit = FirstMaxDowntime
+	}
+	deadline := sv.Migration.StartedAt.Add(m.cfg.MigrationTimeout)
+	tick := time.NewTicker(progressEvery)
+	defer tick.Stop()
+	var lastRemaining uint64
+	lastStep := time.Now()
+	setLimit := true
+	saved := time.Time{}
+	for {
+		select {
+		case err := <-result:
+			return err
+		case <-ctx.Done():
+			return ctx.Err()
+		case <-tick.C:
+		}
+		p, err := c.MigrationProgress(ctx, sv.ID, false)
+		if err != nil {
+			continue
+		}
+		if !p.Active {
+			if result == nil {
+				return nil // the followed job ended; the caller looks where the guest runs
+			}
+			continue
+		}
+		if setLimit {
+			if err := c.SetMaxDowntime(ctx, sv.ID, limit); err == nil {
+				setLimit = false
+			}
+		}
+		remaining := p.MemoryRemaining + p.DiskRemaining
+		if time.Since(lastStep) >= DowntimeStep {
+			if lastRemaining != 0 && remaining >= lastRemaining && limit < LastMaxDowntime {
+				limit = min(2*limit, LastMaxDowntime)
+				setLimit = true
+				m.log.Info("migration not converging: downtime limit raised", "server", sv.Name, "limit", limit.String())
+			}
+			lastRemaining, lastStep = remaining, time.Now()
+		}
+		if time.Now().After(deadline) {
+			m.log.Warn("migration over its time bound: aborting", "server", sv.Name, "bound", m.cfg.MigrationTimeout.String())
+			_ = c.AbortMigration(ctx, sv.ID)
+			if result == nil {
+				return fmt.Errorf("aborted after %s (the time bound)", m.cfg.MigrationTimeout)
+			}
+			err := <-result
+			return fmt.Errorf("aborted after %s (the time bound): %v", m.cfg.MigrationTimeout, err)
+		}
+		if time.Since(saved) >= time.Second {
+			saved = time.Now()
+			if nsv, err := m.saveMigration(ctx, sv, func(mg *Migration) { mg.Progress, mg.MaxDowntime = p, limit }); err == nil {
+				sv = nsv
+			}
+		}
+	}
+}
+
+// runsOn reports whether server id's domain runs on h.
+func (m *Manager) runsOn(ctx context.Context, h HypervisorHost, id string) bool {
+	if h.Lost {
+		return false
+	}
+	var st State
+	err := m.withHost(ctx, h.Name, func(c HostConn) error {
+		var err error
+		st, err = c.State(ctx, id)
+		if errors.Is(err, ErrNotFound) {
+			st, err = StateShutoff, nil
+		}
+		return err
+	})
+	return err == nil && st == StateRunning
+}
+
+// migrationFailed records a failed migration: the guest stays on the
+// source; the destination's domain and files are removed (by the
+// reconciler if the destination is unreachable); 700.003 is raised.
+func (m *Manager) migrationFailed(ctx context.Context, sv Server, cause error) (Server, error) {
+	mig := sv.Migration
+	srcRuns := false
+	if src, err := m.host(ctx, mig.Source); err == nil {
+		srcRuns = m.runsOn(ctx, src, sv.ID)
+	}
+	if dst, err := m.host(ctx, mig.Dest); err == nil && !dst.Lost {
+		err := m.withHost(ctx, dst.Name, func(c HostConn) error {
+			if st, err := c.State(ctx, sv.ID); err == nil && st == StateRunning && !srcRuns {
+				return errors.New("the guest runs on the destination only: kept")
+			}
+			if err := c.Destroy(ctx, sv.ID); err != nil && !errors.Is(err, ErrNotFound) {
+				return err
+			}
+			if err := c.Undefine(ctx, sv.ID); err != nil {
+				return err
+			}
+			return c.DeleteInstanceFiles(ctx, sv.ID)
+		})
+		if err != nil {
+			m.log.Warn("migration failed: the destination is not cleaned", "server", sv.Name, "host", dst.Name, "err", err)
+		}
+	}
+	now := time.Now().UTC()
+	mig.Phase, mig.Reason, mig.EndedAt = MigrationFailed, cause.Error(), &now
+	sv.Status, sv.Power = ServerActive, StateRunning
+	if !srcRuns {
+		sv.Status, sv.Power = ServerError, StateUnknown
+		sv.Fault = "live migration failed and the guest does not run on " + mig.Source + ": " + cause.Error()
+	}
+	ent := "instance=" + sv.ID
+	m.raise(ctx, AlarmMigrationFailed, ent, map[string]string{"instance": sv.Name, "host": mig.Source, "detail": cause.Error()})
+	m.log.Warn("live migration failed: the guest stays on the source", "server", sv.Name, "from", mig.Source, "to", mig.Dest, "err", cause)
+	return sv, nil
+}
+
+// saveMigration stores a change of the server's migration record.
+func (m *Manager) saveMigration(ctx context.Context, sv Server, change func(*Migration)) (Server, error) {
+	for {
+		cp := *sv.Migration
+		change(&cp)
+		sv.Migration = &cp
+		saved, err := m.cfg.Store.UpdateServer(ctx, sv)
+		if errors.Is(err, errs.Conflict) && !errors.Is(err, ErrServerState) {
+			cur, rerr := m.cfg.Store.Server(ctx, sv.ID, "")
+			if rerr != nil {
+				return sv, rerr
+			}
+			if cur.Task != TaskMigrating || cur.Migration == nil {
+				return sv, err
+			}
+			sv = cur
+			continue
+		}
+		return saved, err
+	}
+}

@@ -68,9 +68,9 @@ type HypervisorHost struct {
 	// MgmtAddr and ClusterAddr are the host's addresses on the site's
 	// networks; a live migration copies to ClusterAddr (MgmtAddr if "").
 	MgmtAddr, ClusterAddr string
-	VCPUs     int
-	MemoryMiB int64
-	DiskGiB   int64
+	VCPUs                 int
+	MemoryMiB             int64
+	DiskGiB               int64
 }
 
 // HostSource lists the site's hypervisor hosts.

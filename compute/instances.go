@@ -142,6 +142,7 @@ type Manager struct {
 	wake    chan struct{}
 	baseMu  map[string]*sync.Mutex // by host+checksum
 	boots   map[string]string      // host -> boot ID when last reconciled
+	dialErr map[string]string      // host -> why its last connection attempt failed
 }
 
 type hostConn struct {
@@ -174,7 +175,8 @@ func NewManager(cfg ManagerConfig) (*Manager, error) {
 		cfg.MigrationTimeout = 5 * time.Minute
 	}
 	return &Manager{cfg: cfg, log: cfg.Logger.With("component", "compute"), conns: map[string]*hostConn{},
-		running: map[string]bool{}, wake: make(chan struct{}, 1), baseMu: map[string]*sync.Mutex{}, boots: map[string]string{}}, nil
+		running: map[string]bool{}, wake: make(chan struct{}, 1), baseMu: map[string]*sync.Mutex{}, boots: map[string]string{},
+		dialErr: map[string]string{}}, nil
 }
 
 // Run resumes every task a restart interrupted, then reconciles until ctx
@@ -621,6 +623,7 @@ func (m *Manager) conn(ctx context.Context, h HypervisorHost) (HostConn, error) 
 	dctx, cancel := context.WithTimeout(ctx, 10*time.Second)
 	defer cancel()
 	hc, err := m.cfg.Connect(dctx, h.URI)
+	m.noteDial(h, err)
 	if err != nil {
 		return nil, err
 	}
@@ -650,6 +653,28 @@ func (m *Manager) conn(ctx context.Context, h HypervisorHost) (HostConn, error) 
 		}
 	}
 	return c, nil
+}
+
+// noteDial logs a failed connection to h's hypervisor when the reason
+// differs from the last one (a certificate refused, a daemon down), and
+// the first success after failures, so that a host shown down says why
+// in the log without a line per reconcile.
+func (m *Manager) noteDial(h HypervisorHost, err error) {
+	m.mu.Lock()
+	prev, failed := m.dialErr[h.Name]
+	switch {
+	case err == nil:
+		delete(m.dialErr, h.Name)
+	case prev != err.Error():
+		m.dialErr[h.Name] = err.Error()
+	}
+	m.mu.Unlock()
+	switch {
+	case err == nil && failed:
+		m.log.Info("hypervisor reachable", "host", h.Name, "uri", h.URI)
+	case err != nil && prev != err.Error():
+		m.log.Warn("cannot connect to hypervisor", "host", h.Name, "uri", h.URI, "err", err)
+	}
 }
 
 // dropConn forgets a connection that failed (if it is still the cached

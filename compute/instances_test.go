@@ -325,6 +325,25 @@ type fakeSite struct {
 	logs   []string
 	store  *computedb.Store
 	images map[string][]byte // by checksum
+	out    syncBuffer        // the manager's log
+}
+
+// syncBuffer is a bytes.Buffer safe for a logger and a test at once.
+type syncBuffer struct {
+	mu sync.Mutex
+	b  bytes.Buffer
+}
+
+func (b *syncBuffer) Write(p []byte) (int, error) {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	return b.b.Write(p)
+}
+
+func (b *syncBuffer) String() string {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	return b.b.String()
 }
 
 func (s *fakeSite) HypervisorHosts(context.Context) ([]compute.HypervisorHost, error) {
@@ -444,7 +463,7 @@ func startManager(t *testing.T, s *fakeSite) *compute.Manager {
 			}
 			return h, nil
 		},
-		Alarms: s, Logger: slog.New(slog.DiscardHandler), ReconcileEvery: 20 * time.Millisecond, RetryFor: 300 * time.Millisecond})
+		Alarms: s, Logger: slog.New(slog.NewTextHandler(&s.out, nil)), ReconcileEvery: 20 * time.Millisecond, RetryFor: 300 * time.Millisecond})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -637,6 +656,34 @@ func TestAntiAffinityAndCapacity(t *testing.T) {
 	}
 	if n != 12 {
 		t.Errorf("placed %d more small servers; want 12 (7 a host, 2 there already)", n)
+	}
+}
+
+// TestUnreachableHypervisorLogged: a hypervisor the manager cannot
+// connect to (a daemon down, a certificate refused) is logged once with
+// the reason, not at every reconcile, and once more when it answers again.
+func TestUnreachableHypervisorLogged(t *testing.T) {
+	m, s := newSite(t, "compute-0")
+	h := s.fake["fake://compute-0"]
+	count := func(msg string) int { return strings.Count(s.out.String(), `msg="`+msg+`"`) }
+	waitLog := func(msg string) {
+		t.Helper()
+		for deadline := time.Now().Add(5 * time.Second); count(msg) == 0; time.Sleep(5 * time.Millisecond) {
+			if time.Now().After(deadline) {
+				t.Fatalf("no %q in the manager's log:\n%s", msg, s.out.String())
+			}
+		}
+	}
+	h.setDown(true)
+	waitLog("cannot connect to hypervisor")
+	time.Sleep(10 * 20 * time.Millisecond) // ten reconciles
+	if n := count("cannot connect to hypervisor"); n != 1 || !strings.Contains(s.out.String(), errConn.Error()) {
+		t.Errorf("%d lines of 'cannot connect to hypervisor' over ten reconciles; want 1 with the reason:\n%s", n, s.out.String())
+	}
+	h.setDown(false)
+	waitLog("hypervisor reachable")
+	if hv, err := m.Hypervisors(context.Background()); err != nil || len(hv) != 1 || hv[0].State != "up" {
+		t.Errorf("Hypervisors() = %+v, %v; want compute-0 up", hv, err)
 	}
 }
 

@@ -3,7 +3,9 @@ package lab
 import (
 	"crypto/rand"
 	"crypto/sha256"
+	"crypto/x509"
 	"encoding/hex"
+	"encoding/pem"
 	"fmt"
 	"io"
 	"net"
@@ -55,6 +57,84 @@ type hostSpec struct {
 	RunsSite    bool                  // controller-0: runs the site controller
 	Hypervisor  bool                  // runs VMs: its own libvirtd
 	Home        *homeInfo             // the site controller's link to central
+	// Libvirt is the site controller's libvirt client identity: its
+	// files (on the host that runs the site controller) and the DN the
+	// site's hypervisor hosts admit. Nil for a host added later.
+	Libvirt *libvirtClient
+}
+
+// libvirtClient is a site controller's TLS client certificate for its
+// hosts' libvirtd, from the lab CA.
+type libvirtClient struct {
+	CAFile, CertFile, KeyFile string
+	DN                        string // as libvirtd's tls_allowed_dn_list matches it
+}
+
+// libvirtClientName is the common name of a site controller's libvirt
+// client certificate: one per site, so that a host admits only its own
+// site's controller.
+func libvirtClientName(site string) string { return "petrel-site-" + site }
+
+// siteLibvirtClient issues the site controller's libvirt client
+// certificate into controller-0's root: pki/libvirt-client/, laid out as
+// libvirt's pkipath wants it (cacert.pem, clientcert.pem, clientkey.pem
+// 0600), so that virsh can use it too (docs/lab.md).
+func siteLibvirtClient(dir, site string) (*libvirtClient, error) {
+	p := pathsOf(dir, site, "controller-0")
+	if err := os.MkdirAll(p.f("pki/libvirt-client"), 0o700); err != nil {
+		return nil, err
+	}
+	ca, err := pki.LoadCA(filepath.Join(dir, "ca"))
+	if err != nil {
+		return nil, err
+	}
+	// No key usage extension: libvirtd (GnuTLS checks) refuses an ECDSA
+	// certificate whose critical key usage lacks keyEncipherment.
+	is, err := ca.IssueClient(libvirtClientName(site), 365*24*time.Hour, pki.NoKeyUsage)
+	if err != nil {
+		return nil, err
+	}
+	lc := &libvirtClient{CAFile: p.f("pki/libvirt-client/cacert.pem"), CertFile: p.f("pki/libvirt-client/clientcert.pem"),
+		KeyFile: p.f("pki/libvirt-client/clientkey.pem")}
+	if err := is.Write(lc.CertFile, lc.KeyFile); err != nil {
+		return nil, err
+	}
+	if err := atomicfile.Write(lc.CAFile, ca.CertPEM, 0o644); err != nil {
+		return nil, err
+	}
+	block, _ := pem.Decode(is.CertPEM)
+	cert, err := x509.ParseCertificate(block.Bytes)
+	if err != nil {
+		return nil, err
+	}
+	if lc.DN, err = libvirtd.SubjectDN(cert); err != nil {
+		return nil, err
+	}
+	return lc, nil
+}
+
+// hostLibvirtd issues a hypervisor host's libvirtd server certificate
+// (CN the host, SAN its mgmt address, where the site controller dials it)
+// into the host's root (pki/, the key 0600) and returns the daemon's TLS
+// settings: the lab CA, and only its own site's controller admitted.
+func hostLibvirtd(dir string, p hostPaths, host string, mgmt netip.Addr, client *libvirtClient) (*libvirtd.TLSConfig, error) {
+	if client == nil {
+		return nil, fmt.Errorf("lab: %s runs VMs but its site has no libvirt client certificate", host)
+	}
+	if err := os.MkdirAll(p.f("pki"), 0o700); err != nil {
+		return nil, err
+	}
+	ca, err := pki.LoadCA(filepath.Join(dir, "ca"))
+	if err != nil {
+		return nil, err
+	}
+	is, err := ca.IssueServer(host, nil, []net.IP{net.IP(mgmt.AsSlice())}, 365*24*time.Hour, pki.NoKeyUsage)
+	if err != nil {
+		return nil, err
+	}
+	t := &libvirtd.TLSConfig{CAFile: filepath.Join(dir, "ca", pki.CACertFile), CertFile: p.f("pki/libvirtd.crt"),
+		KeyFile: p.f("pki/libvirtd.key"), AllowedDN: []string{client.DN}}
+	return t, is.Write(t.CertFile, t.KeyFile)
 }
 
 // hostsOf lists the hosts of a site of the given shape (brief §8).
@@ -184,6 +264,12 @@ func prepareHost(dir, prefix, binary string, h hostSpec, key string, siteURL str
 		if h.Home != nil {
 			conf["central"] = h.Home
 		}
+		if lc := h.Libvirt; lc != nil {
+			// The site's hypervisor hosts, over TLS with the controller's
+			// own certificate (docs/lab.md, Hypervisor hosts).
+			conf["compute"] = map[string]any{"libvirt_uri": "qemu+tls://{mgmt}:" + strconv.Itoa(libvirtd.TLSPort) + "/system",
+				"tls": map[string]string{"ca_file": lc.CAFile, "cert_file": lc.CertFile, "key_file": lc.KeyFile}}
+		}
 		if err := writeYAML(p.f("subcloud.yaml"), conf); err != nil {
 			return "", err
 		}
@@ -193,10 +279,15 @@ func prepareHost(dir, prefix, binary string, h hostSpec, key string, siteURL str
 	if h.Hypervisor {
 		// The host's own libvirtd: its directories under libvirt/ (its mount
 		// namespace shows them as /etc/libvirt, /var/lib/libvirt, ...),
-		// listening on the mgmt address only, where the site controller on
-		// any host of the site reaches it (qemu+tcp, no auth: docs/lab.md).
+		// listening with TLS on the mgmt address only, where the site
+		// controller on any host of the site reaches it (qemu+tls, the
+		// controller's certificate admitted, no other: docs/lab.md).
+		tlsCfg, err := hostLibvirtd(dir, p, key, mgmt, h.Libvirt)
+		if err != nil {
+			return "", err
+		}
 		if err := writeYAML(p.f("libvirtd.yaml"), libvirtd.Config{Dir: p.f("libvirt"), HostUUID: id,
-			ListenAddr: mgmt.String(), StartNice: 10}); err != nil {
+			ListenAddr: mgmt.String(), TLS: tlsCfg, StartNice: 10}); err != nil {
 			return "", err
 		}
 		services = append(services, hostinit.Service{Name: "libvirtd", Args: []string{"libvirtd", "--config", p.f("libvirtd.yaml")}})

@@ -1,9 +1,22 @@
 package lab
 
 import (
+	"crypto/x509"
+	"encoding/pem"
+	"net/netip"
+	"os"
+	"path/filepath"
+	"slices"
 	"testing"
 
+	"sigs.k8s.io/yaml"
+
+	"github.com/petrel-edge/petrel/compute/libvirtd"
+	"github.com/petrel-edge/petrel/internal/pki"
+	"github.com/petrel-edge/petrel/internal/server"
 	"github.com/petrel-edge/petrel/inventory"
+	"github.com/petrel-edge/petrel/lab/hostnet"
+	"github.com/petrel-edge/petrel/subcloud"
 )
 
 // TestHypervisorHosts: workers and the all-in-one controllers of simplex
@@ -38,4 +51,121 @@ func TestHypervisorHosts(t *testing.T) {
 	if noVMs := []SiteSpec{{Name: "std", Shape: inventory.MultiServer}}; specsRunVMs(noVMs) {
 		t.Error("specsRunVMs(multi-server without workers) = true; want false")
 	}
+}
+
+// TestHostLibvirtTLS: the files lab up writes for libvirt over TLS. Each
+// hypervisor host's libvirtd listens with TLS only, on its mgmt address,
+// with a certificate from the lab CA for that address, and admits only
+// its own site's controller; each site controller's configuration reaches
+// its hosts over qemu+tls with its own client certificate and passes the
+// site's configuration checks. Keys are 0600.
+func TestHostLibvirtTLS(t *testing.T) {
+	dir := t.TempDir()
+	if _, err := pki.LoadOrCreateCA(filepath.Join(dir, "ca"), "lab CA"); err != nil {
+		t.Fatal(err)
+	}
+	pool, err := pki.CertPool(filepath.Join(dir, "ca", pki.CACertFile))
+	if err != nil {
+		t.Fatal(err)
+	}
+	binary := filepath.Join(dir, "petrel")
+	if err := os.WriteFile(binary, []byte("#!/bin/true\n"), 0o755); err != nil {
+		t.Fatal(err)
+	}
+	sites := []SiteSpec{{Name: "dx", Shape: inventory.Duplex}, {Name: "std", Shape: inventory.MultiServer, Workers: 1}}
+	dns := map[string]string{}
+	for i, sp := range sites {
+		lc, err := siteLibvirtClient(dir, sp.Name)
+		if err != nil {
+			t.Fatal(err)
+		}
+		dns[sp.Name] = lc.DN
+		for _, h := range hostsOf(sp, i) {
+			h.Libvirt = lc
+			if _, err := prepareHost(dir, "pltest", binary, h, h.Name, "https://site", nil); err != nil {
+				t.Fatal(err)
+			}
+		}
+	}
+	if dns["dx"] != "O=Petrel,CN=petrel-site-dx" || dns["dx"] == dns["std"] {
+		t.Fatalf("site controllers' DNs = %v; want O=Petrel,CN=petrel-site-<site>, one per site", dns)
+	}
+	mode := func(path string) os.FileMode {
+		fi, err := os.Stat(path)
+		if err != nil {
+			t.Fatal(err)
+		}
+		return fi.Mode().Perm()
+	}
+	for i, sp := range sites {
+		// The site controller (controller-0).
+		ctl := pathsOf(dir, sp.Name, "controller-0")
+		var fc subcloud.FileConfig
+		b, err := os.ReadFile(ctl.f("subcloud.yaml"))
+		if err != nil {
+			t.Fatal(err)
+		}
+		if err := yaml.Unmarshal(b, &fc); err != nil {
+			t.Fatal(err)
+		}
+		if fc.Compute == nil || fc.Compute.LibvirtURI != "qemu+tls://{mgmt}:16514/system" || fc.Compute.TLS == nil {
+			t.Fatalf("%s controller's compute section = %+v; want qemu+tls with the site's certificate", sp.Name, fc.Compute)
+		}
+		if _, err := subcloud.ConfigFromFile(fc, server.Config{}); err != nil {
+			t.Errorf("%s controller's configuration: %v", sp.Name, err)
+		}
+		if filepath.Dir(fc.Compute.TLS.KeyFile) != ctl.f("pki/libvirt-client") || filepath.Base(fc.Compute.TLS.CAFile) != "cacert.pem" ||
+			filepath.Base(fc.Compute.TLS.CertFile) != "clientcert.pem" || filepath.Base(fc.Compute.TLS.KeyFile) != "clientkey.pem" {
+			t.Errorf("%s controller's libvirt files = %+v; want cacert.pem, clientcert.pem, clientkey.pem in pki/libvirt-client (a pkipath)", sp.Name, fc.Compute.TLS)
+		}
+		if m := mode(fc.Compute.TLS.KeyFile); m != 0o600 {
+			t.Errorf("%s controller's libvirt key mode = %04o; want 0600", sp.Name, m)
+		}
+		// Its hypervisor hosts.
+		for _, h := range hostsOf(sp, i) {
+			p := pathsOf(dir, sp.Name, h.Name)
+			if !h.Hypervisor {
+				if _, err := os.Stat(p.f("libvirtd.yaml")); err == nil {
+					t.Errorf("%s/%s runs no VMs but has a libvirtd.yaml", sp.Name, h.Name)
+				}
+				continue
+			}
+			var lc libvirtd.Config
+			b, err := os.ReadFile(p.f("libvirtd.yaml"))
+			if err != nil {
+				t.Fatal(err)
+			}
+			if err := yaml.Unmarshal(b, &lc); err != nil {
+				t.Fatal(err)
+			}
+			mgmt, _ := hostnet.Addr(hostnet.Mgmt, i, h.Index)
+			if lc.ListenAddr != mgmt.String() || lc.TLS == nil || !slices.Equal(lc.TLS.AllowedDN, []string{dns[sp.Name]}) {
+				t.Errorf("%s/%s libvirtd.yaml = %+v (tls %+v); want TLS on %s admitting %q only", sp.Name, h.Name, lc, lc.TLS, mgmt, dns[sp.Name])
+				continue
+			}
+			if m := mode(lc.TLS.KeyFile); m != 0o600 {
+				t.Errorf("%s/%s libvirtd key mode = %04o; want 0600", sp.Name, h.Name, m)
+			}
+			certPEM, _ := os.ReadFile(lc.TLS.CertFile)
+			block, _ := pem.Decode(certPEM)
+			if block == nil {
+				t.Fatalf("%s: no PEM certificate", lc.TLS.CertFile)
+			}
+			cert, err := x509.ParseCertificate(block.Bytes)
+			if err != nil {
+				t.Fatal(err)
+			}
+			if _, err := cert.Verify(x509.VerifyOptions{Roots: pool, DNSName: mgmt.String()}); err != nil {
+				t.Errorf("%s/%s libvirtd certificate for %s: %v", sp.Name, h.Name, mgmt, err)
+			}
+			if cert.Subject.CommonName != h.Name || len(cert.IPAddresses) != 1 || addrOf(cert) != mgmt {
+				t.Errorf("%s/%s libvirtd certificate: CN %q, IPs %v; want CN %s, IP %s", sp.Name, h.Name, cert.Subject.CommonName, cert.IPAddresses, h.Name, mgmt)
+			}
+		}
+	}
+}
+
+func addrOf(c *x509.Certificate) netip.Addr {
+	a, _ := netip.AddrFromSlice(c.IPAddresses[0])
+	return a.Unmap()
 }

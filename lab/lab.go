@@ -283,11 +283,16 @@ func Up(ctx context.Context, cfg Config) (_ *File, err error) {
 			return nil, err
 		}
 		siteURL := "https://" + netJoin(ctl.String(), SiteAPIPort)
+		lc, err := siteLibvirtClient(dir, sp.Name)
+		if err != nil {
+			return nil, err
+		}
 		entry := SiteEntry{Name: sp.Name, Shape: string(sp.Shape), Hosts: []HostEntry{}}
 		for _, h := range hostsOf(sp, i) {
 			if h.RunsSite {
 				h.Home = home
 			}
+			h.Libvirt = lc
 			he, id, err := buildHost(ctx, net, dir, prefix, cfg.Binary, h, h.Name, siteURL)
 			if err != nil {
 				return nil, err
@@ -412,7 +417,7 @@ func buildHost(ctx context.Context, hn *hostnet.Lab, dir, prefix, binary string,
 		Addresses: map[string]string{"mgmt": host.Addr(hostnet.Mgmt).String(), "cluster": host.Addr(hostnet.Cluster).String()},
 		BMC:       be}
 	if h.Hypervisor {
-		he.LibvirtURI = libvirtd.TCPURI(host.Addr(hostnet.Mgmt).String())
+		he.LibvirtURI = libvirtd.TLSURI(host.Addr(hostnet.Mgmt).String())
 	}
 	return he, id, nil
 }

@@ -2,6 +2,9 @@ package subcloud
 
 import (
 	"context"
+	"crypto/tls"
+	"crypto/x509"
+	"errors"
 	"fmt"
 	"io"
 	"net/http"
@@ -18,6 +21,7 @@ import (
 	"github.com/petrel-edge/petrel/faultmgr"
 	"github.com/petrel-edge/petrel/internal/errs"
 	"github.com/petrel-edge/petrel/internal/page"
+	"github.com/petrel-edge/petrel/internal/pki"
 	"github.com/petrel-edge/petrel/internal/rest"
 	"github.com/petrel-edge/petrel/inventory"
 )
@@ -25,10 +29,16 @@ import (
 // ComputeConfig is the `compute:` section of a site's configuration.
 type ComputeConfig struct {
 	// LibvirtURI is each hypervisor host's libvirt URI, with {mgmt}
-	// standing for the host's management address. Default:
-	// DefaultLibvirtURI.
-	LibvirtURI string                  `json:"libvirt_uri"`
-	Scheduler  compute.SchedulerConfig `json:"scheduler"`
+	// standing for the host's management address: qemu+tls (needs TLS)
+	// or qemu+tcp (no authentication at all: lab and tests only).
+	// Default: DefaultLibvirtURI with TLS, InsecureLibvirtURI without.
+	LibvirtURI string `json:"libvirt_uri"`
+	// TLS is the controller's side of qemu+tls: its client certificate
+	// (the hosts' libvirtd admit it by its CA and distinguished name) and
+	// the CA the hosts' certificates must chain to. Required by qemu+tls,
+	// refused with qemu+tcp.
+	TLS       *LibvirtTLS             `json:"tls"`
+	Scheduler compute.SchedulerConfig `json:"scheduler"`
 	// StopTimeout is how long a stop waits for the guest before pulling
 	// the plug; default 30s.
 	StopTimeout string `json:"stop_timeout"`
@@ -37,53 +47,137 @@ type ComputeConfig struct {
 	ReconcileEvery string `json:"reconcile_every"`
 }
 
-// DefaultLibvirtURI reaches a host's libvirtd on its management address.
-const DefaultLibvirtURI = "qemu+tcp://{mgmt}:16509/system"
+// LibvirtTLS names the files of the controller's libvirt TLS client
+// (PEM). The key is a secret: a file of mode 0600 (or stricter).
+type LibvirtTLS struct {
+	CAFile   string `json:"ca_file"`
+	CertFile string `json:"cert_file"`
+	KeyFile  string `json:"key_file"`
+}
 
-func (c *ComputeConfig) managerConfig() (compute.ManagerConfig, string, error) {
-	var mc compute.ManagerConfig
-	uri := DefaultLibvirtURI
+// Hypervisor hosts' libvirt URIs: DefaultLibvirtURI, mutually
+// authenticated TLS to a host's libvirtd on its management address, and
+// InsecureLibvirtURI, plain TCP with no authentication, which is only for
+// labs and tests (anyone who reaches the port controls the host's VMs).
+const (
+	DefaultLibvirtURI  = "qemu+tls://{mgmt}:16514/system"
+	InsecureLibvirtURI = "qemu+tcp://{mgmt}:16509/system"
+)
+
+// computeSetup is a validated compute section.
+type computeSetup struct {
+	mc  compute.ManagerConfig // Connect set; Store, Images, ... not
+	uri string
+	tls *tls.Config // nil: qemu+tcp
+}
+
+// setup validates c (reading the TLS files) and returns the manager's
+// configuration, the URI template and how to connect.
+func (c *ComputeConfig) setup() (computeSetup, error) {
 	if c == nil {
-		return mc, uri, nil
+		c = &ComputeConfig{}
 	}
-	if c.LibvirtURI != "" {
-		if !strings.Contains(c.LibvirtURI, "{mgmt}") {
-			return mc, "", fmt.Errorf("config: compute.libvirt_uri %q must contain {mgmt}", c.LibvirtURI)
+	var cs computeSetup
+	cs.uri = c.LibvirtURI
+	if cs.uri == "" {
+		cs.uri = InsecureLibvirtURI
+		if c.TLS != nil {
+			cs.uri = DefaultLibvirtURI
 		}
-		uri = c.LibvirtURI
+	}
+	if !strings.Contains(cs.uri, "{mgmt}") {
+		return cs, fmt.Errorf("config: compute.libvirt_uri %q must contain {mgmt}", cs.uri)
+	}
+	switch scheme, _, _ := strings.Cut(cs.uri, "://"); scheme {
+	case "qemu+tls":
+		if c.TLS == nil {
+			return cs, fmt.Errorf("config: compute.libvirt_uri %q is qemu+tls: compute.tls (ca_file, cert_file, key_file) is required", cs.uri)
+		}
+		tc, err := c.TLS.clientConfig()
+		if err != nil {
+			return cs, err
+		}
+		cs.tls = tc
+	case "qemu+tcp":
+		if c.TLS != nil {
+			return cs, fmt.Errorf("config: compute.tls is set but compute.libvirt_uri %q is qemu+tcp (no TLS): use qemu+tls://{mgmt}:16514/system", cs.uri)
+		}
+	default:
+		return cs, fmt.Errorf("config: compute.libvirt_uri %q: want qemu+tls://{mgmt}[:PORT]/system (or qemu+tcp, lab and tests only)", cs.uri)
 	}
 	if err := c.Scheduler.Validate(); err != nil {
-		return mc, "", fmt.Errorf("config: compute.%w", err)
+		return cs, fmt.Errorf("config: compute.%w", err)
 	}
-	mc.Scheduler = c.Scheduler
+	cs.mc.Scheduler = c.Scheduler
 	for _, d := range []struct {
 		name string
 		s    string
 		to   *time.Duration
-	}{{"stop_timeout", c.StopTimeout, &mc.StopTimeout}, {"reconcile_every", c.ReconcileEvery, &mc.ReconcileEvery}} {
+	}{{"stop_timeout", c.StopTimeout, &cs.mc.StopTimeout}, {"reconcile_every", c.ReconcileEvery, &cs.mc.ReconcileEvery}} {
 		if d.s == "" {
 			continue
 		}
 		v, err := time.ParseDuration(d.s)
 		if err != nil || v <= 0 {
-			return mc, "", fmt.Errorf("config: compute.%s %q: want a positive duration", d.name, d.s)
+			return cs, fmt.Errorf("config: compute.%s %q: want a positive duration", d.name, d.s)
 		}
 		*d.to = v
 	}
-	return mc, uri, nil
+	opts := libvirt.Options{TLS: cs.tls}
+	cs.mc.Connect = func(ctx context.Context, uri string) (compute.HostConn, error) {
+		return libvirt.DialOptions(ctx, uri, opts)
+	}
+	return cs, nil
+}
+
+// clientConfig loads the TLS files: the CA, and a certificate and key
+// that make a pair, valid now, for client authentication.
+func (t *LibvirtTLS) clientConfig() (*tls.Config, error) {
+	if t.CAFile == "" || t.CertFile == "" || t.KeyFile == "" {
+		return nil, errors.New("config: compute.tls needs ca_file, cert_file and key_file")
+	}
+	pool, err := pki.CertPool(t.CAFile)
+	if err != nil {
+		return nil, fmt.Errorf("config: compute.tls.ca_file: %w", err)
+	}
+	fi, err := os.Stat(t.KeyFile)
+	if err != nil {
+		return nil, fmt.Errorf("config: compute.tls.key_file: %w", err)
+	}
+	if fi.Mode().Perm()&0o077 != 0 {
+		return nil, fmt.Errorf("config: compute.tls.key_file %s has mode %04o: a key must not be readable by group or others (0600)",
+			t.KeyFile, fi.Mode().Perm())
+	}
+	pair, err := tls.LoadX509KeyPair(t.CertFile, t.KeyFile)
+	if err != nil {
+		return nil, fmt.Errorf("config: compute.tls.cert_file and key_file: %w", err)
+	}
+	leaf, err := x509.ParseCertificate(pair.Certificate[0])
+	if err != nil {
+		return nil, fmt.Errorf("config: compute.tls.cert_file: %w", err)
+	}
+	if now := time.Now(); now.After(leaf.NotAfter) || now.Before(leaf.NotBefore) {
+		return nil, fmt.Errorf("config: compute.tls.cert_file %s is valid from %s to %s only", t.CertFile,
+			leaf.NotBefore.UTC().Format(time.RFC3339), leaf.NotAfter.UTC().Format(time.RFC3339))
+	}
+	return &tls.Config{RootCAs: pool, Certificates: []tls.Certificate{pair}, MinVersion: tls.VersionTLS12}, nil
 }
 
 // openServers builds the site's compute manager (Run starts it).
 func (s *Subcloud) openServers(store *computedb.Store) error {
-	mc, uri, err := s.cfg.Compute.managerConfig()
+	cs, err := s.cfg.Compute.setup()
 	if err != nil {
 		return err
 	}
+	if cs.tls == nil {
+		s.log.Warn("hypervisor hosts are reached over qemu+tcp, without authentication: lab and tests only; set compute.tls",
+			"libvirt_uri", cs.uri)
+	}
+	mc, uri := cs.mc, cs.uri
 	mc.Store = store
 	mc.Images = imageSource{store: store, files: s.ImageFiles}
 	mc.Flavors = store
 	mc.Hosts = hypervisorHosts{s: s, uri: uri}
-	mc.Connect = func(ctx context.Context, uri string) (compute.HostConn, error) { return libvirt.Dial(ctx, uri) }
 	mc.Alarms = alarmSink{s.shell.Alarms}
 	mc.Logger = s.log
 	m, err := compute.NewManager(mc)

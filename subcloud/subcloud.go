@@ -108,6 +108,9 @@ func ConfigFromFile(fc FileConfig, shell server.Config) (Config, error) {
 	if fc.ImageMaxBytes < 0 {
 		return Config{}, fmt.Errorf("config: image_max_bytes %d: want a positive size, or 0 for the default", fc.ImageMaxBytes)
 	}
+	if _, err := fc.Compute.setup(); err != nil { // reads the TLS files: a bad one stops the start
+		return Config{}, err
+	}
 	return Config{Site: fc.Site, Shape: shape, Shell: shell, Central: fc.Central, Heartbeat: fc.Heartbeat,
 		ImageMaxBytes: fc.ImageMaxBytes, Compute: fc.Compute}, nil
 }

@@ -77,7 +77,9 @@ func TestHostListAndShow(t *testing.T) {
 }
 
 func TestConfigFromFileRejectsBadSites(t *testing.T) {
-	for _, fc := range []subcloud.FileConfig{{Site: "Site X", Shape: "simplex"}, {Site: "site-x", Shape: "triplex"}} {
+	for _, fc := range []subcloud.FileConfig{{Site: "Site X", Shape: "simplex"}, {Site: "site-x", Shape: "triplex"},
+		// qemu+tls without the controller's certificate
+		{Site: "site-x", Shape: "simplex", Compute: &subcloud.ComputeConfig{LibvirtURI: subcloud.DefaultLibvirtURI}}} {
 		if _, err := subcloud.ConfigFromFile(fc, servertest.Shell(t)); err == nil {
 			t.Errorf("ConfigFromFile(%+v) = nil error", fc)
 		}

@@ -98,7 +98,8 @@ func (a *app) libvirtdCmd() *cobra.Command {
 			if err != nil {
 				return err
 			}
-			log.Info("libvirtd ready", "pid", d.Pid(), "uri", d.URI(), "listen", cfg.ListenAddr, "in", time.Since(start).Round(time.Millisecond).String())
+			log.Info("libvirtd ready", "pid", d.Pid(), "uri", d.URI(), "listen", cfg.ListenAddr, "tls", cfg.TLS != nil,
+				"in", time.Since(start).Round(time.Millisecond).String())
 			select {
 			case <-ctx.Done():
 				log.Info("stopping libvirtd")
@@ -109,6 +110,6 @@ func (a *app) libvirtdCmd() *cobra.Command {
 			}
 		},
 	}
-	c.Flags().StringVar(&cfgFile, "config", "", "configuration file (YAML: dir, host_uuid, listen_addr)")
+	c.Flags().StringVar(&cfgFile, "config", "", "configuration file (YAML: dir, host_uuid, listen_addr, tls: {ca_file, cert_file, key_file, allowed_dn})")
 	return c
 }

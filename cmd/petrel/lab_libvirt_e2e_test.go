@@ -2,7 +2,9 @@ package main
 
 import (
 	"context"
+	"crypto/tls"
 	"encoding/json"
+	"errors"
 	"net"
 	"net/netip"
 	"os"
@@ -19,6 +21,7 @@ import (
 	"github.com/petrel-edge/petrel/compute/guestimage"
 	"github.com/petrel-edge/petrel/compute/libvirt"
 	"github.com/petrel-edge/petrel/compute/libvirtd"
+	"github.com/petrel-edge/petrel/internal/pki"
 	"github.com/petrel-edge/petrel/lab"
 	"github.com/petrel-edge/petrel/lab/hostnet"
 )
@@ -26,9 +29,12 @@ import (
 // TestLabLibvirtd: a simplex site's controller (all-in-one, so a
 // hypervisor host) gets the test images and flavors at lab up, and runs
 // its own libvirtd inside the host: in its network namespace and cgroup,
-// listening on its mgmt address, at lab.json's libvirt_uri. The test reaches it from the root namespace only through
-// hostnet.DialIn (the root namespace never sends to lab addresses), lists
-// its domains (none), starts a VM (its QEMU runs in the host's cgroup),
+// listening with TLS on its mgmt address, at lab.json's libvirt_uri
+// (qemu+tls). The test reaches it from the root namespace only through
+// hostnet.DialIn (the root namespace never sends to lab addresses) with
+// the site controller's client certificate, lists its domains (none),
+// checks that another site's certificate is refused and that nothing
+// listens on plain TCP, starts a VM (its QEMU runs in the host's cgroup),
 // power-cycles the host and finds a new libvirtd there, the VM's QEMU
 // dead and the domain shut off; lab down leaves no libvirtd or QEMU of
 // the lab.
@@ -94,12 +100,27 @@ func TestLabLibvirtd(t *testing.T) {
 
 	h := lf.Sites[0].Hosts[0]
 	mgmt := h.Addresses["mgmt"]
-	if want := "qemu+tcp://" + mgmt + ":16509/system"; h.LibvirtURI != want {
+	if want := "qemu+tls://" + mgmt + ":16514/system"; h.LibvirtURI != want {
 		t.Fatalf("libvirt_uri = %q; want %q", h.LibvirtURI, want)
 	}
-	target := netip.AddrPortFrom(netip.MustParseAddr(mgmt), libvirtd.TCPPort).String()
 	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
 	defer cancel()
+
+	// The host's libvirtd speaks TLS only and admits its site's controller
+	// only: the test presents the controller's own client certificate
+	// (from its host's pki/libvirt-client/), through a connection opened
+	// inside the host's namespace.
+	ctlPKI := filepath.Join(dir, "hosts", "site-v", "controller-0", "pki", "libvirt-client")
+	pair, err := tls.LoadX509KeyPair(filepath.Join(ctlPKI, "clientcert.pem"), filepath.Join(ctlPKI, "clientkey.pem"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	roots, err := pki.CertPool(lf.CACert)
+	if err != nil {
+		t.Fatal(err)
+	}
+	inHost := func(ctx context.Context, _, addr string) (net.Conn, error) { return hostnet.DialIn(ctx, h.Netns, addr) }
+	siteTLS := libvirt.Options{TLS: &tls.Config{RootCAs: roots, Certificates: []tls.Certificate{pair}}, DialContext: inHost}
 
 	// connect waits for the host's libvirtd (lab up does not) and returns
 	// a connection to it.
@@ -108,7 +129,7 @@ func TestLabLibvirtd(t *testing.T) {
 		deadline := time.Now().Add(30 * time.Second)
 		var last error
 		for time.Now().Before(deadline) {
-			d, err := libvirt.DialFunc(ctx, func() (net.Conn, error) { return hostnet.DialIn(ctx, h.Netns, target) })
+			d, err := libvirt.DialOptions(ctx, h.LibvirtURI, siteTLS)
 			if err == nil {
 				if _, err = d.List(ctx); err == nil {
 					return d
@@ -157,6 +178,38 @@ func TestLabLibvirtd(t *testing.T) {
 	t.Logf("libvirtd answered %s after lab up", time.Since(start).Round(time.Millisecond))
 	if doms, _ := drv.List(ctx); len(doms) != 0 {
 		t.Errorf("domains = %v; want none", doms)
+	}
+	// Another site's controller (a certificate from the same lab CA, for
+	// another site) is refused, and there is no plain TCP listener.
+	labCA, err := pki.LoadCA(filepath.Join(dir, "ca"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	other, err := labCA.IssueClient("petrel-site-other", time.Hour, pki.NoKeyUsage)
+	if err != nil {
+		t.Fatal(err)
+	}
+	otherPair, err := tls.X509KeyPair(other.CertPEM, other.KeyPEM)
+	if err != nil {
+		t.Fatal(err)
+	}
+	otherTLS := libvirt.Options{TLS: &tls.Config{RootCAs: roots, Certificates: []tls.Certificate{otherPair}}, DialContext: inHost}
+	if d, err := libvirt.DialOptions(ctx, h.LibvirtURI, otherTLS); !errors.Is(err, libvirt.ErrCertRefused) {
+		if err == nil {
+			d.Close()
+		}
+		t.Errorf("another site's controller: DialOptions(%s) = %v; want ErrCertRefused", h.LibvirtURI, err)
+	}
+	tcp := netip.AddrPortFrom(netip.MustParseAddr(mgmt), libvirtd.TCPPort).String()
+	if c, err := hostnet.DialIn(ctx, h.Netns, tcp); err == nil {
+		c.Close()
+		t.Errorf("%s accepts plain TCP; want TLS only", tcp)
+	}
+	// virsh, run in the host's namespace, with the controller's files as
+	// its pkipath (the recipe of docs/lab.md).
+	virsh := exec.CommandContext(ctx, "ip", "netns", "exec", h.Netns, "virsh", "-c", h.LibvirtURI+"?pkipath="+ctlPKI, "list", "--all")
+	if out, err := virsh.CombinedOutput(); err != nil || !strings.Contains(string(out), "Name") {
+		t.Errorf("%s: %v\n%s", virsh, err, out)
 	}
 	before := libvirtdPids()
 	if len(before) != 1 {

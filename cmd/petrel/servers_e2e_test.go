@@ -106,6 +106,23 @@ func TestServersInTheLab(t *testing.T) {
 		}
 		time.Sleep(300 * time.Millisecond)
 	}
+	// The site controller reaches them over mutually authenticated TLS
+	// (qemu+tls, its own client certificate); the lab has no TCP listener.
+	var hvs struct {
+		Items []struct {
+			Host  string
+			State string
+			URI   string `json:"hypervisor_uri"`
+		}
+	}
+	if err := json.Unmarshal([]byte(site.ok("hypervisor", "list", "-o", "json")), &hvs); err != nil {
+		t.Fatal(err)
+	}
+	for _, h := range hvs.Items {
+		if !strings.HasPrefix(h.URI, "qemu+tls://") || !strings.HasSuffix(h.URI, ":16514/system") || h.State != "up" {
+			t.Errorf("hypervisor %s: %s at %q; want up at qemu+tls://MGMT:16514/system", h.Host, h.State, h.URI)
+		}
+	}
 
 	// A flavor larger than any host: refused, nothing created.
 	site.ok("flavor", "create", "m1.huge", "--vcpus", "1", "--ram", "1048576", "--disk", "1")

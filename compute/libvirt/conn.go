@@ -1,12 +1,16 @@
 package libvirt
 
 import (
+	"context"
+	"crypto/tls"
 	"encoding/binary"
+	"errors"
 	"fmt"
 	"io"
 	"net"
 	"net/url"
 	"strings"
+	"time"
 
 	golibvirt "github.com/digitalocean/go-libvirt"
 	"github.com/digitalocean/go-libvirt/socket"
@@ -14,9 +18,10 @@ import (
 )
 
 // dialerFor picks the dialer of uri's transport: a unix socket (the
-// default, or ?socket=PATH) or plain TCP (qemu+tcp). Others are refused:
-// every connection goes through streamConn.
-func dialerFor(u *url.URL) (socket.Dialer, error) {
+// default, or ?socket=PATH), plain TCP (qemu+tcp) or TLS (qemu+tls, and
+// qemu://HOST/, libvirt's default for a remote host). Others are
+// refused: every connection goes through streamConn.
+func dialerFor(ctx context.Context, u *url.URL, opts Options) (socket.Dialer, error) {
 	transport := "unix"
 	if _, t, ok := strings.Cut(u.Scheme, "+"); ok {
 		transport = t
@@ -25,19 +30,96 @@ func dialerFor(u *url.URL) (socket.Dialer, error) {
 	}
 	switch transport {
 	case "unix":
-		var opts []dialers.LocalOption
+		var lopts []dialers.LocalOption
 		if s := u.Query().Get("socket"); s != "" {
-			opts = append(opts, dialers.WithSocket(s))
+			lopts = append(lopts, dialers.WithSocket(s))
 		}
-		return dialers.NewLocal(opts...), nil
+		return dialers.NewLocal(lopts...), nil
 	case "tcp":
-		var opts []dialers.RemoteOption
-		if p := u.Port(); p != "" {
-			opts = append(opts, dialers.UsePort(p))
+		addr := net.JoinHostPort(u.Hostname(), portOr(u, defaultTCPPort))
+		return dialerFunc(func() (net.Conn, error) { return opts.dial(ctx, addr) }), nil
+	case "tls":
+		if opts.TLS == nil {
+			return nil, fmt.Errorf("%w: %s", ErrNoTLSConfig, u.Redacted())
 		}
-		return dialers.NewRemote(u.Hostname(), opts...), nil
+		conf := opts.TLS.Clone()
+		if conf.MinVersion < tls.VersionTLS12 {
+			conf.MinVersion = tls.VersionTLS12
+		}
+		if conf.ServerName == "" {
+			// The daemon's certificate must name the address dialled.
+			conf.ServerName = u.Hostname()
+		}
+		addr := net.JoinHostPort(u.Hostname(), portOr(u, defaultTLSPort))
+		return dialerFunc(func() (net.Conn, error) { return dialTLS(ctx, addr, conf, opts.dial) }), nil
 	}
-	return nil, fmt.Errorf("libvirt: transport %q not supported (unix or tcp)", transport)
+	return nil, fmt.Errorf("libvirt: transport %q not supported (unix, tcp or tls)", transport)
+}
+
+// libvirtd's default ports.
+const (
+	defaultTCPPort = "16509"
+	defaultTLSPort = "16514"
+	dialTimeout    = 20 * time.Second // when ctx has no deadline
+)
+
+func portOr(u *url.URL, def string) string {
+	if p := u.Port(); p != "" {
+		return p
+	}
+	return def
+}
+
+// dial opens a TCP connection to addr, through o.DialContext if set.
+func (o Options) dial(ctx context.Context, addr string) (net.Conn, error) {
+	ctx, cancel := context.WithTimeout(ctx, dialTimeout)
+	defer cancel()
+	if o.DialContext != nil {
+		return o.DialContext(ctx, "tcp", addr)
+	}
+	var d net.Dialer
+	return d.DialContext(ctx, "tcp", addr)
+}
+
+// ErrNoTLSConfig: a qemu+tls URI was given without Options.TLS.
+var ErrNoTLSConfig = errors.New("libvirt: qemu+tls needs a TLS client configuration (certificate, key and CA)")
+
+// ErrCertRefused: the daemon completed the TLS handshake but refused the
+// client: its certificate is not signed by the daemon's CA, or its
+// distinguished name is not on the daemon's tls_allowed_dn_list.
+var ErrCertRefused = errors.New("libvirt: the daemon refused this client's certificate")
+
+// dialTLS opens a TLS connection to the daemon at addr and waits for
+// libvirtd's verdict on the client: after the handshake the daemon checks
+// the client's certificate (CA, validity, allowed DN) and sends one byte,
+// 1, if it is accepted; otherwise it closes the connection (under TLS 1.3
+// the client's handshake has already succeeded by then, so only this
+// byte tells).
+func dialTLS(ctx context.Context, addr string, conf *tls.Config, dial func(context.Context, string) (net.Conn, error)) (net.Conn, error) {
+	raw, err := dial(ctx, addr)
+	if err != nil {
+		return nil, err
+	}
+	deadline, ok := ctx.Deadline()
+	if !ok || time.Until(deadline) > dialTimeout {
+		deadline = time.Now().Add(dialTimeout)
+	}
+	_ = raw.SetDeadline(deadline)
+	c := tls.Client(raw, conf)
+	if err := c.HandshakeContext(ctx); err != nil {
+		raw.Close()
+		return nil, fmt.Errorf("TLS handshake: %w", err)
+	}
+	var b [1]byte
+	if _, err := io.ReadFull(c, b[:]); err != nil || b[0] != 1 {
+		c.Close()
+		if err == nil {
+			err = fmt.Errorf("verdict byte %d", b[0])
+		}
+		return nil, fmt.Errorf("%w: %w", ErrCertRefused, err)
+	}
+	_ = raw.SetDeadline(time.Time{})
+	return c, nil
 }
 
 // streamDialer wraps every connection d makes in a streamConn.

@@ -10,7 +10,7 @@
 // A Driver is also the host's compute.HostStorage: base images and
 // instance files are libvirt storage volumes in two dir pools on the
 // daemon's host (storage.go), so the site controller, which reaches a host
-// only over qemu+tcp, never needs the host's filesystem.
+// only over the network (qemu+tls), never needs the host's filesystem.
 //
 // go-libvirt's calls take no context: a Driver checks ctx between calls and
 // while it waits, but a call to a hung daemon blocks until the connection
@@ -19,6 +19,7 @@ package libvirt
 
 import (
 	"context"
+	"crypto/tls"
 	"encoding/xml"
 	"errors"
 	"fmt"
@@ -66,6 +67,18 @@ type Options struct {
 	// go down before it resets the domain. Default: 2 minutes (Nova's
 	// wait_soft_reboot_seconds).
 	SoftRebootTimeout time.Duration
+
+	// TLS is the client side of a qemu+tls connection: the client's
+	// certificate (the daemon admits it by its CA and distinguished name)
+	// and RootCAs, the CA the daemon's certificate must chain to. The
+	// daemon's certificate must also name the URI's host (an IP address
+	// as an IP SAN) unless ServerName says otherwise. TLS 1.2 at least.
+	// Required for qemu+tls, ignored by other transports.
+	TLS *tls.Config
+	// DialContext, if set, opens the TCP connection of a qemu+tcp or
+	// qemu+tls URI instead of a net.Dialer, e.g. lab/hostnet.DialIn into
+	// a lab host's network namespace. addr is the URI's host and port.
+	DialContext func(ctx context.Context, network, addr string) (net.Conn, error)
 }
 
 // The defaults of Options.
@@ -99,19 +112,25 @@ func newDriver(l *golibvirt.Libvirt, opts Options) *Driver {
 
 // Dial connects to the libvirtd at uri: "qemu:///system?socket=PATH" (a
 // unix socket), "qemu:///system" (the default socket) or
-// "qemu+tcp://HOST[:PORT]/system". Other transports are refused: every
-// connection is a streamConn (conn.go). The Driver has the default Options.
+// "qemu+tcp://HOST[:PORT]/system" (no authentication: tests and lab
+// only). Other transports are refused: every connection is a streamConn
+// (conn.go). qemu+tls needs DialOptions. The Driver has the default
+// Options.
 func Dial(ctx context.Context, uri string) (*Driver, error) {
 	return DialOptions(ctx, uri, Options{})
 }
 
-// DialOptions is Dial with opts.
+// DialOptions is Dial with opts; with opts.TLS it also accepts
+// "qemu+tls://HOST[:PORT]/system" (port 16514 by default), mutually
+// authenticated TLS: the client verifies the daemon's certificate against
+// opts.TLS.RootCAs and HOST, and the daemon admits the client by its
+// certificate (ErrCertRefused if it does not).
 func DialOptions(ctx context.Context, uri string, opts Options) (*Driver, error) {
 	u, err := url.Parse(uri)
 	if err != nil {
 		return nil, fmt.Errorf("libvirt: uri %q: %w", uri, err)
 	}
-	dialer, err := dialerFor(u)
+	dialer, err := dialerFor(ctx, u, opts)
 	if err != nil {
 		return nil, err
 	}

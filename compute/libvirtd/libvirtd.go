@@ -13,12 +13,21 @@
 // lab host's) instead of libvirt's machine/ slices, where daemons collide.
 // There is no KVM here: domains are type 'qemu' (TCG).
 //
+// A daemon may listen on an address too: with TLS (Config.TLS, qemu+tls,
+// port 16514), clients are admitted by their certificate's CA and
+// distinguished name; without it, on plain TCP with no authentication
+// (qemu+tcp, port 16509), for tests and loopback addresses only.
+//
 // Start needs root (mount namespaces) and the Debian packages in Packages.
 package libvirtd
 
 import (
 	"bytes"
 	"context"
+	"crypto/tls"
+	"crypto/x509"
+	"crypto/x509/pkix"
+	"encoding/asn1"
 	"errors"
 	"fmt"
 	"net"
@@ -26,12 +35,15 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"slices"
 	"strconv"
 	"strings"
 	"syscall"
 	"time"
 
 	"github.com/google/uuid"
+
+	"github.com/petrel-edge/petrel/internal/atomicfile"
 )
 
 // Packages are the Debian packages a daemon needs (installed with
@@ -57,10 +69,17 @@ type Config struct {
 	// HostUUID is the daemon's host_uuid; distinct per daemon. Default: a
 	// new random UUID.
 	HostUUID string `json:"host_uuid,omitempty"`
-	// ListenAddr, if set, makes the daemon also listen on TCP
-	// (qemu+tcp://ListenAddr/system, port TCPPort, no auth: lab and test
-	// addresses only) and take incoming migrations on that address.
+	// ListenAddr, if set, makes the daemon also listen on that address
+	// and take incoming migrations there: with TLS, on TLSPort
+	// (qemu+tls, clients authenticated by their certificates); without,
+	// on TCPPort with no authentication at all (qemu+tcp: tests and
+	// loopback addresses only).
 	ListenAddr string `json:"listen_addr,omitempty"`
+	// TLS, if set, makes the listener on ListenAddr TLS only (no plain
+	// TCP listener): the daemon presents CertFile and admits a client
+	// only if its certificate is signed by CAFile and its distinguished
+	// name matches AllowedDN. Requires ListenAddr.
+	TLS *TLSConfig `json:"tls,omitempty"`
 	// StartNice, if positive, is the daemon's niceness while it starts (it
 	// uses ~0.2 s of CPU then); once it answers, every thread of the
 	// daemon goes back to niceness 0, so its QEMUs run at normal priority.
@@ -69,12 +88,134 @@ type Config struct {
 	StartNice int `json:"start_nice,omitempty"`
 }
 
-// TCPPort is libvirtd's TCP port (its default, 16509).
-const TCPPort = 16509
+// TLSConfig is a daemon's TLS listener: its server certificate and the
+// clients it admits. The files are read at Start and copied into the
+// daemon's directory (the key 0600); libvirtd reads the copies.
+type TLSConfig struct {
+	// CAFile is the CA certificate (PEM) that signs the clients'
+	// certificates, and the server's.
+	CAFile string `json:"ca_file"`
+	// CertFile and KeyFile are the daemon's certificate and key (PEM).
+	// Clients check the certificate against the address they dial, so it
+	// must name ListenAddr as an IP SAN.
+	CertFile string `json:"cert_file"`
+	KeyFile  string `json:"key_file"`
+	// AllowedDN lists the distinguished names of the clients admitted
+	// (libvirt's tls_allowed_dn_list: shell-style patterns matched
+	// against the subject as libvirt prints it, in the certificate's
+	// order, e.g. "O=Petrel,CN=petrel-site-east"; SubjectDN gives it).
+	// Required: a CA-signed certificate alone does not admit a client.
+	AllowedDN []string `json:"allowed_dn"`
+}
 
-// TCPURI is the URI of a daemon listening on addr (an IP address).
+// Ports of libvirtd's listeners (libvirt's defaults).
+const (
+	TCPPort = 16509 // qemu+tcp, no authentication
+	TLSPort = 16514 // qemu+tls
+)
+
+// TCPURI is the qemu+tcp URI of a daemon listening on addr (an IP
+// address) without TLS.
 func TCPURI(addr string) string {
 	return "qemu+tcp://" + net.JoinHostPort(addr, strconv.Itoa(TCPPort)) + "/system"
+}
+
+// TLSURI is the qemu+tls URI of a daemon listening on addr (an IP
+// address) with TLS.
+func TLSURI(addr string) string {
+	return "qemu+tls://" + net.JoinHostPort(addr, strconv.Itoa(TLSPort)) + "/system"
+}
+
+// SubjectDN is cert's subject as libvirtd matches it against
+// tls_allowed_dn_list: its attributes in the order the certificate
+// encodes them (libvirt 9.0 prints the DN with GnuTLS's compatible
+// format, the reverse of RFC 4514 and of pkix.Name.String), e.g.
+// "O=Petrel,CN=petrel-site-east" (virt-pki-query-dn prints the same).
+func SubjectDN(cert *x509.Certificate) (string, error) {
+	var seq pkix.RDNSequence
+	rest, err := asn1.Unmarshal(cert.RawSubject, &seq)
+	if err != nil {
+		return "", fmt.Errorf("libvirtd: certificate subject: %w", err)
+	}
+	if len(rest) > 0 {
+		return "", errors.New("libvirtd: certificate subject: trailing data")
+	}
+	slices.Reverse(seq) // RDNSequence.String prints the last RDN first
+	return seq.String(), nil
+}
+
+// The TLS files as the daemon sees them: Dir/etc is its /etc/libvirt.
+const (
+	pkiDir     = "etc/pki"
+	caCopy     = "cacert.pem"
+	certCopy   = "servercert.pem"
+	keyCopy    = "serverkey.pem"
+	pkiInMount = "/etc/libvirt/pki/"
+)
+
+// installTLS checks t's files (a CA, a certificate it signed and that
+// certificate's key) and copies them into dir's etc/pki, the key 0600.
+func installTLS(dir string, t *TLSConfig) error {
+	if len(t.AllowedDN) == 0 {
+		return errors.New("libvirtd: tls.allowed_dn is required (a CA-signed certificate alone admits no client)")
+	}
+	for _, dn := range t.AllowedDN {
+		if err := confString(dn); err != nil {
+			return fmt.Errorf("libvirtd: tls.allowed_dn %q: %w", dn, err)
+		}
+	}
+	ca, err := os.ReadFile(t.CAFile)
+	if err != nil {
+		return fmt.Errorf("libvirtd: tls CA: %w", err)
+	}
+	pool := x509.NewCertPool()
+	if !pool.AppendCertsFromPEM(ca) {
+		return fmt.Errorf("libvirtd: tls CA %s holds no PEM certificate", t.CAFile)
+	}
+	certPEM, err := os.ReadFile(t.CertFile)
+	if err != nil {
+		return fmt.Errorf("libvirtd: tls certificate: %w", err)
+	}
+	if fi, err := os.Stat(t.KeyFile); err != nil {
+		return fmt.Errorf("libvirtd: tls key: %w", err)
+	} else if fi.Mode().Perm()&0o077 != 0 {
+		return fmt.Errorf("libvirtd: tls key %s has mode %04o: a key must not be readable by group or others (0600)", t.KeyFile, fi.Mode().Perm())
+	}
+	keyPEM, err := os.ReadFile(t.KeyFile)
+	if err != nil {
+		return fmt.Errorf("libvirtd: tls key: %w", err)
+	}
+	pair, err := tls.X509KeyPair(certPEM, keyPEM)
+	if err != nil {
+		// The error names no key material.
+		return fmt.Errorf("libvirtd: tls certificate %s and key %s: %w", t.CertFile, t.KeyFile, err)
+	}
+	leaf, err := x509.ParseCertificate(pair.Certificate[0])
+	if err != nil {
+		return fmt.Errorf("libvirtd: tls certificate: %w", err)
+	}
+	if _, err := leaf.Verify(x509.VerifyOptions{Roots: pool, KeyUsages: []x509.ExtKeyUsage{x509.ExtKeyUsageServerAuth}}); err != nil {
+		return fmt.Errorf("libvirtd: tls certificate %s: %w", t.CertFile, err)
+	}
+	pki := filepath.Join(dir, pkiDir)
+	if err := os.MkdirAll(pki, 0o700); err != nil {
+		return err
+	}
+	if err := atomicfile.Write(filepath.Join(pki, keyCopy), keyPEM, 0o600); err != nil {
+		return err
+	}
+	if err := atomicfile.Write(filepath.Join(pki, certCopy), certPEM, 0o644); err != nil {
+		return err
+	}
+	return atomicfile.Write(filepath.Join(pki, caCopy), ca, 0o644)
+}
+
+// confString refuses what cannot sit inside a libvirtd.conf string.
+func confString(s string) error {
+	if s == "" || strings.ContainsAny(s, "\"\\") || strings.IndexFunc(s, func(r rune) bool { return r < 0x20 || r == 0x7f }) >= 0 {
+		return errors.New("empty, or holds a quote, a backslash or a control character")
+	}
+	return nil
 }
 
 // Daemon is a running libvirtd.
@@ -140,6 +281,19 @@ func Start(ctx context.Context, cfg Config) (*Daemon, error) {
 	for _, d := range mounts {
 		if err := os.MkdirAll(d[1], 0o755); err != nil {
 			return nil, err
+		}
+	}
+	if cfg.TLS != nil {
+		if cfg.ListenAddr == "" {
+			return nil, errors.New("libvirtd: tls needs listen_addr")
+		}
+		if err := installTLS(dir, cfg.TLS); err != nil {
+			return nil, err
+		}
+	}
+	if cfg.ListenAddr != "" {
+		if err := confString(cfg.ListenAddr); err != nil {
+			return nil, fmt.Errorf("libvirtd: listen_addr %q: %w", cfg.ListenAddr, err)
 		}
 	}
 	if err := os.WriteFile(filepath.Join(dir, "etc", "libvirtd.conf"), []byte(libvirtdConf(cfg)), 0o644); err != nil {
@@ -231,9 +385,25 @@ var mounts = [][2]string{
 func libvirtdConf(cfg Config) string {
 	var b strings.Builder
 	fmt.Fprintf(&b, "host_uuid = %q\n", cfg.HostUUID)
-	b.WriteString("auth_unix_ro = \"none\"\nauth_unix_rw = \"none\"\nunix_sock_rw_perms = \"0700\"\nlisten_tls = 0\n")
-	if cfg.ListenAddr != "" {
-		fmt.Fprintf(&b, "listen_tcp = 1\nlisten_addr = %q\nauth_tcp = \"none\"\n", cfg.ListenAddr)
+	b.WriteString("auth_unix_ro = \"none\"\nauth_unix_rw = \"none\"\nunix_sock_rw_perms = \"0700\"\n")
+	switch {
+	case cfg.ListenAddr == "":
+		b.WriteString("listen_tls = 0\nlisten_tcp = 0\n")
+	case cfg.TLS != nil:
+		// TLS only. The client's certificate is its authentication: it must
+		// be signed by the CA (tls_no_verify_certificate = 0) and its DN on
+		// the list; auth_tls adds no SASL on top.
+		fmt.Fprintf(&b, "listen_tls = 1\nlisten_tcp = 0\ntls_port = \"%d\"\nlisten_addr = \"%s\"\n", TLSPort, cfg.ListenAddr)
+		fmt.Fprintf(&b, "ca_file = \"%s\"\ncert_file = \"%s\"\nkey_file = \"%s\"\n",
+			pkiInMount+caCopy, pkiInMount+certCopy, pkiInMount+keyCopy)
+		b.WriteString("tls_no_verify_certificate = 0\ntls_no_sanity_certificate = 0\nauth_tls = \"none\"\n")
+		dns := make([]string, len(cfg.TLS.AllowedDN))
+		for i, dn := range cfg.TLS.AllowedDN {
+			dns[i] = `"` + dn + `"`
+		}
+		fmt.Fprintf(&b, "tls_allowed_dn_list = [%s]\n", strings.Join(dns, ", "))
+	default:
+		fmt.Fprintf(&b, "listen_tls = 0\nlisten_tcp = 1\nlisten_addr = \"%s\"\nauth_tcp = \"none\"\n", cfg.ListenAddr)
 	}
 	b.WriteString("log_outputs = \"3:file:/var/log/libvirt/libvirtd.log\"\n")
 	return b.String()

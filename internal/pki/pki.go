@@ -111,23 +111,33 @@ type Issued struct {
 	KeyPEM  []byte
 }
 
+// An IssueOption adjusts a certificate before the CA signs it.
+type IssueOption func(*x509.Certificate)
+
+// NoKeyUsage leaves out the key usage extension (so it restricts nothing),
+// for peers that apply GnuTLS-era checks, such as libvirtd: it refuses a
+// certificate whose key usage, marked critical as here, lacks
+// keyEncipherment, which RFC 5480 does not allow for the ECDSA keys this
+// CA issues. The extended key usage (server or client) stays.
+func NoKeyUsage(c *x509.Certificate) { c.KeyUsage = 0 }
+
 // IssueServer issues a server certificate for the given DNS names and IPs.
-func (ca *CA) IssueServer(commonName string, dnsNames []string, ips []net.IP, validity time.Duration) (Issued, error) {
+func (ca *CA) IssueServer(commonName string, dnsNames []string, ips []net.IP, validity time.Duration, opts ...IssueOption) (Issued, error) {
 	return ca.issue(&x509.Certificate{
 		Subject:     pkix.Name{CommonName: commonName, Organization: []string{"Petrel"}},
 		DNSNames:    dnsNames,
 		IPAddresses: ips,
 		ExtKeyUsage: []x509.ExtKeyUsage{x509.ExtKeyUsageServerAuth},
-	}, validity)
+	}, validity, opts...)
 }
 
 // IssueClient issues a client certificate whose common name is the identity
 // it is bound to (a machine identity, a site name).
-func (ca *CA) IssueClient(identity string, validity time.Duration) (Issued, error) {
+func (ca *CA) IssueClient(identity string, validity time.Duration, opts ...IssueOption) (Issued, error) {
 	return ca.issue(&x509.Certificate{
 		Subject:     pkix.Name{CommonName: identity, Organization: []string{"Petrel"}},
 		ExtKeyUsage: []x509.ExtKeyUsage{x509.ExtKeyUsageClientAuth},
-	}, validity)
+	}, validity, opts...)
 }
 
 // SignClientCSR signs a client certificate for a key that never leaves its
@@ -165,7 +175,7 @@ func (ca *CA) SignClientCSR(csrPEM []byte, identity, org string, validity time.D
 	return pemBlock("CERTIFICATE", der), tmpl.SerialNumber.Text(16), nil
 }
 
-func (ca *CA) issue(tmpl *x509.Certificate, validity time.Duration) (Issued, error) {
+func (ca *CA) issue(tmpl *x509.Certificate, validity time.Duration, opts ...IssueOption) (Issued, error) {
 	key, err := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
 	if err != nil {
 		return Issued{}, fmt.Errorf("pki: %w", err)
@@ -178,6 +188,9 @@ func (ca *CA) issue(tmpl *x509.Certificate, validity time.Duration) (Issued, err
 		tmpl.NotAfter = ca.Cert.NotAfter
 	}
 	tmpl.KeyUsage = x509.KeyUsageDigitalSignature
+	for _, o := range opts {
+		o(tmpl)
+	}
 	der, err := x509.CreateCertificate(rand.Reader, tmpl, ca.Cert, key.Public(), ca.key)
 	if err != nil {
 		return Issued{}, fmt.Errorf("pki: issue %s: %w", tmpl.Subject.CommonName, err)

@@ -66,3 +66,42 @@ func parse(t *testing.T, p []byte) *x509.Certificate {
 	}
 	return c
 }
+
+// TestNoKeyUsage: NoKeyUsage leaves out the key usage extension (libvirtd
+// refuses ECDSA certificates whose critical key usage lacks
+// keyEncipherment) and keeps the extended key usage; by default a
+// certificate has digitalSignature only.
+func TestNoKeyUsage(t *testing.T) {
+	ca, err := pki.LoadOrCreateCA(t.TempDir(), "test CA")
+	if err != nil {
+		t.Fatal(err)
+	}
+	plain, err := ca.IssueClient("a", time.Hour)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if got := parse(t, plain.CertPEM).KeyUsage; got != x509.KeyUsageDigitalSignature {
+		t.Errorf("IssueClient key usage = %v; want digitalSignature", got)
+	}
+	srv, err := ca.IssueServer("h", nil, []net.IP{net.IPv4(127, 0, 0, 1)}, time.Hour, pki.NoKeyUsage)
+	if err != nil {
+		t.Fatal(err)
+	}
+	cli, err := ca.IssueClient("a", time.Hour, pki.NoKeyUsage)
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, c := range []struct {
+		cert *x509.Certificate
+		eku  x509.ExtKeyUsage
+	}{{parse(t, srv.CertPEM), x509.ExtKeyUsageServerAuth}, {parse(t, cli.CertPEM), x509.ExtKeyUsageClientAuth}} {
+		for _, ext := range c.cert.Extensions {
+			if ext.Id.Equal([]int{2, 5, 29, 15}) {
+				t.Errorf("%s has a key usage extension; want none", c.cert.Subject)
+			}
+		}
+		if len(c.cert.ExtKeyUsage) != 1 || c.cert.ExtKeyUsage[0] != c.eku {
+			t.Errorf("%s extended key usage = %v; want [%v]", c.cert.Subject, c.cert.ExtKeyUsage, c.eku)
+		}
+	}
+}

@@ -117,7 +117,7 @@ func siteLibvirtClient(dir, site string) (*libvirtClient, error) {
 // (CN the host, SAN its mgmt address, where the site controller dials it)
 // into the host's root (pki/, the key 0600) and returns the daemon's TLS
 // settings: the lab CA, and only its own site's controller admitted.
-func hostLibvirtd(dir string, p hostPaths, host string, mgmt netip.Addr, client *libvirtClient) (*libvirtd.TLSConfig, error) {
+func hostLibvirtd(dir string, p hostPaths, site, host string, mgmt netip.Addr, client *libvirtClient) (*libvirtd.TLSConfig, error) {
 	if client == nil {
 		return nil, fmt.Errorf("lab: %s runs VMs but its site has no libvirt client certificate", host)
 	}
@@ -132,10 +132,25 @@ func hostLibvirtd(dir string, p hostPaths, host string, mgmt netip.Addr, client 
 	if err != nil {
 		return nil, err
 	}
+	// Its client identity toward the site's other hosts (peer-to-peer
+	// live migration), admitted by them as by it: hosts of its own site
+	// only.
+	peer, err := ca.IssueClient(libvirtPeerName(site, host), 365*24*time.Hour, pki.NoKeyUsage)
+	if err != nil {
+		return nil, err
+	}
 	t := &libvirtd.TLSConfig{CAFile: filepath.Join(dir, "ca", pki.CACertFile), CertFile: p.f("pki/libvirtd.crt"),
-		KeyFile: p.f("pki/libvirtd.key"), AllowedDN: []string{client.DN}}
+		KeyFile: p.f("pki/libvirtd.key"), AllowedDN: []string{client.DN, "O=Petrel,CN=" + libvirtPeerName(site, "*")},
+		PeerCertFile: p.f("pki/libvirt-peer.crt"), PeerKeyFile: p.f("pki/libvirt-peer.key")}
+	if err := peer.Write(t.PeerCertFile, t.PeerKeyFile); err != nil {
+		return nil, err
+	}
 	return t, is.Write(t.CertFile, t.KeyFile)
 }
+
+// libvirtPeerName is the common name of a hypervisor host's libvirt
+// client certificate toward its site's other hosts.
+func libvirtPeerName(site, host string) string { return "petrel-host-" + site + "-" + host }
 
 // hostsOf lists the hosts of a site of the given shape (brief §8).
 func hostsOf(sp SiteSpec, siteIdx int) []hostSpec {
@@ -267,7 +282,10 @@ func prepareHost(dir, prefix, binary string, h hostSpec, key string, siteURL str
 		if lc := h.Libvirt; lc != nil {
 			// The site's hypervisor hosts, over TLS with the controller's
 			// own certificate (docs/lab.md, Hypervisor hosts).
-			conf["compute"] = map[string]any{"libvirt_uri": "qemu+tls://{mgmt}:" + strconv.Itoa(libvirtd.TLSPort) + "/system",
+			// A live migration's source daemon reaches the destination's
+			// with its own peer certificate (libvirtd.PeerPKIPath).
+			uri := "qemu+tls://{mgmt}:" + strconv.Itoa(libvirtd.TLSPort) + "/system"
+			conf["compute"] = map[string]any{"libvirt_uri": uri, "peer_uri": uri + "?pkipath=" + libvirtd.PeerPKIPath,
 				"tls": map[string]string{"ca_file": lc.CAFile, "cert_file": lc.CertFile, "key_file": lc.KeyFile}}
 		}
 		if err := writeYAML(p.f("subcloud.yaml"), conf); err != nil {
@@ -282,7 +300,7 @@ func prepareHost(dir, prefix, binary string, h hostSpec, key string, siteURL str
 		// listening with TLS on the mgmt address only, where the site
 		// controller on any host of the site reaches it (qemu+tls, the
 		// controller's certificate admitted, no other: docs/lab.md).
-		tlsCfg, err := hostLibvirtd(dir, p, key, mgmt, h.Libvirt)
+		tlsCfg, err := hostLibvirtd(dir, p, h.Site, h.Name, mgmt, h.Libvirt)
 		if err != nil {
 			return "", err
 		}

@@ -45,6 +45,15 @@ type ComputeConfig struct {
 	// ReconcileEvery is how often the hosts' domains are compared with
 	// the records; default 2s.
 	ReconcileEvery string `json:"reconcile_every"`
+	// PeerURI is each host's libvirt URI as the other hosts' daemons
+	// reach it for a peer-to-peer live migration ({mgmt} as above);
+	// default LibvirtURI. With TLS the source daemon authenticates with
+	// its own client certificate: ?pkipath=DIR names where it is, if not
+	// in libvirt's default place.
+	PeerURI string `json:"peer_uri"`
+	// MigrationTimeout bounds a live migration (then it is aborted and
+	// the guest stays on its source); default 5m.
+	MigrationTimeout string `json:"migration_timeout"`
 }
 
 // LibvirtTLS names the files of the controller's libvirt TLS client
@@ -66,8 +75,9 @@ const (
 
 // computeSetup is a validated compute section.
 type computeSetup struct {
-	mc  compute.ManagerConfig // Connect set; Store, Images, ... not
-	uri string
+	mc      compute.ManagerConfig // Connect set; Store, Images, ... not
+	uri     string
+	peerURI string
 	tls *tls.Config // nil: qemu+tcp
 }
 
@@ -113,7 +123,8 @@ func (c *ComputeConfig) setup() (computeSetup, error) {
 		name string
 		s    string
 		to   *time.Duration
-	}{{"stop_timeout", c.StopTimeout, &cs.mc.StopTimeout}, {"reconcile_every", c.ReconcileEvery, &cs.mc.ReconcileEvery}} {
+	}{{"stop_timeout", c.StopTimeout, &cs.mc.StopTimeout}, {"reconcile_every", c.ReconcileEvery, &cs.mc.ReconcileEvery},
+		{"migration_timeout", c.MigrationTimeout, &cs.mc.MigrationTimeout}} {
 		if d.s == "" {
 			continue
 		}
@@ -122,6 +133,13 @@ func (c *ComputeConfig) setup() (computeSetup, error) {
 			return cs, fmt.Errorf("config: compute.%s %q: want a positive duration", d.name, d.s)
 		}
 		*d.to = v
+	}
+	cs.peerURI = c.PeerURI
+	if cs.peerURI == "" {
+		cs.peerURI = cs.uri
+	}
+	if !strings.Contains(cs.peerURI, "{mgmt}") {
+		return cs, fmt.Errorf("config: compute.peer_uri %q must contain {mgmt}", cs.peerURI)
 	}
 	opts := libvirt.Options{TLS: cs.tls}
 	cs.mc.Connect = func(ctx context.Context, uri string) (compute.HostConn, error) {
@@ -177,7 +195,7 @@ func (s *Subcloud) openServers(store *computedb.Store) error {
 	mc.Store = store
 	mc.Images = imageSource{store: store, files: s.ImageFiles}
 	mc.Flavors = store
-	mc.Hosts = hypervisorHosts{s: s, uri: uri}
+	mc.Hosts = hypervisorHosts{s: s, uri: uri, peerURI: cs.peerURI}
 	mc.Alarms = alarmSink{s.shell.Alarms}
 	mc.Logger = s.log
 	m, err := compute.NewManager(mc)
@@ -225,8 +243,8 @@ func (a alarmSink) Log(ctx context.Context, id, entity string, f map[string]stri
 // hypervisorHosts derives the hypervisor hosts from the inventory:
 // workers, and the controllers of simplex and duplex sites (all-in-one).
 type hypervisorHosts struct {
-	s   *Subcloud
-	uri string
+	s            *Subcloud
+	uri, peerURI string
 }
 
 // IsHypervisor reports whether h runs VMs at a site of shape.
@@ -271,8 +289,13 @@ func (hh hypervisorHosts) describe(h inventory.Host) compute.HypervisorHost {
 	for _, d := range h.Inventory.Disks {
 		hv.DiskGiB += d.SizeGiB
 	}
-	if addr := mgmtAddr(h); addr.IsValid() {
-		hv.URI = strings.ReplaceAll(hh.uri, "{mgmt}", addr.String())
+	if addr := netAddr(h, "mgmt"); addr.IsValid() {
+		hv.MgmtAddr = addr.String()
+		hv.URI = strings.ReplaceAll(hh.uri, "{mgmt}", hv.MgmtAddr)
+		hv.PeerURI = strings.ReplaceAll(hh.peerURI, "{mgmt}", hv.MgmtAddr)
+	}
+	if addr := netAddr(h, "cluster"); addr.IsValid() {
+		hv.ClusterAddr = addr.String()
 	}
 	switch {
 	case h.Administrative == inventory.Locked:
@@ -289,10 +312,11 @@ func (hh hypervisorHosts) describe(h inventory.Host) compute.HypervisorHost {
 	return hv
 }
 
-// mgmtAddr is the address of the host's NIC named mgmt, if any.
-func mgmtAddr(h inventory.Host) netip.Addr {
+// netAddr is the address of the host's NIC named after a site network
+// (mgmt, cluster), if any.
+func netAddr(h inventory.Host, network string) netip.Addr {
 	for _, n := range h.Inventory.NICs {
-		if n.Name != "mgmt" {
+		if n.Name != network {
 			continue
 		}
 		for _, a := range n.Addresses {

@@ -137,16 +137,19 @@ func (a *app) serverCmd() *cobra.Command {
 	}
 	action := func(act compute.Action, short, until string) *cobra.Command {
 		var w waitFlag
-		var hard bool
-		var image string
+		var hard, postCopy bool
+		var image, host string
 		use := string(act) + " NAME|ID"
-		if act == compute.ActionRebuild {
+		switch act {
+		case compute.ActionRebuild:
 			use += " [--image NEW]"
+		case compute.ActionMigrate:
+			use += " [--host TARGET]"
 		}
 		c := &cobra.Command{
 			Use: use, Short: short, Args: exactArgs(1, "NAME|ID"),
 			RunE: func(cmd *cobra.Command, args []string) error {
-				body := compute.ServerAction{Action: act, Hard: hard, Image: image}
+				body := compute.ServerAction{Action: act, Hard: hard, Image: image, Host: host, PostCopy: postCopy}
 				return a.serverCall(cmd, http.MethodPost, "/v1/servers/"+url.PathEscape(args[0])+"/action", body, w)
 			},
 		}
@@ -156,6 +159,9 @@ func (a *app) serverCmd() *cobra.Command {
 			c.Flags().BoolVar(&hard, "hard", false, "reset at once instead of asking the guest")
 		case compute.ActionRebuild:
 			c.Flags().StringVar(&image, "image", "", "the image to rebuild on (default: the server's own)")
+		case compute.ActionMigrate:
+			c.Flags().StringVar(&host, "host", "", "the destination (default: the scheduler picks one)")
+			c.Flags().BoolVar(&postCopy, "post-copy", false, "allow post-copy (the VM is lost if the destination fails during it)")
 		}
 		return c
 	}
@@ -234,6 +240,7 @@ func (a *app) serverCmd() *cobra.Command {
 		action(compute.ActionStart, "Start a stopped server", "active"),
 		action(compute.ActionReboot, "Reboot a server", "active"),
 		action(compute.ActionRebuild, "Rebuild a server's disk from an image (same ID, host and flavor)", "rebuilt"),
+		action(compute.ActionMigrate, "Live-migrate a running server to another host (admin); server show reports its progress", "migrated"),
 		del, console, stats)
 }
 

@@ -106,7 +106,19 @@ type TLSConfig struct {
 	// order, e.g. "O=Petrel,CN=petrel-site-east"; SubjectDN gives it).
 	// Required: a CA-signed certificate alone does not admit a client.
 	AllowedDN []string `json:"allowed_dn"`
+	// PeerCertFile and PeerKeyFile, if set, are the daemon's own client
+	// certificate for the other hosts' daemons (peer-to-peer live
+	// migration: this daemon connects to the destination's). They are
+	// installed where PeerPKIPath points, with the CA, as libvirt's
+	// pkipath wants them.
+	PeerCertFile string `json:"peer_cert_file,omitempty"`
+	PeerKeyFile  string `json:"peer_key_file,omitempty"`
 }
+
+// PeerPKIPath is where a daemon with TLSConfig.PeerCertFile finds its
+// client identity, as its mount namespace shows it: the pkipath to put in
+// a peer-to-peer migration's destination URI.
+const PeerPKIPath = pkiInMount + "peer"
 
 // Ports of libvirtd's listeners (libvirt's defaults).
 const (
@@ -207,7 +219,53 @@ func installTLS(dir string, t *TLSConfig) error {
 	if err := atomicfile.Write(filepath.Join(pki, certCopy), certPEM, 0o644); err != nil {
 		return err
 	}
-	return atomicfile.Write(filepath.Join(pki, caCopy), ca, 0o644)
+	if err := atomicfile.Write(filepath.Join(pki, caCopy), ca, 0o644); err != nil {
+		return err
+	}
+	if t.PeerCertFile == "" && t.PeerKeyFile == "" {
+		return nil
+	}
+	return installPeer(filepath.Join(pki, "peer"), t, ca, pool)
+}
+
+// installPeer checks the daemon's client certificate for its peers and
+// copies it, its key (0600) and the CA into dir as libvirt's pkipath
+// wants them (clientcert.pem, clientkey.pem, cacert.pem).
+func installPeer(dir string, t *TLSConfig, ca []byte, pool *x509.CertPool) error {
+	if fi, err := os.Stat(t.PeerKeyFile); err != nil {
+		return fmt.Errorf("libvirtd: tls peer key: %w", err)
+	} else if fi.Mode().Perm()&0o077 != 0 {
+		return fmt.Errorf("libvirtd: tls peer key %s has mode %04o: a key must not be readable by group or others (0600)", t.PeerKeyFile, fi.Mode().Perm())
+	}
+	certPEM, err := os.ReadFile(t.PeerCertFile)
+	if err != nil {
+		return fmt.Errorf("libvirtd: tls peer certificate: %w", err)
+	}
+	keyPEM, err := os.ReadFile(t.PeerKeyFile)
+	if err != nil {
+		return fmt.Errorf("libvirtd: tls peer key: %w", err)
+	}
+	pair, err := tls.X509KeyPair(certPEM, keyPEM)
+	if err != nil {
+		return fmt.Errorf("libvirtd: tls peer certificate %s and key %s: %w", t.PeerCertFile, t.PeerKeyFile, err)
+	}
+	leaf, err := x509.ParseCertificate(pair.Certificate[0])
+	if err != nil {
+		return fmt.Errorf("libvirtd: tls peer certificate: %w", err)
+	}
+	if _, err := leaf.Verify(x509.VerifyOptions{Roots: pool, KeyUsages: []x509.ExtKeyUsage{x509.ExtKeyUsageClientAuth}}); err != nil {
+		return fmt.Errorf("libvirtd: tls peer certificate %s: %w", t.PeerCertFile, err)
+	}
+	if err := os.MkdirAll(dir, 0o700); err != nil {
+		return err
+	}
+	if err := atomicfile.Write(filepath.Join(dir, "clientkey.pem"), keyPEM, 0o600); err != nil {
+		return err
+	}
+	if err := atomicfile.Write(filepath.Join(dir, "clientcert.pem"), certPEM, 0o644); err != nil {
+		return err
+	}
+	return atomicfile.Write(filepath.Join(dir, "cacert.pem"), ca, 0o644)
 }
 
 // confString refuses what cannot sit inside a libvirtd.conf string.

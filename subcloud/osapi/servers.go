@@ -570,8 +570,8 @@ type RebuildRequest struct {
 	Name     string `json:"name,omitempty"`
 }
 
-// serverAction starts os-start, os-stop, reboot or rebuild (202; rebuild
-// answers with the server).
+// serverAction starts os-start, os-stop, reboot, rebuild or
+// os-migrateLive (202; rebuild answers with the server).
 func (o *api) serverAction(r *http.Request, v microversion) (int, any, error) {
 	ctx := r.Context()
 	var body map[string]json.RawMessage
@@ -628,8 +628,23 @@ func (o *api) serverAction(r *http.Request, v microversion) (int, any, error) {
 			return 0, nil, errs.Field("imageRef", "Image %s is not active.", rb.ImageRef)
 		}
 		act.Action, act.Image = compute.ActionRebuild, im.ID
+	case "os-migrateLive":
+		// {"host": name or null, "block_migration": bool|"auto", ...}:
+		// Petrel's migration is always a live block migration of the
+		// instance's overlay (hosts share no storage), so
+		// block_migration and disk_over_commit are accepted as given.
+		var ml struct {
+			Host *string `json:"host"`
+		}
+		if err := json.Unmarshal(raw, &ml); err != nil {
+			return 0, nil, errs.Field("os-migrateLive", "must be an object")
+		}
+		act.Action = compute.ActionMigrate
+		if ml.Host != nil {
+			act.Host = *ml.Host
+		}
 	default:
-		return 0, nil, errs.Wrapf(errs.Invalid, "action %s is not supported (supported: os-start, os-stop, reboot, rebuild)", name)
+		return 0, nil, errs.Wrapf(errs.Invalid, "action %s is not supported (supported: os-start, os-stop, reboot, rebuild, os-migrateLive)", name)
 	}
 	out, err := o.d.Servers.Act(ctx, sv.ID, act)
 	if err != nil {

@@ -304,8 +304,13 @@ func prepareHost(dir, prefix, binary string, h hostSpec, key string, siteURL str
 		if err != nil {
 			return "", err
 		}
+		// Live migrations come in on the cluster network.
+		cluster, err := hostnet.Addr(hostnet.Cluster, h.SiteIndex, h.Index)
+		if err != nil {
+			return "", err
+		}
 		if err := writeYAML(p.f("libvirtd.yaml"), libvirtd.Config{Dir: p.f("libvirt"), HostUUID: id,
-			ListenAddr: mgmt.String(), TLS: tlsCfg, StartNice: 10}); err != nil {
+			ListenAddr: mgmt.String(), MigrationAddr: cluster.String(), TLS: tlsCfg, StartNice: 10}); err != nil {
 			return "", err
 		}
 		services = append(services, hostinit.Service{Name: "libvirtd", Args: []string{"libvirtd", "--config", p.f("libvirtd.yaml")}})

@@ -75,6 +75,11 @@ type Config struct {
 	// on TCPPort with no authentication at all (qemu+tcp: tests and
 	// loopback addresses only).
 	ListenAddr string `json:"listen_addr,omitempty"`
+	// MigrationAddr, if set, is where incoming live migrations (memory
+	// and the disk copy) are taken instead of ListenAddr: the host's
+	// cluster network address, so migrations stay off the management
+	// network.
+	MigrationAddr string `json:"migration_addr,omitempty"`
 	// TLS, if set, makes the listener on ListenAddr TLS only (no plain
 	// TCP listener): the daemon presents CertFile and admits a client
 	// only if its certificate is signed by CAFile and its distinguished
@@ -353,6 +358,9 @@ func Start(ctx context.Context, cfg Config) (*Daemon, error) {
 		if err := confString(cfg.ListenAddr); err != nil {
 			return nil, fmt.Errorf("libvirtd: listen_addr %q: %w", cfg.ListenAddr, err)
 		}
+		if cfg.MigrationAddr != "" && net.ParseIP(cfg.MigrationAddr) == nil {
+			return nil, fmt.Errorf("libvirtd: migration_addr %q is not an IP address", cfg.MigrationAddr)
+		}
 	}
 	if err := os.WriteFile(filepath.Join(dir, "etc", "libvirtd.conf"), []byte(libvirtdConf(cfg)), 0o644); err != nil {
 		return nil, err
@@ -467,12 +475,21 @@ func libvirtdConf(cfg Config) string {
 	return b.String()
 }
 
+// migrationAddr is where incoming migrations (memory, and the NBD server
+// of a block migration) are taken.
+func (cfg Config) migrationAddr() string {
+	if cfg.MigrationAddr != "" {
+		return cfg.MigrationAddr
+	}
+	return cfg.ListenAddr
+}
+
 func qemuConf(cfg Config) string {
 	var b strings.Builder
 	b.WriteString("user = \"root\"\ngroup = \"root\"\ndynamic_ownership = 0\nremember_owner = 0\n")
 	b.WriteString("security_driver = \"none\"\nstdio_handler = \"file\"\ncgroup_controllers = [ ]\n")
-	if cfg.ListenAddr != "" {
-		fmt.Fprintf(&b, "migration_address = %q\nmigration_host = %q\n", cfg.ListenAddr, cfg.ListenAddr)
+	if addr := cfg.migrationAddr(); addr != "" {
+		fmt.Fprintf(&b, "migration_address = %q\nmigration_host = %q\n", addr, addr)
 	}
 	return b.String()
 }

@@ -143,6 +143,9 @@ type Manager struct {
 	baseMu  map[string]*sync.Mutex // by host+checksum
 	boots   map[string]string      // host -> boot ID when last reconciled
 	dialErr map[string]string      // host -> why its last connection attempt failed
+	// draining are hosts being evacuated: no new server or migration
+	// lands there.
+	draining map[string]bool
 }
 
 type hostConn struct {
@@ -176,7 +179,7 @@ func NewManager(cfg ManagerConfig) (*Manager, error) {
 	}
 	return &Manager{cfg: cfg, log: cfg.Logger.With("component", "compute"), conns: map[string]*hostConn{},
 		running: map[string]bool{}, wake: make(chan struct{}, 1), baseMu: map[string]*sync.Mutex{}, boots: map[string]string{},
-		dialErr: map[string]string{}}, nil
+		dialErr: map[string]string{}, draining: map[string]bool{}}, nil
 }
 
 // Run resumes every task a restart interrupted, then reconciles until ctx
@@ -298,10 +301,7 @@ func (m *Manager) CreateServer(ctx context.Context, req CreateServer) (Server, e
 	if err != nil {
 		return Server{}, err
 	}
-	cands := make([]Candidate, len(hosts))
-	for i, h := range hosts {
-		cands[i] = Candidate{Host: h.Name, Down: h.Down, VCPUs: h.VCPUs, MemoryMiB: h.MemoryMiB, DiskGiB: h.DiskGiB}
-	}
+	cands := m.candidates(hosts, "")
 	sv.Host, err = Schedule(m.cfg.Scheduler, ScheduleRequest{Flavor: sv.Flavor, Host: req.Host, Group: group}, cands, all)
 	if err != nil {
 		return Server{}, err
@@ -334,6 +334,30 @@ func ownerProject(ctx context.Context, want string) (string, error) {
 		return "", err
 	}
 	return want, nil
+}
+
+// candidates are the hosts as the scheduler sees them, but skip; a host
+// being evacuated is down.
+func (m *Manager) candidates(hosts []HypervisorHost, skip string) []Candidate {
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	var out []Candidate
+	for _, h := range hosts {
+		if h.Name == skip {
+			continue
+		}
+		c := Candidate{Host: h.Name, Down: h.Down, VCPUs: h.VCPUs, MemoryMiB: h.MemoryMiB, DiskGiB: h.DiskGiB}
+		if c.Down == "" && m.draining[h.Name] {
+			c.Down = "being evacuated"
+		}
+		out = append(out, c)
+	}
+	return out
+}
+
+// pageAll asks a store for every row (a site holds hundreds of servers).
+func pageAll(filters map[string]string) page.Options {
+	return page.Options{Limit: 1 << 20, Filters: filters}
 }
 
 // fieldNotFound turns a not-found into a 400 on field; other errors pass.

@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"strings"
 	"time"
 
 	"github.com/petrel-edge/petrel/internal/errs"
@@ -45,13 +46,7 @@ func (m *Manager) startMigration(ctx context.Context, sv Server, a ServerAction)
 	if a.Host == sv.Host {
 		return Server{}, errs.Field("host", "server %s is on %s already", sv.Name, sv.Host)
 	}
-	var cands []Candidate
-	for _, h := range hosts {
-		if h.Name == sv.Host {
-			continue
-		}
-		cands = append(cands, Candidate{Host: h.Name, Down: h.Down, VCPUs: h.VCPUs, MemoryMiB: h.MemoryMiB, DiskGiB: h.DiskGiB})
-	}
+	cands := m.candidates(hosts, sv.Host)
 	var group *ServerGroup
 	if sv.Group != "" {
 		g, err := m.cfg.Store.ServerGroup(ctx, sv.Group, "")
@@ -345,3 +340,100 @@ func (m *Manager) saveMigration(ctx context.Context, sv Server, change func(*Mig
 		return saved, err
 	}
 }
+
+// EvacuateParallel is how many servers an evacuation moves at once.
+const EvacuateParallel = 2
+
+// Evacuate live-migrates every running server off host (the scheduler
+// picks each destination, anti-affinity and capacity included), at most
+// EvacuateParallel at a time, and keeps new servers and migrations off the
+// host until release is called: the caller locks the host, then releases.
+// Servers that are stopped or failed stay (they do not run). If a server
+// cannot move, the error names it and why; the others have moved.
+func (m *Manager) Evacuate(ctx context.Context, host string) (release func(), err error) {
+	m.mu.Lock()
+	if m.draining[host] {
+		m.mu.Unlock()
+		return func() {}, fmt.Errorf("%w: host %s is being evacuated already", ErrServerState, host)
+	}
+	m.draining[host] = true
+	m.mu.Unlock()
+	release = func() {
+		m.mu.Lock()
+		delete(m.draining, host)
+		m.mu.Unlock()
+	}
+	all, _, err := m.cfg.Store.Servers(ctx, pageAll(map[string]string{"host": host}))
+	if err != nil {
+		return release, err
+	}
+	var moving []Server
+	for _, sv := range all {
+		if sv.Task != TaskNone && sv.Task != TaskMigrating {
+			return release, fmt.Errorf("%w: server %s on %s is busy (%s): try again when it is done", ErrServerState, sv.Name, host, sv.Task)
+		}
+		if sv.Status == ServerActive || sv.Status == ServerMigrating || sv.Status == ServerBuilding {
+			moving = append(moving, sv)
+		}
+	}
+	start := time.Now()
+	sem := make(chan struct{}, EvacuateParallel)
+	errc := make(chan error, len(moving))
+	for _, sv := range moving {
+		sem <- struct{}{}
+		go func() {
+			defer func() { <-sem }()
+			errc <- m.moveOff(ctx, sv, host)
+		}()
+	}
+	var failed []string
+	for range moving {
+		if err := <-errc; err != nil {
+			failed = append(failed, err.Error())
+		}
+	}
+	if len(failed) > 0 {
+		return release, fmt.Errorf("%w: %d of %d servers could not leave %s: %s", ErrServerState, len(failed), len(moving), host,
+			joinReasons(failed))
+	}
+	m.log.Info("host evacuated", "host", host, "servers", len(moving), "took", time.Since(start).Round(time.Millisecond).String())
+	return release, nil
+}
+
+// moveOff live-migrates sv off host and waits for the outcome.
+func (m *Manager) moveOff(ctx context.Context, sv Server, host string) error {
+	if sv.Task == TaskNone {
+		if sv.Status == ServerBuilding {
+			return fmt.Errorf("%s is still building", sv.Name)
+		}
+		if _, err := m.Act(ctx, sv.ID, ServerAction{Action: ActionMigrate}); err != nil {
+			return fmt.Errorf("%s: %v", sv.Name, err)
+		}
+	}
+	for {
+		cur, err := m.cfg.Store.Server(ctx, sv.ID, "")
+		if errors.Is(err, ErrServerNotFound) {
+			return nil // deleted meanwhile: it left
+		}
+		if err != nil {
+			return fmt.Errorf("%s: %v", sv.Name, err)
+		}
+		if cur.Task == TaskNone {
+			if cur.Host == host {
+				reason := "it did not move"
+				if cur.Migration != nil && cur.Migration.Reason != "" {
+					reason = cur.Migration.Reason
+				}
+				return fmt.Errorf("%s: %s", sv.Name, reason)
+			}
+			return nil
+		}
+		select {
+		case <-ctx.Done():
+			return ctx.Err()
+		case <-time.After(200 * time.Millisecond):
+		}
+	}
+}
+
+func joinReasons(rs []string) string { return strings.Join(rs, "; ") }

@@ -58,6 +58,20 @@ func (s *Subcloud) hostAction(r *http.Request) (int, any, error) {
 			if err := s.lastController(ctx, h); err != nil {
 				return 0, nil, err
 			}
+			// A hypervisor host is emptied first: every running server
+			// is live-migrated away (the lock fails, naming the servers
+			// that could not move, and the host stays unlocked); nothing
+			// new lands on it until it is locked. The evacuation goes on
+			// if the caller goes away. force-lock skips it.
+			if IsHypervisor(s.cfg.Shape, h) {
+				ectx, cancel := context.WithTimeout(context.WithoutCancel(ctx), 30*time.Minute)
+				defer cancel()
+				release, err := s.servers.Evacuate(ectx, h.Name)
+				defer release()
+				if err != nil {
+					return 0, nil, fmt.Errorf("cannot lock %s: %w (force-lock locks without moving them)", h.Name, err)
+				}
+			}
 		}
 		h, err = s.setAdmin(ctx, h.UUID, inventory.Locked)
 	case "unlock":

@@ -51,6 +51,8 @@ func guestHealthy(t *testing.T, what, out string) []int {
 // new boot, no kernel memory errors), refuses bad targets, and powers the
 // destination off in the middle of a migration: the guest stays on its
 // source, the migration is failed with 700.003, no duplicate appears.
+// Locking a hypervisor host evacuates it, and fails (host unlocked) when
+// a server cannot move.
 func TestLiveMigrationInTheLab(t *testing.T) {
 	if err := libvirtd.Installed(); err != nil {
 		if os.Getenv("CI") == "true" {
@@ -158,6 +160,40 @@ func TestLiveMigrationInTheLab(t *testing.T) {
 		t.Fatalf("migration back: %+v %+v", sv, sv.Migration)
 	}
 	guestHealthy(t, "after migrating back", console("vm-m"))
+
+	// Locking a hypervisor host moves its servers away first. With a
+	// member of an anti-affinity group on each host, one cannot move:
+	// the lock fails naming it, the host stays unlocked.
+	site.ok("server", "migrate", "vm-m", "--host", "controller-1", "--wait")
+	site.ok("server-group", "create", "ha", "--policy", "anti-affinity")
+	site.ok("server", "create", "ha-0", "--image", "petrel-test", "--flavor", "m1.tiny", "--group", "ha", "--host", "controller-0", "--wait")
+	site.ok("server", "create", "ha-1", "--image", "petrel-test", "--flavor", "m1.tiny", "--group", "ha", "--host", "controller-1", "--wait")
+	if errOut := site.exit(1, "host", "lock", "controller-1"); !strings.Contains(errOut, "ha-1") || !strings.Contains(errOut, "anti-affinity") {
+		t.Errorf("lock with an unmovable server: %s", errOut)
+	}
+	if out := site.ok("host", "show", "controller-1", "-o", "json"); !strings.Contains(out, `"unlocked"`) {
+		t.Errorf("a failed lock locked the host:\n%s", out)
+	}
+	site.ok("server", "delete", "ha-1", "--wait")
+	start = time.Now()
+	site.ok("host", "lock", "controller-1")
+	t.Logf("lock with evacuation of 1 server: %s", time.Since(start).Round(time.Millisecond))
+	if sv = show("vm-m"); sv.Host != "controller-0" || sv.Status != "active" {
+		t.Errorf("after locking controller-1: %+v", sv)
+	}
+	guestHealthy(t, "after the evacuation", console("vm-m"))
+	if errOut := site.exit(1, "server", "migrate", "vm-m", "--host", "controller-1"); !strings.Contains(errOut, "locked") {
+		t.Errorf("migrating to a locked host: %s", errOut)
+	}
+	site.ok("host", "unlock", "controller-1")
+	deadline = time.Now().Add(60 * time.Second)
+	for !strings.Contains(site.ok("hypervisor", "list"), "controller-1  up     enabled") {
+		if time.Now().After(deadline) {
+			t.Fatalf("controller-1 not enabled after unlock:\n%s", site.ok("hypervisor", "list"))
+		}
+		time.Sleep(300 * time.Millisecond)
+	}
+	site.ok("server", "delete", "ha-0", "--wait")
 
 	// The destination (not controller-0: it runs the site controller)
 	// powers off in the middle of a migration.

@@ -49,6 +49,10 @@ type Variant string
 const (
 	Test   Variant = "petrel-test"
 	TestV2 Variant = "petrel-test-v2"
+	// Busy is petrel-test that also dirties 32 MiB of its memory over
+	// and over (a tmpfs file rewritten in a loop): the memory-dirtying
+	// guest of the live-migration benchmark. Not seeded by the lab.
+	Busy Variant = "petrel-test-busy"
 )
 
 // Variants lists every image Build can make.
@@ -68,6 +72,8 @@ func (v Variant) Version() (string, error) {
 		return "v1", nil
 	case TestV2:
 		return "v2", nil
+	case Busy:
+		return "busy", nil
 	}
 	return "", fmt.Errorf("%w: %q", ErrUnknownVariant, string(v))
 }
@@ -164,7 +170,7 @@ func (b *Builder) Build(ctx context.Context, variant Variant) (string, error) {
 		return "", err
 	}
 	syslinuxBin, _ := exec.LookPath("syslinux")
-	init := initScript(ver)
+	init := initScript(ver, variant == Busy)
 	h := sha256.New()
 	fmt.Fprintf(h, "%s\x00%s\x00%s\x00%s\x00%s\x00", builderVersion, ver, init, syslinuxCfg, strings.Join(modules, ","))
 	// A Debian .deb's file name carries its package, version and
@@ -334,7 +340,11 @@ const powerButton = "#!/bin/sh\necho GUEST-POWEROFF\nsync; umount /mnt; poweroff
 // initScript is the initramfs's /init: load the drivers, print the banner,
 // mount the disk (whole disk or partition 1), create or check the instance
 // data, then print and record a heartbeat every second.
-func initScript(ver string) string {
+func initScript(ver string, busy bool) string {
+	dirty := ""
+	if busy {
+		dirty = "(while true; do dd if=/dev/urandom of=/tmp/dirty bs=1M count=32 2>/dev/null; done) &\necho DIRTYING-MEMORY\n"
+	}
 	return "#!/bin/sh\nIMAGE_VERSION=" + ver + "\n" + `mount -t proc proc /proc; mount -t sysfs sys /sys; mount -t devtmpfs dev /dev; mount -t tmpfs -o size=48m tmp /tmp
 for m in $(cat /lib/modules/order); do insmod /lib/modules/$m.ko 2>/dev/null; done
 acpid -c /etc/acpi -l /dev/console
@@ -347,7 +357,7 @@ if [ -n "$D" ] && mount -t vfat -o flush $D /mnt; then
   else dd if=/dev/urandom of=/mnt/data.bin bs=1M count=4 2>/dev/null
        echo "first-boot md5=$(md5sum /mnt/data.bin | cut -d' ' -f1)" > /mnt/INSTANCE; sync; echo "INSTANCE-CREATED $(cat /mnt/INSTANCE)"; fi
 else echo "DISK-MISSING"; D=; fi
-i=0; while true; do i=$((i+1)); echo "HEARTBEAT $IMAGE_VERSION $i up=$(cut -d' ' -f1 /proc/uptime)"; [ -n "$D" ] && { echo $i > /mnt/HB; sync; }; sleep 1; done
+` + dirty + `i=0; while true; do i=$((i+1)); echo "HEARTBEAT $IMAGE_VERSION $i up=$(cut -d' ' -f1 /proc/uptime)"; [ -n "$D" ] && { echo $i > /mnt/HB; sync; }; sleep 1; done
 `
 }
 

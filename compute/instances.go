@@ -95,9 +95,10 @@ type Alarms interface {
 
 // Instance alarm and log IDs.
 const (
-	AlarmInstanceFailed  = "700.001"
-	AlarmInstanceStopped = "700.004"
-	LogInstance          = "700.101"
+	AlarmInstanceFailed     = "700.001"
+	AlarmInstanceStopped    = "700.004"
+	AlarmInstanceEvacuating = "700.002"
+	LogInstance             = "700.101"
 )
 
 // ManagerConfig configures a Manager.
@@ -1002,6 +1003,13 @@ func (m *Manager) run(ctx context.Context, sv Server) (Server, error) {
 		return m.launched(sv), nil
 	case TaskMigrating:
 		return m.migrate(ctx, sv)
+	case TaskEvacuating:
+		err := m.withHost(ctx, sv.Host, func(c HostConn) error { return m.build(ctx, c, sv, true) })
+		m.clear(ctx, AlarmInstanceEvacuating, "instance="+sv.ID)
+		if err != nil {
+			return sv, err
+		}
+		return m.launched(sv), nil
 	case TaskDeleting:
 		err := m.withHost(ctx, sv.Host, func(c HostConn) error {
 			if err := c.Destroy(ctx, sv.ID); err != nil && !errors.Is(err, ErrNotFound) {
@@ -1130,9 +1138,12 @@ func (m *Manager) reconcileHost(ctx context.Context, h HypervisorHost, servers [
 			if sv.Task != TaskNone || sv.Status == ServerError || (sv.Status == ServerShutoff && sv.Fault != faultUnrequested) {
 				continue
 			}
-			m.observe(ctx, sv, func(sv *Server) {
+			sv, ok := m.observe(ctx, sv, func(sv *Server) {
 				sv.Status, sv.Power, sv.Fault = ServerError, StateUnknown, faultHostLost+h.Name+" is "+h.Down
 			})
+			if ok {
+				m.evacuate(ctx, sv, h)
+			}
 		}
 		return nil
 	}

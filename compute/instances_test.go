@@ -779,15 +779,24 @@ func TestHostLostAndBack(t *testing.T) {
 	s.logs = nil
 	s.mu.Unlock()
 	s.setHost("compute-0", func(hh *compute.HypervisorHost) { hh.BootID = "boot-2" })
+	// (The reconciler may see the domain stopped before the new boot ID:
+	// then shutoff first, and error with the host after.)
+	deadline = time.Now().Add(10 * time.Second)
+	for {
+		s.mu.Lock()
+		logs := strings.Join(s.logs, "\n")
+		s.mu.Unlock()
+		if strings.Contains(logs, "-> error on compute-0: host lost: compute-0 restarted") && strings.Contains(logs, "error -> shutoff") {
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("after a restart between looks; logs:\n%s", logs)
+		}
+		time.Sleep(5 * time.Millisecond)
+	}
 	got = waitFor(t, m, sv.ID, "shutoff after the restart", idle(compute.ServerShutoff))
 	waitAlarm(t, s, compute.AlarmInstanceStopped, ent, true)
-	s.mu.Lock()
-	logs := strings.Join(s.logs, "\n")
-	s.mu.Unlock()
-	if !strings.Contains(logs, "active -> error on compute-0: host lost: compute-0 restarted") ||
-		!strings.Contains(logs, "error -> shutoff") || !s.alarm(compute.AlarmInstanceStopped, ent) || s.alarm(compute.AlarmInstanceFailed, ent) {
-		t.Errorf("after a restart between looks: %+v; logs:\n%s", got, logs)
-	}
+	waitAlarm(t, s, compute.AlarmInstanceFailed, ent, false)
 
 	// Deleted while its host is lost: the record goes at once, the domain
 	// when the host returns.
@@ -985,4 +994,51 @@ func TestLiveMigration(t *testing.T) {
 	}
 	got = waitFor(t, m, sv.ID, "migrated back", func(sv compute.Server) bool { return idle(compute.ServerActive)(sv) && sv.Host == "compute-0" })
 	waitAlarm(t, s, compute.AlarmMigrationFailed, ent, false)
+}
+
+func TestLostHostServersRebuiltElsewhere(t *testing.T) {
+	m, s := newSite(t, "compute-0", "compute-1")
+	ctx := context.Background()
+	h0, h1 := s.fake["fake://compute-0"], s.fake["fake://compute-1"]
+	sv, err := m.CreateServer(ctx, compute.CreateServer{Name: "vm1", Image: "img1", Flavor: "small", Host: "compute-0"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	waitFor(t, m, sv.ID, "active", idle(compute.ServerActive))
+	h0.setDown(true)
+	h0.mu.Lock()
+	h0.doms[sv.ID].state = compute.StateShutoff
+	h0.mu.Unlock()
+	s.setHost("compute-0", func(h *compute.HypervisorHost) { h.Down, h.Lost = "failed", true })
+	got := waitFor(t, m, sv.ID, "rebuilt on compute-1", func(sv compute.Server) bool {
+		return idle(compute.ServerActive)(sv) && sv.Host == "compute-1"
+	})
+	if st, _, ok := h1.domState(sv.ID); !ok || st != compute.StateRunning || h1.created[sv.ID] != 1 {
+		t.Errorf("on compute-1: %v %v, files made %d times", st, ok, h1.created[sv.ID])
+	}
+	ent := "instance=" + sv.ID
+	waitAlarm(t, s, compute.AlarmInstanceEvacuating, ent, false)
+	waitAlarm(t, s, compute.AlarmInstanceFailed, ent, false)
+	s.mu.Lock()
+	logs := strings.Join(s.logs, "\n")
+	s.mu.Unlock()
+	if !strings.Contains(logs, "rebuilding on compute-1 from image img1") {
+		t.Errorf("no log of the rebuild: %s", logs)
+	}
+	// compute-0 returns with the old, stopped copy: removed.
+	h0.setDown(false)
+	s.setHost("compute-0", func(h *compute.HypervisorHost) { h.Down, h.Lost = "", false })
+	deadline := time.Now().Add(10 * time.Second)
+	for {
+		if _, _, ok := h0.domState(sv.ID); !ok {
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatal("the lost host's stopped copy was not removed when it returned")
+		}
+		time.Sleep(5 * time.Millisecond)
+	}
+	if got.Status != compute.ServerActive {
+		t.Errorf("server %+v", got)
+	}
 }

@@ -437,3 +437,54 @@ func (m *Manager) moveOff(ctx context.Context, sv Server, host string) error {
 }
 
 func joinReasons(rs []string) string { return strings.Join(rs, "; ") }
+
+// evacuate rebuilds a server that was running on a lost host on another
+// host, from its image: its disk changes since it was built are lost (the
+// hosts share no storage). The scheduler picks the host (capacity,
+// anti-affinity); if none fits the server stays in error on its host and
+// waits for it. The copy left on the lost host is removed by the
+// reconciler when that host returns.
+func (m *Manager) evacuate(ctx context.Context, sv Server, lost HypervisorHost) {
+	if !strings.HasPrefix(sv.Fault, faultHostLost) || sv.LaunchedAt == nil {
+		return
+	}
+	m.placeMu.Lock()
+	defer m.placeMu.Unlock()
+	hosts, err := m.cfg.Hosts.HypervisorHosts(ctx)
+	if err != nil {
+		return
+	}
+	all, err := m.cfg.Store.AllServers(ctx)
+	if err != nil {
+		return
+	}
+	var group *ServerGroup
+	if sv.Group != "" {
+		if g, err := m.cfg.Store.ServerGroup(ctx, sv.Group, ""); err == nil {
+			group = &g
+		}
+	}
+	others := make([]Server, 0, len(all))
+	for _, o := range all {
+		if o.ID != sv.ID {
+			others = append(others, o)
+		}
+	}
+	dest, err := Schedule(m.cfg.Scheduler, ScheduleRequest{Flavor: sv.Flavor, Group: group}, m.candidates(hosts, lost.Name), others)
+	if err != nil {
+		m.log.Warn("a lost host's server cannot be rebuilt elsewhere: it waits for its host", "server", sv.Name, "host", lost.Name, "err", err)
+		return
+	}
+	from := sv.Host
+	sv.Host, sv.Task = dest, TaskEvacuating
+	saved, err := m.cfg.Store.UpdateServer(ctx, sv)
+	if err != nil {
+		return
+	}
+	ent := "instance=" + sv.ID
+	m.raise(ctx, AlarmInstanceEvacuating, ent, map[string]string{"instance": sv.Name, "host": from})
+	m.alarmLog(ctx, ent, map[string]string{"instance": sv.Name,
+		"action": fmt.Sprintf("rebuilding on %s from image %s: its host %s is %s (disk changes since it was built are lost)", dest, sv.ImageName, from, lost.Down)})
+	m.log.Warn("rebuilding a lost host's server elsewhere", "server", sv.Name, "from", from, "to", dest)
+	m.drive(saved.ID)
+}

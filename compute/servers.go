@@ -98,6 +98,9 @@ const (
 	TaskRebuilding    Task = "rebuilding"
 	TaskDeleting      Task = "deleting"
 	TaskMigrating     Task = "migrating"
+	// TaskEvacuating rebuilds a server of a failed host on another host
+	// from its image.
+	TaskEvacuating Task = "evacuating"
 )
 
 // Action is an operation a caller asks of a server.

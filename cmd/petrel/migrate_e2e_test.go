@@ -177,7 +177,7 @@ func TestLiveMigrationInTheLab(t *testing.T) {
 	site.ok("server", "delete", "ha-1", "--wait")
 	start = time.Now()
 	site.ok("host", "lock", "controller-1")
-	t.Logf("lock with evacuation of 1 server: %s", time.Since(start).Round(time.Millisecond))
+	t.Logf("lock (vm-m had moved during the refused lock): %s", time.Since(start).Round(time.Millisecond))
 	if sv = show("vm-m"); sv.Host != "controller-0" || sv.Status != "active" {
 		t.Errorf("after locking controller-1: %+v", sv)
 	}

@@ -1042,3 +1042,48 @@ func TestLostHostServersRebuiltElsewhere(t *testing.T) {
 		t.Errorf("server %+v", got)
 	}
 }
+
+// A site controller restarted mid-migration resumes the task and decides
+// by where the guest runs: the job finished while it was down.
+func TestMigrationResumedAfterRestart(t *testing.T) {
+	m, s := newSite(t, "compute-0", "compute-1")
+	ctx := context.Background()
+	h0, h1 := s.fake["fake://compute-0"], s.fake["fake://compute-1"]
+	sv, err := m.CreateServer(ctx, compute.CreateServer{Name: "vm1", Image: "img1", Flavor: "small", Host: "compute-0"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	sv = waitFor(t, m, sv.ID, "active", idle(compute.ServerActive))
+	// What a controller killed in the copy phase leaves: the record
+	// migrating, the job done in the daemons (the guest on compute-1).
+	h0.mu.Lock()
+	d := h0.doms[sv.ID]
+	h0.mu.Unlock()
+	if _, err := h1.CreateInstanceFiles(ctx, sv.ID, h0.files[sv.ID], compute.FormatRaw); err != nil {
+		h1.mu.Lock()
+		h1.bases[h0.files[sv.ID]] = []byte("x")
+		h1.mu.Unlock()
+		if _, err := h1.CreateInstanceFiles(ctx, sv.ID, h0.files[sv.ID], compute.FormatRaw); err != nil {
+			t.Fatal(err)
+		}
+	}
+	h1.mu.Lock()
+	h1.doms[sv.ID] = &fakeDom{spec: d.spec, state: compute.StateRunning}
+	h1.mu.Unlock()
+	h0.mu.Lock()
+	d.state = compute.StateShutoff
+	h0.mu.Unlock()
+	sv.Status, sv.Task = compute.ServerMigrating, compute.TaskMigrating
+	sv.Migration = &compute.Migration{Source: "compute-0", Dest: "compute-1", Phase: compute.MigrationCopying, StartedAt: time.Now()}
+	if _, err := s.store.UpdateServer(ctx, sv); err != nil {
+		t.Fatal(err)
+	}
+	startManager(t, s) // the restarted controller
+	got := waitFor(t, m, sv.ID, "migration resolved", func(sv compute.Server) bool { return sv.Task == compute.TaskNone })
+	if got.Host != "compute-1" || got.Status != compute.ServerActive || got.Migration.Phase != compute.MigrationDone {
+		t.Errorf("after the restart: %+v %+v", got, got.Migration)
+	}
+	if _, _, ok := h0.domState(sv.ID); ok {
+		t.Error("the source's copy was not removed")
+	}
+}

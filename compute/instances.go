@@ -139,6 +139,7 @@ type Manager struct {
 	mu      sync.Mutex
 	conns   map[string]*hostConn // by URI
 	running map[string]bool      // servers with a driver goroutine
+	again   map[string]bool      // servers whose driver must read the record again
 	ctx     context.Context      // Run's; nil before Run
 	wake    chan struct{}
 	baseMu  map[string]*sync.Mutex // by host+checksum
@@ -179,7 +180,7 @@ func NewManager(cfg ManagerConfig) (*Manager, error) {
 		cfg.MigrationTimeout = 5 * time.Minute
 	}
 	return &Manager{cfg: cfg, log: cfg.Logger.With("component", "compute"), conns: map[string]*hostConn{},
-		running: map[string]bool{}, wake: make(chan struct{}, 1), baseMu: map[string]*sync.Mutex{}, boots: map[string]string{},
+		running: map[string]bool{}, again: map[string]bool{}, wake: make(chan struct{}, 1), baseMu: map[string]*sync.Mutex{}, boots: map[string]string{},
 		dialErr: map[string]string{}, draining: map[string]bool{}}, nil
 }
 
@@ -768,25 +769,38 @@ func (m *Manager) bounded(ctx context.Context, h HypervisorHost, c HostConn, lim
 func (m *Manager) drive(id string) {
 	m.mu.Lock()
 	ctx := m.ctx
-	if ctx == nil || m.running[id] { // before Run: Run resumes it
+	if ctx == nil { // before Run: Run resumes it
+		m.mu.Unlock()
+		return
+	}
+	// A driver already running looks at the record again before it
+	// exits: a task recorded while it finished its last one is not lost.
+	m.again[id] = true
+	if m.running[id] {
 		m.mu.Unlock()
 		return
 	}
 	m.running[id] = true
 	m.mu.Unlock()
 	go func() {
-		defer func() {
+		for {
 			m.mu.Lock()
-			delete(m.running, id)
-			m.mu.Unlock()
-		}()
-		for ctx.Err() == nil {
-			again, err := m.step(ctx, id)
-			if err != nil && ctx.Err() == nil {
-				m.log.Warn("server task", "id", id, "err", err)
-			}
-			if !again {
+			if !m.again[id] || ctx.Err() != nil {
+				delete(m.running, id)
+				delete(m.again, id)
+				m.mu.Unlock()
 				return
+			}
+			m.again[id] = false
+			m.mu.Unlock()
+			for ctx.Err() == nil {
+				again, err := m.step(ctx, id)
+				if err != nil && ctx.Err() == nil {
+					m.log.Warn("server task", "id", id, "err", err)
+				}
+				if !again {
+					break
+				}
 			}
 		}
 	}()

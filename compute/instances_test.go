@@ -7,6 +7,7 @@ import (
 	"fmt"
 	"io"
 	"log/slog"
+	"runtime"
 	"strings"
 	"sync"
 	"testing"
@@ -1085,5 +1086,44 @@ func TestMigrationResumedAfterRestart(t *testing.T) {
 	}
 	if _, _, ok := h0.domState(sv.ID); ok {
 		t.Error("the source's copy was not removed")
+	}
+}
+
+// An action recorded the moment the previous task's outcome is stored
+// (before its driver has exited) is still run.
+func TestBackToBackActions(t *testing.T) {
+	m, _ := newSite(t, "compute-0")
+	ctx := context.Background()
+	sv, err := m.CreateServer(ctx, compute.CreateServer{Name: "vm1", Image: "img1", Flavor: "small"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	waitFor(t, m, sv.ID, "active", idle(compute.ServerActive))
+	for i := range 40 {
+		a, want := compute.ActionStop, compute.ServerShutoff
+		if i%2 == 1 {
+			a, want = compute.ActionStart, compute.ServerActive
+		}
+		for {
+			_, err := m.Act(ctx, sv.ID, compute.ServerAction{Action: a})
+			if err == nil {
+				break
+			}
+			if !errors.Is(err, compute.ErrServerState) {
+				t.Fatal(err)
+			}
+			// still busy with the last one: try again at once
+		}
+		deadline := time.Now().Add(5 * time.Second)
+		for {
+			got, err := m.Server(ctx, sv.ID)
+			if err == nil && got.Task == compute.TaskNone && got.Status == want {
+				break
+			}
+			if time.Now().After(deadline) {
+				t.Fatalf("action %d (%s) never ran: %+v", i, a, got)
+			}
+			runtime.Gosched()
+		}
 	}
 }

@@ -23,7 +23,8 @@ import (
 
 // openstackOnTheLab drives a real lab site's OpenStack-compatible API
 // with real clients over real VMs: the Debian `openstack` CLI (token
-// auth, compute API 2.37) creates, rebuilds and deletes a server, and
+// auth, compute API 2.37) creates, rebuilds, live-migrates and deletes a
+// server, and
 // gophercloud (token auth) lists the servers the native API made and the
 // hypervisors. want are the names of servers that exist already.
 func openstackOnTheLab(t *testing.T, lf *lab.File, site cli, want ...string) {
@@ -70,6 +71,19 @@ func openstackOnTheLab(t *testing.T, lf *lab.File, site cli, want ...string) {
 		osc("server", "rebuild", "--image", "petrel-test-v2", "--wait", "vm-os")
 		if out := site.ok("server", "show", "vm-os", "-o", "json"); !strings.Contains(out, `"petrel-test-v2"`) {
 			t.Errorf("after openstack server rebuild:\n%s", out)
+		}
+		// A live migration through Nova's os-migrateLive.
+		var before struct {
+			Host string `json:"host"`
+		}
+		json.Unmarshal([]byte(site.ok("server", "show", "vm-os", "-o", "json")), &before)
+		target := "controller-0"
+		if before.Host == target {
+			target = "controller-1"
+		}
+		osc("server", "migrate", "--live-migration", "--host", target, "--wait", "vm-os")
+		if out := site.ok("server", "show", "vm-os", "-o", "json"); !strings.Contains(out, `"host": "`+target+`"`) || !strings.Contains(out, `"phase": "done"`) {
+			t.Errorf("after openstack server migrate --live-migration --host %s:\n%s", target, out)
 		}
 		if out := osc("hypervisor", "list", "-f", "json"); strings.Count(out, "controller-") != 2 {
 			t.Errorf("openstack hypervisor list:\n%s", out)

@@ -78,7 +78,7 @@ type computeSetup struct {
 	mc      compute.ManagerConfig // Connect set; Store, Images, ... not
 	uri     string
 	peerURI string
-	tls *tls.Config // nil: qemu+tcp
+	tls     *tls.Config // nil: qemu+tcp
 }
 
 // setup validates c (reading the TLS files) and returns the manager's

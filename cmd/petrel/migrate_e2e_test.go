@@ -2,16 +2,11 @@ package main
 
 import (
 	"encoding/json"
-	"os"
-	"path/filepath"
 	"regexp"
 	"strconv"
 	"strings"
 	"testing"
 	"time"
-
-	"github.com/petrel-edge/petrel/compute/libvirtd"
-	"github.com/petrel-edge/petrel/lab"
 )
 
 var heartbeatLine = regexp.MustCompile(`HEARTBEAT v\d+ (\d+)`)
@@ -54,28 +49,7 @@ func guestHealthy(t *testing.T, what, out string) []int {
 // Locking a hypervisor host evacuates it, and fails (host unlocked) when
 // a server cannot move.
 func TestLiveMigrationInTheLab(t *testing.T) {
-	if err := libvirtd.Installed(); err != nil {
-		if os.Getenv("CI") == "true" {
-			t.Fatal(err)
-		}
-		t.Skip(err)
-	}
-	dir := filepath.Join(t.TempDir(), "lab")
-	base := cli{t: t, env: []string{"PETREL_LAB_DIR=" + dir}}
-	base.ok("lab", "up", "--sites", "site-m=duplex")
-	t.Cleanup(func() { base.run("", "lab", "down") })
-	t.Cleanup(func() {
-		if t.Failed() {
-			for _, h := range []string{"controller-0", "controller-1"} {
-				t.Logf("%s's site controller log ends:\n%s", h, tailFile(filepath.Join(dir, "hosts", "site-m", h, "logs", "subcloud.log")))
-			}
-		}
-	})
-	lf, err := lab.Load(dir)
-	if err != nil {
-		t.Fatal(err)
-	}
-	site := base.with("PETREL_URL="+lf.Sites[0].URL, "PETREL_TOKEN="+lf.Sites[0].Token, "PETREL_CA_CERT="+lf.CACert)
+	base, site, _ := duplexVMLab(t, "site-m")
 	type migrationView struct {
 		Source, Dest, Phase, Reason string
 		Progress                    struct {

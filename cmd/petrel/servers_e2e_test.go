@@ -22,30 +22,9 @@ import (
 // back, shutoff with 700.004; it starts again. Then the OpenStack-compatible
 // API with the openstack CLI and gophercloud, and everything is deleted.
 func TestServersInTheLab(t *testing.T) {
-	if err := libvirtd.Installed(); err != nil {
-		if os.Getenv("CI") == "true" {
-			t.Fatal(err)
-		}
-		t.Skip(err)
-	}
-	dir := filepath.Join(t.TempDir(), "lab")
-	base := cli{t: t, env: []string{"PETREL_LAB_DIR=" + dir}}
 	start := time.Now()
-	base.ok("lab", "up", "--sites", "site-c=duplex")
+	base, site, lf := duplexVMLab(t, "site-c")
 	t.Logf("lab up: %s", time.Since(start).Round(time.Millisecond))
-	t.Cleanup(func() { base.run("", "lab", "down") })
-	t.Cleanup(func() { // runs before lab down
-		if t.Failed() {
-			for _, h := range []string{"controller-0", "controller-1"} {
-				t.Logf("%s's site controller log ends:\n%s", h, tailFile(filepath.Join(dir, "hosts", "site-c", h, "logs", "subcloud.log")))
-			}
-		}
-	})
-	lf, err := lab.Load(dir)
-	if err != nil {
-		t.Fatal(err)
-	}
-	site := base.with("PETREL_URL="+lf.Sites[0].URL, "PETREL_TOKEN="+lf.Sites[0].Token, "PETREL_CA_CERT="+lf.CACert)
 
 	type serverView struct {
 		ID, Name, Status, Task, Host, Fault string
@@ -230,4 +209,35 @@ func lastLines(s string, n int) string {
 		lines = lines[len(lines)-n:]
 	}
 	return strings.Join(lines, "\n")
+}
+
+// duplexVMLab brings up a lab with one duplex site named site (two
+// all-in-one hosts, each with its own libvirtd), taken down when the test
+// ends (the tail of both site controllers' logs is printed first if it
+// failed). It returns the lab CLI, the site's CLI and lab.json. Without
+// libvirt it skips, except under CI=true, where it fails.
+func duplexVMLab(t *testing.T, site string) (base, siteCLI cli, lf *lab.File) {
+	t.Helper()
+	if err := libvirtd.Installed(); err != nil {
+		if os.Getenv("CI") == "true" {
+			t.Fatal(err)
+		}
+		t.Skip(err)
+	}
+	dir := filepath.Join(t.TempDir(), "lab")
+	base = cli{t: t, env: []string{"PETREL_LAB_DIR=" + dir}}
+	base.ok("lab", "up", "--sites", site+"=duplex")
+	t.Cleanup(func() { base.run("", "lab", "down") })
+	t.Cleanup(func() { // runs before lab down
+		if t.Failed() {
+			for _, h := range []string{"controller-0", "controller-1"} {
+				t.Logf("%s's site controller log ends:\n%s", h, tailFile(filepath.Join(dir, "hosts", site, h, "logs", "subcloud.log")))
+			}
+		}
+	})
+	lf, err := lab.Load(dir)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return base, base.with("PETREL_URL="+lf.Sites[0].URL, "PETREL_TOKEN="+lf.Sites[0].Token, "PETREL_CA_CERT="+lf.CACert), lf
 }

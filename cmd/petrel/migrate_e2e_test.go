@@ -2,9 +2,12 @@ package main
 
 import (
 	"encoding/json"
+	"os"
+	"path/filepath"
 	"regexp"
 	"strconv"
 	"strings"
+	"syscall"
 	"testing"
 	"time"
 )
@@ -47,9 +50,10 @@ func guestHealthy(t *testing.T, what, out string) []int {
 // destination off in the middle of a migration: the guest stays on its
 // source, the migration is failed with 700.003, no duplicate appears.
 // Locking a hypervisor host evacuates it, and fails (host unlocked) when
-// a server cannot move.
+// a server cannot move. The site controller killed mid-migration resumes
+// it after its restart and ends with the guest on exactly one host.
 func TestLiveMigrationInTheLab(t *testing.T) {
-	base, site, _ := duplexVMLab(t, "site-m")
+	base, site, lf := duplexVMLab(t, "site-m")
 	type migrationView struct {
 		Source, Dest, Phase, Reason string
 		Progress                    struct {
@@ -169,6 +173,43 @@ func TestLiveMigrationInTheLab(t *testing.T) {
 	}
 	site.ok("server", "delete", "ha-0", "--wait")
 
+	// The site controller is killed (SIGKILL) in the middle of a
+	// migration; its host restarts it, it resumes the task: the guest
+	// ends on exactly one host, the record says which, and it runs on.
+	site.ok("server", "migrate", "vm-m", "--host", "controller-1")
+	deadline = time.Now().Add(60 * time.Second)
+	for sv = show("vm-m"); sv.Migration == nil || sv.Migration.Phase != "copying"; sv = show("vm-m") {
+		if sv.Task == "" || time.Now().After(deadline) {
+			t.Fatalf("the migration ended before the controller could be killed: %+v %+v", sv, sv.Migration)
+		}
+		time.Sleep(20 * time.Millisecond)
+	}
+	killSiteController(t, lf.Dir, "site-m")
+	deadline = time.Now().Add(180 * time.Second)
+	for {
+		out, _, code := site.run("", "server", "show", "vm-m", "-o", "json")
+		if code == 0 {
+			json.Unmarshal([]byte(out), &sv)
+			if sv.Task == "" {
+				break
+			}
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("the migration was not resolved after the controller's restart: %+v %+v", sv, sv.Migration)
+		}
+		time.Sleep(300 * time.Millisecond)
+	}
+	t.Logf("after the controller's restart mid-migration: on %s, migration %s %s", sv.Host, sv.Migration.Phase, sv.Migration.Reason)
+	if sv.Status != "active" || (sv.Migration.Phase == "done") != (sv.Host == "controller-1") {
+		t.Errorf("after the controller's restart: %+v %+v", sv, sv.Migration)
+	}
+	n := len(waitBeats("vm-m", 1))
+	waitBeats("vm-m", n+2)
+	guestHealthy(t, "after the controller's restart mid-migration", console("vm-m"))
+	if sv.Host != "controller-0" {
+		site.ok("server", "migrate", "vm-m", "--host", "controller-0", "--wait")
+	}
+
 	// The destination (not controller-0: it runs the site controller)
 	// powers off in the middle of a migration.
 	waitBeats("vm-m", 2)
@@ -196,7 +237,7 @@ func TestLiveMigrationInTheLab(t *testing.T) {
 	}
 	hb := waitBeats("vm-m", 3)
 	guestHealthy(t, "after the failed migration", console("vm-m"))
-	n := len(hb)
+	n = len(hb)
 	waitBeats("vm-m", n+2) // still running on controller-0
 	t.Logf("failed migration: %s", sv.Migration.Reason)
 	// controller-1 comes back (host management powers it on): no second
@@ -212,4 +253,28 @@ func TestLiveMigrationInTheLab(t *testing.T) {
 		t.Errorf("servers after the failed migration:\n%s", out)
 	}
 	site.ok("server", "delete", "vm-m", "--wait")
+}
+
+// killSiteController SIGKILLs site's controller process (its host's
+// service supervisor restarts it).
+func killSiteController(t *testing.T, dir, site string) {
+	t.Helper()
+	conf := filepath.Join(dir, "hosts", site, "controller-0", "subcloud.yaml")
+	ents, _ := os.ReadDir("/proc")
+	for _, e := range ents {
+		argv, err := os.ReadFile(filepath.Join("/proc", e.Name(), "cmdline"))
+		if err != nil || !strings.Contains(string(argv), conf) || !strings.Contains(string(argv), "subcloud") {
+			continue
+		}
+		pid, err := strconv.Atoi(e.Name())
+		if err != nil {
+			continue
+		}
+		if err := syscall.Kill(pid, syscall.SIGKILL); err != nil {
+			t.Fatal(err)
+		}
+		t.Logf("killed %s's site controller (pid %d)", site, pid)
+		return
+	}
+	t.Fatalf("no site controller process of %s", site)
 }

@@ -139,12 +139,19 @@ func TestHostLibvirtTLS(t *testing.T) {
 				t.Fatal(err)
 			}
 			mgmt, _ := hostnet.Addr(hostnet.Mgmt, i, h.Index)
-			if lc.ListenAddr != mgmt.String() || lc.TLS == nil || !slices.Equal(lc.TLS.AllowedDN, []string{dns[sp.Name]}) {
-				t.Errorf("%s/%s libvirtd.yaml = %+v (tls %+v); want TLS on %s admitting %q only", sp.Name, h.Name, lc, lc.TLS, mgmt, dns[sp.Name])
+			cluster, _ := hostnet.Addr(hostnet.Cluster, i, h.Index)
+			// The site's controller, and the site's own hosts (peer-to-peer
+			// live migration), are admitted: no other site's.
+			want := []string{dns[sp.Name], "O=Petrel,CN=petrel-host-" + sp.Name + "-*"}
+			if lc.ListenAddr != mgmt.String() || lc.MigrationAddr != cluster.String() || lc.TLS == nil || !slices.Equal(lc.TLS.AllowedDN, want) {
+				t.Errorf("%s/%s libvirtd.yaml = %+v (tls %+v); want TLS on %s admitting %q, migrations on %s", sp.Name, h.Name, lc, lc.TLS, mgmt, want, cluster)
 				continue
 			}
 			if m := mode(lc.TLS.KeyFile); m != 0o600 {
 				t.Errorf("%s/%s libvirtd key mode = %04o; want 0600", sp.Name, h.Name, m)
+			}
+			if m := mode(lc.TLS.PeerKeyFile); m != 0o600 {
+				t.Errorf("%s/%s libvirtd peer key mode = %04o; want 0600", sp.Name, h.Name, m)
 			}
 			certPEM, _ := os.ReadFile(lc.TLS.CertFile)
 			block, _ := pem.Decode(certPEM)

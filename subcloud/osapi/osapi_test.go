@@ -163,8 +163,15 @@ func TestGophercloudPasswordAuthAndServerLifecycle(t *testing.T) {
 	if err != nil || rebuilt.Image["id"] != e.images["petrel-test-v2"].ID {
 		t.Errorf("Rebuild = %+v, %v (%s)", rebuilt, err, bodyOf(err))
 	}
+	// os-migrateLive (gophercloud's LiveMigrate): a live migration to
+	// the host named.
+	host := "compute-1"
+	if err := servers.LiveMigrate(ctx, cc, sv.ID, servers.LiveMigrateOpts{Host: &host}).ExtractErr(); err != nil {
+		t.Errorf("LiveMigrate = %v (%s)", err, bodyOf(err))
+	}
 	acts := e.servers.acts
-	if len(acts) != 4 || acts[2].Action != compute.ActionReboot || !acts[2].Hard || acts[3].Action != compute.ActionRebuild {
+	if len(acts) != 5 || acts[2].Action != compute.ActionReboot || !acts[2].Hard || acts[3].Action != compute.ActionRebuild ||
+		acts[4].Action != compute.ActionMigrate || acts[4].Host != "compute-1" {
 		t.Errorf("actions reaching compute = %+v", acts)
 	}
 	if err := servers.Delete(ctx, cc, sv.ID).ExtractErr(); err != nil {
@@ -483,7 +490,7 @@ func TestNovaErrorBodies(t *testing.T) {
 		{"reader deletes", "DELETE", "/compute/v2.1/servers/" + id, ro, nil, 403, "forbidden"},
 		{"duplicate name", "POST", "/compute/v2.1/servers", ops, create, 409, "conflictingRequest"},
 		{"start an active server", "POST", "/compute/v2.1/servers/" + id + "/action", ops, map[string]any{"os-start": nil}, 409, "conflictingRequest"},
-		{"unknown action", "POST", "/compute/v2.1/servers/" + id + "/action", ops, map[string]any{"os-migrateLive": map[string]any{}}, 400, "badRequest"},
+		{"unknown action", "POST", "/compute/v2.1/servers/" + id + "/action", ops, map[string]any{"os-resetState": map[string]any{"state": "active"}}, 400, "badRequest"},
 		{"bad reboot type", "POST", "/compute/v2.1/servers/" + id + "/action", ops, map[string]any{"reboot": map[string]string{"type": "GENTLE"}}, 400, "badRequest"},
 		{"unknown image", "POST", "/compute/v2.1/servers", ops, map[string]any{"server": map[string]any{"name": "vm-2", "imageRef": "nope", "flavorRef": "m1.tiny", "networks": "none"}}, 400, "badRequest"},
 		{"queued image", "POST", "/compute/v2.1/servers", ops, map[string]any{"server": map[string]any{"name": "vm-2", "imageRef": "queued-a", "flavorRef": "m1.tiny", "networks": "none"}}, 400, "badRequest"},

@@ -221,7 +221,25 @@ func (m *Manager) copy(ctx context.Context, sv Server, src, dst HypervisorHost) 
 			return ctx.Err()
 		case <-tick.C:
 		}
+		if time.Now().After(deadline) {
+			m.log.Warn("migration over its time bound: aborting", "server", sv.Name, "bound", m.cfg.MigrationTimeout.String())
+			_ = c.AbortMigration(ctx, sv.ID)
+			if result == nil {
+				return fmt.Errorf("aborted after %s (the time bound)", m.cfg.MigrationTimeout)
+			}
+			err := <-result
+			return fmt.Errorf("aborted after %s (the time bound): %v", m.cfg.MigrationTimeout, err)
+		}
 		p, err := c.MigrationProgress(ctx, sv.ID, false)
+		if err != nil && result == nil {
+			// A followed job cannot be read once the domain left the
+			// source (it is shut off there): the job is over, and the
+			// caller looks where the guest runs.
+			if st, serr := c.State(ctx, sv.ID); serr != nil || st != StateRunning {
+				return nil
+			}
+			continue
+		}
 		if err != nil {
 			continue
 		}
@@ -244,15 +262,6 @@ func (m *Manager) copy(ctx context.Context, sv Server, src, dst HypervisorHost) 
 				m.log.Info("migration not converging: downtime limit raised", "server", sv.Name, "limit", limit.String())
 			}
 			lastRemaining, lastStep = remaining, time.Now()
-		}
-		if time.Now().After(deadline) {
-			m.log.Warn("migration over its time bound: aborting", "server", sv.Name, "bound", m.cfg.MigrationTimeout.String())
-			_ = c.AbortMigration(ctx, sv.ID)
-			if result == nil {
-				return fmt.Errorf("aborted after %s (the time bound)", m.cfg.MigrationTimeout)
-			}
-			err := <-result
-			return fmt.Errorf("aborted after %s (the time bound): %v", m.cfg.MigrationTimeout, err)
 		}
 		if time.Since(saved) >= time.Second {
 			saved = time.Now()

@@ -51,7 +51,8 @@ func guestHealthy(t *testing.T, what, out string) []int {
 // source, the migration is failed with 700.003, no duplicate appears.
 // Locking a hypervisor host evacuates it, and fails (host unlocked) when
 // a server cannot move. The site controller killed mid-migration resumes
-// it after its restart and ends with the guest on exactly one host.
+// it after its restart and ends with the guest on exactly one host. A
+// host that stays down has its running server rebuilt on the other one.
 func TestLiveMigrationInTheLab(t *testing.T) {
 	base, site, lf := duplexVMLab(t, "site-m")
 	type migrationView struct {
@@ -252,6 +253,34 @@ func TestLiveMigrationInTheLab(t *testing.T) {
 	if out := site.ok("server", "list", "-o", "json"); strings.Count(out, `"vm-m"`) != 1 {
 		t.Errorf("servers after the failed migration:\n%s", out)
 	}
+
+	// A host that stays down (its BMC reads it off but ignores power-on):
+	// host management declares it failed, and its running server is
+	// rebuilt on the other host from its image (700.002 while it runs).
+	site.ok("server", "create", "vm-r", "--image", "petrel-test", "--flavor", "m1.tiny", "--host", "controller-1", "--wait")
+	r := show("vm-r")
+	base.ok("lab", "fault", "bmc-ignore", "site-m/controller-1")
+	base.ok("lab", "fault", "power-off", "site-m/controller-1")
+	deadline = time.Now().Add(120 * time.Second)
+	for sv = show("vm-r"); sv.Host != "controller-0" || sv.Task != "" || sv.Status != "active"; sv = show("vm-r") {
+		if time.Now().After(deadline) {
+			t.Fatalf("vm-r was not rebuilt on controller-0: %+v", sv)
+		}
+		time.Sleep(300 * time.Millisecond)
+	}
+	if sv.ID != r.ID {
+		t.Errorf("the rebuilt server has another ID: %s, was %s", sv.ID, r.ID)
+	}
+	waitBeats("vm-r", 1) // it boots on controller-0
+	if ev := site.ok("event", "list", "--alarm-id", "700.002", "--entity", "instance="+r.ID, "-o", "json"); !strings.Contains(ev, `"type": "set"`) || !strings.Contains(ev, `"type": "clear"`) {
+		t.Errorf("700.002 events for the rebuild elsewhere:\n%s", ev)
+	}
+	if ev := site.ok("event", "list", "--alarm-id", "700.101", "--entity", "instance="+r.ID, "-o", "json"); !strings.Contains(ev, "rebuilding on controller-0") {
+		t.Errorf("no 700.101 entry for the rebuild:\n%s", ev)
+	}
+	base.ok("lab", "fault", "clear", "site-m/controller-1")
+	base.ok("lab", "fault", "power-on", "site-m/controller-1")
+	site.ok("server", "delete", "vm-r", "--wait")
 	site.ok("server", "delete", "vm-m", "--wait")
 }
 

@@ -305,6 +305,8 @@ func (h *fakeHost) SetMaxDowntime(context.Context, string, time.Duration) error 
 
 func (h *fakeHost) AbortMigration(context.Context, string) error { return nil }
 
+func (h *fakeHost) StartPostCopy(context.Context, string) error { return nil }
+
 func (h *fakeHost) setDown(v bool) { h.mu.Lock(); h.down = v; h.mu.Unlock() }
 
 func (h *fakeHost) domState(id string) (compute.State, int, bool) {

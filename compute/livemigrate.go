@@ -211,7 +211,7 @@ func (m *Manager) copy(ctx context.Context, sv Server, src, dst HypervisorHost) 
 	defer tick.Stop()
 	var lastRemaining uint64
 	lastStep := time.Now()
-	setLimit := true
+	setLimit, postCopied := true, false
 	saved := time.Time{}
 	for {
 		select {
@@ -252,6 +252,14 @@ func (m *Manager) copy(ctx context.Context, sv Server, src, dst HypervisorHost) 
 		if setLimit {
 			if err := c.SetMaxDowntime(ctx, sv.ID, limit); err == nil {
 				setLimit = false
+			}
+		}
+		// Post-copy (asked for): switch once the first pass over memory
+		// has started, as libvirt requires.
+		if sv.Migration.PostCopy && !postCopied && p.MemoryProcessed > 0 {
+			if err := c.StartPostCopy(ctx, sv.ID); err == nil {
+				postCopied = true
+				m.log.Info("migration switched to post-copy", "server", sv.Name)
 			}
 		}
 		remaining := p.MemoryRemaining + p.DiskRemaining

@@ -56,4 +56,8 @@ type Migrator interface {
 	// AbortMigration cancels the running job; the domain stays on the
 	// source.
 	AbortMigration(ctx context.Context, id string) error
+	// StartPostCopy switches a running job started with PostCopy to
+	// post-copy: the guest runs on the destination at once and pulls the
+	// rest of its memory from the source.
+	StartPostCopy(ctx context.Context, id string) error
 }

@@ -140,6 +140,22 @@ func TestLiveMigrationInTheLab(t *testing.T) {
 	}
 	guestHealthy(t, "after migrating back", console("vm-m"))
 
+	// Post-copy, asked for: the switch happens during the copy; the guest
+	// runs on, intact.
+	n0 := len(waitBeats("vm-m", 1))
+	site.ok("server", "migrate", "vm-m", "--host", "controller-1", "--post-copy", "--wait")
+	if sv = show("vm-m"); sv.Host != "controller-1" || sv.Migration.Phase != "done" {
+		t.Fatalf("post-copy migration: %+v %+v", sv, sv.Migration)
+	}
+	t.Logf("post-copy migration: QEMU job %d ms, downtime %d ms", sv.Migration.Progress.Elapsed/1e6, sv.Migration.Progress.Downtime/1e6)
+	waitBeats("vm-m", 2)
+	out = console("vm-m")
+	guestHealthy(t, "after the post-copy migration", out)
+	if strings.Contains(out, "BOOTED") || n0 == 0 {
+		t.Errorf("the guest booted again after the post-copy migration:\n%s", lastLines(out, 20))
+	}
+	site.ok("server", "migrate", "vm-m", "--host", "controller-0", "--wait")
+
 	// Locking a hypervisor host moves its servers away first. With a
 	// member of an anti-affinity group on each host, one cannot move:
 	// the lock fails naming it, the host stays unlocked.

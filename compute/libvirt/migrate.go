@@ -132,3 +132,15 @@ func (d *Driver) AbortMigration(ctx context.Context, id string) error {
 	}
 	return nil
 }
+
+// StartPostCopy switches the running migration job to post-copy.
+func (d *Driver) StartPostCopy(ctx context.Context, id string) error {
+	dom, err := d.lookup(ctx, id)
+	if err != nil {
+		return err
+	}
+	if err := d.l.DomainMigrateStartPostCopy(dom, 0); err != nil {
+		return fmt.Errorf("libvirt: start post-copy %s: %w", id, err)
+	}
+	return nil
+}

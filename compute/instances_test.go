@@ -34,7 +34,9 @@ type fakeHost struct {
 	created map[string]int    // instance id -> CreateInstanceFiles calls
 	stopErr error
 	site    *fakeSite
-	migErr  error // Migrate fails with it
+	migErr  error         // Migrate fails with it
+	stuck   chan struct{} // non-nil: Migrate runs until AbortMigration closes it
+	limits  []time.Duration
 }
 
 type fakeDom struct {
@@ -278,6 +280,12 @@ func (h *fakeHost) Migrate(_ context.Context, id string, spec compute.MigrateSpe
 	if h.migErr != nil {
 		return h.migErr
 	}
+	if stuck := h.stuck; stuck != nil {
+		h.mu.Unlock()
+		<-stuck
+		h.mu.Lock()
+		return errors.New("operation aborted: migration job: canceled by client")
+	}
 	if dst == nil || !strings.HasPrefix(spec.MigrateURI, "tcp://") {
 		return fmt.Errorf("bad destination %q / %q", spec.DestURI, spec.MigrateURI)
 	}
@@ -295,15 +303,41 @@ func (h *fakeHost) Migrate(_ context.Context, id string, spec compute.MigrateSpe
 }
 
 func (h *fakeHost) MigrationProgress(_ context.Context, id string, completed bool) (compute.MigrationProgress, error) {
+	h.mu.Lock()
+	stuck := h.stuck
+	h.mu.Unlock()
+	if stuck != nil && !completed {
+		select {
+		case <-stuck:
+		default: // a job that does not converge: nothing left shrinks
+			return compute.MigrationProgress{Active: true, MemoryProcessed: 1 << 20, MemoryRemaining: 64 << 20}, nil
+		}
+	}
 	if completed {
 		return compute.MigrationProgress{Elapsed: 10 * time.Millisecond, Downtime: 5 * time.Millisecond}, nil
 	}
 	return compute.MigrationProgress{}, nil
 }
 
-func (h *fakeHost) SetMaxDowntime(context.Context, string, time.Duration) error { return nil }
+func (h *fakeHost) SetMaxDowntime(_ context.Context, _ string, d time.Duration) error {
+	h.mu.Lock()
+	defer h.mu.Unlock()
+	h.limits = append(h.limits, d)
+	return nil
+}
 
-func (h *fakeHost) AbortMigration(context.Context, string) error { return nil }
+func (h *fakeHost) AbortMigration(context.Context, string) error {
+	h.mu.Lock()
+	defer h.mu.Unlock()
+	if h.stuck != nil {
+		select {
+		case <-h.stuck:
+		default:
+			close(h.stuck)
+		}
+	}
+	return nil
+}
 
 func (h *fakeHost) StartPostCopy(context.Context, string) error { return nil }
 
@@ -1128,4 +1162,48 @@ func TestBackToBackActions(t *testing.T) {
 			runtime.Gosched()
 		}
 	}
+}
+
+// A migration that does not converge has its downtime limit raised step
+// by step, then is aborted at the time bound: the guest stays on the
+// source.
+func TestMigrationTimeBound(t *testing.T) {
+	m, s := newSite(t, "compute-0", "compute-1")
+	ctx := context.Background()
+	h0 := s.fake["fake://compute-0"]
+	sv, err := m.CreateServer(ctx, compute.CreateServer{Name: "vm1", Image: "img1", Flavor: "small", Host: "compute-0"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	waitFor(t, m, sv.ID, "active", idle(compute.ServerActive))
+	// A manager with a short bound, alone on the site.
+	m2, err := compute.NewManager(compute.ManagerConfig{Store: s.store, Images: s, Flavors: s.store, Hosts: s,
+		Connect: func(_ context.Context, uri string) (compute.HostConn, error) { return s.fake[uri], nil },
+		Alarms:  s, Logger: slog.New(slog.DiscardHandler), MigrationTimeout: 5 * time.Second, ReconcileEvery: time.Hour})
+	if err != nil {
+		t.Fatal(err)
+	}
+	rctx, cancel := context.WithCancel(ctx)
+	done := make(chan struct{})
+	go func() { defer close(done); m2.Run(rctx) }()
+	t.Cleanup(func() { cancel(); <-done })
+	h0.mu.Lock()
+	h0.stuck = make(chan struct{})
+	h0.mu.Unlock()
+	start := time.Now()
+	if _, err := m2.Act(ctx, sv.ID, compute.ServerAction{Action: compute.ActionMigrate, Host: "compute-1"}); err != nil {
+		t.Fatal(err)
+	}
+	got := waitFor(t, m2, sv.ID, "aborted", func(sv compute.Server) bool { return sv.Task == compute.TaskNone })
+	if got.Host != "compute-0" || got.Status != compute.ServerActive || got.Migration.Phase != compute.MigrationFailed ||
+		!strings.Contains(got.Migration.Reason, "time bound") || time.Since(start) < 5*time.Second {
+		t.Errorf("after the time bound: %+v %+v (%s)", got, got.Migration, time.Since(start))
+	}
+	h0.mu.Lock()
+	limits := fmt.Sprint(h0.limits)
+	h0.mu.Unlock()
+	if !strings.HasPrefix(limits, "[50ms 100ms") {
+		t.Errorf("downtime limits set: %s; want 50ms, then raised", limits)
+	}
+	waitAlarm(t, s, compute.AlarmMigrationFailed, "instance="+sv.ID, true)
 }

@@ -27,19 +27,21 @@ const (
 	PhaseHold        Phase = "hold"         // MNFA, or the BMC cannot confirm: no destructive action
 	PhaseGaveUp      Phase = "gave-up"      // failed: lock and unlock to retry
 	PhaseOperatorOff Phase = "operator-off" // powered off by an operator (locked): stays off
+	PhaseFence       Phase = "fence"        // silent with power on while holding an active service role: powering off, reading back off
 )
 
 // phaseMoves is the transition table of recovery: every move Step makes
 // is listed here, and Step refuses any other (a programming error).
 var phaseMoves = map[Phase][]Phase{
 	PhaseNone:        {PhaseSuspect, PhaseHold, PhaseOperatorOff},
-	PhaseSuspect:     {PhaseNone, PhaseGrace, PhasePowerOn, PhaseHold, PhaseOperatorOff},
+	PhaseSuspect:     {PhaseNone, PhaseGrace, PhaseFence, PhasePowerOn, PhaseHold, PhaseOperatorOff},
+	PhaseFence:       {PhaseNone, PhasePowerOn, PhaseHold, PhaseOperatorOff},
 	PhaseGrace:       {PhaseNone, PhaseReboot, PhaseHold, PhaseOperatorOff},
 	PhaseReboot:      {PhaseNone, PhaseBMCReset, PhaseHold, PhaseOperatorOff},
 	PhaseBMCReset:    {PhaseNone, PhasePowerCycle, PhaseHold, PhaseOperatorOff},
 	PhasePowerCycle:  {PhaseNone, PhaseGaveUp, PhaseHold, PhaseOperatorOff},
 	PhasePowerOn:     {PhaseNone, PhasePowerOn, PhaseGaveUp, PhaseHold, PhaseOperatorOff},
-	PhaseHold:        {PhaseNone, PhaseSuspect, PhaseGrace, PhasePowerOn, PhaseOperatorOff},
+	PhaseHold:        {PhaseNone, PhaseSuspect, PhaseGrace, PhaseFence, PhasePowerOn, PhaseOperatorOff},
 	PhaseGaveUp:      {PhaseNone, PhaseOperatorOff},
 	PhaseOperatorOff: {PhaseNone},
 }
@@ -82,6 +84,11 @@ type Host struct {
 	Attempt   int       // power-on attempts in PhasePowerOn
 	Deadline  time.Time // when the current phase times out (zero: none)
 	Heartbeat map[heartbeat.Network]heartbeat.State
+	// HoldsActive: the host runs an active service member that a standby
+	// elsewhere can take over. Silent with power on, such a host is
+	// fenced at once (BMC power-off, read back off) instead of getting
+	// the grace period: its service cannot wait G.
+	HoldsActive bool
 }
 
 // silent reports whether every network lost the host.
@@ -143,6 +150,12 @@ const (
 	ActRaise       ActionKind = "raise" // Alarm on the host
 	ActClear       ActionKind = "clear"
 	ActLog         ActionKind = "log" // an event in the history: Reason
+	// ActFence powers the host off through its BMC and reads the power
+	// back until it is off; answer with EvPower (off once confirmed).
+	ActFence ActionKind = "fence"
+	// ActDown tells service management that the host is confirmed down
+	// (BMC read back off): its members are gone. Reason says how.
+	ActDown ActionKind = "down"
 )
 
 // Action is one thing to do.
@@ -235,7 +248,7 @@ func (s *step) apply(ev Event) error {
 	case EvMNFA:
 		s.m.mnfa = ev.MNFA
 		switch s.h.Phase {
-		case PhaseSuspect, PhaseGrace, PhaseReboot, PhaseBMCReset, PhasePowerCycle, PhasePowerOn:
+		case PhaseSuspect, PhaseGrace, PhaseFence, PhaseReboot, PhaseBMCReset, PhasePowerCycle, PhasePowerOn:
 			if ev.MNFA { // every destructive step waits for MNFA to end
 				return s.move(PhaseHold, 0)
 			}
@@ -375,24 +388,52 @@ func (s *step) suspect() error {
 func (s *step) power(p Power) error {
 	h := &s.h
 	switch h.Phase {
-	case PhaseSuspect, PhaseHold:
+	case PhaseSuspect, PhaseHold, PhaseFence:
 	default:
 		return nil // only a pending confirmation uses the reading
 	}
 	if s.m.mnfa || h.Admin == inventory.Locked {
 		return nil
 	}
+	if h.Phase == PhaseFence {
+		if p != PowerOff {
+			// Not confirmed off: nothing may take its role. Hold, and
+			// confirm again at the step timeout.
+			h.Avail = inventory.Failed
+			s.do(Action{Kind: ActRaise, Alarm: AlarmFailed, Reason: "fencing did not confirm power off"})
+			return s.move(PhaseHold, s.m.t.StepTimeout)
+		}
+		h.Avail = inventory.Failed
+		s.do(Action{Kind: ActRaise, Alarm: AlarmFailed, Reason: "fenced: silent with power on while holding an active service role"},
+			Action{Kind: ActDown, Reason: "fenced (BMC power-off, read back off)"})
+		h.Attempt = 1
+		if err := s.move(PhasePowerOn, s.m.t.StepTimeout); err != nil {
+			return err
+		}
+		s.do(Action{Kind: ActBMCPowerOn})
+		return nil
+	}
 	switch p {
 	case PowerOff:
 		// Power loss: failed at once, no reboot attempts; power it on.
 		h.Avail = inventory.Failed
-		s.do(Action{Kind: ActRaise, Alarm: AlarmFailed, Reason: "power loss"})
+		s.do(Action{Kind: ActRaise, Alarm: AlarmFailed, Reason: "power loss"},
+			Action{Kind: ActDown, Reason: "power loss (BMC reads off)"})
 		h.Attempt = 1
 		if err := s.move(PhasePowerOn, s.m.t.StepTimeout); err != nil {
 			return err
 		}
 		s.do(Action{Kind: ActBMCPowerOn})
 	case PowerOn:
+		if h.HoldsActive {
+			// The grace period does not protect a host whose active
+			// service role a standby waits to take: fence it now.
+			if err := s.move(PhaseFence, s.m.t.StepTimeout); err != nil {
+				return err
+			}
+			s.do(Action{Kind: ActFence})
+			return nil
+		}
 		return s.move(PhaseGrace, s.m.t.Grace)
 	default:
 		// No second channel: never act on heartbeat loss alone.
@@ -416,6 +457,14 @@ func (s *step) timeout() error {
 		return s.move(PhaseHold, 0)
 	}
 	switch h.Phase {
+	case PhaseFence:
+		// The fence never confirmed: hold, and ask again.
+		h.Avail = inventory.Failed
+		s.do(Action{Kind: ActRaise, Alarm: AlarmFailed, Reason: "fencing did not confirm power off"})
+		if err := s.move(PhaseHold, s.m.t.StepTimeout); err != nil {
+			return err
+		}
+		s.do(Action{Kind: ActReadPower})
 	case PhaseSuspect:
 		// The BMC never answered: hold, and ask again.
 		if err := s.move(PhaseHold, s.m.t.StepTimeout); err != nil {

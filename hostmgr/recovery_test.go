@@ -306,3 +306,41 @@ func TestMNFADetector(t *testing.T) {
 		t.Fatal("MNFA did not end with one host silent")
 	}
 }
+
+// A silent host with power on that holds an active service role is fenced
+// at once (no grace): power-off, and only a read-back off confirms it down
+// (ActDown) and starts powering it on again. A fence that does not read
+// back off confirms nothing.
+func TestFenceHostHoldingActiveRole(t *testing.T) {
+	r := newRun(t)
+	r.h.HoldsActive = true
+	r.silent()
+	acts := r.ev(Event{Kind: EvPower, Power: PowerOn})
+	if r.h.Phase != PhaseFence || !has(acts, ActFence) || has(acts, ActDown) {
+		t.Fatalf("silent, power on, holding an active role: %s %v; want fence, not yet down", r.h.Phase, kinds(acts))
+	}
+	acts = r.ev(Event{Kind: EvPower, Power: PowerOff})
+	if !has(acts, ActDown) || !has(acts, ActBMCPowerOn) || r.h.Avail != inventory.Failed || r.h.Phase != PhasePowerOn {
+		t.Fatalf("fence read back off: %s/%s %v; want down, failed, powering on", r.h.Phase, r.h.Avail, kinds(acts))
+	}
+	r = newRun(t)
+	r.h.HoldsActive = true
+	r.silent()
+	r.ev(Event{Kind: EvPower, Power: PowerOn})
+	acts = r.ev(Event{Kind: EvPower, Power: PowerOn})
+	if has(acts, ActDown) || r.h.Phase != PhaseHold {
+		t.Fatalf("fence not confirmed: %s %v; want hold and no down", r.h.Phase, kinds(acts))
+	}
+	// Without an active role the grace period applies as before.
+	r = newRun(t)
+	r.silent()
+	if r.ev(Event{Kind: EvPower, Power: PowerOn}); r.h.Phase != PhaseGrace {
+		t.Errorf("no active role: phase %s; want grace", r.h.Phase)
+	}
+	// Power loss also reports the host down.
+	r = newRun(t)
+	r.silent()
+	if acts := r.ev(Event{Kind: EvPower, Power: PowerOff}); !has(acts, ActDown) {
+		t.Errorf("power loss: %v; want down", kinds(acts))
+	}
+}

@@ -54,7 +54,17 @@ type RunnerConfig struct {
 	// confirmed through their BMCs as usual (several hosts can truly lose
 	// power together). Default 2 min.
 	MNFAHold time.Duration
-	Logger   *slog.Logger
+	// HoldsActive reports whether a host runs an active service member a
+	// standby can take over (servicemgr): such a host is fenced at once
+	// when it falls silent with power on. Nil: none does.
+	HoldsActive func(hostID string) bool
+	// HostDown tells service management a host is confirmed down (its
+	// BMC read back off). Nil: nobody listens.
+	HostDown func(hostID, reason string)
+	// FenceConfirm bounds how long a fence reads the power back after the
+	// power-off; default 10 s.
+	FenceConfirm time.Duration
+	Logger       *slog.Logger
 	// CallTimeout bounds one BMC call (both protocols of a dynamic BMC);
 	// default 45 s.
 	CallTimeout time.Duration
@@ -96,6 +106,15 @@ func NewRunner(cfg RunnerConfig) (*Runner, error) {
 	}
 	if cfg.MNFAHold == 0 {
 		cfg.MNFAHold = 2 * time.Minute
+	}
+	if cfg.HoldsActive == nil {
+		cfg.HoldsActive = func(string) bool { return false }
+	}
+	if cfg.HostDown == nil {
+		cfg.HostDown = func(string, string) {}
+	}
+	if cfg.FenceConfirm == 0 {
+		cfg.FenceConfirm = 10 * time.Second
 	}
 	if cfg.WithdrawCommands == nil {
 		cfg.WithdrawCommands = func(string) {}
@@ -221,6 +240,7 @@ func (r *Runner) step(ctx context.Context, id string, ev Event) {
 		h.Name, h.Admin = inv.Name, inv.Administrative // renames and locks take effect
 	}
 	wasSilent := h.silent()
+	h.HoldsActive = r.cfg.HoldsActive(id)
 	next, acts, err := r.m.Step(*h, ev, time.Now())
 	if err != nil {
 		r.cfg.Logger.Error("host management refused an event", "host", h.Name, "err", err)
@@ -241,7 +261,7 @@ func (r *Runner) step(ctx context.Context, id string, ev Event) {
 	last := ""
 	for _, a := range acts {
 		switch a.Kind {
-		case ActBMCPowerOn, ActBMCPowerOff, ActBMCReset, ActBMCCycle, ActAgentReboot, ActReadPower:
+		case ActBMCPowerOn, ActBMCPowerOff, ActBMCReset, ActBMCCycle, ActAgentReboot, ActReadPower, ActFence:
 			last = string(a.Kind)
 		}
 	}
@@ -415,6 +435,24 @@ func (r *Runner) carryOut(ctx context.Context, id string, acts []Action) {
 					r.cfg.Logger.Warn("a BMC action failed", "host", name, "action", kind, "err", err)
 				}
 			}()
+		case ActDown:
+			r.cfg.Logger.Info("host confirmed down", "host", h.Name, "reason", a.Reason)
+			r.cfg.HostDown(id, a.Reason)
+		case ActFence:
+			bmc := r.cfg.BMC(id)
+			if bmc == nil {
+				r.local = append(r.local, input{host: id, ev: Event{Kind: EvPower, Power: PowerUnreachable}})
+				continue
+			}
+			r.log(ctx, h.Name, "fencing: BMC power-off, then reading the power back")
+			name, base := h.Name, r.callCtx(ctx, id)
+			go func() {
+				p := r.fence(base, bmc, name)
+				select {
+				case r.in <- input{host: id, ev: Event{Kind: EvPower, Power: p}}:
+				case <-ctx.Done():
+				}
+			}()
 		case ActAgentReboot:
 			// The agent takes it at its next poll, if it still can; if not,
 			// the next step follows at the step timeout.
@@ -426,6 +464,39 @@ func (r *Runner) carryOut(ctx context.Context, id string, acts []Action) {
 				r.cfg.Logger.Warn("asking the agent to reboot failed", "host", h.Name, "err", err)
 			}
 			r.log(ctx, h.Name, "reboot through the agent requested")
+		}
+	}
+}
+
+// fence powers a host off through its BMC and reads the power back until
+// it reads off (or the bound passes): only a read-back off confirms it.
+func (r *Runner) fence(ctx context.Context, bmc BMC, name string) Power {
+	cctx, cancel := context.WithTimeout(ctx, r.cfg.CallTimeout)
+	err := bmc.PowerOff(cctx)
+	cancel()
+	if err != nil {
+		r.cfg.Logger.Warn("fencing: BMC power-off failed", "host", name, "err", err)
+	}
+	deadline := time.Now().Add(r.cfg.FenceConfirm)
+	for {
+		cctx, cancel := context.WithTimeout(ctx, r.cfg.CallTimeout)
+		p, err := bmc.Power(cctx)
+		cancel()
+		if err == nil && p == PowerOff {
+			return PowerOff
+		}
+		if ctx.Err() != nil || time.Now().After(deadline) {
+			if err != nil {
+				r.cfg.Logger.Warn("fencing: reading the power back failed", "host", name, "err", err)
+				return PowerUnreachable
+			}
+			return p
+		}
+		t := time.NewTimer(100 * time.Millisecond)
+		select {
+		case <-t.C:
+		case <-ctx.Done():
+			t.Stop()
 		}
 	}
 }

@@ -26,6 +26,7 @@ import (
 	"github.com/petrel-edge/petrel/internal/atomicfile"
 	"github.com/petrel-edge/petrel/internal/pki"
 	"github.com/petrel-edge/petrel/inventory"
+	"github.com/petrel-edge/petrel/servicemgr"
 	"github.com/petrel-edge/petrel/lab/hostnet"
 	"github.com/petrel-edge/petrel/lab/vbmc"
 )
@@ -61,6 +62,9 @@ type hostSpec struct {
 	// files (on the host that runs the site controller) and the DN the
 	// site's hypervisor hosts admit. Nil for a host added later.
 	Libvirt *libvirtClient
+	// Demo are the hosts of the site's demo service group (DemoGroup),
+	// declared in the site controller's configuration; nil: none.
+	Demo []string
 }
 
 // libvirtClient is a site controller's TLS client certificate for its
@@ -173,7 +177,31 @@ func hostsOf(sp SiteSpec, siteIdx int) []hostSpec {
 		out[i] = hostSpec{Site: sp.Name, Shape: sp.Shape, SiteIndex: siteIdx, Name: n, Index: i, Personality: p,
 			RunsSite: i == 0, Hypervisor: runsVMs(sp.Shape, p)}
 	}
+	if sp.Shape == inventory.MultiServer && len(names) >= 3 {
+		// The demo service over every host but controller-0, which runs
+		// the site controller (one controller until controllers are 1+1).
+		out[0].Demo = names[1:]
+	}
 	return out
+}
+
+// DemoGroup is the service group name and port of the lab's demo service.
+const (
+	DemoGroup = "demo"
+	DemoPort  = 8080
+)
+
+// demoSpec is the lab's demo service group over hosts: 2+1 with three
+// hosts or more (site-std), 1+1 with two.
+func demoSpec(hosts []string) servicemgr.Spec {
+	model := "2+1"
+	if len(hosts) < 3 {
+		model = "1+1"
+	}
+	listen := "{cluster}:" + strconv.Itoa(DemoPort)
+	return servicemgr.Spec{Name: DemoGroup, Model: model, Hosts: hosts,
+		Actions: servicemgr.Actions{Start: []string{"petrel", "demo-service", "--listen", listen, "--state-dir", "{state_dir}"}},
+		Health: servicemgr.HealthCheck{Type: "http", Target: "http://" + listen + "/healthz", IntervalMS: 200, TimeoutMS: 500, Failures: 3}}
 }
 
 // runsVMs reports whether a host of a personality runs VMs at a site of a
@@ -278,6 +306,12 @@ func prepareHost(dir, prefix, binary string, h hostSpec, key string, siteURL str
 		}
 		if h.Home != nil {
 			conf["central"] = h.Home
+		}
+		if len(h.Demo) > 0 {
+			if err := writeYAML(p.f("service-groups.yaml"), map[string]any{"service_groups": []servicemgr.Spec{demoSpec(h.Demo)}}); err != nil {
+				return "", err
+			}
+			conf["service_groups"] = p.f("service-groups.yaml")
 		}
 		if lc := h.Libvirt; lc != nil {
 			// The site's hypervisor hosts, over TLS with the controller's

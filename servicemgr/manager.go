@@ -217,6 +217,15 @@ func (m *Manager) load(ctx context.Context) error {
 	return nil
 }
 
+// Reload makes the manager read the specs and the ledger again (it has
+// just taken the lead: another controller may have changed them).
+func (m *Manager) Reload() {
+	m.mu.Lock()
+	m.loaded = false
+	m.mu.Unlock()
+	m.poke()
+}
+
 // reconcile plans every group (dependencies first) and commits changes.
 func (m *Manager) reconcile(ctx context.Context) error {
 	m.mu.Lock()

@@ -113,6 +113,7 @@ func (s *Subcloud) newMaintenance(cfg *HeartbeatConfig) (*maintenance, error) {
 	}
 	if m.runner, err = hostmgr.NewRunner(hostmgr.RunnerConfig{Site: s.cfg.Site, Timing: hostmgr.Timing{Grace: grace, StepTimeout: step},
 		Hosts: hostUpdater{s}, Alarms: s.shell.Alarms, BMC: s.bmcFor, AgentReboot: s.agentReboot, WithdrawCommands: s.withdrawCommands,
+		HoldsActive: s.holdsActive, HostDown: s.hostDown,
 		Logger: s.log.With("component", "hostmgr")}); err != nil {
 		return nil, err
 	}

@@ -24,6 +24,7 @@ import (
 	"github.com/petrel-edge/petrel/internal/pki"
 	"github.com/petrel-edge/petrel/internal/rest"
 	"github.com/petrel-edge/petrel/internal/server"
+	"github.com/petrel-edge/petrel/servicemgr"
 	"github.com/petrel-edge/petrel/inventory"
 	"github.com/petrel-edge/petrel/inventory/inventorydb"
 	"github.com/petrel-edge/petrel/subcloud/osapi"
@@ -43,6 +44,12 @@ type FileConfig struct {
 	ImageMaxBytes int64 `json:"image_max_bytes"`
 	// Compute configures the servers' manager; absent: the defaults.
 	Compute *ComputeConfig `json:"compute"`
+	// ServiceGroups is a YAML file of declared service groups
+	// (ServiceGroupsFile), applied at every start; "" declares none.
+	ServiceGroups string `json:"service_groups"`
+	// Etcd configures the site's coordination member; absent: one member
+	// on the API's address.
+	Etcd *EtcdConfig `json:"etcd"`
 	server.FileConfig
 }
 
@@ -59,6 +66,10 @@ type Config struct {
 	ImageMaxBytes int64
 	// Compute configures the servers' manager; nil: the defaults.
 	Compute *ComputeConfig
+	// ServiceGroups are the groups the configuration declares.
+	ServiceGroups []servicemgr.Spec
+	// Etcd configures the coordination member; nil: the defaults.
+	Etcd *EtcdConfig
 }
 
 // Subcloud is a running site controller.
@@ -84,6 +95,10 @@ type Subcloud struct {
 	Servers compute.Servers
 	servers *compute.Manager
 	images  *images
+	// services keeps the site's service groups (servicemgr).
+	services *servicemgr.Manager
+	coord    *coordination
+	ledger   *lazyLedger
 
 	connected atomic.Bool   // the link to central is up
 	seq       atomic.Uint64 // last update sequence sent
@@ -111,8 +126,12 @@ func ConfigFromFile(fc FileConfig, shell server.Config) (Config, error) {
 	if _, err := fc.Compute.setup(); err != nil { // reads the TLS files: a bad one stops the start
 		return Config{}, err
 	}
+	groups, err := readServiceGroups(fc.ServiceGroups)
+	if err != nil {
+		return Config{}, err
+	}
 	return Config{Site: fc.Site, Shape: shape, Shell: shell, Central: fc.Central, Heartbeat: fc.Heartbeat,
-		ImageMaxBytes: fc.ImageMaxBytes, Compute: fc.Compute}, nil
+		ImageMaxBytes: fc.ImageMaxBytes, Compute: fc.Compute, ServiceGroups: groups, Etcd: fc.Etcd}, nil
 }
 
 // New builds the site controller; it starts nothing.
@@ -178,6 +197,10 @@ func New(ctx context.Context, cfg Config) (*Subcloud, error) {
 		return nil, err
 	}
 	shell.MountUI(dash)
+	if err := s.openServices(ctx); err != nil {
+		shell.Close()
+		return nil, err
+	}
 	if s.maint, err = s.newMaintenance(cfg.Heartbeat); err != nil {
 		shell.Close()
 		return nil, err
@@ -196,6 +219,7 @@ func (s *Subcloud) Run(ctx context.Context) error {
 		g.Go(func() error { return s.maint.run(ctx, s) })
 	}
 	g.Go(func() error { return s.servers.Run(ctx) })
+	g.Go(func() error { return s.runServices(ctx) })
 	return g.Wait()
 }
 
@@ -218,6 +242,7 @@ func (s *Subcloud) register(srv *rest.Server, a *auth.Service) {
 	srv.Handle("agentCommands", http.MethodGet, "/v1/agents/{uuid}/commands", s.agentGuard, s.agentPoll)
 	s.registerCompute(srv, a)
 	s.registerServers(srv, a)
+	s.registerServices(srv, a)
 	osapi.Register(srv, a, s.openstackDeps()) // /identity, /compute, /image
 }
 

@@ -1,0 +1,284 @@
+package subcloud
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"log/slog"
+	"net"
+	"os"
+	"path/filepath"
+	"strconv"
+	"sync/atomic"
+	"time"
+
+	"github.com/petrel-edge/petrel/internal/coord"
+	"github.com/petrel-edge/petrel/internal/errs"
+	"github.com/petrel-edge/petrel/internal/pki"
+	"github.com/petrel-edge/petrel/servicemgr"
+	"github.com/petrel-edge/petrel/servicemgr/etcdledger"
+	"github.com/petrel-edge/petrel/servicemgr/servicedb"
+)
+
+// EtcdConfig is the site's coordination member (brief §5: etcd embedded
+// in the site controller, on its host's own addresses).
+type EtcdConfig struct {
+	// Name of this member; default "controller".
+	Name string `json:"name"`
+	// ClientAddr and PeerAddr (host:port); default the API's host with
+	// ports 2379 and 2380 (free ports when the API listens on port 0).
+	ClientAddr string `json:"client_addr"`
+	PeerAddr   string `json:"peer_addr"`
+	// InitialCluster maps member names to peer addresses when the site's
+	// cluster has several members; absent: this member alone.
+	InitialCluster map[string]string `json:"initial_cluster"`
+	// TickMS and ElectionMS: raft's heartbeat and election timeout
+	// (default 100 and 1000).
+	TickMS     uint `json:"tick_ms"`
+	ElectionMS uint `json:"election_ms"`
+	// DataDir; default DATA_DIR/etcd.
+	DataDir string `json:"data_dir"`
+}
+
+// coordination is the site controller's etcd: its member, its client,
+// its candidacy, and the service ledger on top.
+type coordination struct {
+	member *coord.Member
+	client *coord.Client
+	lead   *coord.Leadership
+	ledger *etcdledger.Ledger
+}
+
+func (c *coordination) close() {
+	if c.ledger != nil {
+		c.ledger.Close()
+	}
+	if c.lead != nil {
+		c.lead.Close()
+	}
+	if c.client != nil {
+		c.client.Close()
+	}
+	if c.member != nil {
+		c.member.Close()
+	}
+}
+
+// lazyLedger is the service ledger once coordination runs and this
+// controller leads; until then every call is unavailable.
+type lazyLedger struct{ l atomic.Pointer[etcdledger.Ledger] }
+
+var errNotLeading = errs.New(errs.Unavailable, "service management is starting (this controller does not lead the site's coordination yet)")
+
+func (z *lazyLedger) get() (*etcdledger.Ledger, error) {
+	if l := z.l.Load(); l != nil {
+		return l, nil
+	}
+	return nil, errNotLeading
+}
+
+func (z *lazyLedger) Load(ctx context.Context, g string) (servicemgr.Placement, error) {
+	l, err := z.get()
+	if err != nil {
+		return servicemgr.Placement{}, err
+	}
+	return l.Load(ctx, g)
+}
+
+func (z *lazyLedger) Commit(ctx context.Context, g string, prev uint64, next servicemgr.Placement) (uint64, error) {
+	l, err := z.get()
+	if err != nil {
+		return 0, err
+	}
+	return l.Commit(ctx, g, prev, next)
+}
+
+func (z *lazyLedger) Remove(ctx context.Context, g string) error {
+	l, err := z.get()
+	if err != nil {
+		return err
+	}
+	return l.Remove(ctx, g)
+}
+
+func (z *lazyLedger) Release(ctx context.Context, h string) error {
+	l, err := z.get()
+	if err != nil {
+		return err
+	}
+	return l.Release(ctx, h)
+}
+
+// openServices opens the service group store and the manager; the
+// coordination they need starts with Run.
+func (s *Subcloud) openServices(ctx context.Context) error {
+	specs, err := servicedb.Open(ctx, s.shell.DB)
+	if err != nil {
+		return err
+	}
+	s.ledger = &lazyLedger{}
+	return s.newServices(s.ledger, specs)
+}
+
+// startCoordination starts the etcd member, its client and the election.
+func (s *Subcloud) startCoordination(ctx context.Context) (*coordination, error) {
+	cfg := EtcdConfig{}
+	if s.cfg.Etcd != nil {
+		cfg = *s.cfg.Etcd
+	}
+	if cfg.Name == "" {
+		cfg.Name = "controller"
+	}
+	if cfg.DataDir == "" {
+		cfg.DataDir = filepath.Join(s.cfg.Shell.DataDir, "etcd")
+	}
+	host, port, err := net.SplitHostPort(s.cfg.Shell.Listen)
+	if err != nil {
+		return nil, fmt.Errorf("subcloud: etcd: listen %q: %w", s.cfg.Shell.Listen, err)
+	}
+	if host == "" || host == "0.0.0.0" || host == "::" {
+		host = "127.0.0.1"
+	}
+	for _, a := range []*string{&cfg.ClientAddr, &cfg.PeerAddr} {
+		if *a != "" {
+			continue
+		}
+		p := 2379
+		if a == &cfg.PeerAddr {
+			p = 2380
+		}
+		if port == "0" {
+			if p, err = freeTCPPort(host); err != nil {
+				return nil, err
+			}
+		}
+		*a = net.JoinHostPort(host, strconv.Itoa(p))
+	}
+	tlsFiles, err := s.etcdCert(cfg)
+	if err != nil {
+		return nil, err
+	}
+	quiet := s.log.With("component", "etcd")
+	c := &coordination{}
+	if c.member, err = coord.StartMember(ctx, coord.MemberConfig{Name: cfg.Name, DataDir: cfg.DataDir,
+		PeerAddr: cfg.PeerAddr, ClientAddr: cfg.ClientAddr, InitialCluster: cfg.InitialCluster,
+		ClusterToken: "petrel-" + s.cfg.Site, TLS: tlsFiles, TickMs: cfg.TickMS, ElectionMs: cfg.ElectionMS,
+		Logger: quiet, LogLevel: slog.LevelWarn}); err != nil {
+		return nil, fmt.Errorf("subcloud: etcd member: %w", err)
+	}
+	if c.client, err = coord.NewClient(coord.ClientConfig{Endpoints: []string{cfg.ClientAddr}, TLS: tlsFiles,
+		Logger: quiet, LogLevel: slog.LevelWarn}); err != nil {
+		c.close()
+		return nil, err
+	}
+	prefix := "/petrel/" + s.cfg.Site + "/"
+	if c.lead, err = coord.NewLeadership(coord.LeadershipConfig{Client: c.client, Prefix: prefix + "leader/",
+		Name: cfg.Name, Logger: s.log.With("component", "leadership")}); err != nil {
+		c.close()
+		return nil, err
+	}
+	if c.ledger, err = etcdledger.New(etcdledger.Config{Client: c.client, Guard: c.lead.Guard,
+		Prefix: prefix + "services/", Logger: s.log.With("component", "ledger")}); err != nil {
+		c.close()
+		return nil, err
+	}
+	return c, nil
+}
+
+// etcdCert issues this member's certificate (server and client usage)
+// from the site's CA at every start, as the API's own.
+func (s *Subcloud) etcdCert(cfg EtcdConfig) (coord.TLSFiles, error) {
+	caDir := s.cfg.Shell.TLS.CADir
+	if caDir == "" {
+		caDir = filepath.Join(s.cfg.Shell.DataDir, "pki")
+	}
+	ca, err := pki.LoadOrCreateCA(caDir, "Petrel CA")
+	if err != nil {
+		return coord.TLSFiles{}, fmt.Errorf("subcloud: etcd certificate: %w", err)
+	}
+	var ips []net.IP
+	for _, a := range []string{cfg.ClientAddr, cfg.PeerAddr} {
+		h, _, _ := net.SplitHostPort(a)
+		if ip := net.ParseIP(h); ip != nil {
+			ips = append(ips, ip)
+		}
+	}
+	ips = append(ips, net.IPv4(127, 0, 0, 1))
+	issued, err := ca.IssuePeer("etcd-"+s.cfg.Site+"-"+cfg.Name, []string{"localhost"}, ips, 90*24*time.Hour)
+	if err != nil {
+		return coord.TLSFiles{}, err
+	}
+	dir := filepath.Join(s.cfg.Shell.DataDir, "etcd-pki")
+	if err := os.MkdirAll(dir, 0o700); err != nil {
+		return coord.TLSFiles{}, err
+	}
+	f := coord.TLSFiles{CertFile: filepath.Join(dir, "etcd.crt"), KeyFile: filepath.Join(dir, "etcd.key"),
+		CAFile: filepath.Join(caDir, pki.CACertFile)}
+	return f, issued.Write(f.CertFile, f.KeyFile)
+}
+
+func freeTCPPort(host string) (int, error) {
+	l, err := net.Listen("tcp", net.JoinHostPort(host, "0"))
+	if err != nil {
+		return 0, err
+	}
+	defer l.Close()
+	return l.Addr().(*net.TCPAddr).Port, nil
+}
+
+// runServices runs coordination and, while this controller leads, the
+// service group manager. The declared groups are applied each time it
+// takes the lead.
+func (s *Subcloud) runServices(ctx context.Context) error {
+	c, err := s.startCoordination(ctx)
+	if err != nil {
+		if ctx.Err() != nil {
+			return nil
+		}
+		// The site keeps serving everything else; service HA reports
+		// itself unavailable.
+		s.log.Error("coordination did not start: service groups are unavailable", "err", err)
+		<-ctx.Done()
+		return nil
+	}
+	defer c.close()
+	s.coord = c
+	err = c.lead.RunWhileLeader(ctx, func(ctx context.Context, g coord.Guard) error {
+		s.log.Info("leading the site's coordination: service management on", "guard_rev", g.Rev)
+		s.ledger.l.Store(c.ledger)
+		defer s.ledger.l.Store(nil)
+		s.services.Reload()
+		if len(s.cfg.ServiceGroups) > 0 {
+			go s.applyDeclared(ctx)
+		}
+		return s.services.Run(ctx)
+	})
+	if err != nil && !errors.Is(err, context.Canceled) && ctx.Err() == nil {
+		return err
+	}
+	return nil
+}
+
+// applyDeclared applies the configuration's service groups, retrying
+// while their hosts have not joined yet (a site's first start).
+func (s *Subcloud) applyDeclared(ctx context.Context) {
+	logged := false
+	for {
+		err := s.services.Apply(ctx, s.cfg.ServiceGroups)
+		if err == nil {
+			s.log.Info("the configuration's service groups are applied", "groups", len(s.cfg.ServiceGroups))
+			return
+		}
+		if !logged {
+			s.log.Warn("the configuration's service groups are not applied yet; retrying", "err", err)
+			logged = true
+		}
+		t := time.NewTimer(2 * time.Second)
+		select {
+		case <-ctx.Done():
+			t.Stop()
+			return
+		case <-t.C:
+		}
+	}
+}

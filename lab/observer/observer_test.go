@@ -354,7 +354,9 @@ func TestHistoryAndOutage(t *testing.T) {
 			}
 		}
 
-		ok := func(s Snapshot) bool { return len(s.Actives) == 1 && slices.Equal(s.Holders[floating], []string{s.Actives[0].Host}) }
+		ok := func(s Snapshot) bool {
+			return len(s.Actives) == 1 && slices.Equal(s.Holders[floating], []string{s.Actives[0].Host})
+		}
 		gotLost, gotBack, found := o.Outage(t0, ok)
 		if !found || !gotLost.Equal(lost) && !gotLost.Before(lost) || !gotBack.Equal(back) {
 			t.Errorf("Outage(t0) = %v, %v, %v; want lost by %v, back at %v", gotLost, gotBack, found, lost, back)

@@ -118,7 +118,7 @@ func (a *app) labObserveCmd(dir *string) *cobra.Command {
 					return err
 				}
 			} else {
-				fmt.Fprintf(a.stdout, "Observed group %s at site %s for %s: %d rounds, %d states, %d violation(s).\n",
+				fmt.Fprintf(a.stdout, "Observed group %s at site %s for %s: %d rounds, %d state(s), %d violation(s).\n",
 					group, site, took.Round(time.Millisecond), last.Seq, len(history), len(violations))
 				for _, v := range violations {
 					fmt.Fprintf(a.stdout, "  %s-%s (%d rounds)  %s  %s\n", stamp(v.First), stamp(v.Last), v.Rounds, v.Kind, v.Detail)

@@ -175,6 +175,23 @@ func TestObserverInNamespaces(t *testing.T) {
 		t.Errorf("violations after a split brain = %v; want %v", kinds, want)
 	}
 
+	// From one namespace (Config.DialNetns) only what that namespace
+	// reaches answers: a's own address, not b's.
+	o2, err := observer.New(observer.Config{Members: []observer.Target{a.target(), b.target()}, DialNetns: a.ns,
+		Logger: slog.New(slog.NewTextHandler(t.Output(), nil))})
+	if err != nil {
+		t.Fatal(err)
+	}
+	ctx2, cancel2 := context.WithTimeout(t.Context(), 15*time.Second)
+	done2 := make(chan error, 1)
+	go func() { done2 <- o2.Run(ctx2) }()
+	_, err = o2.WaitFor(ctx2, func(s observer.Snapshot) bool { return s.Members[0].Status == 200 && s.Members[1].Status == 0 })
+	cancel2()
+	<-done2
+	if err != nil {
+		t.Errorf("dialing from %s: WaitFor(a answers, b does not) = %v; latest round: %+v", a.ns, err, o2.Snapshot().Members)
+	}
+
 	// a's service stops: no answer from a.
 	a.stop()
 	waitFor("a silent", func(s observer.Snapshot) bool { return s.Members[0].Status == 0 && s.Members[0].Err != "" })

@@ -301,7 +301,7 @@ func New(cfg Config) (*Observer, error) {
 			return nil, fmt.Errorf("observer: host %s given twice", t.Host)
 		}
 		hosts[t.Host] = true
-		if _, err := memberAddr(t.URL); err != nil {
+		if err := checkURL(t.URL); err != nil {
 			return nil, err
 		}
 		if _, ok := o.hostOf[t.Netns]; !ok {
@@ -333,18 +333,18 @@ func New(cfg Config) (*Observer, error) {
 	return o, nil
 }
 
-// memberAddr checks a member URL (http://IP:PORT/...) and returns its
-// address.
-func memberAddr(raw string) (netip.AddrPort, error) {
+// checkURL checks a member URL: http://IP:PORT/..., a literal address
+// (hostnet.DialIn resolves no names: that could open sockets outside the
+// namespace).
+func checkURL(raw string) error {
 	u, err := url.Parse(raw)
 	if err != nil {
-		return netip.AddrPort{}, fmt.Errorf("observer: member URL: %w", err)
+		return fmt.Errorf("observer: member URL: %w", err)
 	}
-	ap, err := netip.ParseAddrPort(u.Host)
-	if u.Scheme != "http" || err != nil {
-		return netip.AddrPort{}, fmt.Errorf("observer: member URL %q: want http://IP:PORT/", raw)
+	if _, err := netip.ParseAddrPort(u.Host); u.Scheme != "http" || err != nil {
+		return fmt.Errorf("observer: member URL %q: want http://IP:PORT/", raw)
 	}
-	return ap, nil
+	return nil
 }
 
 // Run polls in rounds until ctx ends, then returns nil; WaitFor calls then

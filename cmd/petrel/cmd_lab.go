@@ -222,7 +222,7 @@ func (a *app) labCmd() *cobra.Command {
 		},
 	}
 	fabric.Flags().StringVar(&fabricCfg, "config", "", "fabric configuration")
-	c := group("lab", "Run a whole Petrel cloud on this machine", up, down, status, env, addHost, fault, fabric)
+	c := group("lab", "Run a whole Petrel cloud on this machine", up, down, status, env, addHost, fault, fabric, a.labObserveCmd(&dir))
 	c.PersistentFlags().StringVar(&dir, "dir", "", "lab directory (env PETREL_LAB_DIR; default "+lab.DefaultDir+")")
 	return c
 }

@@ -24,9 +24,9 @@ const (
 type LeadershipConfig struct {
 	// Client is the candidate's connection to etcd.
 	Client *Client
-	// Prefix is the election's key prefix, ending in "/"
-	// (/petrel/<site>/leader/): each candidate's key is Prefix followed by
-	// its session's lease ID, and the oldest key is the leader's.
+	// Prefix names the election (/petrel/<site>/leader): each candidate's
+	// key is Prefix + "/" + its session's lease ID in hex, and the oldest
+	// key is the leader's.
 	Prefix string
 	// Name is the candidate's name, the value of its key: what Leader
 	// returns while it leads.
@@ -90,8 +90,9 @@ func NewLeadership(cfg LeadershipConfig) (*Leadership, error) {
 	if cfg.Client == nil || cfg.Name == "" {
 		return nil, errors.New("coord: leadership: Client and Name are required")
 	}
-	if !strings.HasSuffix(cfg.Prefix, "/") || len(cfg.Prefix) < 2 {
-		return nil, fmt.Errorf("coord: leadership: prefix %q must end in /", cfg.Prefix)
+	cfg.Prefix = strings.TrimSuffix(cfg.Prefix, "/")
+	if !strings.HasPrefix(cfg.Prefix, "/") || len(cfg.Prefix) < 2 {
+		return nil, fmt.Errorf("coord: leadership: prefix %q must be an absolute key", cfg.Prefix)
 	}
 	cfg.SessionTTL = orDefault(cfg.SessionTTL, DefaultSessionTTL)
 	cfg.RetryDelay = orDefault(cfg.RetryDelay, DefaultRetryDelay)
@@ -317,7 +318,7 @@ func (l *Leadership) Lost() <-chan struct{} {
 // Leader returns the name of the election's current leader, whoever it
 // is, or ErrNoLeader.
 func (l *Leadership) Leader(ctx context.Context) (string, error) {
-	resp, err := l.cli.Get(ctx, l.cfg.Prefix, clientv3.WithFirstCreate()...)
+	resp, err := l.cli.Get(ctx, l.cfg.Prefix+"/", clientv3.WithFirstCreate()...)
 	if err != nil {
 		return "", fmt.Errorf("coord: read leader: %w", err)
 	}

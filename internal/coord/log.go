@@ -47,11 +47,24 @@ func slogLevel(l zapcore.Level) slog.Level {
 	}
 }
 
-func (c *slogCore) Enabled(l zapcore.Level) bool {
-	if c.muted.Load() && l < zapcore.DPanicLevel {
+// entryLevel is the slog level of a zap entry: its own, except for etcd
+// errors known to be harmless, which are warnings here.
+func entryLevel(e zapcore.Entry) slog.Level {
+	switch e.Message {
+	case "failed to update storage version":
+		// A new member's first try, before the raft term reaches its
+		// backend; it is retried and succeeds.
+		return slog.LevelWarn
+	}
+	return slogLevel(e.Level)
+}
+
+func (c *slogCore) Enabled(l zapcore.Level) bool { return c.enabled(l, slogLevel(l)) }
+
+func (c *slogCore) enabled(zl zapcore.Level, sl slog.Level) bool {
+	if c.muted.Load() && zl < zapcore.DPanicLevel {
 		return false
 	}
-	sl := slogLevel(l)
 	return sl >= c.min.Level() && c.h.Enabled(context.Background(), sl)
 }
 
@@ -60,14 +73,14 @@ func (c *slogCore) With(fs []zapcore.Field) zapcore.Core {
 }
 
 func (c *slogCore) Check(e zapcore.Entry, ce *zapcore.CheckedEntry) *zapcore.CheckedEntry {
-	if c.Enabled(e.Level) {
+	if c.enabled(e.Level, entryLevel(e)) {
 		return ce.AddCore(e, c)
 	}
 	return ce
 }
 
 func (c *slogCore) Write(e zapcore.Entry, fs []zapcore.Field) error {
-	r := slog.NewRecord(e.Time, slogLevel(e.Level), e.Message, 0)
+	r := slog.NewRecord(e.Time, entryLevel(e), e.Message, 0)
 	if e.LoggerName != "" {
 		r.AddAttrs(slog.String("logger", e.LoggerName))
 	}

@@ -75,7 +75,11 @@ func TestDeposedLeaderIsFenced(t *testing.T) {
 	if _, err := ca1.PutIfLeader(ctx, ga, clientv3.OpDelete(assignKey)); !errors.Is(err, coord.ErrNotLeader) {
 		t.Errorf("deposed PutIfLeader: err = %v; want ErrNotLeader", err)
 	}
-	if _, _, err := ca1.CreateWithLease(ctx, ga, "/petrel/s1/slot/x", "h1", clientv3.NoLease); !errors.Is(err, coord.ErrNotLeader) {
+	lease, err := ca1.Grant(ctx, 5*time.Second)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, _, err := ca1.CreateWithLease(ctx, ga, "/petrel/s1/slot/x", "h1", lease); !errors.Is(err, coord.ErrNotLeader) {
 		t.Errorf("deposed CreateWithLease: err = %v; want ErrNotLeader", err)
 	}
 	if _, err := ca1.Bump(ctx, coord.Guard{}, epochKey); !errors.Is(err, coord.ErrNotLeader) {

@@ -176,6 +176,10 @@ func (l *Leadership) campaign(ctx context.Context, sess *concurrency.Session, el
 	// lease while it waited; make sure the key is still there.
 	held, _, err := l.held(ctx, g)
 	if err != nil {
+		// Not knowing, give the key up rather than lead unnoticed.
+		rctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), time.Second)
+		_ = el.Resign(rctx)
+		cancel()
 		return Guard{}, err
 	}
 	if !held {

@@ -83,6 +83,9 @@ func (c *Client) CreateWithLease(ctx context.Context, g Guard, key, val string, 
 	if g.IsZero() {
 		return false, "", ErrNotLeader
 	}
+	if lease == clientv3.NoLease {
+		return false, "", fmt.Errorf("coord: create %s: no lease given", key)
+	}
 	absent := clientv3.Compare(clientv3.CreateRevision(key), "=", 0)
 	inner := clientv3.OpTxn(
 		[]clientv3.Cmp{absent},

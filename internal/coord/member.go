@@ -235,6 +235,10 @@ func (m *Member) Ready(ctx context.Context) error {
 // when etcd stops it (say, because it was removed from the cluster).
 func (m *Member) Done() <-chan struct{} { return m.etcd.Server.StopNotify() }
 
+// Err receives the errors that stopped one of the member's listeners
+// from serving; its owner should then Close the member and start it again.
+func (m *Member) Err() <-chan error { return m.etcd.Err() }
+
 // Name is the member's name.
 func (m *Member) Name() string { return m.name }
 

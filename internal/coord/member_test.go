@@ -130,3 +130,39 @@ func TestForeignClientRefused(t *testing.T) {
 		t.Fatalf("after the refused Put, /x = %v, %v; want absent", resp, err)
 	}
 }
+
+// TestConfigErrors: incomplete configurations are refused before anything
+// starts.
+func TestConfigErrors(t *testing.T) {
+	files := coord.TLSFiles{CertFile: "c", KeyFile: "k", CAFile: "ca"}
+	good := coord.MemberConfig{Name: "m0", DataDir: t.TempDir(), PeerAddr: "127.0.0.1:1", ClientAddr: "127.0.0.1:2", TLS: files}
+	for name, mut := range map[string]func(*coord.MemberConfig){
+		"no name":          func(c *coord.MemberConfig) { c.Name = "" },
+		"no data dir":      func(c *coord.MemberConfig) { c.DataDir = "" },
+		"bad peer addr":    func(c *coord.MemberConfig) { c.PeerAddr = "127.0.0.1" },
+		"no TLS":           func(c *coord.MemberConfig) { c.TLS = coord.TLSFiles{} },
+		"not in cluster":   func(c *coord.MemberConfig) { c.InitialCluster = map[string]string{"m1": "127.0.0.1:3"} },
+		"wrong peer entry": func(c *coord.MemberConfig) { c.InitialCluster = map[string]string{"m0": "127.0.0.1:3"} },
+	} {
+		cfg := good
+		mut(&cfg)
+		if m, err := coord.StartMember(t.Context(), cfg); err == nil {
+			m.Close()
+			t.Errorf("StartMember(%s) succeeded", name)
+		}
+	}
+	if _, err := coord.NewClient(coord.ClientConfig{TLS: files}); err == nil {
+		t.Error("NewClient without endpoints succeeded")
+	}
+	if _, err := coord.NewClient(coord.ClientConfig{Endpoints: []string{"127.0.0.1:2"}, TLS: files}); err == nil {
+		t.Error("NewClient with missing certificate files succeeded")
+	}
+	if _, err := coord.NewLeadership(coord.LeadershipConfig{Name: "a", Prefix: "/p"}); err == nil {
+		t.Error("NewLeadership without a client succeeded")
+	}
+	for _, p := range []string{"", "/", "relative/key"} {
+		if _, err := coord.NewLeadership(coord.LeadershipConfig{Client: new(coord.Client), Name: "a", Prefix: p}); err == nil {
+			t.Errorf("NewLeadership(prefix %q) succeeded", p)
+		}
+	}
+}

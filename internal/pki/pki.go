@@ -131,6 +131,19 @@ func (ca *CA) IssueServer(commonName string, dnsNames []string, ips []net.IP, va
 	}, validity, opts...)
 }
 
+// IssuePeer issues a certificate valid for both server and client
+// authentication, for daemons that serve and dial their own kind with one
+// identity (the members of an etcd cluster: each serves its peers and
+// clients and dials the other members).
+func (ca *CA) IssuePeer(commonName string, dnsNames []string, ips []net.IP, validity time.Duration, opts ...IssueOption) (Issued, error) {
+	return ca.issue(&x509.Certificate{
+		Subject:     pkix.Name{CommonName: commonName, Organization: []string{"Petrel"}},
+		DNSNames:    dnsNames,
+		IPAddresses: ips,
+		ExtKeyUsage: []x509.ExtKeyUsage{x509.ExtKeyUsageServerAuth, x509.ExtKeyUsageClientAuth},
+	}, validity, opts...)
+}
+
 // IssueClient issues a client certificate whose common name is the identity
 // it is bound to (a machine identity, a site name).
 func (ca *CA) IssueClient(identity string, validity time.Duration, opts ...IssueOption) (Issued, error) {

@@ -105,3 +105,30 @@ func TestNoKeyUsage(t *testing.T) {
 		}
 	}
 }
+
+// TestIssuePeer: a peer certificate verifies as a server certificate for
+// its IP and as a client certificate.
+func TestIssuePeer(t *testing.T) {
+	dir := t.TempDir()
+	ca, err := pki.LoadOrCreateCA(dir, "test CA")
+	if err != nil {
+		t.Fatal(err)
+	}
+	pool, err := pki.CertPool(filepath.Join(dir, pki.CACertFile))
+	if err != nil {
+		t.Fatal(err)
+	}
+	peer, err := ca.IssuePeer("m0", nil, []net.IP{net.IPv4(127, 0, 0, 1)}, time.Hour)
+	if err != nil {
+		t.Fatal(err)
+	}
+	c := parse(t, peer.CertPEM)
+	for _, eku := range []x509.ExtKeyUsage{x509.ExtKeyUsageServerAuth, x509.ExtKeyUsageClientAuth} {
+		if _, err := c.Verify(x509.VerifyOptions{Roots: pool, DNSName: "127.0.0.1", KeyUsages: []x509.ExtKeyUsage{eku}}); err != nil {
+			t.Errorf("peer certificate for usage %v: %v", eku, err)
+		}
+	}
+	if c.Subject.CommonName != "m0" {
+		t.Errorf("peer certificate CN = %q; want m0", c.Subject.CommonName)
+	}
+}

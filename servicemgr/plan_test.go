@@ -27,7 +27,12 @@ func TestValidateNamesTheProblem(t *testing.T) {
 			func() Spec { s := spec("b", "1+0", "h"); s.DependsOn = []string{"c"}; return s }(),
 			func() Spec { s := spec("c", "1+0", "h"); s.DependsOn = []string{"a"}; return s }()}, "cycle: a -> b -> c -> a"},
 		{[]Spec{func() Spec { s := spec("a", "1+0", "h"); s.DependsOn = []string{"nope"}; return s }()}, `"nope", which does not exist`},
-		{[]Spec{func() Spec { s := spec("a", "2+0", "h", "i"); s.Floating = []string{"10.1.1.5/24"}; s.Network = "cluster"; return s }()}, "exactly one per slot"},
+		{[]Spec{func() Spec {
+			s := spec("a", "2+0", "h", "i")
+			s.Floating = []string{"10.1.1.5/24"}
+			s.Network = "cluster"
+			return s
+		}()}, "exactly one per slot"},
 		{[]Spec{func() Spec { s := spec("a", "1+0", "h"); s.Actions.Start = []string{"x", "{secret}"}; return s }()}, "unknown placeholder {secret}"},
 		{[]Spec{func() Spec { s := spec("a", "1+0", "h"); s.Health = HealthCheck{Type: "tcp"}; return s }()}, "tcp check needs a target"},
 	}

@@ -82,7 +82,8 @@ func (z *lazyLedger) Load(ctx context.Context, g string) (servicemgr.Placement, 
 	if err != nil {
 		return servicemgr.Placement{}, err
 	}
-	return l.Load(ctx, g)
+	p, err := l.Load(ctx, g)
+	return p, leaderErr(err)
 }
 
 func (z *lazyLedger) Commit(ctx context.Context, g string, prev uint64, next servicemgr.Placement) (uint64, error) {
@@ -90,7 +91,8 @@ func (z *lazyLedger) Commit(ctx context.Context, g string, prev uint64, next ser
 	if err != nil {
 		return 0, err
 	}
-	return l.Commit(ctx, g, prev, next)
+	e, err := l.Commit(ctx, g, prev, next)
+	return e, leaderErr(err)
 }
 
 func (z *lazyLedger) Remove(ctx context.Context, g string) error {
@@ -98,7 +100,7 @@ func (z *lazyLedger) Remove(ctx context.Context, g string) error {
 	if err != nil {
 		return err
 	}
-	return l.Remove(ctx, g)
+	return leaderErr(l.Remove(ctx, g))
 }
 
 func (z *lazyLedger) Release(ctx context.Context, h string) error {
@@ -106,7 +108,15 @@ func (z *lazyLedger) Release(ctx context.Context, h string) error {
 	if err != nil {
 		return err
 	}
-	return l.Release(ctx, h)
+	return leaderErr(l.Release(ctx, h))
+}
+
+// leaderErr turns a lost leadership into the API's not-leader error.
+func leaderErr(err error) error {
+	if errors.Is(err, coord.ErrNotLeader) {
+		return errs.Wrapf(errs.NotLeader, "this controller no longer leads the site's coordination")
+	}
+	return err
 }
 
 // openServices opens the service group store and the manager; the

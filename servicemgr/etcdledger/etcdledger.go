@@ -159,6 +159,7 @@ func (l *Ledger) Commit(ctx context.Context, group string, prevEpoch uint64, nex
 	}
 	cmps := []clientv3.Cmp{coord.EpochIs(epochKey, prevEpoch)}
 	var ops []clientv3.Op
+	deletes := map[string]bool{}
 	held := map[int]string{}
 	for _, kv := range resp.Kvs {
 		slot, err := strconv.Atoi(strings.TrimPrefix(string(kv.Key), slotsPrefix))
@@ -171,17 +172,21 @@ func (l *Ledger) Commit(ctx context.Context, group string, prevEpoch uint64, nex
 			held[slot] = holder // keeps it
 			continue
 		}
-		if _, demoted := next.Members[holder]; !demoted {
+		// The holder gives the slot up only by being demoted (standby) or
+		// removed from the group in this commit.
+		nm, stays := next.Members[holder]
+		demoted := stays && nm.Role == servicemgr.RoleStandby
+		if !stays {
 			if prev, err := l.Load(ctx, group); err == nil {
 				if _, was := prev.Members[holder]; was {
 					demoted = true // removed from the group in this commit
 				}
 			}
-			if !demoted {
-				return 0, fmt.Errorf("%w: slot %d of %s is %s's", servicemgr.ErrSlotHeld, slot, group, holder)
-			}
 		}
-		ops = append(ops, clientv3.OpDelete(string(kv.Key)))
+		if !demoted {
+			return 0, fmt.Errorf("%w: slot %d of %s is %s's", servicemgr.ErrSlotHeld, slot, group, holder)
+		}
+		deletes[string(kv.Key)] = true
 	}
 	for host, m := range next.Members {
 		if m.Role != servicemgr.RoleActive {
@@ -195,8 +200,14 @@ func (l *Ledger) Commit(ctx context.Context, group string, prevEpoch uint64, nex
 			return 0, err
 		}
 		key := slotsPrefix + strconv.Itoa(m.Slot)
-		cmps = append(cmps, clientv3.Compare(clientv3.CreateRevision(key), "=", 0))
+		if !deletes[key] {
+			cmps = append(cmps, clientv3.Compare(clientv3.CreateRevision(key), "=", 0))
+		}
+		delete(deletes, key) // one op per key in a transaction: the put replaces it
 		ops = append(ops, clientv3.OpPut(key, host, clientv3.WithLease(id)))
+	}
+	for key := range deletes {
+		ops = append(ops, clientv3.OpDelete(key))
 	}
 	epoch := prevEpoch + 1
 	next.Epoch = epoch
@@ -205,29 +216,13 @@ func (l *Ledger) Commit(ctx context.Context, group string, prevEpoch uint64, nex
 		return 0, err
 	}
 	ops = append(ops, clientv3.OpPut(epochKey, strconv.FormatUint(epoch, 10)), clientv3.OpPut(l.groupKey(group, "placement"), string(b)))
-	if _, err := c.TxnIfLeader(ctx, g, dedupe(cmps), ops...); err != nil {
+	if _, err := c.TxnIfLeader(ctx, g, cmps, ops...); err != nil {
 		if errors.Is(err, coord.ErrConflict) {
 			return 0, fmt.Errorf("%w: %s changed during the commit (%v)", servicemgr.ErrStale, group, err)
 		}
 		return 0, err
 	}
 	return epoch, nil
-}
-
-// dedupe drops repeated compares on one key (a deleted slot re-created in
-// the same transaction keeps only its first).
-func dedupe(cmps []clientv3.Cmp) []clientv3.Cmp {
-	seen := map[string]bool{}
-	out := cmps[:0]
-	for _, c := range cmps {
-		k := string(c.Key)
-		if seen[k] {
-			continue
-		}
-		seen[k] = true
-		out = append(out, c)
-	}
-	return out
 }
 
 // Remove deletes a group's records.

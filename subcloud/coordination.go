@@ -173,11 +173,11 @@ func (s *Subcloud) startCoordination(ctx context.Context) (*coordination, error)
 	if c.member, err = coord.StartMember(ctx, coord.MemberConfig{Name: cfg.Name, DataDir: cfg.DataDir,
 		PeerAddr: cfg.PeerAddr, ClientAddr: cfg.ClientAddr, InitialCluster: cfg.InitialCluster,
 		ClusterToken: "petrel-" + s.cfg.Site, TLS: tlsFiles, TickMs: cfg.TickMS, ElectionMs: cfg.ElectionMS,
-		Logger: quiet, LogLevel: slog.LevelWarn}); err != nil {
+		Logger: quiet, LogLevel: slog.LevelError}); err != nil {
 		return nil, fmt.Errorf("subcloud: etcd member: %w", err)
 	}
 	if c.client, err = coord.NewClient(coord.ClientConfig{Endpoints: []string{cfg.ClientAddr}, TLS: tlsFiles,
-		Logger: quiet, LogLevel: slog.LevelWarn}); err != nil {
+		Logger: quiet, LogLevel: slog.LevelError}); err != nil {
 		c.close()
 		return nil, err
 	}

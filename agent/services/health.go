@@ -90,8 +90,8 @@ type checker struct {
 	stop    func() // stops the checker and waits for its goroutine
 }
 
-// startChecker checks spec until stopped: at once, then every interval
-// after the previous check ended. runCommand runs a command check.
+// startChecker checks spec until stopped: at once (a process check after
+// startInterval), then every interval after the previous check ended. runCommand runs a command check.
 func startChecker(ctx context.Context, spec healthSpec, p *process, runCommand func(ctx context.Context, argv []string, out io.Writer) error) *checker {
 	probe := newProbe(spec, p, runCommand)
 	ctx, cancel := context.WithCancel(ctx)
@@ -101,7 +101,11 @@ func startChecker(ctx context.Context, spec healthSpec, p *process, runCommand f
 	go func() {
 		defer close(done)
 		passed := false
-		t := time.NewTimer(0)
+		first := time.Duration(0) // at once: a service may answer already
+		if spec.kind == checkProcess {
+			first = min(spec.interval, startInterval) // a process just started is trivially alive
+		}
+		t := time.NewTimer(first)
 		defer t.Stop()
 		for {
 			select {

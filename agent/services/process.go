@@ -188,27 +188,33 @@ type logFile struct {
 func (l *logFile) Write(p []byte) (int, error) {
 	l.mu.Lock()
 	defer l.mu.Unlock()
-	if l.f != nil && l.size > 0 && l.size+int64(len(p)) > l.max {
-		l.f.Close()
-		l.f = nil
-		_ = os.Rename(l.path, l.path+".1")
-	}
-	if l.f == nil {
-		f, err := os.OpenFile(l.path, os.O_WRONLY|os.O_CREATE|os.O_APPEND, 0o600)
+	for rest := p; len(rest) > 0; {
+		if l.f != nil && l.size >= l.max {
+			l.f.Close()
+			l.f = nil
+			_ = os.Rename(l.path, l.path+".1")
+		}
+		if l.f == nil {
+			f, err := os.OpenFile(l.path, os.O_WRONLY|os.O_CREATE|os.O_APPEND, 0o600)
+			if err != nil {
+				break // output nobody can keep is dropped: not the process's error
+			}
+			l.f, l.size = f, 0
+			if fi, err := f.Stat(); err == nil {
+				l.size = fi.Size()
+			}
+			if l.size >= l.max {
+				continue
+			}
+		}
+		n, err := l.f.Write(rest[:min(int64(len(rest)), l.max-l.size)])
+		l.size += int64(n)
+		rest = rest[n:]
 		if err != nil {
-			return len(p), nil // output nobody can keep is dropped, not an error of the process
-		}
-		l.f = f
-		if fi, err := f.Stat(); err == nil {
-			l.size = fi.Size()
+			break
 		}
 	}
-	n, err := l.f.Write(p)
-	l.size += int64(n)
-	if err != nil {
-		return len(p), nil
-	}
-	return n, nil
+	return len(p), nil
 }
 
 // note writes a line of the agent's own into the log.

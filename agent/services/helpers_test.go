@@ -38,7 +38,7 @@ func TestMain(m *testing.M) {
 type seen struct {
 	Pid  int               `json:"pid"`
 	Args []string          `json:"args"`
-	Env  map[string]string `json:"env"` // PETREL_*
+	Env  map[string]string `json:"env"`  // PETREL_*
 	Role string            `json:"role"` // role.json when it ran
 	At   int64             `json:"at"`   // UnixNano
 	Dir  string            `json:"dir"`

@@ -4,9 +4,11 @@
 // reports the host's inventory over mutual TLS — everything at start, then
 // what changed — as an explicit anti-entropy state machine. Its resource
 // monitors (package monitor) watch the host's CPU, memory and software
-// root, and every report carries the resource alarms they assert. Every
-// action that changes the machine, and every reading of its resources,
-// goes through its Platform.
+// root, and every report carries the resource alarms they assert. Once
+// joined, it runs the service-group members the site assigns to the host
+// (package services), fed by a long poll of the site's desired state.
+// Every action that changes the machine, and every reading of its
+// resources, goes through its Platform.
 package agent
 
 import (

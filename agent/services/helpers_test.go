@@ -73,6 +73,7 @@ func record(file string, args []string) {
 //	record FILE ARGS...   record itself in FILE and exit 0 (an action)
 //	exists FILE           exit 0 if FILE exists, 1 otherwise (a health command)
 //	spew N                write N bytes of output in lines of 100, then run until killed
+//	agent DIR             a Runner in DIR with one active member, web (see agentMain)
 func helperMain(mode string, args []string) int {
 	switch mode {
 	case "run":
@@ -102,6 +103,8 @@ func helperMain(mode string, args []string) int {
 			return 1
 		}
 		return 0
+	case "agent":
+		return agentMain(args[0])
 	case "spew":
 		n, _ := strconv.Atoi(args[0])
 		line := strings.Repeat("x", 99) + "\n"
@@ -111,6 +114,23 @@ func helperMain(mode string, args []string) int {
 		select {}
 	}
 	return 7
+}
+
+// agentMain runs a Runner on dir, as an agent would, with member web
+// active on 10.20.0.9/24 (a fake platform), until it is killed.
+func agentMain(dir string) int {
+	r, err := services.New(services.Config{StateDir: dir, Host: "h", Platform: &servicestest.Addresses{},
+		Report: func(context.Context, servicemgr.AgentStatus) error { return nil }, Logger: slog.New(slog.NewTextHandler(os.Stderr, nil))})
+	if err != nil {
+		fmt.Fprintln(os.Stderr, err)
+		return 6
+	}
+	exe, _ := os.Executable()
+	go r.Run(context.Background())
+	r.Apply(servicemgr.AgentServices{Version: 1, ControllerEpoch: 1, Members: []servicemgr.Assignment{{
+		Group: "web", Role: servicemgr.RoleActive, Epoch: 7, Floating: "10.20.0.9/24", Network: "mgmt",
+		Health: servicemgr.HealthCheck{Type: "process", IntervalMS: 20}, Actions: servicemgr.Actions{Start: []string{exe, helperArg, "run", "{state_dir}/run.json"}}}}})
+	select {}
 }
 
 // helper is the argv of a helper mode.

@@ -56,9 +56,11 @@ func env(host, group string, role servicemgr.Role, epoch uint64, dir string) []s
 
 // command prepares argv to run as a member's process: in dir, in a
 // process group of its own (so that stopping it reaches its children),
-// and killed by the kernel should the agent die (Pdeathsig; the agent
-// never starts processes from threads that may exit, see
-// runtime.LockOSThread). Its output goes to out.
+// and killed by the kernel should the agent die (Pdeathsig). Pdeathsig
+// follows the thread that forked, not the process: the Go runtime ends a
+// thread only when a goroutine locked to it (runtime.LockOSThread) exits,
+// and the agent locks none, so its threads live as long as it does. Its
+// output goes to out.
 func command(argv, environ []string, dir string, out io.Writer) (*exec.Cmd, error) {
 	if len(argv) == 0 || argv[0] == "" {
 		return nil, errors.New("empty command")

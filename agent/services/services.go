@@ -499,9 +499,16 @@ func (r *Runner) writeHeld(held map[string]heldAddress) error {
 }
 
 // releaseLeftovers takes off the floating addresses that an earlier run
-// recorded and did not release (it crashed, or was killed): nothing runs
-// now, so nothing may hold them.
+// recorded and did not release (it crashed, or was killed), and removes
+// the role.json files it left: nothing runs now, so nothing may hold an
+// address or claim a role.
 func (r *Runner) releaseLeftovers(ctx context.Context) {
+	roles, _ := filepath.Glob(filepath.Join(r.cfg.StateDir, membersDir, "*", roleFile))
+	for _, f := range roles {
+		if err := os.Remove(f); err != nil {
+			r.log.Warn("removing a role.json left by an earlier run failed", "err", err)
+		}
+	}
 	r.mu.Lock()
 	left := maps.Clone(r.held)
 	r.mu.Unlock()

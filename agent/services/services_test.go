@@ -7,6 +7,7 @@ import (
 	"net/http"
 	"net/http/httptest"
 	"os"
+	"os/exec"
 	"path/filepath"
 	"slices"
 	"strings"
@@ -556,5 +557,45 @@ func TestMemberLogIsCapped(t *testing.T) {
 func TestNewNeedsItsCollaborators(t *testing.T) {
 	if _, err := services.New(services.Config{StateDir: t.TempDir()}); err == nil {
 		t.Error("New without Platform, Report and Logger succeeded")
+	}
+}
+
+// TestAgentKilled: when the agent dies (SIGKILL), its members die with it,
+// and the next run releases the floating address the dead one held,
+// remembers the epochs and runs nothing until told.
+func TestAgentKilled(t *testing.T) {
+	dir := t.TempDir()
+	agent := exec.Command(helper(t, "agent", dir)[0], helper(t, "agent", dir)[1:]...)
+	agent.Stderr = os.Stderr
+	if err := agent.Start(); err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { agent.Process.Kill(); agent.Wait() })
+	var runs []seen
+	waitFor(t, "the member to run", func() bool {
+		runs = readSeen(t, filepath.Join(dir, "services", "web", "run.json"))
+		return len(runs) == 1
+	})
+	waitFor(t, "the member to hold its address", func() bool {
+		b, _ := os.ReadFile(filepath.Join(dir, "services-addresses.json"))
+		return strings.Contains(string(b), "10.20.0.9/24")
+	})
+	agent.Process.Signal(syscall.SIGKILL)
+	agent.Wait()
+	waitFor(t, "the member to die with the agent", func() bool { return !alive(runs[0].Pid) })
+
+	e := newEnv(t, dir, nil)
+	waitFor(t, "the leftover address to be released", func() bool { return len(e.addrs.Calls()) == 1 })
+	if c := e.addrs.Calls()[0]; c.Op != servicestest.OpDel || c.Iface != "mgmt" || c.Addr != "10.20.0.9/24" {
+		t.Errorf("first address call = %+v; want del 10.20.0.9/24 on mgmt", c)
+	}
+	if e.r.Epoch("web") != 7 {
+		t.Errorf("epoch of web = %d after the restart; want 7", e.r.Epoch("web"))
+	}
+	if st := e.r.Status(); len(st.Members) != 0 {
+		t.Errorf("the restarted agent runs %+v; want nothing until told", st.Members)
+	}
+	if _, err := os.Stat(filepath.Join(dir, "services", "web", "role.json")); !errors.Is(err, os.ErrNotExist) {
+		t.Errorf("role.json of the dead run: %v; want it removed", err)
 	}
 }

@@ -213,6 +213,10 @@ func (m *member) start(ctx context.Context) {
 		m.fail(ctx, "state directory: "+err.Error())
 		return
 	}
+	if err := os.Chmod(m.dir, 0o700); err != nil {
+		m.fail(ctx, "state directory: "+err.Error())
+		return
+	}
 	if err := m.writeRole(servicemgr.RoleStandby); err != nil {
 		m.fail(ctx, err.Error())
 		return

@@ -1,6 +1,7 @@
 package services
 
 import (
+	"bytes"
 	"context"
 	"errors"
 	"fmt"
@@ -146,7 +147,8 @@ func (p *process) exited() bool {
 
 // stop ends the process. Unless the member's stop action already asked
 // it to (asked), SIGTERM to its group does; at deadline its group is
-// killed. Whatever is left of its group is killed once it has ended.
+// killed. Whatever is left of its group is killed once it has ended, and
+// stop waits (up to a second) until the group is empty.
 func (p *process) stop(deadline time.Time, asked bool) {
 	if !asked {
 		killGroup(p.pid(), syscall.SIGTERM)
@@ -160,6 +162,42 @@ func (p *process) stop(deadline time.Time, asked bool) {
 		<-p.done
 	}
 	killGroup(p.pid(), syscall.SIGKILL)
+	// A killed process needs a moment to die. (Its orphaned children may
+	// stay zombies a while: their new parent reaps them, not the agent.)
+	for end := time.Now().Add(time.Second); groupAlive(p.pid()) && time.Now().Before(end); {
+		time.Sleep(5 * time.Millisecond)
+	}
+}
+
+// groupAlive reports whether a process of group pgid is alive (not a
+// zombie).
+func groupAlive(pgid int) bool {
+	if err := syscall.Kill(-pgid, 0); errors.Is(err, syscall.ESRCH) {
+		return false
+	}
+	ents, err := os.ReadDir("/proc")
+	if err != nil {
+		return false
+	}
+	for _, e := range ents {
+		if e.Name()[0] < '0' || e.Name()[0] > '9' {
+			continue
+		}
+		b, err := os.ReadFile("/proc/" + e.Name() + "/stat")
+		if err != nil {
+			continue
+		}
+		// pid (comm) state ppid pgrp ...
+		i := bytes.LastIndexByte(b, ')')
+		if i < 0 {
+			continue
+		}
+		f := strings.Fields(string(b[i+1:]))
+		if len(f) >= 3 && f[2] == strconv.Itoa(pgid) && f[0] != "Z" && f[0] != "X" {
+			return true
+		}
+	}
+	return false
 }
 
 // describeExit says how a process ended.

@@ -4,9 +4,11 @@
 // reports the host's inventory over mutual TLS — everything at start, then
 // what changed — as an explicit anti-entropy state machine. Its resource
 // monitors (package monitor) watch the host's CPU, memory and software
-// root, and every report carries the resource alarms they assert. Every
-// action that changes the machine, and every reading of its resources,
-// goes through its Platform.
+// root, and every report carries the resource alarms they assert. Once
+// joined, it runs the service-group members the site assigns to the host
+// (package services), fed by a long poll of the site's desired state.
+// Every action that changes the machine, and every reading of its
+// resources, goes through its Platform.
 package agent
 
 import (
@@ -29,9 +31,11 @@ import (
 	"reflect"
 	"slices"
 	"strings"
+	"sync/atomic"
 	"time"
 
 	"github.com/petrel-edge/petrel/agent/monitor"
+	"github.com/petrel-edge/petrel/agent/services"
 	"github.com/petrel-edge/petrel/internal/atomicfile"
 	"github.com/petrel-edge/petrel/internal/pki"
 	"github.com/petrel-edge/petrel/inventory"
@@ -72,6 +76,10 @@ type Agent struct {
 	epoch     uint64           // the newest controller epoch seen
 	badAlarms string           // the last refusable alarm set logged
 	joined    chan struct{}
+
+	svc          *services.Runner // the host's service-group members
+	svcServed    atomic.Bool      // the site answered the services poll (reports go only then)
+	svcNotServed time.Duration    // how often to ask a site that does not serve services
 }
 
 // State-dir file names.
@@ -109,6 +117,10 @@ func New(cfg Config) (*Agent, error) {
 	a := &Agent{cfg: cfg, log: cfg.Logger.With("machine_id", id), machineID: id,
 		bootID: hex.EncodeToString(b[:]), joined: make(chan struct{})}
 	a.epoch = a.loadEpoch()
+	a.svcNotServed = servicesNotServed
+	if a.svc, err = a.newServices(); err != nil {
+		return nil, fmt.Errorf("agent: %w", err)
+	}
 	if !cfg.MonitorDisable {
 		if a.mon, err = monitor.New(cfg.Monitor, cfg.Platform.Usage, a.log.With("component", "monitor")); err != nil {
 			return nil, fmt.Errorf("agent: %w", err)
@@ -184,6 +196,15 @@ func (a *Agent) Run(ctx context.Context) error {
 		}()
 		defer func() { stop(); <-done }()
 	}
+	// The host's service-group members run once the agent has joined;
+	// they are stopped (deactivated, their addresses released) before Run
+	// returns.
+	var stopServices func()
+	defer func() {
+		if stopServices != nil {
+			stopServices()
+		}
+	}()
 	backoff := newBackoff(200*time.Millisecond, 30*time.Second)
 	lastFull := time.Time{}
 	for s := stateJoin; s != stateStopped; {
@@ -209,6 +230,7 @@ func (a *Agent) Run(ctx context.Context) error {
 				continue
 			}
 			close(a.joined)
+			stopServices = a.startServices(ctx)
 			backoff.reset()
 			s = stateFullSync
 		case stateFullSync:
@@ -355,26 +377,42 @@ type statusError struct {
 
 func (e *statusError) Error() string { return fmt.Sprintf("HTTP %d: %s", e.status, e.body) }
 
+// do calls the site with the agent's client: in (nil: no body) as JSON,
+// the answer into out (nil: ignored).
 func (a *Agent) do(ctx context.Context, method, path string, in, out any) error {
-	b, err := json.Marshal(in)
+	return a.doWith(ctx, a.client, method, path, in, out)
+}
+
+// doWith is do with client c.
+func (a *Agent) doWith(ctx context.Context, c *http.Client, method, path string, in, out any) error {
+	body := io.Reader(http.NoBody)
+	if in != nil {
+		b, err := json.Marshal(in)
+		if err != nil {
+			return err
+		}
+		body = bytes.NewReader(b)
+	}
+	req, err := http.NewRequestWithContext(ctx, method, strings.TrimRight(a.cfg.SiteURL, "/")+path, body)
 	if err != nil {
 		return err
 	}
-	req, err := http.NewRequestWithContext(ctx, method, strings.TrimRight(a.cfg.SiteURL, "/")+path, bytes.NewReader(b))
-	if err != nil {
-		return err
+	if in != nil {
+		req.Header.Set("Content-Type", "application/json")
 	}
-	req.Header.Set("Content-Type", "application/json")
-	resp, err := a.client.Do(req)
+	resp, err := c.Do(req)
 	if err != nil {
 		return err
 	}
 	defer resp.Body.Close()
-	body, _ := io.ReadAll(io.LimitReader(resp.Body, 1<<20))
+	b, _ := io.ReadAll(io.LimitReader(resp.Body, 1<<20))
 	if resp.StatusCode >= 300 {
-		return &statusError{status: resp.StatusCode, body: strings.TrimSpace(string(body))}
+		return &statusError{status: resp.StatusCode, body: strings.TrimSpace(string(b))}
 	}
-	return json.Unmarshal(body, out)
+	if out == nil {
+		return nil
+	}
+	return json.Unmarshal(b, out)
 }
 
 func httpClient(pool *x509.CertPool, cert *tls.Certificate) *http.Client {

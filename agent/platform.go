@@ -20,11 +20,12 @@ import (
 )
 
 // Platform is every action of the agent that changes the machine it runs
-// on (reboot, power, installing software) and every reading of the
-// machine's resources. Nothing else in the agent may change the machine.
-// The lab implementation talks only to the host's chassis (vbmc) and
-// writes only under the host's software root; the real one acts on the
-// machine and cannot be constructed under the lab or tests.
+// on (reboot, power, installing software, floating addresses) and every
+// reading of the machine's resources. Nothing else in the agent may
+// change the machine. The lab implementation talks only to the host's
+// chassis (vbmc), writes only under the host's software root and changes
+// addresses only inside the host's network namespace; the real one acts
+// on the machine and cannot be constructed under the lab or tests.
 type Platform interface {
 	// Kind is "lab" or "host".
 	Kind() string
@@ -37,6 +38,15 @@ type Platform interface {
 	// SoftwareRootFS). What cannot be read is listed in Usage.Missing; an
 	// error means nothing could be read.
 	Usage(ctx context.Context) (monitor.Usage, error)
+
+	// AddAddress, DelAddress and Announce take and release the floating
+	// addresses of service-group members (services.AddressPlatform):
+	// prefix "ADDR/LEN" on the interface iface, added even when it is
+	// there and removed even when it is not, without error; Announce
+	// sends a gratuitous ARP for addr.
+	AddAddress(ctx context.Context, iface, prefix string) error
+	DelAddress(ctx context.Context, iface, prefix string) error
+	Announce(ctx context.Context, iface, addr string) error
 }
 
 // SoftwareRootFS is the name of the software root's file system in alarm
@@ -150,6 +160,31 @@ func (p *LabPlatform) chassisUsage(ctx context.Context) (monitor.Usage, error) {
 	return u, nil
 }
 
+// AddAddress puts prefix on the lab host's interface iface. The agent
+// must be in the host's own network namespace (ErrRootNetns otherwise).
+func (p *LabPlatform) AddAddress(ctx context.Context, iface, prefix string) error {
+	if err := notRootNetns(); err != nil {
+		return err
+	}
+	return addAddress(ctx, iface, prefix)
+}
+
+// DelAddress takes prefix off the lab host's interface iface.
+func (p *LabPlatform) DelAddress(ctx context.Context, iface, prefix string) error {
+	if err := notRootNetns(); err != nil {
+		return err
+	}
+	return delAddress(ctx, iface, prefix)
+}
+
+// Announce sends a gratuitous ARP for addr out of the lab host's iface.
+func (p *LabPlatform) Announce(ctx context.Context, iface, addr string) error {
+	if err := notRootNetns(); err != nil {
+		return err
+	}
+	return announce(iface, addr)
+}
+
 // Path returns rel inside the software root, refusing anything that leaves it.
 func (p *LabPlatform) Path(rel string) (string, error) {
 	full := filepath.Join(p.SoftwareRoot, rel)
@@ -237,6 +272,30 @@ func (p *HostPlatform) Reboot(ctx context.Context) error {
 	}
 	unix.Sync()
 	return unix.Reboot(unix.LINUX_REBOOT_CMD_RESTART)
+}
+
+// AddAddress puts prefix on the machine's interface iface.
+func (p *HostPlatform) AddAddress(ctx context.Context, iface, prefix string) error {
+	if why := labOrTest(); why != "" {
+		return fmt.Errorf("%w (%s)", ErrRealPlatformRefused, why)
+	}
+	return addAddress(ctx, iface, prefix)
+}
+
+// DelAddress takes prefix off the machine's interface iface.
+func (p *HostPlatform) DelAddress(ctx context.Context, iface, prefix string) error {
+	if why := labOrTest(); why != "" {
+		return fmt.Errorf("%w (%s)", ErrRealPlatformRefused, why)
+	}
+	return delAddress(ctx, iface, prefix)
+}
+
+// Announce sends a gratuitous ARP for addr out of the machine's iface.
+func (p *HostPlatform) Announce(ctx context.Context, iface, addr string) error {
+	if why := labOrTest(); why != "" {
+		return fmt.Errorf("%w (%s)", ErrRealPlatformRefused, why)
+	}
+	return announce(iface, addr)
 }
 
 // kernelBootTime reads the boot time from /proc/stat (btime).

@@ -46,9 +46,15 @@ type Assignment struct {
 type AgentServices struct {
 	// Version changes whenever this host's desired members change.
 	Version uint64 `json:"version"`
-	// ControllerEpoch is the site controller's leadership epoch.
+	// ControllerEpoch is the site controller's leadership epoch. The
+	// agent keeps the highest it has seen (persisted) and refuses a whole
+	// answer with an older one.
 	ControllerEpoch uint64       `json:"controller_epoch"`
 	Members         []Assignment `json:"members"`
+	// Host is the host's name in the site's inventory: the agent's {host},
+	// PETREL_HOST and role.json "host". Empty: the agent uses its own
+	// host name.
+	Host string `json:"host,omitempty"`
 }
 
 // MemberState is what an agent reports of one member.

@@ -1,5 +1,6 @@
 // Package agenttest builds fake /proc and /sys trees for agent tests, and
-// a fake platform whose resource readings a test sets.
+// a fake platform whose resource readings a test sets and that records
+// the addresses it is asked to take.
 package agenttest
 
 import (
@@ -12,6 +13,7 @@ import (
 
 	"github.com/petrel-edge/petrel/agent"
 	"github.com/petrel-edge/petrel/agent/monitor"
+	"github.com/petrel-edge/petrel/agent/services/servicestest"
 )
 
 // SysRoot writes a small machine under a temporary root: 2 sockets x 2
@@ -63,6 +65,10 @@ func Write(t testing.TB, root, rel, content string) {
 // resource readings follow the load a test sets. It has 2 CPUs, 8 GiB of
 // memory and a 100 GiB software root.
 type Platform struct {
+	// Addresses records the floating addresses the agent takes and
+	// releases; it changes nothing.
+	servicestest.Addresses
+
 	mu      sync.Mutex
 	booted  time.Time
 	cpuPct  float64 // of the 2 CPUs, since at

@@ -573,7 +573,7 @@ func (m *Manager) Desired(ctx context.Context, hostUUID string, version uint64, 
 		}
 		m.mu.Lock()
 	}
-	out := AgentServices{Version: a.version, ControllerEpoch: m.cfg.ControllerEpoch, Members: slices.Clone(a.list)}
+	out := AgentServices{Version: a.version, ControllerEpoch: m.cfg.ControllerEpoch, Host: name, Members: slices.Clone(a.list)}
 	m.mu.Unlock()
 	if out.Members == nil {
 		out.Members = []Assignment{}

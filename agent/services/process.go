@@ -66,7 +66,17 @@ func command(argv, environ []string, dir string, out io.Writer) (*exec.Cmd, erro
 	if len(argv) == 0 || argv[0] == "" {
 		return nil, errors.New("empty command")
 	}
-	cmd := exec.Command(argv[0], argv[1:]...)
+	prog := argv[0]
+	if prog == "petrel" {
+		// The host's own petrel (its active software slot), not whatever
+		// PATH holds: the demo service and petrel's own tools.
+		self, err := os.Executable()
+		if err != nil {
+			return nil, fmt.Errorf("resolving petrel: %w", err)
+		}
+		prog = self
+	}
+	cmd := exec.Command(prog, argv[1:]...)
 	cmd.Dir, cmd.Env = dir, environ
 	cmd.Stdout, cmd.Stderr = out, out
 	cmd.SysProcAttr = &syscall.SysProcAttr{Setpgid: true, Pdeathsig: syscall.SIGKILL}

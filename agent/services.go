@@ -80,7 +80,15 @@ func (a *Agent) pollServices(ctx context.Context, c *http.Client) {
 				a.log.Info("the site serves this host's services")
 			}
 			failing, notServed = false, false
-			a.svcServed.Store(true)
+			if !a.svcServed.Swap(true) {
+				// Tell the site at once that this host runs members: it
+				// places none on a host it has not heard from.
+				go func() {
+					if err := a.reportServices(ctx, a.svc.Status()); err != nil {
+						a.log.Debug("first services report failed", "err", err)
+					}
+				}()
+			}
 			backoff.reset()
 			a.svc.Apply(got)
 			same := have && got.Version == version

@@ -114,8 +114,8 @@ type Manager struct {
 	groups   map[string]*groupState
 	hosts    map[string]HostInfo // by name
 	byUUID   map[string]string   // uuid -> name
-	observed map[string]map[string]Observed
-	agents   map[string]*agentState // by host name
+	observed map[string]map[string]Observed // by host UUID, then group
+	agents   map[string]*agentState            // by host UUID (names change)
 	down     map[string]downInfo    // by host name
 	loaded   bool
 }
@@ -244,7 +244,7 @@ func (m *Manager) reconcile(ctx context.Context) error {
 	m.hosts = map[string]HostInfo{}
 	for _, h := range hosts {
 		m.hosts[h.Name] = h
-		m.byUUID[h.UUID] = h.Name
+		m.byUUID[h.UUID] = h.Name // a rename takes effect here; agents are keyed by UUID
 	}
 	order := m.topoOrder()
 	m.mu.Unlock()
@@ -259,13 +259,26 @@ func (m *Manager) reconcile(ctx context.Context) error {
 	return firstErr
 }
 
+// uuidOf is a host's UUID by its name ("" if unknown).
+func (m *Manager) uuidOf(name string) string {
+	if hi, ok := m.hosts[name]; ok {
+		return hi.UUID
+	}
+	for id, n := range m.byUUID {
+		if n == name {
+			return id
+		}
+	}
+	return ""
+}
+
 // forgetDead ends a host's down mark once it booted again and no group
 // keeps a member on it: it is a spare host again.
 func (m *Manager) forgetDead() {
 	m.mu.Lock()
 	defer m.mu.Unlock()
 	for h, di := range m.down {
-		a := m.agents[h]
+		a := m.agents[m.uuidOf(h)]
 		if a == nil || a.bootID == di.bootID {
 			continue
 		}
@@ -318,7 +331,7 @@ func (m *Manager) reconcileGroup(ctx context.Context, name string) error {
 	}
 	for _, h := range names {
 		in.Hosts[h] = m.viewLocked(g, h)
-		if o, ok := m.observed[h][name]; ok {
+		if o, ok := m.observed[m.uuidOf(h)][name]; ok {
 			o.Current = o.Status.Epoch == g.place.Epoch
 			in.Observed[h] = o
 		}
@@ -477,7 +490,7 @@ func (m *Manager) viewLocked(g *groupState, h string) HostView {
 	}
 	hv.Silent = hi.Silent
 	hv.Healthy = hi.Healthy
-	a := m.agents[h]
+	a := m.agents[hi.UUID]
 	hv.Eligible = hi.Available && !hi.Silent && a != nil && a.seen && a.bootID == hi.BootID
 	return hv
 }
@@ -499,14 +512,15 @@ func (m *Manager) publish() {
 			want[h] = append(want[h], as)
 		}
 	}
-	for h := range m.hosts {
-		if _, ok := m.agents[h]; !ok {
-			m.agents[h] = &agentState{changed: make(chan struct{})}
+	for _, hi := range m.hosts {
+		if _, ok := m.agents[hi.UUID]; !ok {
+			m.agents[hi.UUID] = &agentState{changed: make(chan struct{})}
 		}
 	}
-	for h, a := range m.agents {
+	for id, a := range m.agents {
+		h := m.byUUID[id]
 		list := want[h]
-		if _, down := m.down[h]; down {
+		if _, down := m.down[h]; down || h == "" {
 			list = nil
 		}
 		if !sameAssignments(a.list, list) {
@@ -555,10 +569,10 @@ func (m *Manager) Desired(ctx context.Context, hostUUID string, version uint64, 
 			return AgentServices{}, errs.Wrapf(errs.NotFound, "host %s is not in the inventory", hostUUID)
 		}
 	}
-	a := m.agents[name]
+	a := m.agents[hostUUID]
 	if a == nil {
 		a = &agentState{changed: make(chan struct{})}
-		m.agents[name] = a
+		m.agents[hostUUID] = a
 	}
 	if wait && a.version == version {
 		ch := a.changed
@@ -572,6 +586,7 @@ func (m *Manager) Desired(ctx context.Context, hostUUID string, version uint64, 
 			return AgentServices{}, ctx.Err()
 		}
 		m.mu.Lock()
+		name = m.byUUID[hostUUID] // renamed meanwhile?
 	}
 	out := AgentServices{Version: a.version, ControllerEpoch: m.cfg.ControllerEpoch, Host: name, Members: slices.Clone(a.list)}
 	m.mu.Unlock()
@@ -590,10 +605,10 @@ func (m *Manager) Report(hostUUID string, st AgentStatus) error {
 	if !ok {
 		return errs.Wrapf(errs.NotFound, "host %s is not in the inventory", hostUUID)
 	}
-	a := m.agents[name]
+	a := m.agents[hostUUID]
 	if a == nil {
 		a = &agentState{changed: make(chan struct{})}
-		m.agents[name] = a
+		m.agents[hostUUID] = a
 	}
 	if a.bootID != "" && st.BootID != a.bootID {
 		if _, down := m.down[name]; !down {
@@ -606,7 +621,7 @@ func (m *Manager) Report(hostUUID string, st AgentStatus) error {
 	for _, ms := range st.Members {
 		obs[ms.Group] = Observed{Status: ms}
 	}
-	m.observed[name] = obs
+	m.observed[hostUUID] = obs
 	m.poke()
 	return nil
 }
@@ -618,11 +633,11 @@ func (m *Manager) HostDown(hostUUID, reason string) {
 	name, ok := m.byUUID[hostUUID]
 	if ok {
 		boot := ""
-		if a := m.agents[name]; a != nil {
+		if a := m.agents[hostUUID]; a != nil {
 			boot = a.bootID
 		}
 		m.down[name] = downInfo{reason: reason, bootID: boot}
-		delete(m.observed, name)
+		delete(m.observed, hostUUID)
 	}
 	m.mu.Unlock()
 	if ok {

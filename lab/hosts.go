@@ -26,9 +26,9 @@ import (
 	"github.com/petrel-edge/petrel/internal/atomicfile"
 	"github.com/petrel-edge/petrel/internal/pki"
 	"github.com/petrel-edge/petrel/inventory"
-	"github.com/petrel-edge/petrel/servicemgr"
 	"github.com/petrel-edge/petrel/lab/hostnet"
 	"github.com/petrel-edge/petrel/lab/vbmc"
+	"github.com/petrel-edge/petrel/servicemgr"
 )
 
 // Ports on a site controller's management address: its API, and the WAN
@@ -201,7 +201,7 @@ func demoSpec(hosts []string) servicemgr.Spec {
 	listen := "{cluster}:" + strconv.Itoa(DemoPort)
 	return servicemgr.Spec{Name: DemoGroup, Model: model, Hosts: hosts,
 		Actions: servicemgr.Actions{Start: []string{"petrel", "demo-service", "--listen", listen, "--state-dir", "{state_dir}"}},
-		Health: servicemgr.HealthCheck{Type: "http", Target: "http://" + listen + "/healthz", IntervalMS: 200, TimeoutMS: 500, Failures: 3}}
+		Health:  servicemgr.HealthCheck{Type: "http", Target: "http://" + listen + "/healthz", IntervalMS: 200, TimeoutMS: 500, Failures: 3}}
 }
 
 // runsVMs reports whether a host of a personality runs VMs at a site of a

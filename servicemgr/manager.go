@@ -112,11 +112,11 @@ type Manager struct {
 
 	mu       sync.Mutex
 	groups   map[string]*groupState
-	hosts    map[string]HostInfo // by name
-	byUUID   map[string]string   // uuid -> name
+	hosts    map[string]HostInfo            // by name
+	byUUID   map[string]string              // uuid -> name
 	observed map[string]map[string]Observed // by host UUID, then group
-	agents   map[string]*agentState            // by host UUID (names change)
-	down     map[string]downInfo    // by host name
+	agents   map[string]*agentState         // by host UUID (names change)
+	down     map[string]downInfo            // by host name
 	loaded   bool
 }
 

@@ -66,7 +66,9 @@ func (c *coordination) close() {
 
 // lazyLedger is the service ledger once coordination runs and this
 // controller leads; until then every call is unavailable.
-type lazyLedger struct{ l atomic.Pointer[etcdledger.Ledger] }
+type lazyLedger struct {
+	l atomic.Pointer[etcdledger.Ledger]
+}
 
 var errNotLeading = errs.New(errs.Unavailable, "service management is starting (this controller does not lead the site's coordination yet)")
 

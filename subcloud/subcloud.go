@@ -24,9 +24,9 @@ import (
 	"github.com/petrel-edge/petrel/internal/pki"
 	"github.com/petrel-edge/petrel/internal/rest"
 	"github.com/petrel-edge/petrel/internal/server"
-	"github.com/petrel-edge/petrel/servicemgr"
 	"github.com/petrel-edge/petrel/inventory"
 	"github.com/petrel-edge/petrel/inventory/inventorydb"
+	"github.com/petrel-edge/petrel/servicemgr"
 	"github.com/petrel-edge/petrel/subcloud/osapi"
 	"github.com/petrel-edge/petrel/ui"
 )

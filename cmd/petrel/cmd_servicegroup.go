@@ -17,7 +17,7 @@ import (
 func (a *app) servicegroupCmd() *cobra.Command {
 	var (
 		file, model, hosts, start, stop, activate, deactivate string
-		healthType, healthTarget, healthCommand, floating    string
+		healthType, healthTarget, healthCommand, floating     string
 		network, dependsOn                                    string
 		interval, timeout, failures                           int
 	)

@@ -37,10 +37,10 @@ func readServiceGroups(path string) ([]servicemgr.Spec, error) {
 	if err := yaml.UnmarshalStrict(b, &f); err != nil {
 		return nil, fmt.Errorf("config: service_groups %s: %w", path, err)
 	}
-	for i := range f.ServiceGroups {
-		if _, err := f.ServiceGroups[i].Validate(); err != nil {
-			return nil, fmt.Errorf("config: service_groups %s: %w", path, err)
-		}
+	// Everything but the hosts (they may not have joined yet): names,
+	// models, dependencies and their cycles, addresses.
+	if _, err := servicemgr.Check(f.ServiceGroups, func(string) bool { return true }); err != nil {
+		return nil, fmt.Errorf("config: service_groups %s: %w", path, err)
 	}
 	return f.ServiceGroups, nil
 }

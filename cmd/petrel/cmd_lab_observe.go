@@ -5,9 +5,7 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
-	"net"
 	"os"
-	"strconv"
 	"strings"
 	"time"
 
@@ -57,14 +55,9 @@ func (a *app) labObserveCmd(dir *string) *cobra.Command {
 			if entry == nil {
 				return fmt.Errorf("no site %s in the lab (sites: %s)", site, strings.Join(names, ", "))
 			}
-			var members []observer.Target
-			for _, h := range entry.Hosts {
-				addr := h.Addresses["cluster"]
-				if addr == "" || h.Netns == "" {
-					return fmt.Errorf("lab.json: host %s/%s has no netns or cluster address", site, h.Name)
-				}
-				members = append(members, observer.Target{Host: h.Name, Netns: h.Netns,
-					URL: "http://" + net.JoinHostPort(addr, strconv.Itoa(port)) + "/"})
+			members, err := observer.SiteTargets(*entry, port)
+			if err != nil {
+				return err
 			}
 			if os.Geteuid() != 0 {
 				return errors.New("lab observe needs root: it opens its connections inside the lab's network namespaces")

@@ -21,7 +21,7 @@ import (
 type FailoverResult struct {
 	Cycles     int
 	ByKind     map[string][]time.Duration // fault kind -> sorted samples
-	Violations int                       // rounds with more than N actives or a shared address
+	Violations int                        // rounds with more than N actives or a shared address
 }
 
 // P50 and P99 of a kind's samples.

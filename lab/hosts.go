@@ -13,6 +13,7 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"slices"
 	"strconv"
 	"time"
 
@@ -65,7 +66,22 @@ type hostSpec struct {
 	// Demo are the hosts of the site's demo service group (DemoGroup),
 	// declared in the site controller's configuration; nil: none.
 	Demo []string
+	// Etcd are the site's etcd members (brief §5): controller-0 alone,
+	// or on a multi-server site controller-0, controller-1 and worker-0.
+	Etcd []etcdPeer
 }
+
+// etcdPeer is one member of a site's etcd cluster.
+type etcdPeer struct {
+	Name  string
+	Index int // the host's index at its site (its addresses)
+}
+
+// Ports of a site's etcd members, on each member's mgmt address.
+const (
+	etcdClientPort = 2379
+	etcdPeerPort   = 2380
+)
 
 // libvirtClient is a site controller's TLS client certificate for its
 // hosts' libvirtd, from the lab CA.
@@ -176,6 +192,13 @@ func hostsOf(sp SiteSpec, siteIdx int) []hostSpec {
 		}
 		out[i] = hostSpec{Site: sp.Name, Shape: sp.Shape, SiteIndex: siteIdx, Name: n, Index: i, Personality: p,
 			RunsSite: i == 0, Hypervisor: runsVMs(sp.Shape, p)}
+	}
+	peers := []etcdPeer{{Name: names[0], Index: 0}}
+	if sp.Shape == inventory.MultiServer && len(names) >= 3 {
+		peers = append(peers, etcdPeer{Name: names[1], Index: 1}, etcdPeer{Name: names[2], Index: 2})
+	}
+	for i := range out {
+		out[i].Etcd = peers
 	}
 	if sp.Shape == inventory.MultiServer && len(names) >= 3 {
 		// The demo service over every host but controller-0, which runs
@@ -307,6 +330,11 @@ func prepareHost(dir, prefix, binary string, h hostSpec, key string, siteURL str
 		if h.Home != nil {
 			conf["central"] = h.Home
 		}
+		if ec, ok, err := etcdMember(dir, p, h); err != nil {
+			return "", err
+		} else if ok {
+			conf["etcd"] = ec
+		}
 		if len(h.Demo) > 0 {
 			if err := writeYAML(p.f("service-groups.yaml"), map[string]any{"service_groups": []servicemgr.Spec{demoSpec(h.Demo)}}); err != nil {
 				return "", err
@@ -326,6 +354,16 @@ func prepareHost(dir, prefix, binary string, h hostSpec, key string, siteURL str
 			return "", err
 		}
 		services = append(services, hostinit.Service{Name: "subcloud", Args: []string{"subcloud", "--config", p.f("subcloud.yaml")}})
+	}
+	if !h.RunsSite {
+		if ec, ok, err := etcdMember(dir, p, h); err != nil {
+			return "", err
+		} else if ok {
+			if err := writeYAML(p.f("etcd.yaml"), ec); err != nil {
+				return "", err
+			}
+			services = append(services, hostinit.Service{Name: "etcd", Args: []string{"etcd", "--config", p.f("etcd.yaml")}})
+		}
 	}
 	services = append(services, hostinit.Service{Name: "agent", Args: []string{"agent", "--config", p.f("agent.yaml")}})
 	if h.Hypervisor {
@@ -474,4 +512,55 @@ func startProcess(dir, binary, name string, args ...string) (int, error) {
 	pid := cmd.Process.Pid
 	_ = cmd.Process.Release()
 	return pid, atomicfile.Write(filepath.Join(dir, stateDir, name+".pid"), []byte(strconv.Itoa(pid)+"\n"), 0o600)
+}
+
+// etcdMember is the configuration of a host's etcd member (false if the
+// host holds none): on its mgmt address, with a certificate from the
+// site's own etcd CA (DIR/ca-etcd/SITE), which issues nothing else.
+func etcdMember(dir string, p hostPaths, h hostSpec) (map[string]any, bool, error) {
+	idx := slices.IndexFunc(h.Etcd, func(e etcdPeer) bool { return e.Name == h.Name })
+	if idx < 0 {
+		return nil, false, nil
+	}
+	addr := func(i, port int) (string, error) {
+		a, err := hostnet.Addr(hostnet.Mgmt, h.SiteIndex, i)
+		return netip.AddrPortFrom(a, uint16(port)).String(), err
+	}
+	cluster := map[string]string{}
+	var endpoints []string
+	for _, e := range h.Etcd {
+		peer, err := addr(e.Index, etcdPeerPort)
+		if err != nil {
+			return nil, false, err
+		}
+		client, _ := addr(e.Index, etcdClientPort)
+		cluster[e.Name] = peer
+		endpoints = append(endpoints, client)
+	}
+	caDir := filepath.Join(dir, "ca-etcd", h.Site)
+	ca, err := pki.LoadOrCreateCA(caDir, "Petrel lab etcd CA of "+h.Site)
+	if err != nil {
+		return nil, false, err
+	}
+	mgmt, err := hostnet.Addr(hostnet.Mgmt, h.SiteIndex, h.Index)
+	if err != nil {
+		return nil, false, err
+	}
+	is, err := ca.IssuePeer("etcd-"+h.Site+"-"+h.Name, []string{"localhost"}, []net.IP{net.IP(mgmt.AsSlice()), net.IPv4(127, 0, 0, 1)}, 365*24*time.Hour)
+	if err != nil {
+		return nil, false, err
+	}
+	if err := os.MkdirAll(p.f("pki"), 0o700); err != nil {
+		return nil, false, err
+	}
+	if err := is.Write(p.f("pki/etcd.crt"), p.f("pki/etcd.key")); err != nil {
+		return nil, false, err
+	}
+	ec := map[string]any{"name": h.Name, "data_dir": p.f("etcd"), "client_addr": endpoints[idx], "peer_addr": cluster[h.Name],
+		"endpoints": endpoints, "tls": map[string]string{"cert_file": p.f("pki/etcd.crt"), "key_file": p.f("pki/etcd.key"),
+			"ca_file": filepath.Join(caDir, pki.CACertFile)}}
+	if len(h.Etcd) > 1 {
+		ec["initial_cluster"] = cluster
+	}
+	return ec, true, nil
 }

@@ -38,6 +38,28 @@ type EtcdConfig struct {
 	ElectionMS uint `json:"election_ms"`
 	// DataDir; default DATA_DIR/etcd.
 	DataDir string `json:"data_dir"`
+	// Endpoints are the client addresses of every member, for this
+	// controller's client; default its own ClientAddr.
+	Endpoints []string `json:"endpoints"`
+	// TLS is the member's certificate (server and client usage, its
+	// addresses as SANs) and the CA of every member's: a CA for etcd
+	// alone, so that no other certificate opens the site's coordination.
+	// Absent: issued at every start from the API's CA (one-member sites).
+	TLS *EtcdTLS `json:"tls"`
+}
+
+// EtcdTLS names a member's certificate files.
+type EtcdTLS struct {
+	CertFile string `json:"cert_file"`
+	KeyFile  string `json:"key_file"`
+	CAFile   string `json:"ca_file"`
+}
+
+// MemberConfig turns the configuration into a member's.
+func (c EtcdConfig) MemberConfig(files coord.TLSFiles, log *slog.Logger) coord.MemberConfig {
+	return coord.MemberConfig{Name: c.Name, DataDir: c.DataDir, PeerAddr: c.PeerAddr, ClientAddr: c.ClientAddr,
+		InitialCluster: c.InitialCluster, TLS: files, TickMs: c.TickMS, ElectionMs: c.ElectionMS,
+		Logger: log, LogLevel: slog.LevelError}
 }
 
 // coordination is the site controller's etcd: its member, its client,
@@ -166,19 +188,30 @@ func (s *Subcloud) startCoordination(ctx context.Context) (*coordination, error)
 		}
 		*a = net.JoinHostPort(host, strconv.Itoa(p))
 	}
-	tlsFiles, err := s.etcdCert(cfg)
-	if err != nil {
+	var tlsFiles coord.TLSFiles
+	if t := cfg.TLS; t != nil {
+		tlsFiles = coord.TLSFiles{CertFile: t.CertFile, KeyFile: t.KeyFile, CAFile: t.CAFile}
+	} else if tlsFiles, err = s.etcdCert(cfg); err != nil {
 		return nil, err
+	}
+	endpoints := cfg.Endpoints
+	if len(endpoints) == 0 {
+		endpoints = []string{cfg.ClientAddr}
 	}
 	quiet := s.log.With("component", "etcd")
 	c := &coordination{}
-	if c.member, err = coord.StartMember(ctx, coord.MemberConfig{Name: cfg.Name, DataDir: cfg.DataDir,
-		PeerAddr: cfg.PeerAddr, ClientAddr: cfg.ClientAddr, InitialCluster: cfg.InitialCluster,
-		ClusterToken: "petrel-" + s.cfg.Site, TLS: tlsFiles, TickMs: cfg.TickMS, ElectionMs: cfg.ElectionMS,
-		Logger: quiet, LogLevel: slog.LevelError}); err != nil {
+	mc := cfg.MemberConfig(tlsFiles, quiet)
+	mc.ClusterToken = "petrel-" + s.cfg.Site
+	mc.ReadyTimeout = 10 * time.Minute
+	// A site's first start waits for a quorum of its members (the
+	// others boot at the same time); a restart finds its data.
+	mctx, cancel := context.WithTimeout(ctx, 10*time.Minute)
+	c.member, err = coord.StartMember(mctx, mc)
+	cancel()
+	if err != nil {
 		return nil, fmt.Errorf("subcloud: etcd member: %w", err)
 	}
-	if c.client, err = coord.NewClient(coord.ClientConfig{Endpoints: []string{cfg.ClientAddr}, TLS: tlsFiles,
+	if c.client, err = coord.NewClient(coord.ClientConfig{Endpoints: endpoints, TLS: tlsFiles,
 		Logger: quiet, LogLevel: slog.LevelError}); err != nil {
 		c.close()
 		return nil, err
@@ -242,20 +275,29 @@ func freeTCPPort(host string) (int, error) {
 // service group manager. The declared groups are applied each time it
 // takes the lead.
 func (s *Subcloud) runServices(ctx context.Context) error {
-	c, err := s.startCoordination(ctx)
-	if err != nil {
+	var c *coordination
+	for {
+		var err error
+		if c, err = s.startCoordination(ctx); err == nil {
+			break
+		}
 		if ctx.Err() != nil {
 			return nil
 		}
 		// The site keeps serving everything else; service HA reports
-		// itself unavailable.
-		s.log.Error("coordination did not start: service groups are unavailable", "err", err)
-		<-ctx.Done()
-		return nil
+		// itself unavailable until its coordination starts.
+		s.log.Error("coordination did not start: service groups are unavailable; retrying in 10 s", "err", err)
+		t := time.NewTimer(10 * time.Second)
+		select {
+		case <-ctx.Done():
+			t.Stop()
+			return nil
+		case <-t.C:
+		}
 	}
 	defer c.close()
 	s.coord = c
-	err = c.lead.RunWhileLeader(ctx, func(ctx context.Context, g coord.Guard) error {
+	err := c.lead.RunWhileLeader(ctx, func(ctx context.Context, g coord.Guard) error {
 		s.log.Info("leading the site's coordination: service management on", "guard_rev", g.Rev)
 		s.ledger.l.Store(c.ledger)
 		defer s.ledger.l.Store(nil)

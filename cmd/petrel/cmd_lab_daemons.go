@@ -10,8 +10,10 @@ import (
 
 	"github.com/petrel-edge/petrel/agent/hostinit"
 	"github.com/petrel-edge/petrel/compute/libvirtd"
+	"github.com/petrel-edge/petrel/internal/coord"
 	"github.com/petrel-edge/petrel/internal/server"
 	"github.com/petrel-edge/petrel/lab/vbmc"
+	"github.com/petrel-edge/petrel/subcloud"
 )
 
 func (a *app) vbmcCmd() *cobra.Command {
@@ -111,5 +113,53 @@ func (a *app) libvirtdCmd() *cobra.Command {
 		},
 	}
 	c.Flags().StringVar(&cfgFile, "config", "", "configuration file (YAML: dir, host_uuid, listen_addr, tls: {ca_file, cert_file, key_file, allowed_dn})")
+	return c
+}
+
+// etcdCmd is `petrel etcd`: a site's coordination member on a host that
+// runs no site controller (brief §5: on a multi-server site, the second
+// controller and a worker hold the other members).
+func (a *app) etcdCmd() *cobra.Command {
+	var cfgFile string
+	c := &cobra.Command{
+		Use:   "etcd --config FILE",
+		Short: "Run one member of a site's etcd cluster in the foreground (its other members are embedded in site controllers)",
+		Args:  noArgs,
+		RunE: func(cmd *cobra.Command, _ []string) error {
+			if cfgFile == "" {
+				return usagef("--config is required")
+			}
+			var cfg subcloud.EtcdConfig
+			if err := server.LoadConfig(cfgFile, &cfg); err != nil {
+				return err
+			}
+			if cfg.Name == "" || cfg.DataDir == "" || cfg.ClientAddr == "" || cfg.PeerAddr == "" || cfg.TLS == nil {
+				return usagef("%s: name, data_dir, client_addr, peer_addr and tls are required", cfgFile)
+			}
+			logger, _ := server.NewLogger(os.Stderr, "info")
+			log := logger.With("daemon", "etcd", "member", cfg.Name)
+			ctx, stop := daemonContext(cmd.Context())
+			defer stop()
+			files := coord.TLSFiles{CertFile: cfg.TLS.CertFile, KeyFile: cfg.TLS.KeyFile, CAFile: cfg.TLS.CAFile}
+			mc := cfg.MemberConfig(files, log)
+			mc.ReadyTimeout = 10 * time.Minute // the first start waits for a quorum
+			start := time.Now()
+			m, err := coord.StartMember(ctx, mc)
+			if err != nil {
+				return err
+			}
+			log.Info("etcd member ready", "client", cfg.ClientAddr, "peer", cfg.PeerAddr, "in", time.Since(start).Round(time.Millisecond).String())
+			select {
+			case <-ctx.Done():
+				log.Info("stopping the etcd member")
+				m.Close()
+				return nil
+			case <-m.Done():
+				m.Close()
+				return fmt.Errorf("the etcd member stopped: %v", m.Err())
+			}
+		},
+	}
+	c.Flags().StringVar(&cfgFile, "config", "", "configuration file (YAML: name, data_dir, client_addr, peer_addr, initial_cluster, tls: {cert_file, key_file, ca_file})")
 	return c
 }

@@ -94,6 +94,24 @@ func lookup(m map[string]any, path string) string {
 		return x
 	case float64:
 		return fmt.Sprint(x)
+	case []any:
+		// Members as host=state (service groups), readable in a table.
+		var parts []string
+		for _, e := range x {
+			em, ok := e.(map[string]any)
+			h, hok := em["host"].(string)
+			st, sok := em["state"].(string)
+			if !ok || !hok || !sok {
+				parts = nil
+				break
+			}
+			parts = append(parts, h+"="+st)
+		}
+		if len(parts) > 0 {
+			return strings.Join(parts, ",")
+		}
+		b, _ := json.Marshal(x)
+		return string(b)
 	default:
 		b, _ := json.Marshal(x)
 		return string(b)

@@ -7,6 +7,7 @@ import (
 	"os"
 	"path/filepath"
 	"slices"
+	"strings"
 	"testing"
 
 	"sigs.k8s.io/yaml"
@@ -175,4 +176,63 @@ func TestHostLibvirtTLS(t *testing.T) {
 func addrOf(c *x509.Certificate) netip.Addr {
 	a, _ := netip.AddrFromSlice(c.IPAddresses[0])
 	return a.Unmap()
+}
+
+// A multi-server site's etcd has three members (controller-0 in the site
+// controller, controller-1 and worker-0 as petrel etcd), a simplex site
+// one; every member's certificate is from the site's own etcd CA.
+func TestSiteEtcdMembers(t *testing.T) {
+	dir := t.TempDir()
+	if _, err := pki.LoadOrCreateCA(filepath.Join(dir, "ca"), "lab CA"); err != nil {
+		t.Fatal(err)
+	}
+	binary := filepath.Join(dir, "petrel")
+	if err := os.WriteFile(binary, []byte("#!/bin/true\n"), 0o755); err != nil {
+		t.Fatal(err)
+	}
+	sites := []SiteSpec{{Name: "sx", Shape: inventory.Simplex}, {Name: "std", Shape: inventory.MultiServer, Workers: 2}}
+	for i, sp := range sites {
+		lc, err := siteLibvirtClient(dir, sp.Name)
+		if err != nil {
+			t.Fatal(err)
+		}
+		for _, h := range hostsOf(sp, i) {
+			h.Libvirt = lc
+			if _, err := prepareHost(dir, "pltest", binary, h, h.Name, "https://site", nil); err != nil {
+				t.Fatal(err)
+			}
+		}
+	}
+	read := func(site, host, file string, v any) bool {
+		b, err := os.ReadFile(pathsOf(dir, site, host).f(file))
+		if err != nil {
+			return false
+		}
+		if err := yaml.Unmarshal(b, v); err != nil {
+			t.Fatal(err)
+		}
+		return true
+	}
+	var fc subcloud.FileConfig
+	read("std", "controller-0", "subcloud.yaml", &fc)
+	if fc.Etcd == nil || len(fc.Etcd.InitialCluster) != 3 || len(fc.Etcd.Endpoints) != 3 || fc.Etcd.TLS == nil {
+		t.Fatalf("std controller-0's etcd = %+v; want a member of three, with its TLS files", fc.Etcd)
+	}
+	if !strings.Contains(fc.Etcd.TLS.CAFile, filepath.Join("ca-etcd", "std")) {
+		t.Errorf("etcd CA %s; want the site's own", fc.Etcd.TLS.CAFile)
+	}
+	for host, member := range map[string]bool{"controller-1": true, "worker-0": true, "worker-1": false} {
+		var ec subcloud.EtcdConfig
+		if got := read("std", host, "etcd.yaml", &ec); got != member {
+			t.Errorf("std/%s holds an etcd member: %v; want %v", host, got, member)
+		}
+		if member && (ec.InitialCluster[host] != ec.PeerAddr || len(ec.InitialCluster) != 3) {
+			t.Errorf("std/%s etcd = %+v; want itself in a cluster of three", host, ec)
+		}
+	}
+	fc = subcloud.FileConfig{}
+	read("sx", "controller-0", "subcloud.yaml", &fc)
+	if fc.Etcd == nil || len(fc.Etcd.InitialCluster) != 0 || len(fc.Etcd.Endpoints) != 1 {
+		t.Errorf("sx controller-0's etcd = %+v; want one member alone", fc.Etcd)
+	}
 }

@@ -217,11 +217,20 @@ func (m *Manager) load(ctx context.Context) error {
 	return nil
 }
 
-// Reload makes the manager read the specs and the ledger again (it has
-// just taken the lead: another controller may have changed them).
-func (m *Manager) Reload() {
+// Lead starts a term of leadership: epoch is the term's fencing token
+// (the etcd revision of this controller's election key), sent to agents
+// with every desired state so that they refuse an older term's; and the
+// specs and the ledger are read again (another controller may have
+// changed them).
+func (m *Manager) Lead(epoch uint64) {
 	m.mu.Lock()
+	m.cfg.ControllerEpoch = epoch
 	m.loaded = false
+	for _, a := range m.agents { // waiting polls answer with the new term
+		a.version++
+		close(a.changed)
+		a.changed = make(chan struct{})
+	}
 	m.mu.Unlock()
 	m.poke()
 }

@@ -46,7 +46,8 @@ type Assignment struct {
 type AgentServices struct {
 	// Version changes whenever this host's desired members change.
 	Version uint64 `json:"version"`
-	// ControllerEpoch is the site controller's leadership epoch. The
+	// ControllerEpoch is the site controller's term of leadership: the etcd
+	// revision of its election key, which only grows from term to term. The
 	// agent keeps the highest it has seen (persisted) and refuses a whole
 	// answer with an older one.
 	ControllerEpoch uint64       `json:"controller_epoch"`

@@ -301,7 +301,7 @@ func (s *Subcloud) runServices(ctx context.Context) error {
 		s.log.Info("leading the site's coordination: service management on", "guard_rev", g.Rev)
 		s.ledger.l.Store(c.ledger)
 		defer s.ledger.l.Store(nil)
-		s.services.Reload()
+		s.services.Lead(uint64(g.Rev))
 		if len(s.cfg.ServiceGroups) > 0 {
 			go s.applyDeclared(ctx)
 		}

@@ -72,7 +72,7 @@ func (h serviceHosts) ServiceHosts(ctx context.Context) ([]servicemgr.HostInfo, 
 // newServices builds the service group manager over ledger.
 func (s *Subcloud) newServices(ledger servicemgr.Ledger, specs servicemgr.Specs) error {
 	m, err := servicemgr.New(servicemgr.Config{Specs: specs, Ledger: ledger, Hosts: serviceHosts{s},
-		Alarms: s.shell.Alarms, Logger: s.log.With("component", "servicemgr"), ControllerEpoch: s.epoch})
+		Alarms: s.shell.Alarms, Logger: s.log.With("component", "servicemgr")})
 	if err != nil {
 		return err
 	}

@@ -118,6 +118,7 @@ type Manager struct {
 	agents   map[string]*agentState         // by host UUID (names change)
 	down     map[string]downInfo            // by host name
 	loaded   bool
+	leading  bool // between Lead and Follow
 }
 
 type groupState struct {
@@ -225,7 +226,7 @@ func (m *Manager) load(ctx context.Context) error {
 func (m *Manager) Lead(epoch uint64) {
 	m.mu.Lock()
 	m.cfg.ControllerEpoch = epoch
-	m.loaded = false
+	m.loaded, m.leading = false, true
 	for _, a := range m.agents { // waiting polls answer with the new term
 		a.version++
 		close(a.changed)
@@ -235,15 +236,21 @@ func (m *Manager) Lead(epoch uint64) {
 	m.poke()
 }
 
+// Follow ends a term of leadership: the API answers unavailable until
+// the next Lead (another controller keeps the groups meanwhile).
+func (m *Manager) Follow() {
+	m.mu.Lock()
+	m.leading, m.loaded = false, false
+	m.mu.Unlock()
+}
+
+// ErrNotLeading is every call while this controller does not lead.
+var ErrNotLeading = errs.New(errs.Unavailable, "service management is not running here yet: this controller does not lead the site's coordination")
+
 // reconcile plans every group (dependencies first) and commits changes.
 func (m *Manager) reconcile(ctx context.Context) error {
-	m.mu.Lock()
-	loaded := m.loaded
-	m.mu.Unlock()
-	if !loaded {
-		if err := m.load(ctx); err != nil {
-			return err
-		}
+	if err := m.ensureLoaded(ctx); err != nil {
+		return err
 	}
 	hosts, err := m.cfg.Hosts.ServiceHosts(ctx)
 	if err != nil {
@@ -703,8 +710,11 @@ func (m *Manager) Group(ctx context.Context, name string) (Group, error) {
 
 func (m *Manager) ensureLoaded(ctx context.Context) error {
 	m.mu.Lock()
-	loaded := m.loaded
+	loaded, leading := m.loaded, m.leading
 	m.mu.Unlock()
+	if !leading {
+		return ErrNotLeading
+	}
 	if loaded {
 		return nil
 	}

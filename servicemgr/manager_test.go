@@ -207,6 +207,7 @@ func TestManagerFailsOverOnConfirmedDeath(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
+	m.Lead(1)
 	sim := &agentsSim{t: t, m: m, hosts: hosts, boots: boots, dead: map[string]bool{}}
 	// Agents report first (eligibility needs a report this boot).
 	if err := m.reconcile(ctx); err != nil {

@@ -302,6 +302,7 @@ func (s *Subcloud) runServices(ctx context.Context) error {
 		s.ledger.l.Store(c.ledger)
 		defer s.ledger.l.Store(nil)
 		s.services.Lead(uint64(g.Rev))
+		defer s.services.Follow()
 		if len(s.cfg.ServiceGroups) > 0 {
 			go s.applyDeclared(ctx)
 		}

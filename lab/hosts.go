@@ -556,7 +556,7 @@ func etcdMember(dir string, p hostPaths, h hostSpec) (map[string]any, bool, erro
 	if err := is.Write(p.f("pki/etcd.crt"), p.f("pki/etcd.key")); err != nil {
 		return nil, false, err
 	}
-	ec := map[string]any{"name": h.Name, "data_dir": p.f("etcd"), "client_addr": endpoints[idx], "peer_addr": cluster[h.Name],
+	ec := map[string]any{"name": h.Name, "data_dir": p.f("etcd"), "cluster_token": "petrel-" + h.Site, "client_addr": endpoints[idx], "peer_addr": cluster[h.Name],
 		"endpoints": endpoints, "tls": map[string]string{"cert_file": p.f("pki/etcd.crt"), "key_file": p.f("pki/etcd.key"),
 			"ca_file": filepath.Join(caDir, pki.CACertFile)}}
 	if len(h.Etcd) > 1 {

@@ -38,6 +38,10 @@ type EtcdConfig struct {
 	ElectionMS uint `json:"election_ms"`
 	// DataDir; default DATA_DIR/etcd.
 	DataDir string `json:"data_dir"`
+	// ClusterToken names the cluster at its first start; every member of
+	// a site's cluster must give the same. Default "petrel-<site>" (a
+	// site controller), "petrel" (petrel etcd).
+	ClusterToken string `json:"cluster_token"`
 	// Endpoints are the client addresses of every member, for this
 	// controller's client; default its own ClientAddr.
 	Endpoints []string `json:"endpoints"`
@@ -58,7 +62,7 @@ type EtcdTLS struct {
 // MemberConfig turns the configuration into a member's.
 func (c EtcdConfig) MemberConfig(files coord.TLSFiles, log *slog.Logger) coord.MemberConfig {
 	return coord.MemberConfig{Name: c.Name, DataDir: c.DataDir, PeerAddr: c.PeerAddr, ClientAddr: c.ClientAddr,
-		InitialCluster: c.InitialCluster, TLS: files, TickMs: c.TickMS, ElectionMs: c.ElectionMS,
+		InitialCluster: c.InitialCluster, ClusterToken: c.ClusterToken, TLS: files, TickMs: c.TickMS, ElectionMs: c.ElectionMS,
 		Logger: log, LogLevel: slog.LevelError}
 }
 
@@ -201,7 +205,9 @@ func (s *Subcloud) startCoordination(ctx context.Context) (*coordination, error)
 	quiet := s.log.With("component", "etcd")
 	c := &coordination{}
 	mc := cfg.MemberConfig(tlsFiles, quiet)
-	mc.ClusterToken = "petrel-" + s.cfg.Site
+	if mc.ClusterToken == "" {
+		mc.ClusterToken = "petrel-" + s.cfg.Site
+	}
 	mc.ReadyTimeout = 10 * time.Minute
 	// A site's first start waits for a quorum of its members (the
 	// others boot at the same time); a restart finds its data.

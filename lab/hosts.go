@@ -200,9 +200,12 @@ func hostsOf(sp SiteSpec, siteIdx int) []hostSpec {
 	for i := range out {
 		out[i].Etcd = peers
 	}
-	if sp.Shape == inventory.MultiServer && len(names) >= 3 {
-		// The demo service over every host but controller-0, which runs
-		// the site controller (one controller until controllers are 1+1).
+	if sp.Shape == inventory.MultiServer && len(names) >= 4 {
+		// The demo service, 2+1, over every host but controller-0, which
+		// runs the site controller (one controller until controllers are
+		// 1+1): site-std's controller-1, worker-0 and worker-1. Smaller
+		// multi-server sites have none, so that a host's recovery there
+		// is not also a service's failover (fencing instead of G).
 		out[0].Demo = names[1:]
 	}
 	return out
@@ -214,13 +217,9 @@ const (
 	DemoPort  = 8080
 )
 
-// demoSpec is the lab's demo service group over hosts: 2+1 with three
-// hosts or more (site-std), 1+1 with two.
+// demoSpec is the lab's demo service group over hosts (three or more).
 func demoSpec(hosts []string) servicemgr.Spec {
 	model := "2+1"
-	if len(hosts) < 3 {
-		model = "1+1"
-	}
 	listen := "{cluster}:" + strconv.Itoa(DemoPort)
 	return servicemgr.Spec{Name: DemoGroup, Model: model, Hosts: hosts,
 		Actions: servicemgr.Actions{Start: []string{"petrel", "demo-service", "--listen", listen, "--state-dir", "{state_dir}"}},

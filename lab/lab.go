@@ -170,6 +170,10 @@ type Config struct {
 	Dir    string
 	Binary string // the petrel executable to run; default: this one
 	Sites  []SiteSpec
+	// NoDemo declares no demo service group at any site (tests of host
+	// recovery, where a host holding an active role would be fenced
+	// instead of given its grace period).
+	NoDemo bool
 	Logger *slog.Logger
 }
 
@@ -291,6 +295,9 @@ func Up(ctx context.Context, cfg Config) (_ *File, err error) {
 		for _, h := range hostsOf(sp, i) {
 			if h.RunsSite {
 				h.Home = home
+			}
+			if cfg.NoDemo {
+				h.Demo = nil
 			}
 			h.Libvirt = lc
 			he, id, err := buildHost(ctx, net, dir, prefix, cfg.Binary, h, h.Name, siteURL)
@@ -731,7 +738,7 @@ func Down(ctx context.Context, dir string) error {
 	if err := teardownHosts(ctx, dir); err != nil {
 		return err
 	}
-	for _, sub := range []string{"central", "sites", "hosts", "ca", "logs", "fabric.yaml", WANFaultsFile, fileName, stateDir} {
+	for _, sub := range []string{"central", "sites", "hosts", "ca", "ca-etcd", "logs", "fabric.yaml", WANFaultsFile, fileName, stateDir} {
 		if err := os.RemoveAll(filepath.Join(dir, sub)); err != nil {
 			return err
 		}

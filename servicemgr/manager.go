@@ -680,6 +680,36 @@ func (m *Manager) HoldsActive(hostUUID string) bool {
 	return false
 }
 
+// CanLock says why locking a host would cost a group its service (brief
+// §4: a lock is refused if it would leave services without redundancy,
+// unless forced): the host runs an active member of an N+M group and no
+// healthy standby on another host can take its slot. Nil if the lock is
+// safe, or when this controller does not lead (nothing is known).
+func (m *Manager) CanLock(hostUUID string) error {
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	name, ok := m.byUUID[hostUUID]
+	if !ok || !m.leading {
+		return nil
+	}
+	for _, gname := range sortedKeys(m.groups) {
+		g := m.groups[gname]
+		if a, ok := g.place.Members[name]; !ok || a.Role != RoleActive || g.model.Every {
+			continue
+		}
+		covered := false
+		for h, am := range g.place.Members {
+			if h != name && am.Role == RoleStandby && m.observed[m.uuidOf(h)][gname].Status.State == MemberStandby {
+				covered = true
+			}
+		}
+		if !covered {
+			return errs.Wrapf(errs.InvalidTransition, "host %s runs an active member of service group %q and no healthy standby can take it over; use force-lock to lock it anyway", name, gname)
+		}
+	}
+	return nil
+}
+
 // Groups lists every group with its status.
 func (m *Manager) Groups(ctx context.Context) ([]Group, error) {
 	if err := m.ensureLoaded(ctx); err != nil {

@@ -241,6 +241,17 @@ func TestManagerFailsOverOnConfirmedDeath(t *testing.T) {
 	if !m.HoldsActive("uuid-w0") || m.HoldsActive("uuid-w2") {
 		t.Error("HoldsActive: want w0 yes, w2 no")
 	}
+	if err := m.CanLock("uuid-w0"); err != nil {
+		t.Errorf("lock of an active's host with a healthy standby = %v; want allowed", err)
+	}
+	// The standby fails: locking an active's host would cost a slot.
+	if err := m.Report("uuid-w2", AgentStatus{BootID: "b1-w2", Members: []MemberStatus{{Group: "demo", State: MemberFailed}}}); err != nil {
+		t.Fatal(err)
+	}
+	if err := m.CanLock("uuid-w0"); !errors.Is(err, errs.InvalidTransition) || m.CanLock("uuid-w2") != nil {
+		t.Errorf("lock with the standby failed: w0 %v, w2 %v; want w0 refused, w2 allowed", err, m.CanLock("uuid-w2"))
+	}
+	sim.sync(ctx)
 	epoch := g.Epoch
 	// w0 loses power: silent first (nothing moves), then confirmed.
 	sim.dead["w0"] = true

@@ -58,6 +58,11 @@ func (s *Subcloud) hostAction(r *http.Request) (int, any, error) {
 			if err := s.lastController(ctx, h); err != nil {
 				return 0, nil, err
 			}
+			if s.services != nil {
+				if err := s.services.CanLock(h.UUID); err != nil {
+					return 0, nil, err
+				}
+			}
 			// A hypervisor host is emptied first: every running server
 			// is live-migrated away (the lock fails, naming the servers
 			// that could not move, and the host stays unlocked); nothing

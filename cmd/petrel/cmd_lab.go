@@ -29,6 +29,7 @@ func (a *app) labDir(flag string) string {
 
 func (a *app) labCmd() *cobra.Command {
 	var dir, sites string
+	var noDemo bool
 	up := &cobra.Command{
 		Use:   "up [--dir DIR] [--sites NAME=SHAPE[:WORKERS],...]",
 		Short: "Start a central cloud and sites on this machine",
@@ -52,7 +53,7 @@ func (a *app) labCmd() *cobra.Command {
 					}
 					return at
 				}}))
-			f, err := lab.Up(cmd.Context(), lab.Config{Dir: d, Sites: specs, Logger: progress})
+			f, err := lab.Up(cmd.Context(), lab.Config{Dir: d, Sites: specs, NoDemo: noDemo, Logger: progress})
 			if err != nil {
 				return err
 			}
@@ -84,6 +85,7 @@ func (a *app) labCmd() *cobra.Command {
 		},
 	}
 	up.Flags().StringVar(&sites, "sites", "", "sites to start (default site-sx=simplex,site-dx=duplex,site-std=multi-server:2)")
+	up.Flags().BoolVar(&noDemo, "no-demo", false, "declare no demo service group (multi-server sites with two workers or more have one)")
 	down := &cobra.Command{
 		Use:   "down [--dir DIR]",
 		Short: "Stop the lab and remove everything it made",

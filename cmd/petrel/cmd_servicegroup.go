@@ -34,6 +34,10 @@ host's own petrel.`,
 		RunE: func(cmd *cobra.Command, args []string) error {
 			var spec servicemgr.Spec
 			if file != "" {
+				if model != "" || hosts != "" || start != "" || stop != "" || activate != "" || deactivate != "" ||
+					healthTarget != "" || healthCommand != "" || floating != "" || network != "" || dependsOn != "" {
+					return usageError{fmt.Errorf("-f FILE gives the whole group: no other flag goes with it")}
+				}
 				b, err := os.ReadFile(file)
 				if err != nil {
 					return usageError{err}

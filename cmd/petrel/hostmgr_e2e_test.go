@@ -192,7 +192,7 @@ func TestHostRecoveryInTheLab(t *testing.T) {
 func TestHostMNFAAndEscalation(t *testing.T) {
 	dir := filepath.Join(t.TempDir(), "lab")
 	base := cli{t: t, env: []string{"PETREL_LAB_DIR=" + dir}}
-	base.ok("lab", "up", "--sites", "site-m=multi-server:2")
+	base.ok("lab", "up", "--no-demo", "--sites", "site-m=multi-server:2")
 	t.Cleanup(func() { base.run("", "lab", "down") })
 	lf, err := lab.Load(dir)
 	if err != nil {
@@ -250,7 +250,7 @@ func TestHostMNFAAndEscalation(t *testing.T) {
 func TestHostRecoveryWithBMCFaults(t *testing.T) {
 	dir := filepath.Join(t.TempDir(), "lab")
 	base := cli{t: t, env: []string{"PETREL_LAB_DIR=" + dir}}
-	base.ok("lab", "up", "--sites", "site-f=multi-server:2")
+	base.ok("lab", "up", "--no-demo", "--sites", "site-f=multi-server:2")
 	t.Cleanup(func() { base.run("", "lab", "down") })
 	lf, err := lab.Load(dir)
 	if err != nil {

@@ -5,6 +5,7 @@ import (
 	"encoding/json"
 	"io"
 	"log/slog"
+	"net/netip"
 	"os"
 	"path/filepath"
 	"slices"
@@ -118,6 +119,18 @@ func TestServiceHAInTheLab(t *testing.T) {
 			base.run("", "lab", "fault", "resume", "site-ha/"+victim) // fenced: nothing to resume, but clear the fault
 		}
 	}
+	// Locking an active's host moves its member gracefully: demoted
+	// first, then the standby promoted, never two actives for a slot.
+	g = show("demo")
+	locked := g.in("active")[0]
+	site.ok("host", "lock", locked)
+	if _, err := obs.WaitFor(ctxFor(t, 20*time.Second), func(s observer.Snapshot) bool {
+		return len(s.Actives) == 2 && !s.IsActive(locked)
+	}); err != nil {
+		t.Fatalf("lock of %s: its member did not move: %v (%s)", locked, err, obs.Snapshot())
+	}
+	site.ok("host", "unlock", locked)
+	waitUntil(t, "demo ok after the unlock", 60*time.Second, func() bool { g = show("demo"); return ok(g) })
 	if v := obs.Violations(); len(v) > 0 {
 		t.Errorf("the observer saw violations: %+v", v)
 	}
@@ -133,6 +146,52 @@ func TestServiceHAInTheLab(t *testing.T) {
 	}
 	if a := site.ok("alarm", "list", "-o", "json"); strings.Contains(a, "service-group=demo") {
 		t.Errorf("service group alarms still raised with the group ok:\n%s", a)
+	}
+
+	// Floating addresses: the active of a 1+1 group holds one on the
+	// cluster network; it moves with the role when the active's host
+	// loses power, and is never held by two hosts at once.
+	cluster := netip.MustParsePrefix(lf.Sites[0].Hosts[0].Addresses["cluster"] + "/24").Masked()
+	vip := cluster.Addr().Next().Next() // .2: no lab host's
+	site.ok("servicegroup", "create", "vip", "-f", writeSpec(t, `
+name: vip
+model: "1+1"
+hosts: [worker-0, worker-1]
+actions:
+  start: [petrel, demo-service, --listen, "{cluster}:8082", --state-dir, "{state_dir}"]
+health: {type: http, target: "http://{cluster}:8082/healthz", interval_ms: 200}
+floating: [`+vip.String()+`/24]
+network: cluster
+`))
+	vtargets, _ := observer.SiteTargets(lf.Sites[0], 8082)
+	vobs, err := observer.New(observer.Config{Members: vtargets, N: 1, Group: "vip", Floating: []string{vip.String()},
+		Logger: slog.New(slog.NewTextHandler(io.Discard, nil))})
+	if err != nil {
+		t.Fatal(err)
+	}
+	vdone := make(chan struct{})
+	go func() { defer close(vdone); vobs.Run(ctx) }()
+	held := func(s observer.Snapshot) bool {
+		return len(s.Actives) == 1 && slices.Equal(s.Holders[vip.String()], []string{s.Actives[0].Host})
+	}
+	if _, err := vobs.WaitFor(ctxFor(t, 60*time.Second), held); err != nil {
+		t.Fatalf("vip: the active never held %s: %v (%s)", vip, err, vobs.Snapshot())
+	}
+	holder := vobs.Snapshot().Actives[0].Host
+	start := time.Now()
+	base.ok("lab", "fault", "power-off", "site-ha/"+holder)
+	at, err := vobs.WaitFor(ctxFor(t, 6*time.Second), func(s observer.Snapshot) bool { return held(s) && !s.IsActive(holder) })
+	if err != nil {
+		t.Fatalf("vip: %s did not move off %s within 6 s: %v (%s)", vip, holder, err, vobs.Snapshot())
+	}
+	t.Logf("vip: %s moved from %s in %s", vip, holder, at.Sub(start).Round(time.Millisecond))
+	waitUntil(t, "vip ok again", 90*time.Second, func() bool { return show("vip").Status == "ok" })
+	if v := vobs.Violations(); len(v) > 0 {
+		t.Errorf("vip: violations %+v", v)
+	}
+	site.ok("servicegroup", "delete", "vip")
+	if _, err := vobs.WaitFor(ctxFor(t, 20*time.Second), func(s observer.Snapshot) bool { return len(s.Holders[vip.String()]) == 0 }); err != nil {
+		t.Errorf("%s still held after the group was deleted: %s", vip, vobs.Snapshot())
 	}
 
 	// Bad input: 400 naming the problem, nothing applied.
@@ -156,8 +215,29 @@ func TestServiceHAInTheLab(t *testing.T) {
 		t.Errorf("groups after refused creates: %d; want only demo", len(list.Items))
 	}
 
-	// A crash-looping group: backoff, 400.003 and a failed group, not an
-	// activation storm.
+	// A standby that crash-loops (its process dies at once on worker-1
+	// only): the group is degraded with 400.003, its active untouched.
+	site.ok("servicegroup", "create", "wobbly", "-f", writeSpec(t, `
+name: wobbly
+model: "1+1"
+hosts: [worker-0, worker-1]
+actions:
+  start: [sh, -c, "if [ {host} = worker-1 ]; then exit 3; fi; exec sleep 3600"]
+`))
+	waitUntil(t, "wobbly degraded with 400.003 for worker-1", 60*time.Second, func() bool {
+		g := show("wobbly")
+		return g.Status == "degraded" && strings.Contains(site.ok("alarm", "list", "-o", "json"), "service-group=wobbly.host=worker-1")
+	})
+	if g = show("wobbly"); len(g.in("active")) != 1 || g.in("active")[0] != "worker-0" || len(g.in("failed")) != 1 {
+		t.Errorf("wobbly: %+v; want worker-0 active, worker-1 failed", g)
+	}
+	if d := site.ok("event", "list", "--alarm-id", "400.010", "--entity", "service-group=wobbly", "-o", "json"); strings.Contains(d, "promote ") {
+		t.Errorf("a flapping standby caused promotions:\n%s", d)
+	}
+	site.ok("servicegroup", "delete", "wobbly")
+
+	// A group whose every member crash-loops: backoff, 400.003 and a
+	// failed group, not an activation storm.
 	site.ok("servicegroup", "create", "flappy", "--model", "1+1", "--hosts", "worker-0,worker-1",
 		"--start", "petrel no-such-command")
 	waitUntil(t, "400.003 for a flapping member", 60*time.Second, func() bool {
@@ -180,6 +260,15 @@ func TestServiceHAInTheLab(t *testing.T) {
 	if names := strings.Fields(site.ok("servicegroup", "list")); slices.Contains(names, "flappy") {
 		t.Error("flappy still listed after delete")
 	}
+}
+
+// writeSpec writes a service group file for servicegroup create -f.
+func writeSpec(t *testing.T, yaml string) string {
+	path := filepath.Join(t.TempDir(), "group.yaml")
+	if err := os.WriteFile(path, []byte(yaml), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	return path
 }
 
 // ctxFor is a context that ends after d or with the test.

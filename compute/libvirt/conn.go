@@ -10,6 +10,7 @@ import (
 	"net"
 	"net/url"
 	"strings"
+	"sync/atomic"
 	"time"
 
 	golibvirt "github.com/digitalocean/go-libvirt"
@@ -122,25 +123,33 @@ func dialTLS(ctx context.Context, addr string, conf *tls.Config, dial func(conte
 	return c, nil
 }
 
-// streamDialer wraps every connection d makes in a streamConn.
-type streamDialer struct{ d socket.Dialer }
+// streamDialer wraps every connection d makes in a streamConn, and
+// keeps the last one (the driver closes it when a daemon is gone).
+type streamDialer struct {
+	d    socket.Dialer
+	last *atomic.Pointer[streamConn]
+}
 
 func (s streamDialer) Dial() (net.Conn, error) {
 	c, err := s.d.Dial()
 	if err != nil {
 		return nil, err
 	}
-	return &streamConn{Conn: c}, nil
+	sc := &streamConn{Conn: c}
+	s.last.Store(sc)
+	return sc, nil
 }
 
 // connect opens a go-libvirt connection to the daemon d reaches, on the
-// daemon's driver named by remote ("qemu:///system").
-func connect(d socket.Dialer, remote golibvirt.ConnectURI) (*golibvirt.Libvirt, error) {
-	l := golibvirt.NewWithDialer(streamDialer{d})
+// daemon's driver named by remote ("qemu:///system"), and gives the
+// connection under it.
+func connect(d socket.Dialer, remote golibvirt.ConnectURI) (*golibvirt.Libvirt, *atomic.Pointer[streamConn], error) {
+	last := &atomic.Pointer[streamConn]{}
+	l := golibvirt.NewWithDialer(streamDialer{d: d, last: last})
 	if err := l.ConnectToURI(remote); err != nil {
-		return nil, err
+		return nil, nil, err
 	}
-	return l, nil
+	return l, last, nil
 }
 
 // RPC packet layout (libvirt's virnetprotocol.x): a 4-byte big-endian

@@ -28,6 +28,7 @@ import (
 	"net/url"
 	"os"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	golibvirt "github.com/digitalocean/go-libvirt"
@@ -39,6 +40,7 @@ import (
 // Driver is a connection to one libvirtd.
 type Driver struct {
 	l    *golibvirt.Libvirt
+	conn *atomic.Pointer[streamConn] // the connection under l
 	opts Options
 
 	poolMu sync.Mutex
@@ -106,8 +108,8 @@ func (o Options) withDefaults() Options {
 	return o
 }
 
-func newDriver(l *golibvirt.Libvirt, opts Options) *Driver {
-	return &Driver{l: l, opts: opts.withDefaults()}
+func newDriver(l *golibvirt.Libvirt, conn *atomic.Pointer[streamConn], opts Options) *Driver {
+	return &Driver{l: l, conn: conn, opts: opts.withDefaults()}
 }
 
 // Dial connects to the libvirtd at uri: "qemu:///system?socket=PATH" (a
@@ -137,11 +139,11 @@ func DialOptions(ctx context.Context, uri string, opts Options) (*Driver, error)
 	if err := ctx.Err(); err != nil {
 		return nil, err
 	}
-	l, err := connect(dialer, golibvirt.RemoteURI(u))
+	l, conn, err := connect(dialer, golibvirt.RemoteURI(u))
 	if err != nil {
 		return nil, fmt.Errorf("libvirt: %s: %w", uri, err)
 	}
-	return newDriver(l, opts), nil
+	return newDriver(l, conn, opts), nil
 }
 
 // DialFunc connects to a daemon over the connection dial opens (a
@@ -153,19 +155,47 @@ func DialFunc(ctx context.Context, dial func() (net.Conn, error)) (*Driver, erro
 	if err := ctx.Err(); err != nil {
 		return nil, err
 	}
-	l, err := connect(dialerFunc(dial), golibvirt.QEMUSystem)
+	l, conn, err := connect(dialerFunc(dial), golibvirt.QEMUSystem)
 	if err != nil {
 		return nil, fmt.Errorf("libvirt: connect: %w", err)
 	}
-	return newDriver(l, Options{}), nil
+	return newDriver(l, conn, Options{}), nil
 }
 
 type dialerFunc func() (net.Conn, error)
 
 func (f dialerFunc) Dial() (net.Conn, error) { return f() }
 
-// Close disconnects.
-func (d *Driver) Close() error { return d.l.Disconnect() }
+// closeWait bounds a graceful disconnect: a daemon whose host vanished
+// (powered off: no FIN, no RST) never answers it.
+const closeWait = 2 * time.Second
+
+// Close disconnects: gracefully if the daemon answers within closeWait,
+// else by closing the connection under it, so that Close never hangs on
+// a daemon that is gone.
+func (d *Driver) Close() error {
+	done := make(chan error, 1)
+	go func() { done <- d.l.Disconnect() }()
+	t := time.NewTimer(closeWait)
+	defer t.Stop()
+	select {
+	case err := <-done:
+		return err
+	case <-t.C:
+	}
+	if d.conn != nil {
+		if c := d.conn.Load(); c != nil {
+			c.Conn.Close()
+		}
+	}
+	t.Reset(closeWait)
+	select {
+	case err := <-done:
+		return err
+	case <-t.C:
+		return errors.New("libvirt: the daemon did not answer the disconnect; its connection is closed")
+	}
+}
 
 // Version is the daemon's libvirt version, e.g. "9.0.0".
 func (d *Driver) Version(ctx context.Context) (string, error) {

@@ -453,9 +453,10 @@ func TestNewChecksConfig(t *testing.T) {
 }
 
 func TestParseAddrs(t *testing.T) {
-	out := `[{"ifindex":1,"ifname":"lo","flags":["LOOPBACK","UP"],"addr_info":[{"family":"inet","local":"127.0.0.1","prefixlen":8},{"family":"inet6","local":"::1","prefixlen":128}]},` +
-		`{"ifindex":2,"ifname":"cluster","addr_info":[{"family":"inet","local":"10.89.2.10","prefixlen":24},{"family":"inet","local":"10.89.2.100","prefixlen":24}]},` +
-		`{"ifindex":3,"ifname":"mgmt","flags":["NO-CARRIER"],"addr_info":[]}]`
+	// mgmt is down (a powered-off lab host): its address is held by no one.
+	out := `[{"ifindex":1,"ifname":"lo","flags":["LOOPBACK","UP","LOWER_UP"],"addr_info":[{"family":"inet","local":"127.0.0.1","prefixlen":8},{"family":"inet6","local":"::1","prefixlen":128}]},` +
+		`{"ifindex":2,"ifname":"cluster","flags":["BROADCAST","MULTICAST","UP","LOWER_UP"],"addr_info":[{"family":"inet","local":"10.89.2.10","prefixlen":24},{"family":"inet","local":"10.89.2.100","prefixlen":24}]},` +
+		`{"ifindex":3,"ifname":"mgmt","flags":["NO-CARRIER","BROADCAST","MULTICAST"],"addr_info":[{"family":"inet","local":"10.88.2.100","prefixlen":24}]}]`
 	got, err := parseAddrs([]byte(out))
 	want := []netip.Addr{netip.MustParseAddr("127.0.0.1"), netip.MustParseAddr("::1"),
 		netip.MustParseAddr("10.89.2.10"), netip.MustParseAddr("10.89.2.100")}

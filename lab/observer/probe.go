@@ -9,6 +9,7 @@ import (
 	"net/http"
 	"net/netip"
 	"os/exec"
+	"slices"
 	"strings"
 	"time"
 
@@ -70,6 +71,7 @@ func fetchWith(ctx context.Context, c *http.Client, url string) Answer {
 
 // ifaceAddrs is what is read of `ip -j addr show`.
 type ifaceAddrs struct {
+	Flags    []string `json:"flags"`
 	AddrInfo []struct {
 		Local string `json:"local"`
 	} `json:"addr_info"`
@@ -97,6 +99,13 @@ func parseAddrs(out []byte) ([]netip.Addr, error) {
 	}
 	var addrs []netip.Addr
 	for _, i := range ifs {
+		// Only a link that is up holds its addresses: a powered-off lab
+		// host keeps its configuration on links that are down (as a
+		// dead machine's disk keeps its), until its agent releases them
+		// at boot.
+		if !slices.Contains(i.Flags, "UP") || !slices.Contains(i.Flags, "LOWER_UP") {
+			continue
+		}
 		for _, a := range i.AddrInfo {
 			if addr, err := netip.ParseAddr(a.Local); err == nil {
 				addrs = append(addrs, addr)

@@ -66,9 +66,9 @@ func (a *Agent) pollServices(ctx context.Context, c *http.Client) {
 	have := false                      // version is the one applied last
 	failing, notServed := false, false // for logging each change once
 	for ctx.Err() == nil {
-		path := base
+		path := base + "?boot_id=" + a.bootID
 		if have {
-			path += "?version=" + strconv.FormatUint(version, 10) + "&wait=" + servicesWait.String()
+			path += "&version=" + strconv.FormatUint(version, 10) + "&wait=" + servicesWait.String()
 		}
 		t0 := time.Now()
 		var got servicemgr.AgentServices

@@ -161,7 +161,7 @@ func TestServicesLongPoll(t *testing.T) {
 	waitUntil(t, "a long poll at version 1", func() bool {
 		site.mu.Lock()
 		defer site.mu.Unlock()
-		return slices.Contains(site.queries, "version=1&wait=25s")
+		return slices.Contains(site.queries, "boot_id="+a.bootID+"&version=1&wait=25s")
 	})
 
 	member.Role, member.Epoch, member.Slot, member.Floating, member.Network = servicemgr.RoleActive, 2, 0, "10.20.0.9/24", "mgmt"
@@ -186,8 +186,8 @@ func TestServicesLongPoll(t *testing.T) {
 	site.mu.Lock()
 	defer site.mu.Unlock()
 	for _, q := range site.queries {
-		if q != "" && !strings.HasPrefix(q, "version=") {
-			t.Errorf("poll query %q", q)
+		if q != "boot_id="+a.bootID && !strings.HasPrefix(q, "boot_id="+a.bootID+"&version=") {
+			t.Errorf("poll query %q; want the agent's boot_id, then version and wait", q)
 		}
 	}
 }

@@ -69,6 +69,28 @@ func RunFailover(ctx context.Context, binary string, cycles int, kinds []string,
 		if err := waitOK(90 * time.Second); err != nil {
 			return err
 		}
+		// Host management watches every host (heartbeat on both networks,
+		// a BMC to confirm with) before the first fault.
+		deadline := time.Now().Add(60 * time.Second)
+		for watched := false; !watched; {
+			watched = true
+			for _, m := range g.Members {
+				var h struct {
+					Heartbeat struct{ Mgmt, Cluster string }
+					BMC       struct{ Type string }
+				}
+				if err := api.Do(ctx, http.MethodGet, "/v1/hosts/"+m.Host, nil, nil, &h); err != nil ||
+					h.Heartbeat.Mgmt != "ok" || h.Heartbeat.Cluster != "ok" || h.BMC.Type == "" {
+					watched = false
+				}
+			}
+			if !watched {
+				if time.Now().After(deadline) {
+					return fmt.Errorf("the demo hosts are not all watched by host management within 60 s")
+				}
+				time.Sleep(200 * time.Millisecond) // polling
+			}
+		}
 		targets, err := observer.SiteTargets(f.Sites[0], lab.DemoPort)
 		if err != nil {
 			return err

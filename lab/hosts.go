@@ -555,8 +555,11 @@ func etcdMember(dir string, p hostPaths, h hostSpec) (map[string]any, bool, erro
 	if err := is.Write(p.f("pki/etcd.crt"), p.f("pki/etcd.key")); err != nil {
 		return nil, false, err
 	}
+	// The site controller's client talks to its own member only (which
+	// forwards to the raft leader): a client pinned to a member whose
+	// host vanished would wait out its keepalive (15 s) on every call.
 	ec := map[string]any{"name": h.Name, "data_dir": p.f("etcd"), "cluster_token": "petrel-" + h.Site, "client_addr": endpoints[idx], "peer_addr": cluster[h.Name],
-		"endpoints": endpoints, "tls": map[string]string{"cert_file": p.f("pki/etcd.crt"), "key_file": p.f("pki/etcd.key"),
+		"endpoints": []string{endpoints[idx]}, "tls": map[string]string{"cert_file": p.f("pki/etcd.crt"), "key_file": p.f("pki/etcd.key"),
 			"ca_file": filepath.Join(caDir, pki.CACertFile)}}
 	if len(h.Etcd) > 1 {
 		ec["initial_cluster"] = cluster

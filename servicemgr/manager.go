@@ -565,9 +565,29 @@ func sameAssignments(a, b []Assignment) bool {
 	return true
 }
 
+// seeBootLocked records the boot an agent runs in. A new one means the
+// host's previous boot died, and every member it ran with it: the host is
+// down until those members are removed.
+func (m *Manager) seeBootLocked(name string, a *agentState, bootID string) {
+	if bootID == "" {
+		return
+	}
+	if a.bootID != "" && bootID != a.bootID {
+		if _, down := m.down[name]; !down {
+			m.down[name] = downInfo{reason: "it booted again (new boot ID)", bootID: a.bootID}
+			delete(m.observed, m.uuidOf(name))
+			m.cfg.Logger.Info("service members lost: their host booted again", "host", name)
+			m.poke()
+		}
+	}
+	a.bootID = bootID
+}
+
 // Desired answers an agent's poll: its members, waiting while version is
-// still the current one (up to wait).
-func (m *Manager) Desired(ctx context.Context, hostUUID string, version uint64, wait bool, timeout time.Duration) (AgentServices, error) {
+// still the current one (up to wait). bootID is the agent's boot: a host
+// that booted again gets no member until the manager has removed those of
+// its previous boot (it must never resume a role it held before).
+func (m *Manager) Desired(ctx context.Context, hostUUID, bootID string, version uint64, wait bool, timeout time.Duration) (AgentServices, error) {
 	m.mu.Lock()
 	name, ok := m.byUUID[hostUUID]
 	if !ok {
@@ -590,6 +610,7 @@ func (m *Manager) Desired(ctx context.Context, hostUUID string, version uint64, 
 		a = &agentState{changed: make(chan struct{})}
 		m.agents[hostUUID] = a
 	}
+	m.seeBootLocked(name, a, bootID)
 	if wait && a.version == version {
 		ch := a.changed
 		m.mu.Unlock()
@@ -605,6 +626,9 @@ func (m *Manager) Desired(ctx context.Context, hostUUID string, version uint64, 
 		name = m.byUUID[hostUUID] // renamed meanwhile?
 	}
 	out := AgentServices{Version: a.version, ControllerEpoch: m.cfg.ControllerEpoch, Host: name, Members: slices.Clone(a.list)}
+	if _, down := m.down[name]; down {
+		out.Members = nil
+	}
 	m.mu.Unlock()
 	if out.Members == nil {
 		out.Members = []Assignment{}
@@ -626,13 +650,8 @@ func (m *Manager) Report(hostUUID string, st AgentStatus) error {
 		a = &agentState{changed: make(chan struct{})}
 		m.agents[hostUUID] = a
 	}
-	if a.bootID != "" && st.BootID != a.bootID {
-		if _, down := m.down[name]; !down {
-			m.down[name] = downInfo{reason: "it booted again (new boot ID)", bootID: a.bootID}
-			m.cfg.Logger.Info("service members lost: their host booted again", "host", name)
-		}
-	}
-	a.bootID, a.seen = st.BootID, true
+	m.seeBootLocked(name, a, st.BootID)
+	a.seen = true
 	obs := map[string]Observed{}
 	for _, ms := range st.Members {
 		obs[ms.Group] = Observed{Status: ms}

@@ -174,7 +174,7 @@ func (s *agentsSim) sync(ctx context.Context) {
 		if s.dead[name] {
 			continue
 		}
-		d, err := s.m.Desired(ctx, h.UUID, 0, false, 0)
+		d, err := s.m.Desired(ctx, h.UUID, s.boots[name], 0, false, 0)
 		if err != nil {
 			s.t.Fatal(err)
 		}
@@ -263,10 +263,10 @@ func TestManagerFailsOverOnConfirmedDeath(t *testing.T) {
 		t.Fatalf("moved on heartbeat loss alone: %s", roles(ledger.places["demo"]))
 	}
 	// A long-poll waiting on w2 wakes when it is promoted.
-	d0, _ := m.Desired(ctx, "uuid-w2", 0, false, 0)
+	d0, _ := m.Desired(ctx, "uuid-w2", "b1-w2", 0, false, 0)
 	woke := make(chan AgentServices, 1)
 	go func() {
-		d, _ := m.Desired(ctx, "uuid-w2", d0.Version, true, 10*time.Second)
+		d, _ := m.Desired(ctx, "uuid-w2", "b1-w2", d0.Version, true, 10*time.Second)
 		woke <- d
 	}()
 	m.HostDown("uuid-w0", "BMC reads power off")
@@ -300,6 +300,11 @@ func TestManagerFailsOverOnConfirmedDeath(t *testing.T) {
 	hosts.mu.Lock()
 	hosts.hosts["w1"] = HostInfo{UUID: "uuid-w1", Name: "w1", Available: true, Healthy: true, BootID: "b2-w1"}
 	hosts.mu.Unlock()
+	// Its first poll, before any report of the new boot: no member (it
+	// must not resume the role of its previous boot).
+	if d, err := m.Desired(ctx, "uuid-w1", "b2-w1", 0, false, 0); err != nil || len(d.Members) != 0 {
+		t.Fatalf("first poll of a new boot = %+v, %v; want no member", d.Members, err)
+	}
 	if err := m.Report("uuid-w1", AgentStatus{BootID: "b2-w1"}); err != nil {
 		t.Fatal(err)
 	}

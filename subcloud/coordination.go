@@ -42,8 +42,10 @@ type EtcdConfig struct {
 	// a site's cluster must give the same. Default "petrel-<site>" (a
 	// site controller), "petrel" (petrel etcd).
 	ClusterToken string `json:"cluster_token"`
-	// Endpoints are the client addresses of every member, for this
-	// controller's client; default its own ClientAddr.
+	// Endpoints are the members this controller's client talks to;
+	// default (and best) its own ClientAddr: the member forwards to the
+	// raft leader, and a client pinned to a member whose host vanished
+	// would wait out its keepalive on every call.
 	Endpoints []string `json:"endpoints"`
 	// TLS is the member's certificate (server and client usage, its
 	// addresses as SANs) and the CA of every member's: a CA for etcd
@@ -69,10 +71,12 @@ func (c EtcdConfig) MemberConfig(files coord.TLSFiles, log *slog.Logger) coord.M
 // coordination is the site controller's etcd: its member, its client,
 // its candidacy, and the service ledger on top.
 type coordination struct {
-	member *coord.Member
-	client *coord.Client
-	lead   *coord.Leadership
-	ledger *etcdledger.Ledger
+	local     string             // this member's client address
+	clientCfg coord.ClientConfig // this controller's identity toward etcd
+	member    *coord.Member
+	client    *coord.Client
+	lead      *coord.Leadership
+	ledger    *etcdledger.Ledger
 }
 
 func (c *coordination) close() {
@@ -217,8 +221,9 @@ func (s *Subcloud) startCoordination(ctx context.Context) (*coordination, error)
 	if err != nil {
 		return nil, fmt.Errorf("subcloud: etcd member: %w", err)
 	}
-	if c.client, err = coord.NewClient(coord.ClientConfig{Endpoints: endpoints, TLS: tlsFiles,
-		Logger: quiet, LogLevel: slog.LevelError}); err != nil {
+	c.local = cfg.ClientAddr
+	c.clientCfg = coord.ClientConfig{Endpoints: endpoints, TLS: tlsFiles, Logger: quiet, LogLevel: slog.LevelError}
+	if c.client, err = coord.NewClient(c.clientCfg); err != nil {
 		c.close()
 		return nil, err
 	}
@@ -312,6 +317,9 @@ func (s *Subcloud) runServices(ctx context.Context) error {
 		if len(s.cfg.ServiceGroups) > 0 {
 			go s.applyDeclared(ctx)
 		}
+		if s.cfg.Etcd != nil && len(s.cfg.Etcd.InitialCluster) > 1 {
+			go s.pinRaftLeader(ctx, c)
+		}
 		return s.services.Run(ctx)
 	})
 	if err != nil && !errors.Is(err, context.Canceled) && ctx.Err() == nil {
@@ -335,6 +343,32 @@ func (s *Subcloud) applyDeclared(ctx context.Context) {
 			logged = true
 		}
 		t := time.NewTimer(2 * time.Second)
+		select {
+		case <-ctx.Done():
+			t.Stop()
+			return
+		case <-t.C:
+		}
+	}
+}
+
+// pinRaftLeader keeps the raft leadership of the site's etcd on this
+// controller's own member while it leads (checked every 10 s): the death of
+// another member's host then never costs a raft election before a
+// failover's commit (measured: a commit waited out etcd's request timeout,
+// about 7 s, when the raft leader's host lost power).
+func (s *Subcloud) pinRaftLeader(ctx context.Context, c *coordination) {
+	for {
+		pctx, cancel := context.WithTimeout(ctx, 5*time.Second)
+		moved, err := coord.PinRaftLeader(pctx, c.clientCfg, c.local)
+		cancel()
+		switch {
+		case err != nil && ctx.Err() == nil:
+			s.log.Warn("could not move etcd's raft leadership to this controller's member", "err", err)
+		case moved:
+			s.log.Info("moved etcd's raft leadership to this controller's member")
+		}
+		t := time.NewTimer(10 * time.Second)
 		select {
 		case <-ctx.Done():
 			t.Stop()

@@ -182,7 +182,7 @@ func (s *Subcloud) agentServices(r *http.Request) (int, any, error) {
 		}
 		timeout = d
 	}
-	out, err := s.services.Desired(r.Context(), id, version, wait, timeout)
+	out, err := s.services.Desired(r.Context(), id, q.Get("boot_id"), version, wait, timeout)
 	if err != nil {
 		return 0, nil, err
 	}

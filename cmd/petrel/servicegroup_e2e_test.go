@@ -59,6 +59,14 @@ func TestServiceHAInTheLab(t *testing.T) {
 	base := cli{t: t, env: []string{"PETREL_LAB_DIR=" + dir}}
 	base.ok("lab", "up", "--sites", "site-ha=multi-server:2")
 	t.Cleanup(func() { base.run("", "lab", "down") })
+	t.Cleanup(func() { // runs before lab down
+		if t.Failed() {
+			t.Logf("the site controller's log ends:\n%s", tailFile(filepath.Join(dir, "hosts", "site-ha", "controller-0", "logs", "subcloud.log")))
+			for _, h := range []string{"controller-1", "worker-0"} {
+				t.Logf("%s's chassis log ends:\n%s", h, tailFile(filepath.Join(dir, "logs", "vbmc-site-ha-"+h+".log")))
+			}
+		}
+	})
 	lf, err := lab.Load(dir)
 	if err != nil {
 		t.Fatal(err)
@@ -75,6 +83,21 @@ func TestServiceHAInTheLab(t *testing.T) {
 	ok := func(g sgView) bool { return g.Status == "ok" && len(g.in("active")) == 2 && len(g.in("standby")) == 1 }
 	var g sgView
 	waitUntil(t, "demo ok (2 active, 1 standby)", 60*time.Second, func() bool { g = show("demo"); return ok(g) })
+	// Host management watches every host (heartbeat on both networks, a
+	// BMC to confirm with) before the first fault.
+	waitUntil(t, "every demo host watched", 60*time.Second, func() bool {
+		for _, h := range []string{"controller-1", "worker-0", "worker-1"} {
+			var hv struct {
+				Heartbeat struct{ Mgmt, Cluster string }
+				BMC       struct{ Type string }
+			}
+			json.Unmarshal([]byte(site.ok("host", "show", h, "-o", "json")), &hv)
+			if hv.Heartbeat.Mgmt != "ok" || hv.Heartbeat.Cluster != "ok" || hv.BMC.Type == "" {
+				return false
+			}
+		}
+		return true
+	})
 
 	targets, err := observer.SiteTargets(lf.Sites[0], lab.DemoPort)
 	if err != nil {
@@ -103,7 +126,9 @@ func TestServiceHAInTheLab(t *testing.T) {
 			return len(s.Actives) == 2 && !s.IsActive(victim)
 		})
 		if err != nil {
-			t.Fatalf("%s of %s (active): no other member active and answering within T4b's 6 s: %v (%s)", fault, victim, err, obs.Snapshot())
+			snap := obs.Snapshot()
+			t.Fatalf("%s of %s (active): no other member active and answering within T4b's 6 s: %v (round %d at %s, fault at %s: %s; members %+v)",
+				fault, victim, err, snap.Seq, snap.At.Format("15:04:05.000"), start.Format("15:04:05.000"), snap, snap.Members)
 		}
 		t.Logf("%s of %s: 2 members active again after %s", fault, victim, at.Sub(start).Round(time.Millisecond))
 		waitUntil(t, "demo ok again after "+fault, 90*time.Second, func() bool { g = show("demo"); return ok(g) })

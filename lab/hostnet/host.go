@@ -226,8 +226,38 @@ func (h *Host) PowerOff(ctx context.Context) error {
 			return err
 		}
 	}
+	if err := h.forgetAddrs(ctx); err != nil {
+		return fmt.Errorf("power off %s: %w", h.name, err)
+	}
 	_, err = run(ctx, "", "ip", "netns", "exec", h.netns, "ss", "-K", "-tan", "state", "all")
 	return err
+}
+
+// forgetAddrs removes every address the host's processes added to its
+// interfaces (a service's floating address): a machine that loses power
+// boots with its configured addresses only, while a lab host's namespace
+// outlives its power.
+func (h *Host) forgetAddrs(ctx context.Context) error {
+	ls, err := links(ctx, h.netns)
+	if err != nil {
+		return err
+	}
+	for _, n := range Networks() {
+		k, ok := ls[string(n)]
+		if !ok {
+			continue
+		}
+		for _, a := range k.Addrs {
+			ip, err := netip.ParseAddr(a.Local)
+			if err != nil || ip == h.Addr(n) || ip.IsLinkLocalUnicast() {
+				continue
+			}
+			if _, err := run(ctx, "", "ip", "-n", h.netns, "addr", "del", netip.PrefixFrom(ip, a.PrefixLen).String(), "dev", string(n)); err != nil {
+				return err
+			}
+		}
+	}
+	return nil
 }
 
 // PowerOn brings the links of a powered-off host back up. Starting its

@@ -503,8 +503,17 @@ func TestStartPowerOffPowerOn(t *testing.T) {
 		t.Fatal(err)
 	}
 
+	// A floating address a service added: gone with the power.
+	float := a.Addr(hostnet.Cluster).Next().Next().Next().String() + "/24"
+	if out, err := exec.Command("ip", "-n", a.Netns(), "addr", "add", float, "dev", string(hostnet.Cluster)).CombinedOutput(); err != nil {
+		t.Fatalf("ip addr add %s: %v: %s", float, err, out)
+	}
 	if err := a.PowerOff(ctx); err != nil {
 		t.Fatalf("PowerOff() = %v", err)
+	}
+	if out, _ := exec.Command("ip", "-n", a.Netns(), "addr", "show", "dev", string(hostnet.Cluster)).CombinedOutput(); strings.Contains(string(out), strings.TrimSuffix(float, "/24")+"/") ||
+		!strings.Contains(string(out), a.Addr(hostnet.Cluster).String()+"/24") {
+		t.Errorf("after PowerOff the cluster interface has:\n%s\nwant its own address only (not %s)", out, float)
 	}
 	if pids, err := a.Pids(); err != nil || len(pids) != 0 {
 		t.Errorf("Pids() after PowerOff = %v, %v; want none", pids, err)

@@ -30,6 +30,10 @@ import (
 	"github.com/petrel-edge/petrel/servicemgr"
 )
 
+// callTimeout bounds each ledger call: a reconcile that cannot reach etcd
+// fails, and is tried again at the next one.
+const callTimeout = 5 * time.Second
+
 // Config configures a Ledger.
 type Config struct {
 	Client *coord.Client
@@ -72,6 +76,8 @@ func (l *Ledger) leaseKey(h string) string       { return l.cfg.Prefix + "hosts/
 
 // Load reads a group's placement (epoch 0 and no members if none).
 func (l *Ledger) Load(ctx context.Context, group string) (servicemgr.Placement, error) {
+	ctx, cancel := context.WithTimeout(ctx, callTimeout)
+	defer cancel()
 	resp, err := l.cfg.Client.Etcd().Get(ctx, l.groupKey(group, "placement"))
 	if err != nil {
 		return servicemgr.Placement{}, fmt.Errorf("etcdledger: load %s: %w", group, err)
@@ -139,6 +145,8 @@ func (l *Ledger) lease(ctx context.Context, g coord.Guard, host string) (clientv
 // Commit records next with epoch prevEpoch+1 in one transaction; see the
 // package comment.
 func (l *Ledger) Commit(ctx context.Context, group string, prevEpoch uint64, next servicemgr.Placement) (uint64, error) {
+	ctx, cancel := context.WithTimeout(ctx, callTimeout)
+	defer cancel()
 	g, ok := l.cfg.Guard()
 	if !ok {
 		return 0, coord.ErrNotLeader
@@ -227,6 +235,8 @@ func (l *Ledger) Commit(ctx context.Context, group string, prevEpoch uint64, nex
 
 // Remove deletes a group's records.
 func (l *Ledger) Remove(ctx context.Context, group string) error {
+	ctx, cancel := context.WithTimeout(ctx, callTimeout)
+	defer cancel()
 	g, ok := l.cfg.Guard()
 	if !ok {
 		return coord.ErrNotLeader
@@ -237,6 +247,8 @@ func (l *Ledger) Remove(ctx context.Context, group string) error {
 
 // Release revokes a host's lease at once: the slots it held are free.
 func (l *Ledger) Release(ctx context.Context, host string) error {
+	ctx, cancel := context.WithTimeout(ctx, callTimeout)
+	defer cancel()
 	l.mu.Lock()
 	hl, ok := l.leases[host]
 	delete(l.leases, host)

@@ -451,12 +451,17 @@ func prepareBMC(dir string, p hostPaths, addr netip.Addr, siteNS string) (*vbmc.
 }
 
 func freeUDPPort() (int, error) {
-	c, err := net.ListenPacket("udp", "127.0.0.1:0")
-	if err != nil {
-		return 0, err
+	for {
+		c, err := net.ListenPacket("udp", "127.0.0.1:0")
+		if err != nil {
+			return 0, err
+		}
+		port := c.LocalAddr().(*net.UDPAddr).Port
+		c.Close()
+		if handOut("udp", port) {
+			return port, nil
+		}
 	}
-	defer c.Close()
-	return c.LocalAddr().(*net.UDPAddr).Port, nil
 }
 
 // installBinary puts petrel into a slot: a hard link when the lab is on

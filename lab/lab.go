@@ -23,6 +23,7 @@ import (
 	"regexp"
 	"strconv"
 	"strings"
+	"sync"
 	"syscall"
 	"time"
 
@@ -332,6 +333,9 @@ func Up(ctx context.Context, cfg Config) (_ *File, err error) {
 		ctlRoot := pathsOf(dir, sp.Name, "controller-0")
 		alive := func() bool { return ours(fabricPID, dir) }
 		tok, err := readyAndToken(ctx, f.Sites[i].URL, caFile, ctlRoot.f("data"), alive)
+		if errors.Is(err, ErrExited) {
+			return nil, fmt.Errorf("lab: the fabric (WAN forwarders) exited while site %s started; its log ends:\n%s", sp.Name, tail(filepath.Join(dir, "logs", "fabric.log"), 8))
+		}
 		if err != nil {
 			return nil, fmt.Errorf("lab: site %s: %w; its log ends:\n%s", sp.Name, err, tail(ctlRoot.f("logs/subcloud.log"), 8))
 		}
@@ -556,12 +560,39 @@ func startDaemon(cfg Config, dir, daemon, dataDir, name string, extra map[string
 }
 
 func freePort() (int, error) {
-	l, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		return 0, err
+	for {
+		l, err := net.Listen("tcp", "127.0.0.1:0")
+		if err != nil {
+			return 0, err
+		}
+		port := l.Addr().(*net.TCPAddr).Port
+		l.Close()
+		if handOut("tcp", port) {
+			return port, nil
+		}
 	}
-	defer l.Close()
-	return l.Addr().(*net.TCPAddr).Port, nil
+}
+
+// handedOut are the ports this process has picked for daemons that bind
+// them later (the fabric, the chassis' BMCs): the kernel may offer a
+// port again while it is still unbound, and two daemons of one lab must
+// never get the same one. It is the process's own record, as the
+// kernel's port table is the machine's.
+var handedOut = struct {
+	sync.Mutex
+	ports map[string]bool
+}{ports: map[string]bool{}}
+
+// handOut records a port as picked; false if it was picked before.
+func handOut(proto string, port int) bool {
+	handedOut.Lock()
+	defer handedOut.Unlock()
+	key := proto + "/" + strconv.Itoa(port)
+	if handedOut.ports[key] {
+		return false
+	}
+	handedOut.ports[key] = true
+	return true
 }
 
 // readyAndToken waits for a daemon's /readyz, then logs in as the bootstrap

@@ -331,7 +331,7 @@ func Up(ctx context.Context, cfg Config) (_ *File, err error) {
 	// token; give every host its join token.
 	for i, sp := range cfg.Sites {
 		ctlRoot := pathsOf(dir, sp.Name, "controller-0")
-		alive := func() bool { return ours(fabricPID, dir) }
+		alive := func() bool { return running(fabricPID) }
 		tok, err := readyAndToken(ctx, f.Sites[i].URL, caFile, ctlRoot.f("data"), alive)
 		if errors.Is(err, ErrExited) {
 			return nil, fmt.Errorf("lab: the fabric (WAN forwarders) exited while site %s started; its log ends:\n%s", sp.Name, tail(filepath.Join(dir, "logs", "fabric.log"), 8))
@@ -718,6 +718,27 @@ func Processes(dir string) ([]Process, error) {
 
 // ours reports whether pid is alive and a process of the lab in dir: its
 // argv names the lab dir. A recycled pid is never signalled.
+// running reports whether process pid exists and has not exited (a
+// zombie has). Unlike ours, it does not read the command line, which a
+// loaded machine was seen to answer without the lab dir for a process
+// that ran on: lab up then took its fabric for dead.
+func running(pid int) bool {
+	b, err := os.ReadFile(fmt.Sprintf("/proc/%d/stat", pid))
+	if err != nil {
+		return false
+	}
+	// pid (comm) STATE ...: comm may hold spaces and parentheses.
+	i := strings.LastIndexByte(string(b), ')')
+	if i < 0 || i+2 >= len(b) {
+		return true
+	}
+	switch b[i+2] {
+	case 'Z', 'X':
+		return false
+	}
+	return true
+}
+
 func ours(pid int, dir string) bool {
 	if pid <= 0 {
 		return false

@@ -56,7 +56,7 @@ type hostSpec struct {
 	Name        string // "" for a host added without a name (it gets one when assigned)
 	Index       int
 	Personality inventory.Personality // "" for a bare host
-	RunsSite    bool                  // controller-0: runs the site controller
+	RunsSite    bool                  // controller-0 (and controller-1 of a pair): runs the site controller
 	Hypervisor  bool                  // runs VMs: its own libvirtd
 	Home        *homeInfo             // the site controller's link to central
 	// Libvirt is the site controller's libvirt client identity: its
@@ -190,12 +190,19 @@ func hostsOf(sp SiteSpec, siteIdx int) []hostSpec {
 		if n[0] == 'w' {
 			p = inventory.Worker
 		}
+		// Both controllers of a pair run the site controller (one
+		// active, one standby: docs/ha.md).
 		out[i] = hostSpec{Site: sp.Name, Shape: sp.Shape, SiteIndex: siteIdx, Name: n, Index: i, Personality: p,
-			RunsSite: i == 0, Hypervisor: runsVMs(sp.Shape, p)}
+			RunsSite: i == 0 || (i == 1 && pairSite(sp.Shape)), Hypervisor: runsVMs(sp.Shape, p)}
 	}
 	peers := []etcdPeer{{Name: names[0], Index: 0}}
-	if sp.Shape == inventory.MultiServer && len(names) >= 3 {
+	switch {
+	case sp.Shape == inventory.MultiServer && len(names) >= 3:
 		peers = append(peers, etcdPeer{Name: names[1], Index: 1}, etcdPeer{Name: names[2], Index: 2})
+	case pairSite(sp.Shape):
+		// A pair without a third member (duplex) keeps its epochs in its
+		// replicated database: no etcd (two members make no quorum).
+		peers = nil
 	}
 	for i := range out {
 		out[i].Etcd = peers
@@ -318,7 +325,7 @@ func prepareHost(dir, prefix, binary string, h hostSpec, key string, siteURL str
 	services := []hostinit.Service{}
 	if h.RunsSite {
 		conf := map[string]any{
-			"site": h.Site, "shape": string(h.Shape), "listen": net.JoinHostPort(mgmt.String(), strconv.Itoa(SiteAPIPort)),
+			"site": h.Site, "shape": string(h.Shape), "listen": net.JoinHostPort(siteAPIAddr(h.Shape, h.SiteIndex).String(), strconv.Itoa(SiteAPIPort)),
 			"data_dir": p.f("data"), "tls": map[string]string{"ca_dir": filepath.Join(dir, "ca")}, "log_level": "info",
 			// Host maintenance pulses every host on both networks from the
 			// controller's interfaces named after them (brief §4 defaults).
@@ -327,12 +334,34 @@ func prepareHost(dir, prefix, binary string, h hostSpec, key string, siteURL str
 			"heartbeat": map[string]any{"step_timeout": "20s"},
 		}
 		if h.Home != nil {
-			conf["central"] = h.Home
+			home := *h.Home
+			if h.Index != 0 {
+				// The pair's copy of the site's link identity
+				// (preparePairSecrets).
+				c0 := pathsOf(dir, h.Site, "controller-0").rootDir()
+				for _, f := range []*string{&home.CACert, &home.CertFile, &home.KeyFile, &home.PublicKeyFile} {
+					rel, _ := filepath.Rel(c0, *f)
+					*f = p.f(rel)
+				}
+			}
+			conf["central"] = &home
 		}
 		if ec, ok, err := etcdMember(dir, p, h); err != nil {
 			return "", err
 		} else if ok {
+			if len(h.Etcd) > 1 {
+				// The member runs as a host service (below); the site
+				// controller, active or standby, is its client.
+				ec["client_only"] = true
+			}
 			conf["etcd"] = ec
+		}
+		if pairSite(h.Shape) {
+			ha, err := pairConfig(dir, h, p)
+			if err != nil {
+				return "", err
+			}
+			conf["ha"] = ha
 		}
 		if len(h.Demo) > 0 {
 			if err := writeYAML(p.f("service-groups.yaml"), map[string]any{"service_groups": []servicemgr.Spec{demoSpec(h.Demo)}}); err != nil {
@@ -354,7 +383,7 @@ func prepareHost(dir, prefix, binary string, h hostSpec, key string, siteURL str
 		}
 		services = append(services, hostinit.Service{Name: "subcloud", Args: []string{"subcloud", "--config", p.f("subcloud.yaml")}})
 	}
-	if !h.RunsSite {
+	if !h.RunsSite || len(h.Etcd) > 1 {
 		if ec, ok, err := etcdMember(dir, p, h); err != nil {
 			return "", err
 		} else if ok {
@@ -409,13 +438,8 @@ func prepareBMC(dir string, p hostPaths, addr netip.Addr, siteNS string) (*vbmc.
 	if err := os.MkdirAll(p.rootDir(), 0o700); err != nil {
 		return nil, BMCEntry{}, err
 	}
-	pw := make([]byte, 10) // IPMI passwords are at most 20 bytes
-	if _, err := rand.Read(pw); err != nil {
-		return nil, BMCEntry{}, err
-	}
-	creds := bmc.Credentials{Username: "admin", Password: hex.EncodeToString(pw)}
-	credsFile := p.f("bmc.credentials")
-	if err := bmc.WriteCredentials(credsFile, creds); err != nil {
+	creds, credsFile, err := bmcCredentials(p)
+	if err != nil {
 		return nil, BMCEntry{}, err
 	}
 	ca, err := pki.LoadCA(filepath.Join(dir, "ca"))
@@ -448,6 +472,24 @@ func prepareBMC(dir string, p hostPaths, addr netip.Addr, siteNS string) (*vbmc.
 		Redfish: "https://" + netJoin("127.0.0.1", rfPort) + "/redfish/v1", Username: creds.Username,
 		Password: creds.Password, CredentialsFile: credsFile, Address: addr.String(),
 		SiteIPMI: siteIPMI, SiteRedfish: "https://" + siteRF + "/redfish/v1"}, nil
+}
+
+// bmcCredentials reads a host BMC's credentials, or makes them (a fresh
+// random password, 0600) the first time.
+func bmcCredentials(p hostPaths) (bmc.Credentials, string, error) {
+	credsFile := p.f("bmc.credentials")
+	if c, err := bmc.LoadCredentials(credsFile); err == nil {
+		return c, credsFile, nil
+	}
+	if err := os.MkdirAll(p.rootDir(), 0o700); err != nil {
+		return bmc.Credentials{}, "", err
+	}
+	pw := make([]byte, 10) // IPMI passwords are at most 20 bytes
+	if _, err := rand.Read(pw); err != nil {
+		return bmc.Credentials{}, "", err
+	}
+	creds := bmc.Credentials{Username: "admin", Password: hex.EncodeToString(pw)}
+	return creds, credsFile, bmc.WriteCredentials(credsFile, creds)
 }
 
 func freeUDPPort() (int, error) {

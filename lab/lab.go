@@ -280,14 +280,25 @@ func Up(ctx context.Context, cfg Config) (_ *File, err error) {
 		if err := net.EnsureSite(ctx, sp.Name); err != nil {
 			return nil, err
 		}
-		ctl, _ := hostnet.Addr(hostnet.Mgmt, i, 0)
-		ctlNS := net.HostNetns(sp.Name, "controller-0")
-		wan := netJoin(ctl.String(), WANPort)
+		// The site's namespace holds its forwarders: the WAN link's end
+		// on the site's gateway address, and the way in to its API (on
+		// the floating address of a controller pair).
+		gw, siteNS, err := net.EnsureGateway(ctx, sp.Name, i)
+		if err != nil {
+			return nil, err
+		}
+		api := siteAPIAddr(sp.Shape, i)
+		wan := netJoin(gw.String(), WANPort)
 		home, err := siteHome(ctx, capi, dir, sp.Name, wan)
 		if err != nil {
 			return nil, err
 		}
-		siteURL := "https://" + netJoin(ctl.String(), SiteAPIPort)
+		if pairSite(sp.Shape) {
+			if err := preparePairSecrets(dir, sp.Name, home); err != nil {
+				return nil, err
+			}
+		}
+		siteURL := "https://" + netJoin(api.String(), SiteAPIPort)
 		lc, err := siteLibvirtClient(dir, sp.Name)
 		if err != nil {
 			return nil, err
@@ -314,8 +325,8 @@ func Up(ctx context.Context, cfg Config) (_ *File, err error) {
 		}
 		listen := netJoin("127.0.0.1", port)
 		fabric.Routes = append(fabric.Routes,
-			Route{Name: sp.Name + "-api", Listen: listen, Netns: ctlNS, Target: netJoin(ctl.String(), SiteAPIPort)},
-			Route{Name: sp.Name + "-wan", Outbound: true, Listen: wan, Netns: ctlNS, Target: netJoin("127.0.0.1", sitePort)})
+			Route{Name: sp.Name + "-api", Listen: listen, Netns: siteNS, Target: netJoin(api.String(), SiteAPIPort)},
+			Route{Name: sp.Name + "-wan", Outbound: true, Listen: wan, Netns: siteNS, Target: netJoin("127.0.0.1", sitePort)})
 		entry.URL = "https://" + listen
 		f.Sites = append(f.Sites, entry)
 	}

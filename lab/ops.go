@@ -131,11 +131,11 @@ func AddHost(ctx context.Context, dir, site, binary string) (HostEntry, time.Dur
 	}
 	idx := len(f.Sites[si].Hosts)
 	key := fmt.Sprintf("host-%d", idx)
-	ctl, _ := hostnet.Addr(hostnet.Mgmt, si, 0)
+	shape := inventory.Shape(f.Sites[si].Shape)
 	start := time.Now()
 	he, id, err := buildHost(ctx, hn, f.Dir, prefixFor(f.Dir), binary,
-		hostSpec{Site: site, Shape: inventory.Shape(f.Sites[si].Shape), SiteIndex: si, Index: idx}, key,
-		"https://"+netJoin(ctl.String(), SiteAPIPort))
+		hostSpec{Site: site, Shape: shape, SiteIndex: si, Index: idx}, key,
+		"https://"+netJoin(siteAPIAddr(shape, si).String(), SiteAPIPort))
 	if err != nil {
 		return HostEntry{}, 0, err
 	}

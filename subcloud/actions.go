@@ -14,11 +14,14 @@ import (
 
 // HostActionRequest is the body of POST /v1/hosts/{id}/action.
 type HostActionRequest struct {
-	Action string `json:"action"` // lock | force-lock | unlock | power-on | power-off | reset | reboot
+	Action string `json:"action"` // lock | force-lock | unlock | power-on | power-off | reset | reboot | swact
+	// Force: swact to a standby that is not synchronous (data-loss risk,
+	// docs/ha.md).
+	Force bool `json:"force,omitempty"`
 }
 
 var hostActions = map[string]bool{"lock": true, "force-lock": true, "unlock": true, "power-on": true,
-	"power-off": true, "reset": true, "reboot": true}
+	"power-off": true, "reset": true, "reboot": true, "swact": true}
 
 func (s *Subcloud) hostAction(r *http.Request) (int, any, error) {
 	var req HostActionRequest
@@ -26,12 +29,19 @@ func (s *Subcloud) hostAction(r *http.Request) (int, any, error) {
 		return 0, nil, err
 	}
 	if !hostActions[req.Action] {
-		return 0, nil, errs.Field("action", "must be lock, force-lock, unlock, power-on, power-off, reset or reboot")
+		return 0, nil, errs.Field("action", "must be lock, force-lock, unlock, power-on, power-off, reset, reboot or swact")
 	}
 	ctx := r.Context()
 	first, err := s.Hosts.Host(ctx, rest.Var(r, "id"))
 	if err != nil {
 		return 0, nil, err
+	}
+	if req.Action == "swact" {
+		// Not under the host's lock: this controller stops serving.
+		if err := swactStatus(s.swact(ctx, first, req.Force)); err != nil {
+			return 0, nil, err
+		}
+		return http.StatusAccepted, first.WithUptime(time.Now()), nil
 	}
 	// One action per host at a time, checked against the host as it is
 	// under the lock; locks site-wide one at a time, so two controllers
@@ -53,6 +63,9 @@ func (s *Subcloud) hostAction(r *http.Request) (int, any, error) {
 	case "lock", "force-lock":
 		if h.Administrative == inventory.Locked {
 			return 0, nil, fmt.Errorf("%w: host %s is already locked", inventory.ErrInvalidTransition, h.Name)
+		}
+		if err := s.activeController(h); err != nil {
+			return 0, nil, err
 		}
 		if req.Action == "lock" {
 			if err := s.lastController(ctx, h); err != nil {

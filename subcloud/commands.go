@@ -48,7 +48,7 @@ type agentCommands struct {
 // queue adds a command for a host's agent; it is handed over once.
 func (s *Subcloud) queueCommand(hostUUID, action string) inventory.AgentCommand {
 	id, _ := uuid.NewV7()
-	c := inventory.AgentCommand{ID: id.String(), Action: action, Epoch: s.epoch, IssuedAt: time.Now().UTC()}
+	c := inventory.AgentCommand{ID: id.String(), Action: action, Epoch: s.controllerEpoch(), IssuedAt: time.Now().UTC()}
 	s.cmds.mu.Lock()
 	defer s.cmds.mu.Unlock()
 	if s.cmds.pending == nil {
@@ -75,7 +75,7 @@ func (s *Subcloud) agentPoll(r *http.Request) (int, any, error) {
 	for _, c := range cmds {
 		s.log.Info("command handed to an agent", "machine_id", id, "action", c.Action, "command", c.ID, "epoch", c.Epoch)
 	}
-	return http.StatusOK, inventory.AgentCommands{Epoch: s.epoch, Commands: cmds}, nil
+	return http.StatusOK, inventory.AgentCommands{Epoch: s.controllerEpoch(), Commands: cmds}, nil
 }
 
 // agentReboot asks a host's agent to reboot its host (host management's

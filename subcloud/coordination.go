@@ -52,6 +52,10 @@ type EtcdConfig struct {
 	// alone, so that no other certificate opens the site's coordination.
 	// Absent: issued at every start from the API's CA (one-member sites).
 	TLS *EtcdTLS `json:"tls"`
+	// ClientOnly: the member runs outside the site controller (the
+	// controller pair's runner keeps it up on both controllers); the
+	// controller only connects to it at ClientAddr.
+	ClientOnly bool `json:"client_only"`
 }
 
 // EtcdTLS names a member's certificate files.
@@ -159,6 +163,9 @@ func (s *Subcloud) openServices(ctx context.Context) error {
 		return err
 	}
 	s.ledger = &lazyLedger{}
+	if s.cfg.HA != nil && s.cfg.HA.Ledger != nil {
+		return s.newServices(s.cfg.HA.Ledger, specs)
+	}
 	return s.newServices(s.ledger, specs)
 }
 
@@ -213,13 +220,15 @@ func (s *Subcloud) startCoordination(ctx context.Context) (*coordination, error)
 		mc.ClusterToken = "petrel-" + s.cfg.Site
 	}
 	mc.ReadyTimeout = 10 * time.Minute
-	// A site's first start waits for a quorum of its members (the
-	// others boot at the same time); a restart finds its data.
-	mctx, cancel := context.WithTimeout(ctx, 10*time.Minute)
-	c.member, err = coord.StartMember(mctx, mc)
-	cancel()
-	if err != nil {
-		return nil, fmt.Errorf("subcloud: etcd member: %w", err)
+	if !cfg.ClientOnly {
+		// A site's first start waits for a quorum of its members (the
+		// others boot at the same time); a restart finds its data.
+		mctx, cancel := context.WithTimeout(ctx, 10*time.Minute)
+		c.member, err = coord.StartMember(mctx, mc)
+		cancel()
+		if err != nil {
+			return nil, fmt.Errorf("subcloud: etcd member: %w", err)
+		}
 	}
 	c.local = cfg.ClientAddr
 	c.clientCfg = coord.ClientConfig{Endpoints: endpoints, TLS: tlsFiles, Logger: quiet, LogLevel: slog.LevelError}
@@ -286,6 +295,16 @@ func freeTCPPort(host string) (int, error) {
 // service group manager. The declared groups are applied each time it
 // takes the lead.
 func (s *Subcloud) runServices(ctx context.Context) error {
+	if s.cfg.HA != nil && s.cfg.HA.Ledger != nil {
+		// The epochs live in the replicated database (duplex): the
+		// active controller manages the groups at the pair's epoch.
+		s.services.Lead(s.cfg.HA.Epoch())
+		defer s.services.Follow()
+		if len(s.cfg.ServiceGroups) > 0 {
+			go s.applyDeclared(ctx)
+		}
+		return s.services.Run(ctx)
+	}
 	var c *coordination
 	for {
 		var err error

@@ -104,6 +104,17 @@ func (s *Subcloud) registerServices(srv *rest.Server, a *auth.Service) {
 	srv.Handle("agentServicesStatus", http.MethodPut, "/v1/agents/{uuid}/services/status", s.agentGuard, s.agentServicesStatus)
 }
 
+// notThePair refuses to create or delete a group named as the controller
+// pair: the pair's runner keeps it.
+func (s *Subcloud) notThePair(name string) error {
+	for _, p := range s.controllerPair() {
+		if p.Name == name {
+			return errs.Wrapf(errs.Conflict, "service group %q is the site's controller pair: it is not created or deleted through the API", name)
+		}
+	}
+	return nil
+}
+
 func (s *Subcloud) servicesOn() error {
 	if s.services == nil {
 		return errs.New(errs.Unavailable, "service management is not running at this site")
@@ -119,12 +130,17 @@ func (s *Subcloud) listServiceGroups(r *http.Request) (int, any, error) {
 	if err != nil {
 		return 0, nil, err
 	}
-	return http.StatusOK, rest.List[servicemgr.Group]{Items: gs}, nil
+	return http.StatusOK, rest.List[servicemgr.Group]{Items: append(s.controllerPair(), gs...)}, nil
 }
 
 func (s *Subcloud) getServiceGroup(r *http.Request) (int, any, error) {
 	if err := s.servicesOn(); err != nil {
 		return 0, nil, err
+	}
+	for _, p := range s.controllerPair() {
+		if p.Name == rest.Var(r, "name") {
+			return http.StatusOK, p, nil
+		}
 	}
 	g, err := s.services.Group(r.Context(), rest.Var(r, "name"))
 	if err != nil {
@@ -141,6 +157,9 @@ func (s *Subcloud) createServiceGroup(r *http.Request) (int, any, error) {
 	if err := rest.DecodeJSON(r, &spec); err != nil {
 		return 0, nil, err
 	}
+	if err := s.notThePair(spec.Name); err != nil {
+		return 0, nil, err
+	}
 	g, err := s.services.Create(r.Context(), spec, "api")
 	if err != nil {
 		return 0, nil, err
@@ -150,6 +169,9 @@ func (s *Subcloud) createServiceGroup(r *http.Request) (int, any, error) {
 
 func (s *Subcloud) deleteServiceGroup(r *http.Request) (int, any, error) {
 	if err := s.servicesOn(); err != nil {
+		return 0, nil, err
+	}
+	if err := s.notThePair(rest.Var(r, "name")); err != nil {
 		return 0, nil, err
 	}
 	if err := s.services.Delete(r.Context(), rest.Var(r, "name")); err != nil {

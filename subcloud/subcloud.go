@@ -70,6 +70,9 @@ type Config struct {
 	ServiceGroups []servicemgr.Spec
 	// Etcd configures the coordination member; nil: the defaults.
 	Etcd *EtcdConfig
+	// HA, set by the controller pair's runner, makes this the active
+	// controller of a pair; nil: the site's only controller.
+	HA *HAConfig
 }
 
 // Subcloud is a running site controller.
@@ -166,7 +169,14 @@ func New(ctx context.Context, cfg Config) (*Subcloud, error) {
 		shell.Close()
 		return nil, err
 	}
-	if s.epoch, err = nextEpoch(cfg.Shell.DataDir); err != nil {
+	if cfg.HA != nil {
+		// The pair's epoch (monotonic across both controllers) replaces
+		// the start counter.
+		if err := s.guardWrites(); err != nil {
+			shell.Close()
+			return nil, err
+		}
+	} else if s.epoch, err = nextEpoch(cfg.Shell.DataDir); err != nil {
 		shell.Close()
 		return nil, err
 	}

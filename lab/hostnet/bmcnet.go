@@ -83,3 +83,32 @@ func (h *Host) ensureBMCRoute(ctx context.Context) error {
 	_, err := run(ctx, "", "ip", "-n", h.netns, "route", "replace", bmcSubnetOf(h.siteIdx).String(), "dev", string(Mgmt), "scope", "link")
 	return err
 }
+
+// GatewayAddr is the address of site siteIdx's own namespace on its mgmt
+// network, 10.88.<site>.1: where the site's hosts reach the lab's
+// forwarders (the WAN link to central).
+func GatewayAddr(siteIdx int) (netip.Addr, error) {
+	if siteIdx < 0 || siteIdx >= MaxSites {
+		return netip.Addr{}, fmt.Errorf("%w: site %d: want [0,%d)", ErrInvalidAddr, siteIdx, MaxSites)
+	}
+	b := Mgmt.Subnet().Addr().As4()
+	b[2], b[3] = byte(siteIdx), 1
+	return netip.AddrFrom4(b), nil
+}
+
+// EnsureGateway gives the site namespace its gateway address on the mgmt
+// bridge and returns it with the namespace's name. Idempotent.
+func (l *Lab) EnsureGateway(ctx context.Context, site string, siteIdx int) (netip.Addr, string, error) {
+	a, err := GatewayAddr(siteIdx)
+	if err != nil {
+		return netip.Addr{}, "", err
+	}
+	if err := l.EnsureSite(ctx, site); err != nil {
+		return netip.Addr{}, "", err
+	}
+	ns := l.SiteNetns(site)
+	if _, err := run(ctx, "", "ip", "-n", ns, "addr", "replace", netip.PrefixFrom(a, sitePrefix).String(), "dev", string(Mgmt)); err != nil {
+		return netip.Addr{}, "", err
+	}
+	return a, ns, nil
+}

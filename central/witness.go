@@ -39,6 +39,10 @@ const LogWitnessGrant = "400.020"
 // witnessIdle closes a witness session that sends nothing for this long.
 const witnessIdle = 10 * time.Second
 
+// maxControllers bounds the controllers central remembers per site (a
+// duplex site has two; a site cannot make central keep more).
+const maxControllers = 8
+
 type witnessRow struct {
 	Site        string    `gorm:"primaryKey;size:63"`
 	Holder      string    `gorm:"size:63;not null"`
@@ -146,6 +150,9 @@ func (w *witness) renew(ctx context.Context, site string, r linkproto.WitnessRen
 	defer s.mu.Unlock()
 	if err := w.load(ctx, site, s); err != nil {
 		return linkproto.WitnessState{}, err
+	}
+	if _, known := s.heard[r.Controller]; !known && len(s.heard) >= maxControllers {
+		return linkproto.WitnessState{}, fmt.Errorf("witness: site %s already has %d controllers", site, maxControllers)
 	}
 	s.heard[r.Controller] = heard{at: now, role: r.Role, epoch: r.Epoch, lsn: r.LSN}
 	st := linkproto.WitnessState{Holder: s.holder, HolderEpoch: s.holderEpoch}

@@ -40,6 +40,21 @@ type FileConfig struct {
 	server.FileConfig
 	// SiteListen is where sites dial home (mutual TLS); empty: no links.
 	SiteListen string `json:"site_listen"`
+	// WitnessLeaseTTL is how long a duplex controller's witness renew
+	// holds its lease (a Go duration); empty: 2s.
+	WitnessLeaseTTL string `json:"witness_lease_ttl"`
+}
+
+// LeaseTTL parses WitnessLeaseTTL (zero if empty).
+func (fc FileConfig) LeaseTTL() (time.Duration, error) {
+	if fc.WitnessLeaseTTL == "" {
+		return 0, nil
+	}
+	d, err := time.ParseDuration(fc.WitnessLeaseTTL)
+	if err != nil || d < 100*time.Millisecond {
+		return 0, fmt.Errorf("central: witness_lease_ttl %q: want a duration of at least 100ms", fc.WitnessLeaseTTL)
+	}
+	return d, nil
 }
 
 // Config configures central.
@@ -53,6 +68,10 @@ type Config struct {
 	// central starts, waiting for them to reconnect; it must exceed the sites'
 	// longest reconnect backoff (30 s). Zero: DefaultRestartGrace.
 	RestartGrace time.Duration
+	// WitnessLeaseTTL is how long a duplex controller's last witness
+	// renew holds its lease; another controller may claim the active role
+	// only once the holder's lease has run out. Zero: DefaultWitnessLeaseTTL.
+	WitnessLeaseTTL time.Duration
 }
 
 // DefaultRestartGrace covers a site's longest reconnect backoff (30 s) with margin.
@@ -66,6 +85,7 @@ type Central struct {
 	Subclouds SubcloudStore
 	tracker   *Tracker
 	links     links
+	witness   *witness // duplex controllers' witness sessions; never in links
 	signer    *auth.AssertionSigner
 	siteLn    net.Listener
 	stream    *Stream
@@ -105,6 +125,10 @@ func New(ctx context.Context, cfg Config) (*Central, error) {
 	c := &Central{cfg: cfg, shell: shell, log: cfg.Shell.Logger, Subclouds: subclouds,
 		tracker: NewTracker(cfg.UpdateInterval, 0), links: links{sessions: map[string]*yamux.Session{}},
 		writes: map[string]time.Time{}, seqs: map[string]uint64{}, stream: NewStream(), ingest: faultdb.NewIngest(shell.FaultLog)}
+	if c.witness, err = openWitness(ctx, shell.DB, cfg.WitnessLeaseTTL, c.log.With("component", "witness")); err != nil {
+		shell.Close()
+		return nil, err
+	}
 	if c.signer, err = c.relayKey(); err != nil {
 		shell.Close()
 		return nil, err
@@ -218,6 +242,7 @@ func (c *Central) Run(ctx context.Context) error {
 	g, ctx := errgroup.WithContext(ctx)
 	g.Go(func() error { return c.shell.Run(ctx) })
 	if c.siteLn != nil {
+		c.witness.begin(time.Now())
 		g.Go(func() error { return c.serveLinks(ctx) })
 		g.Go(func() error { return c.sweep(ctx) })
 		g.Go(func() error { return c.ingest.Run(ctx) })
@@ -360,6 +385,7 @@ func (c *Central) issueSiteCertificate(r *http.Request) (int, any, error) {
 	if s := c.links.get(name); s != nil {
 		s.Close() // a link on the previous certificate ends now
 	}
+	c.witness.closeSessions(name) // and so do its controllers' witness sessions
 	return http.StatusCreated, SiteCredentials{Certificate: string(certPEM), CACertificate: string(ca),
 		RelayPublicKey: string(pub), Detail: detail}, nil
 }
@@ -386,6 +412,9 @@ func (c *Central) deleteSubcloud(r *http.Request) (int, any, error) {
 	c.stream.Publish("subcloud-deleted", map[string]string{"name": name})
 	if s := c.links.get(name); s != nil {
 		s.Close()
+	}
+	if err := c.witness.forget(r.Context(), name); err != nil {
+		c.log.Error("dropping a deleted subcloud's witness record failed", "site", name, "err", err)
 	}
 	// Without a cursor, batches of the closed link still in flight are
 	// refused; this drops anything applied in between.

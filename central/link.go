@@ -101,6 +101,8 @@ var ErrSiteIdentity = errors.New("central: site identity refused")
 
 // serveLink runs one site's connection: identity from its certificate,
 // hello/welcome, then updates and acks; relayed calls use other streams.
+// A witness_hello instead makes it a controller's witness session
+// (witness.go).
 func (c *Central) serveLink(ctx context.Context, conn net.Conn) error {
 	defer conn.Close()
 	tc := conn.(*tls.Conn)
@@ -126,6 +128,10 @@ func (c *Central) serveLink(ctx context.Context, conn net.Conn) error {
 	}
 	ctl.SetReadDeadline(time.Now().Add(10 * time.Second))
 	hello, err := linkproto.Read(ctl)
+	if err == nil && hello.Type == linkproto.TypeWitnessHello {
+		// A duplex controller's witness session: never the site's link.
+		return c.serveWitness(ctx, sess, ctl, site, chain, hello)
+	}
 	if err != nil || hello.Type != linkproto.TypeHello {
 		return fmt.Errorf("hello: %v %w", hello.Type, err)
 	}

@@ -42,7 +42,11 @@ func (a *app) centralDaemonCmd() *cobra.Command {
 			}
 			ctx, stop := daemonContext(cmd.Context())
 			defer stop()
-			c, err := central.New(ctx, central.Config{Shell: shell, SiteListen: fc.SiteListen})
+			ttl, err := fc.LeaseTTL()
+			if err != nil {
+				return err
+			}
+			c, err := central.New(ctx, central.Config{Shell: shell, SiteListen: fc.SiteListen, WitnessLeaseTTL: ttl})
 			if err != nil {
 				return err
 			}

@@ -1,6 +1,8 @@
 // Package linkproto is the control protocol of the dial-home link between a
 // site and central: length-prefixed JSON messages on the first stream of the
 // link's yamux session. Relayed HTTP uses other streams of the same session.
+// A duplex controller's witness session speaks the same framing with its own
+// messages (witness.go).
 package linkproto
 
 import (
@@ -39,7 +41,7 @@ type Message struct {
 	Protocols []int    `json:"protocols,omitempty"` // hello: versions the site speaks
 	Protocol  int      `json:"protocol,omitempty"`  // welcome: the version chosen
 	Site      string   `json:"site,omitempty"`      // hello
-	Seq       uint64   `json:"seq,omitempty"`       // update, ack; hello: last sequence the site saw acked
+	Seq       uint64   `json:"seq,omitempty"`       // update, ack; hello: last sequence the site saw acked; witness requests and their answers
 	Summary   *Summary `json:"summary,omitempty"`   // update: nil for a keepalive
 	// Epoch names the site's event log (hello); EventSeq is the last record
 	// the site has (hello) or how far central holds it (welcome, events_ack).
@@ -47,7 +49,14 @@ type Message struct {
 	EventSeq uint64            `json:"event_seq,omitempty"`
 	Records  []faultmgr.Record `json:"records,omitempty"` // events: ascending, contiguous
 	Reason   string            `json:"reason,omitempty"`  // goodbye
-	SentAt   time.Time         `json:"sent_at"`
+	// The witness protocol (witness.go): the controller a witness session
+	// speaks for (witness_hello), and each request's or answer's body.
+	Controller string        `json:"controller,omitempty"`
+	Renew      *WitnessRenew `json:"renew,omitempty"`
+	State      *WitnessState `json:"state,omitempty"`
+	Claim      *WitnessClaim `json:"claim,omitempty"`
+	Grant      *WitnessGrant `json:"grant,omitempty"`
+	SentAt     time.Time     `json:"sent_at"`
 }
 
 // Summary is a site's state at a glance, sent when it changes.

@@ -417,12 +417,7 @@ func (n *Node) Bootstrap(ctx context.Context) error {
 		if rec {
 			return ErrIsStandby
 		}
-		for _, q := range roleSQL {
-			if _, err := conn.Exec(ctx, q); err != nil {
-				return fmt.Errorf("pgrepl: replication role: %w", err)
-			}
-		}
-		return nil
+		return n.ensureRole(ctx, conn)
 	}
 	if exists(n.statePath(markClone)) || exists(n.statePath(markRewind)) {
 		return ErrIncomplete
@@ -459,15 +454,48 @@ func (n *Node) Bootstrap(ctx context.Context) error {
 	return nil
 }
 
+// rewindFuncs are the functions pg_rewind calls on its source.
+var rewindFuncs = []string{
+	"pg_catalog.pg_ls_dir(text, boolean, boolean)",
+	"pg_catalog.pg_stat_file(text, boolean)",
+	"pg_catalog.pg_read_binary_file(text)",
+	"pg_catalog.pg_read_binary_file(text, bigint, bigint, boolean)",
+}
+
 // roleSQL creates the replication role; each statement is on one line (the
 // single-user server ends a statement at a newline) and may run again.
-var roleSQL = []string{
-	`DO $$BEGIN IF NOT EXISTS (SELECT FROM pg_roles WHERE rolname = '` + replicationRole + `') THEN CREATE ROLE ` + replicationRole + `; END IF; END$$`,
-	`ALTER ROLE ` + replicationRole + ` WITH REPLICATION LOGIN NOSUPERUSER NOCREATEDB NOCREATEROLE NOBYPASSRLS PASSWORD NULL`,
-	`GRANT EXECUTE ON FUNCTION pg_catalog.pg_ls_dir(text, boolean, boolean) TO ` + replicationRole,
-	`GRANT EXECUTE ON FUNCTION pg_catalog.pg_stat_file(text, boolean) TO ` + replicationRole,
-	`GRANT EXECUTE ON FUNCTION pg_catalog.pg_read_binary_file(text) TO ` + replicationRole,
-	`GRANT EXECUTE ON FUNCTION pg_catalog.pg_read_binary_file(text, bigint, bigint, boolean) TO ` + replicationRole,
+var roleSQL = func() []string {
+	q := []string{
+		`DO $$BEGIN IF NOT EXISTS (SELECT FROM pg_roles WHERE rolname = '` + replicationRole + `') THEN CREATE ROLE ` + replicationRole + `; END IF; END$$`,
+		`ALTER ROLE ` + replicationRole + ` WITH REPLICATION LOGIN NOSUPERUSER NOCREATEDB NOCREATEROLE NOBYPASSRLS PASSWORD NULL`,
+	}
+	for _, f := range rewindFuncs {
+		q = append(q, `GRANT EXECUTE ON FUNCTION `+f+` TO `+replicationRole)
+	}
+	return q
+}()
+
+// ensureRole creates the replication role on a running primary if it is
+// missing or lacks a privilege. It writes only then: a write waits for the
+// synchronous standby, which may be down.
+func (n *Node) ensureRole(ctx context.Context, conn *pgx.Conn) error {
+	var ready bool
+	err := conn.QueryRow(ctx, `SELECT CASE WHEN EXISTS (SELECT FROM pg_roles WHERE rolname = $1 AND rolreplication AND rolcanlogin AND NOT rolsuper)
+		THEN (SELECT bool_and(has_function_privilege($1, f, 'EXECUTE')) FROM unnest($2::text[]) f) ELSE false END`,
+		replicationRole, rewindFuncs).Scan(&ready)
+	if err != nil {
+		return fmt.Errorf("pgrepl: replication role: %w", err)
+	}
+	if ready {
+		return nil
+	}
+	for _, q := range roleSQL {
+		if _, err := conn.Exec(ctx, q); err != nil {
+			return fmt.Errorf("pgrepl: replication role: %w", err)
+		}
+	}
+	n.log.Info("replication role created")
+	return nil
 }
 
 func (n *Node) initdb(ctx context.Context) error {
@@ -669,12 +697,21 @@ func (n *Node) StartPrimary(ctx context.Context) error {
 	if err := n.pgctlStart(ctx); err != nil {
 		return err
 	}
-	rec, err := n.inRecovery(ctx)
+	conn, err := n.connect(ctx)
 	if err != nil {
 		return err
 	}
+	defer conn.Close(context.WithoutCancel(ctx))
+	var rec bool
+	if err := conn.QueryRow(ctx, "SELECT pg_is_in_recovery()").Scan(&rec); err != nil {
+		return fmt.Errorf("pgrepl: %w", err)
+	}
 	if rec {
 		return fmt.Errorf("pgrepl: started as a primary but the server is in recovery: %w", ErrIsStandby)
+	}
+	// A Bootstrap cut short after initdb left no role.
+	if err := n.ensureRole(ctx, conn); err != nil {
+		return err
 	}
 	n.log.Info("started as primary", "timeline", cd.timeline, "state_before", cd.state)
 	return nil
@@ -978,8 +1015,20 @@ func (n *Node) rewind(ctx context.Context, p Peer) (bool, error) {
 		}
 	}
 	n.log.Info("pg_rewind", "primary", p.String(), "rewound", rewound,
-		"took", time.Since(start).Round(time.Millisecond), "output", lastLines(string(out), 4))
+		"took", time.Since(start).Round(time.Millisecond), "output", rewindLines(string(out)))
 	return rewound, nil
+}
+
+// rewindLines keeps pg_rewind's own messages from its output (which also
+// holds the log of the single-user server it may run).
+func rewindLines(out string) string {
+	var keep []string
+	for _, l := range strings.Split(out, "\n") {
+		if strings.HasPrefix(l, "pg_rewind: ") {
+			keep = append(keep, strings.TrimPrefix(l, "pg_rewind: "))
+		}
+	}
+	return strings.Join(keep, " | ")
 }
 
 // Rejoin makes this node, a former primary (or any node whose server is

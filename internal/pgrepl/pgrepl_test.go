@@ -611,6 +611,23 @@ func TestRestartedProcessFindsRunningServer(t *testing.T) {
 	if err := again.StartPrimary(ctx); err != nil {
 		t.Fatalf("StartPrimary after Stop: %v", err)
 	}
+
+	// A Bootstrap cut short after initdb leaves no replication role; the
+	// next StartPrimary creates it.
+	if _, err := dial(t, ctx, a, "postgres").Exec(ctx, "DROP OWNED BY replicator; DROP ROLE replicator"); err != nil {
+		t.Fatal(err)
+	}
+	if err := again.Stop(ctx, pgrepl.StopFast); err != nil {
+		t.Fatal(err)
+	}
+	if err := again.StartPrimary(ctx); err != nil {
+		t.Fatalf("StartPrimary: %v", err)
+	}
+	var ok bool
+	if err := dial(t, ctx, a, "postgres").QueryRow(ctx,
+		"SELECT EXISTS (SELECT FROM pg_roles WHERE rolname = 'replicator' AND rolreplication AND rolcanlogin)").Scan(&ok); err != nil || !ok {
+		t.Errorf("replication role after StartPrimary: exists %v, %v", ok, err)
+	}
 }
 
 func TestReplicationNeedsPeerCertificate(t *testing.T) {
@@ -711,7 +728,7 @@ func TestReplicationNeedsPeerCertificate(t *testing.T) {
 	}
 
 	// Key material: 0600, owned by the server's user; directories 0700.
-	var uid int = os.Geteuid()
+	uid := os.Geteuid()
 	if uid == 0 {
 		u, err := user.Lookup("postgres")
 		if err != nil {
@@ -730,7 +747,6 @@ func TestReplicationNeedsPeerCertificate(t *testing.T) {
 		}
 	}
 	check(filepath.Join(a.cfg.StateDir, "server.key"), 0o600)
-	check(a.cfg.StateDir, 0o700|os.ModeDir&0)
 	for _, d := range []string{a.cfg.DataDir, a.cfg.SocketDir, a.cfg.StateDir} {
 		check(d, 0o700)
 	}

@@ -111,7 +111,7 @@ func parsePIDFile(s string) (postmaster, string, bool) {
 		return postmaster{}, "", false
 	}
 	pid, err := strconv.Atoi(strings.TrimSpace(lines[0]))
-	if err != nil || pid <= 0 {
+	if err != nil || pid <= 0 || strings.TrimSpace(lines[1]) == "" {
 		return postmaster{}, "", false
 	}
 	pm := postmaster{pid: pid}

@@ -366,7 +366,7 @@ func TestCommitWaitsForSynchronousStandby(t *testing.T) {
 	watch := dial(t, ctx, a, "postgres")
 	waitFor(t, 10*time.Second, "a commit waiting for synchronous replication", func() (bool, error) {
 		var waiting int
-		err := watch.QueryRow(ctx, "SELECT count(*) FROM pg_stat_activity WHERE wait_event = 'SyncRep'").Scan(&waiting)
+		err := watch.QueryRow(ctx, "SELECT count(*) FROM pg_stat_activity WHERE wait_event = 'SyncRep' AND query LIKE 'INSERT INTO t VALUES (2,%'").Scan(&waiting)
 		return waiting == 1, err
 	})
 	// ... and does not return within a second.

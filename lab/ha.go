@@ -22,6 +22,7 @@ import (
 const (
 	pairHeartbeatPort = 7300
 	pairPostgresPort  = 5432
+	pairStatusPort    = 7301 // ctlha.StatusPort
 	// floatingOctet: the site controller's floating API address is
 	// 10.88.<site>.2 (hosts are .10 and up, the site's gateway .1).
 	floatingOctet = 2
@@ -163,11 +164,13 @@ func pairConfig(dir string, h hostSpec, p hostPaths) (map[string]any, error) {
 		return nil, err
 	}
 	subnet := netip.PrefixFrom(mgmt, 24).Masked()
+	cluster, _ := hostnet.Addr(hostnet.Cluster, h.SiteIndex, h.Index)
 	c := map[string]any{
 		"controller": h.Name, "peer": peer, "bootstrap": h.Index == 0,
+		"status_listen": netip.AddrPortFrom(cluster, pairStatusPort).String(),
 		"floating": netip.PrefixFrom(FloatingAddr(h.SiteIndex), 24).String(), "interface": string(hostnet.Mgmt),
 		"heartbeat": map[string]any{"key_file": p.f("ha/heartbeat.key"), "local": addrs, "peer": peerAddrs},
-		"postgres": map[string]any{"data_dir": p.f("pg/data"), "socket_dir": p.f("pg/sock"), "log_file": p.f("logs/postgres.log"),
+		"postgres": map[string]any{"data_dir": p.f("pg/data"), "socket_dir": p.f("pg/sock"),
 			"port": pairPostgresPort, "listen": []string{mgmt.String()}, "peers": []string{subnet.String()},
 			"peer_host": peerMgmt.String(), "peer_port": pairPostgresPort,
 			"tls": map[string]string{"ca_file": filepath.Join(dir, "ca", pki.CACertFile), "cert_file": p.f("ha/postgres.crt"), "key_file": p.f("ha/postgres.key")}},

@@ -6,6 +6,7 @@ package subcloud
 import (
 	"context"
 	_ "embed"
+	"encoding/json"
 	"errors"
 	"fmt"
 	"log/slog"
@@ -50,6 +51,9 @@ type FileConfig struct {
 	// Etcd configures the site's coordination member; absent: one member
 	// on the API's address.
 	Etcd *EtcdConfig `json:"etcd"`
+	// HA makes this controller one of a pair (subcloud/ctlha.FileConfig,
+	// read by the daemon); absent: the site's only controller.
+	HA json.RawMessage `json:"ha,omitempty"`
 	server.FileConfig
 }
 

@@ -2,15 +2,18 @@ package main
 
 import (
 	"context"
+	"fmt"
 	"os"
 	"os/signal"
 	"syscall"
 
 	"github.com/spf13/cobra"
+	"sigs.k8s.io/yaml"
 
 	"github.com/petrel-edge/petrel/central"
 	"github.com/petrel-edge/petrel/internal/server"
 	"github.com/petrel-edge/petrel/subcloud"
+	"github.com/petrel-edge/petrel/subcloud/ctlha"
 )
 
 // daemonContext ends on SIGTERM or SIGINT.
@@ -78,6 +81,19 @@ func (a *app) runSubcloudDaemon(cmd *cobra.Command, cfgFile string) error {
 	}
 	ctx, stop := daemonContext(cmd.Context())
 	defer stop()
+	if len(fc.HA) > 0 && string(fc.HA) != "null" {
+		// One of a controller pair: the runner starts the site
+		// controller while this controller is active (docs/ha.md).
+		var hc ctlha.FileConfig
+		if err := yaml.UnmarshalStrict(fc.HA, &hc); err != nil {
+			return fmt.Errorf("config %s: ha: %w", cfgFile, err)
+		}
+		pair, err := ctlha.Build(hc, cfg, logger.With("daemon", "subcloud", "site", fc.Site, "component", "pair"))
+		if err != nil {
+			return err
+		}
+		return pair.Run(ctx)
+	}
 	s, err := subcloud.New(ctx, cfg)
 	if err != nil {
 		return err

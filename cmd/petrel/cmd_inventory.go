@@ -100,6 +100,20 @@ func (a *app) hostCmd() *cobra.Command {
 			},
 		})
 	}
+	var force bool
+	swact := &cobra.Command{
+		Use: "swact NAME|UUID [--force]", Args: exactArgs(1, "NAME|UUID"),
+		Short: "Move activity from the active controller NAME to the standby (docs/ha.md)",
+		Long: "Move activity from the active controller NAME to the standby controller. Refused, with the reason,\n" +
+			"when the standby is unreachable or not synchronous; --force swacts to a standby that is not\n" +
+			"synchronous, and the writes it has not received are lost.",
+		RunE: func(cmd *cobra.Command, args []string) error {
+			return a.call(cmd, http.MethodPost, "/v1/hosts/"+url.PathEscape(args[0])+"/action",
+				map[string]any{"action": "swact", "force": force})
+		},
+	}
+	swact.Flags().BoolVar(&force, "force", false, "swact to a standby that is not synchronous (loses the writes it has not received)")
+	actions = append(actions, swact)
 	var bmcType, ipmiAddr, redfishURL, bmcUser, bmcPasswordFile string
 	bmcSet := &cobra.Command{
 		Use:   "set NAME|UUID --type ipmi|redfish|dynamic|none [--ipmi HOST[:PORT]] [--redfish URL] --username U --password-file F",

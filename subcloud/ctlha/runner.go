@@ -1,0 +1,985 @@
+package ctlha
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"log/slog"
+	"net/netip"
+	"sync"
+	"time"
+
+	"gorm.io/gorm"
+
+	"github.com/petrel-edge/petrel/faultmgr"
+	"github.com/petrel-edge/petrel/internal/pgrepl"
+	"github.com/petrel-edge/petrel/internal/sqldb"
+	"github.com/petrel-edge/petrel/servicemgr"
+	"github.com/petrel-edge/petrel/subcloud"
+)
+
+// Database is the controller's PostgreSQL node (pgrepl.Node).
+type Database interface {
+	Initialized() bool
+	Bootstrap(ctx context.Context) error
+	StartPrimary(ctx context.Context) error
+	StartStandby(ctx context.Context, primary pgrepl.Peer) error
+	CloneFrom(ctx context.Context, primary pgrepl.Peer) error
+	Rejoin(ctx context.Context, primary pgrepl.Peer) error
+	Promote(ctx context.Context) error
+	Stop(ctx context.Context, mode pgrepl.StopMode) error
+	SetSynchronous(ctx context.Context, standbys []string) error
+	Status(ctx context.Context) (pgrepl.Status, error)
+	DSN(db string) string
+	EnsureDatabase(ctx context.Context, name string) error
+}
+
+// Addresses takes and releases the floating API address (agent.Platform).
+type Addresses interface {
+	AddAddress(ctx context.Context, iface, prefix string) error
+	DelAddress(ctx context.Context, iface, prefix string) error
+	Announce(ctx context.Context, iface, addr string) error
+}
+
+// PowerControl is the peer's BMC (hostmgr/bmc.Client through an adapter).
+type PowerControl interface {
+	PowerState(ctx context.Context) (Power, error)
+	PowerOff(ctx context.Context) error
+}
+
+// Site is the site controller run while this controller is active
+// (subcloud.Subcloud).
+type Site interface {
+	Run(ctx context.Context) error
+	Alarms() *faultmgr.Manager
+}
+
+// SiteFactory builds the site controller at epoch (subcloud.New with the
+// HA hooks filled in).
+type SiteFactory func(ctx context.Context, ha *subcloud.HAConfig, dsn string) (Site, error)
+
+// Floating is the site controller's API address, held by the active.
+type Floating struct {
+	Interface string       // "mgmt"
+	Prefix    netip.Prefix // e.g. 10.88.1.2/24
+}
+
+// Config configures one controller of the pair.
+type Config struct {
+	Mode       Mode
+	Site       string
+	Self, Peer string
+	// Bootstrap: this controller creates the site's database at the
+	// site's first start (the other clones it).
+	Bootstrap bool
+	DB        Database
+	// PeerDB is how this controller's database reaches the peer's.
+	PeerDB   pgrepl.Peer
+	Database string // the site's database name; default "petrel"
+	Beats    *Heartbeat
+	Floating Floating
+	Addrs    Addresses
+	PeerBMC  PowerControl // nil: the peer has no BMC this controller can use
+	Witness  WitnessClient
+	Elector  Elector // multi-server: the etcd election; nil on duplex
+	NewSite  SiteFactory
+	Timing   Timing
+	Logger   *slog.Logger
+}
+
+// WitnessClient is this controller's session with the central witness
+// (subcloud/witness.Client); nil: none.
+type WitnessClient interface {
+	Set(role string, epoch, lsn uint64)
+	// View: whether the witness answers, its verdict on the peer, the
+	// holder of the latest epoch, and when it last answered.
+	View(peer string) (reachable bool, verdict Verdict, holder string, holderEpoch uint64, at time.Time)
+	Claim(ctx context.Context, epoch, lsn uint64, reason string) (granted bool, reason2 string, err error)
+}
+
+// Elector is the controllers' election in the site's etcd (multi-server):
+// the leader is the active controller, the epoch its term's revision
+// (EtcdElector).
+type Elector interface {
+	Run(ctx context.Context) error
+	Campaign(ctx context.Context) (epoch uint64, err error)
+	Resign(ctx context.Context) error
+	Lost() <-chan struct{}
+	View(ctx context.Context, peer string) EtcdView
+	Record(ctx context.Context, epoch uint64, holder string) error
+	// Evict removes the peer's candidacy at once (its host is confirmed
+	// off): the election does not wait out its lease.
+	Evict(ctx context.Context, name string) error
+}
+
+// Runner keeps one controller of the pair in its role.
+type Runner struct {
+	cfg Config
+	log *slog.Logger
+
+	mu       sync.Mutex
+	role     Role
+	epoch    uint64
+	async    bool   // replication switched to asynchronous (peer confirmed failed)
+	swactTo  string // the operator asked activity to move to the peer
+	handoff  string // stepped down for a swact to the peer (our beats say so)
+	force    bool
+	fenceAt  time.Time
+	reason   string // the last decision's row, logged once
+	failure  string // the last failure, logged once
+	site     context.CancelFunc
+	siteErr  chan error
+	alarmMgr *faultmgr.Manager
+	since    time.Time // in the current role
+	wake     chan struct{}
+}
+
+// New checks the configuration.
+func New(cfg Config) (*Runner, error) {
+	if cfg.Self == "" || cfg.Peer == "" || cfg.Self == cfg.Peer {
+		return nil, errors.New("ctlha: Self and Peer name two controllers")
+	}
+	if cfg.DB == nil || cfg.Beats == nil || cfg.NewSite == nil || cfg.Addrs == nil {
+		return nil, errors.New("ctlha: DB, Beats, Addrs and NewSite are required")
+	}
+	if cfg.Mode == ModeMultiServer && cfg.Elector == nil {
+		return nil, errors.New("ctlha: a multi-server pair needs its etcd election")
+	}
+	if cfg.Database == "" {
+		cfg.Database = "petrel"
+	}
+	if cfg.Logger == nil {
+		cfg.Logger = slog.New(slog.DiscardHandler)
+	}
+	cfg.Timing = cfg.Timing.WithDefaults()
+	return &Runner{cfg: cfg, log: cfg.Logger, role: RoleStarting, wake: make(chan struct{}, 1), since: time.Now()}, nil
+}
+
+// Role reports this controller's role and epoch.
+func (r *Runner) Role() (Role, uint64) {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	return r.role, r.epoch
+}
+
+func (r *Runner) poke() {
+	select {
+	case r.wake <- struct{}{}:
+	default:
+	}
+}
+
+// Run keeps the role until ctx ends; then it stops the site controller
+// and leaves the database as it is (a restart finds it).
+func (r *Runner) Run(ctx context.Context) error {
+	go func() { _ = r.cfg.Beats.Run(ctx) }()
+	if r.cfg.Elector != nil {
+		go func() { _ = r.cfg.Elector.Run(ctx) }()
+	}
+	defer r.stopSite()
+	if err := r.start(ctx); err != nil {
+		return err
+	}
+	tick := time.NewTicker(100 * time.Millisecond)
+	defer tick.Stop()
+	for {
+		r.step(ctx)
+		var lost <-chan struct{}
+		if r.cfg.Elector != nil && r.isActive() {
+			lost = r.cfg.Elector.Lost()
+		}
+		r.mu.Lock()
+		siteErr := r.siteErr
+		r.mu.Unlock()
+		select {
+		case <-ctx.Done():
+			return nil
+		case <-tick.C:
+		case <-r.wake:
+		case <-r.cfg.Beats.Changed():
+		case <-lost:
+			r.stepDown(ctx, "my term in the controllers' election ended")
+		case err := <-siteErr:
+			r.stepDown(ctx, "the site controller stopped: "+fmt.Sprint(err))
+		}
+	}
+}
+
+func (r *Runner) isActive() bool {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	return r.role == RoleActive
+}
+
+// start finds the database as a previous run left it: a primary left
+// running must not serve before the pair decides, so it is stopped (it is
+// promoted again, or rejoins as standby).
+func (r *Runner) start(ctx context.Context) error {
+	db := r.cfg.DB
+	if !db.Initialized() {
+		return nil
+	}
+	st, err := db.Status(ctx)
+	if err != nil {
+		return fmt.Errorf("ctlha: database status: %w", err)
+	}
+	r.mu.Lock()
+	r.epoch = r.readEpochLocked(ctx)
+	r.mu.Unlock()
+	if st.Running && !st.InRecovery {
+		r.log.Warn("found the database running as primary at start: stopping it until the pair decides")
+		if err := db.Stop(ctx, pgrepl.StopFast); err != nil {
+			return err
+		}
+	}
+	return nil
+}
+
+// step decides once and acts.
+func (r *Runner) step(ctx context.Context) {
+	r.mu.Lock()
+	swact := r.swactTo == r.cfg.Peer && r.role == RoleActive
+	r.mu.Unlock()
+	if swact {
+		// Swact checked the standby (synchronous, streaming): stop
+		// writing; the standby replays the rest and takes over.
+		r.stepDown(ctx, "swact to "+r.cfg.Peer)
+		return
+	}
+	v := r.view(ctx)
+	d := Decide(v)
+	r.publish(v)
+	r.note(ctx, d)
+	switch d.Action {
+	case TakeOver:
+		if err := r.takeOver(ctx, v, d); err != nil {
+			r.hold(fmt.Sprintf("takeover (%s) failed: %v", d.Row, err))
+			r.setRole(RoleStandby, v.Epoch)
+		}
+	case StepDown:
+		r.stepDown(ctx, d.Row+": "+d.Reason)
+	case Fence:
+		r.fence(ctx, d)
+	case GoAsync:
+		r.goAsync(ctx, d)
+	case GoSync:
+		r.goSync(ctx)
+	case Follow:
+		r.follow(ctx, v)
+	case Hold, WaitPeer:
+		if d.Claim {
+			r.claim(ctx, v, d)
+		}
+	}
+	if v.Role == RoleActive {
+		r.countersign(ctx, v)
+	}
+}
+
+// note logs a decision when it changes and keeps the pair's alarms: the
+// held alarm (400.004) while a decision carries it.
+func (r *Runner) note(ctx context.Context, d Decision) {
+	r.mu.Lock()
+	changed := r.reason != d.Row
+	r.reason = d.Row
+	role := r.role
+	r.mu.Unlock()
+	if !changed {
+		return
+	}
+	if d.Action == Stay && (d.Row == "D15" || d.Row == "D31" || d.Row == "D16" || d.Row == "D39") {
+		r.log.Debug("decision", "role", role, "decision", d.String())
+	} else {
+		r.log.Info("decision", "role", role, "decision", d.String())
+	}
+	if d.Alarm == AlarmHeld {
+		r.raise(ctx, AlarmHeld, "site="+r.cfg.Site, d.Row+": "+d.Reason)
+	} else {
+		r.clear(ctx, AlarmHeld, "site="+r.cfg.Site)
+	}
+}
+
+// hold logs a failure once per reason.
+func (r *Runner) hold(reason string) {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	if r.failure != reason {
+		r.failure = reason
+		r.log.Warn("holding", "role", r.role, "reason", reason)
+	}
+}
+
+func (r *Runner) setRole(role Role, epoch uint64) {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	if r.role != role {
+		r.log.Info("role", "from", r.role, "to", role, "epoch", epoch, "after", time.Since(r.since).Round(time.Millisecond))
+		r.since = time.Now()
+	}
+	r.role, r.epoch, r.failure = role, epoch, ""
+}
+
+// view gathers what this controller knows now.
+func (r *Runner) view(ctx context.Context) View {
+	r.mu.Lock()
+	v := View{Mode: r.cfg.Mode, Self: r.cfg.Self, Peer: r.cfg.Peer, Role: r.role, Epoch: r.epoch, Async: r.async,
+		Force: r.force, Timing: r.cfg.Timing}
+	fenceAt := r.fenceAt
+	r.mu.Unlock()
+	sctx, cancel := context.WithTimeout(ctx, time.Second)
+	defer cancel()
+	if st, err := r.cfg.DB.Status(sctx); err == nil {
+		switch {
+		case !st.Running:
+			v.LSN = st.CheckpointLSN
+		case st.InRecovery:
+			v.LSN = st.ReplayLSN
+		default:
+			v.LSN = st.FlushLSN
+			for _, rep := range st.Replicas {
+				if rep.Name == r.cfg.Peer && rep.SyncState == "sync" && rep.State == "streaming" {
+					v.Sync = true
+				}
+			}
+		}
+	}
+	p := r.cfg.Beats.Peer()
+	v.PeerLinks, v.PeerLostFor, v.PeerBeat = p.Links, p.LostFor, p.Last
+	if p.Last != nil {
+		if v.Role != RoleActive && p.Last.Role.claimsActivity() {
+			// The standby was synchronous when the active last spoke.
+			v.Sync = p.Last.Sync
+		}
+		if p.Last.Handoff == r.cfg.Self {
+			v.Swact = r.cfg.Self
+		}
+	}
+	if w := r.cfg.Witness; w != nil {
+		v.Witness.Configured = true
+		reachable, verdict, holder, holderEpoch, at := w.View(r.cfg.Peer)
+		v.Witness.Reachable, v.Witness.Verdict, v.Witness.Holder, v.Witness.HolderEpoch = reachable, verdict, holder, holderEpoch
+		v.Witness.LeaseValid = reachable || (!at.IsZero() && time.Since(at) < v.Timing.LeaseTTL/2)
+		v.Witness.Granted = holder == r.cfg.Self && holderEpoch > v.Epoch
+	}
+	if b := r.cfg.PeerBMC; b != nil {
+		v.BMC.Configured = true
+		if v.PeerLostFor > 0 || v.Role == RoleStarting || !fenceAt.IsZero() {
+			bctx, cancel := context.WithTimeout(ctx, 2*time.Second)
+			pw, err := b.PowerState(bctx)
+			cancel()
+			v.BMC.Reachable, v.BMC.Power = err == nil, pw
+			if err != nil {
+				v.BMC.Power = PowerUnknown
+			}
+		}
+		if !fenceAt.IsZero() {
+			v.BMC.FenceIssuedAgo = time.Since(fenceAt)
+		}
+	}
+	if e := r.cfg.Elector; e != nil {
+		ectx, cancel := context.WithTimeout(ctx, time.Second)
+		v.Etcd = e.View(ectx, r.cfg.Peer)
+		cancel()
+	}
+	return v
+}
+
+// publish tells the peer and the witness where this controller stands.
+func (r *Runner) publish(v View) {
+	r.mu.Lock()
+	b := BeatState{Role: r.role, Epoch: r.epoch, LSN: v.LSN, Sync: v.Sync, Witness: v.Witness.LeaseValid, Handoff: r.handoff}
+	r.mu.Unlock()
+	r.cfg.Beats.Set(b)
+	if r.cfg.Witness != nil {
+		r.cfg.Witness.Set(witnessRole(b.Role), b.Epoch, b.LSN)
+	}
+}
+
+// witnessRole is a role as the witness knows them.
+func witnessRole(r Role) string {
+	switch r {
+	case RoleActive, RoleTakingOver:
+		return "active"
+	case RoleStandby, RoleSteppingDown:
+		return "standby"
+	}
+	return "starting"
+}
+
+// claim asks for the next epoch: at the witness (duplex) or by winning
+// the election (multi-server; the candidacy is queued already).
+func (r *Runner) claim(ctx context.Context, v View, d Decision) {
+	if r.cfg.Elector != nil {
+		cctx, cancel := context.WithTimeout(ctx, 500*time.Millisecond)
+		_, _ = r.cfg.Elector.Campaign(cctx)
+		cancel()
+		return
+	}
+	w := r.cfg.Witness
+	if w == nil || !v.Witness.Reachable || v.Witness.Granted {
+		return
+	}
+	cctx, cancel := context.WithTimeout(ctx, 2*time.Second)
+	ok, why, err := w.Claim(cctx, max(v.Epoch, v.Witness.HolderEpoch)+1, v.LSN, d.Row+": "+d.Reason)
+	cancel()
+	switch {
+	case err != nil:
+		r.hold("witness claim: " + err.Error())
+	case !ok:
+		r.hold("the witness refused the claim: " + why)
+	default:
+		r.log.Info("the witness granted the next epoch", "row", d.Row)
+		r.poke()
+	}
+}
+
+// countersign registers at the witness an epoch taken while it was away
+// (takeover or asynchronous switch on BMC evidence).
+func (r *Runner) countersign(ctx context.Context, v View) {
+	w := r.cfg.Witness
+	if w == nil || !v.Witness.Reachable || (v.Witness.Holder == r.cfg.Self && v.Witness.HolderEpoch >= v.Epoch) {
+		return
+	}
+	if v.Witness.HolderEpoch >= v.Epoch {
+		return // Decide steps down (D6)
+	}
+	cctx, cancel := context.WithTimeout(ctx, 2*time.Second)
+	ok, why, err := w.Claim(cctx, v.Epoch, v.LSN, "registering epoch taken while the witness was away")
+	cancel()
+	if err == nil && !ok {
+		r.hold("the witness refused to register epoch " + fmt.Sprint(v.Epoch) + ": " + why)
+	}
+}
+
+// takeOver makes this controller active, in the order of docs/ha.md:
+// the peer is confirmed dead (Decide) → new epoch → promote the database
+// → claim the floating address → start the site controller.
+func (r *Runner) takeOver(ctx context.Context, v View, d Decision) error {
+	start := time.Now()
+	r.setRole(RoleTakingOver, v.Epoch)
+	r.publish(v)
+	epoch := max(v.Epoch, v.Witness.HolderEpoch) + 1
+	switch {
+	case r.cfg.Elector != nil:
+		if v.BMC.Power == PowerOff {
+			// The peer's host is off: its candidacy goes now instead of
+			// at its lease's expiry.
+			if err := r.cfg.Elector.Evict(ctx, r.cfg.Peer); err != nil {
+				r.log.Warn("could not evict the peer's candidacy", "err", err)
+			}
+		}
+		cctx, cancel := context.WithTimeout(ctx, 3*time.Second)
+		e, err := r.cfg.Elector.Campaign(cctx)
+		cancel()
+		if err != nil {
+			return fmt.Errorf("etcd election: %w", err)
+		}
+		epoch = max(e, v.Epoch+1)
+	case v.Witness.Granted:
+		epoch = v.Witness.HolderEpoch
+	case v.Witness.Reachable:
+		cctx, cancel := context.WithTimeout(ctx, 2*time.Second)
+		ok, why, err := r.cfg.Witness.Claim(cctx, epoch, v.LSN, d.Row+": "+d.Reason)
+		cancel()
+		if err != nil {
+			return fmt.Errorf("witness: %w", err)
+		}
+		if !ok {
+			return fmt.Errorf("the witness refused epoch %d: %s", epoch, why)
+		}
+	}
+	db := r.cfg.DB
+	fresh := false
+	if !db.Initialized() {
+		if !r.cfg.Bootstrap {
+			return errors.New("this controller has no copy of the site's database (it never followed the active)")
+		}
+		if err := db.Bootstrap(ctx); err != nil {
+			return err
+		}
+		fresh = true
+	}
+	st, err := db.Status(ctx)
+	if err != nil {
+		return err
+	}
+	switch {
+	case fresh:
+		if err := db.StartPrimary(ctx); err != nil {
+			return err
+		}
+	case !st.Running:
+		// Through recovery and promotion: a new timeline, so that the
+		// peer's copy rejoins with pg_rewind if it diverged.
+		if err := db.StartStandby(ctx, r.cfg.PeerDB); err != nil {
+			return err
+		}
+		if err := db.Promote(ctx); err != nil {
+			return err
+		}
+	case st.InRecovery:
+		if err := db.Promote(ctx); err != nil {
+			return err
+		}
+	}
+	promoted := time.Now()
+	if err := db.EnsureDatabase(ctx, r.cfg.Database); err != nil {
+		return err
+	}
+	// Synchronous at once after a swact (the old active rejoins within a
+	// second, and no acknowledged write lives on one copy only);
+	// asynchronous after a failover (the peer is confirmed dead).
+	var standbys []string
+	if v.Swact == r.cfg.Self {
+		standbys = []string{r.cfg.Peer}
+	}
+	if err := db.SetSynchronous(ctx, standbys); err != nil {
+		return err
+	}
+	event := "takeover"
+	if v.Swact == r.cfg.Self {
+		event = "swact"
+	}
+	if err := r.recordEpoch(ctx, epoch, event, d.Row+": "+d.Reason); err != nil {
+		return err
+	}
+	if r.cfg.Elector != nil {
+		if err := r.cfg.Elector.Record(ctx, epoch, r.cfg.Self); err != nil {
+			return fmt.Errorf("recording epoch %d in etcd: %w", epoch, err)
+		}
+	}
+	r.mu.Lock()
+	r.async = standbys == nil
+	r.swactTo, r.handoff, r.force, r.fenceAt = "", "", false, time.Time{}
+	r.epoch = epoch
+	r.mu.Unlock()
+	if err := r.claimAddress(ctx); err != nil {
+		return err
+	}
+	if err := r.startSite(ctx, epoch); err != nil {
+		r.releaseAddress(ctx)
+		return err
+	}
+	r.setRole(RoleActive, epoch)
+	r.log.Info("took over", "epoch", epoch, "row", d.Row, "reason", d.Reason, "took", time.Since(start).Round(time.Millisecond),
+		"promoted_after", promoted.Sub(start).Round(time.Millisecond), "synchronous", standbys != nil)
+	if standbys == nil {
+		r.raise(ctx, AlarmLostRedundancy, "service-group="+PairGroup, "the peer controller "+r.cfg.Peer+" is not available: replication is asynchronous")
+	}
+	return nil
+}
+
+func anyTrue(m map[Network]bool) bool {
+	for _, ok := range m {
+		if ok {
+			return true
+		}
+	}
+	return false
+}
+
+// stepDown stops serving: the site controller, the floating address, the
+// database (cleanly, so its last WAL reaches the standby), the election.
+func (r *Runner) stepDown(ctx context.Context, reason string) {
+	r.mu.Lock()
+	was, epoch := r.role, r.epoch
+	if r.swactTo == r.cfg.Peer {
+		r.handoff = r.cfg.Peer
+	}
+	r.mu.Unlock()
+	if was != RoleActive && was != RoleTakingOver && was != RoleSteppingDown {
+		return
+	}
+	start := time.Now()
+	r.setRole(RoleSteppingDown, epoch)
+	r.publish(View{})
+	r.stopSite()
+	r.releaseAddress(ctx)
+	sctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), 10*time.Second)
+	defer cancel()
+	if err := r.cfg.DB.Stop(sctx, pgrepl.StopFast); err != nil {
+		r.log.Error("stopping the database", "err", err)
+		_ = r.cfg.DB.Stop(sctx, pgrepl.StopImmediate)
+	}
+	if r.cfg.Elector != nil {
+		if err := r.cfg.Elector.Resign(sctx); err != nil {
+			r.log.Warn("resign", "err", err)
+		}
+	}
+	r.mu.Lock()
+	r.swactTo, r.force, r.async = "", false, false
+	r.mu.Unlock()
+	r.setRole(RoleStandby, epoch)
+	r.log.Info("stepped down", "reason", reason, "took", time.Since(start).Round(time.Millisecond))
+	r.poke()
+}
+
+// follow keeps the database a standby of the active peer.
+func (r *Runner) follow(ctx context.Context, v View) {
+	db := r.cfg.DB
+	if v.PeerBeat == nil || v.PeerBeat.Role != RoleActive {
+		return
+	}
+	var st pgrepl.Status
+	if db.Initialized() {
+		var err error
+		if st, err = db.Status(ctx); err != nil {
+			r.hold("database status: " + err.Error())
+			return
+		}
+	}
+	switch {
+	case !db.Initialized():
+		r.log.Info("cloning the site's database from the active controller", "peer", r.cfg.Peer)
+		if err := db.CloneFrom(ctx, r.cfg.PeerDB); err != nil {
+			r.hold("clone: " + err.Error())
+			return
+		}
+		if err := db.StartStandby(ctx, r.cfg.PeerDB); err != nil {
+			r.hold("start standby: " + err.Error())
+			return
+		}
+	case st.Running && st.InRecovery && st.Upstream != "":
+		// Following already.
+	default:
+		if err := db.Rejoin(ctx, r.cfg.PeerDB); err != nil {
+			r.hold("rejoin: " + err.Error())
+			return
+		}
+	}
+	r.mu.Lock()
+	r.handoff = ""
+	r.mu.Unlock()
+	r.setRole(RoleStandby, max(v.PeerBeat.Epoch, v.Epoch))
+}
+
+// fence powers the peer off through its BMC; the next view reads it back.
+func (r *Runner) fence(ctx context.Context, d Decision) {
+	r.mu.Lock()
+	issued := !r.fenceAt.IsZero()
+	r.mu.Unlock()
+	if issued || r.cfg.PeerBMC == nil {
+		return
+	}
+	r.log.Warn("fencing the peer controller through its BMC", "peer", r.cfg.Peer, "row", d.Row, "reason", d.Reason)
+	fctx, cancel := context.WithTimeout(ctx, 5*time.Second)
+	err := r.cfg.PeerBMC.PowerOff(fctx)
+	cancel()
+	if err != nil {
+		r.hold("fence: " + err.Error())
+		return
+	}
+	r.mu.Lock()
+	r.fenceAt = time.Now()
+	r.mu.Unlock()
+}
+
+// goAsync stops waiting for the failed standby: commits no longer wait
+// for it, under a new epoch on duplex (countersigned by the witness when
+// it answers), recorded in the history.
+func (r *Runner) goAsync(ctx context.Context, d Decision) {
+	r.mu.Lock()
+	if r.async {
+		r.mu.Unlock()
+		return
+	}
+	epoch := r.epoch
+	r.mu.Unlock()
+	if r.cfg.Mode == ModeDuplex {
+		epoch++
+		if w := r.cfg.Witness; w != nil {
+			cctx, cancel := context.WithTimeout(ctx, 2*time.Second)
+			ok, why, err := w.Claim(cctx, epoch, 0, "standby failed: "+d.Row)
+			cancel()
+			if err == nil && !ok {
+				r.hold("the witness refused the switch to asynchronous: " + why)
+				return
+			}
+			// Unreachable: Decide allowed it on BMC evidence; the epoch
+			// is registered when the witness answers again.
+		}
+	}
+	// The epoch first, while commits still wait for the standby: the
+	// row's commit is released with the others by the switch.
+	r.mu.Lock()
+	r.epoch = epoch
+	r.mu.Unlock()
+	errc := make(chan error, 1)
+	go func() { errc <- r.recordEpoch(context.WithoutCancel(ctx), epoch, "asynchronous", d.Row+": "+d.Reason) }()
+	if err := r.cfg.DB.SetSynchronous(ctx, nil); err != nil {
+		r.hold("asynchronous: " + err.Error())
+		return
+	}
+	if err := <-errc; err != nil {
+		r.log.Error("recording the switch to asynchronous", "err", err)
+	}
+	r.mu.Lock()
+	r.async = true
+	r.mu.Unlock()
+	r.log.Warn("replication is asynchronous: the standby is confirmed failed", "epoch", epoch, "row", d.Row, "reason", d.Reason)
+	r.raise(ctx, AlarmLostRedundancy, "service-group="+PairGroup, "the standby controller "+r.cfg.Peer+" failed: replication is asynchronous")
+}
+
+// goSync names the standby synchronous again: it streams and caught up.
+func (r *Runner) goSync(ctx context.Context) {
+	if err := r.cfg.DB.SetSynchronous(ctx, []string{r.cfg.Peer}); err != nil {
+		r.hold("synchronous: " + err.Error())
+		return
+	}
+	r.mu.Lock()
+	was := r.async
+	r.async = false
+	epoch := r.epoch
+	r.mu.Unlock()
+	if was {
+		if err := r.recordEpoch(ctx, epoch, "synchronous", r.cfg.Peer+" streams again"); err != nil {
+			r.log.Error("recording the switch to synchronous", "err", err)
+		}
+		r.log.Info("replication is synchronous again", "standby", r.cfg.Peer)
+		r.clear(ctx, AlarmLostRedundancy, "service-group="+PairGroup)
+	}
+}
+
+// ErrRefused is a swact the pair cannot do now; the message says why.
+var ErrRefused = errors.New("swact refused")
+
+// Swact hands activity to the standby (petrel host swact): refused when
+// the standby is unreachable, not a standby, or not synchronous (unless
+// force: then writes it has not received are lost).
+func (r *Runner) Swact(ctx context.Context, force bool) error {
+	r.mu.Lock()
+	role := r.role
+	r.mu.Unlock()
+	if role != RoleActive {
+		return fmt.Errorf("%w: %s is not the active controller", ErrRefused, r.cfg.Self)
+	}
+	p := r.cfg.Beats.Peer()
+	if p.Last == nil || !anyTrue(p.Links) {
+		return fmt.Errorf("%w: the standby controller %s is not reachable", ErrRefused, r.cfg.Peer)
+	}
+	if p.Last.Role != RoleStandby {
+		return fmt.Errorf("%w: %s is %s, not a standby", ErrRefused, r.cfg.Peer, p.Last.Role)
+	}
+	st, err := r.cfg.DB.Status(ctx)
+	if err != nil {
+		return fmt.Errorf("%w: database status: %v", ErrRefused, err)
+	}
+	state := "not connected"
+	sync := false
+	for _, rep := range st.Replicas {
+		if rep.Name == r.cfg.Peer {
+			state = rep.State + "/" + rep.SyncState
+			sync = rep.SyncState == "sync" && rep.State == "streaming"
+		}
+	}
+	if !sync && !force {
+		return fmt.Errorf("%w: the standby controller %s is not synchronous (replication %s): "+
+			"--force swacts anyway, and writes it has not received are lost", ErrRefused, r.cfg.Peer, state)
+	}
+	r.mu.Lock()
+	r.swactTo, r.force = r.cfg.Peer, force
+	r.mu.Unlock()
+	r.log.Info("swact requested", "to", r.cfg.Peer, "force", force, "replication", state)
+	r.poke()
+	return nil
+}
+
+// Pair is the controller pair as a service group (1+1).
+func (r *Runner) Pair() servicemgr.Group {
+	r.mu.Lock()
+	role, epoch, async := r.role, r.epoch, r.async
+	r.mu.Unlock()
+	p := r.cfg.Beats.Peer()
+	g := servicemgr.Group{Spec: servicemgr.Spec{Name: PairGroup, Model: "1+1", Hosts: []string{r.cfg.Self, r.cfg.Peer}},
+		N: 1, M: 1, Status: servicemgr.StatusOK, Epoch: epoch}
+	self := servicemgr.Member{Host: r.cfg.Self, State: servicemgr.StateStandby, Epoch: epoch}
+	if role == RoleActive {
+		self.State = servicemgr.StateActive
+	}
+	peer := servicemgr.Member{Host: r.cfg.Peer, State: servicemgr.StateFailed, Reason: "not heard on any network"}
+	if p.Last != nil && anyTrue(p.Links) {
+		peer.State, peer.Reason, peer.Epoch = servicemgr.StateStandby, "", p.Last.Epoch
+		if p.Last.Role == RoleActive {
+			peer.State = servicemgr.StateActive
+		}
+	}
+	if async && peer.State != servicemgr.StateFailed {
+		peer.Reason = "catching up: replication asynchronous"
+	}
+	if peer.State != servicemgr.StateStandby || async {
+		g.Status, g.Reason = servicemgr.StatusDegraded, "no synchronous standby controller"
+	}
+	g.Members = []servicemgr.Member{self, peer}
+	return g
+}
+
+// PairGroup is the controller pair's name among the service groups.
+const PairGroup = "controller"
+
+// authority lets the site controller write while this controller is the
+// active one and is not stepping down.
+func (r *Runner) authority() error {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	if (r.role != RoleActive && r.role != RoleTakingOver) || r.handoff != "" {
+		return fmt.Errorf("controller %s is %s", r.cfg.Self, r.role)
+	}
+	return nil
+}
+
+func (r *Runner) currentEpoch() uint64 {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	return r.epoch
+}
+
+// recordEpoch writes the pair's epoch row and the history, in one
+// transaction on the (primary) database.
+func (r *Runner) recordEpoch(ctx context.Context, epoch uint64, event, reason string) error {
+	db, err := sqldb.Open(ctx, r.cfg.DB.DSN(r.cfg.Database))
+	if err != nil {
+		return err
+	}
+	defer db.Close()
+	return db.WithContext(ctx).Transaction(func(tx *gorm.DB) error {
+		for _, q := range []string{
+			`CREATE TABLE IF NOT EXISTS ` + subcloud.EpochTable + ` (id integer PRIMARY KEY, epoch bigint NOT NULL, controller text NOT NULL, changed_at timestamptz NOT NULL)`,
+			`CREATE TABLE IF NOT EXISTS ` + HistoryTable + ` (seq bigserial PRIMARY KEY, epoch bigint NOT NULL, controller text NOT NULL, event text NOT NULL, reason text NOT NULL, at timestamptz NOT NULL)`,
+		} {
+			if err := tx.Exec(q).Error; err != nil {
+				return err
+			}
+		}
+		res := tx.Exec(`INSERT INTO `+subcloud.EpochTable+` (id, epoch, controller, changed_at) VALUES (1, ?, ?, now())
+			ON CONFLICT (id) DO UPDATE SET epoch = EXCLUDED.epoch, controller = EXCLUDED.controller, changed_at = now()
+			WHERE `+subcloud.EpochTable+`.epoch <= EXCLUDED.epoch`, epoch, r.cfg.Self)
+		if res.Error != nil {
+			return res.Error
+		}
+		if res.RowsAffected == 0 {
+			return fmt.Errorf("the database holds an epoch above %d", epoch)
+		}
+		return tx.Exec(`INSERT INTO `+HistoryTable+` (epoch, controller, event, reason, at) VALUES (?, ?, ?, ?, now())`,
+			epoch, r.cfg.Self, event, reason).Error
+	})
+}
+
+// HistoryTable records the pair's takeovers and replication switches.
+const HistoryTable = "petrel_ha_history"
+
+// readEpochLocked reads the epoch this controller last held or followed.
+func (r *Runner) readEpochLocked(ctx context.Context) uint64 {
+	st, err := r.cfg.DB.Status(ctx)
+	if err != nil || !st.Running {
+		return r.epoch
+	}
+	db, err := sqldb.Open(ctx, r.cfg.DB.DSN(r.cfg.Database))
+	if err != nil {
+		return r.epoch
+	}
+	defer db.Close()
+	var e uint64
+	if err := db.WithContext(ctx).Raw(`SELECT epoch FROM ` + subcloud.EpochTable + ` WHERE id = 1`).Scan(&e).Error; err != nil {
+		return r.epoch
+	}
+	return max(e, r.epoch)
+}
+
+func (r *Runner) claimAddress(ctx context.Context) error {
+	f := r.cfg.Floating
+	if !f.Prefix.IsValid() {
+		return nil
+	}
+	if err := r.cfg.Addrs.AddAddress(ctx, f.Interface, f.Prefix.String()); err != nil {
+		return fmt.Errorf("floating address %s: %w", f.Prefix, err)
+	}
+	if err := r.cfg.Addrs.Announce(ctx, f.Interface, f.Prefix.Addr().String()); err != nil {
+		r.log.Warn("gratuitous ARP", "addr", f.Prefix.Addr(), "err", err)
+	}
+	return nil
+}
+
+func (r *Runner) releaseAddress(ctx context.Context) {
+	f := r.cfg.Floating
+	if !f.Prefix.IsValid() {
+		return
+	}
+	if err := r.cfg.Addrs.DelAddress(context.WithoutCancel(ctx), f.Interface, f.Prefix.String()); err != nil {
+		r.log.Error("releasing the floating address", "addr", f.Prefix, "err", err)
+	}
+}
+
+// startSite builds and runs the site controller at epoch.
+func (r *Runner) startSite(ctx context.Context, epoch uint64) error {
+	r.mu.Lock()
+	r.epoch = epoch
+	r.mu.Unlock()
+	sctx, cancel := context.WithCancel(ctx)
+	ha := &subcloud.HAConfig{Controller: r.cfg.Self, Epoch: r.currentEpoch, Authority: r.authority,
+		Swact: r.Swact, Pair: r.Pair}
+	site, err := r.cfg.NewSite(sctx, ha, r.cfg.DB.DSN(r.cfg.Database))
+	if err != nil {
+		cancel()
+		return fmt.Errorf("site controller: %w", err)
+	}
+	errc := make(chan error, 1)
+	done := make(chan error, 1)
+	go func() {
+		err := site.Run(sctx)
+		if sctx.Err() == nil {
+			errc <- err
+		}
+		done <- err
+	}()
+	r.mu.Lock()
+	r.site = func() {
+		cancel()
+		select {
+		case <-done:
+		case <-time.After(15 * time.Second):
+			r.log.Error("the site controller did not stop within 15 s")
+		}
+	}
+	r.siteErr = errc
+	r.alarmMgr = site.Alarms()
+	r.mu.Unlock()
+	return nil
+}
+
+func (r *Runner) stopSite() {
+	r.mu.Lock()
+	stop := r.site
+	r.site, r.siteErr, r.alarmMgr = nil, nil, nil
+	r.mu.Unlock()
+	if stop != nil {
+		stop()
+	}
+}
+
+func (r *Runner) alarms() *faultmgr.Manager {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	return r.alarmMgr
+}
+
+// raise and clear the pair's alarms through the active site controller
+// (a standby's database is read-only: it logs instead).
+func (r *Runner) raise(ctx context.Context, id, entity, reason string) {
+	m := r.alarms()
+	if m == nil {
+		return
+	}
+	if _, _, err := m.Raise(ctx, id, entity, map[string]string{"group": PairGroup, "reason": reason}); err != nil {
+		r.log.Error("raise", "alarm", id, "err", err)
+	}
+}
+
+func (r *Runner) clear(ctx context.Context, id, entity string) {
+	m := r.alarms()
+	if m == nil {
+		return
+	}
+	if _, err := m.Clear(ctx, id, entity); err != nil {
+		r.log.Error("clear", "alarm", id, "err", err)
+	}
+}

@@ -7,6 +7,7 @@ import (
 	"net/netip"
 	"os"
 	"path/filepath"
+	"syscall"
 	"time"
 
 	"github.com/petrel-edge/petrel/internal/atomicfile"
@@ -148,12 +149,18 @@ func pairConfig(dir string, h hostSpec, p hostPaths) (map[string]any, error) {
 		return nil, err
 	}
 	// PostgreSQL runs as its own user: the path to its directories must
-	// be traversable (not readable) by it.
-	for d := p.f("pg"); ; d = filepath.Dir(d) {
-		if d == filepath.Dir(dir) || d == "/" {
-			break
+	// be traversable (not readable) by it, up to the root (a lab in a
+	// test's 0700 temporary directory too). Only root's directories are
+	// touched, and only their search bit.
+	if err := os.MkdirAll(p.f("pg"), 0o700); err != nil {
+		return nil, err
+	}
+	for d := p.f("pg"); d != "/"; d = filepath.Dir(d) {
+		st, err := os.Stat(d)
+		if err != nil {
+			return nil, err
 		}
-		if st, err := os.Stat(d); err == nil && st.Mode().Perm()&0o001 == 0 {
+		if sys, ok := st.Sys().(*syscall.Stat_t); ok && sys.Uid == 0 && st.Mode().Perm()&0o001 == 0 {
 			if err := os.Chmod(d, st.Mode().Perm()|0o011); err != nil {
 				return nil, err
 			}
@@ -168,7 +175,7 @@ func pairConfig(dir string, h hostSpec, p hostPaths) (map[string]any, error) {
 	c := map[string]any{
 		"controller": h.Name, "peer": peer, "bootstrap": h.Index == 0,
 		"status_listen": netip.AddrPortFrom(cluster, pairStatusPort).String(),
-		"floating": netip.PrefixFrom(FloatingAddr(h.SiteIndex), 24).String(), "interface": string(hostnet.Mgmt),
+		"floating":      netip.PrefixFrom(FloatingAddr(h.SiteIndex), 24).String(), "interface": string(hostnet.Mgmt),
 		"heartbeat": map[string]any{"key_file": p.f("ha/heartbeat.key"), "local": addrs, "peer": peerAddrs},
 		"postgres": map[string]any{"data_dir": p.f("pg/data"), "socket_dir": p.f("pg/sock"),
 			"port": pairPostgresPort, "listen": []string{mgmt.String()}, "peers": []string{subnet.String()},

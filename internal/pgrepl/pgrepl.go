@@ -1207,12 +1207,53 @@ func (n *Node) Promote(ctx context.Context) error {
 	// PostgreSQL 15 writes the new timeline into pg_control only at the
 	// first checkpoint after promotion (a spread one it requests itself);
 	// pg_rewind reads the source's timeline from there, and would take a
-	// diverged former primary for one on the same timeline. Checkpoint now.
-	if _, err := conn.Exec(ctx, "CHECKPOINT"); err != nil {
-		return fmt.Errorf("pgrepl: checkpoint after promotion: %w", err)
-	}
-	n.log.Info("promoted", "writable_after", writable.Round(time.Millisecond), "took", time.Since(start).Round(time.Millisecond))
+	// diverged former primary for one on the same timeline. Checkpoint
+	// now, in the background: the takeover does not wait for its fsyncs,
+	// and a peer's Rejoin checks this node's real timeline before trusting
+	// pg_rewind's verdict.
+	go func() {
+		cctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), 2*time.Minute)
+		defer cancel()
+		c, err := n.connect(cctx)
+		if err != nil {
+			n.log.Warn("checkpoint after promotion", "err", err)
+			return
+		}
+		defer c.Close(cctx)
+		if _, err := c.Exec(cctx, "CHECKPOINT"); err != nil {
+			n.log.Warn("checkpoint after promotion", "err", err)
+			return
+		}
+		n.log.Info("checkpoint after promotion done", "took", time.Since(start).Round(time.Millisecond))
+	}()
+	n.log.Info("promoted", "writable_after", writable.Round(time.Millisecond))
 	return nil
+}
+
+// Follow starts this node as a standby of primary after a clean handoff
+// (this node was the primary, stopped cleanly, and primary replayed its
+// last record before promoting): no rewind is needed. Anything else —
+// it does not stream within the deadline — falls back to Rejoin.
+func (n *Node) Follow(ctx context.Context, primary Peer) (RejoinPath, error) {
+	if err := validatePeer(&primary); err != nil {
+		return 0, err
+	}
+	n.mu.Lock()
+	err := n.startStandby(ctx, primary)
+	if err == nil {
+		err = n.waitStreaming(ctx, primary)
+	}
+	if err == nil {
+		n.mu.Unlock()
+		n.log.Info("followed the new primary after a clean handoff", "primary", primary.String())
+		return RejoinResumed, nil
+	}
+	n.log.Warn("follow after a handoff failed; rejoining", "err", err)
+	if err := n.stop(context.WithoutCancel(ctx), StopFast); err != nil {
+		n.log.Warn("stop after failed follow", "err", err)
+	}
+	n.mu.Unlock()
+	return n.Rejoin(ctx, primary)
 }
 
 // Stop stops the server (a stopped one is left alone).

@@ -4,7 +4,6 @@ import (
 	"context"
 	"errors"
 	"fmt"
-	"log/slog"
 	"time"
 
 	"github.com/petrel-edge/petrel/faultmgr"
@@ -82,10 +81,12 @@ func (b bmcPower) PowerOff(ctx context.Context) error { return b.c.PowerOff(ctx)
 type pgNode struct{ *pgrepl.Node }
 
 func (n pgNode) Rejoin(ctx context.Context, p pgrepl.Peer) error {
-	path, err := n.Node.Rejoin(ctx, p)
-	if err == nil {
-		slog.Default().Debug("rejoined", "path", path.String())
-	}
+	_, err := n.Node.Rejoin(ctx, p)
+	return err
+}
+
+func (n pgNode) Follow(ctx context.Context, p pgrepl.Peer) error {
+	_, err := n.Node.Follow(ctx, p)
 	return err
 }
 

@@ -481,7 +481,7 @@ func (h *Heartbeat) send() {
 		h.seq++
 		b := Beat{
 			Site: h.cfg.Site, From: h.cfg.Self, Net: n, Boot: h.boot, Seq: h.seq,
-			Role: h.local.Role, Epoch: h.local.Epoch, LSN: h.local.LSN, Sync: h.local.Sync, Witness: h.local.Witness,
+			Role: h.local.Role, Epoch: h.local.Epoch, LSN: h.local.LSN, Sync: h.local.Sync, Witness: h.local.Witness, Handoff: h.local.Handoff,
 			SentUnixNano: h.cfg.Now().UnixNano(),
 		}
 		pkt, err := seal(h.key, b)
@@ -545,7 +545,7 @@ func (h *Heartbeat) accept(n Network, pkt []byte) {
 	h.lastSeq[n] = b.Seq
 	h.bootSent = max(h.bootSent, b.SentUnixNano)
 	h.heard[n] = now
-	if p := h.last; p != nil && (p.Role != b.Role || p.Epoch != b.Epoch || p.Sync != b.Sync || p.Witness != b.Witness) {
+	if p := h.last; p != nil && (p.Role != b.Role || p.Epoch != b.Epoch || p.Sync != b.Sync || p.Witness != b.Witness || p.Handoff != b.Handoff) {
 		notify = true
 	}
 	h.last, h.lastAt = &b, now

@@ -26,6 +26,8 @@ type Database interface {
 	StartStandby(ctx context.Context, primary pgrepl.Peer) error
 	CloneFrom(ctx context.Context, primary pgrepl.Peer) error
 	Rejoin(ctx context.Context, primary pgrepl.Peer) error
+	// Follow: Rejoin after a clean handoff (no rewind).
+	Follow(ctx context.Context, primary pgrepl.Peer) error
 	Promote(ctx context.Context) error
 	Stop(ctx context.Context, mode pgrepl.StopMode) error
 	SetSynchronous(ctx context.Context, standbys []string) error
@@ -266,6 +268,12 @@ func (r *Runner) step(ctx context.Context) {
 		r.goSync(ctx)
 	case Follow:
 		r.follow(ctx, v)
+	case Stay:
+		if v.Role == RoleStandby {
+			// A standby keeps following whoever is active (after a
+			// swact or a failover it follows a new primary).
+			r.follow(ctx, v)
+		}
 	case Hold, WaitPeer:
 		if d.Claim {
 			r.claim(ctx, v, d)
@@ -553,6 +561,7 @@ func (r *Runner) takeOver(ctx context.Context, v View, d Decision) error {
 	r.swactTo, r.handoff, r.force, r.fenceAt = "", "", false, time.Time{}
 	r.epoch = epoch
 	r.mu.Unlock()
+	recorded := time.Now()
 	if err := r.claimAddress(ctx); err != nil {
 		return err
 	}
@@ -562,7 +571,8 @@ func (r *Runner) takeOver(ctx context.Context, v View, d Decision) error {
 	}
 	r.setRole(RoleActive, epoch)
 	r.log.Info("took over", "epoch", epoch, "row", d.Row, "reason", d.Reason, "took", time.Since(start).Round(time.Millisecond),
-		"promoted_after", promoted.Sub(start).Round(time.Millisecond), "synchronous", standbys != nil)
+		"promoted_after", promoted.Sub(start).Round(time.Millisecond), "recorded_after", recorded.Sub(start).Round(time.Millisecond),
+		"synchronous", standbys != nil)
 	if standbys == nil {
 		r.raise(ctx, AlarmLostRedundancy, "service-group="+PairGroup, "the peer controller "+r.cfg.Peer+" is not available: replication is asynchronous")
 	}
@@ -583,9 +593,7 @@ func anyTrue(m map[Network]bool) bool {
 func (r *Runner) stepDown(ctx context.Context, reason string) {
 	r.mu.Lock()
 	was, epoch := r.role, r.epoch
-	if r.swactTo == r.cfg.Peer {
-		r.handoff = r.cfg.Peer
-	}
+	handoff := r.swactTo == r.cfg.Peer
 	r.mu.Unlock()
 	if was != RoleActive && was != RoleTakingOver && was != RoleSteppingDown {
 		return
@@ -606,10 +614,20 @@ func (r *Runner) stepDown(ctx context.Context, reason string) {
 			r.log.Warn("resign", "err", err)
 		}
 	}
+	// The database stopped cleanly: its last record (the shutdown
+	// checkpoint) is what the swact target must have replayed.
+	var final View
+	if st, err := r.cfg.DB.Status(sctx); err == nil && !st.Running {
+		final.LSN = st.CheckpointLSN
+	}
 	r.mu.Lock()
 	r.swactTo, r.force, r.async = "", false, false
+	if handoff {
+		r.handoff = r.cfg.Peer
+	}
 	r.mu.Unlock()
 	r.setRole(RoleStandby, epoch)
+	r.publish(final)
 	r.log.Info("stepped down", "reason", reason, "took", time.Since(start).Round(time.Millisecond))
 	r.poke()
 }
@@ -617,7 +635,7 @@ func (r *Runner) stepDown(ctx context.Context, reason string) {
 // follow keeps the database a standby of the active peer.
 func (r *Runner) follow(ctx context.Context, v View) {
 	db := r.cfg.DB
-	if v.PeerBeat == nil || v.PeerBeat.Role != RoleActive {
+	if v.PeerBeat == nil || !v.PeerBeat.Role.claimsActivity() {
 		return
 	}
 	var st pgrepl.Status
@@ -642,10 +660,20 @@ func (r *Runner) follow(ctx context.Context, v View) {
 	case st.Running && st.InRecovery && st.Upstream != "":
 		// Following already.
 	default:
-		if err := db.Rejoin(ctx, r.cfg.PeerDB); err != nil {
+		r.mu.Lock()
+		clean := r.handoff != ""
+		r.mu.Unlock()
+		start := time.Now()
+		rejoin := db.Rejoin
+		if clean {
+			rejoin = db.Follow
+		}
+		if err := rejoin(ctx, r.cfg.PeerDB); err != nil {
 			r.hold("rejoin: " + err.Error())
 			return
 		}
+		r.log.Info("following the active controller's database", "peer", r.cfg.Peer, "after_handoff", clean,
+			"took", time.Since(start).Round(time.Millisecond))
 	}
 	r.mu.Lock()
 	r.handoff = ""

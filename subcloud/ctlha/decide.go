@@ -129,7 +129,8 @@ type WitnessView struct {
 	// the witness grants my peer nothing against me.
 	LeaseValid bool
 	Verdict    Verdict // about the peer
-	// Granted: the witness granted me the next epoch (after a claim).
+	// Granted: the witness granted me the next epoch (after a claim);
+	// Holder is then me and HolderEpoch that epoch.
 	Granted bool
 	// Holder and HolderEpoch: the controller the witness last
 	// countersigned an epoch for, and that epoch.
@@ -174,8 +175,9 @@ type View struct {
 	// LSN: its last committed (active) or replayed (standby) WAL position.
 	LSN uint64
 	// Sync: as a standby, I was the synchronous standby and caught up when
-	// the active was last heard; as the active, the peer is my
-	// synchronous standby now.
+	// the active was last heard (a former active that stepped down with no
+	// successor holds every write it acknowledged: Sync); as the active,
+	// the peer is my synchronous standby now.
 	Sync bool
 	// Async: as the active, replication was already switched to
 	// asynchronous (the standby was confirmed failed).
@@ -495,10 +497,9 @@ func decideStandby(v View, p peer) Decision {
 				return decision("D31", Stay, "", "swact to me: waiting for %s to step down", v.Peer)
 			}
 			return decision("D31", Stay, "", "%s is %s", v.Peer, b.Role)
-		case v.Swact == v.Self && (b.Role == RoleStandby || b.Role == RoleSteppingDown):
-			if v.LSN >= b.LSN {
-				return decision("D32", TakeOver, "", "swact to me: %s stepped down and I replayed its LSN %d", v.Peer, b.LSN)
-			}
+		case v.Swact == v.Self && (b.Role == RoleStandby || b.Role == RoleSteppingDown) && v.LSN >= b.LSN:
+			return decision("D32", TakeOver, "", "swact to me: %s stepped down and I replayed its LSN %d", v.Peer, b.LSN)
+		case v.Swact == v.Self && b.Role == RoleSteppingDown:
 			if v.Force {
 				d := decision("F3", TakeOver, "", "forced swact: %s stepped down but I replayed LSN %d of %d: the rest is lost", v.Peer, v.LSN, b.LSN)
 				d.Force = true
@@ -507,8 +508,10 @@ func decideStandby(v View, p peer) Decision {
 			return decision("D33", Hold, "", "swact to me: replaying to %s's LSN %d (at %d)", v.Peer, b.LSN, v.LSN)
 		case b.Role == RoleSteppingDown:
 			return decision("D34", Stay, "", "%s is stepping down: waiting for it to settle", v.Peer)
-		case v.Swact == v.Peer:
+		case v.Swact == v.Peer && b.LSN >= v.LSN:
 			return decision("D35", Stay, "", "no active: the swact target %s takes over", v.Peer)
+		// A swact target behind a peer that is a standby already cannot
+		// catch up (nobody writes WAL): rank instead.
 		case ms && (!v.Etcd.Quorum || v.Etcd.Leader == v.Peer):
 			return decision("D36", Stay, "", "no active: no etcd quorum here, or %s holds the election key", v.Peer)
 		case v.ranksAbovePeer(b):
@@ -533,7 +536,7 @@ func decideStandby(v View, p peer) Decision {
 	return standbyPeerLost(v, p)
 }
 
-// standbyPeerLost: the standby's rows once the active is lost (D41-D61).
+// standbyPeerLost: the standby's rows once the active is lost (D41-D62).
 func standbyPeerLost(v View, p peer) Decision {
 	if v.Mode == ModeMultiServer {
 		e := v.Etcd
@@ -546,43 +549,49 @@ func standbyPeerLost(v View, p peer) Decision {
 			return decision("D43", TakeOver, "", "%s and %s: revoke its election lease early and campaign", p.lostText, v.bmcText())
 		case e.Leader == v.Peer:
 			return decision("D44", Hold, AlarmHeld, "%s but it still renews its election lease: cut off from me only", p.lostText)
+		case e.Leader != v.Self:
+			// Campaign first: when both controllers are standbys that lost
+			// each other, etcd picks one, and only that one fences.
+			d := decision("D45", Hold, "", "%s and its election lease expired: campaigning", p.lostText)
+			d.Claim = true
+			return d
 		case v.bmcOn() && !v.fenceTimedOut():
-			return decision("D45", Fence, "", "%s, its election lease expired and %s: fence it before taking over", p.lostText, v.bmcText())
+			return decision("D46", Fence, "", "%s; I won the election and %s: fence it before taking over", p.lostText, v.bmcText())
 		}
-		return decision("D46", TakeOver, "", "%s, its election lease expired (%s): campaign and take over", p.lostText, v.bmcText())
+		return decision("D47", TakeOver, "", "%s; I won the election (%s): take over", p.lostText, v.bmcText())
 	}
 	w := v.Witness
 	if w.Configured && w.Reachable {
 		switch {
-		case w.HolderEpoch > v.Epoch:
-			return refuse(v, "D47", Hold, AlarmHeld, "%s; the witness holds epoch %d for %s, newer than mine (%d): the active went on without me", p.lostText, w.HolderEpoch, orNobody(w.Holder), v.Epoch)
+		case w.Holder != v.Self && w.HolderEpoch > v.Epoch:
+			return refuse(v, "D48", Hold, AlarmHeld, "%s; the witness holds epoch %d for %s, newer than mine (%d): the active went on without me", p.lostText, w.HolderEpoch, orNobody(w.Holder), v.Epoch)
 		case w.Granted && v.bmcOn() && !v.fenceTimedOut():
-			return decision("D48", Fence, "", "%s; the witness granted me the next epoch; %s: fence it before taking over", p.lostText, v.bmcText())
+			return decision("D49", Fence, "", "%s; the witness granted me the next epoch; %s: fence it before taking over", p.lostText, v.bmcText())
 		case w.Granted:
-			return decision("D49", TakeOver, "", "%s; the witness granted me the next epoch (%s)", p.lostText, v.bmcText())
+			return decision("D50", TakeOver, "", "%s; the witness granted me the next epoch (%s)", p.lostText, v.bmcText())
 		case v.bmcOff():
-			d := decision("D50", Hold, "", "%s and %s: claiming the epoch at the witness with the BMC evidence", p.lostText, v.bmcText())
+			d := decision("D51", Hold, "", "%s and %s: claiming the epoch at the witness with the BMC evidence", p.lostText, v.bmcText())
 			d.Claim = true
 			return d
 		case w.Verdict == VerdictPeerLost:
-			d := decision("D51", Hold, "", "%s and its witness lease expired: claiming the epoch at the witness", p.lostText)
+			d := decision("D52", Hold, "", "%s and its witness lease expired: claiming the epoch at the witness", p.lostText)
 			d.Claim = true
 			return d
 		case w.Verdict == VerdictPeerAlive:
-			return refuse(v, "D52", Hold, AlarmHeld, "%s but the witness sees it alive: cut off from me only; no takeover", p.lostText)
+			return refuse(v, "D53", Hold, AlarmHeld, "%s but the witness sees it alive: cut off from me only; no takeover", p.lostText)
 		}
-		d := decision("D53", Hold, "", "%s; no verdict from the witness yet: claiming", p.lostText)
+		d := decision("D54", Hold, "", "%s; no verdict from the witness yet: claiming", p.lostText)
 		d.Claim = true
 		return d
 	}
 	if w.Configured && w.LeaseValid {
 		if v.bmcOff() {
-			return decision("D54", TakeOver, "", "%s and %s; the witness is silent but my lease is valid, so the active cannot have gone on without me: take over (epoch registered at the witness later)", p.lostText, v.bmcText())
+			return decision("D55", TakeOver, "", "%s and %s; the witness is silent but my lease is valid, so the active cannot have gone on without me: take over (epoch registered at the witness later)", p.lostText, v.bmcText())
 		}
-		return decision("D55", Hold, "", "%s; the witness is silent and my lease still valid: waiting for it or for the lease to lapse", p.lostText)
+		return decision("D56", Hold, "", "%s; the witness is silent and my lease still valid: waiting for it or for the lease to lapse", p.lostText)
 	}
 	if w.Configured && p.hadWitness() {
-		return refuse(v, "D56", Hold, AlarmHeld, "%s; my witness lease lapsed while %s held one when last heard: it may have gone asynchronous through the witness; deferring to it", p.lostText, v.Peer)
+		return refuse(v, "D57", Hold, AlarmHeld, "%s; my witness lease lapsed while %s held one when last heard: it may have gone asynchronous through the witness; deferring to it", p.lostText, v.Peer)
 	}
 	// The BMC race.
 	arb := "no witness"
@@ -591,18 +600,18 @@ func standbyPeerLost(v View, p peer) Decision {
 	}
 	switch {
 	case v.bmcOff():
-		return decision("D57", TakeOver, "", "%s, %s and %s: take over", p.lostText, arb, v.bmcText())
+		return decision("D58", TakeOver, "", "%s, %s and %s: take over", p.lostText, arb, v.bmcText())
 	case v.bmcOn() && v.PeerLostFor < v.Timing.LostAfter+v.Timing.FenceDelay:
-		return decision("D58", Hold, "", "%s, %s and %s: the standby's fence delay (%s) runs first", p.lostText, arb, v.bmcText(), v.Timing.FenceDelay)
+		return decision("D59", Hold, "", "%s, %s and %s: the standby's fence delay (%s) runs first", p.lostText, arb, v.bmcText(), v.Timing.FenceDelay)
 	case v.bmcOn() && !v.fenceTimedOut():
-		return decision("D59", Fence, "", "%s, %s and %s: fence it, then take over", p.lostText, arb, v.bmcText())
+		return decision("D60", Fence, "", "%s, %s and %s: fence it, then take over", p.lostText, arb, v.bmcText())
 	case v.bmcOn():
-		return refuse(v, "D60", Hold, AlarmHeld, "%s, %s; the fence issued %s ago is not read back off: no takeover", p.lostText, arb, v.BMC.FenceIssuedAgo)
+		return refuse(v, "D61", Hold, AlarmHeld, "%s, %s; the fence issued %s ago is not read back off: no takeover", p.lostText, arb, v.BMC.FenceIssuedAgo)
 	}
 	if w.Configured {
-		return refuse(v, "D61", Hold, AlarmHeld, "witness unreachable and %s: the standby does not take over", v.bmcText())
+		return refuse(v, "D62", Hold, AlarmHeld, "witness unreachable and %s: the standby does not take over", v.bmcText())
 	}
-	return refuse(v, "D61", Hold, AlarmHeld, "no witness and no BMC (%s): the standby does not take over", v.bmcText())
+	return refuse(v, "D62", Hold, AlarmHeld, "no witness and no BMC (%s): the standby does not take over", v.bmcText())
 }
 
 func decideStarting(v View, p peer) Decision {
@@ -610,48 +619,50 @@ func decideStarting(v View, p peer) Decision {
 	ms := v.Mode == ModeMultiServer
 	switch {
 	case p.seen && b.Role.claimsActivity():
-		return decision("D62", Follow, "", "%s is %s at epoch %d: join as its standby", v.Peer, b.Role, b.Epoch)
+		return decision("D63", Follow, "", "%s is %s at epoch %d: join as its standby", v.Peer, b.Role, b.Epoch)
 	case p.seen && b.Role == RoleSteppingDown:
-		return decision("D63", WaitPeer, "", "%s is stepping down: waiting for it to settle", v.Peer)
+		return decision("D64", WaitPeer, "", "%s is stepping down: waiting for it to settle", v.Peer)
 	case ms && !v.Etcd.Quorum:
-		return decision("D64", WaitPeer, "", "no etcd quorum: nothing can be decided")
+		return decision("D65", WaitPeer, "", "no etcd quorum: nothing can be decided")
 	case ms && v.Etcd.Leader == v.Peer:
-		return decision("D65", Follow, "", "%s holds the election key", v.Peer)
+		return decision("D66", Follow, "", "%s holds the election key", v.Peer)
 	case ms && v.Etcd.Leader == v.Self:
-		return decision("D66", TakeOver, "", "I hold the election key: resume")
+		return decision("D67", TakeOver, "", "I hold the election key: resume")
 	case p.seen && v.ranksAbovePeer(b):
-		return decision("D67", TakeOver, "", "dead-office recovery: I rank above %s (epoch %d/%d, LSN %d/%d)", v.Peer, v.Epoch, b.Epoch, v.LSN, b.LSN)
+		return decision("D68", TakeOver, "", "dead-office recovery: I rank above %s (epoch %d/%d, LSN %d/%d)", v.Peer, v.Epoch, b.Epoch, v.LSN, b.LSN)
 	case p.seen:
-		return decision("D68", Follow, "", "dead-office recovery: %s ranks above me (epoch %d/%d, LSN %d/%d)", v.Peer, b.Epoch, v.Epoch, b.LSN, v.LSN)
+		return decision("D69", Follow, "", "dead-office recovery: %s ranks above me (epoch %d/%d, LSN %d/%d)", v.Peer, b.Epoch, v.Epoch, b.LSN, v.LSN)
 	case v.PeerLostFor < v.Timing.LostAfter:
-		return decision("D69", WaitPeer, "", "listening for %s (%s so far)", v.Peer, v.PeerLostFor)
+		return decision("D70", WaitPeer, "", "listening for %s (%s so far)", v.Peer, v.PeerLostFor)
 	}
 	if ms {
 		e := v.Etcd
 		if e.Leader == "" && e.EpochHolder == v.Self && v.Epoch >= e.LeaderEpoch {
-			return decision("D70", TakeOver, "", "%s not heard; I committed the latest epoch (%d): campaign", v.Peer, e.LeaderEpoch)
+			return decision("D71", TakeOver, "", "%s not heard; I committed the latest epoch (%d): campaign", v.Peer, e.LeaderEpoch)
 		}
-		return refuse(v, "D71", WaitPeer, "", "%s not heard; etcd's epoch %d was committed by %s: the latest state may be its", v.Peer, e.LeaderEpoch, orNobody(e.EpochHolder))
+		return refuse(v, "D72", WaitPeer, "", "%s not heard; etcd's epoch %d was committed by %s: the latest state may be its", v.Peer, e.LeaderEpoch, orNobody(e.EpochHolder))
 	}
 	w := v.Witness
 	if w.Configured && w.Reachable {
+		// Mine: the witness holds my epoch as the latest (or, on a new site,
+		// none at all). Once it granted me the next, HolderEpoch is that.
 		mine := w.Holder == v.Self || (w.Holder == "" && w.HolderEpoch == 0)
-		if mine && v.Epoch >= w.HolderEpoch {
+		if mine && (v.Epoch >= w.HolderEpoch || w.Granted) {
 			switch {
 			case v.bmcOn():
-				return refuse(v, "D72", WaitPeer, "", "%s not heard but %s: it may be active and cut off; waiting", v.Peer, v.bmcText())
+				return refuse(v, "D73", WaitPeer, "", "%s not heard but %s: it may be active and cut off; waiting", v.Peer, v.bmcText())
 			case w.Granted:
-				return decision("D73", TakeOver, "", "%s not heard; the witness holds my epoch %d as the latest and granted me the next", v.Peer, w.HolderEpoch)
+				return decision("D74", TakeOver, "", "%s not heard; the witness holds my epoch %d as the latest and granted me the next", v.Peer, w.HolderEpoch)
 			case w.Verdict == VerdictPeerAlive:
-				return decision("D74", WaitPeer, "", "%s not heard but renews at the witness: cut off from me; waiting", v.Peer)
+				return decision("D75", WaitPeer, "", "%s not heard but renews at the witness: cut off from me; waiting", v.Peer)
 			}
-			d := decision("D75", WaitPeer, "", "%s not heard; the witness holds my epoch %d as the latest: claiming the next", v.Peer, w.HolderEpoch)
+			d := decision("D76", WaitPeer, "", "%s not heard; the witness holds my epoch %d as the latest: claiming the next", v.Peer, w.HolderEpoch)
 			d.Claim = true
 			return d
 		}
-		return refuse(v, "D76", WaitPeer, "", "%s not heard; the witness holds epoch %d for %s (mine %d): the latest state is not mine", v.Peer, w.HolderEpoch, orNobody(w.Holder), v.Epoch)
+		return refuse(v, "D77", WaitPeer, "", "%s not heard; the witness holds epoch %d for %s (mine %d): the latest state is not mine", v.Peer, w.HolderEpoch, orNobody(w.Holder), v.Epoch)
 	}
-	return refuse(v, "D77", WaitPeer, AlarmHeld, "%s not heard and no witness answers: cannot tell who holds the latest state", v.Peer)
+	return refuse(v, "D78", WaitPeer, AlarmHeld, "%s not heard and no witness answers: cannot tell who holds the latest state", v.Peer)
 }
 
 func orNobody(s string) string {

@@ -230,7 +230,9 @@ type Decision struct {
 	Action Action
 	Reason string
 	Row    string // the decision table row (docs/ha.md), e.g. "D21"
-	Alarm  string // alarm to raise while this holds ("" none)
+	// Alarm: raised while decisions name it; the runner clears it once a
+	// decision no longer does ("" none).
+	Alarm string
 	// Force: taken only because the operator forced it.
 	Force bool
 	// Claim: ask the witness for the next epoch (with the BMC evidence
@@ -392,12 +394,10 @@ func decideActive(v View, p peer) Decision {
 		}
 		return decision("D11", Stay, AlarmHeld, "%s is active at my epoch %d and ranks lower (LSN %d vs %d, then name): it yields", v.Peer, v.Epoch, b.LSN, v.LSN)
 	}
-	if v.Swact == v.Peer {
-		ready := p.seen && b.Role == RoleStandby
+	if v.Swact == v.Peer && p.seen { // a swact to a peer not heard is moot: the rows below handle it
+		ready := b.Role == RoleStandby
 		why := ""
 		switch {
-		case !p.seen:
-			why = v.Peer + " is not heard"
 		case b.Role != RoleStandby:
 			why = fmt.Sprintf("%s is %s, not standby", v.Peer, b.Role)
 		case !b.Sync:
@@ -418,10 +418,14 @@ func decideActive(v View, p peer) Decision {
 		if v.Async && b.Role == RoleStandby && b.LSN >= v.LSN {
 			return decision("D14", GoSync, "", "%s is back and has replayed LSN %d: synchronous again", v.Peer, b.LSN)
 		}
-		if len(p.stale) > 0 {
-			return decision("D15", Stay, "", "%s is heard; lost on %v only: no action on one network", v.Peer, p.stale)
+		alarm, more := "", ""
+		if v.Async {
+			alarm, more = AlarmLostRedundancy, fmt.Sprintf("; replication asynchronous until it replays LSN %d (at %d)", v.LSN, b.LSN)
 		}
-		return decision("D15", Stay, "", "%s is heard", v.Peer)
+		if len(p.stale) > 0 {
+			return decision("D15", Stay, alarm, "%s is heard; lost on %v only: no action on one network%s", v.Peer, p.stale, more)
+		}
+		return decision("D15", Stay, alarm, "%s is heard%s", v.Peer, more)
 	}
 	if !p.lost {
 		return decision("D16", Stay, "", "%s silent for %s, under %s: never act on heartbeat loss alone", v.Peer, v.PeerLostFor, v.Timing.LostAfter)

@@ -268,6 +268,15 @@ func TestCanTransition(t *testing.T) {
 	}
 }
 
+// TestSwactToALostPeerIsMoot: a swact requested before the standby
+// vanished does not keep the active from handling the loss.
+func TestSwactToALostPeerIsMoot(t *testing.T) {
+	v := view(RoleActive, lost, verdict(VerdictPeerLost), set(func(v *View) { v.Swact = c1 }))
+	if d := Decide(v); d.Row != "D21" || d.Action != GoAsync {
+		t.Errorf("Decide = %v; want D21 go-async", d)
+	}
+}
+
 // TestDecideIsPure: Decide does not keep or change what it is given.
 func TestDecideIsPure(t *testing.T) {
 	v := view(RoleActive, lost)

@@ -263,7 +263,8 @@ func crafted(boot string, seq uint64, sent int64) Beat {
 
 func TestReplaysAndForgeriesAreRejected(t *testing.T) {
 	key := keyFile(t)
-	a := newHB(t, c0, c1, key)
+	// A long LostAfter: the crafted boot stays fresh however slow the machine.
+	a := newHB(t, c0, c1, key, func(c *HeartbeatConfig) { c.Interval, c.LostAfter = time.Second, time.Minute })
 	run(t, a)
 	s := newSender(t, key, a)
 	accepted := func(boot string, seq uint64) func() bool {
@@ -273,6 +274,8 @@ func TestReplaysAndForgeriesAreRejected(t *testing.T) {
 		return func() bool { return a.Rejected()[why] == n }
 	}
 	first := s.seal(crafted("boot-1", 10, 1000))
+	// (The current boot stays fresh throughout: a boot sent earlier is
+	// refused only then; see TestFreshnessOnAFakeClock.)
 	s.sendRaw(first)
 	waitFor(t, "the first beat accepted", accepted("boot-1", 10))
 
@@ -373,6 +376,18 @@ func TestFreshnessOnAFakeClock(t *testing.T) {
 	advance(500 * time.Millisecond)
 	if p := h.Peer(); p.Links[NetMgmt] || p.LostFor != 800*time.Millisecond {
 		t.Errorf("Peer() = %+v; want both lost, LostFor 800ms", p)
+	}
+	// The peer restarts with its clock stepped back (its beats claim an
+	// earlier time than its last boot's): refused while that boot was
+	// fresh, accepted once it has been silent for LostAfter.
+	back := crafted("boot-2", 1, 0)
+	bp, err := seal(macKey(k), back)
+	if err != nil {
+		t.Fatal(err)
+	}
+	h.accept(NetMgmt, bp)
+	if p := h.Peer(); p.Last.Boot != "boot-2" || h.Rejected()["old-boot"] != 0 {
+		t.Errorf("after silence, a new boot with an earlier clock: Last %+v, rejected %v; want accepted", *p.Last, h.Rejected())
 	}
 }
 

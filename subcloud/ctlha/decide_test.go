@@ -304,9 +304,9 @@ const (
 	simLeaseTTL     = 15 // steps: the arbiter's TTL
 	simLeaseMargin  = 3  // steps: a controller deems its lease lapsed this much earlier
 	simFenceLatency = 2  // steps from power-off command to power off
-	simResumeAt     = 40 // "hang-resume": the frozen controller runs again (before the heal)
-	simFaultSteps   = 60
-	simHealSteps    = 60
+	simResumeAt     = 30 // "hang-resume": the frozen controller runs again (before the heal)
+	simFaultSteps   = 45
+	simHealSteps    = 35
 	simStep         = 100 * time.Millisecond
 	never           = -1 << 20
 )
@@ -402,6 +402,8 @@ type simNode struct {
 	granted       bool
 	swact         string
 	lastDecision  Decision
+	links         map[Network]bool // reused by view (Decide keeps nothing)
+	sent          *Beat            // the last beat sent, reused while unchanged
 }
 
 func (n *simNode) alive() bool { return n.powered && !n.hung }
@@ -461,7 +463,7 @@ func newSim(sc scenario) *sim {
 		}
 	}
 	if sc.start != "dead-office" { // they heard each other until the fault
-		a.beat, b.beat = s.beatOf(1, -1), s.beatOf(0, -1)
+		a.beat, b.beat = s.beatOf(1), s.beatOf(0)
 	}
 	return s
 }
@@ -485,9 +487,13 @@ func (s *sim) quorum(i int) bool {
 	return s.healed || s.sc.etcdReach[i] || (s.n[s.other(i)].alive() && s.anyLink())
 }
 
-func (s *sim) beatOf(i, t int) *Beat {
+func (s *sim) beatOf(i int) *Beat {
 	n := s.n[i]
-	return &Beat{From: n.name, Seq: uint64(t + 1000), Role: n.role, Epoch: n.epoch, LSN: n.lsn, Sync: n.sync, Witness: s.leaseValid(i)}
+	b := Beat{From: n.name, Role: n.role, Epoch: n.epoch, LSN: n.lsn, Sync: n.sync, Witness: s.leaseValid(i)}
+	if n.sent == nil || *n.sent != b {
+		n.sent = &b
+	}
+	return n.sent
 }
 
 func (s *sim) view(i int) View {
@@ -495,7 +501,11 @@ func (s *sim) view(i int) View {
 	v := View{
 		Mode: s.sc.mode, Self: n.name, Peer: p.name, Role: n.role, Epoch: n.epoch, LSN: n.lsn,
 		Sync: n.sync, Async: n.async, PeerBeat: n.beat, Swact: n.swact, Timing: simTiming,
-		PeerLinks: map[Network]bool{},
+		PeerLinks: n.links,
+	}
+	if v.PeerLinks == nil {
+		v.PeerLinks = map[Network]bool{}
+		n.links = v.PeerLinks
 	}
 	last := max(n.heard[0], n.heard[1])
 	if last == never {
@@ -589,7 +599,7 @@ func (s *sim) step() {
 	var beats [2]*Beat
 	for i, n := range s.n {
 		if n.alive() {
-			beats[i] = s.beatOf(i, s.t)
+			beats[i] = s.beatOf(i)
 		}
 	}
 	for i, n := range s.n {
@@ -866,8 +876,12 @@ func scenarios() []scenario {
 		if mode == ModeMultiServer {
 			arbs = msArbs
 		}
-		for _, l0 := range bools {
-			for _, l1 := range bools {
+		// No link, one (the networks are alike to Decide and the model:
+		// mgmt alone stands for either), or both; link faults first, where
+		// mutants are caught soonest.
+		for _, links := range [][2]bool{{false, false}, {true, false}, {true, true}} {
+			{
+				l0, l1 := links[0], links[1]
 				for _, a := range arbs {
 					for _, bm := range bmcs {
 						base := scenario{mode: mode, links: [2]bool{l0, l1}, witness: a.witness, wReach: a.reach,

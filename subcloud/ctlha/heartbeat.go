@@ -34,8 +34,11 @@ type Beat struct {
 	LSN   uint64 `json:"lsn"`
 	Sync  bool   `json:"sync"`
 	// Witness: the sender's witness lease was valid (WitnessView.LeaseValid).
-	Witness      bool  `json:"witness"`
-	SentUnixNano int64 `json:"sent_unix_nano"`
+	Witness bool `json:"witness"`
+	// Handoff names the controller the sender stepped down for (a swact);
+	// that controller takes it as the swact to itself.
+	Handoff      string `json:"handoff,omitempty"`
+	SentUnixNano int64  `json:"sent_unix_nano"`
 }
 
 // BeatState is what a controller publishes in its beats (Heartbeat.Set).
@@ -45,6 +48,7 @@ type BeatState struct {
 	LSN     uint64
 	Sync    bool
 	Witness bool
+	Handoff string
 }
 
 // PeerState is what the heartbeats tell of the peer (Heartbeat.Peer).
@@ -318,7 +322,7 @@ func (h *Heartbeat) Set(s BeatState) {
 
 // Changed signals (coalesced: one pending signal at most) when a network
 // goes fresh or lost, and when the peer's boot, role, epoch, sync or
-// witness flag changes. Read Peer after it fires.
+// witness flag or handoff changes. Read Peer after it fires.
 func (h *Heartbeat) Changed() <-chan struct{} { return h.changed }
 
 // Peer returns what the heartbeats tell of the peer now.
@@ -479,7 +483,7 @@ func (h *Heartbeat) send() {
 		b := Beat{
 			Site: h.cfg.Site, From: h.cfg.Self, Net: n, Boot: h.boot, Seq: h.seq,
 			Role: h.local.Role, Epoch: h.local.Epoch, LSN: h.local.LSN, Sync: h.local.Sync, Witness: h.local.Witness,
-			SentUnixNano: h.cfg.Now().UnixNano(),
+			Handoff: h.local.Handoff, SentUnixNano: h.cfg.Now().UnixNano(),
 		}
 		pkt, err := seal(h.key, b)
 		if err != nil {
@@ -543,7 +547,7 @@ func (h *Heartbeat) accept(n Network, pkt []byte) {
 	h.lastSeq[n] = b.Seq
 	h.bootSent = max(h.bootSent, b.SentUnixNano)
 	h.heard[n] = now
-	if p := h.last; p != nil && (p.Role != b.Role || p.Epoch != b.Epoch || p.Sync != b.Sync || p.Witness != b.Witness) {
+	if p := h.last; p != nil && (p.Role != b.Role || p.Epoch != b.Epoch || p.Sync != b.Sync || p.Witness != b.Witness || p.Handoff != b.Handoff) {
 		notify = true
 	}
 	h.last, h.lastAt = &b, now

@@ -177,8 +177,18 @@ func TestSetIsSentAtOnce(t *testing.T) {
 	if d := time.Since(start); d >= 10*time.Second {
 		t.Errorf("the change took %s: it waited for the tick", d)
 	}
+	// A swact handoff travels the same way.
+	b.Set(BeatState{Role: RoleSteppingDown, Epoch: 6, Handoff: c0})
+	select {
+	case <-a.Changed():
+	case <-time.After(5 * time.Second):
+		t.Fatal("no change signalled after the peer handed off")
+	}
+	if got := a.Peer().Last; got.Role != RoleSteppingDown || got.Handoff != c0 {
+		t.Errorf("Last = %+v; want stepping-down with a handoff to %s", *got, c0)
+	}
 	// An LSN-only change rides the next tick.
-	b.Set(BeatState{Role: RoleActive, Epoch: 6, LSN: 7})
+	b.Set(BeatState{Role: RoleSteppingDown, Epoch: 6, Handoff: c0, LSN: 7})
 	time.Sleep(200 * time.Millisecond) // proving an absence: nothing may arrive in this window
 	if got := a.Peer().Last; got.LSN != 0 {
 		t.Errorf("an LSN-only change was sent at once: %+v", *got)

@@ -230,7 +230,9 @@ type Decision struct {
 	Action Action
 	Reason string
 	Row    string // the decision table row (docs/ha.md), e.g. "D21"
-	Alarm  string // alarm to raise while this holds ("" none)
+	// Alarm: raised while decisions name it; the runner clears it once a
+	// decision no longer does ("" none).
+	Alarm string
 	// Force: taken only because the operator forced it.
 	Force bool
 	// Claim: ask the witness for the next epoch (with the BMC evidence
@@ -307,7 +309,13 @@ type peer struct {
 	lost     bool      // silent on every network for at least LostAfter
 	beat     *Beat     // its last beat (nil: never heard)
 	stale    []Network // networks without a fresh beat, while seen
-	lostText string    // "lost for 1.2s" for reasons
+	peerName string
+	silent   time.Duration
+}
+
+// lostText says how long the peer has been silent, for reasons.
+func (p peer) lostText() string {
+	return fmt.Sprintf("%s silent on every network for %s", p.peerName, p.silent)
 }
 
 func peerOf(v View) peer {
@@ -324,7 +332,7 @@ func peerOf(v View) peer {
 		p.seen = false
 	}
 	p.lost = !p.seen && v.PeerLostFor >= v.Timing.LostAfter
-	p.lostText = fmt.Sprintf("%s silent on every network for %s", v.Peer, v.PeerLostFor)
+	p.peerName, p.silent = v.Peer, v.PeerLostFor
 	return p
 }
 
@@ -392,12 +400,10 @@ func decideActive(v View, p peer) Decision {
 		}
 		return decision("D11", Stay, AlarmHeld, "%s is active at my epoch %d and ranks lower (LSN %d vs %d, then name): it yields", v.Peer, v.Epoch, b.LSN, v.LSN)
 	}
-	if v.Swact == v.Peer {
-		ready := p.seen && b.Role == RoleStandby
+	if v.Swact == v.Peer && p.seen { // a swact to a peer not heard is moot: the rows below handle it
+		ready := b.Role == RoleStandby
 		why := ""
 		switch {
-		case !p.seen:
-			why = v.Peer + " is not heard"
 		case b.Role != RoleStandby:
 			why = fmt.Sprintf("%s is %s, not standby", v.Peer, b.Role)
 		case !b.Sync:
@@ -418,42 +424,46 @@ func decideActive(v View, p peer) Decision {
 		if v.Async && b.Role == RoleStandby && b.LSN >= v.LSN {
 			return decision("D14", GoSync, "", "%s is back and has replayed LSN %d: synchronous again", v.Peer, b.LSN)
 		}
-		if len(p.stale) > 0 {
-			return decision("D15", Stay, "", "%s is heard; lost on %v only: no action on one network", v.Peer, p.stale)
+		alarm, more := "", ""
+		if v.Async {
+			alarm, more = AlarmLostRedundancy, fmt.Sprintf("; replication asynchronous until it replays LSN %d (at %d)", v.LSN, b.LSN)
 		}
-		return decision("D15", Stay, "", "%s is heard", v.Peer)
+		if len(p.stale) > 0 {
+			return decision("D15", Stay, alarm, "%s is heard; lost on %v only: no action on one network%s", v.Peer, p.stale, more)
+		}
+		return decision("D15", Stay, alarm, "%s is heard%s", v.Peer, more)
 	}
 	if !p.lost {
 		return decision("D16", Stay, "", "%s silent for %s, under %s: never act on heartbeat loss alone", v.Peer, v.PeerLostFor, v.Timing.LostAfter)
 	}
 	if v.Async {
-		return decision("D17", Stay, AlarmLostRedundancy, "%s; replication already asynchronous", p.lostText)
+		return decision("D17", Stay, AlarmLostRedundancy, "%s; replication already asynchronous", p.lostText())
 	}
 	if ms {
 		if !v.Etcd.PeerLease || v.bmcOff() {
-			return decision("D18", GoAsync, AlarmLostRedundancy, "%s, its etcd lease expired or %s: standby failed; replication asynchronous", p.lostText, v.bmcText())
+			return decision("D18", GoAsync, AlarmLostRedundancy, "%s, its etcd lease expired or %s: standby failed; replication asynchronous", p.lostText(), v.bmcText())
 		}
-		return decision("D19", Hold, AlarmHeld, "%s but its etcd lease is alive (cut off from me only): replication stays synchronous, writes block", p.lostText)
+		return decision("D19", Hold, AlarmHeld, "%s but its etcd lease is alive (cut off from me only): replication stays synchronous, writes block", p.lostText())
 	}
 	if w.Configured && w.Reachable {
 		switch {
 		case v.bmcOff():
-			return decision("D20", GoAsync, AlarmLostRedundancy, "%s and %s: standby failed; replication asynchronous (witness countersigns with the BMC evidence)", p.lostText, v.bmcText())
+			return decision("D20", GoAsync, AlarmLostRedundancy, "%s and %s: standby failed; replication asynchronous (witness countersigns with the BMC evidence)", p.lostText(), v.bmcText())
 		case w.Verdict == VerdictPeerLost:
-			return decision("D21", GoAsync, AlarmLostRedundancy, "%s and its witness lease expired: standby failed; replication asynchronous (witness countersigns)", p.lostText)
+			return decision("D21", GoAsync, AlarmLostRedundancy, "%s and its witness lease expired: standby failed; replication asynchronous (witness countersigns)", p.lostText())
 		case w.Verdict == VerdictPeerAlive:
-			return decision("D22", Hold, AlarmHeld, "%s but the witness sees it alive: a partition between the controllers; replication stays synchronous, writes block until the link returns or its lease lapses", p.lostText)
+			return decision("D22", Hold, AlarmHeld, "%s but the witness sees it alive: a partition between the controllers; replication stays synchronous, writes block until the link returns or its lease lapses", p.lostText())
 		}
-		return decision("D23", Hold, "", "%s; waiting for the witness's verdict", p.lostText)
+		return decision("D23", Hold, "", "%s; waiting for the witness's verdict", p.lostText())
 	}
 	if w.Configured && w.LeaseValid {
 		if v.bmcOff() {
-			return decision("D24", GoAsync, AlarmLostRedundancy, "%s and %s; the witness is silent but my lease is valid: standby failed; replication asynchronous (epoch registered at the witness later)", p.lostText, v.bmcText())
+			return decision("D24", GoAsync, AlarmLostRedundancy, "%s and %s; the witness is silent but my lease is valid: standby failed; replication asynchronous (epoch registered at the witness later)", p.lostText(), v.bmcText())
 		}
-		return decision("D25", Hold, "", "%s; the witness is silent and my lease still valid: waiting for it or for the lease to lapse", p.lostText)
+		return decision("D25", Hold, "", "%s; the witness is silent and my lease still valid: waiting for it or for the lease to lapse", p.lostText())
 	}
 	if w.Configured && p.hadWitness() {
-		return decision("D26", StepDown, AlarmHeld, "%s; my witness lease lapsed while %s still held one when last heard: it may be taking over through the witness", p.lostText, v.Peer)
+		return decision("D26", StepDown, AlarmHeld, "%s; my witness lease lapsed while %s still held one when last heard: it may be taking over through the witness", p.lostText(), v.Peer)
 	}
 	// The BMC race.
 	arb := "no witness"
@@ -462,11 +472,11 @@ func decideActive(v View, p peer) Decision {
 	}
 	switch {
 	case v.bmcOff():
-		return decision("D27", GoAsync, AlarmLostRedundancy, "%s, %s and %s: standby failed; replication asynchronous", p.lostText, arb, v.bmcText())
+		return decision("D27", GoAsync, AlarmLostRedundancy, "%s, %s and %s: standby failed; replication asynchronous", p.lostText(), arb, v.bmcText())
 	case v.bmcOn() && !v.fenceTimedOut():
-		return decision("D28", Fence, "", "%s, %s and %s: fence it (the active's fence delay is 0)", p.lostText, arb, v.bmcText())
+		return decision("D28", Fence, "", "%s, %s and %s: fence it (the active's fence delay is 0)", p.lostText(), arb, v.bmcText())
 	case v.bmcOn():
-		return decision("D29", Hold, AlarmHeld, "%s, %s; the fence issued %s ago is not read back off: writes block", p.lostText, arb, v.BMC.FenceIssuedAgo)
+		return decision("D29", Hold, AlarmHeld, "%s, %s; the fence issued %s ago is not read back off: writes block", p.lostText(), arb, v.BMC.FenceIssuedAgo)
 	}
 	if w.Configured {
 		return decision("D30", Hold, AlarmHeld, "cannot confirm the standby's state: witness unreachable and %s; writes block", v.bmcText())
@@ -524,7 +534,7 @@ func decideStandby(v View, p peer) Decision {
 	}
 	if !v.Sync {
 		if !v.Force {
-			return decision("D40", Hold, AlarmHeld, "%s, but I was not its synchronous, caught-up standby: taking over would lose acknowledged writes (--force takes over anyway)", p.lostText)
+			return decision("D40", Hold, AlarmHeld, "%s, but I was not its synchronous, caught-up standby: taking over would lose acknowledged writes (--force takes over anyway)", p.lostText())
 		}
 		d := standbyPeerLost(v, p)
 		if (d.Action == TakeOver || d.Action == Fence) && !d.Force {
@@ -542,56 +552,56 @@ func standbyPeerLost(v View, p peer) Decision {
 		e := v.Etcd
 		switch {
 		case !e.Quorum:
-			return decision("D41", Hold, AlarmHeld, "%s and no etcd quorum: cannot campaign", p.lostText)
+			return decision("D41", Hold, AlarmHeld, "%s and no etcd quorum: cannot campaign", p.lostText())
 		case e.LeaderEpoch > v.Epoch:
-			return refuse(v, "D42", Hold, AlarmHeld, "%s; etcd holds epoch %d, newer than mine (%d): the active went on without me", p.lostText, e.LeaderEpoch, v.Epoch)
+			return refuse(v, "D42", Hold, AlarmHeld, "%s; etcd holds epoch %d, newer than mine (%d): the active went on without me", p.lostText(), e.LeaderEpoch, v.Epoch)
 		case e.Leader == v.Peer && v.bmcOff():
-			return decision("D43", TakeOver, "", "%s and %s: revoke its election lease early and campaign", p.lostText, v.bmcText())
+			return decision("D43", TakeOver, "", "%s and %s: revoke its election lease early and campaign", p.lostText(), v.bmcText())
 		case e.Leader == v.Peer:
-			return decision("D44", Hold, AlarmHeld, "%s but it still renews its election lease: cut off from me only", p.lostText)
+			return decision("D44", Hold, AlarmHeld, "%s but it still renews its election lease: cut off from me only", p.lostText())
 		case e.Leader != v.Self:
 			// Campaign first: when both controllers are standbys that lost
 			// each other, etcd picks one, and only that one fences.
-			d := decision("D45", Hold, "", "%s and its election lease expired: campaigning", p.lostText)
+			d := decision("D45", Hold, "", "%s and its election lease expired: campaigning", p.lostText())
 			d.Claim = true
 			return d
 		case v.bmcOn() && !v.fenceTimedOut():
-			return decision("D46", Fence, "", "%s; I won the election and %s: fence it before taking over", p.lostText, v.bmcText())
+			return decision("D46", Fence, "", "%s; I won the election and %s: fence it before taking over", p.lostText(), v.bmcText())
 		}
-		return decision("D47", TakeOver, "", "%s; I won the election (%s): take over", p.lostText, v.bmcText())
+		return decision("D47", TakeOver, "", "%s; I won the election (%s): take over", p.lostText(), v.bmcText())
 	}
 	w := v.Witness
 	if w.Configured && w.Reachable {
 		switch {
 		case w.Holder != v.Self && w.HolderEpoch > v.Epoch:
-			return refuse(v, "D48", Hold, AlarmHeld, "%s; the witness holds epoch %d for %s, newer than mine (%d): the active went on without me", p.lostText, w.HolderEpoch, orNobody(w.Holder), v.Epoch)
+			return refuse(v, "D48", Hold, AlarmHeld, "%s; the witness holds epoch %d for %s, newer than mine (%d): the active went on without me", p.lostText(), w.HolderEpoch, orNobody(w.Holder), v.Epoch)
 		case w.Granted && v.bmcOn() && !v.fenceTimedOut():
-			return decision("D49", Fence, "", "%s; the witness granted me the next epoch; %s: fence it before taking over", p.lostText, v.bmcText())
+			return decision("D49", Fence, "", "%s; the witness granted me the next epoch; %s: fence it before taking over", p.lostText(), v.bmcText())
 		case w.Granted:
-			return decision("D50", TakeOver, "", "%s; the witness granted me the next epoch (%s)", p.lostText, v.bmcText())
+			return decision("D50", TakeOver, "", "%s; the witness granted me the next epoch (%s)", p.lostText(), v.bmcText())
 		case v.bmcOff():
-			d := decision("D51", Hold, "", "%s and %s: claiming the epoch at the witness with the BMC evidence", p.lostText, v.bmcText())
+			d := decision("D51", Hold, "", "%s and %s: claiming the epoch at the witness with the BMC evidence", p.lostText(), v.bmcText())
 			d.Claim = true
 			return d
 		case w.Verdict == VerdictPeerLost:
-			d := decision("D52", Hold, "", "%s and its witness lease expired: claiming the epoch at the witness", p.lostText)
+			d := decision("D52", Hold, "", "%s and its witness lease expired: claiming the epoch at the witness", p.lostText())
 			d.Claim = true
 			return d
 		case w.Verdict == VerdictPeerAlive:
-			return refuse(v, "D53", Hold, AlarmHeld, "%s but the witness sees it alive: cut off from me only; no takeover", p.lostText)
+			return refuse(v, "D53", Hold, AlarmHeld, "%s but the witness sees it alive: cut off from me only; no takeover", p.lostText())
 		}
-		d := decision("D54", Hold, "", "%s; no verdict from the witness yet: claiming", p.lostText)
+		d := decision("D54", Hold, "", "%s; no verdict from the witness yet: claiming", p.lostText())
 		d.Claim = true
 		return d
 	}
 	if w.Configured && w.LeaseValid {
 		if v.bmcOff() {
-			return decision("D55", TakeOver, "", "%s and %s; the witness is silent but my lease is valid, so the active cannot have gone on without me: take over (epoch registered at the witness later)", p.lostText, v.bmcText())
+			return decision("D55", TakeOver, "", "%s and %s; the witness is silent but my lease is valid, so the active cannot have gone on without me: take over (epoch registered at the witness later)", p.lostText(), v.bmcText())
 		}
-		return decision("D56", Hold, "", "%s; the witness is silent and my lease still valid: waiting for it or for the lease to lapse", p.lostText)
+		return decision("D56", Hold, "", "%s; the witness is silent and my lease still valid: waiting for it or for the lease to lapse", p.lostText())
 	}
 	if w.Configured && p.hadWitness() {
-		return refuse(v, "D57", Hold, AlarmHeld, "%s; my witness lease lapsed while %s held one when last heard: it may have gone asynchronous through the witness; deferring to it", p.lostText, v.Peer)
+		return refuse(v, "D57", Hold, AlarmHeld, "%s; my witness lease lapsed while %s held one when last heard: it may have gone asynchronous through the witness; deferring to it", p.lostText(), v.Peer)
 	}
 	// The BMC race.
 	arb := "no witness"
@@ -600,13 +610,13 @@ func standbyPeerLost(v View, p peer) Decision {
 	}
 	switch {
 	case v.bmcOff():
-		return decision("D58", TakeOver, "", "%s, %s and %s: take over", p.lostText, arb, v.bmcText())
+		return decision("D58", TakeOver, "", "%s, %s and %s: take over", p.lostText(), arb, v.bmcText())
 	case v.bmcOn() && v.PeerLostFor < v.Timing.LostAfter+v.Timing.FenceDelay:
-		return decision("D59", Hold, "", "%s, %s and %s: the standby's fence delay (%s) runs first", p.lostText, arb, v.bmcText(), v.Timing.FenceDelay)
+		return decision("D59", Hold, "", "%s, %s and %s: the standby's fence delay (%s) runs first", p.lostText(), arb, v.bmcText(), v.Timing.FenceDelay)
 	case v.bmcOn() && !v.fenceTimedOut():
-		return decision("D60", Fence, "", "%s, %s and %s: fence it, then take over", p.lostText, arb, v.bmcText())
+		return decision("D60", Fence, "", "%s, %s and %s: fence it, then take over", p.lostText(), arb, v.bmcText())
 	case v.bmcOn():
-		return refuse(v, "D61", Hold, AlarmHeld, "%s, %s; the fence issued %s ago is not read back off: no takeover", p.lostText, arb, v.BMC.FenceIssuedAgo)
+		return refuse(v, "D61", Hold, AlarmHeld, "%s, %s; the fence issued %s ago is not read back off: no takeover", p.lostText(), arb, v.BMC.FenceIssuedAgo)
 	}
 	if w.Configured {
 		return refuse(v, "D62", Hold, AlarmHeld, "witness unreachable and %s: the standby does not take over", v.bmcText())

@@ -35,9 +35,10 @@ type Beat struct {
 	Sync  bool   `json:"sync"`
 	// Witness: the sender's witness lease was valid (WitnessView.LeaseValid).
 	Witness bool `json:"witness"`
-	// Handoff: the sender stepped down for a swact to this controller.
+	// Handoff names the controller the sender stepped down for (a swact);
+	// that controller takes it as the swact to itself.
 	Handoff      string `json:"handoff,omitempty"`
-	SentUnixNano int64 `json:"sent_unix_nano"`
+	SentUnixNano int64  `json:"sent_unix_nano"`
 }
 
 // BeatState is what a controller publishes in its beats (Heartbeat.Set).
@@ -138,8 +139,8 @@ func seal(key []byte, b Beat) ([]byte, error) {
 	return m.Sum(body), nil
 }
 
-// open checks a datagram's MAC and decodes it.
-func open(key, pkt []byte) (Beat, string) {
+// unseal checks a datagram's MAC and decodes it.
+func unseal(key, pkt []byte) (Beat, string) {
 	if len(pkt) <= sha256.Size {
 		return Beat{}, "short"
 	}
@@ -321,7 +322,7 @@ func (h *Heartbeat) Set(s BeatState) {
 
 // Changed signals (coalesced: one pending signal at most) when a network
 // goes fresh or lost, and when the peer's boot, role, epoch, sync or
-// witness flag changes. Read Peer after it fires.
+// witness flag or handoff changes. Read Peer after it fires.
 func (h *Heartbeat) Changed() <-chan struct{} { return h.changed }
 
 // Peer returns what the heartbeats tell of the peer now.
@@ -481,8 +482,8 @@ func (h *Heartbeat) send() {
 		h.seq++
 		b := Beat{
 			Site: h.cfg.Site, From: h.cfg.Self, Net: n, Boot: h.boot, Seq: h.seq,
-			Role: h.local.Role, Epoch: h.local.Epoch, LSN: h.local.LSN, Sync: h.local.Sync, Witness: h.local.Witness, Handoff: h.local.Handoff,
-			SentUnixNano: h.cfg.Now().UnixNano(),
+			Role: h.local.Role, Epoch: h.local.Epoch, LSN: h.local.LSN, Sync: h.local.Sync, Witness: h.local.Witness,
+			Handoff: h.local.Handoff, SentUnixNano: h.cfg.Now().UnixNano(),
 		}
 		pkt, err := seal(h.key, b)
 		if err != nil {
@@ -509,6 +510,7 @@ func (h *Heartbeat) receive(ctx context.Context, n Network) error {
 				return nil
 			}
 			h.log.Warn("heartbeat receive", "net", string(n), "err", err)
+			time.Sleep(h.cfg.Interval) // no hot loop on a persistent error; Close ends the next read
 			continue
 		}
 		h.accept(n, buf[:k])
@@ -517,17 +519,17 @@ func (h *Heartbeat) receive(ctx context.Context, n Network) error {
 
 // accept checks one datagram from network n and records it.
 func (h *Heartbeat) accept(n Network, pkt []byte) {
-	b, why := open(h.key, pkt)
+	b, why := unseal(h.key, pkt)
 	h.mu.Lock()
 	defer h.mu.Unlock()
+	now := h.cfg.Now()
 	if why == "" {
-		why = h.checkLocked(n, b)
+		why = h.checkLocked(n, b, now)
 	}
 	if why != "" {
 		h.rejected[why]++
 		return
 	}
-	now := h.cfg.Now()
 	wasFresh := h.freshLocked(now)[n]
 	notify := !wasFresh
 	if b.Boot != h.peerBoot {
@@ -559,7 +561,7 @@ func (h *Heartbeat) accept(n Network, pkt []byte) {
 }
 
 // checkLocked returns why a beat with a good MAC is refused ("" if not).
-func (h *Heartbeat) checkLocked(n Network, b Beat) string {
+func (h *Heartbeat) checkLocked(n Network, b Beat, now time.Time) string {
 	switch {
 	case b.Site != h.cfg.Site:
 		return "site"
@@ -573,10 +575,25 @@ func (h *Heartbeat) checkLocked(n Network, b Beat) string {
 		if b.Seq <= h.lastSeq[n] {
 			return "replay"
 		}
-	case h.retired[b.Boot] || (h.peerBoot != "" && b.SentUnixNano <= h.bootSent):
+	case h.retired[b.Boot]:
+		return "old-boot"
+	case h.peerBoot != "" && b.SentUnixNano <= h.bootSent && !h.silentLocked(now):
 		// A new boot must be later than the current one by the sender's own
-		// clock: a replay of an earlier boot is not.
+		// clock, so a replay of an earlier boot is refused. Once the current
+		// boot has been silent for LostAfter, a new one is accepted anyway:
+		// a peer whose clock stepped back across its restart must not look
+		// lost (and be fenced) while it runs.
 		return "old-boot"
 	}
 	return ""
+}
+
+// silentLocked: no network heard the peer within LostAfter.
+func (h *Heartbeat) silentLocked(now time.Time) bool {
+	for _, up := range h.freshLocked(now) {
+		if up {
+			return false
+		}
+	}
+	return true
 }

@@ -206,7 +206,9 @@ func (w *witness) claim(ctx context.Context, site string, c linkproto.WitnessCla
 		// A holder that renews as standby has stepped down; one that
 		// says active or starting (or has not been heard yet) keeps the
 		// role while its lease runs.
-		if !w.expired(h, now) && h.role != linkproto.RoleStandby {
+		// A claimant that read the holder's BMC as off needs no lease to
+		// run out: a powered-off controller serves nothing.
+		if !w.expired(h, now) && h.role != linkproto.RoleStandby && !c.PeerPowerOff {
 			return refuse(linkproto.RefusedHolderAlive)
 		}
 		if s.heard[c.Controller].epoch < s.holderEpoch {

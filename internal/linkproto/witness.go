@@ -79,6 +79,9 @@ type WitnessClaim struct {
 	Epoch      uint64 `json:"epoch"`
 	LSN        uint64 `json:"lsn"`
 	Reason     string `json:"reason"`
+	// PeerPowerOff: the claimant read the other controller's BMC as
+	// powered off (docs/ha.md D51): the holder's lease need not run out.
+	PeerPowerOff bool `json:"peer_power_off,omitempty"`
 }
 
 // WitnessGrant answers a claim. Holder and HolderEpoch are the site's

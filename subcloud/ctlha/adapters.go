@@ -8,6 +8,7 @@ import (
 
 	"github.com/petrel-edge/petrel/faultmgr"
 	"github.com/petrel-edge/petrel/hostmgr/bmc"
+	"github.com/petrel-edge/petrel/internal/linkproto"
 	"github.com/petrel-edge/petrel/internal/pgrepl"
 	"github.com/petrel-edge/petrel/internal/sqldb"
 	"github.com/petrel-edge/petrel/servicemgr/sqlledger"
@@ -47,8 +48,8 @@ func (w witnessView) View(peer string) (bool, Verdict, string, uint64, time.Time
 	return true, v, st.Holder, st.HolderEpoch, at
 }
 
-func (w witnessView) Claim(ctx context.Context, epoch, lsn uint64, reason string) (bool, string, error) {
-	g, err := w.c.Claim(ctx, epoch, lsn, reason)
+func (w witnessView) Claim(ctx context.Context, epoch, lsn uint64, peerOff bool, reason string) (bool, string, error) {
+	g, err := w.c.ClaimWith(ctx, linkproto.WitnessClaim{Epoch: epoch, LSN: lsn, Reason: reason, PeerPowerOff: peerOff})
 	if err != nil {
 		return false, "", err
 	}

@@ -524,6 +524,11 @@ func decideStandby(v View, p peer) Decision {
 		// catch up (nobody writes WAL): rank instead.
 		case ms && (!v.Etcd.Quorum || v.Etcd.Leader == v.Peer):
 			return decision("D36", Stay, "", "no active: no etcd quorum here, or %s holds the election key", v.Peer)
+		case ms && v.Etcd.Leader == v.Self:
+			// Both candidacies stay queued: when the active's process
+			// restarts or resigns, the standby's wins, and the restarted
+			// one follows the key (D66) whatever the ranking says.
+			return decision("D79", TakeOver, "", "no active and I hold the election key (%s is %s)", v.Peer, b.Role)
 		case v.ranksAbovePeer(b):
 			return decision("D37", TakeOver, "", "no active: I rank above %s (epoch %d/%d, LSN %d/%d)", v.Peer, v.Epoch, b.Epoch, v.LSN, b.LSN)
 		}

@@ -127,6 +127,7 @@ func rowCases() []rowCase {
 		{"D34 standby waits: peer stepping down", view(S, peerRole(RoleSteppingDown)), Stay, "", false, false},
 		{"D35 two standbys: the swact target takes over", view(S, peerRole(S), set(func(v *View) { v.Swact = c1 })), Stay, "", false, false},
 		{"D36 two standbys, multi-server: peer holds the key", view(S, ms, peerRole(S)), Stay, "", false, false},
+		{"D79 two standbys, multi-server: I hold the key", view(S, ms, peerRole(RoleStarting), set(func(v *View) { v.Etcd.Leader = c0 })), TakeOver, "", false, false},
 		{"D37 two standbys: the better-ranked takes over", view(S, peerRole(S)), TakeOver, "", false, false},
 		{"D38 two standbys: the lower-ranked stays", view(S, peerRole(S), beat(func(b *Beat) { b.LSN = 101 })), Stay, "", false, false},
 		{"D39 standby stays: silent under LostAfter", view(S, lostFor(500*time.Millisecond)), Stay, "", false, false},
@@ -989,7 +990,7 @@ func TestModelNoSplitBrain(t *testing.T) {
 	// arise to be resolved (D10, D11); a witness that answers without a
 	// verdict (D23, D54); a restarted runner that still holds the
 	// election key (D67); and --force (F1-F3).
-	unreached := []string{"D1", "D2", "D3", "D4", "D10", "D11", "D23", "D33", "D34", "D54", "D64", "D67", "F1", "F2", "F3"}
+	unreached := []string{"D1", "D2", "D3", "D4", "D10", "D11", "D23", "D33", "D34", "D54", "D64", "D67", "D79", "F1", "F2", "F3"}
 	for _, c := range rowCases() {
 		row := strings.Fields(c.name)[0]
 		if hit := rows[row] > 0; hit == slices.Contains(unreached, row) {

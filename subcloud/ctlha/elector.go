@@ -87,7 +87,8 @@ func (e *EtcdElector) Lost() <-chan struct{} { return e.lead.Lost() }
 // epochKey records the last epoch a controller took over at, and who.
 func (e *EtcdElector) epochKey() string { return e.prefix + "-epoch" }
 
-// View reads the election: quorum, leader and epoch, the peer's lease.
+// View reads the election: quorum, the leader (the oldest candidacy),
+// the peer's lease, and the epoch last recorded at a takeover and by whom.
 func (e *EtcdElector) View(ctx context.Context, peer string) EtcdView {
 	var v EtcdView
 	resp, err := e.cli.Etcd().Get(ctx, e.prefix+"/", clientv3.WithPrefix(), clientv3.WithSort(clientv3.SortByCreateRevision, clientv3.SortAscend))
@@ -97,7 +98,7 @@ func (e *EtcdElector) View(ctx context.Context, peer string) EtcdView {
 	v.Quorum = true
 	for i, kv := range resp.Kvs {
 		if i == 0 {
-			v.Leader, v.LeaderEpoch = string(kv.Value), uint64(kv.CreateRevision)
+			v.Leader = string(kv.Value)
 		}
 		if string(kv.Value) == peer {
 			v.PeerLease = true
@@ -107,13 +108,7 @@ func (e *EtcdElector) View(ctx context.Context, peer string) EtcdView {
 	if err == nil && len(rec.Kvs) > 0 {
 		epoch, holder, _ := strings.Cut(string(rec.Kvs[0].Value), " ")
 		if n, err := strconv.ParseUint(epoch, 10, 64); err == nil {
-			if v.Leader == "" || v.Leader == holder {
-				v.LeaderEpoch = max(v.LeaderEpoch, n)
-			}
-			if v.Leader == "" {
-				v.LeaderEpoch = n
-			}
-			v.EpochHolder = holder
+			v.LeaderEpoch, v.EpochHolder = n, holder
 		}
 	}
 	return v

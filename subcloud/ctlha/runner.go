@@ -96,7 +96,9 @@ type WitnessClient interface {
 	// View: whether the witness answers, its verdict on the peer, the
 	// holder of the latest epoch, and when it last answered.
 	View(peer string) (reachable bool, verdict Verdict, holder string, holderEpoch uint64, at time.Time)
-	Claim(ctx context.Context, epoch, lsn uint64, reason string) (granted bool, reason2 string, err error)
+	// Claim asks for epoch; peerOff: the peer's BMC reads off (the
+	// witness need not wait out its lease).
+	Claim(ctx context.Context, epoch, lsn uint64, peerOff bool, reason string) (granted bool, why string, err error)
 }
 
 // Elector is the controllers' election in the site's etcd (multi-server):
@@ -263,7 +265,7 @@ func (r *Runner) step(ctx context.Context) {
 	case Fence:
 		r.fence(ctx, d)
 	case GoAsync:
-		r.goAsync(ctx, d)
+		r.goAsync(ctx, v, d)
 	case GoSync:
 		r.goSync(ctx)
 	case Follow:
@@ -428,7 +430,7 @@ func (r *Runner) claim(ctx context.Context, v View, d Decision) {
 		return
 	}
 	cctx, cancel := context.WithTimeout(ctx, 2*time.Second)
-	ok, why, err := w.Claim(cctx, max(v.Epoch, v.Witness.HolderEpoch)+1, v.LSN, d.Row+": "+d.Reason)
+	ok, why, err := w.Claim(cctx, max(v.Epoch, v.Witness.HolderEpoch)+1, v.LSN, v.BMC.Power == PowerOff, d.Row+": "+d.Reason)
 	cancel()
 	switch {
 	case err != nil:
@@ -452,7 +454,7 @@ func (r *Runner) countersign(ctx context.Context, v View) {
 		return // Decide steps down (D6)
 	}
 	cctx, cancel := context.WithTimeout(ctx, 2*time.Second)
-	ok, why, err := w.Claim(cctx, v.Epoch, v.LSN, "registering epoch taken while the witness was away")
+	ok, why, err := w.Claim(cctx, v.Epoch, v.LSN, v.BMC.Power == PowerOff, "registering epoch taken while the witness was away")
 	cancel()
 	if err == nil && !ok {
 		r.hold("the witness refused to register epoch " + fmt.Sprint(v.Epoch) + ": " + why)
@@ -487,7 +489,7 @@ func (r *Runner) takeOver(ctx context.Context, v View, d Decision) error {
 		epoch = v.Witness.HolderEpoch
 	case v.Witness.Reachable:
 		cctx, cancel := context.WithTimeout(ctx, 2*time.Second)
-		ok, why, err := r.cfg.Witness.Claim(cctx, epoch, v.LSN, d.Row+": "+d.Reason)
+		ok, why, err := r.cfg.Witness.Claim(cctx, epoch, v.LSN, v.BMC.Power == PowerOff, d.Row+": "+d.Reason)
 		cancel()
 		if err != nil {
 			return fmt.Errorf("witness: %w", err)
@@ -705,7 +707,7 @@ func (r *Runner) fence(ctx context.Context, d Decision) {
 // goAsync stops waiting for the failed standby: commits no longer wait
 // for it, under a new epoch on duplex (countersigned by the witness when
 // it answers), recorded in the history.
-func (r *Runner) goAsync(ctx context.Context, d Decision) {
+func (r *Runner) goAsync(ctx context.Context, v View, d Decision) {
 	r.mu.Lock()
 	if r.async {
 		r.mu.Unlock()
@@ -717,7 +719,7 @@ func (r *Runner) goAsync(ctx context.Context, d Decision) {
 		epoch++
 		if w := r.cfg.Witness; w != nil {
 			cctx, cancel := context.WithTimeout(ctx, 2*time.Second)
-			ok, why, err := w.Claim(cctx, epoch, 0, "standby failed: "+d.Row)
+			ok, why, err := w.Claim(cctx, epoch, 0, v.BMC.Power == PowerOff, "standby failed: "+d.Row)
 			cancel()
 			if err == nil && !ok {
 				r.hold("the witness refused the switch to asynchronous: " + why)

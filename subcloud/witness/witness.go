@@ -143,6 +143,12 @@ func (c *Client) State() (st State, reachable bool, at time.Time) {
 // answer comes before ctx ends or the session drops; a refusal is a Grant
 // with Granted false and its reason.
 func (c *Client) Claim(ctx context.Context, epoch, lsn uint64, reason string) (Grant, error) {
+	return c.ClaimWith(ctx, linkproto.WitnessClaim{Epoch: epoch, LSN: lsn, Reason: reason})
+}
+
+// ClaimWith is Claim with the claim's every field (PeerPowerOff: the
+// claimant read the peer's BMC as off).
+func (c *Client) ClaimWith(ctx context.Context, claim linkproto.WitnessClaim) (Grant, error) {
 	c.mu.Lock()
 	s := c.cur
 	c.mu.Unlock()
@@ -152,8 +158,8 @@ func (c *Client) Claim(ctx context.Context, epoch, lsn uint64, reason string) (G
 	if _, err := s.call(ctx, c.renewMessage()); err != nil {
 		return Grant{}, err
 	}
-	m, err := s.call(ctx, linkproto.Message{Type: linkproto.TypeWitnessClaim, Claim: &linkproto.WitnessClaim{
-		Controller: c.cfg.Controller, Epoch: epoch, LSN: lsn, Reason: reason}})
+	claim.Controller = c.cfg.Controller
+	m, err := s.call(ctx, linkproto.Message{Type: linkproto.TypeWitnessClaim, Claim: &claim})
 	if err != nil {
 		return Grant{}, err
 	}

@@ -34,7 +34,7 @@ var _ SubcloudStore = (*sqlStore)(nil)
 // OpenSubcloudStore migrates the schema and returns the subcloud registry
 // kept in db.
 func OpenSubcloudStore(ctx context.Context, db *sqldb.DB) (SubcloudStore, error) {
-	if err := db.WithContext(ctx).AutoMigrate(&subcloudRow{}); err != nil {
+	if err := sqldb.Migrate(ctx, db, &subcloudRow{}); err != nil {
 		return nil, fmt.Errorf("central: migrate: %w", err)
 	}
 	return &sqlStore{db: db}, nil

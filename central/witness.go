@@ -82,7 +82,7 @@ type heard struct {
 }
 
 func openWitness(ctx context.Context, db *sqldb.DB, ttl time.Duration, log *slog.Logger) (*witness, error) {
-	if err := db.WithContext(ctx).AutoMigrate(&witnessRow{}); err != nil {
+	if err := sqldb.Migrate(ctx, db, &witnessRow{}); err != nil {
 		return nil, fmt.Errorf("central: migrate witness: %w", err)
 	}
 	if ttl <= 0 {

@@ -58,7 +58,7 @@ var _ auth.Store = (*Store)(nil)
 // Open migrates the schema, makes sure the admin project exists, and
 // returns the store.
 func Open(ctx context.Context, db *sqldb.DB) (*Store, error) {
-	if err := db.WithContext(ctx).AutoMigrate(&projectRow{}, &userRow{}, &tokenRow{}); err != nil {
+	if err := sqldb.Migrate(ctx, db, &projectRow{}, &userRow{}, &tokenRow{}); err != nil {
 		return nil, fmt.Errorf("authdb: migrate: %w", err)
 	}
 	admin := projectRow{Name: auth.DefaultProject, Description: "the cloud's administrators", CreatedAt: time.Now().UTC()}

@@ -61,7 +61,7 @@ var (
 
 // Open migrates the schema and returns the store.
 func Open(ctx context.Context, db *sqldb.DB) (*Store, error) {
-	if err := db.WithContext(ctx).AutoMigrate(&imageRow{}, &flavorRow{}, &serverRow{}, &groupRow{}); err != nil {
+	if err := sqldb.Migrate(ctx, db, &imageRow{}, &flavorRow{}, &serverRow{}, &groupRow{}); err != nil {
 		return nil, fmt.Errorf("computedb: migrate: %w", err)
 	}
 	return &Store{db: db}, nil

@@ -66,7 +66,7 @@ func Open(ctx context.Context, db *sqldb.DB) (*Store, error) {
 			}
 		}
 	}
-	if err := db.WithContext(ctx).AutoMigrate(&eventRow{}, &alarmRow{}, &suppressionRow{}, &metaRow{},
+	if err := sqldb.Migrate(ctx, db, &eventRow{}, &alarmRow{}, &suppressionRow{}, &metaRow{},
 		&siteCursorRow{}); err != nil {
 		return nil, fmt.Errorf("faultdb: migrate: %w", err)
 	}

@@ -40,7 +40,7 @@ func (webhookRow) TableName() string { return "fm_webhooks" }
 
 // migrateWebhooks creates or updates the webhook table; Open calls it.
 func migrateWebhooks(ctx context.Context, db *sqldb.DB) error {
-	if err := db.WithContext(ctx).AutoMigrate(&webhookRow{}); err != nil {
+	if err := sqldb.Migrate(ctx, db, &webhookRow{}); err != nil {
 		return fmt.Errorf("faultdb: migrate webhooks: %w", err)
 	}
 	return nil

@@ -3,6 +3,7 @@ package server
 import (
 	_ "embed"
 	"fmt"
+	"sync"
 
 	"sigs.k8s.io/yaml"
 
@@ -19,6 +20,22 @@ func BaseOpenAPI() []byte { return baseSpec }
 // in: its paths and its components (schemas, parameters, responses) are
 // added; a name defined twice is an error.
 func MergeOpenAPI(fragment []byte) ([]byte, error) {
+	// A process builds the same daemon again and again (a controller
+	// pair's active one at every takeover): merge each fragment once.
+	if b, ok := merged.Load(string(fragment)); ok {
+		return b.([]byte), nil
+	}
+	b, err := mergeOpenAPI(fragment)
+	if err == nil {
+		merged.Store(string(fragment), b)
+	}
+	return b, err
+}
+
+// merged caches MergeOpenAPI's results by fragment.
+var merged sync.Map
+
+func mergeOpenAPI(fragment []byte) ([]byte, error) {
 	var base, frag map[string]any
 	if err := yaml.Unmarshal(baseSpec, &base); err != nil {
 		return nil, fmt.Errorf("server: shared OpenAPI: %w", err)

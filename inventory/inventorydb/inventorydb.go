@@ -55,7 +55,7 @@ var _ inventory.Store = (*Store)(nil)
 
 // Open migrates the schema, loads every host and returns the store.
 func Open(ctx context.Context, db *sqldb.DB) (*Store, error) {
-	if err := db.WithContext(ctx).AutoMigrate(&hostRow{}, &joinTokenRow{}, &hostCertRow{}, &bmcSecretRow{}); err != nil {
+	if err := sqldb.Migrate(ctx, db, &hostRow{}, &joinTokenRow{}, &hostCertRow{}, &bmcSecretRow{}); err != nil {
 		return nil, fmt.Errorf("inventorydb: migrate: %w", err)
 	}
 	s := &Store{db: db, byUUID: map[string]inventory.Host{}, byName: map[string]string{}}

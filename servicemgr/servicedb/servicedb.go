@@ -35,7 +35,7 @@ var _ servicemgr.Specs = (*Store)(nil)
 
 // Open migrates the schema and returns the store.
 func Open(ctx context.Context, db *sqldb.DB) (*Store, error) {
-	if err := db.WithContext(ctx).AutoMigrate(&groupRow{}); err != nil {
+	if err := sqldb.Migrate(ctx, db, &groupRow{}); err != nil {
 		return nil, fmt.Errorf("servicedb: migrate: %w", err)
 	}
 	return &Store{db: db}, nil

@@ -68,7 +68,7 @@ func Open(ctx context.Context, cfg Config) (*Ledger, error) {
 	if cfg.DB == nil {
 		return nil, errors.New("sqlledger: DB is required")
 	}
-	if err := cfg.DB.WithContext(ctx).AutoMigrate(&groupRow{}, &slotRow{}); err != nil {
+	if err := sqldb.Migrate(ctx, cfg.DB, &groupRow{}, &slotRow{}); err != nil {
 		return nil, fmt.Errorf("sqlledger: migrate: %w", err)
 	}
 	return &Ledger{cfg: cfg}, nil

@@ -16,6 +16,11 @@ import (
 
 // withLab runs fn against a throwaway lab with the given sites.
 func withLab(ctx context.Context, binary, sites string, log io.Writer, fn func(f *lab.File) error) error {
+	return withLabConfig(ctx, binary, sites, false, log, fn)
+}
+
+// withLabConfig is withLab; noDemo leaves the demo service group out.
+func withLabConfig(ctx context.Context, binary, sites string, noDemo bool, log io.Writer, fn func(f *lab.File) error) error {
 	specs, err := lab.ParseSites(sites)
 	if err != nil {
 		return err
@@ -24,16 +29,29 @@ func withLab(ctx context.Context, binary, sites string, log io.Writer, fn func(f
 	if err != nil {
 		return err
 	}
-	defer os.RemoveAll(dir)
+	keep := os.Getenv("PETREL_BENCH_KEEP") != "" // keep a failed run's lab to read its logs
+	defer func() {
+		if !keep {
+			os.RemoveAll(dir)
+		}
+	}()
 	fmt.Fprintf(log, "starting a lab (%s) in %s ...\n", sites, dir)
 	t0 := time.Now()
-	f, err := lab.Up(ctx, lab.Config{Dir: dir, Binary: binary, Sites: specs})
+	f, err := lab.Up(ctx, lab.Config{Dir: dir, Binary: binary, Sites: specs, NoDemo: noDemo})
 	if err != nil {
 		return err
 	}
 	fmt.Fprintf(log, "lab up in %s\n", time.Since(t0).Round(time.Millisecond))
-	defer lab.Down(context.WithoutCancel(ctx), dir)
-	return fn(f)
+	err = fn(f)
+	if err != nil && keep {
+		fmt.Fprintf(log, "the lab stays up in %s (PETREL_BENCH_KEEP): petrel lab down --dir %s\n", dir, dir)
+		return err
+	}
+	keep = false
+	if derr := lab.Down(context.WithoutCancel(ctx), dir); err == nil {
+		err = derr
+	}
+	return err
 }
 
 // InventoryResult is the T11 measurement: new host powered on → listed

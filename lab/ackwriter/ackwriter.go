@@ -32,7 +32,13 @@ type Writer struct {
 	acked   []string
 	failed  int
 	lastAck time.Time
-	gaps    []time.Duration // outages: time between consecutive acknowledgements above interval*10
+	gaps    []gap // outages: time between consecutive acknowledgements above interval*10
+}
+
+// gap is one outage: acknowledgements resumed at end after d.
+type gap struct {
+	end time.Time
+	d   time.Duration
 }
 
 // New writes through api; run names this writer's writes (unique per
@@ -63,7 +69,9 @@ func (w *Writer) writeOne(ctx context.Context) {
 	w.seq++
 	desc := fmt.Sprintf("ackwriter %s #%d", w.run, w.seq)
 	w.mu.Unlock()
-	cctx, cancel := context.WithTimeout(ctx, 5*time.Second)
+	// A write to a controller that vanished waits on a dead connection:
+	// give up after a second (not acknowledged) and try the next.
+	cctx, cancel := context.WithTimeout(ctx, time.Second)
 	defer cancel()
 	err := w.api.Do(cctx, http.MethodPost, "/v1/join-tokens", nil, map[string]any{"description": desc, "ttl_s": 3600}, nil)
 	now := time.Now()
@@ -74,7 +82,7 @@ func (w *Writer) writeOne(ctx context.Context) {
 		return
 	}
 	if !w.lastAck.IsZero() && now.Sub(w.lastAck) > 10*w.interval {
-		w.gaps = append(w.gaps, now.Sub(w.lastAck))
+		w.gaps = append(w.gaps, gap{end: now, d: now.Sub(w.lastAck)})
 	}
 	w.lastAck = now
 	w.acked = append(w.acked, desc)
@@ -85,9 +93,24 @@ func (w *Writer) writeOne(ctx context.Context) {
 func (w *Writer) Stats() (acked, failed int, gaps []time.Duration) {
 	w.mu.Lock()
 	defer w.mu.Unlock()
-	gaps = slices.Clone(w.gaps)
+	for _, g := range w.gaps {
+		gaps = append(gaps, g.d)
+	}
 	slices.SortFunc(gaps, func(a, b time.Duration) int { return int(b - a) })
 	return len(w.acked), w.failed, gaps
+}
+
+// MaxGapSince is the longest outage that ended after t (0: none).
+func (w *Writer) MaxGapSince(t time.Time) time.Duration {
+	w.mu.Lock()
+	defer w.mu.Unlock()
+	var m time.Duration
+	for _, g := range w.gaps {
+		if g.end.After(t) {
+			m = max(m, g.d)
+		}
+	}
+	return m
 }
 
 // Check lists the site's join tokens and returns the acknowledged writes

@@ -836,7 +836,13 @@ func (r *Runner) Pair() servicemgr.Group {
 	if async && peer.State != servicemgr.StateFailed {
 		peer.Reason = "catching up: replication asynchronous"
 	}
-	if peer.State != servicemgr.StateStandby || async {
+	// Ok means a failover now loses nothing: the standby knows it is the
+	// synchronous one (it says so in its beats).
+	synced := peer.State == servicemgr.StateStandby && p.Last.Sync
+	if peer.State == servicemgr.StateStandby && !async && !synced {
+		peer.Reason = "not yet confirmed synchronous"
+	}
+	if !synced || async {
 		g.Status, g.Reason = servicemgr.StatusDegraded, "no synchronous standby controller"
 	}
 	g.Members = []servicemgr.Member{self, peer}

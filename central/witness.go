@@ -203,12 +203,13 @@ func (w *witness) claim(ctx context.Context, site string, c linkproto.WitnessCla
 	}
 	if s.holder != "" && s.holder != c.Controller {
 		h := s.heard[s.holder]
-		// A holder that renews as standby has stepped down; one that
-		// says active or starting (or has not been heard yet) keeps the
-		// role while its lease runs.
+		// A holder that renews as standby has stepped down, and one that
+		// renews as starting (restarted, not serving) holds nothing until
+		// it claims again; one that says active (or has not been heard
+		// yet) keeps the role while its lease runs.
 		// A claimant that read the holder's BMC as off needs no lease to
 		// run out: a powered-off controller serves nothing.
-		if !w.expired(h, now) && h.role != linkproto.RoleStandby && !c.PeerPowerOff {
+		if !w.expired(h, now) && h.role != linkproto.RoleStandby && h.role != linkproto.RoleStarting && !c.PeerPowerOff {
 			return refuse(linkproto.RefusedHolderAlive)
 		}
 		if s.heard[c.Controller].epoch < s.holderEpoch {

@@ -165,10 +165,17 @@ const wanChain = "petrel-wan"
 // packets, or clears both: real packet drops (iptables) on the WAN route's
 // port inside the site controller's namespace, in both directions.
 func wanFault(ctx context.Context, f *File, site, kind string, percent int, delay time.Duration) error {
+	// The WAN link's end is the forwarder on the site's gateway address,
+	// in the site's own namespace: whichever controller is active, its
+	// link to central (and its witness session) goes through it.
 	var ns string
 	for _, s := range f.Sites {
-		if s.Name == site && len(s.Hosts) > 0 {
-			ns = s.Hosts[0].Netns
+		if s.Name == site {
+			hn, err := hostnet.New(hostnet.Config{Prefix: prefixFor(f.Dir)})
+			if err != nil {
+				return err
+			}
+			ns = hn.SiteNetns(site)
 		}
 	}
 	if ns == "" {

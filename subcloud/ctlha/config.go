@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"log/slog"
 	"net/netip"
+	"path/filepath"
 	"time"
 
 	"github.com/petrel-edge/petrel/agent"
@@ -58,6 +59,9 @@ type FileConfig struct {
 	// Witness: keep a witness session with central (duplex; needs the
 	// site's central link).
 	Witness bool `json:"witness"`
+	// StateFile keeps the highest epoch this controller held or followed;
+	// default ha-state.json beside the database's data directory.
+	StateFile string `json:"state_file"`
 	// StatusListen: where the controller answers its role (ServeStatus);
 	// "" none.
 	StatusListen string `json:"status_listen"`
@@ -167,7 +171,10 @@ func Build(fc FileConfig, site subcloud.Config, log *slog.Logger) (*Pair, error)
 	cfg := Config{Mode: mode, Site: site.Site, Self: fc.Controller, Peer: fc.Peer, Bootstrap: fc.Bootstrap, DB: pgNode{db},
 		PeerDB: pgrepl.Peer{Name: fc.Peer, Host: pg.PeerHost, Port: pg.PeerPort}, Database: pg.Database, Beats: beats,
 		Floating: Floating{Interface: fc.Interface, Prefix: floating}, Addrs: &agent.LabPlatform{}, Timing: timing,
-		Logger: log}
+		Logger: log, StateFile: fc.StateFile}
+	if cfg.StateFile == "" && pg.DataDir != "" {
+		cfg.StateFile = filepath.Join(filepath.Dir(pg.DataDir), "ha-state.json")
+	}
 	if b := fc.PeerBMC; b != nil {
 		creds, err := bmc.LoadCredentials(b.CredentialsFile)
 		if err != nil {

@@ -2,16 +2,19 @@ package ctlha
 
 import (
 	"context"
+	"encoding/json"
 	"errors"
 	"fmt"
 	"log/slog"
 	"net/netip"
+	"os"
 	"sync"
 	"time"
 
 	"gorm.io/gorm"
 
 	"github.com/petrel-edge/petrel/faultmgr"
+	"github.com/petrel-edge/petrel/internal/atomicfile"
 	"github.com/petrel-edge/petrel/internal/pgrepl"
 	"github.com/petrel-edge/petrel/internal/sqldb"
 	"github.com/petrel-edge/petrel/servicemgr"
@@ -87,6 +90,10 @@ type Config struct {
 	NewSite  SiteFactory
 	Timing   Timing
 	Logger   *slog.Logger
+	// StateFile keeps the highest epoch this controller held or followed
+	// across restarts (a power loss leaves the database stopped, and a
+	// dead-office recovery ranks by it); "" keeps it in memory only.
+	StateFile string
 }
 
 // WitnessClient is this controller's session with the central witness
@@ -134,6 +141,7 @@ type Runner struct {
 	site     context.CancelFunc
 	siteErr  chan error
 	alarmMgr *faultmgr.Manager
+	saved    uint64    // the epoch StateFile holds
 	since    time.Time // in the current role
 	wake     chan struct{}
 }
@@ -156,7 +164,38 @@ func New(cfg Config) (*Runner, error) {
 		cfg.Logger = slog.New(slog.DiscardHandler)
 	}
 	cfg.Timing = cfg.Timing.WithDefaults()
-	return &Runner{cfg: cfg, log: cfg.Logger, role: RoleStarting, wake: make(chan struct{}, 1), since: time.Now()}, nil
+	r := &Runner{cfg: cfg, log: cfg.Logger, role: RoleStarting, wake: make(chan struct{}, 1), since: time.Now()}
+	if cfg.StateFile != "" {
+		var st pairState
+		if b, err := os.ReadFile(cfg.StateFile); err == nil {
+			if err := json.Unmarshal(b, &st); err != nil {
+				return nil, fmt.Errorf("ctlha: %s: %w", cfg.StateFile, err)
+			}
+		} else if !errors.Is(err, os.ErrNotExist) {
+			return nil, err
+		}
+		r.epoch, r.saved = st.Epoch, st.Epoch
+	}
+	return r, nil
+}
+
+// pairState is what StateFile keeps.
+type pairState struct {
+	Epoch uint64 `json:"epoch"`
+}
+
+// saveLocked records a higher epoch in StateFile (durably: atomic write
+// and fsync) before it is published.
+func (r *Runner) saveLocked() {
+	if r.cfg.StateFile == "" || r.epoch <= r.saved {
+		return
+	}
+	b, _ := json.Marshal(pairState{Epoch: r.epoch})
+	if err := atomicfile.Write(r.cfg.StateFile, append(b, '\n'), 0o600); err != nil {
+		r.log.Error("recording the epoch", "file", r.cfg.StateFile, "err", err)
+		return
+	}
+	r.saved = r.epoch
 }
 
 // Role reports this controller's role and epoch.
@@ -228,7 +267,8 @@ func (r *Runner) start(ctx context.Context) error {
 		return fmt.Errorf("ctlha: database status: %w", err)
 	}
 	r.mu.Lock()
-	r.epoch = r.readEpochLocked(ctx)
+	r.epoch = max(r.epoch, r.readEpochLocked(ctx))
+	r.saveLocked()
 	r.mu.Unlock()
 	if st.Running && !st.InRecovery {
 		r.log.Warn("found the database running as primary at start: stopping it until the pair decides")
@@ -326,7 +366,9 @@ func (r *Runner) setRole(role Role, epoch uint64) {
 		r.log.Info("role", "from", r.role, "to", role, "epoch", epoch, "after", time.Since(r.since).Round(time.Millisecond))
 		r.since = time.Now()
 	}
-	r.role, r.epoch, r.failure = role, epoch, ""
+	// Epochs only grow: the highest this controller held or followed.
+	r.role, r.epoch, r.failure = role, max(epoch, r.epoch), ""
+	r.saveLocked()
 }
 
 // view gathers what this controller knows now.
@@ -561,7 +603,8 @@ func (r *Runner) takeOver(ctx context.Context, v View, d Decision) error {
 	r.mu.Lock()
 	r.async = standbys == nil
 	r.swactTo, r.handoff, r.force, r.fenceAt = "", "", false, time.Time{}
-	r.epoch = epoch
+	r.epoch = max(r.epoch, epoch)
+	r.saveLocked()
 	r.mu.Unlock()
 	recorded := time.Now()
 	if err := r.claimAddress(ctx); err != nil {
@@ -732,7 +775,8 @@ func (r *Runner) goAsync(ctx context.Context, v View, d Decision) {
 	// The epoch first, while commits still wait for the standby: the
 	// row's commit is released with the others by the switch.
 	r.mu.Lock()
-	r.epoch = epoch
+	r.epoch = max(r.epoch, epoch)
+	r.saveLocked()
 	r.mu.Unlock()
 	errc := make(chan error, 1)
 	go func() { errc <- r.recordEpoch(context.WithoutCancel(ctx), epoch, "asynchronous", d.Row+": "+d.Reason) }()
@@ -948,7 +992,8 @@ func (r *Runner) releaseAddress(ctx context.Context) {
 // startSite builds and runs the site controller at epoch.
 func (r *Runner) startSite(ctx context.Context, epoch uint64) error {
 	r.mu.Lock()
-	r.epoch = epoch
+	r.epoch = max(r.epoch, epoch)
+	r.saveLocked()
 	r.mu.Unlock()
 	sctx, cancel := context.WithCancel(ctx)
 	ha := &subcloud.HAConfig{Controller: r.cfg.Self, Epoch: r.currentEpoch, Authority: r.authority,

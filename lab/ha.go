@@ -135,6 +135,9 @@ func pairConfig(dir string, h hostSpec, p hostPaths) (map[string]any, error) {
 	}
 	mgmt, _ := hostnet.Addr(hostnet.Mgmt, h.SiteIndex, h.Index)
 	peerMgmt, _ := hostnet.Addr(hostnet.Mgmt, h.SiteIndex, peerIdx)
+	if err := os.MkdirAll(p.f("ha"), 0o700); err != nil {
+		return nil, err
+	}
 	// The database's certificate: its server identity on the mgmt address
 	// and its client identity (its name) toward the peer's.
 	ca, err := pki.LoadCA(filepath.Join(dir, "ca"))

@@ -122,7 +122,13 @@ conformance() {
 }
 
 e2e() {
-  gotest e2e -count=1 -skip TestBrowser ./cmd/petrel
+  gotest e2e -count=1 -skip 'TestBrowser|TestFaultMatrix' ./cmd/petrel
+}
+
+# The fault-matrix slot (ENGINEERING.md): seeded fault sequences against a
+# controller pair, as many seeds as fit (docs/ha.md).
+faultmatrix() {
+  PETREL_FAULT_BUDGET=${PETREL_FAULT_BUDGET:-5m} gotest faultmatrix -count=1 -run TestFaultMatrix ./cmd/petrel
 }
 
 browser() {
@@ -133,7 +139,8 @@ stage "installs" 300 install
 stage "build, vet, staticcheck" 360 build
 stage "unit tests (-race)" 480 unit
 stage "store conformance" 120 conformance
-stage "end-to-end (CLI, lab)" 720 e2e
+stage "end-to-end (CLI, lab)" 900 e2e
+stage "fault matrix" 480 faultmatrix
 stage "browser tests" 240 browser
 
 echo

@@ -130,7 +130,11 @@ func (s *Subcloud) listServiceGroups(r *http.Request) (int, any, error) {
 	if err != nil {
 		return 0, nil, err
 	}
-	return http.StatusOK, rest.List[servicemgr.Group]{Items: append(s.controllerPair(), gs...)}, nil
+	items := append(s.controllerPair(), gs...)
+	if items == nil {
+		items = []servicemgr.Group{}
+	}
+	return http.StatusOK, rest.List[servicemgr.Group]{Items: items}, nil
 }
 
 func (s *Subcloud) getServiceGroup(r *http.Request) (int, any, error) {

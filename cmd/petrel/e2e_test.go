@@ -8,6 +8,7 @@ import (
 	"os/exec"
 	"path/filepath"
 	"strings"
+	"time"
 	"testing"
 
 	"github.com/petrel-edge/petrel/lab"
@@ -144,6 +145,14 @@ func TestEndToEndThroughTheCLI(t *testing.T) {
 		if want := map[string]int{"site-sx": 1, "site-dx": 2, "site-std": 4}[sc.Name]; sc.Hosts.Total != want {
 			t.Errorf("subcloud %s reports %d hosts; want %d", sc.Name, sc.Hosts.Total, want)
 		}
+	}
+	// Duplex and multi-server sites run their controllers as a 1+1 pair
+	// (docs/ha.md), listed first among the service groups.
+	for _, s := range []string{"site-dx", "site-std"} {
+		waitUntil(t, s+" lists its controller pair 1+1, ok", 120*time.Second, func() bool {
+			out, _, code := admin.run("", "servicegroup", "list", "--site", s)
+			return code == 0 && strings.Contains(out, "controller") && strings.Contains(out, "1+1") && strings.Contains(out, " ok ")
+		})
 	}
 	if out := admin.ok("subcloud", "show", "site-std", "-o", "yaml"); !strings.Contains(out, "shape: multi-server") {
 		t.Errorf("subcloud show -o yaml:\n%s", out)

@@ -618,7 +618,9 @@ func (r *Runner) takeOver(ctx context.Context, v View, d Decision) error {
 	r.log.Info("took over", "epoch", epoch, "row", d.Row, "reason", d.Reason, "took", time.Since(start).Round(time.Millisecond),
 		"promoted_after", promoted.Sub(start).Round(time.Millisecond), "recorded_after", recorded.Sub(start).Round(time.Millisecond),
 		"synchronous", standbys != nil)
-	if standbys == nil {
+	if standbys == nil && !anyTrue(v.PeerLinks) {
+		// The peer is gone (a failover); a peer that is heard is only
+		// catching up (a site's first start) and goes synchronous soon.
 		r.raise(ctx, AlarmLostRedundancy, "service-group="+PairGroup, "the peer controller "+r.cfg.Peer+" is not available: replication is asynchronous")
 	}
 	return nil

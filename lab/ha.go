@@ -178,7 +178,7 @@ func pairConfig(dir string, h hostSpec, p hostPaths) (map[string]any, error) {
 	c := map[string]any{
 		"controller": h.Name, "peer": peer, "bootstrap": h.Index == 0,
 		"status_listen": netip.AddrPortFrom(cluster, pairStatusPort).String(),
-		"floating":      netip.PrefixFrom(FloatingAddr(h.SiteIndex), 24).String(), "interface": string(hostnet.Mgmt),
+		"floating":      netip.PrefixFrom(FloatingAddr(h.SiteIndex), 24).String(), "interface": string(hostnet.Mgmt), "platform": "lab",
 		"heartbeat": map[string]any{"key_file": p.f("ha/heartbeat.key"), "local": addrs, "peer": peerAddrs},
 		"postgres": map[string]any{"data_dir": p.f("pg/data"), "socket_dir": p.f("pg/sock"),
 			"port": pairPostgresPort, "listen": []string{mgmt.String()}, "peers": []string{subnet.String()},

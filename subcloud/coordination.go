@@ -336,7 +336,10 @@ func (s *Subcloud) runServices(ctx context.Context) error {
 		if len(s.cfg.ServiceGroups) > 0 {
 			go s.applyDeclared(ctx)
 		}
-		if s.cfg.Etcd != nil && len(s.cfg.Etcd.InitialCluster) > 1 {
+		if s.cfg.Etcd != nil && len(s.cfg.Etcd.InitialCluster) > 1 && s.cfg.HA == nil {
+			// A controller pair keeps raft's leadership on the standby's
+			// member instead (subcloud/ctlha): the active's loss must
+			// not cost the standby a raft election.
 			go s.pinRaftLeader(ctx, c)
 		}
 		return s.services.Run(ctx)

@@ -1238,6 +1238,20 @@ func (n *Node) Follow(ctx context.Context, primary Peer) (RejoinPath, error) {
 	if err := validatePeer(&primary); err != nil {
 		return 0, err
 	}
+	// The new primary is promoting while this node stopped: wait (a few
+	// seconds at most) until it answers as a primary, so that the start
+	// streams at once instead of falling back to a rewind.
+	wctx, cancel := context.WithTimeout(ctx, 10*time.Second)
+	for {
+		_, _, err := n.probePrimary(wctx, primary)
+		if err == nil || wctx.Err() != nil {
+			break
+		}
+		if pause(wctx, 50*time.Millisecond) != nil {
+			break
+		}
+	}
+	cancel()
 	n.mu.Lock()
 	err := n.startStandby(ctx, primary)
 	if err == nil {

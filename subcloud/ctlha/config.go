@@ -31,6 +31,9 @@ type FileConfig struct {
 	Bootstrap bool   `json:"bootstrap"`
 	Floating  string `json:"floating"`  // ADDR/PREFIX of the site controller's API
 	Interface string `json:"interface"` // where it is held; default mgmt
+	// Platform that moves the floating address: "host" (the machine's
+	// own interfaces; the default) or "lab" (a lab host's namespace).
+	Platform  string `json:"platform"`
 	Heartbeat struct {
 		KeyFile string            `json:"key_file"`
 		Local   map[string]string `json:"local"` // network -> host:port
@@ -121,6 +124,15 @@ func Build(fc FileConfig, site subcloud.Config, log *slog.Logger) (*Pair, error)
 	if fc.Interface == "" {
 		fc.Interface = "mgmt"
 	}
+	var addrs Addresses
+	switch fc.Platform {
+	case "", "host":
+		addrs = &agent.HostPlatform{}
+	case "lab":
+		addrs = &agent.LabPlatform{}
+	default:
+		return nil, fmt.Errorf("config: ha: platform %q: want host or lab", fc.Platform)
+	}
 	timing := Timing{}
 	for _, d := range []struct {
 		s   string
@@ -170,7 +182,7 @@ func Build(fc FileConfig, site subcloud.Config, log *slog.Logger) (*Pair, error)
 	}
 	cfg := Config{Mode: mode, Site: site.Site, Self: fc.Controller, Peer: fc.Peer, Bootstrap: fc.Bootstrap, DB: pgNode{db},
 		PeerDB: pgrepl.Peer{Name: fc.Peer, Host: pg.PeerHost, Port: pg.PeerPort}, Database: pg.Database, Beats: beats,
-		Floating: Floating{Interface: fc.Interface, Prefix: floating}, Addrs: &agent.LabPlatform{}, Timing: timing,
+		Floating: Floating{Interface: fc.Interface, Prefix: floating}, Addrs: addrs, Timing: timing,
 		Logger: log, StateFile: fc.StateFile}
 	if cfg.StateFile == "" && pg.DataDir != "" {
 		cfg.StateFile = filepath.Join(filepath.Dir(pg.DataDir), "ha-state.json")
@@ -213,14 +225,15 @@ func Build(fc FileConfig, site subcloud.Config, log *slog.Logger) (*Pair, error)
 		if len(endpoints) == 0 {
 			endpoints = []string{ec.ClientAddr}
 		}
-		cli, err := coord.NewClient(coord.ClientConfig{Endpoints: endpoints,
+		ccfg := coord.ClientConfig{Endpoints: endpoints,
 			TLS:    coord.TLSFiles{CertFile: ec.TLS.CertFile, KeyFile: ec.TLS.KeyFile, CAFile: ec.TLS.CAFile},
-			Logger: log.With("component", "etcd-client"), LogLevel: slog.LevelError})
+			Logger: log.With("component", "etcd-client"), LogLevel: slog.LevelError}
+		cli, err := coord.NewClient(ccfg)
 		if err != nil {
 			return fail(err)
 		}
 		p.closers = append(p.closers, func() { cli.Close() })
-		el, err := NewEtcdElector(cli, site.Site, fc.Controller, time.Second, log.With("component", "election"))
+		el, err := NewEtcdElector(cli, ccfg, ec.ClientAddr, site.Site, fc.Controller, 2*time.Second, log.With("component", "election"))
 		if err != nil {
 			return fail(err)
 		}

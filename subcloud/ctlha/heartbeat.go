@@ -37,8 +37,11 @@ type Beat struct {
 	Witness bool `json:"witness"`
 	// Handoff names the controller the sender stepped down for (a swact);
 	// that controller takes it as the swact to itself.
-	Handoff      string `json:"handoff,omitempty"`
-	SentUnixNano int64  `json:"sent_unix_nano"`
+	Handoff string `json:"handoff,omitempty"`
+	// Force: the handoff is a forced swact (the target takes over without
+	// having replayed everything: docs/ha.md F3).
+	Force        bool  `json:"force,omitempty"`
+	SentUnixNano int64 `json:"sent_unix_nano"`
 }
 
 // BeatState is what a controller publishes in its beats (Heartbeat.Set).
@@ -49,6 +52,7 @@ type BeatState struct {
 	Sync    bool
 	Witness bool
 	Handoff string
+	Force   bool
 }
 
 // PeerState is what the heartbeats tell of the peer (Heartbeat.Peer).
@@ -483,7 +487,7 @@ func (h *Heartbeat) send() {
 		b := Beat{
 			Site: h.cfg.Site, From: h.cfg.Self, Net: n, Boot: h.boot, Seq: h.seq,
 			Role: h.local.Role, Epoch: h.local.Epoch, LSN: h.local.LSN, Sync: h.local.Sync, Witness: h.local.Witness,
-			Handoff: h.local.Handoff, SentUnixNano: h.cfg.Now().UnixNano(),
+			Handoff: h.local.Handoff, Force: h.local.Force, SentUnixNano: h.cfg.Now().UnixNano(),
 		}
 		pkt, err := seal(h.key, b)
 		if err != nil {
@@ -547,7 +551,7 @@ func (h *Heartbeat) accept(n Network, pkt []byte) {
 	h.lastSeq[n] = b.Seq
 	h.bootSent = max(h.bootSent, b.SentUnixNano)
 	h.heard[n] = now
-	if p := h.last; p != nil && (p.Role != b.Role || p.Epoch != b.Epoch || p.Sync != b.Sync || p.Witness != b.Witness || p.Handoff != b.Handoff) {
+	if p := h.last; p != nil && (p.Role != b.Role || p.Epoch != b.Epoch || p.Sync != b.Sync || p.Witness != b.Witness || p.Handoff != b.Handoff || p.Force != b.Force) {
 		notify = true
 	}
 	h.last, h.lastAt = &b, now

@@ -121,6 +121,8 @@ type Elector interface {
 	// Evict removes the peer's candidacy at once (its host is confirmed
 	// off): the election does not wait out its lease.
 	Evict(ctx context.Context, name string) error
+	// PinRaft moves raft's leadership to this controller's member.
+	PinRaft(ctx context.Context) (bool, error)
 }
 
 // Runner keeps one controller of the pair in its role.
@@ -128,22 +130,27 @@ type Runner struct {
 	cfg Config
 	log *slog.Logger
 
-	mu       sync.Mutex
-	role     Role
-	epoch    uint64
-	async    bool   // replication switched to asynchronous (peer confirmed failed)
-	swactTo  string // the operator asked activity to move to the peer
-	handoff  string // stepped down for a swact to the peer (our beats say so)
-	force    bool
-	fenceAt  time.Time
-	reason   string // the last decision's row, logged once
-	failure  string // the last failure, logged once
-	site     context.CancelFunc
-	siteErr  chan error
-	alarmMgr *faultmgr.Manager
-	saved    uint64    // the epoch StateFile holds
-	since    time.Time // in the current role
-	wake     chan struct{}
+	mu        sync.Mutex
+	role      Role
+	epoch     uint64
+	async     bool      // replication switched to asynchronous (peer confirmed failed)
+	swactTo   string    // the operator asked activity to move to the peer
+	handoff   string    // stepped down for a swact to the peer (our beats say so)
+	forced    bool      // that swact was forced (--force)
+	replLost  time.Time // active: when the peer, heard, stopped streaming from us
+	replAlarm bool      // 400.005 raised
+	force     bool
+	fenceAt   time.Time
+	reason    string // the last decision's row, logged once
+	failure   string // the last failure, logged once
+	site      context.CancelFunc
+	siteErr   chan error
+	alarmMgr  *faultmgr.Manager
+	saved     uint64          // the epoch StateFile holds
+	runCtx    context.Context // Run's, for the candidacy started later
+	standOnce sync.Once
+	since     time.Time // in the current role
+	wake      chan struct{}
 }
 
 // New checks the configuration.
@@ -216,8 +223,9 @@ func (r *Runner) poke() {
 // and leaves the database as it is (a restart finds it).
 func (r *Runner) Run(ctx context.Context) error {
 	go func() { _ = r.cfg.Beats.Run(ctx) }()
-	if r.cfg.Elector != nil {
-		go func() { _ = r.cfg.Elector.Run(ctx) }()
+	r.runCtx = ctx
+	if r.cfg.DB.Initialized() || r.cfg.Bootstrap {
+		r.stand()
 	}
 	defer r.stopSite()
 	if err := r.start(ctx); err != nil {
@@ -244,6 +252,49 @@ func (r *Runner) Run(ctx context.Context) error {
 			r.stepDown(ctx, "my term in the controllers' election ended")
 		case err := <-siteErr:
 			r.stepDown(ctx, "the site controller stopped: "+fmt.Sprint(err))
+		}
+	}
+}
+
+// stand enters this controller's candidacy in the election (multi-server)
+// once it has a copy of the site's database (or creates it): a controller
+// that has none must never win the key, or the pair waits on a database
+// nobody has.
+func (r *Runner) stand() {
+	if r.cfg.Elector == nil {
+		return
+	}
+	r.standOnce.Do(func() {
+		ctx := r.runCtx
+		go func() { _ = r.cfg.Elector.Run(ctx) }()
+		go r.pinRaft(ctx)
+	})
+}
+
+// pinRaft keeps raft's leadership on this controller's member while it is
+// the standby (checked every 10 s).
+func (r *Runner) pinRaft(ctx context.Context) {
+	t := time.NewTicker(10 * time.Second)
+	defer t.Stop()
+	for {
+		r.mu.Lock()
+		standby := r.role == RoleStandby
+		r.mu.Unlock()
+		if standby {
+			pctx, cancel := context.WithTimeout(ctx, 5*time.Second)
+			moved, err := r.cfg.Elector.PinRaft(pctx)
+			cancel()
+			switch {
+			case err != nil && ctx.Err() == nil:
+				r.log.Debug("could not move raft's leadership to this member", "err", err)
+			case moved:
+				r.log.Info("moved raft's leadership to this (standby) controller's etcd member")
+			}
+		}
+		select {
+		case <-ctx.Done():
+			return
+		case <-t.C:
 		}
 	}
 }
@@ -323,8 +374,34 @@ func (r *Runner) step(ctx context.Context) {
 	}
 	if v.Role == RoleActive {
 		r.countersign(ctx, v)
+		r.watchReplication(ctx, v)
 	}
 }
+
+// replicationGrace is how long a heard standby may not stream from the
+// active before 400.005 (a rejoin, a clone of a large database, takes
+// time; a standby that is not heard is 400.002's business).
+const replicationGrace = 30 * time.Second
+
+// watchReplication raises 400.005 while the standby is heard but does
+// not stream from this active, and clears it when it does.
+func (r *Runner) watchReplication(ctx context.Context, v View) {
+	r.mu.Lock()
+	lost, raised := r.replLost, r.replAlarm
+	down := !lost.IsZero() && time.Since(lost) > replicationGrace && anyTrue(v.PeerLinks)
+	r.replAlarm = down
+	r.mu.Unlock()
+	switch {
+	case down && !raised:
+		r.raise(ctx, AlarmReplicationStopped, "site="+r.cfg.Site,
+			"the standby controller "+r.cfg.Peer+" is heard but has not streamed the database for "+time.Since(lost).Round(time.Second).String())
+	case !down && raised:
+		r.clear(ctx, AlarmReplicationStopped, "site="+r.cfg.Site)
+	}
+}
+
+// AlarmReplicationStopped: the standby is heard but does not replicate.
+const AlarmReplicationStopped = "400.005"
 
 // note logs a decision when it changes and keeps the pair's alarms: the
 // held alarm (400.004) while a decision carries it.
@@ -388,11 +465,21 @@ func (r *Runner) view(ctx context.Context) View {
 			v.LSN = st.ReplayLSN
 		default:
 			v.LSN = st.FlushLSN
+			streaming := false
 			for _, rep := range st.Replicas {
-				if rep.Name == r.cfg.Peer && rep.SyncState == "sync" && rep.State == "streaming" {
-					v.Sync = true
+				if rep.Name == r.cfg.Peer && rep.State == "streaming" {
+					streaming = true
+					v.Sync = rep.SyncState == "sync"
 				}
 			}
+			r.mu.Lock()
+			switch {
+			case streaming:
+				r.replLost = time.Time{}
+			case r.replLost.IsZero():
+				r.replLost = time.Now()
+			}
+			r.mu.Unlock()
 		}
 	}
 	p := r.cfg.Beats.Peer()
@@ -403,7 +490,7 @@ func (r *Runner) view(ctx context.Context) View {
 			v.Sync = p.Last.Sync
 		}
 		if p.Last.Handoff == r.cfg.Self {
-			v.Swact = r.cfg.Self
+			v.Swact, v.Force = r.cfg.Self, p.Last.Force
 		}
 	}
 	if w := r.cfg.Witness; w != nil {
@@ -439,7 +526,8 @@ func (r *Runner) view(ctx context.Context) View {
 // publish tells the peer and the witness where this controller stands.
 func (r *Runner) publish(v View) {
 	r.mu.Lock()
-	b := BeatState{Role: r.role, Epoch: r.epoch, LSN: v.LSN, Sync: v.Sync, Witness: v.Witness.LeaseValid, Handoff: r.handoff}
+	b := BeatState{Role: r.role, Epoch: r.epoch, LSN: v.LSN, Sync: v.Sync, Witness: v.Witness.LeaseValid, Handoff: r.handoff,
+		Force: r.handoff != "" && r.forced}
 	r.mu.Unlock()
 	r.cfg.Beats.Set(b)
 	if r.cfg.Witness != nil {
@@ -668,6 +756,7 @@ func (r *Runner) stepDown(ctx context.Context, reason string) {
 		final.LSN = st.CheckpointLSN
 	}
 	r.mu.Lock()
+	r.forced = handoff && r.force
 	r.swactTo, r.force, r.async = "", false, false
 	if handoff {
 		r.handoff = r.cfg.Peer
@@ -704,6 +793,7 @@ func (r *Runner) follow(ctx context.Context, v View) {
 			r.hold("start standby: " + err.Error())
 			return
 		}
+		r.stand()
 	case st.Running && st.InRecovery && st.Upstream != "":
 		// Following already.
 	default:

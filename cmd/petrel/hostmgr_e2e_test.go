@@ -140,11 +140,12 @@ func TestHostRecoveryInTheLab(t *testing.T) {
 	site.ok("host", "unlock", "worker-0")
 	waitFor("in service again", 10*time.Second, func(h hostView) bool { return h.Availability == "available" })
 
-	// Locking controllers: the last enabled one needs force-lock.
+	// Locking controllers: the standby locks; the active one (controller-0
+	// of the pair) is refused: swact first (docs/ha.md).
 	site.ok("host", "lock", "controller-1")
 	out := site.exit(1, "host", "lock", "controller-0")
-	if !strings.Contains(out, "force-lock") {
-		t.Errorf("locking the only enabled controller: %s", out)
+	if !strings.Contains(out, "swact first") {
+		t.Errorf("locking the active controller: %s", out)
 	}
 	site.ok("host", "unlock", "controller-1")
 	// Wrong BMC credentials: 200.010 with a repair hint, the client holds

@@ -222,14 +222,18 @@ func (r *Runner) poke() {
 // Run keeps the role until ctx ends; then it stops the site controller
 // and leaves the database as it is (a restart finds it).
 func (r *Runner) Run(ctx context.Context) error {
-	go func() { _ = r.cfg.Beats.Run(ctx) }()
 	r.runCtx = ctx
-	if r.cfg.DB.Initialized() || r.cfg.Bootstrap {
-		r.stand()
-	}
 	defer r.stopSite()
+	// The first beat already says where this controller stands (its
+	// epoch, its database's position): a restarted active must not look
+	// like an empty controller to its peer, which would rank above it.
 	if err := r.start(ctx); err != nil {
 		return err
+	}
+	r.publish(r.view(ctx))
+	go func() { _ = r.cfg.Beats.Run(ctx) }()
+	if r.cfg.DB.Initialized() || r.cfg.Bootstrap {
+		r.stand()
 	}
 	tick := time.NewTicker(100 * time.Millisecond)
 	defer tick.Stop()

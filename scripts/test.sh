@@ -122,13 +122,14 @@ conformance() {
 }
 
 e2e() {
-  gotest e2e -count=1 -skip 'TestBrowser|TestFaultMatrix' ./cmd/petrel
+  # go test's default 10-minute timeout is shorter than this stage's budget.
+  gotest e2e -count=1 -timeout 25m -skip 'TestBrowser|TestFaultMatrix' ./cmd/petrel
 }
 
 # The fault-matrix slot (ENGINEERING.md): seeded fault sequences against a
 # controller pair, as many seeds as fit (docs/ha.md).
 faultmatrix() {
-  PETREL_FAULT_BUDGET=${PETREL_FAULT_BUDGET:-5m} gotest faultmatrix -count=1 -run TestFaultMatrix ./cmd/petrel
+  PETREL_FAULT_BUDGET=${PETREL_FAULT_BUDGET:-5m} gotest faultmatrix -count=1 -timeout 20m -run TestFaultMatrix ./cmd/petrel
 }
 
 browser() {

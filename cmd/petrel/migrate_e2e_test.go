@@ -223,7 +223,31 @@ func TestLiveMigrationInTheLab(t *testing.T) {
 	n := len(waitBeats("vm-m", 1))
 	waitBeats("vm-m", n+2)
 	guestHealthy(t, "after the controller's restart mid-migration", console("vm-m"))
+	// The killed site controller's restart may have moved activity to
+	// controller-1 (docs/ha.md: the standby had replayed further than the
+	// restarted controller's database). The rest of the test wants the
+	// site controller on controller-0: swact back.
+	pairActive := func() (string, bool) {
+		var g sgView
+		out, _, code := site.run("", "servicegroup", "show", "controller", "-o", "json")
+		if code != 0 || json.Unmarshal([]byte(out), &g) != nil || len(g.in("active")) != 1 {
+			return "", false
+		}
+		return g.in("active")[0], g.Status == "ok"
+	}
+	waitUntil(t, "the controller pair ok", 120*time.Second, func() bool { _, ok := pairActive(); return ok })
+	if a, _ := pairActive(); a == "controller-1" {
+		site.ok("host", "swact", "controller-1")
+		waitUntil(t, "controller-0 active again", 120*time.Second, func() bool { a, ok := pairActive(); return ok && a == "controller-0" })
+	}
 	if sv.Host != "controller-0" {
+		// Host management on a new active starts by confirming every
+		// host; migrate once controller-0 is available again.
+		waitUntil(t, "controller-0 available", 60*time.Second, func() bool {
+			var h struct{ Availability string }
+			out, _, code := site.run("", "host", "show", "controller-0", "-o", "json")
+			return code == 0 && json.Unmarshal([]byte(out), &h) == nil && h.Availability == "available"
+		})
 		site.ok("server", "migrate", "vm-m", "--host", "controller-0", "--wait")
 	}
 

@@ -336,10 +336,11 @@ func (s *Subcloud) runServices(ctx context.Context) error {
 		if len(s.cfg.ServiceGroups) > 0 {
 			go s.applyDeclared(ctx)
 		}
-		if s.cfg.Etcd != nil && len(s.cfg.Etcd.InitialCluster) > 1 && s.cfg.HA == nil {
-			// A controller pair keeps raft's leadership on the standby's
-			// member instead (subcloud/ctlha): the active's loss must
-			// not cost the standby a raft election.
+		if s.cfg.Etcd != nil && len(s.cfg.Etcd.InitialCluster) > 1 {
+			// Also on a controller pair's active: a failover of a service
+			// on any other host (the standby controller's included) must
+			// not wait for a raft election first (T4b). The active's own
+			// loss costs the standby one (docs/ha.md).
 			go s.pinRaftLeader(ctx, c)
 		}
 		return s.services.Run(ctx)

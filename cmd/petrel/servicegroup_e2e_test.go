@@ -236,8 +236,9 @@ network: cluster
 	}
 	var list struct{ Items []sgView }
 	json.Unmarshal([]byte(site.ok("servicegroup", "list", "-o", "json")), &list)
-	if len(list.Items) != 1 {
-		t.Errorf("groups after refused creates: %d; want only demo", len(list.Items))
+	// The controller pair (docs/ha.md) is listed first, then demo.
+	if len(list.Items) != 2 || list.Items[0].Name != "controller" || list.Items[1].Name != "demo" {
+		t.Errorf("groups after refused creates: %+v; want only the controller pair and demo", list.Items)
 	}
 
 	// A standby that crash-loops (its process dies at once on worker-1

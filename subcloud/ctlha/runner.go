@@ -271,36 +271,7 @@ func (r *Runner) stand() {
 	r.standOnce.Do(func() {
 		ctx := r.runCtx
 		go func() { _ = r.cfg.Elector.Run(ctx) }()
-		go r.pinRaft(ctx)
 	})
-}
-
-// pinRaft keeps raft's leadership on this controller's member while it is
-// the standby (checked every 10 s).
-func (r *Runner) pinRaft(ctx context.Context) {
-	t := time.NewTicker(10 * time.Second)
-	defer t.Stop()
-	for {
-		r.mu.Lock()
-		standby := r.role == RoleStandby
-		r.mu.Unlock()
-		if standby {
-			pctx, cancel := context.WithTimeout(ctx, 5*time.Second)
-			moved, err := r.cfg.Elector.PinRaft(pctx)
-			cancel()
-			switch {
-			case err != nil && ctx.Err() == nil:
-				r.log.Debug("could not move raft's leadership to this member", "err", err)
-			case moved:
-				r.log.Info("moved raft's leadership to this (standby) controller's etcd member")
-			}
-		}
-		select {
-		case <-ctx.Done():
-			return
-		case <-t.C:
-		}
-	}
 }
 
 func (r *Runner) isActive() bool {

@@ -140,7 +140,7 @@ stage "installs" 300 install
 stage "build, vet, staticcheck" 360 build
 stage "unit tests (-race)" 480 unit
 stage "store conformance" 120 conformance
-stage "end-to-end (CLI, lab)" 900 e2e
+stage "end-to-end (CLI, lab)" 1200 e2e
 stage "fault matrix" 480 faultmatrix
 stage "browser tests" 240 browser
 

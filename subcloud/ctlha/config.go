@@ -233,7 +233,7 @@ func Build(fc FileConfig, site subcloud.Config, log *slog.Logger) (*Pair, error)
 			return fail(err)
 		}
 		p.closers = append(p.closers, func() { cli.Close() })
-		el, err := NewEtcdElector(cli, ccfg, ec.ClientAddr, site.Site, fc.Controller, 2*time.Second, log.With("component", "election"))
+		el, err := NewEtcdElector(cli, site.Site, fc.Controller, 2*time.Second, log.With("component", "election"))
 		if err != nil {
 			return fail(err)
 		}

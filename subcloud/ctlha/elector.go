@@ -24,32 +24,20 @@ type EtcdElector struct {
 	lead   *coord.Leadership
 	prefix string
 	log    *slog.Logger
-	pin    coord.ClientConfig // for moving raft's leadership to this member
-	local  string             // this controller's member's client address
-}
-
-// PinRaft moves raft's leadership to this controller's own member (the
-// standby's: when the active's host dies, the standby's campaign and
-// takeover do not wait for a raft election first).
-func (e *EtcdElector) PinRaft(ctx context.Context) (bool, error) {
-	if e.local == "" {
-		return false, nil
-	}
-	return coord.PinRaftLeader(ctx, e.pin, e.local)
 }
 
 // NewEtcdElector stands as name under /petrel/<site>/controller. The
 // session's lease is ttl (whole seconds, at least 1): a controller that
 // stops refreshing it (power loss, hang, partition from the quorum) loses
 // its candidacy that long after its last refresh.
-func NewEtcdElector(cli *coord.Client, pin coord.ClientConfig, local, site, name string, ttl time.Duration, log *slog.Logger) (*EtcdElector, error) {
+func NewEtcdElector(cli *coord.Client, site, name string, ttl time.Duration, log *slog.Logger) (*EtcdElector, error) {
 	prefix := "/petrel/" + site + "/controller"
 	l, err := coord.NewLeadership(coord.LeadershipConfig{Client: cli, Prefix: prefix, Name: name, SessionTTL: ttl,
 		RetryDelay: 200 * time.Millisecond, Logger: log})
 	if err != nil {
 		return nil, err
 	}
-	return &EtcdElector{cli: cli, lead: l, prefix: prefix, log: log, pin: pin, local: local}, nil
+	return &EtcdElector{cli: cli, lead: l, prefix: prefix, log: log}, nil
 }
 
 // Run keeps this controller's candidacy up until ctx ends: after a term

@@ -121,8 +121,6 @@ type Elector interface {
 	// Evict removes the peer's candidacy at once (its host is confirmed
 	// off): the election does not wait out its lease.
 	Evict(ctx context.Context, name string) error
-	// PinRaft moves raft's leadership to this controller's member.
-	PinRaft(ctx context.Context) (bool, error)
 }
 
 // Runner keeps one controller of the pair in its role.

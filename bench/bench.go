@@ -5,6 +5,7 @@ package bench
 
 import (
 	"fmt"
+	"math"
 	"os"
 	"os/exec"
 	"runtime"
@@ -58,8 +59,10 @@ func Percentile(sorted []time.Duration, p float64) time.Duration {
 	if len(sorted) == 0 {
 		return 0
 	}
-	i := int(p / 100 * float64(len(sorted)-1))
-	return sorted[i]
+	// Nearest rank: the smallest sample with at least p % of the samples at
+	// or below it (p99 of ten samples is the largest, not the ninth).
+	i := int(math.Ceil(p/100*float64(len(sorted)))) - 1
+	return sorted[min(max(i, 0), len(sorted)-1)]
 }
 
 // Record appends a result row to the table under the heading in file,

@@ -44,4 +44,12 @@ func TestPercentile(t *testing.T) {
 	if p := bench.Percentile(d, 99); p != 99*time.Millisecond {
 		t.Errorf("p99 = %s", p)
 	}
+	// Few samples: p99 is the largest (nearest rank), never one below it.
+	ten := d[:10]
+	if p := bench.Percentile(ten, 99); p != 10*time.Millisecond {
+		t.Errorf("p99 of ten = %s, want the largest", p)
+	}
+	if p := bench.Percentile(d[:3], 50); p != 2*time.Millisecond {
+		t.Errorf("p50 of three = %s, want the middle one", p)
+	}
 }

@@ -36,6 +36,22 @@ type PairResult struct {
 func (r PairResult) P50(kind string) time.Duration { return Percentile(r.ByKind[kind], 50) }
 func (r PairResult) P99(kind string) time.Duration { return Percentile(r.ByKind[kind], 99) }
 
+// waitAcks waits until the writer has n more acknowledged writes.
+func waitAcks(w *ackwriter.Writer, n int, limit time.Duration) error {
+	before, _, _ := w.Stats()
+	deadline := time.Now().Add(limit)
+	for {
+		acked, _, _ := w.Stats()
+		if acked >= before+n {
+			return nil
+		}
+		if time.Now().After(deadline) {
+			return fmt.Errorf("writes did not resume within %s (%d of %d acknowledged)", limit, acked-before, n)
+		}
+		time.Sleep(50 * time.Millisecond) // polling
+	}
+}
+
 // RunPair builds a one-site lab of shape (duplex or multi-server), then
 // for each kind and cycle: swacts the active controller, or powers it off,
 // or hangs it; waits until the other controller is active (the observer),
@@ -136,6 +152,12 @@ func RunPair(ctx context.Context, binary, shape string, cycles int, kinds []stri
 				}
 				if err := waitOK(180 * time.Second); err != nil {
 					return err
+				}
+				// Writes resume before the next cycle: the writer's pause
+				// is measured, and a pair that is "ok" but takes no writes
+				// fails the run.
+				if err := waitAcks(w, 10, 60*time.Second); err != nil {
+					return fmt.Errorf("%s %d of %s: %w", kind, i+1, victim, err)
 				}
 				gap := w.MaxGapSince(t0)
 				res.Outage[kind] = append(res.Outage[kind], gap)

@@ -29,7 +29,10 @@ func withLabConfig(ctx context.Context, binary, sites string, noDemo bool, log i
 	if err != nil {
 		return err
 	}
-	keep := os.Getenv("PETREL_BENCH_KEEP") != "" // keep a failed run's lab to read its logs
+	// PETREL_BENCH_KEEP keeps a failed run's lab to read its logs; =always
+	// keeps every run's lab up.
+	keep := os.Getenv("PETREL_BENCH_KEEP") != ""
+	always := os.Getenv("PETREL_BENCH_KEEP") == "always"
 	defer func() {
 		if !keep {
 			os.RemoveAll(dir)
@@ -45,6 +48,10 @@ func withLabConfig(ctx context.Context, binary, sites string, noDemo bool, log i
 	err = fn(f)
 	if err != nil && keep {
 		fmt.Fprintf(log, "the lab stays up in %s (PETREL_BENCH_KEEP): petrel lab down --dir %s\n", dir, dir)
+		return err
+	}
+	if always {
+		fmt.Fprintf(log, "the lab stays up in %s (PETREL_BENCH_KEEP=always): petrel lab down --dir %s\n", dir, dir)
 		return err
 	}
 	keep = false

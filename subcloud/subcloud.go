@@ -222,6 +222,14 @@ func New(ctx context.Context, cfg Config) (*Subcloud, error) {
 	return s, nil
 }
 
+// Warm does ahead of time the work of New that needs no database and is
+// the same every time (the merged OpenAPI document): a controller pair's
+// standby warms up so that its takeover does not.
+func Warm() error {
+	_, err := server.MergeOpenAPI(openapiFragment)
+	return err
+}
+
 // Run serves until ctx ends, dialing home if configured.
 func (s *Subcloud) Run(ctx context.Context) error {
 	g, ctx := errgroup.WithContext(ctx)

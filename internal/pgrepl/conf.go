@@ -86,6 +86,9 @@ func (n *Node) settings(r role, primaryConnInfo string) []setting {
 		{"wal_log_hints", "on"}, // pg_rewind needs it (or data checksums; initdb enables both)
 		{"hot_standby", "on"},
 		{"recovery_target_timeline", quoteConf("latest")},
+		// No logical replication: without a launcher, a fast shutdown (a
+		// swact's) does not wait for one to exit.
+		{"max_logical_replication_workers", "0"},
 
 		// Fail fast: a dead peer is noticed in seconds, a restarted one is
 		// retried every 200 ms.
@@ -106,7 +109,7 @@ func (n *Node) settings(r role, primaryConnInfo string) []setting {
 func renderConf(s []setting) string {
 	var b strings.Builder
 	b.WriteString("# Written by Petrel (internal/pgrepl) before every start of this node; edits are lost.\n")
-	b.WriteString("# synchronous_standby_names lives in postgresql.auto.conf (ALTER SYSTEM).\n")
+	b.WriteString("# A primary's synchronous_standby_names lives in postgresql.auto.conf (ALTER SYSTEM).\n")
 	for _, kv := range s {
 		fmt.Fprintf(&b, "%s = %s\n", kv.key, kv.value)
 	}
@@ -201,9 +204,10 @@ func filterAutoConf(content string, drop map[string]bool) (string, bool) {
 }
 
 // autoConfDrops lists the settings to drop from postgresql.auto.conf before a
-// start as r. A standby never keeps synchronous_standby_names: the peer's
-// copy names this node itself, and a standby that is promoted starts
-// asynchronous until the caller names its new standby.
+// start as r. A standby never keeps synchronous_standby_names from there:
+// the peer's copy names this node itself; a standby that is promoted starts
+// asynchronous until the caller names its new standby, or with the primary
+// it followed (Config.SyncAfterPromote, in petrel.conf).
 func (n *Node) autoConfDrops(r role) map[string]bool {
 	drop := map[string]bool{
 		"primary_slot_name": true, "restore_command": true, "recovery_target": true,

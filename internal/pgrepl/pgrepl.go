@@ -90,6 +90,15 @@ type Config struct {
 	Peers       []netip.Prefix // addresses allowed to connect for replication
 	PeerNames   []string       // certificate CNs allowed to replicate (the peer's Name)
 
+	// SyncAfterPromote makes a standby name the primary it follows as its
+	// synchronous standby for after a promotion: a pair's clean handoff
+	// (swact) promotes the standby while the old primary comes back as
+	// its standby, and commits wait for that copy from the first one on,
+	// with no reload and checkpoint on the promotion's path. A promotion
+	// after the old primary was lost names none with SetSynchronous(nil)
+	// before anything commits.
+	SyncAfterPromote bool
+
 	Logger *slog.Logger
 }
 
@@ -196,6 +205,20 @@ type Node struct {
 	noSync     bool     // tests: initdb, pg_basebackup and pg_rewind skip their final fsync
 
 	mu sync.Mutex
+
+	// The connection session lends, kept open between calls.
+	statusMu   sync.Mutex
+	statusConn *pgx.Conn
+	statusPID  int // the postmaster it belongs to
+
+	cdMu    sync.Mutex
+	cdCache struct {
+		ok    bool
+		mtime time.Time
+		size  int64
+		ino   uint64
+		cd    controlData
+	}
 }
 
 // New checks cfg and returns a Node; it touches nothing on disk.
@@ -359,11 +382,11 @@ func (n *Node) connect(ctx context.Context) (*pgx.Conn, error) {
 
 // inRecovery asks the running server whether it is a standby.
 func (n *Node) inRecovery(ctx context.Context) (bool, error) {
-	conn, err := n.connect(ctx)
+	conn, release, err := n.session(ctx)
 	if err != nil {
 		return false, err
 	}
-	defer conn.Close(context.WithoutCancel(ctx))
+	defer release(nil)
 	var rec bool
 	if err := conn.QueryRow(ctx, "SELECT pg_is_in_recovery()").Scan(&rec); err != nil {
 		return false, fmt.Errorf("pgrepl: pg_is_in_recovery: %w", err)
@@ -405,11 +428,11 @@ func (n *Node) Bootstrap(ctx context.Context) error {
 		return err
 	}
 	if _, ok := n.running(); ok {
-		conn, err := n.connect(ctx)
+		conn, release, err := n.session(ctx)
 		if err != nil {
 			return err
 		}
-		defer conn.Close(context.WithoutCancel(ctx))
+		defer release(nil)
 		var rec bool
 		if err := conn.QueryRow(ctx, "SELECT pg_is_in_recovery()").Scan(&rec); err != nil {
 			return fmt.Errorf("pgrepl: %w", err)
@@ -434,7 +457,7 @@ func (n *Node) Bootstrap(ctx context.Context) error {
 	if exists(n.dataPath(backupLabel)) || cd.wasStandby() {
 		return ErrStandbyData
 	}
-	if _, err := n.writeConfig(rolePrimary, ""); err != nil {
+	if _, err := n.writeConfig(rolePrimary, "", ""); err != nil {
 		return err
 	}
 	for _, f := range []string{standbySig, recoverySig} {
@@ -595,13 +618,21 @@ func (n *Node) writeIfChanged(path string, data []byte) (bool, error) {
 // petrel.conf (included from postgresql.conf), pg_hba.conf,
 // pg_ident.conf, the TLS copies, and postgresql.auto.conf without the
 // settings petrel.conf owns. It reports whether anything changed.
-func (n *Node) writeConfig(r role, primaryConnInfo string) (bool, error) {
+func (n *Node) writeConfig(r role, primaryConnInfo, syncAfterPromote string) (bool, error) {
 	changed, err := n.installTLS()
 	if err != nil {
 		return false, err
 	}
+	s := n.settings(r, primaryConnInfo)
+	if r == roleStandby && syncAfterPromote != "" {
+		val, err := syncNamesValue([]string{syncAfterPromote})
+		if err != nil {
+			return false, err
+		}
+		s = append(s, setting{"synchronous_standby_names", quoteConf(val)})
+	}
 	files := []struct{ name, content string }{
-		{confFile, renderConf(n.settings(r, primaryConnInfo))},
+		{confFile, renderConf(s)},
 		{hbaFile, n.renderHBA()},
 		{identFile, n.renderIdent()},
 	}
@@ -641,15 +672,52 @@ func (n *Node) writeConfig(r role, primaryConnInfo string) (bool, error) {
 	return changed, nil
 }
 
-// pgctlStart starts the server with pg_ctl and waits until it accepts
-// connections (a standby: until it is consistent, hot standby).
-func (n *Node) pgctlStart(ctx context.Context) error {
-	_, err := n.run(ctx, "pg_ctl", nil, "-D", n.cfg.DataDir, "-l", n.statePath(logFile),
-		"-w", "-t", timeoutSecs(ctx, 30), "-s", "start")
-	if err != nil {
-		return fmt.Errorf("pgrepl: start (server log: %s): %w", n.logTail(), err)
+// startServer starts the server and waits until it accepts connections (a
+// standby: until it is consistent, hot standby). pg_ctl's own wait looks
+// every 100 ms; this one every few, so that a takeover or a swact's
+// rejoin does not sit out most of a tenth of a second.
+func (n *Node) startServer(ctx context.Context) error {
+	if err := n.spawn(); err != nil {
+		return err
 	}
-	return nil
+	secs, _ := strconv.Atoi(timeoutSecs(ctx, 30))
+	deadline := time.Now().Add(time.Duration(secs) * time.Second)
+	// A postmaster writes its pid file before anything that takes time; one
+	// that never does (a bad setting, a port in use) has exited.
+	absent := time.Now().Add(startGrace)
+	for {
+		pm, ok := n.running()
+		switch {
+		case ok && (pm.status == "ready" || pm.status == "standby"):
+			return nil
+		case ok:
+			absent = time.Now().Add(startGrace)
+		case time.Now().After(absent):
+			return fmt.Errorf("pgrepl: start: the server exited (server log: %s)", n.logTail())
+		}
+		if time.Now().After(deadline) {
+			return fmt.Errorf("pgrepl: start: not accepting connections within %d s (server log: %s)", secs, n.logTail())
+		}
+		if err := pause(ctx, pollInterval); err != nil {
+			return err
+		}
+	}
+}
+
+// pollInterval is how often a start, a stop or a promotion is looked at.
+const pollInterval = 5 * time.Millisecond
+
+// startGrace is how long a start may go without a live postmaster before
+// it counts as failed.
+const startGrace = 3 * time.Second
+
+// syncAfter is the synchronous standby a standby of p names for after its
+// promotion (Config.SyncAfterPromote): p itself.
+func (n *Node) syncAfter(p Peer) string {
+	if !n.cfg.SyncAfterPromote {
+		return ""
+	}
+	return p.Name
 }
 
 // StartPrimary starts the server as a primary and waits until it accepts
@@ -686,7 +754,7 @@ func (n *Node) StartPrimary(ctx context.Context) error {
 	if !cd.wasPrimary() {
 		return fmt.Errorf("pgrepl: cluster state %q: refusing to start it as a primary", cd.state)
 	}
-	if _, err := n.writeConfig(rolePrimary, ""); err != nil {
+	if _, err := n.writeConfig(rolePrimary, "", ""); err != nil {
 		return err
 	}
 	for _, f := range []string{standbySig, recoverySig} {
@@ -694,14 +762,14 @@ func (n *Node) StartPrimary(ctx context.Context) error {
 			return err
 		}
 	}
-	if err := n.pgctlStart(ctx); err != nil {
+	if err := n.startServer(ctx); err != nil {
 		return err
 	}
-	conn, err := n.connect(ctx)
+	conn, release, err := n.session(ctx)
 	if err != nil {
 		return err
 	}
-	defer conn.Close(context.WithoutCancel(ctx))
+	defer release(nil)
 	var rec bool
 	if err := conn.QueryRow(ctx, "SELECT pg_is_in_recovery()").Scan(&rec); err != nil {
 		return fmt.Errorf("pgrepl: %w", err)
@@ -748,11 +816,11 @@ func (n *Node) StartStandby(ctx context.Context, primary Peer) error {
 func (n *Node) startStandby(ctx context.Context, p Peer) error {
 	ci := n.peerConnInfo(p)
 	if _, ok := n.running(); ok {
-		conn, err := n.connect(ctx)
+		conn, release, err := n.session(ctx)
 		if err != nil {
 			return err
 		}
-		defer conn.Close(context.WithoutCancel(ctx))
+		defer release(nil)
 		var rec bool
 		if err := conn.QueryRow(ctx, "SELECT pg_is_in_recovery()").Scan(&rec); err != nil {
 			return fmt.Errorf("pgrepl: %w", err)
@@ -760,7 +828,7 @@ func (n *Node) startStandby(ctx context.Context, p Peer) error {
 		if !rec {
 			return fmt.Errorf("pgrepl: refusing to make a running primary a standby (stop it, then Rejoin): %w", ErrIsPrimary)
 		}
-		changed, err := n.writeConfig(roleStandby, ci)
+		changed, err := n.writeConfig(roleStandby, ci, n.syncAfter(p))
 		if err != nil {
 			return err
 		}
@@ -778,13 +846,13 @@ func (n *Node) startStandby(ctx context.Context, p Peer) error {
 	if err := n.ensureDirs(); err != nil {
 		return err
 	}
-	if _, err := n.writeConfig(roleStandby, ci); err != nil {
+	if _, err := n.writeConfig(roleStandby, ci, n.syncAfter(p)); err != nil {
 		return err
 	}
 	if err := n.writeFile(n.dataPath(standbySig), nil, 0o600); err != nil {
 		return err
 	}
-	if err := n.pgctlStart(ctx); err != nil {
+	if err := n.startServer(ctx); err != nil {
 		return err
 	}
 	rec, err := n.inRecovery(ctx)
@@ -1171,11 +1239,11 @@ func (n *Node) Promote(ctx context.Context) error {
 	if _, ok := n.running(); !ok {
 		return fmt.Errorf("pgrepl: promote: %w", ErrNotRunning)
 	}
-	conn, err := n.connect(ctx)
+	conn, release, err := n.session(ctx)
 	if err != nil {
 		return err
 	}
-	defer conn.Close(context.WithoutCancel(ctx))
+	defer release(nil)
 	var rec bool
 	if err := conn.QueryRow(ctx, "SELECT pg_is_in_recovery()").Scan(&rec); err != nil {
 		return fmt.Errorf("pgrepl: %w", err)
@@ -1185,12 +1253,14 @@ func (n *Node) Promote(ctx context.Context) error {
 	}
 	start := time.Now()
 	secs, _ := strconv.Atoi(timeoutSecs(ctx, 60))
-	var done bool
-	if err := conn.QueryRow(ctx, "SELECT pg_promote(true, $1)", secs).Scan(&done); err != nil {
+	deadline := start.Add(time.Duration(secs) * time.Second)
+	// pg_promote's own wait looks every 100 ms; this one every few.
+	var signalled bool
+	if err := conn.QueryRow(ctx, "SELECT pg_promote(false)").Scan(&signalled); err != nil {
 		return fmt.Errorf("pgrepl: pg_promote: %w", err)
 	}
-	if !done {
-		return fmt.Errorf("pgrepl: promotion did not finish within %d s", secs)
+	if !signalled {
+		return errors.New("pgrepl: pg_promote could not signal the startup process")
 	}
 	for {
 		if err := conn.QueryRow(ctx, "SELECT pg_is_in_recovery()").Scan(&rec); err != nil {
@@ -1199,7 +1269,10 @@ func (n *Node) Promote(ctx context.Context) error {
 		if !rec {
 			break
 		}
-		if err := pause(ctx, 10*time.Millisecond); err != nil {
+		if time.Now().After(deadline) {
+			return fmt.Errorf("pgrepl: promotion did not finish within %d s (server log: %s)", secs, n.logTail())
+		}
+		if err := pause(ctx, pollInterval); err != nil {
 			return err
 		}
 	}
@@ -1278,19 +1351,39 @@ func (n *Node) Stop(ctx context.Context, mode StopMode) error {
 }
 
 func (n *Node) stop(ctx context.Context, mode StopMode) error {
-	if mode != StopFast && mode != StopImmediate {
+	sig := syscall.SIGINT // fast: roll back sessions, shutdown checkpoint
+	switch mode {
+	case StopFast:
+	case StopImmediate:
+		sig = syscall.SIGQUIT // no checkpoint: crash recovery at the next start
+	default:
 		return fmt.Errorf("pgrepl: unknown %v", mode)
 	}
-	if _, ok := n.running(); !ok {
+	pm, ok := n.running()
+	if !ok {
 		return nil
 	}
+	// What pg_ctl stop does, looked at every few milliseconds instead of
+	// every 100: a swact waits for this stop.
 	start := time.Now()
-	_, err := n.run(ctx, "pg_ctl", nil, "-D", n.cfg.DataDir, "-m", mode.String(), "-w", "-t", timeoutSecs(ctx, 60), "-s", "stop")
-	if err != nil {
-		if _, ok := n.running(); !ok {
-			return nil // it stopped meanwhile
+	if err := syscall.Kill(pm.pid, sig); err != nil {
+		if errors.Is(err, syscall.ESRCH) {
+			return nil
 		}
-		return fmt.Errorf("pgrepl: stop (server log: %s): %w", n.logTail(), err)
+		return fmt.Errorf("pgrepl: stop: %w", err)
+	}
+	secs, _ := strconv.Atoi(timeoutSecs(ctx, 60))
+	deadline := time.Now().Add(time.Duration(secs) * time.Second)
+	for {
+		if _, ok := n.running(); !ok {
+			break
+		}
+		if time.Now().After(deadline) {
+			return fmt.Errorf("pgrepl: stop: the server did not stop within %d s (server log: %s)", secs, n.logTail())
+		}
+		if err := pause(ctx, pollInterval); err != nil {
+			return err
+		}
 	}
 	n.log.Info("stopped", "mode", mode, "took", time.Since(start).Round(time.Millisecond))
 	return nil
@@ -1311,11 +1404,11 @@ func (n *Node) SetSynchronous(ctx context.Context, standbys []string) error {
 	if _, ok := n.running(); !ok {
 		return fmt.Errorf("pgrepl: set synchronous: %w", ErrNotRunning)
 	}
-	conn, err := n.connect(ctx)
+	conn, release, err := n.session(ctx)
 	if err != nil {
 		return err
 	}
-	defer conn.Close(context.WithoutCancel(ctx))
+	defer release(nil)
 	var rec bool
 	if err := conn.QueryRow(ctx, "SELECT pg_is_in_recovery()").Scan(&rec); err != nil {
 		return fmt.Errorf("pgrepl: %w", err)
@@ -1323,9 +1416,21 @@ func (n *Node) SetSynchronous(ctx context.Context, standbys []string) error {
 	if rec {
 		return fmt.Errorf("pgrepl: set synchronous: %w", ErrIsStandby)
 	}
+	// A value already in effect (a standby named its primary for after its
+	// promotion, Config.SyncAfterPromote) is in the checkpointer's hands
+	// since the server started or was last reloaded: it is written down
+	// for the next start, and needs no checkpoint.
+	var was string
+	if err := conn.QueryRow(ctx, "SELECT current_setting('synchronous_standby_names')").Scan(&was); err != nil {
+		return fmt.Errorf("pgrepl: %w", err)
+	}
 	// ALTER SYSTEM takes no parameters; val is built from validated names.
 	if _, err := conn.Exec(ctx, "ALTER SYSTEM SET synchronous_standby_names = "+quoteConf(val)); err != nil {
 		return fmt.Errorf("pgrepl: set synchronous: %w", err)
+	}
+	if was == val {
+		n.log.Info("synchronous standbys set (already in effect)", "synchronous_standby_names", val)
+		return nil
 	}
 	if _, err := conn.Exec(ctx, "SELECT pg_reload_conf()"); err != nil {
 		return fmt.Errorf("pgrepl: reload: %w", err)
@@ -1374,26 +1479,92 @@ func (n *Node) SetSynchronous(ctx context.Context, standbys []string) error {
 // ErrNotInitialized.
 func (n *Node) Status(ctx context.Context) (Status, error) {
 	if _, ok := n.running(); !ok {
-		if !n.Initialized() {
-			return Status{}, ErrNotInitialized
-		}
-		cd, err := n.controlData(ctx)
-		if err != nil {
-			return Status{}, err
-		}
-		return Status{
-			InRecovery:    cd.wasStandby() || exists(n.dataPath(backupLabel)),
-			Timeline:      cd.timeline,
-			ClusterState:  cd.state,
-			CheckpointLSN: cd.checkpoint,
-		}, nil
+		return n.stoppedStatus(ctx)
 	}
-	st := Status{Running: true}
-	conn, err := n.connect(ctx)
+	return n.runningStatus(ctx)
+}
+
+// stoppedStatus describes a stopped node from pg_control.
+func (n *Node) stoppedStatus(ctx context.Context) (Status, error) {
+	if !n.Initialized() {
+		return Status{}, ErrNotInitialized
+	}
+	cd, err := n.controlData(ctx)
 	if err != nil {
-		return st, err
+		return Status{}, err
 	}
-	defer conn.Close(context.WithoutCancel(ctx))
+	return Status{
+		InRecovery:    cd.wasStandby() || exists(n.dataPath(backupLabel)),
+		Timeline:      cd.timeline,
+		ClusterState:  cd.state,
+		CheckpointLSN: cd.checkpoint,
+	}, nil
+}
+
+func (n *Node) runningStatus(ctx context.Context) (Status, error) {
+	conn, release, err := n.session(ctx)
+	if errors.Is(err, ErrNotRunning) {
+		return n.stoppedStatus(ctx) // it stopped meanwhile
+	}
+	if err != nil {
+		return Status{Running: true}, err
+	}
+	st, err := n.status(ctx, conn)
+	release(err)
+	return st, err
+}
+
+// session lends the connection to the local server that this node keeps
+// open (a pair asks for its status ten times a second, and a backend per
+// call would cost the server a fork and an authentication each time; a
+// takeover would pay for one per step). It reconnects when the server
+// restarted or ended it. release returns it, dropping it after an error.
+func (n *Node) session(ctx context.Context) (*pgx.Conn, func(error), error) {
+	n.statusMu.Lock()
+	pm, ok := n.running()
+	if !ok {
+		n.closeStatusLocked()
+		n.statusMu.Unlock()
+		return nil, nil, ErrNotRunning
+	}
+	if n.statusConn != nil && (n.statusPID != pm.pid || n.statusConn.IsClosed() || n.statusConn.Ping(ctx) != nil) {
+		n.closeStatusLocked()
+	}
+	if n.statusConn == nil {
+		c, err := n.connect(ctx)
+		if err != nil {
+			n.statusMu.Unlock()
+			return nil, nil, err
+		}
+		n.statusConn, n.statusPID = c, pm.pid
+	}
+	return n.statusConn, func(err error) {
+		if err != nil {
+			n.closeStatusLocked()
+		}
+		n.statusMu.Unlock()
+	}, nil
+}
+
+// Close closes the connection the node keeps open to its server (a Node
+// that is no longer used). The server is left as it is.
+func (n *Node) Close() {
+	n.statusMu.Lock()
+	defer n.statusMu.Unlock()
+	n.closeStatusLocked()
+}
+
+func (n *Node) closeStatusLocked() {
+	if n.statusConn != nil {
+		ctx, cancel := context.WithTimeout(context.Background(), time.Second)
+		_ = n.statusConn.Close(ctx)
+		cancel()
+		n.statusConn = nil
+	}
+}
+
+func (n *Node) status(ctx context.Context, conn *pgx.Conn) (Status, error) {
+	st := Status{Running: true}
 	if err := conn.QueryRow(ctx, "SELECT pg_is_in_recovery(), current_setting('synchronous_standby_names')").
 		Scan(&st.InRecovery, &st.SyncNames); err != nil {
 		return st, fmt.Errorf("pgrepl: status: %w", err)
@@ -1485,11 +1656,11 @@ func (n *Node) EnsureDatabase(ctx context.Context, name string) error {
 	if _, ok := n.running(); !ok {
 		return fmt.Errorf("pgrepl: ensure database: %w", ErrNotRunning)
 	}
-	conn, err := n.connect(ctx)
+	conn, release, err := n.session(ctx)
 	if err != nil {
 		return err
 	}
-	defer conn.Close(context.WithoutCancel(ctx))
+	defer release(nil)
 	var rec, found bool
 	if err := conn.QueryRow(ctx, "SELECT pg_is_in_recovery(), EXISTS (SELECT FROM pg_database WHERE datname = $1)", name).
 		Scan(&rec, &found); err != nil {

@@ -42,11 +42,18 @@ import (
 
 // Config configures a daemon shell.
 type Config struct {
-	Daemon   string        // "central" or "subcloud": reported by /v1/version
-	Site     string        // the site a subcloud serves; "" at central
-	Listen   string        // host:port; port 0 picks a free one
-	DataDir  string        // required: store, CA, bootstrap password live here
-	Database string        // SQL DSN; "" keeps SQLite at DataDir/petrel.db
+	Daemon   string // "central" or "subcloud": reported by /v1/version
+	Site     string // the site a subcloud serves; "" at central
+	Listen   string // host:port; port 0 picks a free one
+	DataDir  string // required: store, CA, bootstrap password live here
+	Database string // SQL DSN; "" keeps SQLite at DataDir/petrel.db
+	// ShutdownGrace is how long a stop lets calls in flight finish before
+	// their connections are closed (default 10 s). A controller pair's
+	// stepping-down active uses a short one: its database is going away.
+	ShutdownGrace time.Duration
+	// DB, when set, is the store already opened on Database (a controller
+	// pair connects while it promotes); the server owns and closes it.
+	DB       *sqldb.DB
 	TLS      TLSConfig     // zero: a server certificate from the CA in DataDir/pki
 	TokenTTL time.Duration // login token lifetime; 0 = 12 h
 	Logger   *slog.Logger  // required
@@ -126,8 +133,10 @@ func New(ctx context.Context, cfg Config) (_ *Server, err error) {
 	if dsn == "" {
 		dsn = filepath.Join(cfg.DataDir, DatabaseFile)
 	}
-	if s.DB, err = sqldb.Open(ctx, dsn); err != nil {
-		return nil, err
+	if s.DB = cfg.DB; s.DB == nil {
+		if s.DB, err = sqldb.Open(ctx, dsn); err != nil {
+			return nil, err
+		}
 	}
 	authStore, err := authdb.Open(ctx, s.DB)
 	if err != nil {
@@ -309,9 +318,17 @@ func (s *Server) Run(ctx context.Context) error {
 	select {
 	case err = <-errc:
 	case <-ctx.Done():
-		sctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+		grace := s.cfg.ShutdownGrace
+		if grace <= 0 {
+			grace = 10 * time.Second
+		}
+		sctx, cancel := context.WithTimeout(context.Background(), grace)
 		err = s.http.Shutdown(sctx)
 		cancel()
+		if errors.Is(err, context.DeadlineExceeded) {
+			s.cfg.Logger.Warn("calls still in flight after the shutdown grace: closing their connections", "grace", grace)
+			err = s.http.Close()
+		}
 		<-errc
 	}
 	// Webhook workers stop after the HTTP server and save their cursors

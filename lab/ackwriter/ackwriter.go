@@ -32,7 +32,7 @@ type Writer struct {
 	acked   []string
 	failed  int
 	lastAck time.Time
-	gaps    []gap // outages: time between consecutive acknowledgements above interval*10
+	gaps    []gap // pauses: time between consecutive acknowledgements above interval*2
 }
 
 // gap is one outage: acknowledgements resumed at end after d.
@@ -81,7 +81,7 @@ func (w *Writer) writeOne(ctx context.Context) {
 		w.failed++
 		return
 	}
-	if !w.lastAck.IsZero() && now.Sub(w.lastAck) > 10*w.interval {
+	if !w.lastAck.IsZero() && now.Sub(w.lastAck) > 2*w.interval {
 		w.gaps = append(w.gaps, gap{end: now, d: now.Sub(w.lastAck)})
 	}
 	w.lastAck = now

@@ -105,10 +105,13 @@ func (s siteOf) Alarms() *faultmgr.Manager { return s.s.Shell().Alarms }
 
 // openLedger is a duplex site's service ledger: in the replicated
 // database, each write checking the pair's epoch row in its transaction.
-func openLedger(ctx context.Context, dsn string, ha *subcloud.HAConfig) (*sqlledger.Ledger, func(), error) {
-	db, err := sqldb.Open(ctx, dsn)
-	if err != nil {
-		return nil, nil, err
+// db, when set, is the store opened already.
+func openLedger(ctx context.Context, dsn string, db *sqldb.DB, ha *subcloud.HAConfig) (*sqlledger.Ledger, func(), error) {
+	if db == nil {
+		var err error
+		if db, err = sqldb.Open(ctx, dsn); err != nil {
+			return nil, nil, err
+		}
 	}
 	guard := func(ctx context.Context, tx *sqldb.DB) error {
 		if err := ha.Authority(); err != nil {

@@ -7,12 +7,14 @@ import (
 	"log/slog"
 	"net/netip"
 	"path/filepath"
+	"sync"
 	"time"
 
 	"github.com/petrel-edge/petrel/agent"
 	"github.com/petrel-edge/petrel/hostmgr/bmc"
 	"github.com/petrel-edge/petrel/internal/coord"
 	"github.com/petrel-edge/petrel/internal/pgrepl"
+	"github.com/petrel-edge/petrel/internal/sqldb"
 	"github.com/petrel-edge/petrel/subcloud"
 	"github.com/petrel-edge/petrel/subcloud/witness"
 )
@@ -97,6 +99,10 @@ func (p *Pair) Close() {
 	p.closers = nil
 }
 
+// siteShutdownGrace bounds how long a stepping-down active's site
+// controller waits for calls in flight (an image upload can take minutes).
+const siteShutdownGrace = 300 * time.Millisecond
+
 // Build assembles one controller of a pair from its configuration. site is
 // the site controller's configuration; every start of the site controller
 // gets a copy with the pair's hooks and the database.
@@ -161,7 +167,7 @@ func Build(fc FileConfig, site subcloud.Config, log *slog.Logger) (*Pair, error)
 		peers = append(peers, pf)
 	}
 	db, err := pgrepl.New(pgrepl.Config{BinDir: pg.BinDir, DataDir: pg.DataDir, SocketDir: pg.SocketDir, Listen: pg.Listen,
-		Port: pg.Port, Name: fc.Controller, Peers: peers, PeerNames: []string{fc.Peer},
+		Port: pg.Port, Name: fc.Controller, Peers: peers, PeerNames: []string{fc.Peer}, SyncAfterPromote: true,
 		Replication: pgrepl.ReplicationTLS{CAFile: pg.TLS.CAFile, CertFile: pg.TLS.CertFile, KeyFile: pg.TLS.KeyFile},
 		Logger:      log.With("component", "postgres")})
 	if err != nil {
@@ -240,21 +246,53 @@ func Build(fc FileConfig, site subcloud.Config, log *slog.Logger) (*Pair, error)
 		p.closers = append(p.closers, func() { el.Close() })
 		cfg.Elector = el
 	}
-	cfg.NewSite = func(ctx context.Context, ha *subcloud.HAConfig, dsn string) (Site, error) {
+	cfg.Warm = subcloud.Warm
+	cfg.OpenStores = func(ctx context.Context, dsn string) (*SiteStores, error) {
+		st := &SiteStores{}
+		var errShell, errLedger error
+		var wg sync.WaitGroup
+		wg.Add(1)
+		go func() { defer wg.Done(); st.Shell, errShell = sqldb.Open(ctx, dsn) }()
+		if mode == ModeDuplex {
+			st.Ledger, errLedger = sqldb.Open(ctx, dsn)
+		}
+		wg.Wait()
+		if err := errors.Join(errShell, errLedger); err != nil {
+			st.Close()
+			return nil, err
+		}
+		return st, nil
+	}
+	cfg.NewSite = func(ctx context.Context, ha *subcloud.HAConfig, dsn string, stores *SiteStores) (Site, error) {
 		sc := site
 		sc.HA = ha
 		sc.Shell.Database = dsn
+		// A step-down stops the database with the site: what is in
+		// flight then fails anyway, and the peer waits for this stop.
+		sc.Shell.ShutdownGrace = siteShutdownGrace
+		var ledgerDB *sqldb.DB
+		if stores != nil {
+			sc.Shell.DB, ledgerDB = stores.Shell, stores.Ledger
+		}
 		closeLedger := func() {}
 		if mode == ModeDuplex {
-			l, c, err := openLedger(ctx, dsn, ha)
+			l, c, err := openLedger(ctx, dsn, ledgerDB, ha)
 			if err != nil {
+				if sc.Shell.DB != nil {
+					sc.Shell.DB.Close()
+				}
 				return nil, err
 			}
 			ha.Ledger, closeLedger = l, c
+		} else if ledgerDB != nil {
+			ledgerDB.Close()
 		}
 		s, err := subcloud.New(ctx, sc)
 		if err != nil {
 			closeLedger()
+			if sc.Shell.DB != nil {
+				sc.Shell.DB.Close() // closing twice is safe
+			}
 			return nil, err
 		}
 		return siteOf{s: s, close: closeLedger}, nil

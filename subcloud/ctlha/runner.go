@@ -60,8 +60,31 @@ type Site interface {
 }
 
 // SiteFactory builds the site controller at epoch (subcloud.New with the
-// HA hooks filled in).
-type SiteFactory func(ctx context.Context, ha *subcloud.HAConfig, dsn string) (Site, error)
+// HA hooks filled in), on the stores a StoreOpener opened when it did.
+type SiteFactory func(ctx context.Context, ha *subcloud.HAConfig, dsn string, stores *SiteStores) (Site, error)
+
+// SiteStores are the site controller's handles on the site's database,
+// opened while the database is promoted: a backend's start costs tens of
+// milliseconds on a busy controller, and sessions a standby accepted
+// write once it is promoted. The site controller owns them once built.
+type SiteStores struct {
+	Shell, Ledger *sqldb.DB
+}
+
+// Close closes what was opened (a takeover that did not build the site).
+func (s *SiteStores) Close() {
+	if s == nil {
+		return
+	}
+	for _, db := range []*sqldb.DB{s.Shell, s.Ledger} {
+		if db != nil {
+			db.Close()
+		}
+	}
+}
+
+// StoreOpener opens SiteStores on dsn.
+type StoreOpener func(ctx context.Context, dsn string) (*SiteStores, error)
 
 // Floating is the site controller's API address, held by the active.
 type Floating struct {
@@ -88,8 +111,14 @@ type Config struct {
 	Witness  WitnessClient
 	Elector  Elector // multi-server: the etcd election; nil on duplex
 	NewSite  SiteFactory
-	Timing   Timing
-	Logger   *slog.Logger
+	// OpenStores, when set, opens the site controller's stores while a
+	// takeover promotes the database.
+	OpenStores StoreOpener
+	// Warm, when set, runs once at the start: what building the site
+	// controller can do ahead of a takeover.
+	Warm   func() error
+	Timing Timing
+	Logger *slog.Logger
 	// StateFile keeps the highest epoch this controller held or followed
 	// across restarts (a power loss leaves the database stopped, and a
 	// dead-office recovery ranks by it); "" keeps it in memory only.
@@ -149,6 +178,9 @@ type Runner struct {
 	standOnce sync.Once
 	since     time.Time // in the current role
 	wake      chan struct{}
+
+	dbMu   sync.Mutex
+	siteDB *sqldb.DB // the site's database, for the epoch row; kept open
 }
 
 // New checks the configuration.
@@ -221,6 +253,14 @@ func (r *Runner) poke() {
 // and leaves the database as it is (a restart finds it).
 func (r *Runner) Run(ctx context.Context) error {
 	r.runCtx = ctx
+	defer func() {
+		r.dbMu.Lock()
+		if r.siteDB != nil {
+			r.siteDB.Close()
+			r.siteDB = nil
+		}
+		r.dbMu.Unlock()
+	}()
 	defer r.stopSite()
 	// The first beat already says where this controller stands (its
 	// epoch, its database's position): a restarted active must not look
@@ -230,6 +270,13 @@ func (r *Runner) Run(ctx context.Context) error {
 	}
 	r.publish(r.view(ctx))
 	go func() { _ = r.cfg.Beats.Run(ctx) }()
+	if r.cfg.Warm != nil {
+		go func() {
+			if err := r.cfg.Warm(); err != nil {
+				r.log.Warn("warming up the site controller", "err", err)
+			}
+		}()
+	}
 	if r.cfg.DB.Initialized() || r.cfg.Bootstrap {
 		r.stand()
 	}
@@ -571,6 +618,36 @@ func (r *Runner) takeOver(ctx context.Context, v View, d Decision) error {
 	start := time.Now()
 	r.setRole(RoleTakingOver, v.Epoch)
 	r.publish(v)
+	// The handle for the epoch row connects while the epoch is claimed
+	// and the database promoted (a standby's sessions write once it is
+	// promoted).
+	go r.openSiteDB(context.WithoutCancel(ctx))
+	storesc := make(chan *SiteStores, 1)
+	if open := r.cfg.OpenStores; open != nil && r.cfg.DB.Initialized() {
+		go func() {
+			octx, cancel := context.WithTimeout(context.WithoutCancel(ctx), 3*time.Second)
+			defer cancel()
+			st, err := open(octx, r.cfg.DB.DSN(r.cfg.Database))
+			if err != nil {
+				st = nil // the site opens its own
+			}
+			storesc <- st
+		}()
+	} else {
+		storesc <- nil
+	}
+	// Whatever path this takeover takes, the stores it opened are the
+	// site's or closed.
+	var stores *SiteStores
+	storesTaken := false
+	defer func() {
+		if !storesTaken {
+			if stores == nil {
+				stores = <-storesc
+			}
+			stores.Close()
+		}
+	}()
 	epoch := max(v.Epoch, v.Witness.HolderEpoch) + 1
 	switch {
 	case r.cfg.Elector != nil:
@@ -601,6 +678,7 @@ func (r *Runner) takeOver(ctx context.Context, v View, d Decision) error {
 			return fmt.Errorf("the witness refused epoch %d: %s", epoch, why)
 		}
 	}
+	epochAt := time.Now()
 	db := r.cfg.DB
 	fresh := false
 	if !db.Initialized() {
@@ -636,12 +714,11 @@ func (r *Runner) takeOver(ctx context.Context, v View, d Decision) error {
 		}
 	}
 	promoted := time.Now()
-	if err := db.EnsureDatabase(ctx, r.cfg.Database); err != nil {
-		return err
-	}
-	// Synchronous at once after a swact (the old active rejoins within a
-	// second, and no acknowledged write lives on one copy only);
-	// asynchronous after a failover (the peer is confirmed dead).
+	// Synchronous at once after a swact: the old active already follows
+	// (it started as this controller's standby when it stepped down), and
+	// no acknowledged write lives on one copy only. Asynchronous after a
+	// failover (the peer is confirmed dead): before anything commits, or
+	// the commit would wait for it.
 	var standbys []string
 	if v.Swact == r.cfg.Self {
 		standbys = []string{r.cfg.Peer}
@@ -649,11 +726,16 @@ func (r *Runner) takeOver(ctx context.Context, v View, d Decision) error {
 	if err := db.SetSynchronous(ctx, standbys); err != nil {
 		return err
 	}
+	synced := time.Now()
+	if err := db.EnsureDatabase(ctx, r.cfg.Database); err != nil {
+		return err
+	}
+	ensured := time.Now()
 	event := "takeover"
 	if v.Swact == r.cfg.Self {
 		event = "swact"
 	}
-	if err := r.recordEpoch(ctx, epoch, event, d.Row+": "+d.Reason); err != nil {
+	if err := r.recordEpoch(ctx, epoch, event, d.Row+": "+d.Reason, true); err != nil {
 		return err
 	}
 	if r.cfg.Elector != nil {
@@ -671,14 +753,19 @@ func (r *Runner) takeOver(ctx context.Context, v View, d Decision) error {
 	if err := r.claimAddress(ctx); err != nil {
 		return err
 	}
-	if err := r.startSite(ctx, epoch); err != nil {
+	claimed := time.Now()
+	stores = <-storesc
+	storesTaken = true
+	if err := r.startSite(ctx, epoch, stores); err != nil {
 		r.releaseAddress(ctx)
 		return err
 	}
 	r.setRole(RoleActive, epoch)
+	ms := func(t time.Time) time.Duration { return t.Sub(start).Round(time.Millisecond) }
 	r.log.Info("took over", "epoch", epoch, "row", d.Row, "reason", d.Reason, "took", time.Since(start).Round(time.Millisecond),
-		"promoted_after", promoted.Sub(start).Round(time.Millisecond), "recorded_after", recorded.Sub(start).Round(time.Millisecond),
-		"synchronous", standbys != nil)
+		"epoch_after", ms(epochAt), "promoted_after", ms(promoted), "synced_after", ms(synced), "ensured_after", ms(ensured),
+		"recorded_after", ms(recorded),
+		"address_after", ms(claimed), "synchronous", standbys != nil)
 	if standbys == nil && !anyTrue(v.PeerLinks) {
 		// The peer is gone (a failover); a peer that is heard is only
 		// catching up (a site's first start) and goes synchronous soon.
@@ -709,14 +796,22 @@ func (r *Runner) stepDown(ctx context.Context, reason string) {
 	start := time.Now()
 	r.setRole(RoleSteppingDown, epoch)
 	r.publish(View{})
-	r.stopSite()
-	r.releaseAddress(ctx)
+	// The site controller and the database stop together: what the site
+	// has in flight fails now rather than after a drain (a commit the
+	// shutdown cuts off was not acknowledged, and its WAL still reaches
+	// the standby before the database is down). The floating address goes
+	// once the site has stopped: the answers it was writing (this swact's
+	// own) still leave from it.
+	siteStopped := make(chan struct{})
+	go func() { defer close(siteStopped); r.stopSite() }()
 	sctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), 10*time.Second)
 	defer cancel()
 	if err := r.cfg.DB.Stop(sctx, pgrepl.StopFast); err != nil {
 		r.log.Error("stopping the database", "err", err)
 		_ = r.cfg.DB.Stop(sctx, pgrepl.StopImmediate)
 	}
+	<-siteStopped
+	r.releaseAddress(ctx)
 	if r.cfg.Elector != nil {
 		if err := r.cfg.Elector.Resign(sctx); err != nil {
 			r.log.Warn("resign", "err", err)
@@ -730,6 +825,7 @@ func (r *Runner) stepDown(ctx context.Context, reason string) {
 	}
 	r.mu.Lock()
 	r.forced = handoff && r.force
+	clean := handoff && !r.forced
 	r.swactTo, r.force, r.async = "", false, false
 	if handoff {
 		r.handoff = r.cfg.Peer
@@ -738,6 +834,19 @@ func (r *Runner) stepDown(ctx context.Context, reason string) {
 	r.setRole(RoleStandby, epoch)
 	r.publish(final)
 	r.log.Info("stepped down", "reason", reason, "took", time.Since(start).Round(time.Millisecond))
+	if clean && final.LSN != 0 {
+		// A clean handoff: the peer replays this database's last record
+		// and promotes. Start as its standby now, streaming from it while
+		// it is still one (cascading): the promotion's new timeline
+		// reaches this copy at once, and the peer's first commit (the
+		// new epoch's, synchronous) does not wait for a start after it.
+		// A start that fails leaves the rejoin to follow.
+		if err := r.cfg.DB.StartStandby(sctx, r.cfg.PeerDB); err != nil {
+			r.log.Warn("starting as the peer's standby after the handoff", "err", err)
+		} else {
+			r.log.Info("streaming from the peer after the handoff", "peer", r.cfg.Peer, "took", time.Since(start).Round(time.Millisecond))
+		}
+	}
 	r.poke()
 }
 
@@ -844,7 +953,9 @@ func (r *Runner) goAsync(ctx context.Context, v View, d Decision) {
 	r.saveLocked()
 	r.mu.Unlock()
 	errc := make(chan error, 1)
-	go func() { errc <- r.recordEpoch(context.WithoutCancel(ctx), epoch, "asynchronous", d.Row+": "+d.Reason) }()
+	go func() {
+		errc <- r.recordEpoch(context.WithoutCancel(ctx), epoch, "asynchronous", d.Row+": "+d.Reason, false)
+	}()
 	if err := r.cfg.DB.SetSynchronous(ctx, nil); err != nil {
 		r.hold("asynchronous: " + err.Error())
 		return
@@ -871,7 +982,7 @@ func (r *Runner) goSync(ctx context.Context) {
 	epoch := r.epoch
 	r.mu.Unlock()
 	if was {
-		if err := r.recordEpoch(ctx, epoch, "synchronous", r.cfg.Peer+" streams again"); err != nil {
+		if err := r.recordEpoch(ctx, epoch, "synchronous", r.cfg.Peer+" streams again", false); err != nil {
 			r.log.Error("recording the switch to synchronous", "err", err)
 		}
 		r.log.Info("replication is synchronous again", "standby", r.cfg.Peer)
@@ -980,17 +1091,70 @@ func (r *Runner) currentEpoch() uint64 {
 
 // recordEpoch writes the pair's epoch row and the history, in one
 // transaction on the (primary) database.
-func (r *Runner) recordEpoch(ctx context.Context, epoch uint64, event, reason string) error {
-	db, err := sqldb.Open(ctx, r.cfg.DB.DSN(r.cfg.Database))
-	if err != nil {
-		return err
+//
+// local commits it without waiting for the synchronous standby (a
+// takeover's record): the site starts while the standby connects, and a
+// client write acknowledged afterwards carries the row to the standby
+// with it (WAL is one sequence). Should this controller die before any,
+// the epoch is also the witness's or etcd's, and the standby was not
+// synchronous with it: it takes over only when forced (docs/ha.md).
+func (r *Runner) recordEpoch(ctx context.Context, epoch uint64, event, reason string, local bool) error {
+	r.dbMu.Lock()
+	defer r.dbMu.Unlock()
+	var err error
+	// The handle kept from the last time may hold connections to a server
+	// that has restarted since: once more on a fresh one.
+	for attempt := 0; attempt < 2; attempt++ {
+		if r.siteDB == nil {
+			if r.siteDB, err = sqldb.Open(ctx, r.cfg.DB.DSN(r.cfg.Database)); err != nil {
+				return err
+			}
+		}
+		if err = r.writeEpoch(ctx, r.siteDB, epoch, event, reason, local); err == nil || ctx.Err() != nil {
+			return err
+		}
+		r.siteDB.Close()
+		r.siteDB = nil
 	}
-	defer db.Close()
+	return err
+}
+
+// openSiteDB opens the handle recordEpoch uses, when the database runs
+// and has the site's database.
+func (r *Runner) openSiteDB(ctx context.Context) {
+	r.dbMu.Lock()
+	defer r.dbMu.Unlock()
+	if r.siteDB != nil || !r.cfg.DB.Initialized() {
+		return
+	}
+	ctx, cancel := context.WithTimeout(ctx, 2*time.Second)
+	defer cancel()
+	if db, err := sqldb.Open(ctx, r.cfg.DB.DSN(r.cfg.Database)); err == nil {
+		r.siteDB = db
+	}
+}
+
+func (r *Runner) writeEpoch(ctx context.Context, db *sqldb.DB, epoch uint64, event, reason string, local bool) error {
 	return db.WithContext(ctx).Transaction(func(tx *gorm.DB) error {
+		if local {
+			if err := tx.Exec(`SET LOCAL synchronous_commit = local`).Error; err != nil {
+				return err
+			}
+		}
+		// The tables exist but on a site's first start: one look, not two
+		// statements that take catalog locks, on a takeover's path.
+		var exist bool
+		if err := tx.Raw(`SELECT to_regclass(?) IS NOT NULL AND to_regclass(?) IS NOT NULL`,
+			subcloud.EpochTable, HistoryTable).Scan(&exist).Error; err != nil {
+			return err
+		}
 		for _, q := range []string{
 			`CREATE TABLE IF NOT EXISTS ` + subcloud.EpochTable + ` (id integer PRIMARY KEY, epoch bigint NOT NULL, controller text NOT NULL, changed_at timestamptz NOT NULL)`,
 			`CREATE TABLE IF NOT EXISTS ` + HistoryTable + ` (seq bigserial PRIMARY KEY, epoch bigint NOT NULL, controller text NOT NULL, event text NOT NULL, reason text NOT NULL, at timestamptz NOT NULL)`,
 		} {
+			if exist {
+				break
+			}
 			if err := tx.Exec(q).Error; err != nil {
 				return err
 			}
@@ -1055,7 +1219,7 @@ func (r *Runner) releaseAddress(ctx context.Context) {
 }
 
 // startSite builds and runs the site controller at epoch.
-func (r *Runner) startSite(ctx context.Context, epoch uint64) error {
+func (r *Runner) startSite(ctx context.Context, epoch uint64, stores *SiteStores) error {
 	r.mu.Lock()
 	r.epoch = max(r.epoch, epoch)
 	r.saveLocked()
@@ -1063,7 +1227,7 @@ func (r *Runner) startSite(ctx context.Context, epoch uint64) error {
 	sctx, cancel := context.WithCancel(ctx)
 	ha := &subcloud.HAConfig{Controller: r.cfg.Self, Epoch: r.currentEpoch, Authority: r.authority,
 		Swact: r.Swact, Pair: r.Pair}
-	site, err := r.cfg.NewSite(sctx, ha, r.cfg.DB.DSN(r.cfg.Database))
+	site, err := r.cfg.NewSite(sctx, ha, r.cfg.DB.DSN(r.cfg.Database), stores)
 	if err != nil {
 		cancel()
 		return fmt.Errorf("site controller: %w", err)

@@ -8,6 +8,7 @@ import (
 	"regexp"
 	"sort"
 	"strings"
+	"sync"
 
 	"sigs.k8s.io/yaml"
 )
@@ -17,6 +18,11 @@ var embeddedCatalog []byte
 
 // EmbeddedCatalog is the catalogue built into this binary.
 func EmbeddedCatalog() []byte { return embeddedCatalog }
+
+// Embedded is the embedded catalog, parsed once per process: it never
+// changes, and a controller pair builds a site controller at every
+// takeover. The Catalog is read-only.
+var Embedded = sync.OnceValues(func() (*Catalog, error) { return LoadCatalog(embeddedCatalog) })
 
 // Severity is an alarm's severity.
 type Severity string

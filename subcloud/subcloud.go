@@ -21,6 +21,7 @@ import (
 
 	"github.com/petrel-edge/petrel/auth"
 	"github.com/petrel-edge/petrel/compute"
+	"github.com/petrel-edge/petrel/faultmgr"
 	"github.com/petrel-edge/petrel/internal/linkproto"
 	"github.com/petrel-edge/petrel/internal/pki"
 	"github.com/petrel-edge/petrel/internal/rest"
@@ -223,10 +224,13 @@ func New(ctx context.Context, cfg Config) (*Subcloud, error) {
 }
 
 // Warm does ahead of time the work of New that needs no database and is
-// the same every time (the merged OpenAPI document): a controller pair's
+// the same every time (the merged OpenAPI document, the alarm catalog): a controller pair's
 // standby warms up so that its takeover does not.
 func Warm() error {
 	_, err := server.MergeOpenAPI(openapiFragment)
+	if _, cerr := faultmgr.Embedded(); err == nil {
+		err = cerr
+	}
 	return err
 }
 

@@ -61,9 +61,17 @@ func Open(ctx context.Context, db *sqldb.DB) (*Store, error) {
 	if err := sqldb.Migrate(ctx, db, &projectRow{}, &userRow{}, &tokenRow{}); err != nil {
 		return nil, fmt.Errorf("authdb: migrate: %w", err)
 	}
-	admin := projectRow{Name: auth.DefaultProject, Description: "the cloud's administrators", CreatedAt: time.Now().UTC()}
-	if err := db.WithContext(ctx).Clauses(clause.OnConflict{DoNothing: true}).Create(&admin).Error; err != nil {
+	// Written once: a look first, so that opening the store writes
+	// nothing (a controller pair opens it on a standby while it takes over).
+	var n int64
+	if err := db.WithContext(ctx).Model(&projectRow{}).Where("name = ?", auth.DefaultProject).Count(&n).Error; err != nil {
 		return nil, fmt.Errorf("authdb: admin project: %w", err)
+	}
+	if n == 0 {
+		admin := projectRow{Name: auth.DefaultProject, Description: "the cloud's administrators", CreatedAt: time.Now().UTC()}
+		if err := db.WithContext(ctx).Clauses(clause.OnConflict{DoNothing: true}).Create(&admin).Error; err != nil {
+			return nil, fmt.Errorf("authdb: admin project: %w", err)
+		}
 	}
 	return &Store{db: db}, nil
 }

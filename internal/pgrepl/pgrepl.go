@@ -495,6 +495,8 @@ var roleSQL = func() []string {
 	for _, f := range rewindFuncs {
 		q = append(q, `GRANT EXECUTE ON FUNCTION `+f+` TO `+replicationRole)
 	}
+	// A rejoining peer checkpoints its source before pg_rewind (see rewind).
+	q = append(q, `GRANT pg_checkpoint TO `+replicationRole)
 	return q
 }()
 
@@ -504,7 +506,8 @@ var roleSQL = func() []string {
 func (n *Node) ensureRole(ctx context.Context, conn *pgx.Conn) error {
 	var ready bool
 	err := conn.QueryRow(ctx, `SELECT CASE WHEN EXISTS (SELECT FROM pg_roles WHERE rolname = $1 AND rolreplication AND rolcanlogin AND NOT rolsuper)
-		THEN (SELECT bool_and(has_function_privilege($1, f, 'EXECUTE')) FROM unnest($2::text[]) f) ELSE false END`,
+		THEN (SELECT bool_and(has_function_privilege($1, f, 'EXECUTE')) FROM unnest($2::text[]) f)
+			AND pg_has_role($1, 'pg_checkpoint', 'MEMBER') ELSE false END`,
 		replicationRole, rewindFuncs).Scan(&ready)
 	if err != nil {
 		return fmt.Errorf("pgrepl: replication role: %w", err)
@@ -521,6 +524,9 @@ func (n *Node) ensureRole(ctx context.Context, conn *pgx.Conn) error {
 	return nil
 }
 
+// walSegmentMB is the WAL segment size of new clusters.
+const walSegmentMB = 1
+
 func (n *Node) initdb(ctx context.Context) error {
 	if err := n.writeFile(n.statePath(markInitdb), nil, 0o600); err != nil {
 		return err
@@ -531,8 +537,11 @@ func (n *Node) initdb(ctx context.Context) error {
 	if err := removeFile(n.statePath(markBootstrapped)); err != nil {
 		return err
 	}
+	// 1 MB WAL segments: a promotion copies the current segment to the
+	// new timeline and syncs it, and a site's database writes little (a
+	// 16 MB copy costs a takeover about a tenth of a second).
 	args := []string{"-D", n.cfg.DataDir, "-U", superuser, "-E", "UTF8", "--locale=C.UTF-8",
-		"--data-checksums", "--auth-local=peer", "--auth-host=reject"}
+		"--data-checksums", "--auth-local=peer", "--auth-host=reject", "--wal-segsize=" + strconv.Itoa(walSegmentMB)}
 	if n.noSync {
 		args = append(args, "--no-sync")
 	}
@@ -1057,6 +1066,12 @@ func (n *Node) rewind(ctx context.Context, p Peer) (bool, error) {
 	if err := n.writeFile(n.statePath(markRewind), nil, 0o600); err != nil {
 		return false, err
 	}
+	// PostgreSQL 15 writes a promoted server's new timeline into pg_control
+	// at its first checkpoint, which Promote leaves for a few seconds;
+	// pg_rewind reads the source's timeline from there.
+	if err := n.checkpointPeer(ctx, p); err != nil {
+		n.log.Warn("checkpoint on the primary before pg_rewind", "err", err)
+	}
 	args := []string{"-D", n.cfg.DataDir, "--source-server", n.peerConnInfo(p, "dbname", "postgres")}
 	if n.noSync {
 		args = append(args, "--no-sync")
@@ -1085,6 +1100,24 @@ func (n *Node) rewind(ctx context.Context, p Peer) (bool, error) {
 	n.log.Info("pg_rewind", "primary", p.String(), "rewound", rewound,
 		"took", time.Since(start).Round(time.Millisecond), "output", rewindLines(string(out)))
 	return rewound, nil
+}
+
+// checkpointPeer runs CHECKPOINT on p as the replication role (a member
+// of pg_checkpoint), over TLS.
+func (n *Node) checkpointPeer(ctx context.Context, p Peer) error {
+	cc, err := pgconn.ParseConfig(n.peerConnInfo(p, "dbname", "postgres"))
+	if err != nil {
+		return fmt.Errorf("pgrepl: %w", err)
+	}
+	conn, err := pgconn.ConnectConfig(ctx, cc)
+	if err != nil {
+		return fmt.Errorf("pgrepl: primary %s: %w", p, err)
+	}
+	defer conn.Close(context.WithoutCancel(ctx))
+	if _, err := conn.Exec(ctx, "CHECKPOINT").ReadAll(); err != nil {
+		return fmt.Errorf("pgrepl: primary %s: CHECKPOINT: %w", p, err)
+	}
+	return nil
 }
 
 // rewindLines keeps pg_rewind's own messages from its output (which also
@@ -1281,12 +1314,15 @@ func (n *Node) Promote(ctx context.Context) error {
 	// first checkpoint after promotion (a spread one it requests itself);
 	// pg_rewind reads the source's timeline from there, and would take a
 	// diverged former primary for one on the same timeline. Checkpoint
-	// now, in the background: the takeover does not wait for its fsyncs,
-	// and a peer's Rejoin checks this node's real timeline before trusting
-	// pg_rewind's verdict.
+	// soon, in the background: not during the takeover, whose commits
+	// would queue behind its writes, and a peer's Rejoin checks this
+	// node's real timeline before trusting pg_rewind's verdict anyway.
 	go func() {
 		cctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), 2*time.Minute)
 		defer cancel()
+		if pause(cctx, checkpointDelay) != nil {
+			return
+		}
 		c, err := n.connect(cctx)
 		if err != nil {
 			n.log.Warn("checkpoint after promotion", "err", err)
@@ -1302,6 +1338,9 @@ func (n *Node) Promote(ctx context.Context) error {
 	n.log.Info("promoted", "writable_after", writable.Round(time.Millisecond))
 	return nil
 }
+
+// checkpointDelay is how long after a promotion its checkpoint waits.
+const checkpointDelay = 3 * time.Second
 
 // Follow starts this node as a standby of primary after a clean handoff
 // (this node was the primary, stopped cleanly, and primary replayed its

@@ -20,12 +20,14 @@ import (
 	"path/filepath"
 	"strings"
 	"sync/atomic"
+	"syscall"
 	"time"
 
 	"github.com/google/uuid"
 	"github.com/prometheus/client_golang/prometheus"
 	"github.com/prometheus/client_golang/prometheus/collectors"
 	"github.com/prometheus/client_golang/prometheus/promhttp"
+	"golang.org/x/sys/unix"
 
 	"github.com/petrel-edge/petrel/auth"
 	"github.com/petrel-edge/petrel/auth/authdb"
@@ -47,6 +49,10 @@ type Config struct {
 	Listen   string // host:port; port 0 picks a free one
 	DataDir  string // required: store, CA, bootstrap password live here
 	Database string // SQL DSN; "" keeps SQLite at DataDir/petrel.db
+	// FreeBind listens on Listen before its address is on an interface (a
+	// controller pair builds the site controller while it takes over, and
+	// claims the floating address after).
+	FreeBind bool
 	// ShutdownGrace is how long a stop lets calls in flight finish before
 	// their connections are closed (default 10 s). A controller pair's
 	// stepping-down active uses a short one: its database is going away.
@@ -92,13 +98,14 @@ type Server struct {
 	TLS      *tls.Config // the server's certificate, for other listeners of the daemon
 	spec     []byte
 
-	ln     net.Listener
-	http   *http.Server
-	ui     http.Handler // the dashboard, at / and /ui/
-	ready  chan struct{}
-	closed atomic.Bool
-	hist   history
-	floors logFloors
+	ln       net.Listener
+	http     *http.Server
+	ui       http.Handler // the dashboard, at / and /ui/
+	ready    chan struct{}
+	closed   atomic.Bool
+	inflight atomic.Int64 // calls being served (drain)
+	hist     history
+	floors   logFloors
 }
 
 // File names in the data directory.
@@ -147,7 +154,7 @@ func New(ctx context.Context, cfg Config) (_ *Server, err error) {
 		return nil, err
 	}
 	s.Events, s.FaultLog = fdb, fdb
-	cat, err := faultmgr.LoadCatalog(faultmgr.EmbeddedCatalog())
+	cat, err := faultmgr.Embedded()
 	if err != nil {
 		return nil, err
 	}
@@ -191,7 +198,11 @@ func New(ctx context.Context, cfg Config) (_ *Server, err error) {
 	if err != nil {
 		return nil, err
 	}
-	ln, err := net.Listen("tcp", cfg.Listen)
+	var lc net.ListenConfig
+	if cfg.FreeBind {
+		lc.Control = freeBind
+	}
+	ln, err := lc.Listen(ctx, "tcp", cfg.Listen)
 	if err != nil {
 		return nil, fmt.Errorf("server: listen: %w", err)
 	}
@@ -213,6 +224,21 @@ func New(ctx context.Context, cfg Config) (_ *Server, err error) {
 	}
 	s.http.RegisterOnShutdown(cancelBase)
 	return s, nil
+}
+
+// freeBind sets IP_FREEBIND (and IPV6_FREEBIND) on a listening socket.
+func freeBind(network, _ string, c syscall.RawConn) error {
+	var serr error
+	err := c.Control(func(fd uintptr) {
+		serr = unix.SetsockoptInt(int(fd), unix.SOL_IP, unix.IP_FREEBIND, 1)
+		if network == "tcp6" {
+			serr = unix.SetsockoptInt(int(fd), unix.SOL_IPV6, unix.IPV6_FREEBIND, 1)
+		}
+	})
+	if err != nil {
+		return err
+	}
+	return serr
 }
 
 // tlsConfig loads the configured certificate or issues a fresh one from the
@@ -265,6 +291,8 @@ func (s *Server) tlsConfig() (*tls.Config, error) {
 func (s *Server) MountUI(h http.Handler) { s.ui = h }
 
 func (s *Server) route(w http.ResponseWriter, r *http.Request) {
+	s.inflight.Add(1)
+	defer s.inflight.Add(-1)
 	if s.ui != nil && (r.URL.Path == "/" || strings.HasPrefix(r.URL.Path, "/ui/")) {
 		s.ui.ServeHTTP(w, r)
 		return
@@ -318,17 +346,7 @@ func (s *Server) Run(ctx context.Context) error {
 	select {
 	case err = <-errc:
 	case <-ctx.Done():
-		grace := s.cfg.ShutdownGrace
-		if grace <= 0 {
-			grace = 10 * time.Second
-		}
-		sctx, cancel := context.WithTimeout(context.Background(), grace)
-		err = s.http.Shutdown(sctx)
-		cancel()
-		if errors.Is(err, context.DeadlineExceeded) {
-			s.cfg.Logger.Warn("calls still in flight after the shutdown grace: closing their connections", "grace", grace)
-			err = s.http.Close()
-		}
+		err = s.drain()
 		<-errc
 	}
 	// Webhook workers stop after the HTTP server and save their cursors
@@ -345,6 +363,41 @@ func (s *Server) Run(ctx context.Context) error {
 		err = nil
 	}
 	return err
+}
+
+// drain stops the HTTP server: no new calls, the ones in flight finish
+// within the shutdown grace, then every connection closes. It watches its
+// own count of calls in flight every few milliseconds (http.Server's
+// Shutdown looks at idle connections less and less often, up to every
+// half second), so a controller pair's step-down does not wait for it.
+func (s *Server) drain() error {
+	grace := s.cfg.ShutdownGrace
+	if grace <= 0 {
+		grace = 10 * time.Second
+	}
+	sctx, cancel := context.WithTimeout(context.Background(), grace)
+	defer cancel()
+	done := make(chan error, 1)
+	go func() { done <- s.http.Shutdown(sctx) }()
+	tick := time.NewTicker(5 * time.Millisecond)
+	defer tick.Stop()
+	for {
+		select {
+		case err := <-done:
+			if errors.Is(err, context.DeadlineExceeded) {
+				s.cfg.Logger.Warn("calls still in flight after the shutdown grace: closing their connections", "grace", grace)
+				return s.http.Close()
+			}
+			return err
+		case <-tick.C:
+			if s.inflight.Load() == 0 {
+				// Nothing in flight: what is left are idle connections.
+				err := s.http.Close()
+				<-done
+				return err
+			}
+		}
+	}
 }
 
 // Close releases the listener and the store. It is safe to call twice.

@@ -102,6 +102,10 @@ func (s siteOf) Run(ctx context.Context) error {
 	return s.s.Run(ctx)
 }
 func (s siteOf) Alarms() *faultmgr.Manager { return s.s.Shell().Alarms }
+func (s siteOf) Close() {
+	s.s.Shell().Close()
+	s.close()
+}
 
 // openLedger is a duplex site's service ledger: in the replicated
 // database, each write checking the pair's epoch row in its transaction.

@@ -270,6 +270,8 @@ func Build(fc FileConfig, site subcloud.Config, log *slog.Logger) (*Pair, error)
 		// A step-down stops the database with the site: what is in
 		// flight then fails anyway, and the peer waits for this stop.
 		sc.Shell.ShutdownGrace = siteShutdownGrace
+		// Built while taking over, before the floating address is here.
+		sc.Shell.FreeBind = true
 		var ledgerDB *sqldb.DB
 		if stores != nil {
 			sc.Shell.DB, ledgerDB = stores.Shell, stores.Ledger

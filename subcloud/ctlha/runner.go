@@ -11,7 +11,8 @@ import (
 	"sync"
 	"time"
 
-	"gorm.io/gorm"
+	"github.com/jackc/pgx/v5"
+	"github.com/jackc/pgx/v5/pgconn"
 
 	"github.com/petrel-edge/petrel/faultmgr"
 	"github.com/petrel-edge/petrel/internal/atomicfile"
@@ -57,6 +58,8 @@ type PowerControl interface {
 type Site interface {
 	Run(ctx context.Context) error
 	Alarms() *faultmgr.Manager
+	// Close releases a site controller that was built and will not run.
+	Close()
 }
 
 // SiteFactory builds the site controller at epoch (subcloud.New with the
@@ -179,8 +182,8 @@ type Runner struct {
 	since     time.Time // in the current role
 	wake      chan struct{}
 
-	dbMu   sync.Mutex
-	siteDB *sqldb.DB // the site's database, for the epoch row; kept open
+	dbMu     sync.Mutex
+	siteConn *pgx.Conn // to the site's database, for the epoch row; kept open
 }
 
 // New checks the configuration.
@@ -255,9 +258,9 @@ func (r *Runner) Run(ctx context.Context) error {
 	r.runCtx = ctx
 	defer func() {
 		r.dbMu.Lock()
-		if r.siteDB != nil {
-			r.siteDB.Close()
-			r.siteDB = nil
+		if r.siteConn != nil {
+			r.siteConn.Close(context.Background())
+			r.siteConn = nil
 		}
 		r.dbMu.Unlock()
 	}()
@@ -621,31 +624,23 @@ func (r *Runner) takeOver(ctx context.Context, v View, d Decision) error {
 	// The handle for the epoch row connects while the epoch is claimed
 	// and the database promoted (a standby's sessions write once it is
 	// promoted).
-	go r.openSiteDB(context.WithoutCancel(ctx))
-	storesc := make(chan *SiteStores, 1)
-	if open := r.cfg.OpenStores; open != nil && r.cfg.DB.Initialized() {
-		go func() {
-			octx, cancel := context.WithTimeout(context.WithoutCancel(ctx), 3*time.Second)
-			defer cancel()
-			st, err := open(octx, r.cfg.DB.DSN(r.cfg.Database))
-			if err != nil {
-				st = nil // the site opens its own
-			}
-			storesc <- st
-		}()
-	} else {
-		storesc <- nil
+	go r.openSiteConn(context.WithoutCancel(ctx))
+	// After a swact the site controller is built while the epoch is
+	// claimed and the database promoted: its stores connect to the standby
+	// (sessions a standby accepted write once it is promoted), and what it
+	// reads is final (the old active stopped, and this standby replayed
+	// its last record). A build that fails (New wanted to write, say) is
+	// done again once the database is promoted; after a failover it is
+	// done then (the standby may still be replaying).
+	var pre chan siteBuild
+	if v.Swact == r.cfg.Self && r.cfg.DB.Initialized() {
+		pre = make(chan siteBuild, 1)
+		go func() { pre <- r.buildSite(ctx) }()
 	}
-	// Whatever path this takeover takes, the stores it opened are the
-	// site's or closed.
-	var stores *SiteStores
-	storesTaken := false
+	preTaken := false
 	defer func() {
-		if !storesTaken {
-			if stores == nil {
-				stores = <-storesc
-			}
-			stores.Close()
+		if pre != nil && !preTaken {
+			(<-pre).discard()
 		}
 	}()
 	epoch := max(v.Epoch, v.Witness.HolderEpoch) + 1
@@ -754,12 +749,20 @@ func (r *Runner) takeOver(ctx context.Context, v View, d Decision) error {
 		return err
 	}
 	claimed := time.Now()
-	stores = <-storesc
-	storesTaken = true
-	if err := r.startSite(ctx, epoch, stores); err != nil {
-		r.releaseAddress(ctx)
-		return err
+	var b siteBuild
+	if pre != nil {
+		b, preTaken = <-pre, true
+		if b.err != nil {
+			r.log.Info("the site controller built during the takeover failed: building it again", "err", b.err)
+		}
 	}
+	if b.site == nil {
+		if b = r.buildSite(ctx); b.err != nil {
+			r.releaseAddress(ctx)
+			return b.err
+		}
+	}
+	r.runSite(b, epoch)
 	r.setRole(RoleActive, epoch)
 	ms := func(t time.Time) time.Duration { return t.Sub(start).Round(time.Millisecond) }
 	r.log.Info("took over", "epoch", epoch, "row", d.Row, "reason", d.Reason, "took", time.Since(start).Round(time.Millisecond),
@@ -796,22 +799,18 @@ func (r *Runner) stepDown(ctx context.Context, reason string) {
 	start := time.Now()
 	r.setRole(RoleSteppingDown, epoch)
 	r.publish(View{})
-	// The site controller and the database stop together: what the site
-	// has in flight fails now rather than after a drain (a commit the
-	// shutdown cuts off was not acknowledged, and its WAL still reaches
-	// the standby before the database is down). The floating address goes
-	// once the site has stopped: the answers it was writing (this swact's
-	// own) still leave from it.
-	siteStopped := make(chan struct{})
-	go func() { defer close(siteStopped); r.stopSite() }()
+	// The site controller first (calls in flight finish while the
+	// database is there, within a short grace), then the database: a site
+	// that is still running would only keep reconnecting to a server that
+	// is going down.
+	r.stopSite()
+	r.releaseAddress(ctx)
 	sctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), 10*time.Second)
 	defer cancel()
 	if err := r.cfg.DB.Stop(sctx, pgrepl.StopFast); err != nil {
 		r.log.Error("stopping the database", "err", err)
 		_ = r.cfg.DB.Stop(sctx, pgrepl.StopImmediate)
 	}
-	<-siteStopped
-	r.releaseAddress(ctx)
 	if r.cfg.Elector != nil {
 		if err := r.cfg.Elector.Resign(sctx); err != nil {
 			r.log.Warn("resign", "err", err)
@@ -1102,75 +1101,102 @@ func (r *Runner) recordEpoch(ctx context.Context, epoch uint64, event, reason st
 	r.dbMu.Lock()
 	defer r.dbMu.Unlock()
 	var err error
-	// The handle kept from the last time may hold connections to a server
-	// that has restarted since: once more on a fresh one.
-	for attempt := 0; attempt < 2; attempt++ {
-		if r.siteDB == nil {
-			if r.siteDB, err = sqldb.Open(ctx, r.cfg.DB.DSN(r.cfg.Database)); err != nil {
+	// The connection kept from the last time may be to a server that has
+	// restarted since, and the tables are missing on a site's first
+	// start: once more after either.
+	for attempt := 0; attempt < 3; attempt++ {
+		if r.siteConn == nil {
+			if r.siteConn, err = pgx.Connect(ctx, r.cfg.DB.DSN(r.cfg.Database)); err != nil {
 				return err
 			}
 		}
-		if err = r.writeEpoch(ctx, r.siteDB, epoch, event, reason, local); err == nil || ctx.Err() != nil {
+		err = r.writeEpoch(ctx, r.siteConn, epoch, event, reason, local)
+		var pe *pgconn.PgError
+		switch {
+		case err == nil || ctx.Err() != nil || errors.Is(err, errEpochAbove):
 			return err
+		case errors.As(err, &pe) && pe.Code == "42P01": // undefined_table
+			if cerr := r.createEpochTables(ctx, r.siteConn); cerr != nil {
+				return cerr
+			}
+		default:
+			r.siteConn.Close(context.WithoutCancel(ctx))
+			r.siteConn = nil
 		}
-		r.siteDB.Close()
-		r.siteDB = nil
 	}
 	return err
 }
 
-// openSiteDB opens the handle recordEpoch uses, when the database runs
-// and has the site's database.
-func (r *Runner) openSiteDB(ctx context.Context) {
+// openSiteConn opens the connection recordEpoch uses, when the database
+// runs and has the site's database (a takeover opens it on the standby
+// while it promotes: a session a standby accepted writes once promoted).
+func (r *Runner) openSiteConn(ctx context.Context) {
 	r.dbMu.Lock()
 	defer r.dbMu.Unlock()
-	if r.siteDB != nil || !r.cfg.DB.Initialized() {
+	if r.siteConn != nil || !r.cfg.DB.Initialized() {
 		return
 	}
 	ctx, cancel := context.WithTimeout(ctx, 2*time.Second)
 	defer cancel()
-	if db, err := sqldb.Open(ctx, r.cfg.DB.DSN(r.cfg.Database)); err == nil {
-		r.siteDB = db
+	if c, err := pgx.Connect(ctx, r.cfg.DB.DSN(r.cfg.Database)); err == nil {
+		r.siteConn = c
 	}
 }
 
-func (r *Runner) writeEpoch(ctx context.Context, db *sqldb.DB, epoch uint64, event, reason string, local bool) error {
-	return db.WithContext(ctx).Transaction(func(tx *gorm.DB) error {
-		if local {
-			if err := tx.Exec(`SET LOCAL synchronous_commit = local`).Error; err != nil {
-				return err
-			}
-		}
-		// The tables exist but on a site's first start: one look, not two
-		// statements that take catalog locks, on a takeover's path.
-		var exist bool
-		if err := tx.Raw(`SELECT to_regclass(?) IS NOT NULL AND to_regclass(?) IS NOT NULL`,
-			subcloud.EpochTable, HistoryTable).Scan(&exist).Error; err != nil {
-			return err
-		}
-		for _, q := range []string{
-			`CREATE TABLE IF NOT EXISTS ` + subcloud.EpochTable + ` (id integer PRIMARY KEY, epoch bigint NOT NULL, controller text NOT NULL, changed_at timestamptz NOT NULL)`,
-			`CREATE TABLE IF NOT EXISTS ` + HistoryTable + ` (seq bigserial PRIMARY KEY, epoch bigint NOT NULL, controller text NOT NULL, event text NOT NULL, reason text NOT NULL, at timestamptz NOT NULL)`,
-		} {
-			if exist {
-				break
-			}
-			if err := tx.Exec(q).Error; err != nil {
-				return err
-			}
-		}
-		res := tx.Exec(`INSERT INTO `+subcloud.EpochTable+` (id, epoch, controller, changed_at) VALUES (1, ?, ?, now())
+var errEpochAbove = errors.New("the database holds a higher epoch")
+
+// writeEpoch writes the epoch row and its history row in one transaction
+// sent as one batch: one round trip on a takeover's path.
+func (r *Runner) writeEpoch(ctx context.Context, conn *pgx.Conn, epoch uint64, event, reason string, local bool) error {
+	b := &pgx.Batch{}
+	b.Queue("BEGIN")
+	if local {
+		b.Queue("SET LOCAL synchronous_commit = local")
+	}
+	// The history row is written only when the epoch row is (an epoch
+	// never goes down).
+	b.Queue(`WITH e AS (
+			INSERT INTO `+subcloud.EpochTable+` (id, epoch, controller, changed_at) VALUES (1, $1, $2, now())
 			ON CONFLICT (id) DO UPDATE SET epoch = EXCLUDED.epoch, controller = EXCLUDED.controller, changed_at = now()
-			WHERE `+subcloud.EpochTable+`.epoch <= EXCLUDED.epoch`, epoch, r.cfg.Self)
-		if res.Error != nil {
-			return res.Error
+			WHERE `+subcloud.EpochTable+`.epoch <= EXCLUDED.epoch
+			RETURNING epoch)
+		INSERT INTO `+HistoryTable+` (epoch, controller, event, reason, at) SELECT epoch, $2, $3, $4, now() FROM e`,
+		int64(epoch), r.cfg.Self, event, reason)
+	b.Queue("COMMIT")
+	br := conn.SendBatch(ctx, b)
+	var written int64
+	var err error
+	for i := 0; i < b.Len() && err == nil; i++ {
+		var tag pgconn.CommandTag
+		tag, err = br.Exec()
+		if i == b.Len()-2 {
+			written = tag.RowsAffected()
 		}
-		if res.RowsAffected == 0 {
-			return fmt.Errorf("the database holds an epoch above %d", epoch)
+	}
+	if cerr := br.Close(); err == nil {
+		err = cerr
+	}
+	if err != nil {
+		return err
+	}
+	if written == 0 {
+		return fmt.Errorf("%w than %d", errEpochAbove, epoch)
+	}
+	return nil
+}
+
+// createEpochTables creates the epoch and history tables (a site's first
+// start).
+func (r *Runner) createEpochTables(ctx context.Context, conn *pgx.Conn) error {
+	for _, q := range []string{
+		`CREATE TABLE IF NOT EXISTS ` + subcloud.EpochTable + ` (id integer PRIMARY KEY, epoch bigint NOT NULL, controller text NOT NULL, changed_at timestamptz NOT NULL)`,
+		`CREATE TABLE IF NOT EXISTS ` + HistoryTable + ` (seq bigserial PRIMARY KEY, epoch bigint NOT NULL, controller text NOT NULL, event text NOT NULL, reason text NOT NULL, at timestamptz NOT NULL)`,
+	} {
+		if _, err := conn.Exec(ctx, q); err != nil {
+			return fmt.Errorf("creating the epoch tables: %w", err)
 		}
-		return tx.Exec(`INSERT INTO `+HistoryTable+` (epoch, controller, event, reason, at) VALUES (?, ?, ?, ?, now())`,
-			epoch, r.cfg.Self, event, reason).Error
-	})
+	}
+	return nil
 }
 
 // HistoryTable records the pair's takeovers and replication switches.
@@ -1218,32 +1244,66 @@ func (r *Runner) releaseAddress(ctx context.Context) {
 	}
 }
 
-// startSite builds and runs the site controller at epoch.
-func (r *Runner) startSite(ctx context.Context, epoch uint64, stores *SiteStores) error {
+// siteBuild is a site controller built and not yet run.
+type siteBuild struct {
+	site   Site
+	ctx    context.Context
+	cancel context.CancelFunc
+	err    error
+}
+
+// discard releases a build that will not run.
+func (b siteBuild) discard() {
+	if b.site != nil {
+		b.site.Close()
+	}
+	if b.cancel != nil {
+		b.cancel()
+	}
+}
+
+// buildSite builds the site controller (its stores opened first, when
+// OpenStores is set).
+func (r *Runner) buildSite(ctx context.Context) siteBuild {
+	dsn := r.cfg.DB.DSN(r.cfg.Database)
+	var stores *SiteStores
+	if open := r.cfg.OpenStores; open != nil {
+		octx, cancel := context.WithTimeout(ctx, 3*time.Second)
+		st, err := open(octx, dsn)
+		cancel()
+		if err == nil {
+			stores = st // else the site opens its own
+		}
+	}
+	sctx, cancel := context.WithCancel(ctx)
+	ha := &subcloud.HAConfig{Controller: r.cfg.Self, Epoch: r.currentEpoch, Authority: r.authority,
+		Swact: r.Swact, Pair: r.Pair}
+	site, err := r.cfg.NewSite(sctx, ha, dsn, stores)
+	if err != nil {
+		cancel()
+		return siteBuild{err: fmt.Errorf("site controller: %w", err)}
+	}
+	return siteBuild{site: site, ctx: sctx, cancel: cancel}
+}
+
+// runSite runs a built site controller at epoch.
+func (r *Runner) runSite(b siteBuild, epoch uint64) {
 	r.mu.Lock()
 	r.epoch = max(r.epoch, epoch)
 	r.saveLocked()
 	r.mu.Unlock()
-	sctx, cancel := context.WithCancel(ctx)
-	ha := &subcloud.HAConfig{Controller: r.cfg.Self, Epoch: r.currentEpoch, Authority: r.authority,
-		Swact: r.Swact, Pair: r.Pair}
-	site, err := r.cfg.NewSite(sctx, ha, r.cfg.DB.DSN(r.cfg.Database), stores)
-	if err != nil {
-		cancel()
-		return fmt.Errorf("site controller: %w", err)
-	}
 	errc := make(chan error, 1)
 	done := make(chan error, 1)
 	go func() {
-		err := site.Run(sctx)
-		if sctx.Err() == nil {
+		err := b.site.Run(b.ctx)
+		if b.ctx.Err() == nil {
 			errc <- err
 		}
 		done <- err
 	}()
 	r.mu.Lock()
 	r.site = func() {
-		cancel()
+		b.cancel()
 		select {
 		case <-done:
 		case <-time.After(15 * time.Second):
@@ -1251,9 +1311,8 @@ func (r *Runner) startSite(ctx context.Context, epoch uint64, stores *SiteStores
 		}
 	}
 	r.siteErr = errc
-	r.alarmMgr = site.Alarms()
+	r.alarmMgr = b.site.Alarms()
 	r.mu.Unlock()
-	return nil
 }
 
 func (r *Runner) stopSite() {

@@ -182,6 +182,12 @@ type View struct {
 	// Async: as the active, replication was already switched to
 	// asynchronous (the standby was confirmed failed).
 	Async bool
+	// PeerStreaming: as the active, the peer streams from my database and
+	// has caught up with it once (pg_stat_replication state "streaming":
+	// what PostgreSQL requires of a synchronous standby). Under steady
+	// writes the LSN the peer last reported is always a little behind
+	// mine; this is how the active knows it caught up all the same.
+	PeerStreaming bool
 	// PeerLinks: a fresh peer heartbeat per network.
 	PeerLinks map[Network]bool
 	// PeerLostFor: how long the peer has been silent on every network (0
@@ -421,8 +427,8 @@ func decideActive(v View, p peer) Decision {
 		return decision("D13", Stay, "", "swact to %s refused: %s", v.Peer, why)
 	}
 	if p.seen {
-		if v.Async && b.Role == RoleStandby && b.LSN >= v.LSN {
-			return decision("D14", GoSync, "", "%s is back and has replayed LSN %d: synchronous again", v.Peer, b.LSN)
+		if v.Async && b.Role == RoleStandby && (b.LSN >= v.LSN || v.PeerStreaming) {
+			return decision("D14", GoSync, "", "%s is back and has replayed LSN %d (streaming: %t): synchronous again", v.Peer, b.LSN, v.PeerStreaming)
 		}
 		alarm, more := "", ""
 		if v.Async {

@@ -195,6 +195,22 @@ func TestDecideRows(t *testing.T) {
 
 // TestRowsDocumentedAndTested: every row id in decide.go is in docs/ha.md's
 // table and has a case in TestDecideRows, and the other way round.
+// Under steady writes the LSN a standby last reported is always a little
+// behind the active's: streaming (caught up once, as PostgreSQL counts it)
+// is enough to go synchronous again; behind and not streaming is not.
+func TestGoSyncWhileWritesContinue(t *testing.T) {
+	A := RoleActive
+	behind := beat(func(b *Beat) { b.LSN = 99 })
+	d := Decide(view(A, set(func(v *View) { v.Async = true; v.Sync = false; v.PeerStreaming = true }), behind))
+	if d.Row != "D14" || d.Action != GoSync {
+		t.Errorf("streaming standby 1 behind: %s; want D14 go-sync", d)
+	}
+	d = Decide(view(A, set(func(v *View) { v.Async = true; v.Sync = false }), behind))
+	if d.Action == GoSync {
+		t.Errorf("standby behind and not streaming: %s; want no go-sync", d)
+	}
+}
+
 func TestRowsDocumentedAndTested(t *testing.T) {
 	src, err := os.ReadFile("decide.go")
 	if err != nil {

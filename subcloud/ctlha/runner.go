@@ -495,6 +495,7 @@ func (r *Runner) view(ctx context.Context) View {
 					v.Sync = rep.SyncState == "sync"
 				}
 			}
+			v.PeerStreaming = streaming
 			r.mu.Lock()
 			switch {
 			case streaming:

@@ -213,11 +213,9 @@ type Node struct {
 
 	cdMu    sync.Mutex
 	cdCache struct {
-		ok    bool
-		mtime time.Time
-		size  int64
-		ino   uint64
-		cd    controlData
+		ok  bool
+		raw []byte // global/pg_control when cd was read
+		cd  controlData
 	}
 }
 
@@ -1029,7 +1027,11 @@ func (n *Node) clone(ctx context.Context, p Peer) error {
 	if err := n.wipeData(); err != nil {
 		return err
 	}
-	args := []string{"-D", n.cfg.DataDir, "-X", "stream", "-c", "fast", "-w", "-d", n.peerConnInfo(p)}
+	// Its own application_name (the last one in a conninfo wins): the
+	// clone's WAL stream must not pass for this node's standby in the
+	// primary's pg_stat_replication, nor be taken as its synchronous one.
+	args := []string{"-D", n.cfg.DataDir, "-X", "stream", "-c", "fast", "-w", "-d",
+		n.peerConnInfo(p, "application_name", n.cfg.Name+"-clone")}
 	if n.noSync {
 		args = append(args, "--no-sync")
 	}

@@ -393,6 +393,7 @@ func (s *Server) drain() error {
 			if s.inflight.Load() == 0 {
 				// Nothing in flight: what is left are idle connections.
 				err := s.http.Close()
+				cancel() // Shutdown's next look may be far off
 				<-done
 				return err
 			}

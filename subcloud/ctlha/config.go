@@ -173,6 +173,7 @@ func Build(fc FileConfig, site subcloud.Config, log *slog.Logger) (*Pair, error)
 	if err != nil {
 		return fail(fmt.Errorf("config: ha: postgres: %w", err))
 	}
+	p.closers = append(p.closers, db.Close) // its kept connection
 	nets := func(m map[string]string) map[Network]string {
 		out := map[Network]string{}
 		for k, v := range m {

@@ -166,6 +166,11 @@ type Runner struct {
 	async     bool      // replication switched to asynchronous (peer confirmed failed)
 	swactTo   string    // the operator asked activity to move to the peer
 	handoff   string    // stepped down for a swact to the peer (our beats say so)
+	// handoffLSN is the stopped database's final LSN, what this controller
+	// ranks by while handoff is set: restarted as the peer's standby, its
+	// replay position is the end of that record, the peer's own, and a tie
+	// would let the name decide who takes over.
+	handoffLSN uint64
 	forced    bool      // that swact was forced (--force)
 	replLost  time.Time // active: when the peer, heard, stopped streaming from us
 	replAlarm bool      // 400.005 raised
@@ -184,6 +189,7 @@ type Runner struct {
 
 	dbMu     sync.Mutex
 	siteConn *pgx.Conn // to the site's database, for the epoch row; kept open
+	dbClosed bool      // Run ended: no new siteConn
 }
 
 // New checks the configuration.
@@ -258,6 +264,7 @@ func (r *Runner) Run(ctx context.Context) error {
 	r.runCtx = ctx
 	defer func() {
 		r.dbMu.Lock()
+		r.dbClosed = true
 		if r.siteConn != nil {
 			r.siteConn.Close(context.Background())
 			r.siteConn = nil
@@ -372,6 +379,13 @@ func (r *Runner) step(ctx context.Context) {
 	case TakeOver:
 		if err := r.takeOver(ctx, v, d); err != nil {
 			r.hold(fmt.Sprintf("takeover (%s) failed: %v", d.Row, err))
+			// A database promoted by the failed takeover must not stay a
+			// primary: stopped, it rejoins (or is promoted again) later.
+			if st, serr := r.cfg.DB.Status(ctx); serr == nil && st.Running && !st.InRecovery {
+				if err := r.cfg.DB.Stop(context.WithoutCancel(ctx), pgrepl.StopFast); err != nil {
+					r.log.Error("stopping the database after a failed takeover", "err", err)
+				}
+			}
 			r.setRole(RoleStandby, v.Epoch)
 		}
 	case StepDown:
@@ -477,6 +491,7 @@ func (r *Runner) view(ctx context.Context) View {
 	v := View{Mode: r.cfg.Mode, Self: r.cfg.Self, Peer: r.cfg.Peer, Role: r.role, Epoch: r.epoch, Async: r.async,
 		Force: r.force, Timing: r.cfg.Timing}
 	fenceAt := r.fenceAt
+	handoffLSN := r.handoffLSN
 	r.mu.Unlock()
 	sctx, cancel := context.WithTimeout(ctx, time.Second)
 	defer cancel()
@@ -543,6 +558,9 @@ func (r *Runner) view(ctx context.Context) View {
 		ectx, cancel := context.WithTimeout(ctx, time.Second)
 		v.Etcd = e.View(ectx, r.cfg.Peer)
 		cancel()
+	}
+	if handoffLSN != 0 {
+		v.LSN = handoffLSN // see Runner.handoffLSN
 	}
 	return v
 }
@@ -634,7 +652,7 @@ func (r *Runner) takeOver(ctx context.Context, v View, d Decision) error {
 	// done again once the database is promoted; after a failover it is
 	// done then (the standby may still be replaying).
 	var pre chan siteBuild
-	if v.Swact == r.cfg.Self && r.cfg.DB.Initialized() {
+	if d.Row == "D32" && !v.Force && r.cfg.DB.Initialized() {
 		pre = make(chan siteBuild, 1)
 		go func() { pre <- r.buildSite(ctx) }()
 	}
@@ -742,6 +760,7 @@ func (r *Runner) takeOver(ctx context.Context, v View, d Decision) error {
 	r.mu.Lock()
 	r.async = standbys == nil
 	r.swactTo, r.handoff, r.force, r.fenceAt = "", "", false, time.Time{}
+	r.handoffLSN = 0
 	r.epoch = max(r.epoch, epoch)
 	r.saveLocked()
 	r.mu.Unlock()
@@ -826,6 +845,10 @@ func (r *Runner) stepDown(ctx context.Context, reason string) {
 	r.mu.Lock()
 	r.forced = handoff && r.force
 	clean := handoff && !r.forced
+	r.handoffLSN = 0
+	if handoff {
+		r.handoffLSN = final.LSN
+	}
 	r.swactTo, r.force, r.async = "", false, false
 	if handoff {
 		r.handoff = r.cfg.Peer
@@ -877,7 +900,12 @@ func (r *Runner) follow(ctx context.Context, v View) {
 		}
 		r.stand()
 	case st.Running && st.InRecovery && st.Upstream != "":
-		// Following already.
+		// Following already. After a handoff, the handoff stands until the
+		// peer is active: a takeover of its that fails must be able to run
+		// again (D32 needs our beats to name it).
+		if v.PeerBeat.Role != RoleActive {
+			return
+		}
 	default:
 		r.mu.Lock()
 		clean := r.handoff != ""
@@ -895,7 +923,7 @@ func (r *Runner) follow(ctx context.Context, v View) {
 			"took", time.Since(start).Round(time.Millisecond))
 	}
 	r.mu.Lock()
-	r.handoff = ""
+	r.handoff, r.handoffLSN = "", 0
 	r.mu.Unlock()
 	r.setRole(RoleStandby, max(v.PeerBeat.Epoch, v.Epoch))
 }
@@ -954,7 +982,7 @@ func (r *Runner) goAsync(ctx context.Context, v View, d Decision) {
 	r.mu.Unlock()
 	errc := make(chan error, 1)
 	go func() {
-		errc <- r.recordEpoch(context.WithoutCancel(ctx), epoch, "asynchronous", d.Row+": "+d.Reason, false)
+		errc <- r.recordEpoch(context.WithoutCancel(ctx), epoch, "asynchronous", d.Row+": "+d.Reason, true)
 	}()
 	if err := r.cfg.DB.SetSynchronous(ctx, nil); err != nil {
 		r.hold("asynchronous: " + err.Error())
@@ -982,7 +1010,7 @@ func (r *Runner) goSync(ctx context.Context) {
 	epoch := r.epoch
 	r.mu.Unlock()
 	if was {
-		if err := r.recordEpoch(ctx, epoch, "synchronous", r.cfg.Peer+" streams again", false); err != nil {
+		if err := r.recordEpoch(ctx, epoch, "synchronous", r.cfg.Peer+" streams again", true); err != nil {
 			r.log.Error("recording the switch to synchronous", "err", err)
 		}
 		r.log.Info("replication is synchronous again", "standby", r.cfg.Peer)
@@ -1099,6 +1127,8 @@ func (r *Runner) currentEpoch() uint64 {
 // the epoch is also the witness's or etcd's, and the standby was not
 // synchronous with it: it takes over only when forced (docs/ha.md).
 func (r *Runner) recordEpoch(ctx context.Context, epoch uint64, event, reason string, local bool) error {
+	ctx, cancel := context.WithTimeout(ctx, 5*time.Second)
+	defer cancel()
 	r.dbMu.Lock()
 	defer r.dbMu.Unlock()
 	var err error
@@ -1106,6 +1136,9 @@ func (r *Runner) recordEpoch(ctx context.Context, epoch uint64, event, reason st
 	// restarted since, and the tables are missing on a site's first
 	// start: once more after either.
 	for attempt := 0; attempt < 3; attempt++ {
+		if r.dbClosed {
+			return errors.New("ctlha: the runner has stopped")
+		}
 		if r.siteConn == nil {
 			if r.siteConn, err = pgx.Connect(ctx, r.cfg.DB.DSN(r.cfg.Database)); err != nil {
 				return err
@@ -1134,7 +1167,7 @@ func (r *Runner) recordEpoch(ctx context.Context, epoch uint64, event, reason st
 func (r *Runner) openSiteConn(ctx context.Context) {
 	r.dbMu.Lock()
 	defer r.dbMu.Unlock()
-	if r.siteConn != nil || !r.cfg.DB.Initialized() {
+	if r.siteConn != nil || r.dbClosed || !r.cfg.DB.Initialized() {
 		return
 	}
 	ctx, cancel := context.WithTimeout(ctx, 2*time.Second)

@@ -318,6 +318,27 @@ func TestConformanceSubcloudGroups(t *testing.T) {
 		if err := st.CreateSubcloud(ctx, central.Subcloud{Name: "site-d", BootstrapAddress: "10.0.0.1"}); err != nil {
 			t.Errorf("CreateSubcloud(freed address) = %v", err)
 		}
+
+		// Racing registrations of one address: one wins, the others are
+		// told why (never a raw unique-constraint error).
+		errc := make(chan error, 8)
+		for i := range 8 {
+			go func() {
+				errc <- st.CreateSubcloud(ctx, central.Subcloud{Name: fmt.Sprintf("race-%d", i), BootstrapAddress: "10.0.0.9"})
+			}()
+		}
+		won := 0
+		for range 8 {
+			switch err := <-errc; {
+			case err == nil:
+				won++
+			case !errors.Is(err, central.ErrBootstrapAddressInUse):
+				t.Errorf("racing CreateSubcloud = %v; want nil or ErrBootstrapAddressInUse", err)
+			}
+		}
+		if won != 1 {
+			t.Errorf("%d racing registrations of one address succeeded; want 1", won)
+		}
 	})
 }
 

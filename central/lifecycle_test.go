@@ -201,12 +201,12 @@ func TestConformanceSubcloudGroups(t *testing.T) {
 	sqldbtest.Each(t, func(t *testing.T, open func(*testing.T) *sqldb.DB) {
 		ctx := context.Background()
 		db := open(t)
-		st, err := central.OpenSubcloudStore(ctx, db)
-		if err != nil {
+		if _, err := central.OpenSubcloudStore(ctx, db); err != nil {
 			t.Fatal(err)
 		}
-		// Opening again keeps the one Default group.
-		if st, err = central.OpenSubcloudStore(ctx, db); err != nil {
+		// Opening again keeps the one Default group (the list below holds one).
+		st, err := central.OpenSubcloudStore(ctx, db)
+		if err != nil {
 			t.Fatal(err)
 		}
 		def, err := st.SubcloudGroup(ctx, central.DefaultGroup)

@@ -28,7 +28,6 @@ import (
 	"github.com/petrel-edge/petrel/internal/pki"
 	"github.com/petrel-edge/petrel/internal/rest"
 	"github.com/petrel-edge/petrel/internal/server"
-	"github.com/petrel-edge/petrel/inventory"
 	"github.com/petrel-edge/petrel/ui"
 )
 
@@ -288,6 +287,7 @@ func (c *Central) register(srv *rest.Server, a *auth.Service) {
 	srv.Handle("deleteSubcloud", http.MethodDelete, "/v1/subclouds/{name}", a.Require(auth.Admin), c.deleteSubcloud)
 	srv.HandleHTTP("stream", http.MethodGet, "/v1/stream", a.Require(auth.Reader), c.serveStream())
 	srv.Handle("issueSiteCertificate", http.MethodPost, "/v1/subclouds/{name}/certificate", a.Require(auth.Admin), c.issueSiteCertificate)
+	c.registerLifecycle(srv, a)
 	relay := c.relay()
 	for _, m := range []string{http.MethodGet, http.MethodPost, http.MethodPatch, http.MethodDelete} {
 		srv.HandleHTTP("relay"+m[:1]+strings.ToLower(m[1:]), m, "/v1/subclouds/{name}/api/{path:.*}", c.relayGuard, relay)
@@ -300,33 +300,6 @@ func (c *Central) register(srv *rest.Server, a *auth.Service) {
 // RelayMaxUpload bounds a body relayed to a site by PUT (an image upload);
 // each site applies its own, smaller caps.
 const RelayMaxUpload int64 = 64 << 30
-
-// CreateSubcloudRequest is the body of POST /v1/subclouds.
-type CreateSubcloudRequest struct {
-	Name  string          `json:"name"`
-	Shape inventory.Shape `json:"shape"`
-}
-
-func (c *Central) createSubcloud(r *http.Request) (int, any, error) {
-	var req CreateSubcloudRequest
-	if err := rest.DecodeJSON(r, &req); err != nil {
-		return 0, nil, err
-	}
-	if err := inventory.ValidateSiteName("name", req.Name); err != nil {
-		return 0, nil, err
-	}
-	if !req.Shape.Valid() {
-		return 0, nil, errs.Field("shape", "must be simplex, duplex or multi-server")
-	}
-	sc := Subcloud{Name: req.Name, Shape: req.Shape, Availability: Offline, Management: Unmanaged,
-		DeployStatus: "not-deployed", Sync: map[string]SyncStatus{}, Status: StatusOffline, CreatedAt: time.Now().UTC()}
-	if err := c.Subclouds.CreateSubcloud(r.Context(), sc); err != nil {
-		return 0, nil, err
-	}
-	c.tracker.Add(sc.Name)
-	c.stream.Publish("subcloud", sc)
-	return http.StatusCreated, sc, nil
-}
 
 // SiteCertificateRequest is the body of POST /v1/subclouds/{name}/certificate.
 type SiteCertificateRequest struct {
@@ -394,7 +367,13 @@ func (c *Central) deleteSubcloud(r *http.Request) (int, any, error) {
 	name := rest.Var(r, "name")
 	c.linkMu.Lock()
 	defer c.linkMu.Unlock()
-	if _, err := c.Subclouds.Subcloud(r.Context(), name); err != nil {
+	sc, err := c.Subclouds.Subcloud(r.Context(), name)
+	if err != nil {
+		return 0, nil, err
+	}
+	// Only an unmanaged, offline subcloud with no deploy step running is
+	// removed; the store checks again as it deletes.
+	if err := sc.Deletable(); err != nil {
 		return 0, nil, err
 	}
 	// Its alarms go first — those it sent and central's own about it — so
@@ -405,7 +384,7 @@ func (c *Central) deleteSubcloud(r *http.Request) (int, any, error) {
 	if _, err := c.shell.Alarms.ClearEntity(r.Context(), "subcloud="+name); err != nil {
 		return 0, nil, fmt.Errorf("clearing alarms about the subcloud: %w", err)
 	}
-	if err := c.Subclouds.DeleteSubcloud(r.Context(), name); err != nil {
+	if err := c.Subclouds.DeleteSubcloud(r.Context(), name, func(sc Subcloud) error { return sc.Deletable() }); err != nil {
 		return 0, nil, err
 	}
 	c.tracker.Remove(name)

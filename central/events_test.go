@@ -170,7 +170,11 @@ func TestSiteEventsReachCentralExactlyOnce(t *testing.T) {
 		t.Errorf("280.001 events at central for site-a (newest first): %v; want set/clear pairs, the newest a clear", kinds)
 	}
 
-	// Deleting the subcloud drops its alarms held at central.
+	// Deleting the subcloud drops its alarms held at central; it must be
+	// offline first (an online subcloud is not deleted).
+	proxy.down.Store(true)
+	proxy.cut()
+	f.waitAvailability(t, "site-a", central.Offline)
 	if err := f.admin.Do(ctx, http.MethodDelete, "/v1/subclouds/site-a", nil, nil, nil); err != nil {
 		t.Fatal(err)
 	}

@@ -43,7 +43,7 @@ func TestConformanceSubcloudStore(t *testing.T) {
 		if len(offline) != 1 || offline[0].Name != "site-a" {
 			t.Errorf("Subclouds(status=offline) = %v", offline)
 		}
-		if err := st.DeleteSubcloud(ctx, "site-a"); err != nil {
+		if err := st.DeleteSubcloud(ctx, "site-a", nil); err != nil {
 			t.Fatal(err)
 		}
 		if _, err := st.Subcloud(ctx, "site-a"); !errors.Is(err, central.ErrSubcloudNotFound) {

@@ -156,11 +156,11 @@ func (a *app) hostCmd() *cobra.Command {
 func (a *app) subcloudCmd() *cobra.Command {
 	var limit int
 	list := &cobra.Command{Use: "list", Short: "List subclouds", Args: noArgs}
-	query := filterFlags(list, "shape", "availability", "management", "status")
+	query := filterFlags(list, "shape", "availability", "management", "status", "deploy_status", "group")
 	list.Flags().IntVar(&limit, "limit", 0, "at most this many (default all)")
 	list.RunE = func(cmd *cobra.Command, _ []string) error {
 		return a.list(cmd, "/v1/subclouds", query(), limit,
-			"name", "shape", "availability", "management", "deploy_status", "status", "hosts.total", "last_seen")
+			"name", "shape", "availability", "management", "deploy_status", "status", "group", "hosts.total", "last_seen")
 	}
 	show := &cobra.Command{
 		Use:   "show NAME",
@@ -170,7 +170,8 @@ func (a *app) subcloudCmd() *cobra.Command {
 			return a.call(cmd, http.MethodGet, "/v1/subclouds/"+url.PathEscape(args[0]), nil)
 		},
 	}
-	c := group("subcloud", "Inspect the fleet's subclouds (at central); with --config, run a site controller", list, show)
+	c := group("subcloud", "The fleet's subclouds (at central): list, add, manage, delete; with --config, run a site controller",
+		append([]*cobra.Command{list, show}, a.subcloudLifecycleCmds()...)...)
 	c.Use = "subcloud [--config FILE]"
 	var cfgFile string
 	c.Flags().StringVar(&cfgFile, "config", "", "run the site controller daemon with this configuration file (YAML)")

@@ -160,32 +160,32 @@ type Runner struct {
 	cfg Config
 	log *slog.Logger
 
-	mu        sync.Mutex
-	role      Role
-	epoch     uint64
-	async     bool      // replication switched to asynchronous (peer confirmed failed)
-	swactTo   string    // the operator asked activity to move to the peer
-	handoff   string    // stepped down for a swact to the peer (our beats say so)
+	mu      sync.Mutex
+	role    Role
+	epoch   uint64
+	async   bool   // replication switched to asynchronous (peer confirmed failed)
+	swactTo string // the operator asked activity to move to the peer
+	handoff string // stepped down for a swact to the peer (our beats say so)
 	// handoffLSN is the stopped database's final LSN, what this controller
 	// ranks by while handoff is set: restarted as the peer's standby, its
 	// replay position is the end of that record, the peer's own, and a tie
 	// would let the name decide who takes over.
 	handoffLSN uint64
-	forced    bool      // that swact was forced (--force)
-	replLost  time.Time // active: when the peer, heard, stopped streaming from us
-	replAlarm bool      // 400.005 raised
-	force     bool
-	fenceAt   time.Time
-	reason    string // the last decision's row, logged once
-	failure   string // the last failure, logged once
-	site      context.CancelFunc
-	siteErr   chan error
-	alarmMgr  *faultmgr.Manager
-	saved     uint64          // the epoch StateFile holds
-	runCtx    context.Context // Run's, for the candidacy started later
-	standOnce sync.Once
-	since     time.Time // in the current role
-	wake      chan struct{}
+	forced     bool      // that swact was forced (--force)
+	replLost   time.Time // active: when the peer, heard, stopped streaming from us
+	replAlarm  bool      // 400.005 raised
+	force      bool
+	fenceAt    time.Time
+	reason     string // the last decision's row, logged once
+	failure    string // the last failure, logged once
+	site       context.CancelFunc
+	siteErr    chan error
+	alarmMgr   *faultmgr.Manager
+	saved      uint64          // the epoch StateFile holds
+	runCtx     context.Context // Run's, for the candidacy started later
+	standOnce  sync.Once
+	since      time.Time // in the current role
+	wake       chan struct{}
 
 	dbMu     sync.Mutex
 	siteConn *pgx.Conn // to the site's database, for the epoch row; kept open

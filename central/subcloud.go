@@ -161,6 +161,9 @@ const (
 	SyncUnknown SyncStatus = "unknown"
 )
 
+// Valid reports whether s is one of the sync statuses.
+func (s SyncStatus) Valid() bool { return s == InSync || s == OutOfSync || s == SyncUnknown }
+
 // Status is a subcloud's health at a glance.
 type Status string
 

@@ -6,6 +6,7 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"math"
 	"time"
 	"unicode/utf8"
 
@@ -221,6 +222,15 @@ func (s *SyncStore) change(tx *gorm.DB, resource, key string, doc []byte, delete
 	return uint64(head), nil
 }
 
+// dbVersion is v as the int64 columns hold it; versions beyond them mean
+// "everything".
+func dbVersion(v uint64) int64 {
+	if v > math.MaxInt64 {
+		return math.MaxInt64
+	}
+	return int64(v)
+}
+
 // lockForUpdate locks the rows q reads until the transaction ends, on
 // PostgreSQL; SQLite writers are serialised already (BEGIN IMMEDIATE).
 func (s *SyncStore) lockForUpdate(q *gorm.DB) *gorm.DB {
@@ -288,7 +298,7 @@ func (s *SyncStore) Since(ctx context.Context, resource string, from uint64, lim
 	      LEFT JOIN dc_sync_resources r ON r.resource = ? AND r.version > ? AND r.version <= m.head
 	      WHERE m.id = 1
 	      ORDER BY r.version`
-	args := []any{resource, resource, int64(from)}
+	args := []any{resource, resource, dbVersion(from)}
 	if limit > 0 {
 		q += " LIMIT ?"
 		args = append(args, limit)
@@ -342,7 +352,7 @@ func (s *SyncStore) Compact(ctx context.Context, resource string, before uint64,
 			horizon = cur[0]
 		}
 		cond := tx.Where("resource = ? AND deleted = ? AND version < ? AND updated_at < ?",
-			resource, true, int64(before), olderThan.UTC())
+			resource, true, dbVersion(before), olderThan.UTC())
 		var maxV sql.NullInt64
 		if err := cond.Model(&syncResourceRow{}).Select("MAX(version)").Scan(&maxV).Error; err != nil {
 			return err
@@ -373,9 +383,6 @@ func (s *SyncStore) Compact(ctx context.Context, resource string, before uint64,
 	}
 	return removed, uint64(horizon), nil
 }
-
-// Valid reports whether s is one of the sync statuses.
-func (s SyncStatus) Valid() bool { return s == InSync || s == OutOfSync || s == SyncUnknown }
 
 // validateSite checks a site name as the status table keys it.
 func validateSite(site string) error {

@@ -6,6 +6,7 @@ import (
 	"encoding/hex"
 	"errors"
 	"fmt"
+	"math"
 	"path/filepath"
 	"sync"
 	"testing"
@@ -89,6 +90,9 @@ func testSyncPutDeleteSince(t *testing.T, open openSyncStore) {
 	}
 	if recs, head, err := st.Since(ctx, syncproto.Flavors, 5, 0); err != nil || head != 5 || len(recs) != 0 {
 		t.Errorf("Since(flavors, 5) = %+v, %d, %v; want nothing, head 5", recs, head, err)
+	}
+	if recs, head, err := st.Since(ctx, syncproto.Flavors, math.MaxUint64, 0); err != nil || head != 5 || len(recs) != 0 {
+		t.Errorf("Since(flavors, MaxUint64) = %+v, %d, %v; want nothing, head 5", recs, head, err)
 	}
 	if recs, head, err := st.Since(ctx, syncproto.Images, 0, 0); err != nil || head != 5 || len(recs) != 1 || recs[0].Version != 2 {
 		t.Errorf("Since(images, 0) = %+v, %d, %v; want i1 at 2, head 5", recs, head, err)

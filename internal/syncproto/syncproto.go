@@ -71,7 +71,10 @@ func ValidateKey(key string) error {
 		return errs.Field("key", "at most %d bytes", MaxKeyLen)
 	case !utf8.ValidString(key):
 		return errs.Field("key", "must be UTF-8")
-	case unicode.IsSpace(rune(key[0])) || unicode.IsSpace(rune(key[len(key)-1])):
+	}
+	first, _ := utf8.DecodeRuneInString(key)
+	last, _ := utf8.DecodeLastRuneInString(key)
+	if unicode.IsSpace(first) || unicode.IsSpace(last) {
 		return errs.Field("key", "must not begin or end with white space")
 	}
 	for _, r := range key {
@@ -312,19 +315,19 @@ func (d *Digester) Sum() Digest {
 
 // BucketStrings returns the bucket digests in hex, in bucket order (the
 // form a sync_digest message carries).
-func (g Digest) BucketStrings() []string {
+func (dg Digest) BucketStrings() []string {
 	out := make([]string, NumBuckets)
-	for i, h := range g.Buckets {
+	for i, h := range dg.Buckets {
 		out[i] = h.String()
 	}
 	return out
 }
 
-// Diff returns the buckets whose digests differ between g and o, ascending.
-func (g Digest) Diff(o Digest) []int {
+// Diff returns the buckets whose digests differ between dg and o, ascending.
+func (dg Digest) Diff(o Digest) []int {
 	var out []int
-	for i := range g.Buckets {
-		if g.Buckets[i] != o.Buckets[i] {
+	for i := range dg.Buckets {
+		if dg.Buckets[i] != o.Buckets[i] {
 			out = append(out, i)
 		}
 	}

@@ -202,7 +202,7 @@ func TestValidate(t *testing.T) {
 			t.Errorf("ValidateKey(%q) = %v", k, err)
 		}
 	}
-	for _, k := range []string{"", " a", "a ", "a\nb", "a\x00b", "\xff", strings.Repeat("k", syncproto.MaxKeyLen+1)} {
+	for _, k := range []string{"", " a", "a ", "a\nb", "a\x00b", "\u3000a", "a\u00a0", "\xff", strings.Repeat("k", syncproto.MaxKeyLen+1)} {
 		if err := syncproto.ValidateKey(k); !errors.Is(err, errs.Invalid) {
 			t.Errorf("ValidateKey(%q) = %v; want Invalid", k, err)
 		}

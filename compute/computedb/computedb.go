@@ -216,6 +216,15 @@ func (s *Store) ImagesWithChecksum(ctx context.Context, sum, except string) (int
 
 // RequeueSaving puts saving images back to queued.
 func (s *Store) RequeueSaving(ctx context.Context) (int, error) {
+	// A look first: with nothing to requeue, opening writes nothing (a
+	// controller pair opens the store on a standby while it takes over).
+	var n int64
+	if err := s.db.WithContext(ctx).Model(&imageRow{}).Where("status = ?", string(compute.ImageSaving)).Count(&n).Error; err != nil {
+		return 0, fmt.Errorf("computedb: requeue images: %w", err)
+	}
+	if n == 0 {
+		return 0, nil
+	}
 	res := s.db.WithContext(ctx).Model(&imageRow{}).Where("status = ?", string(compute.ImageSaving)).
 		Updates(map[string]any{"status": string(compute.ImageQueued), "updated_at": now()})
 	if res.Error != nil {

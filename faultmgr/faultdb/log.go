@@ -86,12 +86,18 @@ func (s *Store) openLog(ctx context.Context) error {
 	if last != nil {
 		s.log.last = *last
 	}
-	id, _ := uuid.NewRandom()
-	if err := db.Clauses(clause.OnConflict{DoNothing: true}).Create(&metaRow{Key: metaEpoch, Value: id.String()}).Error; err != nil {
-		return fmt.Errorf("faultdb: epoch: %w", err)
-	}
+	// A look first: opening the store writes only for a new store (a
+	// controller pair opens it on a standby while it takes over).
 	var m metaRow
-	if err := db.Where("key = ?", metaEpoch).Take(&m).Error; err != nil {
+	err := db.Where("key = ?", metaEpoch).Take(&m).Error
+	if errors.Is(err, gorm.ErrRecordNotFound) {
+		id, _ := uuid.NewRandom()
+		if err := db.Clauses(clause.OnConflict{DoNothing: true}).Create(&metaRow{Key: metaEpoch, Value: id.String()}).Error; err != nil {
+			return fmt.Errorf("faultdb: epoch: %w", err)
+		}
+		err = db.Where("key = ?", metaEpoch).Take(&m).Error
+	}
+	if err != nil {
 		return fmt.Errorf("faultdb: epoch: %w", err)
 	}
 	s.log.epoch, s.log.seen, s.log.watch = m.Value, s.log.last, make(chan struct{})

@@ -77,6 +77,7 @@ func (b bmcPower) PowerState(ctx context.Context) (Power, error) {
 }
 
 func (b bmcPower) PowerOff(ctx context.Context) error { return b.c.PowerOff(ctx) }
+func (b bmcPower) PowerOn(ctx context.Context) error  { return b.c.PowerOn(ctx) }
 
 // pgNode adapts pgrepl.Node (Rejoin also reports its path).
 type pgNode struct{ *pgrepl.Node }

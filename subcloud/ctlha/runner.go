@@ -51,6 +51,7 @@ type Addresses interface {
 type PowerControl interface {
 	PowerState(ctx context.Context) (Power, error)
 	PowerOff(ctx context.Context) error
+	PowerOn(ctx context.Context) error
 }
 
 // Site is the site controller run while this controller is active
@@ -407,6 +408,9 @@ func (r *Runner) step(ctx context.Context) {
 	case Hold, WaitPeer:
 		if d.Claim {
 			r.claim(ctx, v, d)
+		}
+		if d.Alarm == AlarmHeld {
+			r.unfence(ctx, d)
 		}
 	}
 	if v.Role == RoleActive {
@@ -946,6 +950,30 @@ func (r *Runner) fence(ctx context.Context, d Decision) {
 	}
 	r.mu.Lock()
 	r.fenceAt = time.Now()
+	r.mu.Unlock()
+}
+
+// unfence powers the peer on again when this controller fenced it and now
+// refuses to take over (D40, say: the fence raced an active that had gone
+// asynchronous without it). A fence that leads to no takeover leaves the
+// site with no active at all; the peer, back on, ranks above this one.
+func (r *Runner) unfence(ctx context.Context, d Decision) {
+	r.mu.Lock()
+	fenced := !r.fenceAt.IsZero()
+	r.mu.Unlock()
+	if !fenced || r.cfg.PeerBMC == nil {
+		return
+	}
+	r.log.Warn("powering the fenced peer on again: I cannot take over", "peer", r.cfg.Peer, "row", d.Row, "reason", d.Reason)
+	fctx, cancel := context.WithTimeout(ctx, 5*time.Second)
+	err := r.cfg.PeerBMC.PowerOn(fctx)
+	cancel()
+	if err != nil {
+		r.hold("unfence: " + err.Error())
+		return
+	}
+	r.mu.Lock()
+	r.fenceAt = time.Time{}
 	r.mu.Unlock()
 }
 

@@ -235,9 +235,31 @@ func Warm() error {
 }
 
 // Run serves until ctx ends, dialing home if configured.
+//
+// The shell (HTTP and the store) stops last: it closes the store, which the
+// other parts use until they have stopped. A shell that fails stops them.
 func (s *Subcloud) Run(ctx context.Context) error {
+	ctx, cancel := context.WithCancel(ctx)
+	defer cancel()
+	shellCtx, stopShell := context.WithCancel(context.WithoutCancel(ctx))
+	defer stopShell()
+	shellDone := make(chan error, 1)
+	go func() {
+		err := s.shell.Run(shellCtx)
+		cancel()
+		shellDone <- err
+	}()
+	err := s.runParts(ctx)
+	stopShell()
+	if serr := <-shellDone; err == nil {
+		err = serr
+	}
+	return err
+}
+
+// runParts runs everything but the shell until ctx ends.
+func (s *Subcloud) runParts(ctx context.Context) error {
 	g, ctx := errgroup.WithContext(ctx)
-	g.Go(func() error { return s.shell.Run(ctx) })
 	if s.cfg.Central != nil {
 		g.Go(func() error { return s.dialHome(ctx) })
 	}

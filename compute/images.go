@@ -104,7 +104,7 @@ var (
 	ErrImageInUse       = errs.New(errs.Conflict, "image in use")
 	ErrImageTransition  = errs.New(errs.InvalidTransition, "invalid image state transition")
 	ErrFlavorNotFound   = errs.New(errs.NotFound, "flavor not found")
-	ErrFlavorExists     = errs.New(errs.Conflict, "a flavor with that name exists")
+	ErrFlavorExists     = errs.New(errs.Conflict, "a flavor with that name or ID exists")
 	ErrChecksumMismatch = errs.New(errs.Invalid, "the uploaded bytes do not match the image's checksum")
 	ErrSizeMismatch     = errs.New(errs.Invalid, "the uploaded bytes are not the image's size")
 	ErrFormatMismatch   = errs.New(errs.Invalid, "the uploaded bytes are not in the image's disk format")
@@ -229,7 +229,8 @@ func (f Flavor) Validate() error {
 
 // FlavorStore keeps a site's flavors.
 type FlavorStore interface {
-	// CreateFlavor records a new flavor; ErrFlavorExists if its name is taken.
+	// CreateFlavor records a new flavor, with f.ID if set (a UUID);
+	// ErrFlavorExists if its name or ID is taken.
 	CreateFlavor(ctx context.Context, f Flavor) (Flavor, error)
 	// Flavor finds a flavor by ID or name.
 	Flavor(ctx context.Context, id string) (Flavor, error)

@@ -238,17 +238,24 @@ func toFlavor(r flavorRow) compute.Flavor {
 		Public: r.Public, Project: r.Project, CreatedAt: r.CreatedAt.UTC()}
 }
 
-// CreateFlavor records f with a new ID.
+// CreateFlavor records f, with f.ID when set (a UUID: central's flavors
+// keep their ID at every site) or a new one.
 func (s *Store) CreateFlavor(ctx context.Context, f compute.Flavor) (compute.Flavor, error) {
-	id, err := uuid.NewRandom()
-	if err != nil {
-		return compute.Flavor{}, err
+	id := f.ID
+	if id == "" {
+		u, err := uuid.NewRandom()
+		if err != nil {
+			return compute.Flavor{}, err
+		}
+		id = u.String()
+	} else if _, err := uuid.Parse(id); err != nil {
+		return compute.Flavor{}, errs.Field("id", "must be a UUID")
 	}
-	row := flavorRow{ID: id.String(), Name: f.Name, VCPUs: f.VCPUs, RAMMiB: f.RAMMiB, DiskGiB: f.DiskGiB,
+	row := flavorRow{ID: id, Name: f.Name, VCPUs: f.VCPUs, RAMMiB: f.RAMMiB, DiskGiB: f.DiskGiB,
 		Public: f.Public, Project: f.Project, CreatedAt: now()}
 	if err := s.db.WithContext(ctx).Create(&row).Error; err != nil {
 		if sqldb.IsUniqueViolation(err) {
-			return compute.Flavor{}, fmt.Errorf("%w: %s", compute.ErrFlavorExists, f.Name)
+			return compute.Flavor{}, fmt.Errorf("%w: %s (or ID %s)", compute.ErrFlavorExists, f.Name, id)
 		}
 		return compute.Flavor{}, fmt.Errorf("computedb: create flavor: %w", err)
 	}

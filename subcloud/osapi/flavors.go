@@ -2,6 +2,7 @@ package osapi
 
 import (
 	"context"
+	"fmt"
 	"net/http"
 	"net/url"
 	"strconv"
@@ -215,4 +216,82 @@ func (o *api) limits(r *http.Request, _ microversion) (int, any, error) {
 		"totalServerGroupsUsed": groups, "totalSecurityGroupsUsed": 0, "totalFloatingIpsUsed": 0,
 	}
 	return http.StatusOK, map[string]any{"limits": map[string]any{"rate": []any{}, "absolute": absolute}}, nil
+}
+
+// novaFlavorRequest is the body of Nova's create flavor.
+type novaFlavorRequest struct {
+	Flavor *struct {
+		Name      string   `json:"name"`
+		ID        *string  `json:"id"` // null or absent: a new UUID
+		RAM       *int     `json:"ram"`
+		VCPUs     *int     `json:"vcpus"`
+		Disk      *int     `json:"disk"`
+		Ephemeral int      `json:"OS-FLV-EXT-DATA:ephemeral"`
+		Swap      any      `json:"swap"` // 0 or "" (Nova's "no swap")
+		IsPublic  *bool    `json:"os-flavor-access:is_public"`
+		RXTX      *float64 `json:"rxtx_factor"`
+	} `json:"flavor"`
+}
+
+// createFlavor is Nova's create flavor (admins): a flavor with the given
+// ID (a UUID; central's flavors keep theirs at every site) or a new one.
+// Petrel flavors have no ephemeral disk or swap.
+func (o *api) createFlavor(r *http.Request, v microversion) (int, any, error) {
+	var req novaFlavorRequest
+	if err := decodeBody(r, &req); err != nil {
+		return 0, nil, err
+	}
+	b := req.Flavor
+	if b == nil {
+		return 0, nil, errs.Field("flavor", "is required")
+	}
+	if b.RAM == nil || b.VCPUs == nil || b.Disk == nil {
+		return 0, nil, errs.Field("flavor", "name, ram, vcpus and disk are required")
+	}
+	if b.Ephemeral != 0 {
+		return 0, nil, errs.Field("OS-FLV-EXT-DATA:ephemeral", "Petrel flavors have no ephemeral disk: must be 0")
+	}
+	switch sw := b.Swap.(type) {
+	case nil, string:
+		if sw != nil && sw != "" && sw != "0" {
+			return 0, nil, errs.Field("swap", "Petrel flavors have no swap: must be 0")
+		}
+	case float64:
+		if sw != 0 {
+			return 0, nil, errs.Field("swap", "Petrel flavors have no swap: must be 0")
+		}
+	default:
+		return 0, nil, errs.Field("swap", "must be a number")
+	}
+	f := compute.Flavor{Name: b.Name, VCPUs: *b.VCPUs, RAMMiB: *b.RAM, DiskGiB: *b.Disk, Public: true,
+		Project: caller(r.Context()).ProjectName()}
+	if b.IsPublic != nil {
+		f.Public = *b.IsPublic
+	}
+	if b.ID != nil {
+		f.ID = *b.ID
+	}
+	if err := f.Validate(); err != nil {
+		return 0, nil, err
+	}
+	out, err := o.d.Flavors.CreateFlavor(r.Context(), f)
+	if err != nil {
+		return 0, nil, err
+	}
+	return http.StatusOK, map[string]any{"flavor": flavorView(r, v, out, false)}, nil
+}
+
+// deleteFlavor is Nova's delete flavor (admins). Servers keep their copy.
+func (o *api) deleteFlavor(r *http.Request, _ microversion) (int, any, error) {
+	f, err := o.d.Flavors.Flavor(r.Context(), rest.Var(r, "id"))
+	if err != nil {
+		return 0, nil, err
+	}
+	if f.ID != rest.Var(r, "id") { // Nova deletes by ID only
+		return 0, nil, fmt.Errorf("%w: %s", compute.ErrFlavorNotFound, rest.Var(r, "id"))
+	}
+	if err := o.d.Flavors.DeleteFlavor(r.Context(), f.ID); err != nil {
+		return 0, nil, err
+	}
+	return http.StatusAccepted, nil, nil
 }

@@ -37,7 +37,7 @@ const (
 
 func (o *api) registerCompute(srv *rest.Server) {
 	d, a := novaDialect, o.auth
-	reader, operator := a.Require(auth.Reader), a.Require(auth.Operator)
+	reader, operator, admin := a.Require(auth.Reader), a.Require(auth.Operator), a.Require(auth.Admin)
 	srv.HandleDialect(d, "osComputeVersions", http.MethodGet, "/compute", nil, o.computeVersions)
 	srv.HandleDialect(d, "osComputeVersionsSlash", http.MethodGet, "/compute/", nil, o.computeVersions)
 	srv.HandleDialect(d, "osComputeV21", http.MethodGet, "/compute/v2.1", nil, o.computeV21)
@@ -52,7 +52,9 @@ func (o *api) registerCompute(srv *rest.Server) {
 	srv.HandleDialect(d, "osServerAction", http.MethodPost, p+"/servers/{id}/action", operator, versioned(o.serverAction))
 	srv.HandleDialect(d, "osListFlavorsDetail", http.MethodGet, p+"/flavors/detail", reader, versioned(o.listFlavors(true)))
 	srv.HandleDialect(d, "osListFlavors", http.MethodGet, p+"/flavors", reader, versioned(o.listFlavors(false)))
+	srv.HandleDialect(d, "osCreateFlavor", http.MethodPost, p+"/flavors", admin, versioned(o.createFlavor))
 	srv.HandleDialect(d, "osGetFlavor", http.MethodGet, p+"/flavors/{id}", reader, versioned(o.getFlavor))
+	srv.HandleDialect(d, "osDeleteFlavor", http.MethodDelete, p+"/flavors/{id}", admin, versioned(o.deleteFlavor))
 	srv.HandleDialect(d, "osFlavorExtraSpecs", http.MethodGet, p+"/flavors/{id}/os-extra_specs", reader, versioned(o.flavorExtraSpecs))
 	srv.HandleDialect(d, "osListHypervisorsDetail", http.MethodGet, p+"/os-hypervisors/detail", reader, versioned(o.listHypervisors(true)))
 	srv.HandleDialect(d, "osListHypervisors", http.MethodGet, p+"/os-hypervisors", reader, versioned(o.listHypervisors(false)))

@@ -71,6 +71,8 @@ type Config struct {
 	// renew holds its lease; another controller may claim the active role
 	// only once the holder's lease has run out. Zero: DefaultWitnessLeaseTTL.
 	WitnessLeaseTTL time.Duration
+	// Sync tunes the shared-resource sync engine; zero fields: defaults.
+	Sync SyncConfig
 }
 
 // DefaultRestartGrace covers a site's longest reconnect backoff (30 s) with margin.
@@ -94,6 +96,9 @@ type Central struct {
 	// certificate issue and subcloud delete, so a revoked certificate never
 	// registers a link.
 	linkMu sync.Mutex
+
+	sync     *syncEngine // keeps shared resources at managed sites
+	flavorMu sync.Mutex  // orders flavor writes (names are unique)
 
 	wmu    sync.Mutex
 	ingest *faultdb.Ingest // sites' records, combined into transactions
@@ -136,6 +141,13 @@ func New(ctx context.Context, cfg Config) (*Central, error) {
 		shell.Close()
 		return nil, err
 	}
+	store, err := OpenSyncStore(ctx, shell.DB)
+	if err != nil {
+		shell.Close()
+		return nil, err
+	}
+	c.sync = newSyncEngine(cfg.Sync, store, subclouds, newRelaySites(c), shell.Alarms,
+		[]syncer{flavorSyncer{}}, c.log.With("component", "sync"), func(typ string, v any) { c.stream.Publish(typ, v) })
 	if cfg.SiteListen != "" {
 		fleet, err := pki.LoadOrCreateCA(filepath.Join(cfg.Shell.DataDir, FleetCADir), "Petrel fleet CA")
 		if err != nil {
@@ -245,6 +257,7 @@ func (c *Central) Run(ctx context.Context) error {
 		g.Go(func() error { return c.serveLinks(ctx) })
 		g.Go(func() error { return c.sweep(ctx) })
 		g.Go(func() error { return c.ingest.Run(ctx) })
+		g.Go(func() error { return c.sync.Run(ctx) })
 	}
 	return g.Wait()
 }
@@ -288,6 +301,7 @@ func (c *Central) register(srv *rest.Server, a *auth.Service) {
 	srv.HandleHTTP("stream", http.MethodGet, "/v1/stream", a.Require(auth.Reader), c.serveStream())
 	srv.Handle("issueSiteCertificate", http.MethodPost, "/v1/subclouds/{name}/certificate", a.Require(auth.Admin), c.issueSiteCertificate)
 	c.registerLifecycle(srv, a)
+	c.registerFlavors(srv, a)
 	relay := c.relay()
 	for _, m := range []string{http.MethodGet, http.MethodPost, http.MethodPatch, http.MethodDelete} {
 		srv.HandleHTTP("relay"+m[:1]+strings.ToLower(m[1:]), m, "/v1/subclouds/{name}/api/{path:.*}", c.relayGuard, relay)
@@ -388,6 +402,7 @@ func (c *Central) deleteSubcloud(r *http.Request) (int, any, error) {
 		return 0, nil, err
 	}
 	c.tracker.Remove(name)
+	c.sync.forget(r.Context(), name)
 	c.stream.Publish("subcloud-deleted", map[string]string{"name": name})
 	if s := c.links.get(name); s != nil {
 		s.Close()

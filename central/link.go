@@ -166,6 +166,7 @@ func (c *Central) serveLink(ctx context.Context, conn net.Conn) error {
 	}
 	c.links.put(site, sess)
 	c.linkMu.Unlock()
+	c.sync.linkUp(site)
 	defer c.links.drop(site, sess)
 	c.log.Info("site connected", "site", site, "protocol", proto, "remote", conn.RemoteAddr().String())
 	c.seen(ctx, site, nil)

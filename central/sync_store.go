@@ -457,3 +457,21 @@ func (s *SyncStore) DeleteSiteSyncStates(ctx context.Context, site string) error
 	}
 	return nil
 }
+
+// Heads returns each resource's newest version (resources with no record
+// are absent).
+func (s *SyncStore) Heads(ctx context.Context) (map[string]uint64, error) {
+	var rows []struct {
+		Resource string
+		Head     int64
+	}
+	if err := s.db.WithContext(ctx).Raw(`SELECT resource, MAX(version) AS head FROM dc_sync_resources GROUP BY resource`).
+		Scan(&rows).Error; err != nil {
+		return nil, fmt.Errorf("central: read sync heads: %w", err)
+	}
+	out := make(map[string]uint64, len(rows))
+	for _, r := range rows {
+		out[r.Resource] = uint64(r.Head)
+	}
+	return out, nil
+}

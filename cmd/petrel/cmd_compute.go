@@ -200,7 +200,7 @@ func (a *app) flavorCmd() *cobra.Command {
 	}
 	var limit int
 	list := &cobra.Command{
-		Use: "list", Short: "List the site's flavors", Args: noArgs,
+		Use: "list", Short: "List the flavors (a site's; at central, the shared ones every managed site gets)", Args: noArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error {
 			return a.list(cmd, "/v1/flavors", nil, limit, "name", "vcpus", "ram_mib", "disk_gib", "public", "project", "id")
 		},
@@ -222,5 +222,5 @@ func (a *app) flavorCmd() *cobra.Command {
 			return nil
 		},
 	}
-	return group("flavor", "A site's flavors: vCPUs, memory and disk for servers", create, list, show, del)
+	return group("flavor", "Flavors: vCPUs, memory and disk for servers; at a site its own, at central the shared ones kept at every managed site", create, list, show, del)
 }

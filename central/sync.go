@@ -41,7 +41,9 @@ type syncer interface {
 	// apply makes rec true at the site: creates or replaces its record,
 	// or deletes it for a tombstone. Applying twice changes nothing. A
 	// record the site cannot take (a local record holds its name) is an
-	// errSyncConflict; other errors are transient.
+	// errSyncConflict; one the site took but still works on (an image's
+	// bytes in transfer) is errSyncPending, and the engine audits again
+	// soon; other errors are transient.
 	apply(ctx context.Context, s syncSite, rec SyncRecord) error
 	// audit compares what the site holds with the desired records (every
 	// live record and tombstone) and returns those to apply again.
@@ -63,6 +65,10 @@ type syncAlarms interface {
 // must go (a same-named local flavor): not retried until the next audit.
 var errSyncConflict = errs.New(errs.Conflict, "the site holds a local record of that name")
 
+// errSyncPending: the site accepted the record and works on it (an image
+// whose bytes are in transfer); the next audit looks again.
+var errSyncPending = errs.New(errs.Unavailable, "the site is still applying the record")
+
 // SyncConfig tunes the engine; zero fields take the defaults.
 type SyncConfig struct {
 	Grace       time.Duration // a linked site behind for longer is out-of-sync (10 s)
@@ -76,6 +82,7 @@ type SyncConfig struct {
 	BatchLimit  int           // records read per store query (500)
 	Now         func() time.Time
 	SiteRefresh time.Duration // how often the registry is re-read (2 s)
+	Recheck     time.Duration // audit period while records are pending (2 s)
 }
 
 func (c *SyncConfig) defaults() {
@@ -92,6 +99,7 @@ func (c *SyncConfig) defaults() {
 	set(&c.Tick, 500*time.Millisecond)
 	set(&c.RetryMax, 30*time.Second)
 	set(&c.SiteRefresh, 2*time.Second)
+	set(&c.Recheck, 2*time.Second)
 	if c.Parallel <= 0 {
 		c.Parallel = 64
 	}
@@ -109,7 +117,8 @@ type resSync struct {
 	audited     bool      // an audit completed in this run
 	auditAt     time.Time // the last completed audit
 	behindSince time.Time // when a linked site first fell behind; zero when caught up
-	failed      map[string]string
+	failed      map[string]string    // key -> why the site refused it
+	pending     map[string]time.Time // key -> since when the site works on it
 	lastErr     string
 	// the persisted view
 	status  SyncStatus
@@ -393,6 +402,11 @@ func (e *syncEngine) pass(ctx context.Context, s *siteSync) {
 				s.retryAt, s.auditNow = now.Add(e.cfg.RetryMax), true
 			}
 		}
+		for _, r := range s.res {
+			if len(r.pending) > 0 {
+				s.retryAt, s.auditNow = now.Add(e.cfg.Recheck), true
+			}
+		}
 	}
 	e.mu.Unlock()
 	if err != nil && ctx.Err() == nil {
@@ -423,20 +437,30 @@ func (e *syncEngine) passResource(ctx context.Context, s *siteSync, site syncSit
 		if err != nil {
 			return setErr(err)
 		}
-		failed := map[string]string{}
+		failed, pending := map[string]string{}, map[string]time.Time{}
+		e.mu.Lock()
+		was := r.pending
+		e.mu.Unlock()
 		for _, rec := range repairs {
-			if err := sy.apply(ctx, site, rec); err != nil {
-				if !errors.Is(err, errSyncConflict) {
-					return setErr(err)
+			switch err := sy.apply(ctx, site, rec); {
+			case err == nil:
+			case errors.Is(err, errSyncPending):
+				pending[rec.Key] = now
+				if t, ok := was[rec.Key]; ok {
+					pending[rec.Key] = t
 				}
+			case errors.Is(err, errSyncConflict):
 				failed[rec.Key] = err.Error()
+			default:
+				return setErr(err)
 			}
 		}
-		if len(repairs) > 0 {
-			e.log.Info("sync audit repaired a site", "site", s.name, "resource", name, "repaired", len(repairs)-len(failed), "failed", len(failed))
+		if n := len(repairs) - len(pending); n > 0 {
+			e.log.Info("sync audit repaired a site", "site", s.name, "resource", name, "repaired", n-len(failed),
+				"failed", len(failed), "pending", len(pending))
 		}
 		e.mu.Lock()
-		r.acked, r.audited, r.auditAt, r.failed, r.lastErr, r.dirty = max(r.acked, head), true, now, failed, "", true
+		r.acked, r.audited, r.auditAt, r.failed, r.pending, r.lastErr, r.dirty = max(r.acked, head), true, now, failed, pending, "", true
 		e.mu.Unlock()
 		return nil
 	}
@@ -454,20 +478,31 @@ func (e *syncEngine) passResource(ctx context.Context, s *siteSync, site syncSit
 		for _, rec := range recs {
 			err := sy.apply(ctx, site, rec)
 			e.mu.Lock()
+			settled := true
 			switch {
 			case err == nil:
 				delete(r.failed, rec.Key)
+				delete(r.pending, rec.Key)
 			case errors.Is(err, errSyncConflict):
 				if r.failed == nil {
 					r.failed = map[string]string{}
 				}
 				r.failed[rec.Key] = err.Error()
+			case errors.Is(err, errSyncPending):
+				if r.pending == nil {
+					r.pending = map[string]time.Time{}
+				}
+				if _, ok := r.pending[rec.Key]; !ok {
+					r.pending[rec.Key] = now
+				}
+			default:
+				settled = false
 			}
-			if err == nil || errors.Is(err, errSyncConflict) {
+			if settled {
 				r.acked, r.dirty = rec.Version, true
 			}
 			e.mu.Unlock()
-			if err != nil && !errors.Is(err, errSyncConflict) {
+			if !settled {
 				return setErr(err)
 			}
 		}
@@ -496,6 +531,8 @@ type syncView struct {
 	behind                   time.Duration // how long a linked site has been behind
 	grace                    time.Duration
 	failed                   map[string]string
+	pending                  map[string]time.Time
+	now                      time.Time
 	lastErr                  string
 	prev                     SyncStatus
 }
@@ -508,6 +545,19 @@ func syncStatusOf(v syncView) (SyncStatus, string) {
 	case len(v.failed) > 0:
 		keys := slices.Sorted(maps.Keys(v.failed))
 		return OutOfSync, fmt.Sprintf("%d record(s) not applied: %s: %s", len(keys), keys[0], v.failed[keys[0]])
+	case len(v.pending) > 0:
+		keys := slices.Sorted(maps.Keys(v.pending))
+		oldest := v.pending[keys[0]]
+		for _, k := range keys {
+			if v.pending[k].Before(oldest) {
+				oldest = v.pending[k]
+			}
+		}
+		if v.now.Sub(oldest) > v.grace || !v.linked {
+			return OutOfSync, fmt.Sprintf("%d record(s) still being applied at the site (%s, for %s)", len(keys), keys[0],
+				v.now.Sub(oldest).Round(time.Second))
+		}
+		return v.prev, ""
 	case v.acked >= v.head && (v.audited || !v.linked && v.prev == InSync):
 		return InSync, ""
 	case v.acked < v.head && !v.linked:
@@ -549,7 +599,8 @@ func (e *syncEngine) sweep(ctx context.Context, now time.Time) {
 				behind = now.Sub(r.behindSince)
 			}
 			st, why := syncStatusOf(syncView{managed: s.managed, linked: s.linked, audited: r.audited, acked: r.acked,
-				head: head, behind: behind, grace: e.cfg.Grace, failed: r.failed, lastErr: r.lastErr, prev: r.status})
+				head: head, behind: behind, grace: e.cfg.Grace, failed: r.failed, pending: r.pending, now: now, lastErr: r.lastErr,
+				prev: r.status})
 			w := write{resource: name}
 			if st != r.status {
 				if !slices.Contains(syncStatusNext[r.status], st) {
@@ -571,7 +622,7 @@ func (e *syncEngine) sweep(ctx context.Context, now time.Time) {
 			if w.changed || w.raise || w.clear || r.dirty {
 				r.dirty = false
 				w.st = SiteSyncState{Site: s.name, Resource: name, Acked: r.acked, Status: r.status, Since: r.since,
-					Reason: truncate(r.reason, maxText), AuditAt: r.auditAt, Alarmed: r.alarmed}
+					Reason: truncate(r.reason, maxText), AuditAt: r.auditAt, Alarmed: r.alarmed, Pending: len(r.pending)}
 				writes = append(writes, w)
 			}
 		}

@@ -461,3 +461,64 @@ func TestSyncStatusMachine(t *testing.T) {
 		}
 	}
 }
+
+// slowSyncer takes records like a site fetching an image's bytes: pending
+// until done is set.
+type slowSyncer struct {
+	mu   sync.Mutex
+	done bool
+}
+
+func (*slowSyncer) resource() string { return "images" }
+
+func (s *slowSyncer) apply(context.Context, syncSite, SyncRecord) error {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if !s.done {
+		return errSyncPending
+	}
+	return nil
+}
+
+func (s *slowSyncer) audit(_ context.Context, _ syncSite, desired []SyncRecord) ([]SyncRecord, error) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if s.done {
+		return nil, nil
+	}
+	return desired, nil
+}
+
+func TestSyncPendingRecords(t *testing.T) {
+	r := newSyncRig(t, sqldbtest.Open(t, sqldb.SQLite), "site-a")
+	slow := &slowSyncer{}
+	r.e = newSyncEngine(SyncConfig{Now: func() time.Time { return r.now }}, r.store, r.reg, r.sites, r.alarms,
+		[]syncer{slow}, slog.New(slog.NewTextHandler(io.Discard, nil)), nil)
+	if err := r.e.load(r.ctx); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := r.store.Put(r.ctx, syncproto.Images, "img-1", []byte(`{"id":"img-1"}`)); err != nil {
+		t.Fatal(err)
+	}
+	images := func() SyncStatus { return r.e.statuses("site-a")["images"] }
+	r.step()
+	if images() != SyncUnknown {
+		t.Fatalf("pending within the grace: %s; want unknown (as before)", images())
+	}
+	for range 12 {
+		r.advance(time.Second)
+	}
+	if images() != OutOfSync {
+		t.Fatalf("pending past the grace: %s; want out-of-sync", images())
+	}
+	if reason := r.e.state["site-a"].res["images"].reason; !strings.Contains(reason, "img-1") {
+		t.Errorf("reason %q does not name the record", reason)
+	}
+	slow.mu.Lock()
+	slow.done = true
+	slow.mu.Unlock()
+	r.advance(3 * time.Second)
+	if images() != InSync {
+		t.Fatalf("after the transfer: %s; want in-sync", images())
+	}
+}

@@ -114,9 +114,9 @@ func (c *SyncConfig) defaults() {
 // resSync is the engine's state of one resource at one site.
 type resSync struct {
 	acked       uint64
-	audited     bool      // an audit completed in this run
-	auditAt     time.Time // the last completed audit
-	behindSince time.Time // when a linked site first fell behind; zero when caught up
+	audited     bool                 // an audit completed in this run
+	auditAt     time.Time            // the last completed audit
+	behindSince time.Time            // when a linked site first fell behind; zero when caught up
 	failed      map[string]string    // key -> why the site refused it
 	pending     map[string]time.Time // key -> since when the site works on it
 	lastErr     string

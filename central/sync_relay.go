@@ -18,8 +18,14 @@ import (
 	"github.com/petrel-edge/petrel/internal/errs"
 )
 
-// syncSite is a site's API as the sync engine's syncers use it.
+// syncSite is a site's API as the sync engine's syncers use it: one
+// interface per synced resource.
 type syncSite interface {
+	flavorSite
+}
+
+// flavorSite is what the flavor syncer needs of a site: Nova's flavors.
+type flavorSite interface {
 	// Flavors lists every flavor the site holds (every project's).
 	Flavors(ctx context.Context) ([]compute.Flavor, error)
 	// CreateFlavor creates f with its ID; compute.ErrFlavorExists when

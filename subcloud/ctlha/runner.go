@@ -697,6 +697,27 @@ func (r *Runner) takeOver(ctx context.Context, v View, d Decision) error {
 		}
 	}
 	epochAt := time.Now()
+	// The epoch is ours: the floating address is claimed while the
+	// database promotes and the epoch is recorded (the old active released
+	// it before it handed off, or is confirmed dead). Nothing serves on it
+	// before the site controller runs, after both. A takeover that fails
+	// releases it again.
+	addrDone := make(chan error, 1)
+	var claimedAt time.Time
+	go func() {
+		err := r.claimAddress(ctx)
+		claimedAt = time.Now()
+		addrDone <- err
+	}()
+	tookOver := false
+	defer func() {
+		if addrDone != nil {
+			err := <-addrDone
+			if !tookOver && err == nil {
+				r.releaseAddress(ctx)
+			}
+		}
+	}()
 	db := r.cfg.DB
 	fresh := false
 	if !db.Initialized() {
@@ -753,13 +774,27 @@ func (r *Runner) takeOver(ctx context.Context, v View, d Decision) error {
 	if v.Swact == r.cfg.Self {
 		event = "swact"
 	}
-	if err := r.recordEpoch(ctx, epoch, event, d.Row+": "+d.Reason, true); err != nil {
-		return err
-	}
+	// Multi-server: etcd's record of the epoch is written while the
+	// database commits its row (two independent round trips); both are
+	// done before the site controller runs, so before any client write.
+	etcdDone := make(chan error, 1)
+	var etcdAt time.Time
 	if r.cfg.Elector != nil {
-		if err := r.cfg.Elector.Record(ctx, epoch, r.cfg.Self); err != nil {
-			return fmt.Errorf("recording epoch %d in etcd: %w", epoch, err)
-		}
+		go func() {
+			err := r.cfg.Elector.Record(ctx, epoch, r.cfg.Self)
+			etcdAt = time.Now()
+			etcdDone <- err
+		}()
+	} else {
+		etcdDone <- nil
+	}
+	err = r.recordEpoch(ctx, epoch, event, d.Row+": "+d.Reason, true)
+	rowAt := time.Now()
+	if eerr := <-etcdDone; eerr != nil && err == nil {
+		err = fmt.Errorf("recording epoch %d in etcd: %w", epoch, eerr)
+	}
+	if err != nil {
+		return err
 	}
 	r.mu.Lock()
 	r.async = standbys == nil
@@ -769,10 +804,10 @@ func (r *Runner) takeOver(ctx context.Context, v View, d Decision) error {
 	r.saveLocked()
 	r.mu.Unlock()
 	recorded := time.Now()
-	if err := r.claimAddress(ctx); err != nil {
+	err, addrDone = <-addrDone, nil
+	if err != nil {
 		return err
 	}
-	claimed := time.Now()
 	var b siteBuild
 	if pre != nil {
 		b, preTaken = <-pre, true
@@ -786,19 +821,30 @@ func (r *Runner) takeOver(ctx context.Context, v View, d Decision) error {
 			return b.err
 		}
 	}
+	built := time.Now()
+	tookOver = true
 	r.runSite(b, epoch)
 	r.setRole(RoleActive, epoch)
-	ms := func(t time.Time) time.Duration { return t.Sub(start).Round(time.Millisecond) }
+	ms := func(t time.Time) time.Duration { return after(start, t) }
 	r.log.Info("took over", "epoch", epoch, "row", d.Row, "reason", d.Reason, "took", time.Since(start).Round(time.Millisecond),
 		"epoch_after", ms(epochAt), "promoted_after", ms(promoted), "synced_after", ms(synced), "ensured_after", ms(ensured),
-		"recorded_after", ms(recorded),
-		"address_after", ms(claimed), "synchronous", standbys != nil)
+		"recorded_after", ms(recorded), "row_after", ms(rowAt), "etcd_after", ms(etcdAt),
+		"address_after", ms(claimedAt), "built_after", ms(built), "synchronous", standbys != nil)
 	if standbys == nil && !anyTrue(v.PeerLinks) {
 		// The peer is gone (a failover); a peer that is heard is only
 		// catching up (a site's first start) and goes synchronous soon.
 		r.raise(ctx, AlarmLostRedundancy, "service-group="+PairGroup, "the peer controller "+r.cfg.Peer+" is not available: replication is asynchronous")
 	}
 	return nil
+}
+
+// after is how long after start a step was done, for the logs; 0 for a
+// step not taken.
+func after(start, t time.Time) time.Duration {
+	if t.IsZero() {
+		return 0
+	}
+	return t.Sub(start).Round(time.Millisecond)
 }
 
 func anyTrue(m map[Network]bool) bool {
@@ -828,18 +874,44 @@ func (r *Runner) stepDown(ctx context.Context, reason string) {
 	// that is still running would only keep reconnecting to a server that
 	// is going down.
 	r.stopSite()
-	r.releaseAddress(ctx)
+	siteStopped := time.Now()
+	// The address goes while the database stops: nothing serves on it any
+	// more, and the peer claims it only after the handoff beat below.
+	released := make(chan time.Time, 1)
+	go func() {
+		r.releaseAddress(ctx)
+		released <- time.Now()
+	}()
 	sctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), 10*time.Second)
 	defer cancel()
+	// Multi-server: the term is resigned while the database stops. Nothing
+	// of this controller writes any more (the write guard refuses every
+	// write from stepping-down on, and the site controller has stopped),
+	// and the peer, whose queued candidacy wins the key now, still takes
+	// over only on the beat that carries the final LSN (D32; D34 while
+	// this one is stepping down): it finds its epoch ready then instead
+	// of waiting for a resign after the stop.
+	resigned := make(chan time.Time, 1)
+	if r.cfg.Elector != nil {
+		go func() {
+			if err := r.cfg.Elector.Resign(sctx); err != nil {
+				r.log.Warn("resign", "err", err)
+			}
+			resigned <- time.Now()
+		}()
+	} else {
+		resigned <- time.Time{}
+	}
 	if err := r.cfg.DB.Stop(sctx, pgrepl.StopFast); err != nil {
 		r.log.Error("stopping the database", "err", err)
 		_ = r.cfg.DB.Stop(sctx, pgrepl.StopImmediate)
 	}
-	if r.cfg.Elector != nil {
-		if err := r.cfg.Elector.Resign(sctx); err != nil {
-			r.log.Warn("resign", "err", err)
-		}
-	}
+	dbStopped := time.Now()
+	// The epoch row's connection was to the server that just stopped: the
+	// next takeover opens one while it promotes instead of finding this
+	// one dead on its path.
+	r.dropSiteConn()
+	resignedAt, releasedAt := <-resigned, <-released
 	// The database stopped cleanly: its last record (the shutdown
 	// checkpoint) is what the swact target must have replayed.
 	var final View
@@ -860,7 +932,10 @@ func (r *Runner) stepDown(ctx context.Context, reason string) {
 	r.mu.Unlock()
 	r.setRole(RoleStandby, epoch)
 	r.publish(final)
-	r.log.Info("stepped down", "reason", reason, "took", time.Since(start).Round(time.Millisecond))
+	ms := func(t time.Time) time.Duration { return after(start, t) }
+	r.log.Info("stepped down", "reason", reason, "took", time.Since(start).Round(time.Millisecond),
+		"site_stopped_after", ms(siteStopped), "address_after", ms(releasedAt), "db_stopped_after", ms(dbStopped),
+		"resigned_after", ms(resignedAt))
 	if clean && final.LSN != 0 {
 		// A clean handoff: the peer replays this database's last record
 		// and promotes. Start as its standby now, streaming from it while
@@ -1202,6 +1277,19 @@ func (r *Runner) openSiteConn(ctx context.Context) {
 	defer cancel()
 	if c, err := pgx.Connect(ctx, r.cfg.DB.DSN(r.cfg.Database)); err == nil {
 		r.siteConn = c
+	}
+}
+
+// dropSiteConn closes the connection recordEpoch keeps (its server
+// stopped).
+func (r *Runner) dropSiteConn() {
+	r.dbMu.Lock()
+	defer r.dbMu.Unlock()
+	if r.siteConn != nil {
+		ctx, cancel := context.WithTimeout(context.Background(), 100*time.Millisecond)
+		r.siteConn.Close(ctx)
+		cancel()
+		r.siteConn = nil
 	}
 }
 

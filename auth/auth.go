@@ -76,6 +76,28 @@ type User struct {
 	CreatedAt time.Time `json:"created_at"`
 }
 
+// SyncedUser is a user as central's sync carries it to sites: with its
+// password hash (argon2id, PHC), so a site checks logins by itself, also
+// while central is away. The hash never leaves a TLS frame or a database.
+type SyncedUser struct {
+	Name         string       `json:"name"`
+	Role         Role         `json:"role"`
+	Project      string       `json:"project"`
+	PasswordHash PasswordHash `json:"password_hash"`
+}
+
+// PasswordHash is a stored password hash (PHC string). It prints and logs
+// as [redacted]; only JSON (sync frames, the database) carries it.
+type PasswordHash string
+
+func (PasswordHash) String() string { return "[redacted]" }
+
+// LogValue keeps the hash out of structured logs.
+func (PasswordHash) LogValue() slog.Value { return slog.StringValue("[redacted]") }
+
+// GoString keeps the hash out of %#v.
+func (PasswordHash) GoString() string { return "[redacted]" }
+
 // Project is a tenant (a Keystone project in domain Default): it owns
 // users, servers, and non-public images and flavors. Its Keystone ID is its
 // name. The admin project (DefaultProject) always exists; its admins see

@@ -147,7 +147,15 @@ func New(ctx context.Context, cfg Config) (*Central, error) {
 		return nil, err
 	}
 	c.sync = newSyncEngine(cfg.Sync, store, subclouds, newRelaySites(c), shell.Alarms,
-		[]syncer{flavorSyncer{}}, c.log.With("component", "sync"), func(typ string, v any) { c.stream.Publish(typ, v) })
+		[]syncer{projectSyncer{}, flavorSyncer{}, userSyncer{}}, c.log.With("component", "sync"),
+		func(typ string, v any) { c.stream.Publish(typ, v) })
+	// Central's projects and users: every change recorded with its sync
+	// version in one transaction; what existed before, reconciled now.
+	shell.AuthStore.SetChangeHook(authHook(store, c.sync.changed))
+	if err := reconcileAuth(ctx, store, shell.AuthStore); err != nil {
+		shell.Close()
+		return nil, fmt.Errorf("central: sync store: projects and users: %w", err)
+	}
 	if cfg.SiteListen != "" {
 		fleet, err := pki.LoadOrCreateCA(filepath.Join(cfg.Shell.DataDir, FleetCADir), "Petrel fleet CA")
 		if err != nil {

@@ -68,6 +68,11 @@ func waitFor(t *testing.T, what string, cond func() (bool, string)) {
 // startSiteOn runs a simplex site controller on shell (its data directory
 // survives a stop, as a restarted site's does).
 func (f fleet) startSiteOn(t *testing.T, shell server.Config, name, cert, key string) func() {
+	_, stop := f.startSiteServer(t, shell, name, cert, key)
+	return stop
+}
+
+func (f fleet) startSiteServer(t *testing.T, shell server.Config, name, cert, key string) (*subcloud.Subcloud, func()) {
 	t.Helper()
 	s, err := subcloud.New(context.Background(), subcloud.Config{Site: name, Shape: inventory.Simplex, Shell: shell,
 		Central: &subcloud.HomeConfig{Addr: f.c.SiteAddr().String(), CACert: f.c.Shell().CACert, CertFile: cert, KeyFile: key,
@@ -87,7 +92,12 @@ func (f fleet) startSiteOn(t *testing.T, shell server.Config, name, cert, key st
 		}
 	}
 	t.Cleanup(stop)
-	return stop
+	select {
+	case <-s.Shell().Ready():
+	case <-time.After(10 * time.Second):
+		t.Fatal("site not serving after 10 s")
+	}
+	return s, stop
 }
 
 // TestSyncFlavorsToRealSites: flavors defined at central reach every managed

@@ -203,6 +203,7 @@ func New(ctx context.Context, cfg Config) (*Subcloud, error) {
 		shell.AddLogFloor(shell.FaultLog.Shipped)
 	}
 	s.register(shell.REST, shell.Auth)
+	shell.Auth.RegisterSync(shell.REST, shell.AuthStore)
 	// The site's own dashboard: its hosts, its alarms, for operators on
 	// site or when central is out of reach.
 	dash, err := ui.New(ui.Config{Auth: shell.Auth, LocalSite: cfg.Site, AlarmSummary: shell.Alarms.Store().Summary,

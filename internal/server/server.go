@@ -84,19 +84,22 @@ type TLSConfig struct {
 
 // Server is a daemon shell with its collaborators exposed for the daemon.
 type Server struct {
-	cfg      Config
-	DB       *sqldb.DB
-	Auth     *auth.Service
-	Events   faultmgr.EventStore
-	FaultLog *faultdb.Store // the event log in commit order, for shipping and delivery
-	Alarms   *faultmgr.Manager
-	Webhooks *webhook.Manager
-	Sealed   *sealed.Box // seals secrets stored in the database; key in DataDir/sealing.key
-	REST     *rest.Server
-	Registry *prometheus.Registry
-	CACert   string      // file clients trust
-	TLS      *tls.Config // the server's certificate, for other listeners of the daemon
-	spec     []byte
+	cfg  Config
+	DB   *sqldb.DB
+	Auth *auth.Service
+	// AuthStore is Auth's store: central hooks its changes into the sync
+	// store; a site serves central's sync of projects and users from it.
+	AuthStore *authdb.Store
+	Events    faultmgr.EventStore
+	FaultLog  *faultdb.Store // the event log in commit order, for shipping and delivery
+	Alarms    *faultmgr.Manager
+	Webhooks  *webhook.Manager
+	Sealed    *sealed.Box // seals secrets stored in the database; key in DataDir/sealing.key
+	REST      *rest.Server
+	Registry  *prometheus.Registry
+	CACert    string      // file clients trust
+	TLS       *tls.Config // the server's certificate, for other listeners of the daemon
+	spec      []byte
 
 	ln       net.Listener
 	http     *http.Server
@@ -149,6 +152,7 @@ func New(ctx context.Context, cfg Config) (_ *Server, err error) {
 	if err != nil {
 		return nil, err
 	}
+	s.AuthStore = authStore
 	fdb, err := faultdb.Open(ctx, s.DB)
 	if err != nil {
 		return nil, err

@@ -42,6 +42,8 @@ type FileConfig struct {
 	// WitnessLeaseTTL is how long a duplex controller's witness renew
 	// holds its lease (a Go duration); empty: 2s.
 	WitnessLeaseTTL string `json:"witness_lease_ttl"`
+	// HA makes this central one of a 1+1 pair (ha.go); absent: alone.
+	HA *HAFileConfig `json:"ha"`
 }
 
 // LeaseTTL parses WitnessLeaseTTL (zero if empty).
@@ -73,6 +75,8 @@ type Config struct {
 	WitnessLeaseTTL time.Duration
 	// Sync tunes the shared-resource sync engine; zero fields: defaults.
 	Sync SyncConfig
+	// HA makes this central the leader of a 1+1 pair (ha.go); nil: alone.
+	HA *HAConfig
 }
 
 // DefaultRestartGrace covers a site's longest reconnect backoff (30 s) with margin.
@@ -120,6 +124,12 @@ func New(ctx context.Context, cfg Config) (*Central, error) {
 	shell, err := server.New(ctx, cfg.Shell)
 	if err != nil {
 		return nil, err
+	}
+	if cfg.HA != nil {
+		if err := takeEpoch(ctx, shell.DB, cfg.HA); err != nil {
+			shell.Close()
+			return nil, err
+		}
 	}
 	subclouds, err := OpenSubcloudStore(ctx, shell.DB)
 	if err != nil {

@@ -5,9 +5,8 @@ import (
 	"errors"
 	"fmt"
 
-	"gorm.io/gorm"
-
 	"github.com/petrel-edge/petrel/internal/errs"
+	"github.com/petrel-edge/petrel/internal/sqldb"
 	"github.com/petrel-edge/petrel/inventory"
 	"github.com/petrel-edge/petrel/servicemgr"
 )
@@ -51,40 +50,7 @@ var ErrDeposed = errs.New(errs.NotLeader, "this controller is no longer the site
 // read in the statement's own transaction.
 func (s *Subcloud) guardWrites() error {
 	ha := s.cfg.HA
-	check := func(db *gorm.DB) {
-		if db.Error != nil {
-			return
-		}
-		if ha.Authority != nil {
-			if err := ha.Authority(); err != nil {
-				_ = db.AddError(fmt.Errorf("%w: %v", ErrDeposed, err))
-				return
-			}
-		}
-		if db.Statement.Table == EpochTable {
-			return
-		}
-		var epoch uint64
-		err := db.Session(&gorm.Session{NewDB: true, SkipHooks: true}).
-			Raw("SELECT epoch FROM " + EpochTable + " WHERE id = 1").Scan(&epoch).Error
-		switch {
-		case err != nil:
-			_ = db.AddError(fmt.Errorf("%w: reading the epoch: %v", ErrDeposed, err))
-		case epoch != ha.Epoch():
-			_ = db.AddError(fmt.Errorf("%w: the database is at epoch %d, this controller holds %d", ErrDeposed, epoch, ha.Epoch()))
-		}
-	}
-	cb := s.shell.DB.Callback()
-	if err := cb.Create().Before("gorm:create").Register("petrel:epoch_create", check); err != nil {
-		return err
-	}
-	if err := cb.Update().Before("gorm:update").Register("petrel:epoch_update", check); err != nil {
-		return err
-	}
-	if err := cb.Delete().Before("gorm:delete").Register("petrel:epoch_delete", check); err != nil {
-		return err
-	}
-	return cb.Raw().Before("gorm:raw").Register("petrel:epoch_raw", check)
+	return s.shell.DB.GuardWrites(sqldb.EpochGuard{Table: EpochTable, Epoch: ha.Epoch, Authority: ha.Authority, Deposed: ErrDeposed})
 }
 
 // controllerPair is the pair as the first service group.

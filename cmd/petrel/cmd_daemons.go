@@ -6,12 +6,15 @@ import (
 	"os"
 	"os/signal"
 	"syscall"
+	"time"
 
 	"github.com/spf13/cobra"
 	"sigs.k8s.io/yaml"
 
 	"github.com/petrel-edge/petrel/central"
+	"github.com/petrel-edge/petrel/internal/coord"
 	"github.com/petrel-edge/petrel/internal/server"
+	"github.com/petrel-edge/petrel/internal/sqldb"
 	"github.com/petrel-edge/petrel/subcloud"
 	"github.com/petrel-edge/petrel/subcloud/ctlha"
 )
@@ -49,7 +52,11 @@ func (a *app) centralDaemonCmd() *cobra.Command {
 			if err != nil {
 				return err
 			}
-			c, err := central.New(ctx, central.Config{Shell: shell, SiteListen: fc.SiteListen, WitnessLeaseTTL: ttl})
+			cfg := central.Config{Shell: shell, SiteListen: fc.SiteListen, WitnessLeaseTTL: ttl}
+			if fc.HA != nil {
+				return runCentralPair(ctx, cfg, *fc.HA)
+			}
+			c, err := central.New(ctx, cfg)
 			if err != nil {
 				return err
 			}
@@ -99,4 +106,42 @@ func (a *app) runSubcloudDaemon(cmd *cobra.Command, cfgFile string) error {
 		return err
 	}
 	return s.Run(ctx)
+}
+
+// runCentralPair runs central as one of a 1+1 pair: leader through etcd,
+// state in the shared PostgreSQL database (docs/central.md).
+func runCentralPair(ctx context.Context, cfg central.Config, ha central.HAFileConfig) error {
+	if ha.Name == "" || len(ha.Etcd.Endpoints) == 0 || ha.Etcd.CertFile == "" || ha.Etcd.KeyFile == "" || ha.Etcd.CAFile == "" {
+		return usagef("ha: name, etcd.endpoints, etcd.cert_file, etcd.key_file and etcd.ca_file are required")
+	}
+	if sqldb.KindOf(cfg.Shell.Database) != sqldb.Postgres {
+		return usagef("ha: a pair shares one PostgreSQL database: set database (a PostgreSQL DSN)")
+	}
+	ttl := 2 * time.Second
+	if ha.SessionTTL != "" {
+		d, err := time.ParseDuration(ha.SessionTTL)
+		if err != nil || d < time.Second {
+			return usagef("ha.session_ttl %q: want a duration of at least 1s", ha.SessionTTL)
+		}
+		ttl = d
+	}
+	log := cfg.Shell.Logger.With("component", "pair", "name", ha.Name)
+	cli, err := coord.NewClient(coord.ClientConfig{Endpoints: ha.Etcd.Endpoints, Logger: log,
+		TLS: coord.TLSFiles{CertFile: ha.Etcd.CertFile, KeyFile: ha.Etcd.KeyFile, CAFile: ha.Etcd.CAFile}})
+	if err != nil {
+		return err
+	}
+	defer cli.Close()
+	lead, err := coord.NewLeadership(coord.LeadershipConfig{Client: cli, Prefix: central.ElectionPrefix, Name: ha.Name,
+		SessionTTL: ttl, Logger: log})
+	if err != nil {
+		return err
+	}
+	defer lead.Close()
+	log.Info("standby: campaigning for the central pair's leadership")
+	err = central.RunPair(ctx, cfg, ha.Name, lead, nil)
+	if ctx.Err() != nil {
+		return nil
+	}
+	return err
 }

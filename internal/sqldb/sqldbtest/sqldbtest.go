@@ -42,19 +42,34 @@ func Each(t *testing.T, fn func(t *testing.T, open func(t *testing.T) *sqldb.DB)
 	}
 }
 
+// EachDSN runs fn once per engine with the DSN of a fresh, empty store
+// (for code that opens the store itself, perhaps several times).
+func EachDSN(t *testing.T, fn func(t *testing.T, dsn string)) {
+	t.Helper()
+	for _, k := range Engines() {
+		t.Run(string(k), func(t *testing.T) { fn(t, NewDSN(t, k)) })
+	}
+}
+
+// NewDSN returns the DSN of a fresh, empty store on engine k, removed at
+// cleanup.
+func NewDSN(t *testing.T, k sqldb.Kind) string {
+	t.Helper()
+	switch k {
+	case sqldb.SQLite:
+		return filepath.Join(t.TempDir(), "test.db")
+	case sqldb.Postgres:
+		return postgresDB(t)
+	}
+	t.Fatalf("PETREL_TEST_DB names unknown engine %q", k)
+	return ""
+}
+
 // Open returns a fresh, empty store on engine k, closed and removed at cleanup.
 func Open(t *testing.T, k sqldb.Kind) *sqldb.DB {
 	t.Helper()
 	ctx := context.Background()
-	var dsn string
-	switch k {
-	case sqldb.SQLite:
-		dsn = filepath.Join(t.TempDir(), "test.db")
-	case sqldb.Postgres:
-		dsn = postgresDB(t)
-	default:
-		t.Fatalf("PETREL_TEST_DB names unknown engine %q", k)
-	}
+	dsn := NewDSN(t, k)
 	db, err := sqldb.Open(ctx, dsn)
 	if err != nil {
 		t.Fatalf("sqldb.Open(%s) = %v", k, err)

@@ -12,8 +12,8 @@ import (
 	"time"
 
 	"github.com/petrel-edge/petrel/central"
-	"github.com/petrel-edge/petrel/compute"
 	"github.com/petrel-edge/petrel/client"
+	"github.com/petrel-edge/petrel/compute"
 	"github.com/petrel-edge/petrel/internal/coord"
 	"github.com/petrel-edge/petrel/internal/coord/coordtest"
 	"github.com/petrel-edge/petrel/internal/server/servertest"

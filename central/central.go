@@ -73,6 +73,9 @@ type Config struct {
 	WitnessLeaseTTL time.Duration
 	// Sync tunes the shared-resource sync engine; zero fields: defaults.
 	Sync SyncConfig
+	// BlobStreams bounds the image byte streams served to sites at once,
+	// fleet-wide (one per site in any case); zero: DefaultBlobStreams.
+	BlobStreams int
 }
 
 // DefaultRestartGrace covers a site's longest reconnect backoff (30 s) with margin.
@@ -99,6 +102,8 @@ type Central struct {
 
 	sync     *syncEngine // keeps shared resources at managed sites
 	flavorMu sync.Mutex  // orders flavor writes (names are unique)
+	images   *centralImages
+	blobs    *blobServer // sites fetch synced images' bytes over their links
 
 	wmu    sync.Mutex
 	ingest *faultdb.Ingest // sites' records, combined into transactions
@@ -147,7 +152,12 @@ func New(ctx context.Context, cfg Config) (*Central, error) {
 		return nil, err
 	}
 	c.sync = newSyncEngine(cfg.Sync, store, subclouds, newRelaySites(c), shell.Alarms,
-		[]syncer{flavorSyncer{}}, c.log.With("component", "sync"), func(typ string, v any) { c.stream.Publish(typ, v) })
+		[]syncer{flavorSyncer{}, imageSyncer{}}, c.log.With("component", "sync"), func(typ string, v any) { c.stream.Publish(typ, v) })
+	if c.images, err = openImages(ctx, c, store); err != nil {
+		shell.Close()
+		return nil, err
+	}
+	c.blobs = newBlobServer(c, cfg.BlobStreams, shell.Registry)
 	if cfg.SiteListen != "" {
 		fleet, err := pki.LoadOrCreateCA(filepath.Join(cfg.Shell.DataDir, FleetCADir), "Petrel fleet CA")
 		if err != nil {
@@ -302,6 +312,7 @@ func (c *Central) register(srv *rest.Server, a *auth.Service) {
 	srv.Handle("issueSiteCertificate", http.MethodPost, "/v1/subclouds/{name}/certificate", a.Require(auth.Admin), c.issueSiteCertificate)
 	c.registerLifecycle(srv, a)
 	c.registerFlavors(srv, a)
+	c.registerImages(srv, a)
 	relay := c.relay()
 	for _, m := range []string{http.MethodGet, http.MethodPost, http.MethodPatch, http.MethodDelete} {
 		srv.HandleHTTP("relay"+m[:1]+strings.ToLower(m[1:]), m, "/v1/subclouds/{name}/api/{path:.*}", c.relayGuard, relay)

@@ -22,6 +22,7 @@ import (
 // interface per synced resource.
 type syncSite interface {
 	flavorSite
+	imageSite
 }
 
 // flavorSite is what the flavor syncer needs of a site: Nova's flavors.

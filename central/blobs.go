@@ -32,6 +32,7 @@ type blobServer struct {
 	mu     sync.Mutex
 	total  int
 	bySite map[string]int
+	sent   map[string]int64 // bytes served, per site
 	// onWrite, when set (tests), sees every write of a blob to site,
 	// with the bytes written so far in that response.
 	onWrite func(site string, written int64)
@@ -41,7 +42,7 @@ func newBlobServer(c *Central, max int, reg prometheus.Registerer) *blobServer {
 	if max <= 0 {
 		max = DefaultBlobStreams
 	}
-	b := &blobServer{c: c, max: max, bySite: map[string]int{},
+	b := &blobServer{c: c, max: max, bySite: map[string]int{}, sent: map[string]int64{},
 		bytes: prometheus.NewCounterVec(prometheus.CounterOpts{Name: "petrel_central_blob_bytes_total",
 			Help: "Image bytes served to sites over their links."}, []string{"site"})}
 	reg.MustRegister(b.bytes)
@@ -108,6 +109,16 @@ func (b *blobServer) serve(w http.ResponseWriter, r *http.Request, site string) 
 	cw := &countingWriter{ResponseWriter: w, b: b, site: site}
 	http.ServeContent(cw, r, "", time.Time{}, f)
 	b.bytes.WithLabelValues(site).Add(float64(cw.n))
+	b.mu.Lock()
+	b.sent[site] += cw.n
+	b.mu.Unlock()
+}
+
+// sentTo is how many bytes were served to site.
+func (b *blobServer) sentTo(site string) int64 {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	return b.sent[site]
 }
 
 // countingWriter counts a blob response's body bytes.

@@ -83,7 +83,23 @@ func openImages(ctx context.Context, c *Central, syncs *SyncStore) (*centralImag
 	if err != nil {
 		return nil, err
 	}
-	store.OnImageChange(func(tx *gorm.DB, im compute.Image, deleted bool) error {
+	store.OnImageChange(imageSyncHook(syncs))
+	files, err := compute.OpenImageFiles(filepath.Join(c.cfg.Shell.DataDir, "images"))
+	if err != nil {
+		return nil, err
+	}
+	if n, err := store.RequeueSaving(ctx); err != nil {
+		return nil, err
+	} else if n > 0 {
+		c.log.Warn("uploads interrupted by a restart; their images are queued again", "images", n)
+	}
+	return &centralImages{store: store, files: files}, nil
+}
+
+// imageSyncHook writes an image's sync record inside the transaction of
+// its change: the record when it turns active, a tombstone when it goes.
+func imageSyncHook(syncs *SyncStore) func(tx *gorm.DB, im compute.Image, deleted bool) error {
+	return func(tx *gorm.DB, im compute.Image, deleted bool) error {
 		switch {
 		case deleted:
 			return syncs.ChangeHook(tx, syncproto.Images, im.ID, nil, true)
@@ -95,17 +111,7 @@ func openImages(ctx context.Context, c *Central, syncs *SyncStore) (*centralImag
 			return syncs.ChangeHook(tx, syncproto.Images, im.ID, doc, false)
 		}
 		return nil
-	})
-	files, err := compute.OpenImageFiles(filepath.Join(c.cfg.Shell.DataDir, "images"))
-	if err != nil {
-		return nil, err
 	}
-	if n, err := store.RequeueSaving(ctx); err != nil {
-		return nil, err
-	} else if n > 0 {
-		c.log.Warn("uploads interrupted by a restart; their images are queued again", "images", n)
-	}
-	return &centralImages{store: store, files: files}, nil
 }
 
 func (c *Central) registerImages(srv *rest.Server, a *auth.Service) {

@@ -126,7 +126,7 @@ func TestSyncImagesToRealSites(t *testing.T) {
 					return false, err.Error()
 				}
 				return got.Status == images.ImageStatusActive && got.Properties["os_hash_value"] == sum &&
-					got.SizeBytes == int64(len(data)) && got.Name == "cirros" && syncOf(name) == central.InSync,
+						got.SizeBytes == int64(len(data)) && got.Name == "cirros" && syncOf(name) == central.InSync,
 					string(got.Status) + " " + string(syncOf(name))
 			})
 		}()

@@ -77,6 +77,9 @@ type Config struct {
 	Sync SyncConfig
 	// HA makes this central the leader of a 1+1 pair (ha.go); nil: alone.
 	HA *HAConfig
+	// BlobStreams bounds the image byte streams served to sites at once,
+	// fleet-wide (one per site in any case); zero: DefaultBlobStreams.
+	BlobStreams int
 }
 
 // DefaultRestartGrace covers a site's longest reconnect backoff (30 s) with margin.
@@ -103,6 +106,8 @@ type Central struct {
 
 	sync     *syncEngine // keeps shared resources at managed sites
 	flavorMu sync.Mutex  // orders flavor writes (names are unique)
+	images   *centralImages
+	blobs    *blobServer // sites fetch synced images' bytes over their links
 
 	wmu    sync.Mutex
 	ingest *faultdb.Ingest // sites' records, combined into transactions
@@ -157,7 +162,7 @@ func New(ctx context.Context, cfg Config) (*Central, error) {
 		return nil, err
 	}
 	c.sync = newSyncEngine(cfg.Sync, store, subclouds, newRelaySites(c), shell.Alarms,
-		[]syncer{projectSyncer{}, flavorSyncer{}, userSyncer{}}, c.log.With("component", "sync"),
+		[]syncer{projectSyncer{}, flavorSyncer{}, imageSyncer{}, userSyncer{}}, c.log.With("component", "sync"),
 		func(typ string, v any) { c.stream.Publish(typ, v) })
 	// Central's projects and users: every change recorded with its sync
 	// version in one transaction; what existed before, reconciled now.
@@ -166,6 +171,11 @@ func New(ctx context.Context, cfg Config) (*Central, error) {
 		shell.Close()
 		return nil, fmt.Errorf("central: sync store: projects and users: %w", err)
 	}
+	if c.images, err = openImages(ctx, c, store); err != nil {
+		shell.Close()
+		return nil, err
+	}
+	c.blobs = newBlobServer(c, cfg.BlobStreams, shell.Registry)
 	if cfg.SiteListen != "" {
 		fleet, err := pki.LoadOrCreateCA(filepath.Join(cfg.Shell.DataDir, FleetCADir), "Petrel fleet CA")
 		if err != nil {
@@ -320,6 +330,7 @@ func (c *Central) register(srv *rest.Server, a *auth.Service) {
 	srv.Handle("issueSiteCertificate", http.MethodPost, "/v1/subclouds/{name}/certificate", a.Require(auth.Admin), c.issueSiteCertificate)
 	c.registerLifecycle(srv, a)
 	c.registerFlavors(srv, a)
+	c.registerImages(srv, a)
 	relay := c.relay()
 	for _, m := range []string{http.MethodGet, http.MethodPost, http.MethodPatch, http.MethodDelete} {
 		srv.HandleHTTP("relay"+m[:1]+strings.ToLower(m[1:]), m, "/v1/subclouds/{name}/api/{path:.*}", c.relayGuard, relay)

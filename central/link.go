@@ -9,6 +9,7 @@ import (
 	"io"
 	"log/slog"
 	"net"
+	"net/http"
 	"sync"
 	"time"
 
@@ -168,6 +169,12 @@ func (c *Central) serveLink(ctx context.Context, conn net.Conn) error {
 	c.linkMu.Unlock()
 	c.sync.linkUp(site)
 	defer c.links.drop(site, sess)
+	// The streams the site opens from now on fetch synced images' bytes
+	// (blobs.go); serving ends with the session.
+	blobs := &http.Server{Handler: c.blobs.handler(site), ReadHeaderTimeout: 10 * time.Second}
+	blobsDone := make(chan struct{})
+	go func() { defer close(blobsDone); blobs.Serve(sess) }()
+	defer func() { blobs.Close(); <-blobsDone }()
 	c.log.Info("site connected", "site", site, "protocol", proto, "remote", conn.RemoteAddr().String())
 	c.seen(ctx, site, nil)
 

@@ -23,6 +23,7 @@ import (
 type syncSite interface {
 	flavorSite
 	userSite
+	imageSite
 }
 
 // flavorSite is what the flavor syncer needs of a site: Nova's flavors.

@@ -25,11 +25,12 @@ import (
 // fakeSite is a site's flavors in memory, with Nova's rules: unique names
 // and IDs, delete by ID.
 type fakeSite struct {
-	userSite // not used by these tests
-	mu       sync.Mutex
-	flavors  map[string]compute.Flavor
-	fail     error // every call fails with it (a cut link)
-	creates  int
+	userSite  // not used by these tests
+	imageSite // nil: these tests sync flavors only
+	mu        sync.Mutex
+	flavors   map[string]compute.Flavor
+	fail      error // every call fails with it (a cut link)
+	creates   int
 }
 
 func (s *fakeSite) Flavors(context.Context) ([]compute.Flavor, error) {

@@ -124,6 +124,8 @@ func (s *Subcloud) linkOnce(ctx context.Context, tlsCfg *tls.Config) error {
 	}
 	ctl.SetReadDeadline(time.Time{})
 	s.connected.Store(true)
+	s.homeSess.Store(sess)
+	defer s.homeSess.CompareAndSwap(sess, nil)
 	s.log.Info("linked to central", "protocol", w.Protocol)
 
 	// Central's calls into the site arrive as streams of this session.

@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"net"
 	"net/http"
 	"path/filepath"
 	"sync"
@@ -13,6 +14,7 @@ import (
 	"github.com/petrel-edge/petrel/compute/computedb"
 	"github.com/petrel-edge/petrel/internal/errs"
 	"github.com/petrel-edge/petrel/internal/rest"
+	"github.com/petrel-edge/petrel/subcloud/imagesync"
 )
 
 // DefaultImageMaxBytes caps an image's size unless the configuration says
@@ -52,6 +54,36 @@ type images struct {
 	// inUse says whether servers use an image; deleting one in use is
 	// refused with a conflict. Nil until servers exist.
 	inUse func(ctx context.Context, im compute.Image) (bool, error)
+	// fetcher takes central's images' bytes over the link (Glance's
+	// import).
+	fetcher *imagesync.Fetcher
+}
+
+// imageWrites is the site's side of Glance's image import and delete.
+type imageWrites struct{ s *Subcloud }
+
+func (w imageWrites) ImportImage(ctx context.Context, id, sum string) error {
+	if w.s.cfg.Central == nil {
+		return errs.Wrapf(errs.Unavailable, "this site has no link to central to import from")
+	}
+	return w.s.images.fetcher.Import(ctx, id, sum)
+}
+
+func (w imageWrites) DeleteImage(ctx context.Context, id string) error {
+	im, err := w.s.Images.Image(ctx, id)
+	if err != nil {
+		return err
+	}
+	return w.s.removeImage(ctx, im)
+}
+
+// dialCentral opens a stream to central on the site's link.
+func (s *Subcloud) dialCentral(ctx context.Context) (net.Conn, error) {
+	sess := s.homeSess.Load()
+	if sess == nil {
+		return nil, errs.Wrapf(errs.Unavailable, "the site is not linked to central")
+	}
+	return sess.Open()
 }
 
 func (s *Subcloud) openImages(ctx context.Context) error {
@@ -78,6 +110,10 @@ func (s *Subcloud) openImages(ctx context.Context) error {
 	}
 	s.images = &images{store: store, files: files, maxBytes: max}
 	s.Images, s.Flavors, s.ImageFiles = store, store, files
+	if s.images.fetcher, err = imagesync.New(imagesync.Config{Images: store, Files: files, Dial: s.dialCentral,
+		Commit: &s.images.mu, Audit: s.shell.RecordAudit, Logger: s.log.With("component", "imagesync"), MaxBytes: max}); err != nil {
+		return err
+	}
 	return s.openServers(store)
 }
 
@@ -238,41 +274,51 @@ func (s *Subcloud) deleteImage(r *http.Request) (int, any, error) {
 	if err != nil {
 		return 0, nil, err
 	}
-	if err := im.CheckTransition(compute.ImageDeleted); err != nil {
+	if err := s.removeImage(ctx, im); err != nil {
 		return 0, nil, err
+	}
+	return http.StatusNoContent, nil, nil
+}
+
+// removeImage deletes image im, and its file unless another image shares
+// it; refused while servers use it or bytes are coming in.
+func (s *Subcloud) removeImage(ctx context.Context, im compute.Image) error {
+	if err := im.CheckTransition(compute.ImageDeleted); err != nil {
+		return err
 	}
 	if s.images.inUse != nil {
 		used, err := s.images.inUse(ctx, im)
 		if err != nil {
-			return 0, nil, err
+			return err
 		}
 		if used {
-			return 0, nil, fmt.Errorf("%w: servers use image %s; delete or rebuild them first", compute.ErrImageInUse, im.Name)
+			return fmt.Errorf("%w: servers use image %s; delete or rebuild them first", compute.ErrImageInUse, im.Name)
 		}
 	}
 	s.images.mu.Lock()
 	defer s.images.mu.Unlock()
 	// Re-read under the lock: an upload may have started meanwhile.
-	if im, err = s.Images.Image(ctx, im.ID); err != nil {
-		return 0, nil, err
+	im, err := s.Images.Image(ctx, im.ID)
+	if err != nil {
+		return err
 	}
 	if err := im.CheckTransition(compute.ImageDeleted); err != nil {
-		return 0, nil, err
+		return err
 	}
 	if err := s.Images.DeleteImage(ctx, im.ID); err != nil {
-		return 0, nil, err
+		return err
 	}
 	others, err := s.Images.ImagesWithChecksum(ctx, im.Checksum, im.ID)
 	if err != nil {
-		return 0, nil, fmt.Errorf("image %s deleted, but checking whether its file is shared failed: %w", im.Name, err)
+		return fmt.Errorf("image %s deleted, but checking whether its file is shared failed: %w", im.Name, err)
 	}
-	if others == 0 {
+	if others == 0 && im.Checksum != "" { // an image created through Glance has none until its import
 		if err := s.images.files.Remove(im.Checksum); err != nil {
-			return 0, nil, fmt.Errorf("image %s deleted, but removing its file failed: %w", im.Name, err)
+			return fmt.Errorf("image %s deleted, but removing its file failed: %w", im.Name, err)
 		}
 	}
 	s.log.Info("image deleted", "image", im.Name, "id", im.ID, "file_kept", others > 0)
-	return http.StatusNoContent, nil, nil
+	return nil
 }
 
 // listFlavors lists the flavors the caller may use: public ones and its

@@ -12,5 +12,6 @@ import (
 // site's compute service exists: it is to be set here from the
 // Subcloud's compute service, which must be built before register runs.
 func (s *Subcloud) openstackDeps() osapi.Deps {
-	return osapi.Deps{Images: s.Images, Flavors: s.Flavors, Servers: s.Servers, Region: s.cfg.Site}
+	return osapi.Deps{Images: s.Images, Flavors: s.Flavors, Servers: s.Servers, Region: s.cfg.Site,
+		ImageWrites: imageWrites{s}}
 }

@@ -17,6 +17,7 @@ import (
 	"sync/atomic"
 	"time"
 
+	"github.com/hashicorp/yamux"
 	"golang.org/x/sync/errgroup"
 
 	"github.com/petrel-edge/petrel/auth"
@@ -108,11 +109,12 @@ type Subcloud struct {
 	coord    *coordination
 	ledger   *lazyLedger
 
-	connected atomic.Bool   // the link to central is up
-	seq       atomic.Uint64 // last update sequence sent
-	acked     atomic.Uint64 // last update sequence central acknowledged
-	resent    atomic.Uint64 // summaries sent (tests check resync sends none when nothing changed)
-	shipped   atomic.Uint64 // last event-log sequence central acknowledged
+	connected atomic.Bool                   // the link to central is up
+	homeSess  atomic.Pointer[yamux.Session] // the link's session while up
+	seq       atomic.Uint64                 // last update sequence sent
+	acked     atomic.Uint64                 // last update sequence central acknowledged
+	resent    atomic.Uint64                 // summaries sent (tests check resync sends none when nothing changed)
+	shipped   atomic.Uint64                 // last event-log sequence central acknowledged
 
 	// The last summary sent, and its sequence; kept across reconnects.
 	lastSum    *linkproto.Summary
@@ -263,6 +265,7 @@ func (s *Subcloud) runParts(ctx context.Context) error {
 	g, ctx := errgroup.WithContext(ctx)
 	if s.cfg.Central != nil {
 		g.Go(func() error { return s.dialHome(ctx) })
+		g.Go(func() error { return s.images.fetcher.Run(ctx) })
 	}
 	if s.maint != nil {
 		g.Go(func() error { return s.maint.run(ctx, s) })

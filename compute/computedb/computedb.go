@@ -52,6 +52,18 @@ func (flavorRow) TableName() string { return "compute_flavors" }
 // Store implements compute.ImageStore and compute.FlavorStore.
 type Store struct {
 	db *sqldb.DB
+	// onImage, when set, runs inside the transaction of every image
+	// status change and delete (see OnImageChange).
+	onImage func(tx *gorm.DB, im compute.Image, deleted bool) error
+}
+
+// OnImageChange makes hook run inside the transaction of every image
+// status change (with the image as changed) and every delete (with the
+// image as it was, deleted true): a hook's writes commit with the change or
+// not at all, and its error aborts the change. Central records its synced
+// images this way (central/image.go). Set it before the store is shared.
+func (s *Store) OnImageChange(hook func(tx *gorm.DB, im compute.Image, deleted bool) error) {
+	s.onImage = hook
 }
 
 var (
@@ -83,19 +95,25 @@ func fromImage(im compute.Image) imageRow {
 // now is the store's clock, at the precision both engines keep.
 func now() time.Time { return time.Now().UTC().Truncate(time.Microsecond) }
 
-// CreateImage records im in status queued with a new ID.
+// CreateImage records im in status queued, with im.ID when set (a UUID:
+// central's images keep their ID at every site) or a new one.
 func (s *Store) CreateImage(ctx context.Context, im compute.Image) (compute.Image, error) {
-	id, err := uuid.NewRandom()
-	if err != nil {
-		return compute.Image{}, err
+	if im.ID == "" {
+		id, err := uuid.NewRandom()
+		if err != nil {
+			return compute.Image{}, err
+		}
+		im.ID = id.String()
+	} else if u, err := uuid.Parse(im.ID); err != nil || u.String() != im.ID {
+		return compute.Image{}, errs.Field("id", "must be a UUID in lower-case canonical form")
 	}
-	im.ID, im.Status = id.String(), compute.ImageQueued
+	im.Status = compute.ImageQueued
 	im.CreatedAt = now()
 	im.UpdatedAt = im.CreatedAt
 	row := fromImage(im)
 	if err := s.db.WithContext(ctx).Create(&row).Error; err != nil {
 		if sqldb.IsUniqueViolation(err) {
-			return compute.Image{}, fmt.Errorf("%w: %s", compute.ErrImageExists, im.Name)
+			return compute.Image{}, fmt.Errorf("%w: %s (or ID %s)", compute.ErrImageExists, im.Name, im.ID)
 		}
 		return compute.Image{}, fmt.Errorf("computedb: create image: %w", err)
 	}
@@ -184,6 +202,11 @@ func (s *Store) TransitionImage(ctx context.Context, id string, from, to compute
 		if res.RowsAffected != 1 {
 			return fmt.Errorf("%w: image %s changed meanwhile", compute.ErrImageTransition, im.Name)
 		}
+		if s.onImage != nil {
+			if err := s.onImage(tx, im, false); err != nil {
+				return err
+			}
+		}
 		out = im
 		return nil
 	})
@@ -192,14 +215,26 @@ func (s *Store) TransitionImage(ctx context.Context, id string, from, to compute
 
 // DeleteImage removes an image's record.
 func (s *Store) DeleteImage(ctx context.Context, id string) error {
-	res := s.db.WithContext(ctx).Where("id = ?", id).Delete(&imageRow{})
-	if res.Error != nil {
-		return fmt.Errorf("computedb: delete image: %w", res.Error)
-	}
-	if res.RowsAffected == 0 {
-		return fmt.Errorf("%w: %s", compute.ErrImageNotFound, id)
-	}
-	return nil
+	return s.db.WithContext(ctx).Transaction(func(tx *gorm.DB) error {
+		var rows []imageRow
+		if err := tx.Where("id = ?", id).Limit(1).Find(&rows).Error; err != nil {
+			return fmt.Errorf("computedb: delete image: %w", err)
+		}
+		if len(rows) == 0 {
+			return fmt.Errorf("%w: %s", compute.ErrImageNotFound, id)
+		}
+		res := tx.Where("id = ?", id).Delete(&imageRow{})
+		if res.Error != nil {
+			return fmt.Errorf("computedb: delete image: %w", res.Error)
+		}
+		if res.RowsAffected == 0 {
+			return fmt.Errorf("%w: %s", compute.ErrImageNotFound, id)
+		}
+		if s.onImage != nil {
+			return s.onImage(tx, toImage(rows[0]), true)
+		}
+		return nil
+	})
 }
 
 // ImagesWithChecksum counts saving and active images with these bytes.

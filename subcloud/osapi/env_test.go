@@ -236,6 +236,12 @@ func password(user string) string { return "password-of-" + user }
 // newEnv serves the API; withServers false leaves Deps.Servers nil.
 func newEnv(t *testing.T, withServers bool) *env {
 	t.Helper()
+	return newEnvWith(t, withServers, nil)
+}
+
+// newEnvWith is newEnv with more of Deps set by deps (nil: none).
+func newEnvWith(t *testing.T, withServers bool, deps func(*osapi.Deps, *computedb.Store)) *env {
+	t.Helper()
 	ctx := context.Background()
 	db := sqldbtest.Open(t, sqldb.SQLite)
 	as, err := authdb.Open(ctx, db)
@@ -307,6 +313,9 @@ func newEnv(t *testing.T, withServers bool) *env {
 	if withServers {
 		e.servers = newFakeServers(store, store)
 		d.Servers = e.servers
+	}
+	if deps != nil {
+		deps(&d, store)
 	}
 	osapi.Register(srv, a, d)
 	ts := httptest.NewServer(srv)

@@ -1,6 +1,8 @@
 package osapi
 
 import (
+	"context"
+	"fmt"
 	"net/http"
 	"strconv"
 
@@ -9,10 +11,26 @@ import (
 	"github.com/petrel-edge/petrel/internal/errs"
 	"github.com/petrel-edge/petrel/internal/page"
 	"github.com/petrel-edge/petrel/internal/rest"
+	"github.com/petrel-edge/petrel/subcloud/imagesync"
 )
 
-// Glance v2 at /image, read-only: images are made with Petrel's own API
-// (petrel image create), which verifies their bytes as they arrive.
+// Glance v2 at /image. Images are read, and (admins) created with a given
+// ID, deleted, and imported with web-download from central only: how
+// central's sync keeps its images at the site (docs/openstack.md). Other
+// images are made with Petrel's own API (petrel image create), which
+// verifies their bytes as they arrive.
+
+// ImageWriter is the site's side of Glance's image writes that touch
+// bytes.
+type ImageWriter interface {
+	// ImportImage has image id take the bytes with checksum sum from
+	// central: at once when the site holds them, else by a background
+	// transfer over the site's link.
+	ImportImage(ctx context.Context, id, sum string) error
+	// DeleteImage deletes image id, and its file unless another image
+	// shares it; compute.ErrImageInUse while servers use it.
+	DeleteImage(ctx context.Context, id string) error
+}
 
 const (
 	glanceDefaultLimit = 25
@@ -28,6 +46,122 @@ func (o *api) registerImage(srv *rest.Server) {
 	srv.HandleDialect(d, "osImageVersionsList", http.MethodGet, "/image/versions", nil, o.imageVersions(http.StatusOK))
 	srv.HandleDialect(d, "osListImages", http.MethodGet, "/image/v2/images", reader, o.listImages)
 	srv.HandleDialect(d, "osGetImage", http.MethodGet, "/image/v2/images/{id}", reader, o.getImage)
+	admin := o.auth.Require(auth.Admin)
+	srv.HandleDialect(d, "osCreateImage", http.MethodPost, "/image/v2/images", admin, o.createImage)
+	srv.HandleDialect(d, "osDeleteImage", http.MethodDelete, "/image/v2/images/{id}", admin, o.deleteImage)
+	srv.HandleDialect(d, "osImportImage", http.MethodPost, "/image/v2/images/{id}/import", admin, o.importImage)
+}
+
+// glanceCreate is the body of Glance's image create.
+type glanceCreate struct {
+	ID              string `json:"id"`
+	Name            string `json:"name"`
+	DiskFormat      string `json:"disk_format"`
+	ContainerFormat string `json:"container_format"`
+	Visibility      string `json:"visibility"`
+}
+
+// createImage is Glance's image create (admins): a queued image record in
+// the caller's project, with the given ID (a UUID; central's images keep
+// theirs at every site) or a new one. Its bytes come with an import.
+func (o *api) createImage(r *http.Request) (int, any, error) {
+	var req glanceCreate
+	if err := decodeBody(r, &req); err != nil {
+		return 0, nil, err
+	}
+	if err := compute.ValidateName("name", req.Name); err != nil {
+		return 0, nil, err
+	}
+	im := compute.Image{ID: req.ID, Name: req.Name, DiskFormat: compute.DiskFormat(req.DiskFormat),
+		Visibility: compute.Visibility(req.Visibility), Project: caller(r.Context()).ProjectName()}
+	if !im.DiskFormat.Valid() {
+		return 0, nil, errs.Field("disk_format", "must be raw or qcow2")
+	}
+	if req.ContainerFormat != "" && req.ContainerFormat != "bare" {
+		return 0, nil, errs.Field("container_format", "must be bare")
+	}
+	if im.Visibility == "" {
+		im.Visibility = compute.Private
+	}
+	if !im.Visibility.Valid() {
+		return 0, nil, errs.Field("visibility", "must be public or private")
+	}
+	if err := compute.ValidateProject("owner", im.Project); err != nil {
+		return 0, nil, err
+	}
+	out, err := o.d.Images.CreateImage(r.Context(), im)
+	if err != nil {
+		return 0, nil, err
+	}
+	return http.StatusCreated, imageView(out), nil
+}
+
+func (o *api) imageWrites() (ImageWriter, error) {
+	if o.d.ImageWrites == nil {
+		return nil, errs.Wrapf(errs.Unavailable, "image imports and deletes are not offered by this site")
+	}
+	return o.d.ImageWrites, nil
+}
+
+// deleteImage is Glance's image delete (admins), by ID only.
+func (o *api) deleteImage(r *http.Request) (int, any, error) {
+	w, err := o.imageWrites()
+	if err != nil {
+		return 0, nil, err
+	}
+	id := rest.Var(r, "id")
+	im, err := o.d.Images.Image(r.Context(), id)
+	if err != nil {
+		return 0, nil, err
+	}
+	if im.ID != id {
+		return 0, nil, fmt.Errorf("%w: %s", compute.ErrImageNotFound, id)
+	}
+	if err := w.DeleteImage(r.Context(), im.ID); err != nil {
+		return 0, nil, err
+	}
+	return http.StatusNoContent, nil, nil
+}
+
+// glanceImport is the body of Glance's interoperable image import.
+type glanceImport struct {
+	Method *struct {
+		Name string `json:"name"`
+		URI  string `json:"uri"`
+	} `json:"method"`
+}
+
+// importImage is Glance's image import (admins): method web-download from
+// petrel-central:///sync/v1/blobs/<sha256> only — the site fetches from
+// central over its own link and never from a URL a caller names.
+func (o *api) importImage(r *http.Request) (int, any, error) {
+	w, err := o.imageWrites()
+	if err != nil {
+		return 0, nil, err
+	}
+	var req glanceImport
+	if err := decodeBody(r, &req); err != nil {
+		return 0, nil, err
+	}
+	if req.Method == nil || req.Method.Name != "web-download" {
+		return 0, nil, errs.Field("method.name", "only web-download is offered")
+	}
+	sum, err := imagesync.ParseURI(req.Method.URI)
+	if err != nil {
+		return 0, nil, err
+	}
+	id := rest.Var(r, "id")
+	im, err := o.d.Images.Image(r.Context(), id)
+	if err != nil {
+		return 0, nil, err
+	}
+	if im.ID != id {
+		return 0, nil, fmt.Errorf("%w: %s", compute.ErrImageNotFound, id)
+	}
+	if err := w.ImportImage(r.Context(), im.ID, sum); err != nil {
+		return 0, nil, err
+	}
+	return http.StatusAccepted, nil, nil
 }
 
 // ImageVersion is an entry of Glance's versions document.

@@ -34,6 +34,9 @@ type Deps struct {
 	Servers compute.Servers
 	Images  compute.ImageStore  // required
 	Flavors compute.FlavorStore // required
+	// ImageWrites takes Glance's image imports and deletes; nil: they
+	// answer 503 (images are still created, queued, through Images).
+	ImageWrites ImageWriter
 	// Region is the Keystone region of the site's endpoints; default
 	// "RegionOne".
 	Region string

@@ -155,19 +155,8 @@ func pairConfig(dir string, h hostSpec, p hostPaths) (map[string]any, error) {
 	// be traversable (not readable) by it, up to the root (a lab in a
 	// test's 0700 temporary directory too). Only root's directories are
 	// touched, and only their search bit.
-	if err := os.MkdirAll(p.f("pg"), 0o700); err != nil {
+	if err := traversable(p.f("pg")); err != nil {
 		return nil, err
-	}
-	for d := p.f("pg"); d != "/"; d = filepath.Dir(d) {
-		st, err := os.Stat(d)
-		if err != nil {
-			return nil, err
-		}
-		if sys, ok := st.Sys().(*syscall.Stat_t); ok && sys.Uid == 0 && st.Mode().Perm()&0o001 == 0 {
-			if err := os.Chmod(d, st.Mode().Perm()|0o011); err != nil {
-				return nil, err
-			}
-		}
 	}
 	bmcAddr, err := hostnet.BMCAddr(h.SiteIndex, peerIdx)
 	if err != nil {
@@ -195,4 +184,26 @@ func pairConfig(dir string, h hostSpec, p hostPaths) (map[string]any, error) {
 		c["witness"] = h.Home != nil
 	}
 	return c, nil
+}
+
+// traversable creates dir (0700) and makes the path to it traversable (not
+// readable) by another user, up to the root: PostgreSQL runs as its own
+// user, also in a lab in a test's 0700 temporary directory. Only root's
+// directories are touched, and only their search bit.
+func traversable(dir string) error {
+	if err := os.MkdirAll(dir, 0o700); err != nil {
+		return err
+	}
+	for d := dir; d != "/"; d = filepath.Dir(d) {
+		st, err := os.Stat(d)
+		if err != nil {
+			return err
+		}
+		if sys, ok := st.Sys().(*syscall.Stat_t); ok && sys.Uid == 0 && st.Mode().Perm()&0o001 == 0 {
+			if err := os.Chmod(d, st.Mode().Perm()|0o011); err != nil {
+				return err
+			}
+		}
+	}
+	return nil
 }

@@ -20,6 +20,7 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"slices"
 	"regexp"
 	"strconv"
 	"strings"
@@ -111,6 +112,9 @@ type CentralEntry struct {
 	URL          string `json:"url"`
 	Token        string `json:"token"`
 	DashboardURL string `json:"dashboard_url"`
+	// HA describes central's 1+1 pair (lab up --central-ha); nil: one
+	// central.
+	HA *CentralHAEntry `json:"ha,omitempty"`
 }
 
 // PatchSigning names the lab's patch signing keys.
@@ -175,7 +179,10 @@ type Config struct {
 	// recovery, where a host holding an active role would be fenced
 	// instead of given its grace period).
 	NoDemo bool
-	Logger *slog.Logger
+	// CentralHA runs central as a 1+1 pair on PostgreSQL with an etcd
+	// election (centralha.go) instead of one central on SQLite.
+	CentralHA bool
+	Logger    *slog.Logger
 }
 
 // Paths inside the lab directory.
@@ -256,13 +263,34 @@ func Up(ctx context.Context, cfg Config) (_ *File, err error) {
 	if err != nil {
 		return nil, err
 	}
-	centralURL, centralPID, err := startDaemon(cfg, dir, "central", centralDir, "central",
-		map[string]any{"site_listen": netJoin("127.0.0.1", sitePort)})
-	if err != nil {
-		return nil, err
+	var centralURL string
+	var centralAlive func() bool
+	if cfg.CentralHA {
+		var ha *CentralHAEntry
+		if centralURL, ha, err = startCentralPair(ctx, cfg, dir, centralDir, netJoin("127.0.0.1", sitePort)); err != nil {
+			return nil, err
+		}
+		f.Central.HA = ha
+		centralAlive = func() bool {
+			procs, _ := Processes(dir)
+			for _, p := range procs {
+				if slices.Contains(CentralMembers, p.Name) && p.Running {
+					return true
+				}
+			}
+			return false
+		}
+	} else {
+		var centralPID int
+		centralURL, centralPID, err = startDaemon(cfg, dir, "central", centralDir, "central",
+			map[string]any{"site_listen": netJoin("127.0.0.1", sitePort)})
+		if err != nil {
+			return nil, err
+		}
+		centralAlive = func() bool { return ours(centralPID, dir) }
 	}
-	f.Central = CentralEntry{URL: centralURL, DashboardURL: centralURL + "/"}
-	if f.Central.Token, err = readyAndToken(ctx, centralURL, caFile, centralDir, func() bool { return ours(centralPID, dir) }); err != nil {
+	f.Central.URL, f.Central.DashboardURL = centralURL, centralURL+"/"
+	if f.Central.Token, err = readyAndToken(ctx, centralURL, caFile, centralDir, centralAlive); err != nil {
 		return nil, fmt.Errorf("lab: central: %w; its log ends:\n%s", err, tail(filepath.Join(dir, "logs", "central.log"), 8))
 	}
 	capi, _ := client.New(client.Config{URL: centralURL, CACert: caFile, Token: f.Central.Token})
@@ -525,6 +553,12 @@ func waitReported(ctx context.Context, api *client.Client, id string, limit time
 // own session, logging to DIR/logs; its pid goes to DIR/run. It returns the
 // daemon's URL and pid.
 func startDaemon(cfg Config, dir, daemon, dataDir, name string, extra map[string]any) (string, int, error) {
+	return startDaemonAt(cfg, dir, daemon, dataDir, name, daemon+".yaml", extra)
+}
+
+// startDaemonAt is startDaemon with the configuration file's name given
+// (two daemons sharing a data directory); extra may set "listen".
+func startDaemonAt(cfg Config, dir, daemon, dataDir, name, cfgName string, extra map[string]any) (string, int, error) {
 	if err := os.MkdirAll(dataDir, 0o700); err != nil {
 		return "", 0, err
 	}
@@ -541,7 +575,7 @@ func startDaemon(cfg Config, dir, daemon, dataDir, name string, extra map[string
 		conf[k] = v
 	}
 	y, _ := yaml.Marshal(conf)
-	cfgPath := filepath.Join(dataDir, daemon+".yaml")
+	cfgPath := filepath.Join(dataDir, cfgName)
 	if err := atomicfile.Write(cfgPath, y, 0o600); err != nil {
 		return "", 0, err
 	}
@@ -566,8 +600,12 @@ func startDaemon(cfg Config, dir, daemon, dataDir, name string, extra map[string
 	if err := atomicfile.Write(filepath.Join(dir, stateDir, name+".pid"), []byte(strconv.Itoa(pid)+"\n"), 0o600); err != nil {
 		return "", 0, err
 	}
-	cfg.Logger.Info("started", "process", name, "pid", pid, "url", "https://"+listen)
-	return "https://" + listen, pid, nil
+	url := "https://" + listen
+	if l, ok := conf["listen"].(string); ok {
+		url = "https://" + l
+	}
+	cfg.Logger.Info("started", "process", name, "pid", pid, "url", url)
+	return url, pid, nil
 }
 
 func freePort() (int, error) {
@@ -801,7 +839,12 @@ func Down(ctx context.Context, dir string) error {
 	if err := teardownHosts(ctx, dir); err != nil {
 		return err
 	}
-	for _, sub := range []string{"central", "sites", "hosts", "ca", "ca-etcd", "logs", "fabric.yaml", WANFaultsFile, fileName, stateDir} {
+	if b, err := os.ReadFile(filepath.Join(dir, "central-ha", "pg-socket-dir")); err == nil {
+		if sock := strings.TrimSpace(string(b)); strings.HasPrefix(sock, os.TempDir()+"/petrel-cpg-") {
+			_ = os.RemoveAll(sock)
+		}
+	}
+	for _, sub := range []string{"central", "central-ha", "sites", "hosts", "ca", "ca-etcd", "logs", "fabric.yaml", WANFaultsFile, fileName, stateDir} {
 		if err := os.RemoveAll(filepath.Join(dir, sub)); err != nil {
 			return err
 		}

@@ -29,7 +29,7 @@ func (a *app) labDir(flag string) string {
 
 func (a *app) labCmd() *cobra.Command {
 	var dir, sites string
-	var noDemo bool
+	var noDemo, centralHA bool
 	up := &cobra.Command{
 		Use:   "up [--dir DIR] [--sites NAME=SHAPE[:WORKERS],...]",
 		Short: "Start a central cloud and sites on this machine",
@@ -53,7 +53,7 @@ func (a *app) labCmd() *cobra.Command {
 					}
 					return at
 				}}))
-			f, err := lab.Up(cmd.Context(), lab.Config{Dir: d, Sites: specs, NoDemo: noDemo, Logger: progress})
+			f, err := lab.Up(cmd.Context(), lab.Config{Dir: d, Sites: specs, NoDemo: noDemo, CentralHA: centralHA, Logger: progress})
 			if err != nil {
 				return err
 			}
@@ -85,6 +85,7 @@ func (a *app) labCmd() *cobra.Command {
 		},
 	}
 	up.Flags().StringVar(&sites, "sites", "", "sites to start (default site-sx=simplex,site-dx=duplex,site-std=multi-server:2)")
+	up.Flags().BoolVar(&centralHA, "central-ha", false, "run central as a 1+1 pair: two centrals on one PostgreSQL, leader elected through a 3-member etcd (default: one central on SQLite)")
 	up.Flags().BoolVar(&noDemo, "no-demo", false, "declare no demo service group (multi-server sites with two workers or more have one)")
 	down := &cobra.Command{
 		Use:   "down [--dir DIR]",
@@ -174,6 +175,7 @@ func (a *app) labCmd() *cobra.Command {
 		Use: "fault KIND SITE/HOST|SITE [--net mgmt|cluster|all] [--percent N] [--delay D] | fault list",
 		Short: "Inject a fault: power-off, power-on, power-cycle, hang, resume, link-down, link-up, loss, " +
 			"bmc-down, bmc-slow (--delay, default 5s), bmc-ignore, clear (a host); partition, loss, clear (a site's WAN link); " +
+			"kill-central (SIGKILL the active central of a --central-ha lab); " +
 			"list shows what is in effect",
 		Args: cobra.RangeArgs(1, 2),
 		RunE: func(cmd *cobra.Command, args []string) error {
@@ -189,8 +191,20 @@ func (a *app) labCmd() *cobra.Command {
 				}
 				return a.printList(page, "target", "kind", "detail")
 			}
+			if args[0] == "kill-central" && len(args) == 1 {
+				f, err := lab.Load(a.labDir(dir))
+				if err != nil {
+					return err
+				}
+				name, err := lab.KillActiveCentral(cmd.Context(), f)
+				if err != nil {
+					return err
+				}
+				fmt.Fprintf(a.stdout, "kill-central: %s killed (SIGKILL); the other central takes over.\n", name)
+				return nil
+			}
 			if len(args) != 2 {
-				return usagef("give KIND and SITE/HOST|SITE, or list")
+				return usagef("give KIND and SITE/HOST|SITE, or list, or kill-central")
 			}
 			if faultOneWay != "" {
 				if args[0] != "loss" {

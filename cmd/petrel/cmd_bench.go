@@ -358,6 +358,50 @@ func (a *app) benchCmd() *cobra.Command {
 	pair.Flags().IntVar(&pairCycles, "cycles", 10, "cycles of each kind")
 	pair.Flags().StringVar(&pairKinds, "kinds", "swact,power-off,hang", "what to do to the active controller, comma-separated")
 	pair.Flags().StringVar(&pairShape, "shape", "duplex", "duplex or multi-server")
+	var syncSites, syncChanges int
+	syncCmd := &cobra.Command{
+		Use:   "sync [--sites 3] [--changes 20]",
+		Short: "Shared-resource sync: a flavor created at central until every managed site holds it; a partitioned site's catch-up (needs root)",
+		Args:  noArgs,
+		RunE: func(cmd *cobra.Command, _ []string) error {
+			if syncSites < 1 || syncChanges < 1 {
+				return usagef("--sites and --changes must be positive")
+			}
+			bin, err := os.Executable()
+			if err != nil {
+				return err
+			}
+			r, err := bench.RunSync(cmd.Context(), bin, syncSites, syncChanges, a.stderr)
+			if err != nil {
+				return err
+			}
+			ms := func(d time.Duration) string { return fmt.Sprintf("%.0f ms", float64(d.Microseconds())/1000) }
+			p99 := bench.Percentile(r.Fleet, 99)
+			v := "meets the issue's target (fleet p99 ≤ 10 s)"
+			if p99 > 10*time.Second {
+				v = "does not meet the target: fleet p99 > 10 s"
+			}
+			fmt.Fprintf(a.stdout, "%d changes × %d sites: every site holds it p50 %s p99 %s; one site p50 %s p99 %s; a partitioned site caught up %d changes %s after the heal\n%s\n",
+				r.Changes, r.Sites, ms(bench.Percentile(r.Fleet, 50)), ms(p99), ms(bench.Percentile(r.PerSite, 50)), ms(bench.Percentile(r.PerSite, 99)),
+				r.Missed, ms(r.CatchUp), v)
+			if !record {
+				return nil
+			}
+			return recordRow(a, out, "Sync — a flavor change reaching every managed site",
+				"A lab of simplex sites, all managed. A flavor is created at central (`POST /v1/flavors`); the time is from "+
+					"central's 201 until each site lists it, seen through central's relay with gophercloud (`GET "+
+					"/v1/subclouds/NAME/api/compute/v2.1/flavors/{id}`, every 25 ms per site); the fleet time is the last site's. "+
+					"Then one site's WAN link is partitioned, 5 flavors are created, the link heals, and the time until that site "+
+					"holds all 5 is its catch-up. Target (issue 11): fleet p99 ≤ 10 s (at 10,000 sites with the fleet simulator "+
+					"of the scale issue; this is the lab figure).",
+				[]string{"date (UTC)", "commit", "machine", "command", "sites", "changes", "fleet p50 / p99", "per site p50 / p99", "catch-up after heal", "verdict"},
+				[]string{fmt.Sprint(r.Sites), fmt.Sprint(r.Changes), ms(bench.Percentile(r.Fleet, 50)) + " / " + ms(p99),
+					ms(bench.Percentile(r.PerSite, 50)) + " / " + ms(bench.Percentile(r.PerSite, 99)),
+					fmt.Sprintf("%s (%d changes)", ms(r.CatchUp), r.Missed), v}, cmd)
+		},
+	}
+	syncCmd.Flags().IntVar(&syncSites, "sites", 3, "managed simplex sites")
+	syncCmd.Flags().IntVar(&syncChanges, "changes", 20, "flavors created at central, one after another")
 	var fmSeeds, fmSteps int
 	matrix := &cobra.Command{
 		Use:   "faultmatrix [--seeds 10] [--steps 4]",
@@ -488,7 +532,7 @@ func (a *app) benchCmd() *cobra.Command {
 	}
 	migrate.Flags().IntVar(&hops, "hops", 10, "migrations per guest")
 	migrate.Flags().IntVar(&evac, "evacuate", 3, "servers on the host then locked")
-	c := group("bench", "Run benchmarks and record them in docs/benchmarks.md", api, inventory, agentCmd, alarms, recovery, failover, pair, matrix, servers, migrate)
+	c := group("bench", "Run benchmarks and record them in docs/benchmarks.md", api, inventory, agentCmd, alarms, recovery, failover, pair, matrix, servers, migrate, syncCmd)
 	c.PersistentFlags().StringVar(&out, "out", "docs/benchmarks.md", "results file")
 	c.PersistentFlags().BoolVar(&record, "record", true, "append the result to --out")
 	return c

@@ -9,6 +9,7 @@ import (
 	"io"
 	"net/http"
 	"os"
+	"slices"
 	"strings"
 	"sync"
 	"time"
@@ -146,6 +147,8 @@ func RunSync(ctx context.Context, binary string, sites, changes int, log io.Writ
 			}
 		}
 		res.CatchUp = time.Since(healed)
+		slices.Sort(res.Fleet) // Percentile wants sorted samples
+		slices.Sort(res.PerSite)
 		fmt.Fprintf(log, "%s caught up %d changes %s after its WAN link healed\n", cut, len(missed), res.CatchUp.Round(time.Millisecond))
 		return nil
 	})

@@ -190,6 +190,3 @@ func yamuxConfig() *yamux.Config {
 	c.MaxStreamWindowSize = 256 * 1024
 	return c
 }
-
-
-

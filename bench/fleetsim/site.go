@@ -49,7 +49,7 @@ type site struct {
 	epoch string
 	verif *auth.AssertionVerifier
 
-	silenced atomic.Bool
+	silenced  atomic.Bool
 	unsilence chan struct{} // signalled when silence ends
 	connected atomic.Bool
 

@@ -212,6 +212,9 @@ func RunFleet(ctx context.Context, cfg FleetConfig) (FleetResult, error) {
 	}
 	res.Processes = len(r.sims)
 	limit := 60*time.Second + time.Duration(cfg.Sites)*10*time.Millisecond
+	if err := r.waitWelcomed(ctx, t0, limit); err != nil {
+		return res, err
+	}
 	if err := r.waitOnline(ctx, cfg.Sites, limit); err != nil {
 		return res, err
 	}
@@ -411,6 +414,10 @@ func (r *fleetRun) startPostgres(ctx context.Context) (string, error) {
 		return exec.Command("chown", "-R", "postgres:", p).Run()
 	}
 	if err := os.MkdirAll(pgDir, 0o700); err != nil {
+		return "", err
+	}
+	// The server's user must reach its directory through ours.
+	if err := os.Chmod(r.dir, 0o711); err != nil {
 		return "", err
 	}
 	if err := chown(pgDir); err != nil {
@@ -690,6 +697,43 @@ func (r *fleetRun) waitOnline(ctx context.Context, want int, limit time.Duration
 			return err
 		}
 		if !sleepCtx(ctx, time.Second) {
+			return ctx.Err()
+		}
+	}
+}
+
+// welcomed is how many sites central welcomed at or after since.
+func (r *fleetRun) welcomed(ctx context.Context, since time.Time) (int, error) {
+	n := 0
+	for _, c := range r.ctls {
+		st, err := c.Status(ctx, since)
+		if err != nil {
+			return 0, err
+		}
+		n += st.Welcomed
+	}
+	return n, nil
+}
+
+// waitWelcomed waits until every site's link was welcomed since since
+// (central may still list sites online from before its restart).
+func (r *fleetRun) waitWelcomed(ctx context.Context, since time.Time, limit time.Duration) error {
+	deadline := time.Now().Add(limit)
+	for {
+		n, err := r.welcomed(ctx, since)
+		if err != nil {
+			return err
+		}
+		if n >= r.cfg.Sites {
+			return nil
+		}
+		if time.Now().After(deadline) {
+			return fmt.Errorf("bench: %d of %d sites linked after %s", n, r.cfg.Sites, limit)
+		}
+		if err := r.simsAlive(); err != nil {
+			return err
+		}
+		if !sleepCtx(ctx, 250*time.Millisecond) {
 			return ctx.Err()
 		}
 	}
@@ -975,13 +1019,9 @@ func (r *fleetRun) restart(ctx context.Context, res *FleetResult) error {
 	fmt.Fprintf(r.log, "central ready again after %s; waiting for every site ...\n", res.CentralDown.Round(time.Millisecond))
 	deadline := t0.Add(180 * time.Second)
 	for {
-		welcomed := 0
-		for _, c := range r.ctls {
-			st, err := c.Status(ctx, t0)
-			if err != nil {
-				return err
-			}
-			welcomed += st.Welcomed
+		welcomed, err := r.welcomed(ctx, t0)
+		if err != nil {
+			return err
 		}
 		res.Resynced = welcomed
 		if welcomed >= r.cfg.Sites {

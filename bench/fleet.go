@@ -401,6 +401,7 @@ func (r *fleetRun) startPostgres(ctx context.Context) (string, error) {
 	if err != nil {
 		return "", err
 	}
+	r.pgStop = func() { os.RemoveAll(sock) } // until the server runs
 	asPG := func(argv ...string) *exec.Cmd {
 		if os.Geteuid() == 0 {
 			return exec.CommandContext(ctx, "runuser", append([]string{"-u", "postgres", "--"}, argv...)...)

@@ -33,6 +33,12 @@ func (a *app) benchFleetCmd(out *string, record *bool) *cobra.Command {
 			cfg.Binary, cfg.Log = bin, a.stderr
 			r, err := bench.RunFleet(cmd.Context(), cfg)
 			if err != nil {
+				if *record {
+					// A run that could not complete is a result too.
+					_ = recordRow(a, *out, fleetHeading, fleetIntro, fleetHeader, []string{
+						fmt.Sprintf("%d / %d / %s", r.Sites, r.Processes, r.Engine), "-", "-", "-", "-", "-",
+						"did not complete: " + err.Error()}, cmd)
+				}
 				return err
 			}
 			return reportFleet(a, cmd, *out, *record, cfg, r)
@@ -94,21 +100,7 @@ func reportFleet(a *app, cmd *cobra.Command, out string, record bool, cfg bench.
 	if !record {
 		return nil
 	}
-	return recordRow(a, out, "T1–T3, T10 — a fleet at one central",
-		"`petrel bench fleet`: a real central (`petrel central`, its own process, on a throwaway PostgreSQL 15 cluster "+
-			"with durable commits) and simulator processes (`petrel bench sitesim`, ≤ 5,000 sites each) whose sites speak "+
-			"the real dial-home protocol from their own 127.x addresses with their own certificates: an update every 5 s, "+
-			"alarm churn of one raise/clear a minute per site (a summary delta and an event record each), every update frame "+
-			"lost with probability `--loss`. All sites are managed, so central's sync engine audits each over the relay. "+
-			"*held*: central's CPU (core-seconds per second, /proc/PID/stat) and RSS over the hold window; PostgreSQL's "+
-			"processes apart. *API*: half `GET /v1/subclouds/{name}`, half `GET /v1/subclouds?limit=50`, open loop, "+
-			"while holding. *flavor*: created at central until each site's create arrived. *offline*: sites black-holed "+
-			"(no FIN) until central raised 280.001; *false offline*: 280.001 for sites never cut. *restart*: SIGTERM and "+
-			"start central; until every site was welcomed again and listed online; false offline after it. Targets: "+
-			"T1 10,000 sites on ≤ 1 core, RSS ≤ 1.5 GiB; T2 ≤ 60 s, 0 false offline; T3 p99 ≤ 30 s, 0 false at 1 % loss; "+
-			"T10 p99 ≤ 50 ms at 2,000 req/s.",
-		[]string{"date (UTC)", "commit", "machine", "command", "sites / sim procs / db", "held: central CPU / RSS (db CPU)",
-			"API reads", "flavor p50 / p99", "offline p50 / p99 (false @ loss)", "restart: resynced in (false offline)", "verdict"},
+	return recordRow(a, out, fleetHeading, fleetIntro, fleetHeader,
 		[]string{fmt.Sprintf("%d / %d / %s", r.Sites, r.Processes, r.Engine),
 			fmt.Sprintf("%d: %.2f cores / %.0f MiB (%.2f)", r.HeldOnline, r.CPU, r.RSSMiB, r.DBCPU), apiCol,
 			ms(r.FlavorP50) + " / " + ms(r.FlavorP99),
@@ -160,3 +152,23 @@ func (a *app) benchSitesimCmd() *cobra.Command {
 	c.Flags().StringVar(&cfgFile, "config", "", "simulator configuration (JSON, written by bench fleet)")
 	return c
 }
+
+// The fleet benchmark's section of docs/benchmarks.md.
+const fleetHeading = "T1–T3, T10 — a fleet at one central"
+
+var (
+	fleetIntro = "`petrel bench fleet`: a real central (`petrel central`, its own process, on a throwaway PostgreSQL 15 cluster " +
+		"with durable commits) and simulator processes (`petrel bench sitesim`, ≤ 5,000 sites each) whose sites speak " +
+		"the real dial-home protocol from their own 127.x addresses with their own certificates: an update every 5 s, " +
+		"alarm churn of one raise/clear a minute per site (a summary delta and an event record each), every update frame " +
+		"lost with probability `--loss`. All sites are managed, so central's sync engine audits each over the relay. " +
+		"*held*: central's CPU (core-seconds per second, /proc/PID/stat) and RSS over the hold window; PostgreSQL's " +
+		"processes apart. *API*: half `GET /v1/subclouds/{name}`, half `GET /v1/subclouds?limit=50`, open loop, " +
+		"while holding. *flavor*: created at central until each site's create arrived. *offline*: sites black-holed " +
+		"(no FIN) until central raised 280.001; *false offline*: 280.001 for sites never cut. *restart*: SIGTERM and " +
+		"start central; until every site was welcomed again and listed online; false offline after it. Targets: " +
+		"T1 10,000 sites on ≤ 1 core, RSS ≤ 1.5 GiB; T2 ≤ 60 s, 0 false offline; T3 p99 ≤ 30 s, 0 false at 1 % loss; " +
+		"T10 p99 ≤ 50 ms at 2,000 req/s."
+	fleetHeader = []string{"date (UTC)", "commit", "machine", "command", "sites / sim procs / db", "held: central CPU / RSS (db CPU)",
+		"API reads", "flavor p50 / p99", "offline p50 / p99 (false @ loss)", "restart: resynced in (false offline)", "verdict"}
+)

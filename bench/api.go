@@ -294,3 +294,12 @@ func procCPU(pid int) time.Duration {
 
 // procRSSMB returns a process's resident set in MiB.
 func procRSSMB(pid int) float64 { return procStatusMiB(pid, "VmRSS:") }
+
+// Latencies are the sorted latencies of the calls.
+func (r *loadResult) Latencies() []time.Duration { return r.lat }
+
+// Errors is how many calls failed.
+func (r *loadResult) Errors() int { return r.errors }
+
+// Achieved is the completed calls per second.
+func (r *loadResult) Achieved() float64 { return float64(r.done) / r.span.Seconds() }

@@ -24,6 +24,35 @@ import (
 type links struct {
 	mu       sync.Mutex
 	sessions map[string]*yamux.Session
+
+	admitOnce sync.Once
+	admitCh   chan struct{}
+}
+
+// Admission control: a reconnect storm (every site after a central
+// restart) is taken maxAdmitting links at a time, from the TLS handshake
+// to the link's registration; the rest wait up to admitWait, then are
+// closed and retry with their backoff. The API and established links keep
+// their share of CPU and database connections meanwhile.
+const (
+	maxAdmitting = 64
+	admitWait    = 10 * time.Second
+)
+
+// admit takes an admission slot; release gives it back (once).
+func (l *links) admit(ctx context.Context) (release func(), err error) {
+	l.admitOnce.Do(func() { l.admitCh = make(chan struct{}, maxAdmitting) })
+	t := time.NewTimer(admitWait)
+	defer t.Stop()
+	select {
+	case l.admitCh <- struct{}{}:
+		var once sync.Once
+		return func() { once.Do(func() { <-l.admitCh }) }, nil
+	case <-ctx.Done():
+		return nil, ctx.Err()
+	case <-t.C:
+		return nil, errors.New("central: too many links being admitted; the site retries")
+	}
 }
 
 func (l *links) get(site string) *yamux.Session {
@@ -106,9 +135,14 @@ var ErrSiteIdentity = errors.New("central: site identity refused")
 // (witness.go).
 func (c *Central) serveLink(ctx context.Context, conn net.Conn) error {
 	defer conn.Close()
+	release, err := c.links.admit(ctx)
+	if err != nil {
+		return err
+	}
+	defer release()
 	tc := conn.(*tls.Conn)
 	hctx, cancel := context.WithTimeout(ctx, 10*time.Second)
-	err := tc.HandshakeContext(hctx)
+	err = tc.HandshakeContext(hctx)
 	cancel()
 	if err != nil {
 		return fmt.Errorf("handshake: %w", err)
@@ -131,6 +165,7 @@ func (c *Central) serveLink(ctx context.Context, conn net.Conn) error {
 	hello, err := linkproto.Read(ctl)
 	if err == nil && hello.Type == linkproto.TypeWitnessHello {
 		// A duplex controller's witness session: never the site's link.
+		release()
 		return c.serveWitness(ctx, sess, ctl, site, chain, hello)
 	}
 	if err != nil || hello.Type != linkproto.TypeHello {
@@ -177,6 +212,7 @@ func (c *Central) serveLink(ctx context.Context, conn net.Conn) error {
 	defer func() { blobs.Close(); <-blobsDone }()
 	c.log.Info("site connected", "site", site, "protocol", proto, "remote", conn.RemoteAddr().String())
 	c.seen(ctx, site, nil)
+	release() // admitted: the link is registered and recorded online
 
 	// The site's event records are applied off the read loop, so a long
 	// backlog never delays the updates that keep the site online.

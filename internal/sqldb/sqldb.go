@@ -43,6 +43,9 @@ func KindOf(dsn string) Kind {
 	return SQLite
 }
 
+// PostgresPool bounds the connections a process opens to PostgreSQL.
+const PostgresPool = 32
+
 // Open opens the store named by dsn (a SQLite file path, or a PostgreSQL DSN)
 // and verifies its durability settings.
 func Open(ctx context.Context, dsn string) (*DB, error) {
@@ -70,11 +73,17 @@ func Open(ctx context.Context, dsn string) (*DB, error) {
 		return nil, fmt.Errorf("sqldb: open %s: %w", kind, err)
 	}
 	db := &DB{DB: g, Kind: kind}
+	sqlDB, _ := g.DB()
 	if kind == SQLite {
 		// One writer at a time is SQLite's model; a small pool keeps readers
 		// concurrent (WAL) without piling up lock waits.
-		sqlDB, _ := g.DB()
 		sqlDB.SetMaxOpenConns(8)
+	} else {
+		// A bounded pool, kept open: a burst (thousands of sites
+		// reconnecting at once) queues here instead of forking a server
+		// process per caller and running into max_connections.
+		sqlDB.SetMaxOpenConns(PostgresPool)
+		sqlDB.SetMaxIdleConns(PostgresPool)
 	}
 	if err := db.CheckDurability(ctx); err != nil {
 		db.Close()

@@ -60,6 +60,7 @@ func (c *Central) createSubcloud(r *http.Request) (int, any, error) {
 	}
 	c.tracker.Add(sc.Name)
 	c.stream.Publish("subcloud", sc)
+	c.sync.registryChanged()
 	return http.StatusCreated, sc, nil
 }
 
@@ -223,6 +224,7 @@ func (c *Central) updateSubcloud(r *http.Request) (int, any, error) {
 		return 0, nil, groupField(err)
 	}
 	c.stream.Publish("subcloud", sc)
+	c.sync.registryChanged()
 	return http.StatusOK, sc, nil
 }
 
@@ -252,6 +254,7 @@ func (c *Central) subcloudAction(r *http.Request) (int, any, error) {
 		return 0, nil, err
 	}
 	c.stream.Publish("subcloud", sc)
+	c.sync.registryChanged()
 	return http.StatusOK, sc, nil
 }
 

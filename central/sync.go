@@ -10,6 +10,7 @@ import (
 	"sort"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"github.com/petrel-edge/petrel/faultmgr"
@@ -81,7 +82,7 @@ type SyncConfig struct {
 	RetryMax    time.Duration // longest backoff after a failed pass (30 s)
 	BatchLimit  int           // records read per store query (500)
 	Now         func() time.Time
-	SiteRefresh time.Duration // how often the registry is re-read (2 s)
+	SiteRefresh time.Duration // how often the registry is re-read (10 s; at once after registryChanged)
 	Recheck     time.Duration // audit period while records are pending (2 s)
 }
 
@@ -98,7 +99,7 @@ func (c *SyncConfig) defaults() {
 	set(&c.MinAlarm, 60*time.Second)
 	set(&c.Tick, 500*time.Millisecond)
 	set(&c.RetryMax, 30*time.Second)
-	set(&c.SiteRefresh, 2*time.Second)
+	set(&c.SiteRefresh, 10*time.Second)
 	set(&c.Recheck, 2*time.Second)
 	if c.Parallel <= 0 {
 		c.Parallel = 64
@@ -152,7 +153,8 @@ type syncEngine struct {
 	log     *slog.Logger
 	publish func(typ string, v any)
 
-	wake chan struct{}
+	wake   chan struct{}
+	reread atomic.Bool // the registry changed: read it at the next round
 
 	mu    sync.Mutex
 	state map[string]*siteSync
@@ -177,6 +179,13 @@ func (e *syncEngine) changed() {
 	}
 }
 
+// registryChanged makes the next round read the registry (a subcloud was
+// added, managed, unmanaged or deleted) and wakes the engine.
+func (e *syncEngine) registryChanged() {
+	e.reread.Store(true)
+	e.changed()
+}
+
 // linkUp schedules an audit of site: its link (re)connected, and what
 // happened while it was away is unknown.
 func (e *syncEngine) linkUp(site string) {
@@ -193,6 +202,7 @@ func (e *syncEngine) forget(ctx context.Context, site string) {
 	e.mu.Lock()
 	delete(e.state, site)
 	e.mu.Unlock()
+	e.registryChanged()
 	if err := e.store.DeleteSiteSyncStates(ctx, site); err != nil {
 		e.log.Error("dropping a deleted subcloud's sync state failed", "site", site, "err", err)
 	}
@@ -211,7 +221,7 @@ func (e *syncEngine) Run(ctx context.Context) error {
 	var lastRefresh time.Time
 	for {
 		now := e.cfg.Now()
-		if now.Sub(lastRefresh) >= e.cfg.SiteRefresh {
+		if now.Sub(lastRefresh) >= e.cfg.SiteRefresh || e.reread.Swap(false) {
 			if err := e.refreshSites(ctx); err != nil {
 				e.log.Warn("sync: reading the registry failed", "err", err)
 			} else {
@@ -428,7 +438,14 @@ func (e *syncEngine) passResource(ctx context.Context, s *siteSync, site syncSit
 		e.mu.Unlock()
 		return err
 	}
-	if forceAudit || !audited || now.Sub(auditAt) >= e.cfg.AuditEvery {
+	audit := forceAudit || !audited || now.Sub(auditAt) >= e.cfg.AuditEvery
+	e.mu.Lock()
+	current := acked >= e.heads[name]
+	e.mu.Unlock()
+	if !audit && current {
+		return nil // nothing newer: no query
+	}
+	if audit {
 		desired, head, err := e.store.Since(ctx, name, 0, 0)
 		if err != nil {
 			return setErr(err)
@@ -508,7 +525,10 @@ func (e *syncEngine) passResource(ctx context.Context, s *siteSync, site syncSit
 		}
 		if len(recs) < e.cfg.BatchLimit {
 			e.mu.Lock()
-			r.acked, r.lastErr, r.dirty = max(r.acked, head), "", true
+			if head > r.acked {
+				r.acked, r.dirty = head, true
+			}
+			r.lastErr = ""
 			e.mu.Unlock()
 			return nil
 		}

@@ -218,9 +218,10 @@ func (e *syncEngine) Run(ctx context.Context) error {
 	var wg sync.WaitGroup
 	defer wg.Wait()
 	sem := make(chan struct{}, e.cfg.Parallel)
-	var lastRefresh time.Time
+	var lastRefresh, lastSweep, lastRound time.Time
 	for {
 		now := e.cfg.Now()
+		lastRound = now
 		if now.Sub(lastRefresh) >= e.cfg.SiteRefresh || e.reread.Swap(false) {
 			if err := e.refreshSites(ctx); err != nil {
 				e.log.Warn("sync: reading the registry failed", "err", err)
@@ -242,18 +243,36 @@ func (e *syncEngine) Run(ctx context.Context) error {
 				defer wg.Done()
 				defer func() { <-sem }()
 				e.pass(ctx, s)
-				e.changed() // sweep at once: the pass may have caught up
+				e.changed() // the next round dispatches more work
 			}()
 		}
-		e.sweep(ctx, e.cfg.Now())
+		// The sweep looks at every site: once per tick, not per pass
+		// (thousands of passes end per second in a reconnect storm).
+		if now.Sub(lastSweep) >= e.cfg.Tick {
+			e.sweep(ctx, now)
+			lastSweep = now
+		}
 		select {
 		case <-ctx.Done():
 			return nil
 		case <-tick.C:
 		case <-e.wake:
+			// Rounds triggered by wakes are coalesced: at most one
+			// every roundGap.
+			if d := roundGap - e.cfg.Now().Sub(lastRound); d > 0 {
+				select {
+				case <-ctx.Done():
+					return nil
+				case <-time.After(d):
+				}
+			}
 		}
 	}
 }
+
+// roundGap is the least time between two rounds of the engine's loop
+// started by wakes (a change at central, a pass that ended).
+const roundGap = 50 * time.Millisecond
 
 // load reads the persisted state: cursors, statuses, alarms.
 func (e *syncEngine) load(ctx context.Context) error {

@@ -41,8 +41,14 @@ type fleet struct {
 
 func startCentral(t *testing.T) fleet {
 	t.Helper()
+	return startCentralEvery(t, interval)
+}
+
+// startCentralEvery is startCentral with sites' update interval every.
+func startCentralEvery(t *testing.T, every time.Duration) fleet {
+	t.Helper()
 	shell := servertest.Shell(t)
-	c, err := central.New(context.Background(), central.Config{Shell: shell, SiteListen: "127.0.0.1:0", UpdateInterval: interval})
+	c, err := central.New(context.Background(), central.Config{Shell: shell, SiteListen: "127.0.0.1:0", UpdateInterval: every})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -409,12 +415,16 @@ func (c *cutter) cut() {
 // TestReconnectResyncsBySequence: when a link drops and nothing changed at
 // the site, the reconnect carries no summary (central already holds it).
 func TestReconnectResyncsBySequence(t *testing.T) {
-	f := startCentral(t)
+	// Intervals of 500 ms: a loaded machine (CI) can starve a site for
+	// 3 × 100 ms, and a site central marked offline rightly resends its
+	// summary, which is not what this test is about.
+	const every = 500 * time.Millisecond
+	f := startCentralEvery(t, every)
 	cert, key := f.siteFiles(t, "site-a")
 	proxy := newCutter(t, f.c.SiteAddr().String())
 	s, err := subcloud.New(context.Background(), subcloud.Config{Site: "site-a", Shape: inventory.Simplex, Shell: servertest.Shell(t),
 		Central: &subcloud.HomeConfig{Addr: proxy.ln.Addr().String(), CACert: f.c.Shell().CACert, CertFile: cert, KeyFile: key,
-			PublicKeyFile: filepath.Join(f.dir, central.RelayPublicKey), Interval: interval}})
+			PublicKeyFile: filepath.Join(f.dir, central.RelayPublicKey), Interval: every}})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -440,7 +450,7 @@ func TestReconnectResyncsBySequence(t *testing.T) {
 	waitLink(true)
 	// Let a few update intervals pass on the new link.
 	acked := s.Link().LastAcked
-	deadline := time.Now().Add(5 * time.Second)
+	deadline := time.Now().Add(15 * time.Second)
 	for s.Link().LastAcked < acked+3 && time.Now().Before(deadline) {
 		time.Sleep(10 * time.Millisecond) // polling with a deadline
 	}

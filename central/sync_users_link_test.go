@@ -3,7 +3,6 @@ package central_test
 import (
 	"bytes"
 	"context"
-	"fmt"
 	"io"
 	"log/slog"
 	"net/http"
@@ -90,11 +89,29 @@ func TestSyncUsersToRealSites(t *testing.T) {
 		}
 		return sc.Sync["users"]
 	}
+	// Wait on the site's store, never by trying logins: failed logins
+	// would trip the site's lockout.
+	hashAt := func(s *subcloud.Subcloud, user string) string {
+		us, err := s.Shell().AuthStore.SyncedUsers(ctx)
+		if err != nil {
+			t.Fatal(err)
+		}
+		for _, u := range us {
+			if u.Name == user {
+				return auth.HashDigest(u.PasswordHash)
+			}
+		}
+		return ""
+	}
+	first := map[string]string{}
 	for name, s := range sites {
-		waitFor(t, name+": ops1 logs in at the site", func() (bool, string) {
-			err := siteLogin(t, s, "ops1", pw1)
-			return err == nil, fmt.Sprint(err)
+		waitFor(t, name+": ops1 synced", func() (bool, string) {
+			first[name] = hashAt(s, "ops1")
+			return first[name] != "", "not yet"
 		})
+		if err := siteLogin(t, s, "ops1", pw1); err != nil {
+			t.Errorf("%s: ops1 logs in with central's password: %v", name, err)
+		}
 	}
 	// The site's own "clash" keeps its password; site-b reports the clash.
 	if err := siteLogin(t, sites["site-b"], "clash", "site-b-own-password"); err != nil {
@@ -118,10 +135,13 @@ func TestSyncUsersToRealSites(t *testing.T) {
 	if err := f.admin.Do(ctx, http.MethodPut, "/v1/users/ops1/password", nil, auth.PasswordRequest{Password: pw2}, nil); err != nil {
 		t.Fatal(err)
 	}
-	waitFor(t, "new password at site-a", func() (bool, string) {
-		err := siteLogin(t, sites["site-a"], "ops1", pw2)
-		return err == nil, fmt.Sprint(err)
+	waitFor(t, "the new password's hash at site-a", func() (bool, string) {
+		h := hashAt(sites["site-a"], "ops1")
+		return h != "" && h != first["site-a"], "unchanged"
 	})
+	if err := siteLogin(t, sites["site-a"], "ops1", pw2); err != nil {
+		t.Errorf("the new password at site-a: %v", err)
+	}
 	if err := siteLogin(t, sites["site-a"], "ops1", pw1); err == nil {
 		t.Error("the old password still works at site-a")
 	}
@@ -130,9 +150,11 @@ func TestSyncUsersToRealSites(t *testing.T) {
 		t.Fatal(err)
 	}
 	waitFor(t, "ops1 gone at site-a", func() (bool, string) {
-		err := siteLogin(t, sites["site-a"], "ops1", pw2)
-		return err != nil, "still logs in"
+		return hashAt(sites["site-a"], "ops1") == "", "still there"
 	})
+	if err := siteLogin(t, sites["site-a"], "ops1", pw2); err == nil {
+		t.Error("a deleted user still logs in at site-a")
+	}
 	// The site-only sync routes refuse a direct caller, even an admin.
 	sa := servertest.Client(t, sites["site-a"], servertest.AdminToken(t, sites["site-a"]))
 	if err := sa.Do(ctx, http.MethodGet, "/v1/sync/users", nil, nil, nil); err == nil {

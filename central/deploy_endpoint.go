@@ -173,8 +173,13 @@ func (c *Central) joinSubcloud(r *http.Request) (int, any, error) {
 	if err != nil {
 		return 0, nil, err
 	}
-	if _, err := c.Subclouds.Subcloud(r.Context(), req.Name); err != nil {
+	sc, err := c.Subclouds.Subcloud(r.Context(), req.Name)
+	if err != nil {
 		return 0, nil, err
+	}
+	if t.CreatedAt.Before(sc.CreatedAt) {
+		// Made for an earlier subcloud of that name, since deleted.
+		return 0, nil, ErrJoinTokenInvalid
 	}
 	certPEM, serial, err := c.fleet.SignClientCSR([]byte(req.CSR), req.Name, "site", siteCertTTL)
 	if err != nil {
@@ -201,7 +206,7 @@ func (c *Central) joinSubcloud(r *http.Request) (int, any, error) {
 	if !ok {
 		return 0, nil, fmt.Errorf("%w: it was used or expired just now; make a new one ('petrel subcloud join-token %s')", ErrJoinTokenUsed, req.Name)
 	}
-	sc, err := c.Subclouds.UpdateSubcloud(r.Context(), req.Name, func(sc *Subcloud) error {
+	sc, err = c.Subclouds.UpdateSubcloud(r.Context(), req.Name, func(sc *Subcloud) error {
 		sc.Certificate = &detail
 		return nil
 	})

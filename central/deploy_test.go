@@ -332,6 +332,11 @@ func TestSubcloudJoinToken(t *testing.T) {
 			t.Fatal(err)
 		}
 	}
+	// Tokens made before a subcloud was (re)registered do not admit it.
+	clock.Lock()
+	now = time.Now().UTC()
+	clock.t = now
+	clock.Unlock()
 	token := func(name string, ttl int) string {
 		var it central.IssuedJoinToken
 		if err := e.api.Do(ctx, http.MethodPost, "/v1/subclouds/"+name+"/join-tokens", nil, central.JoinTokenRequest{TTLSeconds: int64(ttl)}, &it); err != nil {
@@ -394,4 +399,17 @@ func TestSubcloudJoinToken(t *testing.T) {
 	if cert("edge-2") != nil {
 		t.Error("edge-2 has a certificate; want none")
 	}
+	// A token of a deleted subcloud does not admit a new one of its name.
+	clock.Lock()
+	clock.t = time.Now().UTC()
+	clock.Unlock()
+	old := token("edge-2", 3600)
+	if err := e.api.Do(ctx, http.MethodDelete, "/v1/subclouds/edge-2", nil, nil, nil); err != nil {
+		t.Fatal(err)
+	}
+	time.Sleep(10 * time.Millisecond)
+	if err := e.api.Do(ctx, http.MethodPost, "/v1/subclouds", nil, map[string]string{"name": "edge-2", "shape": "simplex"}, nil); err != nil {
+		t.Fatal(err)
+	}
+	refused("join a re-registered edge-2 with the old edge-2's token", join("edge-2", old), "join token not valid")
 }

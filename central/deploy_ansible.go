@@ -107,8 +107,10 @@ type playbookParser struct {
 }
 
 var (
-	taskLine  = regexp.MustCompile(`^TASK \[(.*)\] \*+`)
-	fatalLine = regexp.MustCompile(`^(?:fatal|failed): \[([^\]]+)\]: (FAILED|UNREACHABLE)! => (.*)$`)
+	taskLine = regexp.MustCompile(`^TASK \[(.*)\] \*+`)
+	// "fatal: [h]: FAILED! => {…}", "fatal: [h]: UNREACHABLE! => {…}", and
+	// in a loop "failed: [h] (item=x) => {…}".
+	fatalLine = regexp.MustCompile(`^(?:fatal|failed): \[([^\]]+)\](?: \(item=.*?\))?(?:: (FAILED|UNREACHABLE)!)? => (.*)$`)
 )
 
 func (p *playbookParser) read(r io.Reader) {

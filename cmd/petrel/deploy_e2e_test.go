@@ -142,7 +142,7 @@ func TestSubcloudDeployFromCentral(t *testing.T) {
 	bad := filepath.Join(t.TempDir(), "bad.yml")
 	os.WriteFile(bad, []byte(strings.Replace(string(b), "software_root: "+m.SoftwareRoot, "software_root: /proc/petrel-cannot", 1)), 0o600)
 	start := time.Now()
-	_, errOut, code := c.run("", "subcloud", "deploy", "m2", "--options", bad, "--wait", "3m")
+	_, errOut, code := c.run("", "subcloud", "deploy", "m2", "--options", bad, "--wait", "8m")
 	if code == 0 || !strings.Contains(errOut, "failed") {
 		t.Fatalf("deploy with an unwritable software root: exit %d\n%s", code, errOut)
 	}
@@ -159,7 +159,7 @@ func TestSubcloudDeployFromCentral(t *testing.T) {
 	t.Logf("failed bootstrap took %s", time.Since(start).Round(time.Millisecond))
 
 	start = time.Now()
-	c.ok("subcloud", "deploy", "resume", "m2", "--options", good, "--wait", "4m")
+	c.ok("subcloud", "deploy", "resume", "m2", "--options", good, "--wait", "8m")
 	t.Logf("resumed deploy took %s", time.Since(start).Round(time.Millisecond))
 	var d central.Deploy
 	json.Unmarshal([]byte(c.ok("subcloud", "deploy", "show", "m2", "-o", "json")), &d)

@@ -57,7 +57,7 @@ func ansible(t *testing.T, m lab.MachineEntry, values string) (changed int, out 
 	t.Helper()
 	playbook, _ := filepath.Abs("../../deploy/ansible/bootstrap.yml")
 	cmd := exec.Command("ansible-playbook", "-i", filepath.Join(m.Dir, lab.MachineInventory), playbook, "-e", "@"+values)
-	cmd.Env = append(os.Environ(), "ANSIBLE_NOCOLOR=1", "HOME="+t.TempDir())
+	cmd.Env = append(os.Environ(), "ANSIBLE_NOCOLOR=1", "HOME="+t.TempDir(), "ANSIBLE_CONFIG="+filepath.Join(filepath.Dir(playbook), "ansible.cfg"))
 	b, err := cmd.CombinedOutput()
 	out = string(b)
 	rc := recap.FindStringSubmatch(out)

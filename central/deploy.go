@@ -272,7 +272,9 @@ func (e *deployEngine) Start(ctx context.Context, name string, opts DeployOption
 	if err := e.checkOptions(opts); err != nil {
 		return Deploy{}, err
 	}
-	if old, err := e.store.deploy(ctx, name); err == nil {
+	if old, err := e.store.deploy(ctx, name); err == nil && !old.StartedAt.Before(sc.CreatedAt) {
+		// (A deploy older than the registration was an earlier subcloud's
+		// of that name, since deleted: it is replaced.)
 		switch old.State {
 		case DeployRunning:
 			return Deploy{}, fmt.Errorf("%w: subcloud %s is in phase %s", ErrDeployConflict, name, old.Phase)
@@ -280,7 +282,7 @@ func (e *deployEngine) Start(ctx context.Context, name string, opts DeployOption
 			return Deploy{}, fmt.Errorf("%w: the deploy of %s stopped in phase %s; resume it ('petrel subcloud deploy resume %s')",
 				ErrDeployConflict, name, old.Phase, name)
 		}
-	} else if !errors.Is(err, ErrDeployNotFound) {
+	} else if err != nil && !errors.Is(err, ErrDeployNotFound) {
 		return Deploy{}, err
 	}
 	if sc.DeployStatus != DeployNotDeployed {

@@ -413,3 +413,30 @@ func TestSubcloudJoinToken(t *testing.T) {
 	}
 	refused("join a re-registered edge-2 with the old edge-2's token", join("edge-2", old), "join token not valid")
 }
+
+// A failed deploy of a deleted subcloud does not hold up the deploy of a
+// new subcloud of that name.
+func TestDeployOfAReRegisteredSubcloud(t *testing.T) {
+	e := newDeployEnv(t)
+	ctx := context.Background()
+	e.runner.set(func(f *fakeRunner) { f.fail[central.PhaseBootstrap] = []string{"common : Create the software root"} })
+	if err := e.api.Do(ctx, http.MethodPost, "/v1/subclouds/edge-1/deploy", nil, opts, nil); err != nil {
+		t.Fatal(err)
+	}
+	e.waitDeploy(t, "failed", func(d central.Deploy) bool { return d.State == central.DeployFailed })
+	if err := e.api.Do(ctx, http.MethodDelete, "/v1/subclouds/edge-1", nil, nil, nil); err != nil {
+		t.Fatal(err)
+	}
+	time.Sleep(10 * time.Millisecond)
+	if err := e.api.Do(ctx, http.MethodPost, "/v1/subclouds", nil, central.CreateSubcloudRequest{
+		Name: "edge-1", BootstrapAddress: "127.0.0.5", BootstrapValues: deployValues}, nil); err != nil {
+		t.Fatal(err)
+	}
+	if err := e.api.Do(ctx, http.MethodPost, "/v1/subclouds/edge-1/deploy", nil, opts, nil); err != nil {
+		t.Fatalf("deploying the re-registered edge-1 = %v; want accepted", err)
+	}
+	d := e.waitDeploy(t, "complete", func(d central.Deploy) bool { return d.State == central.DeployFinished })
+	if got, want := results(d), "create:ok bootstrap:ok config:ok"; got != want {
+		t.Errorf("runs = %s; want %s", got, want)
+	}
+}

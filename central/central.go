@@ -80,6 +80,8 @@ type Config struct {
 	// BlobStreams bounds the image byte streams served to sites at once,
 	// fleet-wide (one per site in any case); zero: DefaultBlobStreams.
 	BlobStreams int
+	// Deploy configures the deploy engine (deploy.go); zero fields: defaults.
+	Deploy DeployConfig
 }
 
 // DefaultRestartGrace covers a site's longest reconnect backoff (30 s) with margin.
@@ -108,6 +110,7 @@ type Central struct {
 	flavorMu sync.Mutex  // orders flavor writes (names are unique)
 	images   *centralImages
 	blobs    *blobServer // sites fetch synced images' bytes over their links
+	deploys  *deployEngine
 
 	wmu    sync.Mutex
 	ingest *faultdb.Ingest // sites' records, combined into transactions
@@ -176,6 +179,10 @@ func New(ctx context.Context, cfg Config) (*Central, error) {
 		return nil, err
 	}
 	c.blobs = newBlobServer(c, cfg.BlobStreams, shell.Registry)
+	if c.deploys, err = openDeploys(ctx, c, cfg); err != nil {
+		shell.Close()
+		return nil, err
+	}
 	if cfg.SiteListen != "" {
 		fleet, err := pki.LoadOrCreateCA(filepath.Join(cfg.Shell.DataDir, FleetCADir), "Petrel fleet CA")
 		if err != nil {
@@ -280,6 +287,7 @@ func (c *Central) SiteAddr() net.Addr {
 func (c *Central) Run(ctx context.Context) error {
 	g, ctx := errgroup.WithContext(ctx)
 	g.Go(func() error { return c.shell.Run(ctx) })
+	g.Go(func() error { return c.deploys.Run(ctx) })
 	if c.siteLn != nil {
 		c.witness.begin(time.Now())
 		g.Go(func() error { return c.serveLinks(ctx) })
@@ -329,6 +337,7 @@ func (c *Central) register(srv *rest.Server, a *auth.Service) {
 	srv.HandleHTTP("stream", http.MethodGet, "/v1/stream", a.Require(auth.Reader), c.serveStream())
 	srv.Handle("issueSiteCertificate", http.MethodPost, "/v1/subclouds/{name}/certificate", a.Require(auth.Admin), c.issueSiteCertificate)
 	c.registerLifecycle(srv, a)
+	c.registerDeploy(srv, a)
 	c.registerFlavors(srv, a)
 	c.registerImages(srv, a)
 	relay := c.relay()

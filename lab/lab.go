@@ -105,6 +105,9 @@ type File struct {
 	Central      CentralEntry `json:"central"`
 	PatchSigning PatchSigning `json:"patch_signing"`
 	Sites        []SiteEntry  `json:"sites"`
+	// Machines are bare machines (lab add-machine --bare), not yet sites
+	// of the lab's own making.
+	Machines []MachineEntry `json:"machines,omitempty"`
 }
 
 // CentralEntry is lab.json's central.
@@ -844,7 +847,7 @@ func Down(ctx context.Context, dir string) error {
 			_ = os.RemoveAll(sock)
 		}
 	}
-	for _, sub := range []string{"central", "central-ha", "sites", "hosts", "ca", "ca-etcd", "logs", "fabric.yaml", WANFaultsFile, fileName, stateDir} {
+	for _, sub := range []string{"central", "central-ha", "sites", "hosts", "machines", "ca", "ca-etcd", "logs", "fabric.yaml", WANFaultsFile, fileName, stateDir} {
 		if err := os.RemoveAll(filepath.Join(dir, sub)); err != nil {
 			return err
 		}

@@ -69,6 +69,11 @@ install() {
   command -v tini >/dev/null || norec+=(tini)
   # The OpenStack-compatible API's black-box test drives the real CLI.
   command -v openstack >/dev/null || norec+=(python3-openstackclient)
+  # Site bring-up (deploy/ansible, docs/deploy.md): Ansible runs the
+  # playbooks against bare lab machines, whose OS is an sshd.
+  command -v ansible-playbook >/dev/null || norec+=(ansible-core)
+  command -v ansible-lint >/dev/null || missing+=(ansible-lint)
+  [ -x /usr/sbin/sshd ] || norec+=(openssh-server)
   if [ $((${#missing[@]} + ${#norec[@]})) -gt 0 ]; then
     if [ "$(id -u)" != 0 ]; then
       echo "scripts/test.sh: missing Debian packages: ${missing[*]} ${norec[*]} (run as root to install them)" >&2
@@ -100,6 +105,8 @@ build() {
   go build ./...
   go vet ./...
   staticcheck ./...
+  # The deploy playbooks (ansible-lint's production profile).
+  (cd deploy/ansible && ANSIBLE_NOCOLOR=1 ansible-lint --nocolor -p -q bootstrap.yml roles)
 }
 
 PKGS_UNIT=$(go list ./... | grep -v '/cmd/petrel$')

@@ -168,6 +168,37 @@ func (a *app) labCmd() *cobra.Command {
 			return nil
 		},
 	}
+	var bare bool
+	addMachine := &cobra.Command{
+		Use:   "add-machine NAME --bare",
+		Short: "Add a bare machine (nothing installed; an sshd for Ansible), registered at central as subcloud NAME",
+		Long: "Add a bare machine to the lab: a host namespace, cgroup, empty software root and chassis whose OS is an\n" +
+			"sshd (key-based root login only), reached from this machine through a forwarder on 127.0.0.0/8. It writes\n" +
+			"DIR/machines/NAME/{inventory.ini,values.yml,secrets.yml,deploy.yml} and registers subcloud NAME at central,\n" +
+			"so that either of these brings it up as a new site (docs/deploy.md):\n" +
+			"  ansible-playbook -i DIR/machines/NAME/inventory.ini deploy/ansible/bootstrap.yml -e @DIR/machines/NAME/values.yml\n" +
+			"  petrel subcloud deploy NAME --options DIR/machines/NAME/deploy.yml --wait 5m",
+		Args: exactArgs(1, "NAME"),
+		RunE: func(cmd *cobra.Command, args []string) error {
+			if !bare {
+				return usagef("add-machine makes bare machines only: give --bare")
+			}
+			m, err := lab.AddMachine(cmd.Context(), a.labDir(dir), args[0], "")
+			if err != nil {
+				return err
+			}
+			if a.output != "table" {
+				b, _ := json.Marshal(m)
+				return a.printRaw(b)
+			}
+			fmt.Fprintf(a.stdout, "Machine %s is up (ssh through %s); bring it up as a site with:\n"+
+				"  ansible-playbook -i %s/inventory.ini deploy/ansible/bootstrap.yml -e @%s/values.yml\n"+
+				"or from central:\n  petrel subcloud deploy %s --options %s/deploy.yml --wait 5m\n",
+				m.Name, m.SSH, m.Dir, m.Dir, m.Name, m.Dir)
+			return nil
+		},
+	}
+	addMachine.Flags().BoolVar(&bare, "bare", false, "nothing installed (the only kind so far)")
 	var faultNet, faultOneWay string
 	var faultPercent int
 	var faultDelay time.Duration
@@ -238,7 +269,7 @@ func (a *app) labCmd() *cobra.Command {
 		},
 	}
 	fabric.Flags().StringVar(&fabricCfg, "config", "", "fabric configuration")
-	c := group("lab", "Run a whole Petrel cloud on this machine", up, down, status, env, addHost, fault, fabric, a.labObserveCmd(&dir))
+	c := group("lab", "Run a whole Petrel cloud on this machine", up, down, status, env, addHost, addMachine, fault, fabric, a.labObserveCmd(&dir))
 	c.PersistentFlags().StringVar(&dir, "dir", "", "lab directory (env PETREL_LAB_DIR; default "+lab.DefaultDir+")")
 	return c
 }

@@ -4,12 +4,15 @@ import (
 	"context"
 	"fmt"
 	"os"
+	"strconv"
+	"strings"
 	"time"
 
 	"github.com/spf13/cobra"
 
 	"github.com/petrel-edge/petrel/agent/hostinit"
 	"github.com/petrel-edge/petrel/compute/libvirtd"
+	"github.com/petrel-edge/petrel/internal/atomicfile"
 	"github.com/petrel-edge/petrel/internal/coord"
 	"github.com/petrel-edge/petrel/internal/server"
 	"github.com/petrel-edge/petrel/lab/vbmc"
@@ -45,9 +48,9 @@ func (a *app) vbmcCmd() *cobra.Command {
 }
 
 func (a *app) hostInitCmd() *cobra.Command {
-	var cfgFile string
+	var cfgFile, pidFile string
 	c := &cobra.Command{
-		Use:   "host-init --config FILE",
+		Use:   "host-init --config FILE [--pid-file FILE]",
 		Short: "Supervise a host's services (the agent; the site controller on controllers)",
 		Args:  noArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error {
@@ -59,13 +62,29 @@ func (a *app) hostInitCmd() *cobra.Command {
 				return err
 			}
 			logger, _ := server.NewLogger(os.Stderr, "info")
+			if pidFile != "" {
+				// Where systemd does not run, deploy/ansible's control
+				// script (and a lab machine's chassis) find host-init by it.
+				if err := atomicfile.Write(pidFile, []byte(strconv.Itoa(os.Getpid())+"\n"), 0o644); err != nil {
+					return err
+				}
+				defer removePidFile(pidFile)
+			}
 			ctx, stop := daemonContext(cmd.Context())
 			defer stop()
 			return hostinit.Run(ctx, cfg, logger.With("daemon", "host-init", "site", cfg.Site, "host", cfg.Host))
 		},
 	}
 	c.Flags().StringVar(&cfgFile, "config", "", "configuration file (YAML)")
+	c.Flags().StringVar(&pidFile, "pid-file", "", "write the process id here while running")
 	return c
+}
+
+// removePidFile removes a pid file if it still names this process.
+func removePidFile(path string) {
+	if b, err := os.ReadFile(path); err == nil && strings.TrimSpace(string(b)) == strconv.Itoa(os.Getpid()) {
+		_ = os.Remove(path)
+	}
 }
 
 // libvirtdCmd runs a private libvirtd in the foreground (compute/libvirtd:

@@ -115,7 +115,7 @@ func (a *app) subcloudLifecycleCmds() []*cobra.Command {
 			return nil
 		},
 	}
-	return append(cmds, del)
+	return append(append(cmds, del), a.subcloudDeployCmds()...)
 }
 
 // jsonKey is the API field of a --flag-name.

@@ -53,6 +53,12 @@ type Config struct {
 	// MachineID is the host's machine id; the BMC reports a UUID and GUID
 	// derived from it (default: site/host).
 	MachineID string `json:"machine_id,omitempty"`
+	// OS are commands (absolute paths, not from the software root) the
+	// machine's operating system runs at every boot, in the host's
+	// namespace and cgroup, before the active slot's init: a bare lab
+	// machine's sshd (lab add-machine --bare). With OS set, a slot with
+	// nothing installed boots the OS alone.
+	OS [][]string `json:"os,omitempty"`
 }
 
 // Power states.
@@ -284,6 +290,22 @@ func (c *Chassis) boot(gen int) {
 	}
 	defer console.Close()
 	fmt.Fprintf(console, "--- %s boot from slot %s\n", time.Now().UTC().Format(time.RFC3339Nano), slot)
+	for _, argv := range c.cfg.OS {
+		osCmd := exec.Command(argv[0], argv[1:]...)
+		osCmd.Stdout, osCmd.Stderr = console, console
+		osCmd.Env = append(os.Environ(), "PETREL_LAB_HOST="+c.cfg.Site+"/"+c.cfg.Host)
+		if err := c.host.Start(osCmd); err != nil {
+			c.log.Error("boot: the OS failed", "cmd", argv[0], "err", err)
+			continue
+		}
+		go func() { _ = osCmd.Wait() }() // ends with the host's cgroup
+		c.log.Info("booted the OS", "cmd", argv[0], "pid", osCmd.Process.Pid)
+	}
+	if _, err := os.Stat(bin); err != nil && len(c.cfg.OS) > 0 {
+		fmt.Fprintf(console, "nothing installed in slot %s: the OS runs alone\n", slot)
+		c.log.Info("nothing installed; the OS runs alone", "slot", slot)
+		return
+	}
 	cmd := exec.Command(bin, c.cfg.Boot...)
 	cmd.Stdout, cmd.Stderr = console, console
 	cmd.Env = append(os.Environ(), "PETREL_LAB_HOST="+c.cfg.Site+"/"+c.cfg.Host)

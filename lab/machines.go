@@ -78,7 +78,7 @@ func AddMachine(ctx context.Context, dir, name, binary string) (MachineEntry, er
 		slices.ContainsFunc(f.Machines, func(m MachineEntry) bool { return m.Name == name }) {
 		return MachineEntry{}, fmt.Errorf("lab: %s is already a site or machine of the lab in %s", name, f.Dir)
 	}
-	for _, tool := range []string{sshdPath, "ssh-keygen", "ansible-playbook"} {
+	for _, tool := range []string{sshdPath, "ssh-keygen", "ansible-playbook", "unshare"} {
 		if _, err := exec.LookPath(tool); err != nil {
 			return MachineEntry{}, fmt.Errorf("lab: add-machine needs %s (Debian openssh-server, ansible-core): %w", tool, err)
 		}
@@ -109,7 +109,7 @@ func AddMachine(ctx context.Context, dir, name, binary string) (MachineEntry, er
 	}
 	p := pathsOf(f.Dir, name, hostName)
 	mdir := filepath.Join(f.Dir, "machines", name)
-	for _, d := range []string{p.rootDir(), filepath.Join(mdir, "os")} {
+	for _, d := range []string{p.rootDir(), filepath.Join(mdir, "os"), filepath.Join(mdir, "os", "root")} {
 		if err := os.MkdirAll(d, 0o700); err != nil {
 			return MachineEntry{}, err
 		}
@@ -129,7 +129,7 @@ func AddMachine(ctx context.Context, dir, name, binary string) (MachineEntry, er
 	if err := writeYAML(p.f("vbmc.yaml"), vbmc.Config{Prefix: prefix, Site: name, Host: hostName, SiteIndex: siteIdx,
 		HostIndex: 0, SoftwareRoot: p.rootDir(), Boot: []string{"host-init", "--config", p.f("host.yaml"), "--pid-file", p.f("run/host-init.pid")},
 		BootDelayMS: 200, Socket: p.f("vbmc.sock"), BMC: bcfg, SoftOffTimeoutMS: 5000,
-		OS: [][]string{{sshdPath, "-D", "-e", "-f", sshd}}}); err != nil {
+		OS: [][]string{machineOS(mdir, sshd)}}); err != nil {
 		return MachineEntry{}, err
 	}
 	if _, err := startProcess(f.Dir, binary, "vbmc-"+name+"-"+hostName, "vbmc", "--config", p.f("vbmc.yaml")); err != nil {
@@ -282,6 +282,19 @@ func prepareSSHD(ctx context.Context, mdir, site, host string, mgmt netip.Addr) 
 		return "", fmt.Errorf("lab: sshd -t: %w: %s", err, out)
 	}
 	return path, nil
+}
+
+// machineOS is the bare machine's "operating system": its sshd, in a
+// mount namespace of its own where /root is the machine's (DIR/machines/
+// NAME/os/root), not the build machine's. A root login on the build
+// machine may run anything from its ~/.bashrc (here: pyenv, a second per
+// command); a bare machine has none of it, and Ansible's remote temporary
+// files stay in the lab's directory. Everything started over SSH (the
+// deploy's host-init) inherits that namespace; it ends with the host.
+func machineOS(mdir, sshdConfig string) []string {
+	return []string{"unshare", "--mount", "--propagation", "private", "--",
+		"/bin/sh", "-c", `mount --bind "$0" /root && exec "$@"`, filepath.Join(mdir, "os", "root"),
+		sshdPath, "-D", "-e", "-f", sshdConfig}
 }
 
 // waitSSH waits until the sshd answers through the forwarder with its

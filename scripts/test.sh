@@ -130,7 +130,13 @@ conformance() {
 
 e2e() {
   # go test's default 10-minute timeout is shorter than this stage's budget.
-  gotest e2e -count=1 -timeout 25m -skip 'TestBrowser|TestFaultMatrix' ./cmd/petrel
+  gotest e2e -count=1 -timeout 25m -skip 'TestBrowser|TestFaultMatrix|TestAnsible|TestSubcloudDeployFromCentral' ./cmd/petrel
+}
+
+# Site bring-up (docs/deploy.md): deploy/ansible against bare lab machines,
+# by hand and from central's deploy engine.
+ansible_stage() {
+  gotest ansible -count=1 -timeout 15m -run 'TestAnsible|TestSubcloudDeployFromCentral' ./cmd/petrel
 }
 
 # The fault-matrix slot (ENGINEERING.md): seeded fault sequences against a
@@ -150,6 +156,7 @@ stage "store conformance" 120 conformance
 stage "end-to-end (CLI, lab)" 1200 e2e
 stage "fault matrix" 480 faultmatrix
 stage "browser tests" 240 browser
+stage "ansible" 300 ansible_stage
 
 echo
 echo "=== stage times"

@@ -3,8 +3,10 @@ package central_test
 import (
 	"context"
 	"errors"
+	"net"
 	"net/http"
 	"os"
+	"os/exec"
 	"path/filepath"
 	"strings"
 	"sync"
@@ -438,5 +440,67 @@ func TestDeployOfAReRegisteredSubcloud(t *testing.T) {
 	d := e.waitDeploy(t, "complete", func(d central.Deploy) bool { return d.State == central.DeployFinished })
 	if got, want := results(d), "create:ok bootstrap:ok config:ok"; got != want {
 		t.Errorf("runs = %s; want %s", got, want)
+	}
+}
+
+// A machine central cannot reach: the real ansible-playbook stops in the
+// first task that goes to the machine, the deploy is bootstrap-failed, and
+// the hint is about SSH, never a password or the token.
+func TestDeployToAnUnreachableMachine(t *testing.T) {
+	if _, err := exec.LookPath("ansible-playbook"); err != nil {
+		if os.Getenv("CI") == "true" {
+			t.Fatal("ansible-playbook is not installed (Debian ansible-core; scripts/test.sh installs it)")
+		}
+		t.Skip("ansible-playbook is not installed")
+	}
+	// A port nothing listens on.
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	port := ln.Addr().(*net.TCPAddr).Port
+	ln.Close()
+	key := filepath.Join(t.TempDir(), "deploy.key")
+	if err := os.WriteFile(key, []byte("not a key\n"), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	cfg := central.Config{Shell: servertest.Shell(t), SiteListen: "127.0.0.1:0",
+		Deploy: central.DeployConfig{Binary: "/usr/bin/true"}}
+	c, err := central.New(context.Background(), cfg)
+	if err != nil {
+		t.Fatal(err)
+	}
+	servertest.Start(t, c)
+	api := servertest.Client(t, c, servertest.AdminToken(t, c))
+	ctx := context.Background()
+	if err := api.Do(ctx, http.MethodPost, "/v1/subclouds", nil, central.CreateSubcloudRequest{
+		Name: "edge-1", BootstrapAddress: "127.0.0.1", BootstrapValues: deployValues}, nil); err != nil {
+		t.Fatal(err)
+	}
+	o := central.DeployOptions{SSHKeyFile: key, SSHPort: port, SSHKnownHostsFile: filepath.Join(t.TempDir(), "known_hosts"),
+		Values: map[string]any{"software_root": filepath.Join(t.TempDir(), "root"), "platform": "host", "central_site_address": "127.0.0.1:9443"}}
+	if err := os.WriteFile(o.SSHKnownHostsFile, nil, 0o600); err != nil {
+		t.Fatal(err)
+	}
+	if err := api.Do(ctx, http.MethodPost, "/v1/subclouds/edge-1/deploy", nil, o, nil); err != nil {
+		t.Fatal(err)
+	}
+	deadline := time.Now().Add(2 * time.Minute)
+	var d central.Deploy
+	for time.Now().Before(deadline) {
+		if err := api.Do(ctx, http.MethodGet, "/v1/subclouds/edge-1/deploy", nil, nil, &d); err == nil && d.State == central.DeployFailed {
+			break
+		}
+		time.Sleep(100 * time.Millisecond)
+	}
+	if d.State != central.DeployFailed || d.Phase != central.PhaseBootstrap || d.Failure == nil {
+		t.Fatalf("deploy = phase %s state %s failure %+v; want bootstrap failed", d.Phase, d.State, d.Failure)
+	}
+	if !strings.Contains(d.Failure.Hint, "cannot reach the machine over SSH") {
+		t.Errorf("failure = %+v; want the SSH hint", d.Failure)
+	}
+	var sc central.Subcloud
+	if err := api.Do(ctx, http.MethodGet, "/v1/subclouds/edge-1", nil, nil, &sc); err != nil || sc.DeployStatus != central.DeployBootstrapFailed {
+		t.Errorf("subcloud = %s (%v); want bootstrap-failed", sc.DeployStatus, err)
 	}
 }

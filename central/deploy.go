@@ -78,6 +78,11 @@ type DeployOptions struct {
 	// SSHKnownHostsFile pins the machine's host key; empty: the key seen
 	// first is recorded in the deploy's own known_hosts and then required.
 	SSHKnownHostsFile string `json:"ssh_known_hosts_file,omitempty"`
+	// BMCPassword is the password of the BMC the values name (bmc_*). It
+	// goes to the deploy's secrets file (0600) at once and is never stored
+	// with the deploy, shown or logged; a resume without it keeps the one
+	// given before.
+	BMCPassword string `json:"bmc_password,omitempty"`
 	// Values override the playbook values central derives (the keys of
 	// deploy/ansible/vars/schema.yml, except those central sets itself).
 	Values map[string]any `json:"values,omitempty"`
@@ -289,6 +294,9 @@ func (e *deployEngine) Start(ctx context.Context, name string, opts DeployOption
 		return Deploy{}, fmt.Errorf("%w: subcloud %s deploy status is %s; only a not-deployed subcloud starts a deploy",
 			ErrInvalidTransition, name, sc.DeployStatus)
 	}
+	if err := e.keepBMCPassword(name, &opts); err != nil {
+		return Deploy{}, err
+	}
 	now := e.cfg.Now()
 	d := Deploy{Subcloud: name, Phase: PhaseCreate, State: DeployRunning, Options: opts, StartedAt: now, UpdatedAt: now, Runs: []PhaseRun{}}
 	if err := e.store.putDeploy(ctx, d); err != nil {
@@ -311,6 +319,9 @@ func (e *deployEngine) Resume(ctx context.Context, name string, opts *DeployOpti
 	}
 	if opts != nil {
 		if err := e.checkOptions(*opts); err != nil {
+			return Deploy{}, err
+		}
+		if err := e.keepBMCPassword(name, opts); err != nil {
 			return Deploy{}, err
 		}
 		d.Options = *opts
@@ -383,6 +394,9 @@ func (e *deployEngine) checkOptions(o DeployOptions) error {
 	}
 	if o.SSHPort < 0 || o.SSHPort > 65535 {
 		return errs.Field("ssh_port", "must be in [1, 65535]")
+	}
+	if len(o.BMCPassword) > 256 || strings.ContainsAny(o.BMCPassword, "\r\n\x00") {
+		return errs.Field("bmc_password", "must be one line of at most 256 bytes")
 	}
 	for f, p := range map[string]string{"ssh_key_file": o.SSHKeyFile, "ssh_known_hosts_file": o.SSHKnownHostsFile} {
 		if f == "ssh_key_file" && p == "" {
@@ -587,7 +601,7 @@ func (e *deployEngine) prepare(ctx context.Context, d Deploy) error {
 		return err
 	}
 	secrets := filepath.Join(dir, deploySecrets)
-	if err := e.ensureJoinToken(ctx, sc.Name, secrets); err != nil {
+	if err := e.writeSecrets(ctx, sc.Name, secrets); err != nil {
 		return err
 	}
 	vals := map[string]any{"site_name": sc.Name, "shape": string(sc.Shape), "binary": e.cfg.Binary,
@@ -628,17 +642,45 @@ func inventoryFor(sc Subcloud, o DeployOptions, dir string) string {
 		sc.Name, sc.BootstrapAddress, port, user, o.SSHKeyFile, args)
 }
 
-// ensureJoinToken keeps a usable join token in the secrets file: the one
-// there if it was used (the site joined; it still reads its status) or is
-// unused and unexpired, else a new one.
-func (e *deployEngine) ensureJoinToken(ctx context.Context, name, file string) error {
-	var cur struct {
-		Secrets struct {
-			JoinToken string `json:"join_token"`
-		} `json:"petrel_secrets"`
+// keepBMCPassword moves a BMC password out of the options into the
+// deploy's secrets file, before the options are stored.
+func (e *deployEngine) keepBMCPassword(name string, o *DeployOptions) error {
+	if o.BMCPassword == "" {
+		return nil
 	}
-	if b, err := os.ReadFile(file); err == nil && yaml.Unmarshal(b, &cur) == nil && cur.Secrets.JoinToken != "" {
-		if r, err := e.store.joinToken(ctx, cur.Secrets.JoinToken); err == nil && r.Subcloud == name &&
+	dir := filepath.Join(e.cfg.Dir, name)
+	if err := os.MkdirAll(dir, 0o700); err != nil {
+		return err
+	}
+	file := filepath.Join(dir, deploySecrets)
+	secrets := readSecrets(file)
+	secrets["bmc_password"] = o.BMCPassword
+	o.BMCPassword = ""
+	b, _ := yaml.Marshal(map[string]any{"petrel_secrets": secrets})
+	return atomicfile.Write(file, b, 0o600)
+}
+
+// readSecrets reads a deploy's secrets file (empty when there is none).
+func readSecrets(file string) map[string]string {
+	var cur struct {
+		Secrets map[string]string `json:"petrel_secrets"`
+	}
+	if b, err := os.ReadFile(file); err == nil {
+		_ = yaml.Unmarshal(b, &cur)
+	}
+	if cur.Secrets == nil {
+		cur.Secrets = map[string]string{}
+	}
+	return cur.Secrets
+}
+
+// writeSecrets keeps a usable join token in the deploy's secrets file: the
+// one there if it was used (the site joined; it still reads its status) or
+// is unused and unexpired, else a new one. Other secrets stay.
+func (e *deployEngine) writeSecrets(ctx context.Context, name, file string) error {
+	secrets := readSecrets(file)
+	if tok := secrets["join_token"]; tok != "" {
+		if r, err := e.store.joinToken(ctx, tok); err == nil && r.Subcloud == name &&
 			(r.UsedAt != nil || r.ExpiresAt.After(e.cfg.Now().Add(5*time.Minute))) {
 			return nil
 		}
@@ -647,7 +689,8 @@ func (e *deployEngine) ensureJoinToken(ctx context.Context, name, file string) e
 	if err != nil {
 		return err
 	}
-	b, _ := yaml.Marshal(map[string]any{"petrel_secrets": map[string]string{"join_token": tok}})
+	secrets["join_token"] = tok
+	b, _ := yaml.Marshal(map[string]any{"petrel_secrets": secrets})
 	return atomicfile.Write(file, b, 0o600)
 }
 

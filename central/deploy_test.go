@@ -2,6 +2,7 @@ package central_test
 
 import (
 	"context"
+	"encoding/json"
 	"errors"
 	"net"
 	"net/http"
@@ -502,5 +503,49 @@ func TestDeployToAnUnreachableMachine(t *testing.T) {
 	var sc central.Subcloud
 	if err := api.Do(ctx, http.MethodGet, "/v1/subclouds/edge-1", nil, nil, &sc); err != nil || sc.DeployStatus != central.DeployBootstrapFailed {
 		t.Errorf("subcloud = %s (%v); want bootstrap-failed", sc.DeployStatus, err)
+	}
+}
+
+// A BMC password given with the deploy goes to the secrets file only: not
+// stored with the deploy, not shown, not in the values; a resume without
+// it keeps it.
+func TestDeployKeepsTheBMCPasswordSecret(t *testing.T) {
+	e := newDeployEnv(t)
+	ctx := context.Background()
+	const pw = "bmc-s3cret-pw"
+	o := opts
+	o.BMCPassword = pw
+	o.Values = map[string]any{"software_root": "/var/lib/petrel/edge-1", "platform": "host", "bmc_type": "ipmi", "bmc_ipmi": "10.0.0.9:623", "bmc_username": "admin"}
+	e.runner.set(func(f *fakeRunner) {
+		f.fail[central.PhaseBootstrap] = []string{"common : Install petrel into the active slot"}
+	})
+	var started central.Deploy
+	if err := e.api.Do(ctx, http.MethodPost, "/v1/subclouds/edge-1/deploy", nil, o, &started); err != nil {
+		t.Fatal(err)
+	}
+	e.waitDeploy(t, "failed", func(d central.Deploy) bool { return d.State == central.DeployFailed })
+	// Bad input is refused and changes nothing.
+	bad := o
+	bad.BMCPassword = "two\nlines"
+	if err := e.api.Do(ctx, http.MethodPost, "/v1/subclouds/edge-1/deploy/resume", nil, central.ResumeDeployRequest{Options: &bad}, nil); err == nil || !strings.Contains(err.Error(), "bmc_password") {
+		t.Errorf("resume with a two-line BMC password = %v; want refused naming bmc_password", err)
+	}
+	if err := e.api.Do(ctx, http.MethodPost, "/v1/subclouds/edge-1/deploy/resume", nil, nil, nil); err != nil {
+		t.Fatal(err)
+	}
+	e.waitDeploy(t, "complete", func(d central.Deploy) bool { return d.State == central.DeployFinished })
+	var raw json.RawMessage
+	if err := e.api.Do(ctx, http.MethodGet, "/v1/subclouds/edge-1/deploy", nil, nil, &raw); err != nil {
+		t.Fatal(err)
+	}
+	b, _ := json.Marshal(started)
+	if strings.Contains(string(raw), pw) || strings.Contains(string(b), pw) {
+		t.Errorf("the deploy shows the BMC password: %s", raw)
+	}
+	e.runner.mu.Lock()
+	seen := e.runner.seen
+	e.runner.mu.Unlock()
+	if !strings.Contains(string(seen["secrets.yml"]), pw) || strings.Contains(string(seen["values.yml"]), pw) {
+		t.Errorf("secrets.yml = %q, values.yml = %q; want the password in the secrets only (kept across the resume)", seen["secrets.yml"], seen["values.yml"])
 	}
 }

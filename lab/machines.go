@@ -370,13 +370,16 @@ func registerMachine(ctx context.Context, f *File, m MachineEntry, binary, wan s
 		return fmt.Errorf("lab: join token for %s: %w", m.Name, err)
 	}
 	secrets := filepath.Join(m.Dir, MachineSecrets)
-	b, _ := yaml.Marshal(map[string]any{"petrel_secrets": map[string]string{"join_token": tok.Token}})
+	b, _ := yaml.Marshal(map[string]any{"petrel_secrets": map[string]string{"join_token": tok.Token, "bmc_password": m.BMC.Password}})
 	if err := atomicfile.Write(secrets, b, 0o600); err != nil {
 		return err
 	}
-	// What the lab sets beyond what central derives from the registration.
+	// What the lab sets beyond what central derives from the registration:
+	// the machine's chassis is its BMC, as host management reaches it from
+	// inside the site.
 	labValues := map[string]any{"software_root": m.SoftwareRoot, "platform": "lab", "init": "host-init",
-		"lab_chassis_socket": filepath.Join(m.SoftwareRoot, "vbmc.sock"), "central_site_address": wan}
+		"lab_chassis_socket": filepath.Join(m.SoftwareRoot, "vbmc.sock"), "central_site_address": wan,
+		"bmc_type": m.BMC.Type, "bmc_ipmi": m.BMC.SiteIPMI, "bmc_redfish": m.BMC.SiteRedfish, "bmc_username": m.BMC.Username}
 	vals := map[string]any{"site_name": m.Name, "shape": "simplex", "binary": binary, "secrets_file": secrets,
 		"mgmt_address": mgmt.String(), "central_url": f.Central.URL, "central_ca_cert": f.CACert}
 	for k, v := range labValues {
@@ -392,6 +395,7 @@ func registerMachine(ctx context.Context, f *File, m MachineEntry, binary, wan s
 	if err := atomicfile.Write(filepath.Join(m.Dir, MachineInventory), []byte(inv), 0o600); err != nil {
 		return err
 	}
-	b, _ = yaml.Marshal(central.DeployOptions{SSHUser: "root", SSHPort: sshPort, SSHKeyFile: key, SSHKnownHostsFile: known, Values: labValues})
+	b, _ = yaml.Marshal(central.DeployOptions{SSHUser: "root", SSHPort: sshPort, SSHKeyFile: key, SSHKnownHostsFile: known,
+		BMCPassword: m.BMC.Password, Values: labValues})
 	return atomicfile.Write(filepath.Join(m.Dir, MachineDeploy), b, 0o600)
 }

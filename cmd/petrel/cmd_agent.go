@@ -1,6 +1,7 @@
 package main
 
 import (
+	"fmt"
 	"os"
 	"time"
 
@@ -96,6 +97,38 @@ func (a *app) agentDaemonCmd() *cobra.Command {
 			ctx, stop := daemonContext(cmd.Context())
 			defer stop()
 			return ag.Run(ctx)
+		},
+	}
+	c.Flags().StringVar(&cfgFile, "config", "", "configuration file (YAML)")
+	c.AddCommand(a.agentMachineIDCmd())
+	return c
+}
+
+// agentMachineIDCmd prints the identity the agent of --config joins its
+// site with (its host's UUID there): deploy/ansible finds its own host so.
+func (a *app) agentMachineIDCmd() *cobra.Command {
+	var cfgFile string
+	c := &cobra.Command{
+		Use:   "machine-id --config FILE",
+		Short: "Print this host's machine identity (its host UUID at the site)",
+		Args:  noArgs,
+		RunE: func(cmd *cobra.Command, _ []string) error {
+			if cfgFile == "" {
+				return usagef("--config is required")
+			}
+			var fc agentFileConfig
+			if err := server.LoadConfig(cfgFile, &fc); err != nil {
+				return err
+			}
+			if fc.StateDir == "" {
+				return usagef("config: state_dir is required")
+			}
+			id, err := agent.MachineID(fc.StateDir, agent.DMIProductUUID)
+			if err != nil {
+				return err
+			}
+			fmt.Fprintln(cmd.OutOrStdout(), id)
+			return nil
 		},
 	}
 	c.Flags().StringVar(&cfgFile, "config", "", "configuration file (YAML)")

@@ -14,6 +14,7 @@ import (
 	"sigs.k8s.io/yaml"
 
 	"github.com/petrel-edge/petrel/central"
+	"github.com/petrel-edge/petrel/inventory"
 	"github.com/petrel-edge/petrel/lab"
 )
 
@@ -68,6 +69,24 @@ func ansible(t *testing.T, m lab.MachineEntry, values string) (changed int, out 
 	return changed, out
 }
 
+// checkProvisioned checks the playbook's config phase left the site's
+// controller-0 unlocked and available, with a BMC the site reaches (its
+// sensors read through it).
+func checkProvisioned(t *testing.T, c cli, site string) {
+	t.Helper()
+	var h inventory.Host
+	if err := json.Unmarshal([]byte(c.ok("--site", site, "host", "show", "controller-0", "-o", "json")), &h); err != nil {
+		t.Fatal(err)
+	}
+	if h.Personality != inventory.Controller || h.Administrative != inventory.Unlocked || h.Availability != inventory.Available || h.BMC.Type != "dynamic" {
+		t.Fatalf("%s/controller-0 = %s, %s, %s, bmc %+v; want controller, unlocked, available, a dynamic BMC", site,
+			h.Personality, h.Administrative, h.Availability, h.BMC)
+	}
+	if out := c.ok("--site", site, "host", "sensors", "controller-0"); !strings.Contains(out, "temperature") {
+		t.Errorf("%s/controller-0's BMC sensors:\n%s; want readings", site, out)
+	}
+}
+
 func showSubcloud(t *testing.T, c cli, name string) central.Subcloud {
 	t.Helper()
 	var sc central.Subcloud
@@ -118,6 +137,9 @@ func TestAnsibleBootstrapInTheLab(t *testing.T) {
 		t.Errorf("second run: changed=%d; want 0\n%s", changed, out)
 	}
 	t.Logf("playbook: first run %s, second run %s (changed=0)", first.Round(time.Millisecond), second.Round(time.Millisecond))
+	// Its host is in service at its site: controller-0, unlocked,
+	// available, with the machine's chassis as its BMC.
+	checkProvisioned(t, c, "m1")
 	// The site's processes run in the machine's namespace, under host-init.
 	pids, _ := exec.Command("ip", "netns", "pids", m.Netns).Output()
 	if n := len(strings.Fields(string(pids))); n < 4 { // sshd, host-init, subcloud, agent
@@ -174,6 +196,7 @@ func TestSubcloudDeployFromCentral(t *testing.T) {
 	if sc.DeployStatus != central.DeployComplete || sc.Availability != central.Online {
 		t.Fatalf("m2 = %s, %s; want complete, online", sc.DeployStatus, sc.Availability)
 	}
+	checkProvisioned(t, c, "m2")
 	// Complete and online: the operator can manage it.
 	c.ok("subcloud", "manage", "m2")
 	// The join token is in central's 0600 secrets file, never in the run logs.

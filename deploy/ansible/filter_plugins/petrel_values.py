@@ -13,7 +13,7 @@ HOSTPORT = re.compile(r"^(\[[0-9a-fA-F:.]+\]|[A-Za-z0-9.-]+):([0-9]{1,5})$")
 
 def _check(key, spec, value):
     kind = spec.get("kind")
-    if kind in ("name", "enum", "ip", "hostport", "url", "path", "secret"):
+    if kind in ("name", "enum", "ip", "hostport", "url", "path", "secret", "text"):
         if not isinstance(value, str) or value == "":
             return "must be a non-empty string"
         if "\n" in value or "\x00" in value:
@@ -35,6 +35,8 @@ def _check(key, spec, value):
         return "%r is not an https:// URL" % value
     if kind == "path" and (not value.startswith("/") or "/../" in value + "/"):
         return "%r is not an absolute path without .." % value
+    if kind == "text" and len(value) > 64:
+        return "must be at most 64 characters"
     if kind == "int":
         if isinstance(value, bool) or not isinstance(value, int):
             return "must be an integer"

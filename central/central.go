@@ -9,6 +9,7 @@ import (
 	"crypto/x509"
 	_ "embed"
 	"fmt"
+	"github.com/prometheus/client_golang/prometheus"
 	"log/slog"
 	"net"
 	"net/http"
@@ -105,12 +106,15 @@ type Central struct {
 	// certificate issue and subcloud delete, so a revoked certificate never
 	// registers a link.
 	linkMu sync.Mutex
+	certs  certCache // sites' current certificate serials (link.go)
 
 	sync     *syncEngine // keeps shared resources at managed sites
 	flavorMu sync.Mutex  // orders flavor writes (names are unique)
 	images   *centralImages
 	blobs    *blobServer // sites fetch synced images' bytes over their links
-	deploys  *deployEngine
+	// admitSteps times each step of a link's admission (link.go).
+	admitSteps *prometheus.HistogramVec
+	deploys    *deployEngine
 
 	wmu    sync.Mutex
 	ingest *faultdb.Ingest // sites' records, combined into transactions
@@ -179,6 +183,10 @@ func New(ctx context.Context, cfg Config) (*Central, error) {
 		return nil, err
 	}
 	c.blobs = newBlobServer(c, cfg.BlobStreams, shell.Registry)
+	c.admitSteps = prometheus.NewHistogramVec(prometheus.HistogramOpts{Name: "petrel_central_link_admit_step_seconds",
+		Help:    "Time of each step of admitting a site's link: slot (waiting for an admission slot), handshake, certificate, hello, cursor, register, online.",
+		Buckets: []float64{.001, .003, .01, .03, .1, .3, 1, 3, 10}}, []string{"step"})
+	shell.Registry.MustRegister(c.admitSteps)
 	if c.deploys, err = openDeploys(ctx, c, cfg); err != nil {
 		shell.Close()
 		return nil, err
@@ -405,8 +413,10 @@ func (c *Central) issueSiteCertificate(r *http.Request) (int, any, error) {
 		sc.Certificate = &detail
 		return nil
 	}); err != nil {
+		c.certs.forget(name) // the write may have committed
 		return 0, nil, err
 	}
+	c.certs.forget(name)
 	if s := c.links.get(name); s != nil {
 		s.Close() // a link on the previous certificate ends now
 	}
@@ -436,7 +446,9 @@ func (c *Central) deleteSubcloud(r *http.Request) (int, any, error) {
 	if _, err := c.shell.Alarms.ClearEntity(r.Context(), "subcloud="+name); err != nil {
 		return 0, nil, fmt.Errorf("clearing alarms about the subcloud: %w", err)
 	}
-	if err := c.Subclouds.DeleteSubcloud(r.Context(), name, func(sc Subcloud) error { return sc.Deletable() }); err != nil {
+	err = c.Subclouds.DeleteSubcloud(r.Context(), name, func(sc Subcloud) error { return sc.Deletable() })
+	c.certs.forget(name) // the delete may have committed even when it says not
+	if err != nil {
 		return 0, nil, err
 	}
 	c.tracker.Remove(name)

@@ -210,6 +210,7 @@ func (c *Central) joinSubcloud(r *http.Request) (int, any, error) {
 		sc.Certificate = &detail
 		return nil
 	})
+	c.certs.forget(req.Name)
 	if err != nil {
 		if uerr := c.deploys.store.unuseJoinToken(r.Context(), t.ID); uerr != nil {
 			c.log.Error("giving back a join token failed", "subcloud", req.Name, "err", uerr)

@@ -34,12 +34,23 @@ func (c *Central) eventCursor(ctx context.Context, site, epoch string, siteLast 
 		// over; events central holds are skipped by their UUIDs.
 		c.log.Warn("site's event log is behind central's cursor; taking it again from the start", "site", site,
 			"site_last", siteLast, "cursor", seq)
-		return 0, log.ResetSite(ctx, site, epoch)
+		return 0, c.resetSiteLog(ctx, site, epoch)
 	}
 	if held != "" {
 		c.log.Warn("site's event log started over; dropping its alarms held here", "site", site, "epoch", epoch, "was", held)
 	}
-	return 0, log.ResetSite(ctx, site, epoch)
+	return 0, c.resetSiteLog(ctx, site, epoch)
+}
+
+// resetSiteLog starts site's log over in epoch through the ingest, so a
+// storm of new links commits together instead of one transaction each
+// (measured: 1 s a link at 64 links admitted at once, one at a time).
+func (c *Central) resetSiteLog(ctx context.Context, site, epoch string) error {
+	r, err := c.ingest.Apply(ctx, faultdb.SiteBatch{Site: site, Epoch: epoch, Reset: true})
+	if err != nil {
+		return err
+	}
+	return r.Err
 }
 
 // applyEvents applies records of site's log exactly once, in order, and

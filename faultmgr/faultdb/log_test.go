@@ -167,6 +167,62 @@ func TestConformanceApplySite(t *testing.T) {
 	})
 }
 
+// TestConformanceApplySitesReset: a reset in a combined transaction starts
+// its site's log over (alarms dropped, cursor at the new epoch), applies the
+// records that follow it, and leaves the other sites' batches alone.
+func TestConformanceApplySitesReset(t *testing.T) {
+	sqldbtest.Each(t, func(t *testing.T, open func(*testing.T) *sqldb.DB) {
+		ctx := context.Background()
+		site, _ := manager(t, open(t))
+		central, err := faultdb.Open(ctx, open(t))
+		if err != nil {
+			t.Fatal(err)
+		}
+		// One raise in a site's log (alarm and event UUIDs are global).
+		raise := func() ([]faultmgr.Record, []faultmgr.Op) {
+			recs := []faultmgr.Record{{Seq: 1, AlarmUUID: mustUUID(), Event: faultmgr.Event{UUID: mustUUID(), Type: faultmgr.EventSet,
+				AlarmID: "100.101", EntityInstanceID: "host=controller-0", Severity: "major", ReasonText: "hot", Timestamp: time.Now()}}}
+			return recs, faultmgr.SiteOps(site.Catalog(), recs)
+		}
+		var b []faultmgr.Record
+		var bops []faultmgr.Op
+		for _, s := range []string{"site-a", "site-b"} {
+			recs, ops := raise()
+			if err := central.ResetSite(ctx, s, "old"); err != nil {
+				t.Fatal(err)
+			}
+			if _, err := central.ApplySite(ctx, s, "old", recs, ops); err != nil {
+				t.Fatal(err)
+			}
+			b, bops = recs, ops
+		}
+		c, cops := raise()
+		res, err := central.ApplySites(ctx, []faultdb.SiteBatch{
+			{Site: "site-a", Epoch: "new", Reset: true},
+			{Site: "site-b", Epoch: "old", Records: b, Ops: bops}, // a resend: skipped
+			{Site: "site-c", Epoch: "first", Reset: true, Records: c, Ops: cops},
+		})
+		if err != nil {
+			t.Fatal(err)
+		}
+		last := uint64(1)
+		if res[0].Err != nil || res[0].Applied != 0 || res[1].Err != nil || res[1].Applied != last || res[2].Err != nil || res[2].Applied != last {
+			t.Fatalf("ApplySites = %+v; want a reset at 0, b and c at %d", res, last)
+		}
+		for s, want := range map[string]struct {
+			epoch  string
+			seq    uint64
+			alarms int
+		}{"site-a": {"new", 0, 0}, "site-b": {"old", last, 1}, "site-c": {"first", last, 1}} {
+			ep, seq, _ := central.SiteCursor(ctx, s)
+			held, _, _ := central.Alarms(ctx, rest.ListOptions{Limit: 100, Filters: map[string]string{"site": s}})
+			if ep != want.epoch || seq != want.seq || len(held) != want.alarms {
+				t.Errorf("%s: cursor %s/%d, %d alarms; want %s/%d, %d", s, ep, seq, len(held), want.epoch, want.seq, want.alarms)
+			}
+		}
+	})
+}
+
 // TestConformanceTrim: history is bounded by count and age, but events a
 // reader still needs stay until the hard bound.
 func TestConformanceTrim(t *testing.T) {

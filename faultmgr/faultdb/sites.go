@@ -63,8 +63,12 @@ func (s *Store) DeleteSite(ctx context.Context, site string) error {
 // apply them (faultmgr.SiteOps).
 type SiteBatch struct {
 	Site, Epoch string
-	Records     []faultmgr.Record
-	Ops         []faultmgr.Op
+	// Reset starts the site's log over in Epoch before the records, as
+	// ResetSite does: a link of a new or restored site, combined with
+	// others' batches into one commit.
+	Reset   bool
+	Records []faultmgr.Record
+	Ops     []faultmgr.Op
 }
 
 // SiteResult is how far central holds a batch's site log after applying
@@ -106,6 +110,13 @@ func (s *Store) ApplySites(ctx context.Context, batches []SiteBatch) ([]SiteResu
 		cursors := map[string]*siteCursorRow{}
 		dirty := map[string]bool{}
 		for i, b := range batches {
+			if b.Reset {
+				if err := tx.Where("site = ?", b.Site).Delete(&alarmRow{}).Error; err != nil {
+					return err
+				}
+				cursors[b.Site] = &siteCursorRow{Site: b.Site, Epoch: b.Epoch, UpdatedAt: time.Now().UTC()}
+				dirty[b.Site] = true
+			}
 			c := cursors[b.Site]
 			if c == nil {
 				c = &siteCursorRow{}

@@ -107,27 +107,54 @@ func (s *Store) ApplySites(ctx context.Context, batches []SiteBatch) ([]SiteResu
 		res[i] = SiteResult{}
 	}
 	err := s.write(ctx, func(tx *gorm.DB, next func() uint64) error {
-		cursors := map[string]*siteCursorRow{}
+		// Set-based where it can be (a reconnect storm brings hundreds of
+		// sites into one transaction): one read of every cursor, one delete
+		// for the sites whose first batch here is a reset, one upsert of the
+		// cursors at the end.
+		var sites, resetFirst []string
+		first := map[string]bool{}
+		for _, b := range batches {
+			if !first[b.Site] {
+				first[b.Site] = true
+				sites = append(sites, b.Site)
+				if b.Reset {
+					resetFirst = append(resetFirst, b.Site)
+				}
+			}
+		}
+		cursors := make(map[string]*siteCursorRow, len(sites))
+		for _, chunk := range chunks(sites, 500) {
+			var rows []siteCursorRow
+			if err := tx.Clauses(clause.Locking{Strength: "UPDATE"}).Where("site IN ?", chunk).Find(&rows).Error; err != nil {
+				return err
+			}
+			for i := range rows {
+				cursors[rows[i].Site] = &rows[i]
+			}
+		}
+		for _, chunk := range chunks(resetFirst, 500) {
+			if err := tx.Where("site IN ?", chunk).Delete(&alarmRow{}).Error; err != nil {
+				return err
+			}
+		}
 		dirty := map[string]bool{}
+		touched := map[string]bool{}
 		for i, b := range batches {
 			if b.Reset {
-				if err := tx.Where("site = ?", b.Site).Delete(&alarmRow{}).Error; err != nil {
-					return err
+				if touched[b.Site] { // not its first batch here: delete now
+					if err := tx.Where("site = ?", b.Site).Delete(&alarmRow{}).Error; err != nil {
+						return err
+					}
 				}
 				cursors[b.Site] = &siteCursorRow{Site: b.Site, Epoch: b.Epoch, UpdatedAt: time.Now().UTC()}
 				dirty[b.Site] = true
 			}
+			touched[b.Site] = true
 			c := cursors[b.Site]
 			if c == nil {
-				c = &siteCursorRow{}
-				err := tx.Clauses(clause.Locking{Strength: "UPDATE"}).Where("site = ?", b.Site).Take(c).Error
-				if errors.Is(err, gorm.ErrRecordNotFound) {
-					// No cursor: the site was deleted (or never linked); a
-					// straggling batch must not bring its alarms back.
-					c = &siteCursorRow{Site: b.Site, Epoch: "\x00deleted"}
-				} else if err != nil {
-					return err
-				}
+				// No cursor: the site was deleted (or never linked); a
+				// straggling batch must not bring its alarms back.
+				c = &siteCursorRow{Site: b.Site, Epoch: "\x00deleted"}
 				cursors[b.Site] = c
 			}
 			if c.Epoch != b.Epoch {
@@ -157,8 +184,14 @@ func (s *Store) ApplySites(ctx context.Context, batches []SiteBatch) ([]SiteResu
 			}
 			c.Seq, c.UpdatedAt, dirty[b.Site] = last, time.Now().UTC(), true
 		}
-		for site := range dirty {
-			if err := tx.Clauses(clause.OnConflict{UpdateAll: true}).Create(cursors[site]).Error; err != nil {
+		var up []siteCursorRow
+		for _, site := range sites {
+			if dirty[site] {
+				up = append(up, *cursors[site])
+			}
+		}
+		for _, chunk := range chunks(up, 500) {
+			if err := tx.Clauses(clause.OnConflict{UpdateAll: true}).Create(&chunk).Error; err != nil {
 				return err
 			}
 		}
@@ -168,4 +201,17 @@ func (s *Store) ApplySites(ctx context.Context, batches []SiteBatch) ([]SiteResu
 		return nil, err
 	}
 	return res, nil
+}
+
+// chunks splits s into slices of at most n (bound parameters per statement).
+func chunks[T any](s []T, n int) [][]T {
+	var out [][]T
+	for len(s) > n {
+		out = append(out, s[:n])
+		s = s[n:]
+	}
+	if len(s) > 0 {
+		out = append(out, s)
+	}
+	return out
 }

@@ -50,7 +50,10 @@ func TestStageBootConfirm(t *testing.T) {
 	s := newRoot(t)
 	p := verified(t, pub, build(t, priv, simpleSpec("P1")))
 	var hooks []string
-	run := func(_ context.Context, dir string, argv []string) error { hooks = append(hooks, filepath.Base(dir)+":"+argv[0]); return nil }
+	run := func(_ context.Context, dir string, argv []string) error {
+		hooks = append(hooks, filepath.Base(dir)+":"+argv[0])
+		return nil
+	}
 	p.Manifest.PreCheck = []string{"etc/petrel/feature.conf"}
 	now := time.Now()
 	if err := s.Stage(context.Background(), []*swpatch.Patch{p}, swpatch.Limits{}, run, now); err != nil {
@@ -156,7 +159,10 @@ func TestInService(t *testing.T) {
 	p := verified(t, pub, build(t, priv, spec))
 	var ran []string
 	err := s.InService(context.Background(), p, swpatch.Limits{},
-		func(_ context.Context, dir string, argv []string) error { ran = append(ran, filepath.Base(dir)+":"+argv[0]); return nil }, time.Now())
+		func(_ context.Context, dir string, argv []string) error {
+			ran = append(ran, filepath.Base(dir)+":"+argv[0])
+			return nil
+		}, time.Now())
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -532,3 +532,15 @@ func copyFile(src, dst string, mode fs.FileMode) error {
 	}
 	return out.Close()
 }
+
+// Clone returns a deep copy of st.
+func (st Status) Clone() Status {
+	st.Patches = slices.Clone(st.Patches)
+	st.NextPatches = slices.Clone(st.NextPatches)
+	if st.Rollback != nil {
+		r := *st.Rollback
+		r.Patches = slices.Clone(r.Patches)
+		st.Rollback = &r
+	}
+	return st
+}

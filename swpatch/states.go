@@ -62,6 +62,12 @@ func (s HostState) Valid() bool { _, ok := hostNext[s]; return ok }
 // CanHostTransition reports whether from → to is allowed for a host.
 func CanHostTransition(from, to HostState) bool { return slices.Contains(hostNext[from], to) }
 
+// Store errors.
+var (
+	ErrPatchNotFound = errs.New(errs.NotFound, "patch not found")
+	ErrPatchExists   = errs.New(errs.Conflict, "patch already uploaded")
+)
+
 // Record is a patch as a site keeps it. JSON keys are the API contract
 // (brief §8).
 type Record struct {

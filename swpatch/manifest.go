@@ -182,6 +182,9 @@ func CheckPath(p string) error {
 	return nil
 }
 
+// DefaultMaxArchive caps an uploaded archive: 1 GiB and a manifest.
+const DefaultMaxArchive = 1<<30 + 2<<20
+
 // Limits caps what an archive may hold. Zero fields take the defaults.
 type Limits struct {
 	MaxEntries      int   // default 1,000

@@ -66,6 +66,10 @@ func CanHostTransition(from, to HostState) bool { return slices.Contains(hostNex
 var (
 	ErrPatchNotFound = errs.New(errs.NotFound, "patch not found")
 	ErrPatchExists   = errs.New(errs.Conflict, "patch already uploaded")
+	// ErrDowngrade: the patch is older than the software deployed.
+	ErrDowngrade = errs.New(errs.Conflict, "patch is older than the deployed software")
+	// ErrMissingRequirement: a patch's requirement is not applied.
+	ErrMissingRequirement = errs.New(errs.Conflict, "patch requires a patch that is not applied")
 )
 
 // Record is a patch as a site keeps it. JSON keys are the API contract

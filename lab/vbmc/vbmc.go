@@ -407,7 +407,13 @@ func (c *Chassis) handler() http.Handler {
 			writeJSON(w, http.StatusBadRequest, map[string]string{"error": "body must be {\"action\": \"on|off|cycle\"}"})
 			return
 		}
-		if err := c.power(r.Context(), req.Action); err != nil {
+		// A power action, once asked, completes whatever happens to the
+		// caller: the host's own agent asking for a cycle dies with its
+		// host halfway through the request.
+		ctx, cancel := context.WithTimeout(context.WithoutCancel(r.Context()), time.Minute)
+		defer cancel()
+		if err := c.power(ctx, req.Action); err != nil {
+			c.log.Error("power action failed", "action", req.Action, "err", err)
 			writeJSON(w, http.StatusBadRequest, map[string]string{"error": err.Error()})
 			return
 		}

@@ -141,6 +141,8 @@ func Settle(r *Record, hosts []HostSoftware, now time.Time) bool {
 	switch {
 	case r.State == Deploying && all:
 		changed = r.To(Deployed, now) == nil || changed
+	case r.State == Deployed && !all && len(hosts) > 0:
+		changed = r.To(Deploying, now) == nil || changed // a host no longer runs it
 	case r.State == Removing && all:
 		changed = r.To(Available, now) == nil || changed
 		r.Hosts = map[string]HostState{}

@@ -277,3 +277,53 @@ func TestPatchLifecycle(t *testing.T) {
 		t.Errorf("delete available P2 = %v", err)
 	}
 }
+
+// TestAgentVerifiesBeforeInstalling: an agent that does not trust the key
+// a patch is signed with refuses it before its platform sees anything;
+// the site marks the host install-failed and raises 900.002.
+func TestAgentVerifiesBeforeInstalling(t *testing.T) {
+	keyFile, _, priv := patchKeys(t)
+	_, otherPub, _ := patchKeys(t)
+	s := startPatchSite(t, keyFile)
+	ctx := context.Background()
+	plat := agenttest.NewPlatform()
+	a := newAgentKey(t, s, s.joinToken(t), "", plat, monitor.Config{}, otherPub)
+	a.start(t)
+	var hosts rest.List[inventory.Host]
+	deadline := time.Now().Add(10 * time.Second)
+	for len(hosts.Items) == 0 && time.Now().Before(deadline) {
+		s.api.Do(ctx, http.MethodGet, "/v1/hosts", nil, nil, &hosts)
+		time.Sleep(20 * time.Millisecond) // polling with a deadline
+	}
+	if len(hosts.Items) != 1 {
+		t.Fatal("the agent's host never appeared")
+	}
+	id := hosts.Items[0].UUID
+	pers, name := inventory.Worker, "worker-0"
+	if err := s.api.Do(ctx, http.MethodPatch, "/v1/hosts/"+id, nil, subcloud.UpdateHostRequest{Personality: &pers, Hostname: &name}, nil); err != nil {
+		t.Fatal(err)
+	}
+	waitHost(t, s, id, func(h inventory.Host) bool { return h.Software != nil })
+	if _, err := upload(s, patchArchive(t, priv, swpatch.BuildSpec{ID: "P1", RebootRequired: true})); err != nil {
+		t.Fatal(err)
+	}
+	if err := s.api.Do(ctx, http.MethodPost, "/v1/patches/P1/apply", nil, nil, nil); err != nil {
+		t.Fatal(err)
+	}
+	if err := s.api.Do(ctx, http.MethodPost, "/v1/hosts/worker-0/install", nil, nil, nil); err != nil {
+		t.Fatal(err) // a newly assigned host is locked
+	}
+	h := waitHost(t, s, id, func(h inventory.Host) bool { return h.Software != nil && h.Software.Failed == "P1" })
+	if !strings.Contains(h.Software.FailedReason, "signature") {
+		t.Errorf("failed_reason = %q; want the signature's refusal", h.Software.FailedReason)
+	}
+	if got := plat.Installed(); len(got) != 0 {
+		t.Errorf("the platform was handed %v; want nothing", got)
+	}
+	waitAlarms(t, s, "host=worker-0", "900.002 host=worker-0")
+	var rec swpatch.Record
+	s.api.Do(ctx, http.MethodGet, "/v1/patches/P1", nil, nil, &rec)
+	if rec.Hosts["worker-0"] != swpatch.HostInstallFailed {
+		t.Errorf("P1 hosts = %v; want worker-0 install-failed", rec.Hosts)
+	}
+}

@@ -327,3 +327,66 @@ func TestAgentVerifiesBeforeInstalling(t *testing.T) {
 		t.Errorf("P1 hosts = %v; want worker-0 install-failed", rec.Hosts)
 	}
 }
+
+// TestInServicePatch: a patch that needs no reboot installs on an
+// unlocked host into its running slot; the host is then patch-current
+// and the patch deployed, without a reboot.
+func TestInServicePatch(t *testing.T) {
+	keyFile, pub, priv := patchKeys(t)
+	s := startPatchSite(t, keyFile)
+	ctx := context.Background()
+	plat := agenttest.NewPlatform()
+	a := newAgentKey(t, s, s.joinToken(t), "", plat, monitor.Config{}, pub)
+	a.start(t)
+	var hosts rest.List[inventory.Host]
+	deadline := time.Now().Add(10 * time.Second)
+	for len(hosts.Items) == 0 && time.Now().Before(deadline) {
+		s.api.Do(ctx, http.MethodGet, "/v1/hosts", nil, nil, &hosts)
+		time.Sleep(20 * time.Millisecond) // polling with a deadline
+	}
+	if len(hosts.Items) != 1 {
+		t.Fatal("the agent's host never appeared")
+	}
+	id := hosts.Items[0].UUID
+	pers, name := inventory.Worker, "worker-0"
+	if err := s.api.Do(ctx, http.MethodPatch, "/v1/hosts/"+id, nil, subcloud.UpdateHostRequest{Personality: &pers, Hostname: &name}, nil); err != nil {
+		t.Fatal(err)
+	}
+	if err := s.api.Do(ctx, http.MethodPost, "/v1/hosts/worker-0/action", nil, map[string]string{"action": "unlock"}, nil); err != nil {
+		t.Fatal(err)
+	}
+	waitHost(t, s, id, func(h inventory.Host) bool { return h.Software != nil && h.Administrative == inventory.Unlocked })
+	spec := swpatch.BuildSpec{ID: "CONF1", Files: []swpatch.Content{{Path: "etc/tuning.conf", Data: []byte("x=1\n")}}}
+	if _, err := upload(s, patchArchive(t, priv, spec)); err != nil {
+		t.Fatal(err)
+	}
+	if err := s.api.Do(ctx, http.MethodPost, "/v1/patches/CONF1/apply", nil, nil, nil); err != nil {
+		t.Fatal(err)
+	}
+	var resp subcloud.InstallResponse
+	if err := s.api.Do(ctx, http.MethodPost, "/v1/hosts/worker-0/install", nil, nil, &resp); err != nil {
+		t.Fatalf("install of an in-service patch on an unlocked host = %v", err)
+	}
+	if !resp.Order.InService {
+		t.Errorf("order = %+v; want in service", resp.Order)
+	}
+	h := waitHost(t, s, id, func(h inventory.Host) bool { return h.PatchCurrent })
+	if got := plat.Installed(); !slices.Equal(got, []string{"in-service:CONF1"}) || plat.Reboots() != 0 {
+		t.Errorf("platform: installs %v, reboots %d; want CONF1 in service, no reboot", got, plat.Reboots())
+	}
+	if h.Administrative != inventory.Unlocked {
+		t.Errorf("host is %s; want still unlocked", h.Administrative)
+	}
+	var rec swpatch.Record
+	deadline = time.Now().Add(10 * time.Second)
+	for rec.State != swpatch.Deployed && time.Now().Before(deadline) {
+		s.api.Do(ctx, http.MethodGet, "/v1/patches/CONF1", nil, nil, &rec)
+		time.Sleep(20 * time.Millisecond) // polling with a deadline
+	}
+	if rec.State != swpatch.Deployed {
+		t.Errorf("CONF1 = %s; want deployed", rec.State)
+	}
+	if err := s.api.Do(ctx, http.MethodPost, "/v1/hosts/worker-0/install", nil, nil, nil); !errors.Is(err, errs.InvalidTransition) {
+		t.Errorf("install on a patch-current host = %v; want invalid transition (nothing to install)", err)
+	}
+}

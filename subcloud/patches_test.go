@@ -11,6 +11,7 @@ import (
 	"encoding/pem"
 	"errors"
 	"net/http"
+	"net/url"
 	"os"
 	"path/filepath"
 	"slices"
@@ -20,6 +21,7 @@ import (
 
 	"github.com/petrel-edge/petrel/agent/agenttest"
 	"github.com/petrel-edge/petrel/agent/monitor"
+	"github.com/petrel-edge/petrel/faultmgr"
 	"github.com/petrel-edge/petrel/internal/errs"
 	"github.com/petrel-edge/petrel/internal/rest"
 	"github.com/petrel-edge/petrel/internal/server/servertest"
@@ -163,6 +165,18 @@ func TestPatchUploadRefusals(t *testing.T) {
 	if _, err := upload(s, patchArchive(t, priv, swpatch.BuildSpec{ID: "P3", Version: "98.0.0"})); !errors.Is(err, errs.Conflict) ||
 		!strings.Contains(err.Error(), "P2") {
 		t.Errorf("upload of a patch older than applied P2 = %v; want conflict naming P2", err)
+	}
+	// Every mutating call, refused or not, is an audit event.
+	var evs rest.List[faultmgr.Event]
+	if err := s.api.Do(context.Background(), http.MethodGet, "/v1/events", url.Values{"type": {"audit"}, "limit": {"1000"}}, nil, &evs); err != nil {
+		t.Fatal(err)
+	}
+	count := map[string]int{}
+	for _, e := range evs.Items {
+		count[e.Action+" "+e.Result]++
+	}
+	if count["uploadPatch ok"] != 2 || count["applyPatch ok"] != 1 || count["uploadPatch invalid_argument"] != 4 || count["uploadPatch conflict"] != 3 {
+		t.Errorf("audit events = %v; want every upload and apply", count)
 	}
 }
 

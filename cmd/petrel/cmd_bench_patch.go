@@ -55,7 +55,7 @@ func (a *app) benchPatchCmd(out *string, record *bool) *cobra.Command {
 					"slot, unpack through os.Root, checksums, next marked). With --lab, on a simplex lab site: host install "+
 					"(order → fetched, verified, staged, reported) and unlock → available on the new version (the site "+
 					"controller reboots with its host). Medians of --rounds.",
-				[]string{"archive / binary", "build", "verify", "scan", "stage", "lab install", "lab unlock → available"},
+				[]string{"date (UTC)", "commit", "machine", "command", "archive / binary", "build", "verify", "scan", "stage", "lab install", "lab unlock → available"},
 				[]string{mib(r.ArchiveBytes) + " / " + mib(r.BinaryBytes), ms(r.Build), ms(r.Verify), ms(r.Scan), ms(r.Stage),
 					list(r.Install), list(r.RebootToAvailable)}, cmd)
 		},

@@ -312,10 +312,10 @@ func installOrder(list []swpatch.Record, st swpatch.Status) (inventory.InstallOr
 	for _, r := range list {
 		byID[r.ID] = r
 	}
+	// The install rebuilds the inactive slot from the running one, so
+	// everything the running slot lacks is installed again, including
+	// what an earlier install staged there.
 	running := st.Patches
-	if st.NextSlot != "" {
-		running = st.NextPatches // what the host boots next already
-	}
 	for _, r := range list {
 		if r.State == swpatch.Removing && slices.Contains(running, r.ID) {
 			order.Remove = append(order.Remove, r.ID)
@@ -366,7 +366,7 @@ func installOrder(list []swpatch.Record, st swpatch.Status) (inventory.InstallOr
 		}
 	}
 	if st.NextSlot != "" {
-		order.InService = false // a slot is staged: build on it
+		order.InService = false // a slot is staged: rebuild it with this one too
 	}
 	return order, !order.InService, nil
 }

@@ -90,7 +90,10 @@ func TestPatchInstallAndRollbackInTheLab(t *testing.T) {
 	if !strings.Contains(out, want) {
 		t.Fatalf("patch build: %s; want version %s", out, want)
 	}
-	site.ok("patch", "upload", p1)
+	// Uploaded through central's relay (a 30+ MiB archive does not fit a
+	// plain request body; the relay streams it), applied at the site.
+	central := base.with("PETREL_URL="+lf.Central.URL, "PETREL_TOKEN="+lf.Central.Token, "PETREL_CA_CERT="+lf.CACert)
+	central.ok("--site", "site-px", "patch", "upload", p1)
 	site.ok("patch", "apply", "P1")
 	if st, hs := patchView("P1"); st != "deploying" || hs != "pending" {
 		t.Errorf("P1 after apply: %s, controller-0 %s; want deploying, pending", st, hs)

@@ -461,7 +461,7 @@ func (s *Subcloud) settlePatches(ctx context.Context) {
 				s.log.Warn("settling patches: host", "host", h.Name, "err", err)
 			}
 		}
-		s.softwareAlarms(ctx, h)
+		s.softwareAlarms(ctx, h, list)
 	}
 	now := time.Now()
 	for _, rec := range list {
@@ -485,16 +485,31 @@ func (s *Subcloud) settlePatches(ctx context.Context) {
 	}
 }
 
-// softwareAlarms raises or clears a host's 900.002 and 900.003.
-func (s *Subcloud) softwareAlarms(ctx context.Context, h inventory.Host) {
+// softwareAlarms raises or clears a host's 900.002 (an install failed)
+// and 900.003 (its new slot was rolled back): each stands while the patch
+// that failed is still applied, until an install succeeds or the patch is
+// removed.
+func (s *Subcloud) softwareAlarms(ctx context.Context, h inventory.Host, list []swpatch.Record) {
 	entity := "host=" + h.Name
+	applied := map[string]bool{}
+	for _, r := range list {
+		applied[r.ID] = r.State.Applied()
+	}
 	st := h.Software
+	rolledBack := false
 	if st != nil && st.Rollback != nil {
+		for _, id := range st.Rollback.Patches {
+			if applied[id] && !slices.Contains(st.Patches, id) {
+				rolledBack = true
+			}
+		}
+	}
+	if rolledBack {
 		s.shell.Alarms.Raise(ctx, "900.003", entity, nil)
 	} else {
 		s.shell.Alarms.Clear(ctx, "900.003", entity)
 	}
-	if st != nil && st.Failed != "" {
+	if st != nil && st.Failed != "" && applied[st.Failed] {
 		s.shell.Alarms.Raise(ctx, "900.002", entity, nil)
 	} else {
 		s.shell.Alarms.Clear(ctx, "900.002", entity)

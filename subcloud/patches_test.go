@@ -284,6 +284,10 @@ func TestPatchLifecycle(t *testing.T) {
 	if rec.State != swpatch.Available {
 		t.Errorf("P2 after remove = %s; want available (no host runs it)", rec.State)
 	}
+	// With the patch that rolled back removed, 900.003 clears and the host
+	// is patch-current again.
+	waitAlarms(t, s, "host=controller-0", "200.001 host=controller-0")
+	waitHost(t, s, id, func(h inventory.Host) bool { return h.PatchCurrent })
 	if err := s.api.Do(ctx, http.MethodDelete, "/v1/patches/P1", nil, nil, nil); !errors.Is(err, errs.InvalidTransition) {
 		t.Errorf("delete deployed P1 = %v; want invalid transition", err)
 	}

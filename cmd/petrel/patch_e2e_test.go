@@ -152,5 +152,19 @@ func TestPatchInstallAndRollbackInTheLab(t *testing.T) {
 	if !strings.Contains(string(console), "this petrel cannot boot") {
 		t.Errorf("the console shows no boot of the bad binary:\n%s", console)
 	}
+	// The runbook: remove the patch that rolled back; the alarm clears and
+	// the host is patch-current again on P1.
+	site.ok("patch", "remove", "BAD")
+	if st, _ := patchView("BAD"); st != "available" {
+		t.Errorf("BAD after remove: %s; want available (no host runs it)", st)
+	}
+	waitFor("patch-current again", 30*time.Second, func(h hostView) bool { return h.PatchCurrent })
+	for deadline := time.Now().Add(10 * time.Second); strings.Contains(site.ok("alarm", "list", "-o", "json"), `"900.003"`); {
+		if time.Now().After(deadline) {
+			t.Fatal("900.003 still raised 10 s after BAD was removed")
+		}
+		time.Sleep(200 * time.Millisecond) // polling with a deadline
+	}
+	site.ok("patch", "delete", "BAD")
 	t.Logf("whole test: %s", time.Since(start).Round(time.Second))
 }

@@ -251,7 +251,8 @@ func (s Slots) Stage(ctx context.Context, patches []*Patch, lim Limits, run Hook
 	if len(patches) == 0 {
 		return errors.New("swpatch: nothing to install")
 	}
-	defer func() { s.recordFailure(patches, err) }()
+	failing := patches[0].Manifest.ID // the patch a failure is charged to
+	defer func() { s.recordFailure(failing, err) }()
 	active, err := s.Active()
 	if err != nil {
 		return err
@@ -274,6 +275,7 @@ func (s Slots) Stage(ctx context.Context, patches []*Patch, lim Limits, run Hook
 	}
 	defer root.Close()
 	for _, p := range patches {
+		failing = p.Manifest.ID
 		if err := p.Extract(root, lim); err != nil {
 			return fmt.Errorf("patch %s: %w", p.Manifest.ID, err)
 		}
@@ -299,8 +301,10 @@ func (s Slots) Stage(ctx context.Context, patches []*Patch, lim Limits, run Hook
 	}
 	os.Remove(s.f("rollback.json")) // a new install supersedes the last rollback
 	for _, p := range patches {
+		failing = p.Manifest.ID
 		if len(p.Manifest.PostInstall) > 0 && run != nil {
 			if err := run(ctx, s.SlotDir(target), p.Manifest.PostInstall); err != nil {
+				_ = s.clearMarker("next") // the host keeps booting what it runs
 				return fmt.Errorf("patch %s: post-install: %w", p.Manifest.ID, err)
 			}
 		}
@@ -315,7 +319,7 @@ func (s Slots) InService(ctx context.Context, p *Patch, lim Limits, run HookRunn
 	if p.Manifest.RebootRequired {
 		return fmt.Errorf("patch %s needs a reboot: %w", p.Manifest.ID, ErrInvalidManifest)
 	}
-	defer func() { s.recordFailure([]*Patch{p}, err) }()
+	defer func() { s.recordFailure(p.Manifest.ID, err) }()
 	active, err := s.Active()
 	if err != nil {
 		return err
@@ -388,19 +392,12 @@ func (s Slots) StageRemoval(remove []string) error {
 	return atomicfile.Write(s.f("next"), []byte(prev+"\n"), 0o644)
 }
 
-func (s Slots) recordFailure(patches []*Patch, err error) {
+// recordFailure keeps the last install's failure (failed.json), charged
+// to patch id; a success removes it.
+func (s Slots) recordFailure(id string, err error) {
 	if err == nil {
 		os.Remove(s.f("failed.json"))
 		return
-	}
-	id := ""
-	for _, p := range patches {
-		if strings.Contains(err.Error(), "patch "+p.Manifest.ID+":") {
-			id = p.Manifest.ID
-		}
-	}
-	if id == "" {
-		id = patches[len(patches)-1].Manifest.ID
 	}
 	_ = writeJSON(s.f("failed.json"), map[string]string{"patch": id, "reason": err.Error()})
 }

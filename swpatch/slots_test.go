@@ -204,3 +204,20 @@ func TestStageRemoval(t *testing.T) {
 		t.Error("StageRemoval to a slot holding a patch the host does not run was accepted")
 	}
 }
+
+func TestStagePostInstallFailureUnmarks(t *testing.T) {
+	pub, priv := newKey(t)
+	s := newRoot(t)
+	spec := simpleSpec("P1")
+	spec.PostInstall = []string{"bin/petrel"}
+	p := verified(t, pub, build(t, priv, spec))
+	fail := errors.New("post-install says no")
+	err := s.Stage(context.Background(), []*swpatch.Patch{p}, swpatch.Limits{},
+		func(context.Context, string, []string) error { return fail }, time.Now())
+	if !errors.Is(err, fail) {
+		t.Fatalf("Stage = %v; want the hook's failure", err)
+	}
+	if st, _ := s.Status(); st.NextSlot != "" || st.Failed != "P1" {
+		t.Fatalf("Status = %+v; want nothing marked, P1 failed", st)
+	}
+}

@@ -14,6 +14,7 @@ package agent
 import (
 	"bytes"
 	"context"
+	"crypto/ed25519"
 	"crypto/rand"
 	"crypto/tls"
 	"crypto/x509"
@@ -39,6 +40,7 @@ import (
 	"github.com/petrel-edge/petrel/internal/atomicfile"
 	"github.com/petrel-edge/petrel/internal/pki"
 	"github.com/petrel-edge/petrel/inventory"
+	"github.com/petrel-edge/petrel/swpatch"
 )
 
 // Config configures an agent.
@@ -52,7 +54,10 @@ type Config struct {
 	Profile       *Profile // optional hardware overlay (the lab's)
 	Platform      Platform // required
 	Version       string   // software version reported
-	Logger        *slog.Logger
+	// PatchPublicKey verifies patch archives before the platform installs
+	// them; nil: installs are refused.
+	PatchPublicKey ed25519.PublicKey
+	Logger         *slog.Logger
 
 	CheckInterval time.Duration // how often to look for changes; default 2 s
 	FullInterval  time.Duration // full report at least this often; default 5 min
@@ -76,6 +81,11 @@ type Agent struct {
 	epoch     uint64           // the newest controller epoch seen
 	badAlarms string           // the last refusable alarm set logged
 	joined    chan struct{}
+
+	sentSW     *swpatch.Status // the software status the site holds
+	confirmed  bool            // the boot was confirmed to the platform (or needed no confirmation)
+	installErr *swpatch.Status // the last install that failed before the platform saw it (Failed, FailedReason)
+	forceFull  bool            // send a full report at the next turn (after an install)
 
 	svc          *services.Runner // the host's service-group members
 	svcServed    atomic.Bool      // the site answered the services poll (reports go only then)
@@ -253,7 +263,8 @@ func (a *Agent) Run(ctx context.Context) error {
 			if err := a.poll(ctx); err != nil {
 				a.log.Debug("polling the site's commands failed", "err", err)
 			}
-			if time.Since(lastFull) >= a.cfg.FullInterval {
+			if time.Since(lastFull) >= a.cfg.FullInterval || a.forceFull {
+				a.forceFull = false
 				s = stateFullSync
 				continue
 			}
@@ -289,12 +300,14 @@ func (a *Agent) sync(ctx context.Context, full bool) error {
 	}
 	hw = a.cfg.Profile.Apply(hw)
 	alarms := a.asserted()
+	sw := a.software(ctx)
 	hwSame := a.sent != nil && reflect.DeepEqual(*a.sent, hw)
-	if !full && hwSame && a.sentAlarm != nil && slices.EqualFunc(alarms, a.sentAlarm, sameAlarm) {
+	swSame := reflect.DeepEqual(sw, a.sentSW)
+	if !full && hwSame && swSame && a.sentAlarm != nil && slices.EqualFunc(alarms, a.sentAlarm, sameAlarm) {
 		return nil // nothing changed
 	}
 	rep := inventory.Report{Full: full, BootID: a.bootID, Generation: a.gen + 1,
-		BootedAt: a.cfg.Platform.BootedAt(), SoftwareVersion: a.cfg.Version, Hardware: &hw, Alarms: alarms}
+		BootedAt: a.cfg.Platform.BootedAt(), SoftwareVersion: a.cfg.Version, Hardware: &hw, Alarms: alarms, Software: sw}
 	if !full && hwSame {
 		rep.Hardware = nil
 	}
@@ -306,11 +319,23 @@ func (a *Agent) sync(ctx context.Context, full bool) error {
 		a.log.Error("not answering the site's heartbeat", "err", err)
 	}
 	if ack.NeedFull {
-		a.sent, a.sentAlarm = nil, nil
+		a.sent, a.sentAlarm, a.sentSW = nil, nil, nil
 		return errNeedFull
 	}
 	a.gen = rep.Generation
-	a.sent, a.sentAlarm = &hw, alarms
+	a.sent, a.sentAlarm, a.sentSW = &hw, alarms, sw
+	if !a.confirmed {
+		// The site took this boot's report: the software works. A trial
+		// boot of a new slot is kept (the chassis rolls back otherwise).
+		a.confirmed = true
+		if trial, err := a.cfg.Platform.ConfirmBoot(ctx); err != nil {
+			a.log.Error("confirming the boot failed", "err", err)
+			a.confirmed = false
+		} else if trial {
+			a.log.Info("confirmed the boot of the new software", "version", a.cfg.Version)
+			a.sentSW = nil // report the trial's end
+		}
+	}
 	a.log.Debug("reported", "full", full, "generation", a.gen, "alarms", len(alarms))
 	return nil
 }

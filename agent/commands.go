@@ -60,6 +60,12 @@ func (a *Agent) poll(ctx context.Context) error {
 			if err := a.cfg.Platform.Reboot(ctx); err != nil {
 				a.log.Error("reboot failed", "command", c.ID, "err", err)
 			}
+		case "install":
+			if c.Install == nil {
+				a.log.Warn("ignored an install command without an order", "command", c.ID)
+				continue
+			}
+			a.install(ctx, c.ID, *c.Install)
 		default:
 			a.log.Warn("ignored an unknown command", "command", c.ID, "action", c.Action)
 		}

@@ -17,6 +17,7 @@ import (
 	"golang.org/x/sys/unix"
 
 	"github.com/petrel-edge/petrel/agent/monitor"
+	"github.com/petrel-edge/petrel/swpatch"
 )
 
 // Platform is every action of the agent that changes the machine it runs
@@ -47,7 +48,26 @@ type Platform interface {
 	AddAddress(ctx context.Context, iface, prefix string) error
 	DelAddress(ctx context.Context, iface, prefix string) error
 	Announce(ctx context.Context, iface, addr string) error
+
+	// Software reports the host's software slots (swpatch.Status);
+	// ErrNoSoftwareSlots when the platform has none to report.
+	Software(ctx context.Context) (swpatch.Status, error)
+	// StageSoftware installs verified patches, in order, into the
+	// inactive slot (a copy of the active one) and marks it for the next
+	// boot; StageRemoval marks the slot without the patches named;
+	// InstallInService puts a patch that needs no reboot into the running
+	// slot and runs its post-install hook.
+	StageSoftware(ctx context.Context, patches []*swpatch.Patch) error
+	StageRemoval(ctx context.Context, ids []string) error
+	InstallInService(ctx context.Context, p *swpatch.Patch) error
+	// ConfirmBoot tells the host's boot loader that the software it
+	// booted works (the host is back at its site), ending a trial boot
+	// of a new slot; it reports whether there was one.
+	ConfirmBoot(ctx context.Context) (bool, error)
 }
+
+// ErrNoSoftwareSlots is returned by platforms that do not manage software.
+var ErrNoSoftwareSlots = errors.New("agent: this platform does not install software")
 
 // SoftwareRootFS is the name of the software root's file system in alarm
 // entities: host=NAME.filesystem=software-root.
@@ -185,6 +205,35 @@ func (p *LabPlatform) Announce(ctx context.Context, iface, addr string) error {
 	return announce(iface, addr)
 }
 
+func (p *LabPlatform) slots() swpatch.Slots { return swpatch.Slots{Root: p.SoftwareRoot} }
+
+// Software reads the lab host's slots.
+func (p *LabPlatform) Software(ctx context.Context) (swpatch.Status, error) {
+	return p.slots().Status()
+}
+
+// StageSoftware installs into the lab host's inactive slot (under its
+// software root only) and marks it next.
+func (p *LabPlatform) StageSoftware(ctx context.Context, patches []*swpatch.Patch) error {
+	return p.slots().Stage(ctx, patches, swpatch.Limits{}, swpatch.RunHook, time.Now())
+}
+
+// StageRemoval marks the lab host's slot without the patches.
+func (p *LabPlatform) StageRemoval(ctx context.Context, ids []string) error {
+	return p.slots().StageRemoval(ids)
+}
+
+// InstallInService installs into the lab host's running slot.
+func (p *LabPlatform) InstallInService(ctx context.Context, pt *swpatch.Patch) error {
+	return p.slots().InService(ctx, pt, swpatch.Limits{}, swpatch.RunHook, time.Now())
+}
+
+// ConfirmBoot ends the lab host's trial boot (trial.json, which its
+// chassis watches).
+func (p *LabPlatform) ConfirmBoot(ctx context.Context) (bool, error) {
+	return p.slots().Confirm()
+}
+
 // Path returns rel inside the software root, refusing anything that leaves it.
 func (p *LabPlatform) Path(rel string) (string, error) {
 	full := filepath.Join(p.SoftwareRoot, rel)
@@ -297,6 +346,27 @@ func (p *HostPlatform) Announce(ctx context.Context, iface, addr string) error {
 	}
 	return announce(iface, addr)
 }
+
+// Software: real hosts' software slots are not managed yet.
+func (p *HostPlatform) Software(ctx context.Context) (swpatch.Status, error) {
+	return swpatch.Status{}, ErrNoSoftwareSlots
+}
+
+// StageSoftware is refused on real hosts (not implemented).
+func (p *HostPlatform) StageSoftware(ctx context.Context, _ []*swpatch.Patch) error {
+	return ErrNoSoftwareSlots
+}
+
+// StageRemoval is refused on real hosts (not implemented).
+func (p *HostPlatform) StageRemoval(ctx context.Context, _ []string) error { return ErrNoSoftwareSlots }
+
+// InstallInService is refused on real hosts (not implemented).
+func (p *HostPlatform) InstallInService(ctx context.Context, _ *swpatch.Patch) error {
+	return ErrNoSoftwareSlots
+}
+
+// ConfirmBoot: a real host has no trial boots yet.
+func (p *HostPlatform) ConfirmBoot(ctx context.Context) (bool, error) { return false, nil }
 
 // kernelBootTime reads the boot time from /proc/stat (btime).
 func kernelBootTime() time.Time {

@@ -3,6 +3,7 @@ package agent
 import (
 	"context"
 	"encoding/json"
+	"github.com/petrel-edge/petrel/swpatch"
 	"net/http"
 	"net/http/httptest"
 	"os/exec"
@@ -25,6 +26,15 @@ func (*svcPlatform) Kind() string                                 { return "test
 func (*svcPlatform) BootedAt() time.Time                          { return time.Time{} }
 func (*svcPlatform) Reboot(context.Context) error                 { return nil }
 func (*svcPlatform) Usage(context.Context) (monitor.Usage, error) { return monitor.Usage{}, nil }
+func (*svcPlatform) Software(context.Context) (swpatch.Status, error) {
+	return swpatch.Status{}, ErrNoSoftwareSlots
+}
+func (*svcPlatform) StageSoftware(context.Context, []*swpatch.Patch) error { return ErrNoSoftwareSlots }
+func (*svcPlatform) StageRemoval(context.Context, []string) error          { return ErrNoSoftwareSlots }
+func (*svcPlatform) InstallInService(context.Context, *swpatch.Patch) error {
+	return ErrNoSoftwareSlots
+}
+func (*svcPlatform) ConfirmBoot(context.Context) (bool, error) { return false, nil }
 
 // svcSite is a site's services endpoints: 404 until it serves, then the
 // desired state, held while it has not changed from the version asked.

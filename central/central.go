@@ -349,15 +349,18 @@ func (c *Central) register(srv *rest.Server, a *auth.Service) {
 	c.registerFlavors(srv, a)
 	c.registerImages(srv, a)
 	relay := c.relay()
-	for _, m := range []string{http.MethodGet, http.MethodPost, http.MethodPatch, http.MethodDelete} {
+	for _, m := range []string{http.MethodGet, http.MethodPatch, http.MethodDelete} {
 		srv.HandleHTTP("relay"+m[:1]+strings.ToLower(m[1:]), m, "/v1/subclouds/{name}/api/{path:.*}", c.relayGuard, relay)
 	}
-	// PUT carries image uploads (PUT /v1/images/{id}/file), streamed
-	// through: the site caps every route's body itself.
+	// PUT carries image uploads (PUT /v1/images/{id}/file) and POST patch
+	// uploads (POST /v1/patches), streamed through: the site caps every
+	// route's body itself.
+	srv.HandleHTTPStream("relayPost", http.MethodPost, "/v1/subclouds/{name}/api/{path:.*}", RelayMaxUpload, c.relayGuard, relay)
 	srv.HandleHTTPStream("relayPut", http.MethodPut, "/v1/subclouds/{name}/api/{path:.*}", RelayMaxUpload, c.relayGuard, relay)
 }
 
-// RelayMaxUpload bounds a body relayed to a site by PUT (an image upload);
+// RelayMaxUpload bounds a body relayed to a site by PUT or POST (an image
+// or patch upload);
 // each site applies its own, smaller caps.
 const RelayMaxUpload int64 = 64 << 30
 

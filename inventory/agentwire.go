@@ -12,6 +12,7 @@ import (
 	"unicode"
 
 	"github.com/petrel-edge/petrel/internal/errs"
+	"github.com/petrel-edge/petrel/swpatch"
 )
 
 // The agent<->site protocol: an agent joins with POST /v1/join, then
@@ -51,6 +52,10 @@ type Report struct {
 	// host's other resource alarms. Absent means none (and keeps a report
 	// without alarms readable by a site that predates them).
 	Alarms []ResourceAlarm `json:"alarms,omitempty"`
+	// Software is the host's software slots: what runs, what is staged
+	// for the next boot, the last rollback and failed install. Absent: the
+	// agent does not manage software (the site keeps what it knew).
+	Software *swpatch.Status `json:"software,omitempty"`
 }
 
 // The resource alarms an agent may assert about its own host (its
@@ -216,9 +221,20 @@ func cloneResourceAlarms(as []ResourceAlarm) []ResourceAlarm {
 // controller that lost its role cannot act through agents.
 type AgentCommand struct {
 	ID       string    `json:"id"`
-	Action   string    `json:"action"` // reboot
+	Action   string    `json:"action"` // reboot | install
 	Epoch    uint64    `json:"epoch"`
 	IssuedAt time.Time `json:"issued_at"`
+	// Install, for action install: the patches to install, requirements
+	// first (each fetched from GET /v1/agents/{uuid}/patches/{id}), and the
+	// patches to remove.
+	Install *InstallOrder `json:"install,omitempty"`
+}
+
+// InstallOrder is what a host's install does.
+type InstallOrder struct {
+	Patches   []string `json:"patches"`              // to install, in order
+	Remove    []string `json:"remove,omitempty"`     // to take off (boot the slot without them)
+	InService bool     `json:"in_service,omitempty"` // install into the running slot, no reboot
 }
 
 // AgentCommands is the answer to an agent's poll.

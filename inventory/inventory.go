@@ -12,6 +12,7 @@ import (
 
 	"github.com/petrel-edge/petrel/internal/errs"
 	"github.com/petrel-edge/petrel/internal/page"
+	"github.com/petrel-edge/petrel/swpatch"
 )
 
 // Shape is a site's layout of hosts.
@@ -202,9 +203,12 @@ type Host struct {
 	ResourceAlarms []ResourceAlarm `json:"resource_alarms"`
 	// Recovery is where host management's recovery of the host stands,
 	// and the last thing it did.
-	Recovery  Recovery  `json:"recovery"`
-	CreatedAt time.Time `json:"created_at"`
-	UpdatedAt time.Time `json:"updated_at"`
+	Recovery Recovery `json:"recovery"`
+	// Software is what the host's agent last reported about its software
+	// slots (swpatch); nil until it has.
+	Software  *swpatch.Status `json:"software,omitempty"`
+	CreatedAt time.Time       `json:"created_at"`
+	UpdatedAt time.Time       `json:"updated_at"`
 	// Rev increases with every stored change; writers pass the revision they
 	// read so a stale write fails with ErrConflict.
 	Rev uint64 `json:"revision"`
@@ -217,6 +221,10 @@ func (h Host) Clone() Host {
 	h.Inventory.NICs = slices.Clone(h.Inventory.NICs)
 	h.Inventory.PCI = slices.Clone(h.Inventory.PCI)
 	h.ResourceAlarms = cloneResourceAlarms(h.ResourceAlarms)
+	if h.Software != nil {
+		sw := h.Software.Clone()
+		h.Software = &sw
+	}
 	return h
 }
 

@@ -318,7 +318,7 @@ func prepareHost(dir, prefix, binary string, h hostSpec, key string, siteURL str
 		"site_url": siteURL, "ca_cert": filepath.Join(dir, "ca", "ca.crt"),
 		"join_token_file": p.f("join.token"), "state_dir": p.f("state"), "profile": p.f("profile.yaml"),
 		"platform": "lab", "lab": map[string]string{"software_root": p.rootDir(), "chassis": p.f("vbmc.sock")},
-		"check_interval": "2s",
+		"check_interval": "2s", "patch_public_key": patchSigning(dir).PublicKey,
 	}); err != nil {
 		return "", err
 	}
@@ -331,7 +331,8 @@ func prepareHost(dir, prefix, binary string, h hostSpec, key string, siteURL str
 			// controller's interfaces named after them (brief §4 defaults).
 			// Recovery steps get 20 s (60 s by default): a lab host boots in
 			// about a second.
-			"heartbeat": map[string]any{"step_timeout": "20s"},
+			"heartbeat":        map[string]any{"step_timeout": "20s"},
+			"patch_public_key": patchSigning(dir).PublicKey,
 		}
 		if h.Home != nil {
 			home := *h.Home
@@ -421,8 +422,14 @@ func prepareHost(dir, prefix, binary string, h hostSpec, key string, siteURL str
 	// argv of host-init names the lab dir, the site and the host (its config path).
 	return id, writeYAML(p.f("vbmc.yaml"), vbmc.Config{Prefix: prefix, Site: h.Site, Host: key, SiteIndex: h.SiteIndex,
 		HostIndex: h.Index, SoftwareRoot: p.rootDir(), Boot: []string{"host-init", "--config", p.f("host.yaml")},
-		BootDelayMS: 200, Socket: p.f("vbmc.sock"), BMC: bmcCfg, MachineID: id, SoftOffTimeoutMS: 5000})
+		BootDelayMS: 200, Socket: p.f("vbmc.sock"), BMC: bmcCfg, MachineID: id, SoftOffTimeoutMS: 5000,
+		BootTimeoutMS: labBootTimeoutMS})
 }
+
+// labBootTimeoutMS is how long a lab host's chassis waits for a newly
+// installed slot to come back to its site before it rolls back: a lab
+// host's site is back within seconds (docs/patching.md).
+const labBootTimeoutMS = 30000
 
 // BMC ports inside a site: the standard ones.
 const (

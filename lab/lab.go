@@ -14,6 +14,7 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"github.com/petrel-edge/petrel/swpatch"
 	"log/slog"
 	"net"
 	"net/http"
@@ -124,6 +125,13 @@ type CentralEntry struct {
 type PatchSigning struct {
 	PrivateKey string `json:"private_key"`
 	PublicKey  string `json:"public_key"`
+}
+
+// patchSigning is where a lab keeps its patch signing keys: DIR/keys/,
+// the private one 0600.
+func patchSigning(dir string) PatchSigning {
+	return PatchSigning{PrivateKey: filepath.Join(dir, "keys", "patch-signing.key"),
+		PublicKey: filepath.Join(dir, "keys", "patch-signing.pub")}
 }
 
 // SiteEntry is one site in lab.json.
@@ -258,7 +266,16 @@ func Up(ctx context.Context, cfg Config) (_ *File, err error) {
 	if err != nil {
 		return nil, err
 	}
-	f := &File{Version: 1, Dir: dir, CACert: caFile, Sites: []SiteEntry{}}
+	// The lab's patch signing key pair: patches built with it are
+	// trusted by every site (and agent) of the lab.
+	signing := patchSigning(dir)
+	if err := os.MkdirAll(filepath.Join(dir, "keys"), 0o700); err != nil {
+		return nil, err
+	}
+	if err := swpatch.GenerateKeyPair(signing.PrivateKey, signing.PublicKey); err != nil {
+		return nil, err
+	}
+	f := &File{Version: 1, Dir: dir, CACert: caFile, PatchSigning: signing, Sites: []SiteEntry{}}
 
 	// Central, in the root namespace, with a listener for the sites' links.
 	centralDir := filepath.Join(dir, "central")

@@ -104,6 +104,12 @@ func (s *Subcloud) hostAction(r *http.Request) (int, any, error) {
 				inventory.ErrInvalidTransition, h.Name)
 		}
 		h, err = s.setAdmin(ctx, h.UUID, inventory.Unlocked)
+		if err == nil && h.Software != nil && h.Software.NextSlot != "" {
+			// As in StarlingX, the unlock of a host with installed
+			// software boots it: into the slot its install marked.
+			c := s.queueCommand(h.UUID, "reboot")
+			s.log.Info("unlock reboots the host into its new software", "host", h.Name, "slot", h.Software.NextSlot, "command", c.ID)
+		}
 	case "reboot":
 		// Graceful: through the host's agent (at its next poll).
 		if h.Administrative != inventory.Locked {

@@ -208,6 +208,10 @@ func (s *Subcloud) report(r *http.Request) (int, any, error) {
 		if rep.Hardware != nil {
 			h.Inventory = *rep.Hardware
 		}
+		if rep.Software != nil {
+			sw := rep.Software.Clone()
+			h.Software = &sw
+		}
 		h.ResourceAlarms = inventory.SortResourceAlarms(rep.Alarms)
 		if h.Availability == inventory.Offline || h.Availability == inventory.PowerOff {
 			if err := h.SetAvailability(inventory.Online); err != nil {
@@ -227,6 +231,9 @@ func (s *Subcloud) report(r *http.Request) (int, any, error) {
 			return 0, nil, err
 		}
 		s.maint.watch(stored)
+		if rep.Software != nil {
+			s.settlePatches(ctx)
+		}
 		return http.StatusOK, inventory.ReportAck{Generation: rep.Generation, Heartbeat: s.maint.ack(id)}, nil
 	}
 }

@@ -3,6 +3,7 @@ package subcloud_test
 import (
 	"bytes"
 	"context"
+	"crypto/ed25519"
 	"crypto/tls"
 	"encoding/json"
 	"errors"
@@ -64,6 +65,11 @@ func newAgent(t *testing.T, s site, token string, stateDir string) *testAgent {
 // newAgentOn builds an agent for s on platform plat, its monitors
 // configured by mon.
 func newAgentOn(t *testing.T, s site, token string, stateDir string, plat agent.Platform, mon monitor.Config) *testAgent {
+	return newAgentKey(t, s, token, stateDir, plat, mon, nil)
+}
+
+// newAgentKey is newAgentOn with a trusted patch key.
+func newAgentKey(t *testing.T, s site, token string, stateDir string, plat agent.Platform, mon monitor.Config, key ed25519.PublicKey) *testAgent {
 	t.Helper()
 	if stateDir == "" {
 		stateDir = t.TempDir()
@@ -73,7 +79,7 @@ func newAgentOn(t *testing.T, s site, token string, stateDir string, plat agent.
 	root := agenttest.SysRoot(t)
 	a, err := agent.New(agent.Config{SiteURL: s.Shell().URL(), CACert: s.Shell().CACert, JoinTokenFile: tokFile,
 		StateDir: stateDir, DMIPath: "/nonexistent", SysRoot: root, Platform: plat, Version: "test-1",
-		Logger: servertest.Logger(t), CheckInterval: 50 * time.Millisecond, Monitor: mon})
+		Logger: servertest.Logger(t), CheckInterval: 50 * time.Millisecond, Monitor: mon, PatchPublicKey: key})
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -47,8 +47,13 @@ type agentCommands struct {
 
 // queue adds a command for a host's agent; it is handed over once.
 func (s *Subcloud) queueCommand(hostUUID, action string) inventory.AgentCommand {
+	return s.queueCommandWith(hostUUID, action, nil)
+}
+
+// queueCommandWith queues a command carrying an install order.
+func (s *Subcloud) queueCommandWith(hostUUID, action string, order *inventory.InstallOrder) inventory.AgentCommand {
 	id, _ := uuid.NewV7()
-	c := inventory.AgentCommand{ID: id.String(), Action: action, Epoch: s.controllerEpoch(), IssuedAt: time.Now().UTC()}
+	c := inventory.AgentCommand{ID: id.String(), Action: action, Epoch: s.controllerEpoch(), IssuedAt: time.Now().UTC(), Install: order}
 	s.cmds.mu.Lock()
 	defer s.cmds.mu.Unlock()
 	if s.cmds.pending == nil {

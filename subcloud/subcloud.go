@@ -53,6 +53,9 @@ type FileConfig struct {
 	// Etcd configures the site's coordination member; absent: one member
 	// on the API's address.
 	Etcd *EtcdConfig `json:"etcd"`
+	// PatchPublicKey is the PEM file of the key patches must be signed
+	// with (the lab's DIR/keys/patch-signing.pub); "": uploads refused.
+	PatchPublicKey string `json:"patch_public_key"`
 	// HA makes this controller one of a pair (subcloud/ctlha.FileConfig,
 	// read by the daemon); absent: the site's only controller.
 	HA json.RawMessage `json:"ha,omitempty"`
@@ -79,6 +82,9 @@ type Config struct {
 	// HA, set by the controller pair's runner, makes this the active
 	// controller of a pair; nil: the site's only controller.
 	HA *HAConfig
+	// PatchPublicKey is the file of the trusted patch signing key; "":
+	// patch uploads are refused.
+	PatchPublicKey string
 }
 
 // Subcloud is a running site controller.
@@ -104,6 +110,7 @@ type Subcloud struct {
 	Servers compute.Servers
 	servers *compute.Manager
 	images  *images
+	patches *patches
 	// services keeps the site's service groups (servicemgr).
 	services *servicemgr.Manager
 	coord    *coordination
@@ -141,7 +148,8 @@ func ConfigFromFile(fc FileConfig, shell server.Config) (Config, error) {
 		return Config{}, err
 	}
 	return Config{Site: fc.Site, Shape: shape, Shell: shell, Central: fc.Central, Heartbeat: fc.Heartbeat,
-		ImageMaxBytes: fc.ImageMaxBytes, Compute: fc.Compute, ServiceGroups: groups, Etcd: fc.Etcd}, nil
+		ImageMaxBytes: fc.ImageMaxBytes, Compute: fc.Compute, ServiceGroups: groups, Etcd: fc.Etcd,
+		PatchPublicKey: fc.PatchPublicKey}, nil
 }
 
 // New builds the site controller; it starts nothing.
@@ -173,6 +181,10 @@ func New(ctx context.Context, cfg Config) (*Subcloud, error) {
 		hostLocks: newHostLocks(), bmcs: hosts}
 	s.bmcClients = &bmcClients{s: s}
 	if err := s.openImages(ctx); err != nil {
+		shell.Close()
+		return nil, err
+	}
+	if err := s.openPatches(ctx); err != nil {
 		shell.Close()
 		return nil, err
 	}
@@ -295,6 +307,7 @@ func (s *Subcloud) register(srv *rest.Server, a *auth.Service) {
 	s.registerCompute(srv, a)
 	s.registerServers(srv, a)
 	s.registerServices(srv, a)
+	s.registerPatches(srv, a)
 	osapi.Register(srv, a, s.openstackDeps()) // /identity, /compute, /image
 }
 

@@ -7,6 +7,7 @@ import (
 	"context"
 	"os"
 	"path/filepath"
+	"slices"
 	"sync"
 	"testing"
 	"time"
@@ -14,6 +15,7 @@ import (
 	"github.com/petrel-edge/petrel/agent"
 	"github.com/petrel-edge/petrel/agent/monitor"
 	"github.com/petrel-edge/petrel/agent/services/servicestest"
+	"github.com/petrel-edge/petrel/swpatch"
 )
 
 // SysRoot writes a small machine under a temporary root: 2 sockets x 2
@@ -78,6 +80,11 @@ type Platform struct {
 	fsPct   float64
 	err     error
 	reboots int
+
+	sw         swpatch.Status
+	installErr error
+	installed  []string
+	confirms   int
 }
 
 var _ agent.Platform = (*Platform)(nil)
@@ -143,4 +150,103 @@ func (p *Platform) Usage(context.Context) (monitor.Usage, error) {
 		Memory: &monitor.Memory{UsedBytes: uint64(p.memPct / 100 * mem), LimitBytes: mem, Source: "memory.current"},
 		Filesystems: []monitor.Filesystem{{Name: agent.SoftwareRootFS, Path: "/srv/petrel",
 			UsedBytes: uint64(p.fsPct / 100 * fs), SizeBytes: fs}}}, nil
+}
+
+// SetSoftware sets the software status the platform reports.
+func (p *Platform) SetSoftware(st swpatch.Status) {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	p.sw = st
+}
+
+// SetInstallError makes every install fail with err (nil: succeed).
+func (p *Platform) SetInstallError(err error) {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	p.installErr = err
+}
+
+// Installed lists the patches handed to the platform, in order, with
+// "staged:" or "in-service:" before each.
+func (p *Platform) Installed() []string {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	return slices.Clone(p.installed)
+}
+
+// Confirms is how many boots were confirmed.
+func (p *Platform) Confirms() int {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	return p.confirms
+}
+
+// Software reports the status set (slot "a" at first).
+func (p *Platform) Software(context.Context) (swpatch.Status, error) {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	st := p.sw.Clone()
+	if st.Slot == "" {
+		st.Slot = "a"
+	}
+	if st.Patches == nil {
+		st.Patches = []string{}
+	}
+	return st, nil
+}
+
+// StageSoftware records the patches as staged in slot b (nothing is
+// written).
+func (p *Platform) StageSoftware(_ context.Context, pts []*swpatch.Patch) error {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	if p.installErr != nil {
+		p.sw.Failed, p.sw.FailedReason = pts[0].Manifest.ID, p.installErr.Error()
+		return p.installErr
+	}
+	p.sw.NextSlot = "b"
+	p.sw.NextPatches = slices.Clone(p.sw.Patches)
+	for _, pt := range pts {
+		p.installed = append(p.installed, "staged:"+pt.Manifest.ID)
+		p.sw.NextPatches = append(p.sw.NextPatches, pt.Manifest.ID)
+		p.sw.NextVersion = pt.Manifest.Version
+	}
+	return nil
+}
+
+// StageRemoval records the removal.
+func (p *Platform) StageRemoval(_ context.Context, ids []string) error {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	if p.installErr != nil {
+		return p.installErr
+	}
+	for _, id := range ids {
+		p.installed = append(p.installed, "remove:"+id)
+	}
+	return nil
+}
+
+// InstallInService records the patch as running.
+func (p *Platform) InstallInService(_ context.Context, pt *swpatch.Patch) error {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	if p.installErr != nil {
+		p.sw.Failed, p.sw.FailedReason = pt.Manifest.ID, p.installErr.Error()
+		return p.installErr
+	}
+	p.installed = append(p.installed, "in-service:"+pt.Manifest.ID)
+	p.sw.Patches = append(p.sw.Patches, pt.Manifest.ID)
+	p.sw.Version = pt.Manifest.Version
+	return nil
+}
+
+// ConfirmBoot counts the confirmation; the status's trial ends.
+func (p *Platform) ConfirmBoot(context.Context) (bool, error) {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	p.confirms++
+	trial := p.sw.Trial
+	p.sw.Trial = false
+	return trial, nil
 }

@@ -11,6 +11,7 @@ import (
 	"github.com/petrel-edge/petrel/agent/monitor"
 	"github.com/petrel-edge/petrel/internal/server"
 	"github.com/petrel-edge/petrel/internal/version"
+	"github.com/petrel-edge/petrel/swpatch"
 )
 
 // agentFileConfig is the configuration file of `petrel agent`.
@@ -25,10 +26,13 @@ type agentFileConfig struct {
 		SoftwareRoot string `json:"software_root"`
 		Chassis      string `json:"chassis"`
 	} `json:"lab"`
-	SoftwareRoot  string `json:"software_root"` // host platform: the file system the monitor watches; default /
-	LogLevel      string `json:"log_level"`
-	CheckInterval string `json:"check_interval"`
-	Monitor       struct {
+	SoftwareRoot string `json:"software_root"` // host platform: the file system the monitor watches; default /
+	// PatchPublicKey is the PEM file of the key patch archives must be
+	// signed with; "": installs are refused.
+	PatchPublicKey string `json:"patch_public_key"`
+	LogLevel       string `json:"log_level"`
+	CheckInterval  string `json:"check_interval"`
+	Monitor        struct {
 		Disabled   bool              `json:"disabled"`
 		Interval   string            `json:"interval"` // default 10s
 		CPU        monitor.Threshold `json:"cpu"`
@@ -73,6 +77,12 @@ func (a *app) agentDaemonCmd() *cobra.Command {
 			}
 			cfg := agent.Config{SiteURL: fc.SiteURL, CACert: fc.CACert, JoinTokenFile: fc.JoinTokenFile,
 				StateDir: fc.StateDir, Platform: plat, Version: version.Get().Version, Logger: logger.With("daemon", "agent")}
+			if fc.PatchPublicKey != "" {
+				if cfg.PatchPublicKey, err = swpatch.LoadPublicKey(fc.PatchPublicKey); err != nil {
+					// The host still reports; installs are refused until fixed.
+					cfg.Logger.Error("no trusted patch key: installs will be refused", "err", err)
+				}
+			}
 			if fc.Profile != "" {
 				if cfg.Profile, err = agent.LoadProfile(fc.Profile); err != nil {
 					return err

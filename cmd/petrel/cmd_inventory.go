@@ -148,7 +148,7 @@ func (a *app) hostCmd() *cobra.Command {
 			return a.list(cmd, "/v1/hosts/"+url.PathEscape(args[0])+"/sensors", nil, 0, "name", "kind", "value", "unit", "status")
 		},
 	}
-	actions = append(actions, sensors)
+	actions = append(actions, sensors, a.hostInstallCmd())
 	return group("host", "Inspect and manage a site's hosts (at a site, or through central with --site)",
 		append([]*cobra.Command{list, show, assign, del, a.joinTokenCmd(), bmcCmd}, actions...)...)
 }

@@ -32,6 +32,7 @@ import (
 	"github.com/petrel-edge/petrel/agent/monitor"
 	"github.com/petrel-edge/petrel/internal/atomicfile"
 	"github.com/petrel-edge/petrel/lab/hostnet"
+	"github.com/petrel-edge/petrel/swpatch"
 )
 
 // Config is a chassis' configuration file.
@@ -48,6 +49,11 @@ type Config struct {
 	// SoftOffTimeoutMS bounds a graceful shutdown: after it the chassis
 	// powers off whether or not the host's init has exited (default 10 s).
 	SoftOffTimeoutMS int `json:"soft_off_timeout_ms,omitempty"`
+	// BootTimeoutMS bounds a trial boot of a newly installed slot: if the
+	// host's agent has not confirmed it (swpatch.Slots.Confirm, once the
+	// host is back at its site) by then, the chassis makes the previous
+	// slot active again and power-cycles the host (default 60 s).
+	BootTimeoutMS int `json:"boot_timeout_ms,omitempty"`
 	// BMC, if it has endpoints, serves IPMI and Redfish.
 	BMC *BMCConfig `json:"bmc,omitempty"`
 	// MachineID is the host's machine id; the BMC reports a UUID and GUID
@@ -278,9 +284,20 @@ func (c *Chassis) boot(gen int) {
 	if c.gen != gen || c.state != On {
 		return
 	}
-	slot := "a"
-	if b, err := os.ReadFile(filepath.Join(c.cfg.SoftwareRoot, "active")); err == nil {
-		slot = strings.TrimSpace(string(b))
+	// The boot loader: a slot marked next boots as a trial; an earlier
+	// trial never confirmed is rolled back first (swpatch.Slots).
+	slots := swpatch.Slots{Root: c.cfg.SoftwareRoot}
+	slot, trial, err := slots.SelectBoot(time.Now())
+	if err != nil {
+		c.log.Error("boot: choosing the slot failed; booting the active one", "err", err)
+		if slot, err = slots.Active(); err != nil {
+			slot = "a"
+		}
+	}
+	if trial {
+		timeout := c.bootTimeout()
+		c.log.Info("trial boot of a new slot", "slot", slot, "timeout", timeout)
+		time.AfterFunc(timeout, func() { c.checkTrial(gen, slot, timeout) })
 	}
 	bin := filepath.Join(c.cfg.SoftwareRoot, "sw", slot, "bin", "petrel")
 	console, err := os.OpenFile(filepath.Join(c.cfg.SoftwareRoot, "console.log"), os.O_CREATE|os.O_WRONLY|os.O_APPEND, 0o600)
@@ -321,6 +338,47 @@ func (c *Chassis) boot(gen int) {
 		c.log.Info("host-init exited", "err", err)
 	}()
 	c.log.Info("booted", "slot", slot, "pid", cmd.Process.Pid)
+}
+
+func (c *Chassis) bootTimeout() time.Duration {
+	if c.cfg.BootTimeoutMS > 0 {
+		return time.Duration(c.cfg.BootTimeoutMS) * time.Millisecond
+	}
+	return time.Minute
+}
+
+// checkTrial rolls a trial boot back when its host has not confirmed it:
+// the previous slot becomes active (recorded in rollback.json, which the
+// host's agent reports and the site alarms as 900.003) and the host is
+// power-cycled into it. A power change since the boot makes it moot (the
+// next boot decides).
+func (c *Chassis) checkTrial(gen int, slot string, timeout time.Duration) {
+	c.mu.Lock()
+	same := c.gen == gen && c.state == On
+	c.mu.Unlock()
+	if !same {
+		return
+	}
+	slots := swpatch.Slots{Root: c.cfg.SoftwareRoot}
+	t, err := slots.Trial()
+	if err != nil || t == nil || t.Slot != slot {
+		return // confirmed
+	}
+	reason := fmt.Sprintf("the host did not come back to its site within %s of booting slot %s", timeout, slot)
+	c.log.Warn("rolling back to the previous slot", "from", slot, "to", t.Previous, "reason", reason)
+	if err := slots.Rollback(reason, time.Now()); err != nil {
+		c.log.Error("rollback failed", "err", err)
+		return
+	}
+	c.bg.Add(1)
+	go func() {
+		defer c.bg.Done()
+		ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+		defer cancel()
+		if err := c.power(ctx, "cycle"); err != nil {
+			c.log.Error("rollback: power cycle failed", "err", err)
+		}
+	}()
 }
 
 func (c *Chassis) powerOff(ctx context.Context) error {
@@ -371,7 +429,13 @@ func (c *Chassis) handler() http.Handler {
 			writeJSON(w, http.StatusBadRequest, map[string]string{"error": "body must be {\"action\": \"on|off|cycle\"}"})
 			return
 		}
-		if err := c.power(r.Context(), req.Action); err != nil {
+		// A power action, once asked, completes whatever happens to the
+		// caller: the host's own agent asking for a cycle dies with its
+		// host halfway through the request.
+		ctx, cancel := context.WithTimeout(context.WithoutCancel(r.Context()), time.Minute)
+		defer cancel()
+		if err := c.power(ctx, req.Action); err != nil {
+			c.log.Error("power action failed", "action", req.Action, "err", err)
 			writeJSON(w, http.StatusBadRequest, map[string]string{"error": err.Error()})
 			return
 		}

@@ -13,6 +13,7 @@ import (
 
 	"gorm.io/gorm"
 
+	"github.com/petrel-edge/petrel/internal/errs"
 	"github.com/petrel-edge/petrel/internal/sqldb"
 	"github.com/petrel-edge/petrel/swpatch"
 )
@@ -68,6 +69,9 @@ func fromRow(row patchRow) (swpatch.Record, error) {
 
 // Create records a verified patch in state available.
 func (s *Store) Create(ctx context.Context, r swpatch.Record, manifest, sig []byte) (swpatch.Record, error) {
+	if len(manifest) == 0 || len(sig) == 0 {
+		return swpatch.Record{}, errs.Wrapf(errs.Invalid, "patchdb: patch %s without its manifest or signature", r.ID)
+	}
 	r.State = swpatch.Available
 	r.CreatedAt = now()
 	r.UpdatedAt = r.CreatedAt

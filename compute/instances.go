@@ -193,6 +193,9 @@ func (m *Manager) Run(ctx context.Context) error {
 	defer m.closeConns()
 	all, err := m.cfg.Store.AllServers(ctx)
 	if err != nil {
+		if ctx.Err() != nil {
+			return nil // stopped while starting: a clean stop, not a failure
+		}
 		return err
 	}
 	for _, sv := range all {

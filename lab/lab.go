@@ -864,7 +864,7 @@ func Down(ctx context.Context, dir string) error {
 			_ = os.RemoveAll(sock)
 		}
 	}
-	for _, sub := range []string{"central", "central-ha", "sites", "hosts", "machines", "ca", "ca-etcd", "logs", "fabric.yaml", WANFaultsFile, fileName, stateDir} {
+	for _, sub := range []string{"central", "central-ha", "sites", "hosts", "machines", "ca", "ca-etcd", "keys", "logs", "fabric.yaml", WANFaultsFile, fileName, stateDir} {
 		if err := os.RemoveAll(filepath.Join(dir, sub)); err != nil {
 			return err
 		}

@@ -208,6 +208,7 @@ func (p planner) stage(name string, hosts []Host, swact bool) Stage {
 	}
 	if reboot {
 		add(LockHosts, unlocked)
+		steps[len(steps)-1].Force = p.snap.Shape == inventory.Simplex
 	}
 	add(SwPatchHosts, all)
 	if reboot {

@@ -212,9 +212,12 @@ func (o Options) Validate() error {
 
 // Step is one action on one or more hosts.
 type Step struct {
-	Action Action    `json:"action"`
-	Target string    `json:"target"` // the hosts, comma-separated ("" for site-wide steps)
-	Hosts  []string  `json:"hosts,omitempty"`
+	Action Action   `json:"action"`
+	Target string   `json:"target"` // the hosts, comma-separated ("" for site-wide steps)
+	Hosts  []string `json:"hosts,omitempty"`
+	// Force: lock-hosts of a simplex site's only controller (its servers
+	// were stopped, or it has none), which a plain lock refuses.
+	Force  bool      `json:"force,omitempty"`
 	State  StepState `json:"state"`
 	Reason string    `json:"reason"` // why it failed or was aborted
 	// Servers are the servers StopInstances stopped, so StartInstances

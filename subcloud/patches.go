@@ -278,31 +278,39 @@ type InstallResponse struct {
 // reboot-required install or any removal needs the host locked; the
 // unlock then boots the new slot.
 func (s *Subcloud) installHost(r *http.Request) (int, any, error) {
-	ctx := r.Context()
-	h, err := s.Hosts.Host(ctx, rest.Var(r, "id"))
+	resp, err := s.orderInstall(r.Context(), rest.Var(r, "id"))
 	if err != nil {
 		return 0, nil, err
 	}
+	return http.StatusAccepted, resp, nil
+}
+
+// orderInstall queues an install order for host id (see installHost).
+func (s *Subcloud) orderInstall(ctx context.Context, id string) (InstallResponse, error) {
+	h, err := s.Hosts.Host(ctx, id)
+	if err != nil {
+		return InstallResponse{}, err
+	}
 	if h.Software == nil {
-		return 0, nil, fmt.Errorf("%w: host %s has not reported its software yet", errs.InvalidTransition, h.Name)
+		return InstallResponse{}, fmt.Errorf("%w: host %s has not reported its software yet", errs.InvalidTransition, h.Name)
 	}
 	s.patches.mu.Lock()
 	list, err := s.patches.store.Patches(ctx)
 	s.patches.mu.Unlock()
 	if err != nil {
-		return 0, nil, err
+		return InstallResponse{}, err
 	}
 	order, reboot, err := installOrder(list, *h.Software)
 	if err != nil {
-		return 0, nil, fmt.Errorf("host %s: %w", h.Name, err)
+		return InstallResponse{}, fmt.Errorf("host %s: %w", h.Name, err)
 	}
 	if reboot && h.Administrative != inventory.Locked {
-		return 0, nil, fmt.Errorf("%w: lock host %s first: its install needs a reboot (host unlock then boots the new software)",
+		return InstallResponse{}, fmt.Errorf("%w: lock host %s first: its install needs a reboot (host unlock then boots the new software)",
 			errs.InvalidTransition, h.Name)
 	}
 	c := s.queueCommandWith(h.UUID, "install", &order)
 	s.log.Info("install ordered", "host", h.Name, "patches", order.Patches, "remove", order.Remove, "in_service", order.InService, "command", c.ID)
-	return http.StatusAccepted, InstallResponse{Host: h.Name, Command: c.ID, Order: order}, nil
+	return InstallResponse{Host: h.Name, Command: c.ID, Order: order}, nil
 }
 
 // installOrder is what a host must do to match the applied patches.

@@ -419,18 +419,19 @@ func (e *Executor) do(ctx context.Context, s *Strategy, i, j int) error {
 		}
 		return nil
 	case SwactHosts:
-		for _, h := range step.Hosts {
-			if err := site.Swact(ctx, h); err != nil {
-				return err
-			}
-		}
-		return e.wait(ctx, to.Swact, func(hs map[string]HostStatus) string {
+		// Retried until the timeout: a swact is refused while the peer
+		// cannot take over yet (its database catching up after its own
+		// reboot). The site controller running this stops on the way.
+		return e.waitErr(ctx, to.Swact, func(hs map[string]HostStatus) (string, error) {
 			for _, h := range step.Hosts {
 				if hs[h].Active {
-					return h + " is still the active controller"
+					if err := site.Swact(ctx, h); err != nil {
+						return h + " is still the active controller: " + err.Error(), nil
+					}
+					return h + " is still the active controller", nil
 				}
 			}
-			return ""
+			return "", nil
 		})
 	case StopInstances:
 		hosts, err := site.Hosts(ctx)
@@ -470,17 +471,22 @@ func (e *Executor) do(ctx context.Context, s *Strategy, i, j int) error {
 		if err := e.persistLocked(ctx, s); err != nil {
 			return err
 		}
-		force := step.Force
-		if err := e.each(ctx, step.Hosts, func(ctx context.Context, h string) error { return site.Lock(ctx, h, force) }); err != nil {
-			return err
-		}
+		// Retried until the timeout: a lock is refused while, say, a
+		// service group has no healthy standby yet after the last host.
 		return e.wait(ctx, to.Lock, func(hs map[string]HostStatus) string {
+			var todo []string
 			for _, h := range step.Hosts {
 				if hs[h].Administrative != inventory.Locked {
-					return h + " is not locked"
+					todo = append(todo, h)
 				}
 			}
-			return ""
+			if len(todo) == 0 {
+				return ""
+			}
+			if err := e.each(ctx, todo, func(ctx context.Context, h string) error { return site.Lock(ctx, h, step.Force) }); err != nil {
+				return "not locked: " + err.Error()
+			}
+			return strings.Join(todo, ",") + " not locked"
 		})
 	case SwPatchHosts:
 		hosts, err := e.hostMap(ctx)

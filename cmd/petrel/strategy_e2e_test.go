@@ -111,6 +111,9 @@ func TestPatchStrategyInTheLab(t *testing.T) {
 	}
 	site.ok("strategy", "create", "--type", "patch", "--worker-apply-type", "serial", "--instance-action", "migrate")
 	table := site.ok("strategy", "show")
+	if relayed := central.ok("--site", "sp", "strategy", "show", "-o", "yaml"); !strings.Contains(relayed, "state: ready-to-apply") {
+		t.Errorf("strategy show through central's relay:\n%s", relayed)
+	}
 	t.Logf("the plan:\n%s", table)
 	plan := show()
 	var stages []string

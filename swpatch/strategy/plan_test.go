@@ -225,3 +225,19 @@ func TestPlanRefuses(t *testing.T) {
 		})
 	}
 }
+
+// BenchmarkPlan plans a multi-server site of 2 controllers and 100
+// workers (every other one running 4 servers), parallel by 10.
+func BenchmarkPlan(b *testing.B) {
+	servers := map[string][]string{}
+	for i := 0; i < 100; i += 2 {
+		servers[fmt.Sprintf("worker-%d", i)] = []string{"a", "b", "c", "d"}
+	}
+	snap := strategy.Snapshot{Shape: inventory.MultiServer, Patches: []string{"P"}, RebootRequired: true, Hosts: multi(100, servers)}
+	opts := strategy.Options{WorkerApplyType: strategy.Parallel, MaxParallelWorkerHosts: 10}
+	for b.Loop() {
+		if _, err := strategy.Plan(snap, opts); err != nil {
+			b.Fatal(err)
+		}
+	}
+}

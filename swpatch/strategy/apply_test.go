@@ -338,3 +338,41 @@ func TestCreateOnePerType(t *testing.T) {
 		t.Errorf("abort of a ready strategy: %s", s.State)
 	}
 }
+
+// A lock refused for a while is retried; an install that fails stops the
+// strategy at once, naming the patch.
+func TestLockRetriedInstallFailureStops(t *testing.T) {
+	e := newEnv(t, inventory.MultiServer, siteHosts(2, nil), true)
+	e.site.RefuseLock["controller-1"] = 3
+	e.site.FailInstall["worker-0"] = true
+	e.start()
+	e.create(strategy.Options{})
+	e.ex.Apply(context.Background(), strategy.Patch)
+	s := e.await(strategy.ApplyFailed, strategy.Applied)
+	if s.State != strategy.ApplyFailed || !strings.Contains(s.Reason, "sw-patch-hosts worker-0") || !strings.Contains(s.Reason, "P-1") {
+		t.Fatalf("state %s: %q; want apply-failed at worker-0's install naming P-1", s.State, s.Reason)
+	}
+	if h := e.site.Host("controller-1"); !h.PatchCurrent {
+		t.Errorf("controller-1 (lock refused 3 times first): %+v", h)
+	}
+	n := 0
+	for _, c := range e.site.Calls {
+		if c == "lock controller-1" {
+			n++
+		}
+	}
+	if n != 4 {
+		t.Errorf("controller-1 lock called %d times; want 4 (3 refused)", n)
+	}
+	if h := e.site.Host("worker-1"); h.Administrative != inventory.Unlocked || h.PatchCurrent {
+		t.Errorf("worker-1, after the failed worker-0: %+v; want untouched", h)
+	}
+	// Abort: worker-0, locked by the strategy, is unlocked.
+	if _, err := e.ex.Abort(context.Background(), strategy.Patch); err != nil {
+		t.Fatal(err)
+	}
+	e.await(strategy.Aborted)
+	if h := e.site.Host("worker-0"); h.Administrative != inventory.Unlocked {
+		t.Errorf("worker-0 after abort: %+v", h)
+	}
+}

@@ -37,6 +37,8 @@ type Site struct {
 	NeverBack map[string]bool
 	// FailInstall: hosts whose install fails.
 	FailInstall map[string]bool
+	// RefuseLock: how many more locks of a host are refused.
+	RefuseLock map[string]int
 	// OnSwact runs after a swact (the test's stand-in for the old
 	// active's site controller stopping).
 	OnSwact func()
@@ -56,7 +58,7 @@ type Site struct {
 // available, not patch-current) and applied patches.
 func NewSite(hosts []strategy.HostStatus, patches []string, reboot bool) *Site {
 	s := &Site{hosts: map[string]*Host{}, patches: patches, reboot: reboot, RebootPolls: 3,
-		NeverBack: map[string]bool{}, FailInstall: map[string]bool{}, Raised: map[string]int{}, Cleared: map[string]int{},
+		NeverBack: map[string]bool{}, FailInstall: map[string]bool{}, RefuseLock: map[string]int{}, Raised: map[string]int{}, Cleared: map[string]int{},
 		stopped: map[string]bool{}}
 	for _, h := range hosts {
 		if h.Administrative == "" {
@@ -155,6 +157,10 @@ func (s *Site) Lock(ctx context.Context, name string, force bool) error {
 	h := s.hosts[name]
 	if h.Administrative == inventory.Locked {
 		return nil
+	}
+	if s.RefuseLock[name] > 0 {
+		s.RefuseLock[name]--
+		return errors.New("no healthy standby yet")
 	}
 	if len(h.Running) > 0 && !force {
 		var dest *Host

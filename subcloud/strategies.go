@@ -147,8 +147,11 @@ func (a strategySite) Hosts(ctx context.Context) ([]strategy.HostStatus, error) 
 			st.Subfunctions = append(st.Subfunctions, "worker")
 		}
 		st.Installed = st.PatchCurrent || stagedCurrent(list, h)
-		if f := hostSoftware(h).Failed; f != "" && !st.PatchCurrent {
+		if f := hostSoftware(h).Failed; f != "" && !st.PatchCurrent && slices.ContainsFunc(list, func(r swpatch.Record) bool { return r.ID == f && r.State.Applied() }) {
 			st.InstallFailed = f
+		}
+		if h.LastReport != nil {
+			st.ReportedAt = *h.LastReport
 		}
 		for _, sv := range servers {
 			if sv.Host != h.Name || sv.Status == compute.ServerDeleted {

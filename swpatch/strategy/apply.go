@@ -29,9 +29,12 @@ type HostStatus struct {
 	// Installed: the host runs every applied patch or has them staged
 	// for its next boot.
 	Installed bool
-	// InstallFailed names the patch whose install failed or rolled back
-	// on the host, if any.
+	// InstallFailed names the applied patch whose install failed or
+	// rolled back on the host, if any.
 	InstallFailed string
+	// ReportedAt is when the site last accepted the host's report: an
+	// install failure counts only if reported after the install order.
+	ReportedAt time.Time
 	// Servers are the servers on the host; Running those of them active.
 	Servers []string
 	Running []string
@@ -493,6 +496,7 @@ func (e *Executor) do(ctx context.Context, s *Strategy, i, j int) error {
 		if err != nil {
 			return err
 		}
+		ordered := time.Now()
 		if err := e.each(ctx, step.Hosts, func(ctx context.Context, h string) error {
 			if hosts[h].Installed {
 				return nil
@@ -503,7 +507,7 @@ func (e *Executor) do(ctx context.Context, s *Strategy, i, j int) error {
 		}
 		return e.waitErr(ctx, to.Install, func(hs map[string]HostStatus) (string, error) {
 			for _, h := range step.Hosts {
-				if f := hs[h].InstallFailed; f != "" && !hs[h].Installed {
+				if f := hs[h].InstallFailed; f != "" && !hs[h].Installed && hs[h].ReportedAt.After(ordered) {
 					return "", fmt.Errorf("the install of %s failed on %s", f, h)
 				}
 				if !hs[h].Installed {

@@ -10,6 +10,7 @@ import (
 	"slices"
 	"sort"
 	"sync"
+	"time"
 
 	"github.com/petrel-edge/petrel/inventory"
 	"github.com/petrel-edge/petrel/swpatch/strategy"
@@ -123,6 +124,7 @@ func (s *Site) Hosts(ctx context.Context) ([]strategy.HostStatus, error) {
 				h.PatchCurrent, h.staged = true, false
 			}
 		}
+		h.ReportedAt = time.Now()
 		out = append(out, clone(h.HostStatus))
 	}
 	s.down()

@@ -533,10 +533,11 @@ func (e *Executor) do(ctx context.Context, s *Strategy, i, j int) error {
 		s.Locked = slices.DeleteFunc(s.Locked, func(h string) bool { return slices.Contains(step.Hosts, h) })
 		return e.persistLocked(ctx, s)
 	case SystemStabilize:
+		begun := time.Now()
 		return e.waitErr(ctx, to.Stabilize, func(hs map[string]HostStatus) (string, error) {
 			for _, h := range step.Hosts {
 				st := hs[h]
-				if st.InstallFailed != "" && !st.PatchCurrent {
+				if st.InstallFailed != "" && !st.PatchCurrent && st.ReportedAt.After(begun) {
 					return "", fmt.Errorf("%s did not boot its new software (%s rolled back)", h, st.InstallFailed)
 				}
 				if st.Availability != inventory.Available || st.Operational != inventory.Enabled || !st.PatchCurrent {

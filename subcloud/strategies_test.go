@@ -6,6 +6,8 @@ import (
 	"fmt"
 	"net/http"
 	"net/url"
+	"os"
+	"path/filepath"
 	"strings"
 	"testing"
 	"time"
@@ -78,6 +80,11 @@ func TestStrategyThroughTheAPI(t *testing.T) {
 		t.Fatal(err)
 	}
 	if err := s.api.Do(ctx, http.MethodPost, "/v1/patches/CONF1/apply", nil, nil, nil); err != nil {
+		t.Fatal(err)
+	}
+	// As on the other controller of a pair after a swact: the archive is
+	// not in this controller's data directory, only in the database.
+	if err := os.Remove(filepath.Join(s.Shell().DataDir(), "patches", "CONF1.patch")); err != nil {
 		t.Fatal(err)
 	}
 	if err := s.api.Do(ctx, http.MethodPost, path, nil, strategy.Options{MaxParallelWorkerHosts: 11}, nil); !errors.Is(err, errs.Invalid) {

@@ -98,7 +98,7 @@ func preparePairSecrets(dir, site string, home *homeInfo) error {
 		}
 	}
 	copies := map[string]string{"ha/heartbeat.key": "ha/heartbeat.key", "data/" + sealed.KeyFile: "data/" + sealed.KeyFile,
-		"data/heartbeat.key": "data/heartbeat.key",
+		"data/heartbeat.key":              "data/heartbeat.key",
 		"data/agent-ca/" + pki.CACertFile: "data/agent-ca/" + pki.CACertFile, "data/agent-ca/" + pki.CAKeyFile: "data/agent-ca/" + pki.CAKeyFile}
 	if home != nil {
 		for _, f := range []string{home.CACert, home.CertFile, home.KeyFile, home.PublicKeyFile} {

@@ -113,7 +113,9 @@ type Config struct {
 	Logger   *slog.Logger
 	Timeouts Timeouts      // zero fields: DefaultTimeouts
 	Poll     time.Duration // how often a step looks at the site; zero: 200 ms
-	Now      func() time.Time
+	// RetryEvery spaces the attempts of a refused lock or swact; zero: 2 s.
+	RetryEvery time.Duration
+	Now        func() time.Time
 }
 
 // Executor runs a site's strategy step by step. It runs only where the
@@ -141,6 +143,9 @@ func New(cfg Config) *Executor {
 	}
 	if cfg.Poll == 0 {
 		cfg.Poll = 200 * time.Millisecond
+	}
+	if cfg.RetryEvery == 0 {
+		cfg.RetryEvery = 2 * time.Second
 	}
 	if cfg.Now == nil {
 		cfg.Now = func() time.Time { return time.Now().UTC() }
@@ -425,9 +430,14 @@ func (e *Executor) do(ctx context.Context, s *Strategy, i, j int) error {
 		// Retried until the timeout: a swact is refused while the peer
 		// cannot take over yet (its database catching up after its own
 		// reboot). The site controller running this stops on the way.
+		var tried time.Time
 		return e.waitErr(ctx, to.Swact, func(hs map[string]HostStatus) (string, error) {
 			for _, h := range step.Hosts {
 				if hs[h].Active {
+					if time.Since(tried) < e.cfg.RetryEvery {
+						return h + " is still the active controller", nil
+					}
+					tried = time.Now()
 					if err := site.Swact(ctx, h); err != nil {
 						return h + " is still the active controller: " + err.Error(), nil
 					}
@@ -474,8 +484,11 @@ func (e *Executor) do(ctx context.Context, s *Strategy, i, j int) error {
 		if err := e.persistLocked(ctx, s); err != nil {
 			return err
 		}
-		// Retried until the timeout: a lock is refused while, say, a
-		// service group has no healthy standby yet after the last host.
+		// Retried until the timeout, at most every retryEvery: a lock is
+		// refused while, say, a service group has no healthy standby yet
+		// after the last host, or a server cannot move yet.
+		var tried time.Time
+		last := ""
 		return e.wait(ctx, to.Lock, func(hs map[string]HostStatus) string {
 			var todo []string
 			for _, h := range step.Hosts {
@@ -486,10 +499,16 @@ func (e *Executor) do(ctx context.Context, s *Strategy, i, j int) error {
 			if len(todo) == 0 {
 				return ""
 			}
-			if err := e.each(ctx, todo, func(ctx context.Context, h string) error { return site.Lock(ctx, h, step.Force) }); err != nil {
-				return "not locked: " + err.Error()
+			if time.Since(tried) < e.cfg.RetryEvery {
+				return last
 			}
-			return strings.Join(todo, ",") + " not locked"
+			tried = time.Now()
+			if err := e.each(ctx, todo, func(ctx context.Context, h string) error { return site.Lock(ctx, h, step.Force) }); err != nil {
+				last = "not locked: " + err.Error()
+				return last
+			}
+			last = strings.Join(todo, ",") + " not locked"
+			return last
 		})
 	case SwPatchHosts:
 		hosts, err := e.hostMap(ctx)

@@ -51,7 +51,7 @@ func (e *env) start() *strategy.Executor {
 	e.mu.Lock()
 	defer e.mu.Unlock()
 	ctx, cancel := context.WithCancel(context.Background())
-	ex := strategy.New(strategy.Config{Site: "sp", Store: e.store, Target: e.site, Timeouts: e.tmo, Poll: time.Millisecond})
+	ex := strategy.New(strategy.Config{Site: "sp", Store: e.store, Target: e.site, Timeouts: e.tmo, Poll: time.Millisecond, RetryEvery: time.Millisecond})
 	done := make(chan struct{})
 	go func() { defer close(done); ex.Run(ctx) }()
 	e.stop, e.done, e.ex = cancel, done, ex

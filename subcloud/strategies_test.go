@@ -2,6 +2,7 @@ package subcloud_test
 
 import (
 	"context"
+	"crypto/ed25519"
 	"errors"
 	"fmt"
 	"net/http"
@@ -28,7 +29,10 @@ import (
 // an applied patch; the plan; strict alarm restrictions refuse the apply
 // naming the alarm; applied once it clears, the host patch-current
 // without a lock; every mutating call audited.
-func TestStrategyThroughTheAPI(t *testing.T) {
+// strategySite starts a site with one host in service (controller-0,
+// unlocked, available) run by a real agent on a fake platform.
+func strategySite(t *testing.T) (site, *agenttest.Platform, ed25519.PrivateKey, string) {
+	t.Helper()
 	keyFile, pub, priv := patchKeys(t)
 	s := startPatchSite(t, keyFile)
 	ctx := context.Background()
@@ -68,6 +72,12 @@ func TestStrategyThroughTheAPI(t *testing.T) {
 		}
 	}
 
+	return s, plat, priv, id
+}
+
+func TestStrategyThroughTheAPI(t *testing.T) {
+	s, plat, priv, id := strategySite(t)
+	ctx := context.Background()
 	path := "/v1/strategies/patch"
 	if err := s.api.Do(ctx, http.MethodPost, path, nil, strategy.Options{}, nil); !errors.Is(err, errs.Conflict) {
 		t.Errorf("create without an applied patch = %v; want conflict (nothing to do)", err)
@@ -124,7 +134,7 @@ func TestStrategyThroughTheAPI(t *testing.T) {
 	if err := s.api.Do(ctx, http.MethodPost, path+"/actions", nil, map[string]string{"action": "apply"}, &st); err != nil {
 		t.Fatal(err)
 	}
-	deadline = time.Now().Add(20 * time.Second)
+	deadline := time.Now().Add(20 * time.Second)
 	for st.State != strategy.Applied && st.State != strategy.ApplyFailed && time.Now().Before(deadline) {
 		time.Sleep(20 * time.Millisecond) // polling with a deadline
 		s.api.Do(ctx, http.MethodGet, path, nil, nil, &st)
@@ -157,5 +167,64 @@ func TestStrategyThroughTheAPI(t *testing.T) {
 		"strategyAction conflict": 1, "strategyAction invalid_argument": 1, "strategyAction ok": 1, "deleteStrategy ok": 1}
 	if fmt.Sprint(count) != fmt.Sprint(want) {
 		t.Errorf("audit events = %v; want %v", count, want)
+	}
+}
+
+// An install that fails stops the strategy at that step: apply-failed
+// naming the host and the patch, 900.004 raised and 900.001 cleared;
+// abort then ends it, and 900.004 clears when it is applied again.
+func TestStrategyStopsAtAFailedInstall(t *testing.T) {
+	s, plat, priv, _ := strategySite(t)
+	ctx := context.Background()
+	plat.SetInstallError(errors.New("disk full"))
+	spec := swpatch.BuildSpec{ID: "CONF2", Files: []swpatch.Content{{Path: "etc/x.conf", Data: []byte("x=2\n")}}}
+	if _, err := upload(s, patchArchive(t, priv, spec)); err != nil {
+		t.Fatal(err)
+	}
+	if err := s.api.Do(ctx, http.MethodPost, "/v1/patches/CONF2/apply", nil, nil, nil); err != nil {
+		t.Fatal(err)
+	}
+	path := "/v1/strategies/patch"
+	var st strategy.Strategy
+	if err := s.api.Do(ctx, http.MethodPost, path, nil, strategy.Options{}, &st); err != nil {
+		t.Fatal(err)
+	}
+	if err := s.api.Do(ctx, http.MethodPost, path+"/actions", nil, map[string]string{"action": "apply"}, &st); err != nil {
+		t.Fatal(err)
+	}
+	deadline := time.Now().Add(20 * time.Second)
+	for st.State == strategy.Applying && time.Now().Before(deadline) {
+		time.Sleep(20 * time.Millisecond) // polling with a deadline
+		s.api.Do(ctx, http.MethodGet, path, nil, nil, &st)
+	}
+	if st.State != strategy.ApplyFailed || !strings.Contains(st.Reason, "CONF2") || !strings.Contains(st.Reason, "controller-0") {
+		t.Fatalf("strategy %s: %q; want apply-failed naming CONF2 and controller-0", st.State, st.Reason)
+	}
+	active := func(id string) bool {
+		var l rest.List[faultmgr.Alarm]
+		s.api.Do(ctx, http.MethodGet, "/v1/alarms", url.Values{"alarm_id": {id}}, nil, &l)
+		return len(l.Items) > 0
+	}
+	// The executor raises and clears right after it stores the failure.
+	deadline = time.Now().Add(10 * time.Second)
+	for (!active("900.004") || active("900.001")) && time.Now().Before(deadline) {
+		time.Sleep(20 * time.Millisecond) // polling with a deadline
+	}
+	if !active("900.004") || active("900.001") {
+		t.Errorf("after the failure: 900.004 active %t, 900.001 active %t; want true, false", active("900.004"), active("900.001"))
+	}
+	if err := s.api.Do(ctx, http.MethodPost, path+"/actions", nil, map[string]string{"action": "abort"}, &st); err != nil {
+		t.Fatal(err)
+	}
+	deadline = time.Now().Add(20 * time.Second)
+	for st.State != strategy.Aborted && time.Now().Before(deadline) {
+		time.Sleep(20 * time.Millisecond) // polling with a deadline
+		s.api.Do(ctx, http.MethodGet, path, nil, nil, &st)
+	}
+	if st.State != strategy.Aborted {
+		t.Fatalf("strategy %s after abort; want aborted", st.State)
+	}
+	if err := s.api.Do(ctx, http.MethodDelete, path, nil, nil, nil); err != nil {
+		t.Fatal(err)
 	}
 }

@@ -35,7 +35,7 @@ func TestConformance(t *testing.T) {
 		if got.State != swpatch.Available || got.CreatedAt.IsZero() {
 			t.Fatalf("Create = %+v; want available with a time", got)
 		}
-		if _, err := s.Create(ctx, rec, nil, nil); !errors.Is(err, swpatch.ErrPatchExists) || !errors.Is(err, errs.Conflict) {
+		if _, err := s.Create(ctx, rec, []byte(`{"id":"P1"}`), []byte("sig")); !errors.Is(err, swpatch.ErrPatchExists) || !errors.Is(err, errs.Conflict) {
 			t.Errorf("Create(duplicate) = %v; want ErrPatchExists", err)
 		}
 		if _, err := s.Patch(ctx, "nope"); !errors.Is(err, swpatch.ErrPatchNotFound) || !errors.Is(err, errs.NotFound) {

@@ -124,7 +124,18 @@ func (a *Agent) fetchPatch(ctx context.Context, id string) (string, error) {
 	if err != nil {
 		return "", err
 	}
-	c := &http.Client{Transport: a.client.Transport} // no overall timeout: the context bounds it
+	// A fresh connection, bounded until the answer starts: a pooled one
+	// may be dead since the site's active controller changed (its floating
+	// address moved, the old connection never answers). The body has no
+	// overall timeout: the context bounds it.
+	tr, ok := a.client.Transport.(*http.Transport)
+	if !ok {
+		return "", fmt.Errorf("fetching patch %s: the agent's transport is %T", id, a.client.Transport)
+	}
+	tr = tr.Clone()
+	tr.ResponseHeaderTimeout = 30 * time.Second
+	defer tr.CloseIdleConnections()
+	c := &http.Client{Transport: tr}
 	resp, err := c.Do(req)
 	if err != nil {
 		return "", fmt.Errorf("fetching patch %s: %w", id, err)

@@ -2,6 +2,7 @@ package lab
 
 import (
 	"crypto/rand"
+	"errors"
 	"fmt"
 	"net"
 	"net/netip"
@@ -83,7 +84,21 @@ func preparePairSecrets(dir, site string, home *homeInfo) error {
 	if err := atomicfile.Write(c0.f("ha/heartbeat.key"), key, 0o600); err != nil {
 		return err
 	}
+	// The hosts' heartbeat secret (subcloud.HeartbeatKeyFile): each
+	// host's key derives from it, so both controllers must hold the same
+	// one, or after a swact the new active's pulses are refused by every
+	// agent that has not reported to it yet (its hosts heartbeat-lost).
+	hostKey := make([]byte, 32)
+	if _, err := rand.Read(hostKey); err != nil {
+		return err
+	}
+	if _, err := os.Stat(c0.f("data/heartbeat.key")); errors.Is(err, os.ErrNotExist) {
+		if err := atomicfile.Write(c0.f("data/heartbeat.key"), hostKey, 0o600); err != nil {
+			return err
+		}
+	}
 	copies := map[string]string{"ha/heartbeat.key": "ha/heartbeat.key", "data/" + sealed.KeyFile: "data/" + sealed.KeyFile,
+		"data/heartbeat.key":              "data/heartbeat.key",
 		"data/agent-ca/" + pki.CACertFile: "data/agent-ca/" + pki.CACertFile, "data/agent-ca/" + pki.CAKeyFile: "data/agent-ca/" + pki.CAKeyFile}
 	if home != nil {
 		for _, f := range []string{home.CACert, home.CertFile, home.KeyFile, home.PublicKeyFile} {

@@ -31,17 +31,26 @@ func (s *Subcloud) hostAction(r *http.Request) (int, any, error) {
 	if !hostActions[req.Action] {
 		return 0, nil, errs.Field("action", "must be lock, force-lock, unlock, power-on, power-off, reset, reboot or swact")
 	}
-	ctx := r.Context()
-	first, err := s.Hosts.Host(ctx, rest.Var(r, "id"))
+	status, h, err := s.doHostAction(r.Context(), rest.Var(r, "id"), req)
 	if err != nil {
 		return 0, nil, err
+	}
+	return status, h.WithUptime(time.Now()), nil
+}
+
+// doHostAction carries out a host action for the API and for patch
+// orchestration (swpatch/strategy), with the same checks.
+func (s *Subcloud) doHostAction(ctx context.Context, id string, req HostActionRequest) (int, inventory.Host, error) {
+	first, err := s.Hosts.Host(ctx, id)
+	if err != nil {
+		return 0, first, err
 	}
 	if req.Action == "swact" {
 		// Not under the host's lock: this controller stops serving.
 		if err := swactStatus(s.swact(ctx, first, req.Force)); err != nil {
-			return 0, nil, err
+			return 0, first, err
 		}
-		return http.StatusAccepted, first.WithUptime(time.Now()), nil
+		return http.StatusAccepted, first, nil
 	}
 	// One action per host at a time, checked against the host as it is
 	// under the lock; locks site-wide one at a time, so two controllers
@@ -52,28 +61,28 @@ func (s *Subcloud) hostAction(r *http.Request) (int, any, error) {
 	}
 	unlock, err := s.hostLocks.lock(ctx, first.UUID)
 	if err != nil {
-		return 0, nil, err
+		return 0, first, err
 	}
 	defer unlock()
 	h, err := s.Hosts.Host(ctx, first.UUID)
 	if err != nil {
-		return 0, nil, err
+		return 0, h, err
 	}
 	switch req.Action {
 	case "lock", "force-lock":
 		if h.Administrative == inventory.Locked {
-			return 0, nil, fmt.Errorf("%w: host %s is already locked", inventory.ErrInvalidTransition, h.Name)
+			return 0, h, fmt.Errorf("%w: host %s is already locked", inventory.ErrInvalidTransition, h.Name)
 		}
 		if err := s.activeController(h); err != nil {
-			return 0, nil, err
+			return 0, h, err
 		}
 		if req.Action == "lock" {
 			if err := s.lastController(ctx, h); err != nil {
-				return 0, nil, err
+				return 0, h, err
 			}
 			if s.services != nil {
 				if err := s.services.CanLock(h.UUID); err != nil {
-					return 0, nil, err
+					return 0, h, err
 				}
 			}
 			// A hypervisor host is emptied first: every running server
@@ -87,20 +96,20 @@ func (s *Subcloud) hostAction(r *http.Request) (int, any, error) {
 				release, err := s.servers.Evacuate(ectx, h.Name)
 				defer release()
 				if err != nil {
-					return 0, nil, fmt.Errorf("cannot lock %s: %w (force-lock locks without moving them)", h.Name, err)
+					return 0, h, fmt.Errorf("cannot lock %s: %w (force-lock locks without moving them)", h.Name, err)
 				}
 			}
 		}
 		h, err = s.setAdmin(ctx, h.UUID, inventory.Locked)
 	case "unlock":
 		if h.Administrative == inventory.Unlocked {
-			return 0, nil, fmt.Errorf("%w: host %s is already unlocked", inventory.ErrInvalidTransition, h.Name)
+			return 0, h, fmt.Errorf("%w: host %s is already unlocked", inventory.ErrInvalidTransition, h.Name)
 		}
 		if h.Personality == inventory.PersonalityNone {
-			return 0, nil, fmt.Errorf("%w: assign host %s a personality before unlocking it", inventory.ErrInvalidTransition, h.Name)
+			return 0, h, fmt.Errorf("%w: assign host %s a personality before unlocking it", inventory.ErrInvalidTransition, h.Name)
 		}
 		if h.Availability == inventory.PowerOff {
-			return 0, nil, fmt.Errorf("%w: host %s is powered off: power it on (petrel host power-on) before unlocking it",
+			return 0, h, fmt.Errorf("%w: host %s is powered off: power it on (petrel host power-on) before unlocking it",
 				inventory.ErrInvalidTransition, h.Name)
 		}
 		h, err = s.setAdmin(ctx, h.UUID, inventory.Unlocked)
@@ -113,24 +122,24 @@ func (s *Subcloud) hostAction(r *http.Request) (int, any, error) {
 	case "reboot":
 		// Graceful: through the host's agent (at its next poll).
 		if h.Administrative != inventory.Locked {
-			return 0, nil, fmt.Errorf("%w: lock host %s before rebooting it", inventory.ErrInvalidTransition, h.Name)
+			return 0, h, fmt.Errorf("%w: lock host %s before rebooting it", inventory.ErrInvalidTransition, h.Name)
 		}
 		c := s.queueCommand(h.UUID, "reboot")
 		s.log.Info("reboot requested through the agent", "host", h.Name, "command", c.ID)
 	default: // BMC actions
 		if h.Administrative != inventory.Locked {
-			return 0, nil, fmt.Errorf("%w: lock host %s before %s", inventory.ErrInvalidTransition, h.Name, req.Action)
+			return 0, h, fmt.Errorf("%w: lock host %s before %s", inventory.ErrInvalidTransition, h.Name, req.Action)
 		}
 		b := s.bmcFor(h.UUID)
 		if b == nil {
-			return 0, nil, errs.Field("action", "host %s has no BMC: set one with petrel host bmc set", h.Name)
+			return 0, h, errs.Field("action", "host %s has no BMC: set one with petrel host bmc set", h.Name)
 		}
 		call := map[string]func(context.Context) error{"power-on": b.PowerOn, "power-off": b.PowerOff,
 			"reset": b.Reset}[req.Action]
 		cctx, cancel := context.WithTimeout(ctx, 30*time.Second)
 		defer cancel()
 		if err := call(cctx); err != nil {
-			return 0, nil, errs.Wrapf(errs.Unavailable, "the BMC of %s: %v", h.Name, err)
+			return 0, h, errs.Wrapf(errs.Unavailable, "the BMC of %s: %v", h.Name, err)
 		}
 		if s.maint != nil {
 			switch req.Action {
@@ -142,9 +151,9 @@ func (s *Subcloud) hostAction(r *http.Request) (int, any, error) {
 		}
 	}
 	if err != nil {
-		return 0, nil, err
+		return 0, h, err
 	}
-	return http.StatusOK, h.WithUptime(time.Now()), nil
+	return http.StatusOK, h, nil
 }
 
 // lastController refuses to lock the only enabled controller of the site.

@@ -32,6 +32,10 @@ type PatchStore interface {
 	Patches(ctx context.Context) ([]swpatch.Record, error)
 	Update(ctx context.Context, id string, fn func(*swpatch.Record) error) (swpatch.Record, error)
 	Delete(ctx context.Context, id string, fn func(swpatch.Record) error) error
+	// PutArchive and ReadArchive keep archives in the database, which a
+	// controller pair replicates: the standby serves them after a swact.
+	PutArchive(ctx context.Context, id string, r io.Reader) error
+	ReadArchive(ctx context.Context, id string, w io.Writer) (int64, error)
 }
 
 // patches is the site's patch service: records in SQL, archives in
@@ -169,6 +173,15 @@ func (s *Subcloud) uploadPatch(r *http.Request) (int, any, error) {
 	if err != nil {
 		return 0, nil, err
 	}
+	if _, err := tmp.Seek(0, io.SeekStart); err != nil {
+		return 0, nil, err
+	}
+	if err := p.store.PutArchive(ctx, m.ID, tmp); err != nil {
+		if derr := p.store.Delete(context.WithoutCancel(ctx), m.ID, nil); derr != nil {
+			s.log.Error("patch stored without its archive", "patch", m.ID, "err", derr)
+		}
+		return 0, nil, err
+	}
 	if err := os.Rename(tmp.Name(), p.archive(m.ID)); err != nil {
 		if derr := p.store.Delete(context.WithoutCancel(ctx), m.ID, nil); derr != nil {
 			s.log.Error("patch stored without its archive", "patch", m.ID, "err", derr)
@@ -278,31 +291,39 @@ type InstallResponse struct {
 // reboot-required install or any removal needs the host locked; the
 // unlock then boots the new slot.
 func (s *Subcloud) installHost(r *http.Request) (int, any, error) {
-	ctx := r.Context()
-	h, err := s.Hosts.Host(ctx, rest.Var(r, "id"))
+	resp, err := s.orderInstall(r.Context(), rest.Var(r, "id"))
 	if err != nil {
 		return 0, nil, err
 	}
+	return http.StatusAccepted, resp, nil
+}
+
+// orderInstall queues an install order for host id (see installHost).
+func (s *Subcloud) orderInstall(ctx context.Context, id string) (InstallResponse, error) {
+	h, err := s.Hosts.Host(ctx, id)
+	if err != nil {
+		return InstallResponse{}, err
+	}
 	if h.Software == nil {
-		return 0, nil, fmt.Errorf("%w: host %s has not reported its software yet", errs.InvalidTransition, h.Name)
+		return InstallResponse{}, fmt.Errorf("%w: host %s has not reported its software yet", errs.InvalidTransition, h.Name)
 	}
 	s.patches.mu.Lock()
 	list, err := s.patches.store.Patches(ctx)
 	s.patches.mu.Unlock()
 	if err != nil {
-		return 0, nil, err
+		return InstallResponse{}, err
 	}
 	order, reboot, err := installOrder(list, *h.Software)
 	if err != nil {
-		return 0, nil, fmt.Errorf("host %s: %w", h.Name, err)
+		return InstallResponse{}, fmt.Errorf("host %s: %w", h.Name, err)
 	}
 	if reboot && h.Administrative != inventory.Locked {
-		return 0, nil, fmt.Errorf("%w: lock host %s first: its install needs a reboot (host unlock then boots the new software)",
+		return InstallResponse{}, fmt.Errorf("%w: lock host %s first: its install needs a reboot (host unlock then boots the new software)",
 			errs.InvalidTransition, h.Name)
 	}
 	c := s.queueCommandWith(h.UUID, "install", &order)
 	s.log.Info("install ordered", "host", h.Name, "patches", order.Patches, "remove", order.Remove, "in_service", order.InService, "command", c.ID)
-	return http.StatusAccepted, InstallResponse{Host: h.Name, Command: c.ID, Order: order}, nil
+	return InstallResponse{Host: h.Name, Command: c.ID, Order: order}, nil
 }
 
 // installOrder is what a host must do to match the applied patches.
@@ -371,6 +392,34 @@ func installOrder(list []swpatch.Record, st swpatch.Status) (inventory.InstallOr
 	return order, !order.InService, nil
 }
 
+// materialize writes a patch's archive from the database into the data
+// directory, checked against the SHA-256 recorded at upload.
+func (p *patches) materialize(ctx context.Context, id string) error {
+	rec, err := p.store.Patch(ctx, id)
+	if err != nil {
+		return err
+	}
+	tmp, err := os.CreateTemp(p.dir, "*.upload")
+	if err != nil {
+		return err
+	}
+	defer func() {
+		tmp.Close()
+		os.Remove(tmp.Name()) // renamed away when kept
+	}()
+	h := sha256.New()
+	if _, err := p.store.ReadArchive(ctx, id, io.MultiWriter(tmp, h)); err != nil {
+		return err
+	}
+	if got := hex.EncodeToString(h.Sum(nil)); got != rec.SHA256 {
+		return fmt.Errorf("patch %s: the stored archive's SHA-256 is %s; the upload's was %s", id, got, rec.SHA256)
+	}
+	if err := tmp.Sync(); err != nil {
+		return err
+	}
+	return os.Rename(tmp.Name(), p.archive(id))
+}
+
 // agentPatchArchive serves a patch's archive to a host's agent.
 func (s *Subcloud) agentPatchArchive(w http.ResponseWriter, r *http.Request) {
 	id := rest.Var(r, "id")
@@ -379,6 +428,14 @@ func (s *Subcloud) agentPatchArchive(w http.ResponseWriter, r *http.Request) {
 		return
 	}
 	f, err := os.Open(s.patches.archive(id))
+	if errors.Is(err, os.ErrNotExist) {
+		// Uploaded to the other controller of the pair: from the database.
+		if err = s.patches.materialize(r.Context(), id); err == nil {
+			f, err = os.Open(s.patches.archive(id))
+		} else {
+			s.log.Warn("patch archive not in the database either", "patch", id, "err", err)
+		}
+	}
 	if err != nil {
 		http.Error(w, "no such patch", http.StatusNotFound)
 		return

@@ -269,7 +269,12 @@ func TestPatchLifecycle(t *testing.T) {
 	plat.SetSoftware(swpatch.Status{Slot: "b", Version: "0.1.0+P1", Patches: []string{"P1"},
 		Rollback: &swpatch.RollbackInfo{From: "a", To: "b", Patches: []string{"P1", "P2"}, Reason: "did not come back"}})
 	waitAlarms(t, s, "host=controller-0", "200.001 host=controller-0", "900.003 host=controller-0")
-	s.api.Do(ctx, http.MethodGet, "/v1/patches/P2", nil, nil, &rec)
+	// The settle that raised 900.003 stores P2's host states right after.
+	deadline = time.Now().Add(10 * time.Second)
+	for s.api.Do(ctx, http.MethodGet, "/v1/patches/P2", nil, nil, &rec); rec.Hosts["controller-0"] != swpatch.HostInstallFailed && time.Now().Before(deadline); {
+		time.Sleep(20 * time.Millisecond) // polling with a deadline
+		s.api.Do(ctx, http.MethodGet, "/v1/patches/P2", nil, nil, &rec)
+	}
 	if rec.Hosts["controller-0"] != swpatch.HostInstallFailed || rec.State != swpatch.Deploying {
 		t.Errorf("P2 = %+v; want deploying, controller-0 install-failed", rec)
 	}

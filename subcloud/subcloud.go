@@ -31,6 +31,7 @@ import (
 	"github.com/petrel-edge/petrel/inventory/inventorydb"
 	"github.com/petrel-edge/petrel/servicemgr"
 	"github.com/petrel-edge/petrel/subcloud/osapi"
+	"github.com/petrel-edge/petrel/swpatch/strategy"
 	"github.com/petrel-edge/petrel/ui"
 )
 
@@ -85,6 +86,9 @@ type Config struct {
 	// PatchPublicKey is the file of the trusted patch signing key; "":
 	// patch uploads are refused.
 	PatchPublicKey string
+	// StrategyTimeouts bound the steps of patch orchestration; zero
+	// fields: strategy.DefaultTimeouts.
+	StrategyTimeouts strategy.Timeouts
 }
 
 // Subcloud is a running site controller.
@@ -111,6 +115,9 @@ type Subcloud struct {
 	servers *compute.Manager
 	images  *images
 	patches *patches
+	// strategies runs patch orchestration (swpatch/strategy).
+	strategies *strategy.Executor
+	strategyDB strategy.Store
 	// services keeps the site's service groups (servicemgr).
 	services *servicemgr.Manager
 	coord    *coordination
@@ -185,6 +192,10 @@ func New(ctx context.Context, cfg Config) (*Subcloud, error) {
 		return nil, err
 	}
 	if err := s.openPatches(ctx); err != nil {
+		shell.Close()
+		return nil, err
+	}
+	if err := s.openStrategies(ctx); err != nil {
 		shell.Close()
 		return nil, err
 	}
@@ -284,6 +295,7 @@ func (s *Subcloud) runParts(ctx context.Context) error {
 	}
 	g.Go(func() error { return s.servers.Run(ctx) })
 	g.Go(func() error { return s.runServices(ctx) })
+	g.Go(func() error { return s.strategies.Run(ctx) })
 	return g.Wait()
 }
 
@@ -308,6 +320,7 @@ func (s *Subcloud) register(srv *rest.Server, a *auth.Service) {
 	s.registerServers(srv, a)
 	s.registerServices(srv, a)
 	s.registerPatches(srv, a)
+	s.registerStrategies(srv, a)
 	osapi.Register(srv, a, s.openstackDeps()) // /identity, /compute, /image
 }
 

@@ -108,7 +108,7 @@ func (a *app) rootCmd() *cobra.Command {
 
 	root.AddCommand(
 		a.versionCmd(), a.loginCmd(), a.logoutCmd(), a.userCmd(), a.projectCmd(), a.tokenCmd(),
-		a.hostCmd(), a.subcloudCmd(), a.subcloudGroupCmd(), a.imageCmd(), a.flavorCmd(), a.patchCmd(), a.serverCmd(), a.serverGroupCmd(), a.servicegroupCmd(), a.hypervisorCmd(), a.alarmCmd(), a.eventCmd(), a.webhookCmd(),
+		a.hostCmd(), a.subcloudCmd(), a.subcloudGroupCmd(), a.imageCmd(), a.flavorCmd(), a.patchCmd(), a.strategyCmd(), a.serverCmd(), a.serverGroupCmd(), a.servicegroupCmd(), a.hypervisorCmd(), a.alarmCmd(), a.eventCmd(), a.webhookCmd(),
 		a.centralDaemonCmd(), a.agentDaemonCmd(), a.vbmcCmd(), a.hostInitCmd(), a.libvirtdCmd(), a.etcdCmd(), a.demoServiceCmd(),
 		a.labCmd(), a.benchCmd(), a.pkiCmd(),
 	)

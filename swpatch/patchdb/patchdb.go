@@ -9,6 +9,8 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"io"
+	"slices"
 	"time"
 
 	"gorm.io/gorm"
@@ -31,12 +33,26 @@ type patchRow struct {
 
 func (patchRow) TableName() string { return "sw_patches" }
 
+// archiveChunk is a piece of a patch's archive. Archives live in the
+// database too, so a controller pair's standby has them when it takes
+// over (its data directory has only what was uploaded to it).
+type archiveChunk struct {
+	ID   string `gorm:"primaryKey;size:64"`
+	Seq  int    `gorm:"primaryKey;autoIncrement:false"`
+	Data []byte `gorm:"not null"`
+}
+
+func (archiveChunk) TableName() string { return "sw_patch_archive_chunks" }
+
+// archiveChunkSize is the size of an archive's pieces.
+const archiveChunkSize = 1 << 20
+
 // Store keeps patch records.
 type Store struct{ db *sqldb.DB }
 
 // Open migrates the schema and returns the store.
 func Open(ctx context.Context, db *sqldb.DB) (*Store, error) {
-	if err := sqldb.Migrate(ctx, db, &patchRow{}); err != nil {
+	if err := sqldb.Migrate(ctx, db, &patchRow{}, &archiveChunk{}); err != nil {
 		return nil, fmt.Errorf("patchdb: migrate: %w", err)
 	}
 	return &Store{db: db}, nil
@@ -191,6 +207,57 @@ func (s *Store) Delete(ctx context.Context, id string, fn func(swpatch.Record) e
 				return err
 			}
 		}
+		if err := tx.Where("id = ?", id).Delete(&archiveChunk{}).Error; err != nil {
+			return err
+		}
 		return tx.Where("id = ?", id).Delete(&patchRow{}).Error
 	})
+}
+
+// PutArchive stores a patch's archive (replacing any stored), in pieces,
+// in one transaction.
+func (s *Store) PutArchive(ctx context.Context, id string, r io.Reader) error {
+	return s.db.WithContext(ctx).Transaction(func(tx *gorm.DB) error {
+		if err := tx.Where("id = ?", id).Delete(&archiveChunk{}).Error; err != nil {
+			return err
+		}
+		buf := make([]byte, archiveChunkSize)
+		for seq := 0; ; seq++ {
+			n, err := io.ReadFull(r, buf)
+			if n > 0 {
+				if err := tx.Create(&archiveChunk{ID: id, Seq: seq, Data: slices.Clone(buf[:n])}).Error; err != nil {
+					return fmt.Errorf("patchdb: archive %s: %w", id, err)
+				}
+			}
+			if err == io.EOF || err == io.ErrUnexpectedEOF {
+				return nil
+			}
+			if err != nil {
+				return err
+			}
+		}
+	})
+}
+
+// ReadArchive writes a patch's stored archive to w, a piece at a time.
+func (s *Store) ReadArchive(ctx context.Context, id string, w io.Writer) (int64, error) {
+	var total int64
+	for seq := 0; ; seq++ {
+		var c archiveChunk
+		err := s.db.WithContext(ctx).Where("id = ? AND seq = ?", id, seq).Take(&c).Error
+		if errors.Is(err, gorm.ErrRecordNotFound) {
+			if seq == 0 {
+				return 0, fmt.Errorf("%w: no archive stored for %s", swpatch.ErrPatchNotFound, id)
+			}
+			return total, nil
+		}
+		if err != nil {
+			return total, fmt.Errorf("patchdb: archive %s: %w", id, err)
+		}
+		n, err := w.Write(c.Data)
+		total += int64(n)
+		if err != nil {
+			return total, err
+		}
+	}
 }

@@ -1,8 +1,10 @@
 package patchdb_test
 
 import (
+	"bytes"
 	"context"
 	"errors"
+	"io"
 	"testing"
 
 	"github.com/petrel-edge/petrel/internal/errs"
@@ -61,6 +63,18 @@ func TestConformance(t *testing.T) {
 		if again, _ := s.Patch(ctx, "P1"); again.State != swpatch.Deploying {
 			t.Errorf("state after a refused update = %s", again.State)
 		}
+		// The archive, in pieces (over one chunk), and gone with the patch.
+		arch := bytes.Repeat([]byte("0123456789abcdef"), 70000) // 1.07 MiB
+		if err := s.PutArchive(ctx, "P1", bytes.NewReader(arch)); err != nil {
+			t.Fatal(err)
+		}
+		var back bytes.Buffer
+		if n, err := s.ReadArchive(ctx, "P1", &back); err != nil || n != int64(len(arch)) || !bytes.Equal(back.Bytes(), arch) {
+			t.Fatalf("ReadArchive = %d, %v; want the %d bytes stored", n, err, len(arch))
+		}
+		if _, err := s.ReadArchive(ctx, "nope", io.Discard); !errors.Is(err, swpatch.ErrPatchNotFound) {
+			t.Errorf("ReadArchive(nope) = %v", err)
+		}
 		veto := errors.New("veto")
 		if err := s.Delete(ctx, "P1", func(swpatch.Record) error { return veto }); !errors.Is(err, veto) {
 			t.Errorf("Delete(vetoed) = %v", err)
@@ -71,6 +85,9 @@ func TestConformance(t *testing.T) {
 		}
 		if err := s.Delete(ctx, "P1", nil); err != nil {
 			t.Fatal(err)
+		}
+		if _, err := s.ReadArchive(ctx, "P1", io.Discard); !errors.Is(err, swpatch.ErrPatchNotFound) {
+			t.Errorf("ReadArchive after delete = %v", err)
 		}
 		if err := s.Delete(ctx, "P1", nil); !errors.Is(err, swpatch.ErrPatchNotFound) {
 			t.Errorf("Delete(gone) = %v", err)

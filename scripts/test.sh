@@ -109,7 +109,8 @@ build() {
   (cd deploy/ansible && ANSIBLE_NOCOLOR=1 ansible-lint --nocolor -p -q bootstrap.yml roles)
 }
 
-PKGS_UNIT=$(go list ./... | grep -v '/cmd/petrel$')
+# deploy's tests run ansible-playbook: they belong to the ansible stage.
+PKGS_UNIT=$(go list ./... | grep -v -e '/cmd/petrel$' -e '/deploy$')
 unit() {
   # The race detector on every package but the end-to-end one (which runs
   # real processes); nothing here hammers SQLite yet. lab/hostnet builds real
@@ -136,6 +137,7 @@ e2e() {
 # Site bring-up (docs/deploy.md): deploy/ansible against bare lab machines,
 # by hand and from central's deploy engine.
 ansible_stage() {
+  gotest ansible-values -count=1 ./deploy
   gotest ansible -count=1 -timeout 15m -run 'TestAnsible|TestSubcloudDeployFromCentral' ./cmd/petrel
 }
 

@@ -41,6 +41,15 @@ type agentFileConfig struct {
 	} `json:"monitor"`
 }
 
+// loadAgentConfig reads the agent's configuration file (--config).
+func loadAgentConfig(path string) (agentFileConfig, error) {
+	var fc agentFileConfig
+	if path == "" {
+		return fc, usagef("--config is required")
+	}
+	return fc, server.LoadConfig(path, &fc)
+}
+
 func (a *app) agentDaemonCmd() *cobra.Command {
 	var cfgFile string
 	c := &cobra.Command{
@@ -48,11 +57,8 @@ func (a *app) agentDaemonCmd() *cobra.Command {
 		Short: "Run the host agent: join the site, report this host",
 		Args:  noArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error {
-			if cfgFile == "" {
-				return usagef("--config is required")
-			}
-			var fc agentFileConfig
-			if err := server.LoadConfig(cfgFile, &fc); err != nil {
+			fc, err := loadAgentConfig(cfgFile)
+			if err != nil {
 				return err
 			}
 			logger, err := server.NewLogger(os.Stderr, fc.LogLevel)
@@ -123,11 +129,8 @@ func (a *app) agentMachineIDCmd() *cobra.Command {
 		Short: "Print this host's machine identity (its host UUID at the site)",
 		Args:  noArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error {
-			if cfgFile == "" {
-				return usagef("--config is required")
-			}
-			var fc agentFileConfig
-			if err := server.LoadConfig(cfgFile, &fc); err != nil {
+			fc, err := loadAgentConfig(cfgFile)
+			if err != nil {
 				return err
 			}
 			if fc.StateDir == "" {

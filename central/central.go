@@ -460,6 +460,9 @@ func (c *Central) deleteSubcloud(r *http.Request) (int, any, error) {
 	if s := c.links.get(name); s != nil {
 		s.Close()
 	}
+	if err := c.deploys.forget(r.Context(), name); err != nil {
+		c.log.Error("dropping a deleted subcloud's deploy and join tokens failed", "site", name, "err", err)
+	}
 	if err := c.witness.forget(r.Context(), name); err != nil {
 		c.log.Error("dropping a deleted subcloud's witness record failed", "site", name, "err", err)
 	}

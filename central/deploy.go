@@ -674,6 +674,19 @@ func readSecrets(file string) map[string]string {
 	return cur.Secrets
 }
 
+// forget drops what the engine kept for a deleted subcloud: its deploy
+// record, its join tokens and the secrets file (join token, BMC password).
+// The deploy's logs and values stay for the operator to read.
+func (e *deployEngine) forget(ctx context.Context, name string) error {
+	if err := e.store.forget(ctx, name); err != nil {
+		return err
+	}
+	if err := os.Remove(filepath.Join(e.cfg.Dir, name, deploySecrets)); err != nil && !errors.Is(err, os.ErrNotExist) {
+		return err
+	}
+	return nil
+}
+
 // writeSecrets keeps a usable join token in the deploy's secrets file: the
 // one there if it was used (the site joined; it still reads its status) or
 // is unused and unexpired, else a new one. Other secrets stay.

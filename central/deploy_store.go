@@ -108,6 +108,17 @@ func (s *deployStore) putDeploy(ctx context.Context, d Deploy) error {
 		Create(&deployRow{Subcloud: d.Subcloud, State: string(d.State), Doc: doc, UpdatedAt: d.UpdatedAt}).Error
 }
 
+// forget drops a deleted subcloud's deploy and join tokens in one
+// transaction, so neither is taken for a later subcloud of that name.
+func (s *deployStore) forget(ctx context.Context, subcloud string) error {
+	return s.db.WithContext(ctx).Transaction(func(tx *gorm.DB) error {
+		if err := tx.Where("subcloud = ?", subcloud).Delete(&joinTokenRow{}).Error; err != nil {
+			return err
+		}
+		return tx.Where("subcloud = ?", subcloud).Delete(&deployRow{}).Error
+	})
+}
+
 // runningDeploys lists the deploys that were running: after a restart
 // they resume.
 func (s *deployStore) runningDeploys(ctx context.Context) ([]Deploy, error) {

@@ -410,7 +410,6 @@ func TestSubcloudJoinToken(t *testing.T) {
 	if err := e.api.Do(ctx, http.MethodDelete, "/v1/subclouds/edge-2", nil, nil, nil); err != nil {
 		t.Fatal(err)
 	}
-	time.Sleep(10 * time.Millisecond)
 	if err := e.api.Do(ctx, http.MethodPost, "/v1/subclouds", nil, map[string]string{"name": "edge-2", "shape": "simplex"}, nil); err != nil {
 		t.Fatal(err)
 	}
@@ -427,10 +426,20 @@ func TestDeployOfAReRegisteredSubcloud(t *testing.T) {
 		t.Fatal(err)
 	}
 	e.waitDeploy(t, "failed", func(d central.Deploy) bool { return d.State == central.DeployFailed })
+	secrets := filepath.Join(e.cfg.Shell.DataDir, "deploys", "edge-1", "secrets.yml")
+	if _, err := os.Stat(secrets); err != nil {
+		t.Fatalf("the failed deploy's secrets file: %v", err)
+	}
 	if err := e.api.Do(ctx, http.MethodDelete, "/v1/subclouds/edge-1", nil, nil, nil); err != nil {
 		t.Fatal(err)
 	}
-	time.Sleep(10 * time.Millisecond)
+	// The deleted subcloud's deploy, join tokens and secrets are gone.
+	if _, err := os.Stat(secrets); !errors.Is(err, os.ErrNotExist) {
+		t.Errorf("after delete, stat %s = %v; want it removed", secrets, err)
+	}
+	if err := e.api.Do(ctx, http.MethodGet, "/v1/subclouds/edge-1/deploy", nil, nil, nil); err == nil {
+		t.Error("after delete, the deploy of edge-1 is still shown")
+	}
 	if err := e.api.Do(ctx, http.MethodPost, "/v1/subclouds", nil, central.CreateSubcloudRequest{
 		Name: "edge-1", BootstrapAddress: "127.0.0.5", BootstrapValues: deployValues}, nil); err != nil {
 		t.Fatal(err)

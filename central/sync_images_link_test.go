@@ -147,8 +147,11 @@ func TestSyncImagesToRealSites(t *testing.T) {
 	if n := central.BlobBytes(c, "site-b"); n < size || n >= size*3/2 || n >= size*5/4 {
 		t.Errorf("site-b, cut at 40 %%, was sent %d bytes; want from %d to 1.25 × that", n, size)
 	}
-	if n := central.BlobBytes(c, "site-a"); n != size {
-		t.Errorf("site-a was sent %d bytes; want %d", n, size)
+	// site-a's link is not cut on purpose, but on a loaded machine the
+	// 100 ms update interval can drop it too: then it resumes as site-b
+	// does, and never starts over.
+	if n := central.BlobBytes(c, "site-a"); n < size || n >= size*5/4 {
+		t.Errorf("site-a was sent %d bytes; want %d (a little more only if its link dropped)", n, size)
 	}
 
 	// Deleted at central: gone from every site.

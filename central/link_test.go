@@ -31,7 +31,10 @@ import (
 	"github.com/petrel-edge/petrel/subcloud"
 )
 
-const interval = 100 * time.Millisecond
+// interval is the sites' update interval in these tests: short, so offline
+// detection (3 intervals) is quick, but not so short that a loaded machine
+// running -race drops links (100 ms did: gaps of 300-900 ms at load 8).
+const interval = 250 * time.Millisecond
 
 type fleet struct {
 	c     *central.Central
@@ -440,8 +443,10 @@ func TestReconnectResyncsBySequence(t *testing.T) {
 		}
 	}
 	waitLink(true)
-	// Central marks the site online at connect, before its first summary.
-	for deadline := time.Now().Add(10 * time.Second); s.Link().SummariesSent == 0 && time.Now().Before(deadline); {
+	// Central marks the site online at connect, before its first summary;
+	// the summary is the site's first update, and central records its
+	// sequence before it acknowledges it: cut only once it has.
+	for deadline := time.Now().Add(10 * time.Second); (s.Link().SummariesSent == 0 || s.Link().LastAcked == 0) && time.Now().Before(deadline); {
 		time.Sleep(5 * time.Millisecond) // polling with a deadline
 	}
 	before := s.Link().SummariesSent

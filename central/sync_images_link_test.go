@@ -148,7 +148,7 @@ func TestSyncImagesToRealSites(t *testing.T) {
 		t.Errorf("site-b, cut at 40 %%, was sent %d bytes; want from %d to 1.25 × that", n, size)
 	}
 	// site-a's link is not cut on purpose, but on a loaded machine the
-	// 100 ms update interval can drop it too: then it resumes as site-b
+	// short update interval can drop it too: then it resumes as site-b
 	// does, and never starts over.
 	if n := central.BlobBytes(c, "site-a"); n < size || n >= size*5/4 {
 		t.Errorf("site-a was sent %d bytes; want %d (a little more only if its link dropped)", n, size)

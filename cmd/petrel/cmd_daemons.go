@@ -52,7 +52,7 @@ func (a *app) centralDaemonCmd() *cobra.Command {
 			if err != nil {
 				return err
 			}
-			cfg := central.Config{Shell: shell, SiteListen: fc.SiteListen, WitnessLeaseTTL: ttl}
+			cfg := central.Config{Shell: shell, SiteListen: fc.SiteListen, WitnessLeaseTTL: ttl, PatchPublicKey: fc.PatchPublicKey}
 			if fc.HA != nil {
 				return runCentralPair(ctx, cfg, *fc.HA)
 			}

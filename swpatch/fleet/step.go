@@ -249,9 +249,12 @@ func (r *stepRun) advance(ctx context.Context, aborting bool) (strategy.StepStat
 				if !slices.Contains(p.PatchesApplied, id) {
 					p.PatchesApplied = append(p.PatchesApplied, id)
 				}
-				st = swpatch.Deploying
+				// A site whose hosts all run it has it deployed at once.
+				if st, err = sites.PatchState(ctx, site, id); err != nil {
+					return "", "", false, err
+				}
 			}
-			if st == swpatch.Deploying {
+			if st != swpatch.Deployed && st != swpatch.Committed {
 				allDeployed = false
 			}
 		}
@@ -281,7 +284,7 @@ func (r *stepRun) advance(ctx context.Context, aborting bool) (strategy.StepStat
 			return "", "", false, err
 		}
 		created, err := sites.CreateStrategy(ctx, site, r.opts)
-		if errors.Is(err, strategy.ErrExists) || errors.Is(err, errs.Conflict) && r.createdMeanwhile(ctx) {
+		if errors.Is(err, errs.Conflict) && (r.createdMeanwhile(ctx) || r.deployed(ctx)) {
 			return "", "", false, nil // look again at the next pass
 		}
 		if err != nil {
@@ -358,4 +361,16 @@ func (r *stepRun) covers(s strategy.Strategy) bool {
 func (r *stepRun) createdMeanwhile(ctx context.Context) bool {
 	_, err := r.e.cfg.Sites.Strategy(ctx, r.site)
 	return err == nil
+}
+
+// deployed: every patch of the step is deployed at the site now (a
+// create refused because no host needs them any more).
+func (r *stepRun) deployed(ctx context.Context) bool {
+	for _, id := range r.patches {
+		st, err := r.e.cfg.Sites.PatchState(ctx, r.site, id)
+		if err != nil || st != swpatch.Deployed && st != swpatch.Committed {
+			return false
+		}
+	}
+	return true
 }

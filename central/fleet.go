@@ -286,12 +286,10 @@ func (f fleetSites) SyncPatch(ctx context.Context, site, id string) error {
 	return nil
 }
 
-func (f fleetSites) PatchState(ctx context.Context, site, id string) (swpatch.State, error) {
+func (f fleetSites) Patch(ctx context.Context, site, id string) (swpatch.Record, error) {
 	var rec swpatch.Record
-	if err := f.call(ctx, site, http.MethodGet, "/v1/patches/"+url.PathEscape(id), nil, &rec); err != nil {
-		return "", err
-	}
-	return rec.State, nil
+	err := f.call(ctx, site, http.MethodGet, "/v1/patches/"+url.PathEscape(id), nil, &rec)
+	return rec, err
 }
 
 func (f fleetSites) ApplyPatch(ctx context.Context, site, id string) error {

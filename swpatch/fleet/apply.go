@@ -22,9 +22,10 @@ type Sites interface {
 	// SyncPatch makes patch id present at the site: uploaded (from
 	// central's copy) when the site does not hold it.
 	SyncPatch(ctx context.Context, site, id string) error
-	// PatchState is patch id's state at the site; swpatch.ErrPatchNotFound
-	// (errs.NotFound) when the site does not hold it.
-	PatchState(ctx context.Context, site, id string) (swpatch.State, error)
+	// Patch is patch id as the site holds it (its state, each host's
+	// state towards it); swpatch.ErrPatchNotFound (errs.NotFound) when
+	// the site does not hold it.
+	Patch(ctx context.Context, site, id string) (swpatch.Record, error)
 	ApplyPatch(ctx context.Context, site, id string) error
 	RemovePatch(ctx context.Context, site, id string) error
 	// Strategy reads the site's patch strategy; strategy.ErrNotFound

@@ -232,7 +232,7 @@ func (r *stepRun) advance(ctx context.Context, aborting bool) (strategy.StepStat
 		}
 		allDeployed := true
 		for _, id := range r.patches {
-			st, err := sites.PatchState(ctx, site, id)
+			st, err := r.patchState(ctx, id)
 			if errors.Is(err, errs.NotFound) {
 				if err := sites.SyncPatch(ctx, site, id); err != nil {
 					return "", "", false, fmt.Errorf("syncing patch %s to %s: %w", id, site, err)
@@ -250,7 +250,7 @@ func (r *stepRun) advance(ctx context.Context, aborting bool) (strategy.StepStat
 					p.PatchesApplied = append(p.PatchesApplied, id)
 				}
 				// A site whose hosts all run it has it deployed at once.
-				if st, err = sites.PatchState(ctx, site, id); err != nil {
+				if st, err = r.patchState(ctx, id); err != nil {
 					return "", "", false, err
 				}
 			}
@@ -284,8 +284,11 @@ func (r *stepRun) advance(ctx context.Context, aborting bool) (strategy.StepStat
 			return "", "", false, err
 		}
 		created, err := sites.CreateStrategy(ctx, site, r.opts)
-		if errors.Is(err, errs.Conflict) && (r.createdMeanwhile(ctx) || r.deployed(ctx)) {
+		if errors.Is(err, errs.Conflict) && r.createdMeanwhile(ctx) {
 			return "", "", false, nil // look again at the next pass
+		}
+		if errors.Is(err, errs.Conflict) && r.deployed(ctx) {
+			return strategy.StepApplied, "every host already runs the patches", true, nil
 		}
 		if err != nil {
 			return "", "", false, fmt.Errorf("creating the site strategy at %s: %w", site, err)
@@ -363,13 +366,23 @@ func (r *stepRun) createdMeanwhile(ctx context.Context) bool {
 	return err == nil
 }
 
-// deployed: every patch of the step is deployed at the site now (a
-// create refused because no host needs them any more).
+func (r *stepRun) patchState(ctx context.Context, id string) (swpatch.State, error) {
+	rec, err := r.e.cfg.Sites.Patch(ctx, r.site, id)
+	return rec.State, err
+}
+
+// deployed: every patch of the step is deployed at the site, or applied
+// with every host current (a create refused because no host needs them).
 func (r *stepRun) deployed(ctx context.Context) bool {
 	for _, id := range r.patches {
-		st, err := r.e.cfg.Sites.PatchState(ctx, r.site, id)
-		if err != nil || st != swpatch.Deployed && st != swpatch.Committed {
+		rec, err := r.e.cfg.Sites.Patch(ctx, r.site, id)
+		if err != nil || !rec.State.Applied() {
 			return false
+		}
+		for _, hs := range rec.Hosts {
+			if hs != swpatch.HostCurrent {
+				return false
+			}
 		}
 	}
 	return true

@@ -167,20 +167,27 @@ func (f *Fleet) SyncPatch(ctx context.Context, name, id string) error {
 	return nil
 }
 
-// PatchState implements fleet.Sites.
-func (f *Fleet) PatchState(ctx context.Context, name, id string) (swpatch.State, error) {
+// Patch implements fleet.Sites.
+func (f *Fleet) Patch(ctx context.Context, name, id string) (swpatch.Record, error) {
 	s, err := f.site(name)
 	if err != nil {
-		return "", err
+		return swpatch.Record{}, err
 	}
 	s.settle(ctx)
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	st, ok := s.patches[id]
 	if !ok {
-		return "", fmt.Errorf("%w: %s", swpatch.ErrPatchNotFound, id)
+		return swpatch.Record{}, fmt.Errorf("%w: %s", swpatch.ErrPatchNotFound, id)
 	}
-	return st, nil
+	hosts := map[string]swpatch.HostState{}
+	for _, h := range hostsOf(s.Shape) {
+		hosts[h.Name] = swpatch.HostPending
+		if st == swpatch.Deployed || s.Target.Host(h.Name).PatchCurrent {
+			hosts[h.Name] = swpatch.HostCurrent
+		}
+	}
+	return swpatch.Record{ID: id, State: st, Hosts: hosts}, nil
 }
 
 func (s *Site) applied() []string {

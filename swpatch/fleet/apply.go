@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"log/slog"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"github.com/petrel-edge/petrel/internal/errs"
@@ -75,6 +76,15 @@ type Executor struct {
 	cfg  Config
 	wake chan struct{}
 	mu   sync.Mutex // one Create/Apply/Abort/Delete at a time
+
+	// wmu orders this executor's writes: its steps share one stored
+	// strategy, and serialized writes never lose a compare-and-swap.
+	wmu   sync.Mutex
+	state atomic.Value // strategy.State: the stored strategy's, as last written or read
+
+	// Steps' progress waits here and is flushed in one write per poll.
+	pmu     sync.Mutex
+	pending map[[2]int]strategy.SiteProgress
 }
 
 // New returns an executor; Run starts it.
@@ -100,7 +110,7 @@ func New(cfg Config) (*Executor, error) {
 	if cfg.Changed == nil {
 		cfg.Changed = func(strategy.Strategy) {}
 	}
-	return &Executor{cfg: cfg, wake: make(chan struct{}, 1)}, nil
+	return &Executor{cfg: cfg, wake: make(chan struct{}, 1), pending: map[[2]int]strategy.SiteProgress{}}, nil
 }
 
 // Wake makes Run look at the strategy now.
@@ -112,11 +122,64 @@ func (e *Executor) Wake() {
 }
 
 func (e *Executor) update(ctx context.Context, fn func(*strategy.Strategy) error) (strategy.Strategy, error) {
-	s, err := e.cfg.Store.Update(ctx, strategy.Patch, fn)
+	e.wmu.Lock()
+	defer e.wmu.Unlock()
+	s, err := e.cfg.Store.Update(ctx, strategy.Patch, func(s *strategy.Strategy) error {
+		e.applyPending(s)
+		return fn(s)
+	})
 	if err == nil {
+		e.state.Store(s.State)
 		e.cfg.Changed(s)
 	}
 	return s, err
+}
+
+// applyPending writes the steps' waiting progress into s (every write
+// carries it), and forgets it once written.
+func (e *Executor) applyPending(s *strategy.Strategy) {
+	e.pmu.Lock()
+	defer e.pmu.Unlock()
+	for k, p := range e.pending {
+		if k[0] < len(s.Stages) && k[1] < len(s.Stages[k[0]].Steps) {
+			p := p
+			s.Stages[k[0]].Steps[k[1]].Site = &p
+		}
+	}
+	clear(e.pending)
+}
+
+// progress records a step's progress; the next write (at most a poll
+// later) stores it.
+func (e *Executor) progress(i, j int, p strategy.SiteProgress) {
+	e.pmu.Lock()
+	e.pending[[2]int{i, j}] = p
+	e.pmu.Unlock()
+}
+
+// flush stores the steps' waiting progress.
+func (e *Executor) flush(ctx context.Context) error {
+	e.pmu.Lock()
+	n := len(e.pending)
+	e.pmu.Unlock()
+	if n == 0 {
+		return nil
+	}
+	_, err := e.update(ctx, func(*strategy.Strategy) error { return nil })
+	return err
+}
+
+// fleetState is the stored strategy's state as this executor last saw it.
+func (e *Executor) fleetState(ctx context.Context) (strategy.State, error) {
+	if st, ok := e.state.Load().(strategy.State); ok {
+		return st, nil
+	}
+	s, err := e.cfg.Store.Strategy(ctx, strategy.Patch)
+	if err != nil {
+		return "", err
+	}
+	e.state.Store(s.State)
+	return s.State, nil
 }
 
 // Create plans a fleet strategy and stores it, ready to apply. One at a time.
@@ -276,6 +339,7 @@ func (e *Executor) runOnce(ctx context.Context) (bool, error) {
 	if err != nil {
 		return false, err
 	}
+	e.state.Store(s.State)
 	if s.State != strategy.Applying && s.State != strategy.Aborting {
 		return false, nil
 	}
@@ -314,8 +378,24 @@ func (e *Executor) runOnce(ctx context.Context) (bool, error) {
 			e.runStep(ctx, r.i, r.j)
 		}()
 	}
-	wg.Wait()
-	return ctx.Err() == nil, nil
+	// The steps' progress, one write per poll while they run.
+	done := make(chan struct{})
+	go func() { wg.Wait(); close(done) }()
+	t := time.NewTicker(e.cfg.Poll)
+	defer t.Stop()
+	for {
+		select {
+		case <-done:
+			if err := e.flush(context.WithoutCancel(ctx)); err != nil {
+				return false, err
+			}
+			return ctx.Err() == nil, nil
+		case <-t.C:
+			if err := e.flush(ctx); err != nil && ctx.Err() == nil {
+				e.cfg.Logger.Warn("fleet strategy progress not stored", "err", err)
+			}
+		}
+	}
 }
 
 // finish ends the strategy once no step runs: applied, apply-failed

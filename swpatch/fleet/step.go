@@ -78,26 +78,20 @@ func (e *Executor) runStep(ctx context.Context, i, j int) {
 	e.cfg.Logger.Info("fleet step ended", "site", r.site, "state", to, "reason", reason)
 }
 
-// store records the step's progress when it changed.
+// store records the step's progress when it changed (written with the
+// executor's next write, at most a poll later) and returns the fleet
+// strategy's state.
 func (r *stepRun) store(ctx context.Context, p strategy.SiteProgress) (strategy.State, error) {
 	same := p.Phase == r.progress.Phase && p.State == r.progress.State && p.StepsDone == r.progress.StepsDone &&
 		p.StepsTotal == r.progress.StepsTotal && p.Action == r.progress.Action && slices.Equal(p.Hosts, r.progress.Hosts) &&
 		p.Reason == r.progress.Reason && slices.Equal(p.PatchesApplied, r.progress.PatchesApplied) &&
 		(p.OfflineSince == nil) == (r.progress.OfflineSince == nil)
-	if same {
-		s, err := r.e.cfg.Store.Strategy(ctx, strategy.Patch)
-		return s.State, err
-	}
-	p.UpdatedAt = r.e.cfg.Now()
-	s, err := r.e.update(ctx, func(s *strategy.Strategy) error {
-		s.Stages[r.i].Steps[r.j].Site = &p
-		s.UpdatedAt = p.UpdatedAt
-		return nil
-	})
-	if err == nil {
+	if !same {
+		p.UpdatedAt = r.e.cfg.Now()
 		r.progress = p
+		r.e.progress(r.i, r.j, p)
 	}
-	return s.State, err
+	return r.e.fleetState(ctx)
 }
 
 // permanent reports whether a site's answer will not change by asking

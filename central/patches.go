@@ -233,10 +233,10 @@ func (patchSyncer) apply(ctx context.Context, s syncSite, rec SyncRecord) error 
 		}
 		return nil
 	}
+	// An upload that meets the same archive at the site (a fleet step
+	// sent it meanwhile) succeeds (Central.sendPatch).
 	err = ps.UploadPatch(ctx, rec.Key)
 	switch {
-	case errors.Is(err, swpatch.ErrPatchExists):
-		return nil // uploaded meanwhile (a fleet step)
 	case errors.Is(err, errs.Invalid), errors.Is(err, errs.Conflict), errors.Is(err, errs.TooLarge):
 		return syncRefusal{fmt.Sprintf("the site refused patch %s: %v", rec.Key, err)}
 	}

@@ -14,6 +14,7 @@ import (
 	"github.com/petrel-edge/petrel/auth"
 	"github.com/petrel-edge/petrel/central"
 	"github.com/petrel-edge/petrel/client"
+	"github.com/petrel-edge/petrel/faultmgr"
 	"github.com/petrel-edge/petrel/internal/errs"
 	"github.com/petrel-edge/petrel/internal/rest"
 	"github.com/petrel-edge/petrel/internal/server/servertest"
@@ -202,5 +203,22 @@ func TestFleetStrategyWithRealSites(t *testing.T) {
 	}
 	if err := f.admin.Do(ctx, http.MethodDelete, "/v1/patches/P-7", nil, nil, nil); err != nil {
 		t.Fatal(err)
+	}
+	// Every change was audited, refusals included.
+	evs, _, err := f.c.Shell().Events.Events(ctx, rest.ListOptions{Limit: 1000, Filters: map[string]string{"type": "audit"}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	seen := map[string]bool{}
+	for _, ev := range evs {
+		if ev.Type == faultmgr.EventAudit {
+			seen[ev.Action+" "+ev.Result] = true
+		}
+	}
+	for _, want := range []string{"uploadPatch ok", "uploadPatch invalid_argument", "createStrategy ok", "createStrategy invalid_argument",
+		"createStrategy permission_denied", "strategyAction ok", "deleteStrategy ok", "deletePatch ok"} {
+		if !seen[want] {
+			t.Errorf("no audit event %q", want)
+		}
 	}
 }

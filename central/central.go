@@ -50,6 +50,31 @@ type FileConfig struct {
 	// PatchPublicKey is the PEM file of the patch signing key central
 	// trusts (patches uploaded to central); empty: uploads refused.
 	PatchPublicKey string `json:"patch_public_key"`
+	// FleetPoll is how often a fleet strategy's step looks at its site
+	// (a Go duration); empty: 1s.
+	FleetPoll string `json:"fleet_poll"`
+	// FleetOfflineWait is how long a fleet strategy's step waits for an
+	// unreachable site before it fails (a Go duration); empty: 10m.
+	FleetOfflineWait string `json:"fleet_offline_wait"`
+}
+
+// FleetDurations parses FleetPoll and FleetOfflineWait (zero if empty).
+func (fc FileConfig) FleetDurations() (poll, offline time.Duration, err error) {
+	parse := func(name, v string, least time.Duration) (time.Duration, error) {
+		if v == "" {
+			return 0, nil
+		}
+		d, err := time.ParseDuration(v)
+		if err != nil || d < least {
+			return 0, fmt.Errorf("central: %s %q: want a duration of at least %s", name, v, least)
+		}
+		return d, nil
+	}
+	if poll, err = parse("fleet_poll", fc.FleetPoll, 100*time.Millisecond); err != nil {
+		return 0, 0, err
+	}
+	offline, err = parse("fleet_offline_wait", fc.FleetOfflineWait, time.Second)
+	return poll, offline, err
 }
 
 // LeaseTTL parses WitnessLeaseTTL (zero if empty).

@@ -56,6 +56,11 @@ type FleetConfig struct {
 	// AlarmsPerMinute is each site's alarm churn (a summary delta each).
 	AlarmsPerMinute float64
 	Log             io.Writer
+	// PatchPublicKey, when set, is the patch key central and the
+	// simulated sites trust (bench strategy).
+	PatchPublicKey string
+	// StrategyDuration is how long a simulated site strategy applies.
+	StrategyDuration time.Duration
 }
 
 // FleetResult is what the fleet benchmark measured.
@@ -329,6 +334,9 @@ func (r *fleetRun) startCentral(ctx context.Context) error {
 		}
 	}
 	conf["data_dir"], conf["log_level"] = r.dataDir, "warn"
+	if r.cfg.PatchPublicKey != "" {
+		conf["patch_public_key"] = r.cfg.PatchPublicKey
+	}
 	if !r.cfg.SQLite {
 		dsn, err := r.startPostgres(ctx)
 		if err != nil {
@@ -636,7 +644,8 @@ func (r *fleetRun) simConfig(k, from, to int) fleetsim.Config {
 	}
 	cfg := fleetsim.Config{CentralAddr: addr, CACert: r.caFile, RelayKey: filepath.Join(r.dataDir, central.RelayPublicKey),
 		CredDir: filepath.Join(r.dir, "sites"), Loss: r.cfg.Loss, Seed: r.cfg.Seed + uint64(k),
-		AlarmsPerMinute: r.cfg.AlarmsPerMinute, Control: filepath.Join(r.dir, "sim", fmt.Sprintf("%d.sock", k))}
+		AlarmsPerMinute: r.cfg.AlarmsPerMinute, Control: filepath.Join(r.dir, "sim", fmt.Sprintf("%d.sock", k)),
+		PatchPublicKey: r.cfg.PatchPublicKey, StrategyDuration: r.cfg.StrategyDuration}
 	for i := from; i < to; i++ {
 		cfg.Sites = append(cfg.Sites, fleetsim.Site{Name: r.names[i], Index: i})
 	}

@@ -29,6 +29,8 @@ import (
 	"github.com/petrel-edge/petrel/internal/pki"
 	"github.com/petrel-edge/petrel/internal/rest"
 	"github.com/petrel-edge/petrel/internal/server"
+	"github.com/petrel-edge/petrel/swpatch/fleet"
+	"github.com/petrel-edge/petrel/swpatch/strategy/strategydb"
 	"github.com/petrel-edge/petrel/ui"
 )
 
@@ -45,6 +47,34 @@ type FileConfig struct {
 	WitnessLeaseTTL string `json:"witness_lease_ttl"`
 	// HA makes this central one of a 1+1 pair (ha.go); absent: alone.
 	HA *HAFileConfig `json:"ha"`
+	// PatchPublicKey is the PEM file of the patch signing key central
+	// trusts (patches uploaded to central); empty: uploads refused.
+	PatchPublicKey string `json:"patch_public_key"`
+	// FleetPoll is how often a fleet strategy's step looks at its site
+	// (a Go duration); empty: 1s.
+	FleetPoll string `json:"fleet_poll"`
+	// FleetOfflineWait is how long a fleet strategy's step waits for an
+	// unreachable site before it fails (a Go duration); empty: 10m.
+	FleetOfflineWait string `json:"fleet_offline_wait"`
+}
+
+// FleetDurations parses FleetPoll and FleetOfflineWait (zero if empty).
+func (fc FileConfig) FleetDurations() (poll, offline time.Duration, err error) {
+	parse := func(name, v string, least time.Duration) (time.Duration, error) {
+		if v == "" {
+			return 0, nil
+		}
+		d, err := time.ParseDuration(v)
+		if err != nil || d < least {
+			return 0, fmt.Errorf("central: %s %q: want a duration of at least %s", name, v, least)
+		}
+		return d, nil
+	}
+	if poll, err = parse("fleet_poll", fc.FleetPoll, 100*time.Millisecond); err != nil {
+		return 0, 0, err
+	}
+	offline, err = parse("fleet_offline_wait", fc.FleetOfflineWait, time.Second)
+	return poll, offline, err
 }
 
 // LeaseTTL parses WitnessLeaseTTL (zero if empty).
@@ -83,6 +113,15 @@ type Config struct {
 	BlobStreams int
 	// Deploy configures the deploy engine (deploy.go); zero fields: defaults.
 	Deploy DeployConfig
+	// PatchPublicKey is the PEM file of the key patches uploaded to
+	// central must be signed with; "": uploads refused.
+	PatchPublicKey string
+	// FleetPoll is how often a fleet strategy's step looks at its site;
+	// zero: 1 s.
+	FleetPoll time.Duration
+	// FleetOfflineWait bounds how long a fleet step waits for an offline
+	// site; zero: fleet.DefaultOfflineWait.
+	FleetOfflineWait time.Duration
 }
 
 // DefaultRestartGrace covers a site's longest reconnect backoff (30 s) with margin.
@@ -115,6 +154,10 @@ type Central struct {
 	// admitSteps times each step of a link's admission (link.go).
 	admitSteps *prometheus.HistogramVec
 	deploys    *deployEngine
+	relaySites *relaySites
+	patches    *centralPatches
+	fleetStore *strategydb.Store
+	fleetEx    *fleet.Executor
 
 	wmu    sync.Mutex
 	ingest *faultdb.Ingest // sites' records, combined into transactions
@@ -168,8 +211,9 @@ func New(ctx context.Context, cfg Config) (*Central, error) {
 		shell.Close()
 		return nil, err
 	}
-	c.sync = newSyncEngine(cfg.Sync, store, subclouds, newRelaySites(c), shell.Alarms,
-		[]syncer{projectSyncer{}, flavorSyncer{}, imageSyncer{}, userSyncer{}}, c.log.With("component", "sync"),
+	c.relaySites = newRelaySites(c)
+	c.sync = newSyncEngine(cfg.Sync, store, subclouds, c.relaySites, shell.Alarms,
+		[]syncer{projectSyncer{}, flavorSyncer{}, imageSyncer{}, userSyncer{}, patchSyncer{}}, c.log.With("component", "sync"),
 		func(typ string, v any) { c.stream.Publish(typ, v) })
 	// Central's projects and users: every change recorded with its sync
 	// version in one transaction; what existed before, reconciled now.
@@ -179,6 +223,14 @@ func New(ctx context.Context, cfg Config) (*Central, error) {
 		return nil, fmt.Errorf("central: sync store: projects and users: %w", err)
 	}
 	if c.images, err = openImages(ctx, c, store); err != nil {
+		shell.Close()
+		return nil, err
+	}
+	if c.patches, err = openPatches(ctx, c, store, cfg.PatchPublicKey); err != nil {
+		shell.Close()
+		return nil, err
+	}
+	if err := openFleet(ctx, c); err != nil {
 		shell.Close()
 		return nil, err
 	}
@@ -296,6 +348,7 @@ func (c *Central) Run(ctx context.Context) error {
 	g, ctx := errgroup.WithContext(ctx)
 	g.Go(func() error { return c.shell.Run(ctx) })
 	g.Go(func() error { return c.deploys.Run(ctx) })
+	g.Go(func() error { return c.fleetEx.Run(ctx) }) // leader only: a pair runs Central on its leader
 	if c.siteLn != nil {
 		c.witness.begin(time.Now())
 		g.Go(func() error { return c.serveLinks(ctx) })
@@ -348,6 +401,8 @@ func (c *Central) register(srv *rest.Server, a *auth.Service) {
 	c.registerDeploy(srv, a)
 	c.registerFlavors(srv, a)
 	c.registerImages(srv, a)
+	c.registerPatches(srv, a)
+	c.registerStrategies(srv, a)
 	relay := c.relay()
 	for _, m := range []string{http.MethodGet, http.MethodPatch, http.MethodDelete} {
 		srv.HandleHTTP("relay"+m[:1]+strings.ToLower(m[1:]), m, "/v1/subclouds/{name}/api/{path:.*}", c.relayGuard, relay)

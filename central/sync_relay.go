@@ -64,7 +64,8 @@ func (r *relaySites) site(name string) syncSite {
 // projectKey carries the project a sync request acts in.
 type projectKey struct{}
 
-// assertingTransport signs each relayed request as SyncUser.
+// assertingTransport signs each relayed request as SyncUser (or the user
+// its context names: FleetUser).
 type assertingTransport struct {
 	c    *Central
 	base http.RoundTripper
@@ -76,7 +77,11 @@ func (t *assertingTransport) RoundTrip(req *http.Request) (*http.Response, error
 		return nil, errs.Wrapf(errs.Invalid, "not a relay address: %s", req.URL.Host)
 	}
 	project, _ := req.Context().Value(projectKey{}).(string)
-	p := auth.Principal{User: SyncUser, Role: auth.Admin, Project: project}
+	user, _ := req.Context().Value(userKey{}).(string)
+	if user == "" {
+		user = SyncUser
+	}
+	p := auth.Principal{User: user, Role: auth.Admin, Project: project}
 	id := uuid.NewString()
 	a, err := t.c.signer.Sign(p, site, req.Method, req.URL.EscapedPath(), id, 30*time.Second)
 	if err != nil {

@@ -122,7 +122,7 @@ func startCentralPair(ctx context.Context, cfg Config, dir, centralDir, siteList
 	}
 	listen := netJoin("127.0.0.1", port)
 	for _, name := range CentralMembers {
-		extra := map[string]any{"listen": listen, "site_listen": siteListen, "database": dsn,
+		extra := map[string]any{"listen": listen, "site_listen": siteListen, "database": dsn, "patch_public_key": patchSigning(dir).PublicKey,
 			"ha": map[string]any{"name": name, "session_ttl": centralSessionTTL,
 				"etcd": map[string]any{"endpoints": endpoints, "cert_file": ccert, "key_file": ckey, "ca_file": caFile}}}
 		if _, _, err := startDaemonAt(cfg, dir, "central", centralDir, name, name+".yaml", extra); err != nil {

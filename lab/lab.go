@@ -303,7 +303,7 @@ func Up(ctx context.Context, cfg Config) (_ *File, err error) {
 	} else {
 		var centralPID int
 		centralURL, centralPID, err = startDaemon(cfg, dir, "central", centralDir, "central",
-			map[string]any{"site_listen": netJoin("127.0.0.1", sitePort)})
+			map[string]any{"site_listen": netJoin("127.0.0.1", sitePort), "patch_public_key": patchSigning(dir).PublicKey})
 		if err != nil {
 			return nil, err
 		}

@@ -37,6 +37,7 @@ import (
 
 	"github.com/petrel-edge/petrel/auth"
 	"github.com/petrel-edge/petrel/internal/pki"
+	"github.com/petrel-edge/petrel/swpatch"
 )
 
 // Config configures one simulator process.
@@ -64,6 +65,11 @@ type Config struct {
 	Seed  uint64        `json:"seed"`
 	// Control is the unix socket the control API listens on ("": none).
 	Control string `json:"control"`
+	// PatchPublicKey verifies patch uploads (PEM file; "": refused).
+	PatchPublicKey string `json:"patch_public_key"`
+	// StrategyDuration is how long a simulated site strategy applies
+	// (its steps, one per host, done evenly); default 10 s.
+	StrategyDuration time.Duration `json:"strategy_duration"`
 }
 
 // Site is one simulated site: its registered name and its index in the
@@ -90,8 +96,10 @@ type Sim struct {
 	sites []*site
 	byNm  map[string]*site
 	pub   ed25519.PublicKey
-	roots *x509.CertPool
-	epoch string
+	// patchKey verifies patch uploads (nil: refused).
+	patchKey ed25519.PublicKey
+	roots    *x509.CertPool
+	epoch    string
 
 	dials, dialErrs, welcomes, updates, dropped, events, cuts atomic.Uint64
 }
@@ -121,7 +129,16 @@ func New(cfg Config, log *slog.Logger) (*Sim, error) {
 	if err != nil {
 		return nil, fmt.Errorf("fleetsim: relay key: %w", err)
 	}
-	s := &Sim{cfg: cfg, log: log, pub: pub, roots: roots, byNm: map[string]*site{},
+	if cfg.StrategyDuration <= 0 {
+		cfg.StrategyDuration = 10 * time.Second
+	}
+	var patchKey ed25519.PublicKey
+	if cfg.PatchPublicKey != "" {
+		if patchKey, err = swpatch.LoadPublicKey(cfg.PatchPublicKey); err != nil {
+			return nil, fmt.Errorf("fleetsim: patch key: %w", err)
+		}
+	}
+	s := &Sim{cfg: cfg, log: log, pub: pub, patchKey: patchKey, roots: roots, byNm: map[string]*site{},
 		epoch: fmt.Sprintf("sim-%d-%d", cfg.Seed, time.Now().UnixNano())}
 	for _, sp := range cfg.Sites {
 		pair, err := tls.LoadX509KeyPair(CertFile(cfg.CredDir, sp.Name), KeyFile(cfg.CredDir, sp.Name))

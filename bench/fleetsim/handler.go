@@ -55,6 +55,10 @@ func fail(w http.ResponseWriter, status int, msg string) {
 	writeJSON(w, status, rest.ErrorBody{Error: rest.ErrorDetail{Code: http.StatusText(status), Message: msg}})
 }
 
+// maxBody bounds a relayed request's body (a simulated patch archive is
+// a few KiB).
+const maxBody = 4 << 20
+
 // handler answers central's relayed calls to this site.
 func (st *site) handler() http.Handler {
 	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
@@ -65,7 +69,7 @@ func (st *site) handler() http.Handler {
 			fail(w, http.StatusUnauthorized, err.Error())
 			return
 		}
-		body, err := io.ReadAll(io.LimitReader(r.Body, 1<<20))
+		body, err := io.ReadAll(io.LimitReader(r.Body, maxBody))
 		if err != nil {
 			fail(w, http.StatusBadRequest, err.Error())
 			return
@@ -76,6 +80,10 @@ func (st *site) handler() http.Handler {
 			st.flavorsAPI(w, r, strings.TrimPrefix(p, "/compute/v2.1/flavors"), body)
 		case strings.HasPrefix(p, "/image/v2/images"):
 			st.imagesAPI(w, r, strings.TrimPrefix(p, "/image/v2/images"), body)
+		case p == "/v1/patches" || strings.HasPrefix(p, "/v1/patches/"):
+			st.patchesAPI(w, r, strings.TrimPrefix(p, "/v1/patches"), body)
+		case p == "/v1/strategies/patch" || p == "/v1/strategies/patch/actions":
+			st.strategyAPI(w, r, strings.TrimPrefix(p, "/v1/strategies/patch"), body)
 		case strings.HasPrefix(p, "/v1/sync/"):
 			st.syncAPI(w, r, strings.TrimPrefix(p, "/v1/sync/"), body)
 		default:

@@ -18,6 +18,7 @@ import (
 	"github.com/petrel-edge/petrel/auth"
 	"github.com/petrel-edge/petrel/faultmgr"
 	"github.com/petrel-edge/petrel/internal/linkproto"
+	"github.com/petrel-edge/petrel/swpatch"
 )
 
 // simAlarms is what a simulated site raises and clears: realistic IDs of
@@ -68,6 +69,8 @@ type site struct {
 	images      map[string]image
 	projects    map[string]string // name -> description
 	users       map[string]auth.SyncedUserView
+	patches     map[string]*swpatch.Record
+	strat       *simStrategy
 }
 
 func newSite(s *Sim, sp Site, pair tls.Certificate) *site {
@@ -77,7 +80,8 @@ func newSite(s *Sim, sp Site, pair tls.Certificate) *site {
 			MinVersion: tls.VersionTLS12, ClientSessionCache: tls.NewLRUClientSessionCache(1)},
 		epoch: s.epoch + "-" + sp.Name, verif: auth.NewAssertionVerifier(s.pub, sp.Name, nil),
 		unsilence: make(chan struct{}, 1), flavors: map[string]flavor{}, flavorAt: map[string]time.Time{},
-		images: map[string]image{}, projects: map[string]string{}, users: map[string]auth.SyncedUserView{}}
+		images: map[string]image{}, projects: map[string]string{}, users: map[string]auth.SyncedUserView{},
+		patches: map[string]*swpatch.Record{}}
 	switch r := rng.IntN(10); {
 	case r < 7:
 		st.shape, st.hosts = "simplex", 1

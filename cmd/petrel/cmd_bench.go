@@ -533,7 +533,7 @@ func (a *app) benchCmd() *cobra.Command {
 	migrate.Flags().IntVar(&hops, "hops", 10, "migrations per guest")
 	migrate.Flags().IntVar(&evac, "evacuate", 3, "servers on the host then locked")
 	c := group("bench", "Run benchmarks and record them in docs/benchmarks.md", api, inventory, agentCmd, alarms, recovery, failover, pair, matrix, servers, migrate, syncCmd,
-		a.benchFleetCmd(&out, &record), a.benchSitesimCmd(), a.benchPatchCmd(&out, &record))
+		a.benchFleetCmd(&out, &record), a.benchSitesimCmd(), a.benchPatchCmd(&out, &record), a.benchStrategyCmd(&out, &record))
 	c.PersistentFlags().StringVar(&out, "out", "docs/benchmarks.md", "results file")
 	c.PersistentFlags().BoolVar(&record, "record", true, "append the result to --out")
 	return c

@@ -52,7 +52,12 @@ func (a *app) centralDaemonCmd() *cobra.Command {
 			if err != nil {
 				return err
 			}
-			cfg := central.Config{Shell: shell, SiteListen: fc.SiteListen, WitnessLeaseTTL: ttl}
+			poll, offline, err := fc.FleetDurations()
+			if err != nil {
+				return err
+			}
+			cfg := central.Config{Shell: shell, SiteListen: fc.SiteListen, WitnessLeaseTTL: ttl, PatchPublicKey: fc.PatchPublicKey,
+				FleetPoll: poll, FleetOfflineWait: offline}
 			if fc.HA != nil {
 				return runCentralPair(ctx, cfg, *fc.HA)
 			}

@@ -14,12 +14,14 @@ import (
 	"github.com/petrel-edge/petrel/swpatch"
 )
 
-// patchCmd is `petrel patch`: build signed patches here; upload, apply,
+// patchCmd is `petrel patch`: build signed patches here; upload, list,
+// show and delete them at central (which syncs them to the sites and
+// installs them with a fleet strategy), or, with --site, upload, apply,
 // remove, commit and delete them at a site (docs/patching.md).
 func (a *app) patchCmd() *cobra.Command {
 	build := a.patchBuildCmd()
 	upload := &cobra.Command{
-		Use: "upload FILE", Short: "Upload a patch archive to a site (verified there before anything is kept)",
+		Use: "upload FILE", Short: "Upload a patch archive to central (synced from there to the managed sites) or, with --site, to a site; verified before anything is kept",
 		Args: exactArgs(1, "FILE"),
 		RunE: func(cmd *cobra.Command, args []string) error {
 			f, err := os.Open(args[0])
@@ -43,20 +45,20 @@ func (a *app) patchCmd() *cobra.Command {
 		},
 	}
 	list := &cobra.Command{
-		Use: "list", Short: "List the site's patches and their states", Args: noArgs,
+		Use: "list", Short: "List the patches at central, or with --site the site's and their states", Args: noArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error {
 			return a.list(cmd, "/v1/patches", nil, 0, "id", "version", "state", "reboot_required", "requires")
 		},
 	}
 	show := &cobra.Command{
-		Use: "show ID", Short: "Show a patch, with each host's state towards it", Args: exactArgs(1, "ID"),
+		Use: "show ID", Short: "Show a patch (with --site: with each host's state towards it)", Args: exactArgs(1, "ID"),
 		RunE: func(cmd *cobra.Command, args []string) error {
 			return a.call(cmd, http.MethodGet, "/v1/patches/"+url.PathEscape(args[0]), nil)
 		},
 	}
 	verbs := []*cobra.Command{build, upload, list, show}
 	for _, v := range []struct{ verb, short string }{
-		{"apply", "Apply a patch: hosts are to install it (refused, naming it, while a requirement is not applied)"},
+		{"apply", "Apply a patch at a site (--site): hosts are to install it (refused, naming it, while a requirement is not applied)"},
 		{"remove", "Remove an applied patch: hosts are to go back to their software without it"},
 		{"commit", "Commit a deployed patch: it can no longer be removed"},
 	} {
@@ -78,7 +80,7 @@ func (a *app) patchCmd() *cobra.Command {
 		},
 	}
 	verbs = append(verbs, del)
-	return group("patch", "Software patches: build signed archives, upload and apply them at a site (docs/patching.md)", verbs...)
+	return group("patch", "Software patches: build signed archives, upload them to central or a site, apply them at a site (docs/patching.md)", verbs...)
 }
 
 // patchBuildCmd is `petrel patch build`.

@@ -40,10 +40,11 @@ const (
 	Images   = "images"
 	Users    = "users"
 	Projects = "projects"
+	Patches  = "patches" // central's patch archives (docs/patching.md)
 )
 
 // Resources lists every synced resource.
-var Resources = []string{Flavors, Images, Users, Projects}
+var Resources = []string{Flavors, Images, Users, Projects, Patches}
 
 // MaxKeyLen bounds a resource key in bytes (Nova flavor IDs and Keystone
 // names fit).

@@ -212,6 +212,15 @@ func TestPlanRefuses(t *testing.T) {
 		{"bad alarm restrictions", strategy.Snapshot{Shape: inventory.MultiServer, Patches: []string{"P"}, Hosts: multi(2, nil)},
 			strategy.Options{AlarmRestrictions: "none"}, errs.Invalid},
 		{"failed host", strategy.Snapshot{Shape: inventory.MultiServer, Patches: []string{"P"}, RebootRequired: true, Hosts: failed}, strategy.Options{}, errs.Conflict},
+		// A fleet strategy's options (central's) are refused at a site.
+		{"fleet max_parallel", strategy.Snapshot{Shape: inventory.MultiServer, Patches: []string{"P"}, Hosts: multi(2, nil)},
+			strategy.Options{MaxParallel: 2}, errs.Invalid},
+		{"fleet group", strategy.Snapshot{Shape: inventory.MultiServer, Patches: []string{"P"}, Hosts: multi(2, nil)},
+			strategy.Options{Group: "Default"}, errs.Invalid},
+		{"fleet patches", strategy.Snapshot{Shape: inventory.MultiServer, Patches: []string{"P"}, Hosts: multi(2, nil)},
+			strategy.Options{Patches: []string{"P"}}, errs.Invalid},
+		{"fleet stop_on_failure", strategy.Snapshot{Shape: inventory.MultiServer, Patches: []string{"P"}, Hosts: multi(2, nil)},
+			strategy.Options{StopOnFailure: true}, errs.Invalid},
 	}
 	for _, c := range cases {
 		t.Run(c.name, func(t *testing.T) {

@@ -25,7 +25,8 @@ const Patch Type = "patch"
 // Valid reports whether t is a known type.
 func (t Type) Valid() bool { return t == Patch }
 
-// Scope is where a strategy runs: one site, or (later) a fleet from central.
+// Scope is where a strategy runs: one site, or a fleet of sites from
+// central (swpatch/fleet).
 type Scope string
 
 const (
@@ -118,9 +119,14 @@ const (
 	// SystemStabilize is the health gate: every host of the step
 	// available and patch-current, and no new management-affecting alarm.
 	SystemStabilize Action = "system-stabilize"
+	// PatchSubcloud is a fleet strategy's step (central): the patches
+	// synced to one site and applied there, then the site's own strategy
+	// created, applied and followed to its end.
+	PatchSubcloud Action = "patch-subcloud"
 )
 
-var actions = []Action{QueryAlarms, SwactHosts, StopInstances, LockHosts, SwPatchHosts, UnlockHosts, StartInstances, SystemStabilize}
+var actions = []Action{QueryAlarms, SwactHosts, StopInstances, LockHosts, SwPatchHosts, UnlockHosts, StartInstances, SystemStabilize,
+	PatchSubcloud}
 
 // Valid reports whether a is a known action.
 func (a Action) Valid() bool { return slices.Contains(actions, a) }
@@ -159,13 +165,31 @@ const (
 	MaxParallelWorkerHosts = 10
 )
 
-// Options are a strategy's options (brief §4).
+// Options are a strategy's options (brief §4). The last four are a fleet
+// strategy's (central only); a site refuses them.
 type Options struct {
 	ControllerApplyType    ApplyType         `json:"controller_apply_type"`
 	WorkerApplyType        ApplyType         `json:"worker_apply_type"`
 	MaxParallelWorkerHosts int               `json:"max_parallel_worker_hosts"`
 	InstanceAction         InstanceAction    `json:"instance_action"`
 	AlarmRestrictions      AlarmRestrictions `json:"alarm_restrictions"`
+	// Group limits a fleet strategy to one subcloud group ("": every
+	// managed subcloud).
+	Group string `json:"group,omitempty"`
+	// MaxParallel is how many sites a fleet strategy patches at once
+	// (the size of each stage).
+	MaxParallel int `json:"max_parallel,omitempty"`
+	// StopOnFailure: no new site starts once one has failed.
+	StopOnFailure bool `json:"stop_on_failure,omitempty"`
+	// Patches are the patches (uploaded at central) a fleet strategy
+	// installs at every site.
+	Patches []string `json:"patches,omitempty"`
+}
+
+// SiteOnly returns o without the fleet options.
+func (o Options) SiteOnly() Options {
+	o.Group, o.MaxParallel, o.StopOnFailure, o.Patches = "", 0, false, nil
+	return o
 }
 
 // WithDefaults fills the options left empty with sw-manager's defaults.
@@ -207,6 +231,16 @@ func (o Options) Validate() error {
 	if o.AlarmRestrictions != Strict && o.AlarmRestrictions != Relaxed {
 		return errs.Field("alarm_restrictions", "must be strict or relaxed")
 	}
+	switch {
+	case o.Group != "":
+		return errs.Field("group", "is a fleet strategy's option (central)")
+	case o.MaxParallel != 0:
+		return errs.Field("max_parallel", "is a fleet strategy's option (central)")
+	case o.StopOnFailure:
+		return errs.Field("stop_on_failure", "is a fleet strategy's option (central)")
+	case len(o.Patches) > 0:
+		return errs.Field("patches", "is a fleet strategy's option (central); a site strategy installs the applied patches")
+	}
 	return nil
 }
 
@@ -225,6 +259,65 @@ type Step struct {
 	Servers   []string   `json:"servers,omitempty"`
 	StartedAt *time.Time `json:"started_at,omitempty"`
 	EndedAt   *time.Time `json:"ended_at,omitempty"`
+	// Site is a fleet step's progress at its site (central only).
+	Site *SiteProgress `json:"site,omitempty"`
+}
+
+// SitePhase is where a fleet step stands at its site.
+type SitePhase string
+
+const (
+	PhaseWaiting     SitePhase = "waiting"      // not started
+	PhaseSyncPatches SitePhase = "sync-patches" // archives uploaded to the site
+	PhaseApplyPatch  SitePhase = "apply-patches"
+	PhaseCreate      SitePhase = "create-strategy" // the site strategy created (or adopted)
+	PhaseApply       SitePhase = "apply-strategy"  // the site strategy applying, followed
+	PhaseAbort       SitePhase = "abort-strategy"  // the site strategy being aborted
+	PhaseDone        SitePhase = "done"
+)
+
+// SiteProgress is a fleet step's view of its site: where the step stands
+// and, once the site strategy exists, that strategy's state and current
+// step. JSON keys are the API contract (docs/api.md).
+type SiteProgress struct {
+	Phase SitePhase `json:"phase"`
+	// State is the site strategy's state ("" before it exists).
+	State State `json:"state,omitempty"`
+	// StepsDone and StepsTotal count the site strategy's steps.
+	StepsDone  int `json:"steps_done"`
+	StepsTotal int `json:"steps_total"`
+	// Stage, Action and Hosts are the site strategy's current step.
+	Stage  string   `json:"stage,omitempty"`
+	Action Action   `json:"action,omitempty"`
+	Hosts  []string `json:"hosts,omitempty"`
+	// Reason is the site strategy's reason (why it failed or was aborted).
+	Reason string `json:"reason,omitempty"`
+	// PatchesApplied are the patches this step applied at the site (an
+	// abort before the site strategy starts removes them again).
+	PatchesApplied []string `json:"patches_applied,omitempty"`
+	// OfflineSince is when the step first found the site unreachable
+	// (cleared when it answers).
+	OfflineSince *time.Time `json:"offline_since,omitempty"`
+	UpdatedAt    time.Time  `json:"updated_at"`
+}
+
+// Progress summarises s (a site strategy) for a fleet step.
+func (s Strategy) Progress() SiteProgress {
+	p := SiteProgress{State: s.State, Reason: s.Reason}
+	current := false
+	for _, stg := range s.Stages {
+		for _, st := range stg.Steps {
+			p.StepsTotal++
+			if st.State == StepApplied {
+				p.StepsDone++
+				continue
+			}
+			if !current && st.State != StepInitial {
+				p.Stage, p.Action, p.Hosts, current = stg.Name, st.Action, st.Hosts, true
+			}
+		}
+	}
+	return p
 }
 
 // Stage is a sequence of steps on one batch of hosts; stages run one after

@@ -143,6 +143,13 @@ func (s *Site) Patches(ctx context.Context) ([]string, bool, error) {
 	return nil, false, nil
 }
 
+// SetPatches replaces the applied patches (a patch applied at the site).
+func (s *Site) SetPatches(ids []string, reboot bool) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	s.patches, s.reboot = slices.Clone(ids), reboot
+}
+
 // Alarms lists the alarms set with SetAlarms.
 func (s *Site) Alarms(ctx context.Context) ([]strategy.Alarm, error) {
 	s.mu.Lock()

@@ -212,7 +212,7 @@ func New(ctx context.Context, cfg Config) (*Central, error) {
 	}
 	c.register(shell.REST, shell.Auth)
 	dash, err := ui.New(ui.Config{Auth: shell.Auth, Logger: c.log.With("component", "ui"),
-		Audit: shell.RecordAudit, Sites: c.siteRows, AlarmSummary: shell.Alarms.Store().Summary,
+		Audit: shell.RecordAudit, Sites: c.siteRows, FleetVersion: c.stream.Head, AlarmSummary: shell.Alarms.Store().Summary,
 		Site: func(ctx context.Context, name string) error { _, err := c.Subclouds.Subcloud(ctx, name); return err }})
 	if err != nil {
 		shell.Close()

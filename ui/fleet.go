@@ -1,6 +1,7 @@
 package ui
 
 import (
+	"context"
 	"encoding/json"
 	"fmt"
 	"net/http"
@@ -8,7 +9,53 @@ import (
 	"slices"
 	"strconv"
 	"strings"
+	"sync"
+	"time"
 )
+
+// FleetCacheAge bounds how long the dashboard reuses a read of the fleet
+// whose version has not changed (a change that published nothing shows
+// within it).
+const FleetCacheAge = 5 * time.Second
+
+// fleetCache is the last read of the fleet, sorted by name, with the
+// version it was read at. Its rows are shared and never modified.
+type fleetCache struct {
+	mu      sync.Mutex // held during a read: concurrent requests share it
+	version string
+	at      time.Time
+	rows    []SiteRow
+}
+
+// sites returns the fleet sorted by name, from the cache when it is
+// current. The slice is shared: callers must not modify it.
+func (u *UI) sites(ctx context.Context) ([]SiteRow, error) {
+	if u.cfg.FleetVersion == nil {
+		rows, err := u.cfg.Sites(ctx)
+		slices.SortFunc(rows, func(a, b SiteRow) int { return strings.Compare(a.Name, b.Name) })
+		return rows, err
+	}
+	c := &u.fleetRows
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	// The version is taken before the read: a change during it makes the
+	// next request read again.
+	v := u.cfg.FleetVersion()
+	if c.rows != nil && c.version == v && time.Since(c.at) < FleetCacheAge {
+		return c.rows, nil
+	}
+	at := time.Now()
+	rows, err := u.cfg.Sites(ctx)
+	if err != nil {
+		return nil, err
+	}
+	slices.SortFunc(rows, func(a, b SiteRow) int { return strings.Compare(a.Name, b.Name) })
+	if rows == nil {
+		rows = []SiteRow{}
+	}
+	c.version, c.at, c.rows = v, at, rows
+	return rows, nil
+}
 
 // The fleet page filters, searches and pages on the server: a browser gets
 // at most one page of rows (FleetQuery.Limit) however large the fleet, and
@@ -143,11 +190,10 @@ func (u *UI) fleetView(r *http.Request) (FleetQuery, FleetView, error, error) {
 	if qerr != nil {
 		q = FleetQuery{Limit: DefaultFleetLimit}
 	}
-	sites, err := u.cfg.Sites(r.Context())
+	sites, err := u.sites(r.Context())
 	if err != nil {
 		return q, FleetView{}, qerr, err
 	}
-	slices.SortFunc(sites, func(a, b SiteRow) int { return strings.Compare(a.Name, b.Name) })
 	return q, Filter(sites, q), qerr, nil
 }
 

@@ -18,7 +18,6 @@ import (
 	"log/slog"
 	"net/http"
 	"net/url"
-	"sort"
 	"strings"
 	"time"
 
@@ -53,6 +52,12 @@ type Config struct {
 	LocalSite string
 	Sites     func(ctx context.Context) ([]SiteRow, error)
 	Site      func(ctx context.Context, name string) error // nil error if the subcloud exists
+	// FleetVersion, if set, changes whenever a subcloud changes (central:
+	// its event stream's head). The dashboard then reuses its last read
+	// of Sites while the version stays the same, for at most
+	// FleetCacheAge: a search or filter of a large fleet then costs no
+	// store read.
+	FleetVersion func() string
 	// AlarmSummary counts the daemon's active, unsuppressed alarms: the
 	// banner's first paint (the script keeps it current).
 	AlarmSummary func(ctx context.Context) (faultmgr.Summary, error)
@@ -62,9 +67,10 @@ type Config struct {
 
 // UI serves the dashboard.
 type UI struct {
-	cfg   Config
-	pages *template.Template
-	mux   *http.ServeMux
+	cfg       Config
+	pages     *template.Template
+	mux       *http.ServeMux
+	fleetRows fleetCache
 }
 
 // New returns the dashboard handler.
@@ -341,14 +347,13 @@ func (u *UI) patching(w http.ResponseWriter, r *http.Request) {
 	if u.cfg.LocalSite != "" {
 		pg.Site = u.cfg.LocalSite
 	} else {
-		sites, err := u.cfg.Sites(r.Context())
+		sites, err := u.sites(r.Context())
 		if err != nil {
 			u.cfg.Logger.Error("patching page: sites", "err", err)
 			http.Error(w, "internal error", http.StatusInternalServerError)
 			return
 		}
 		if len(sites) <= maxSiteChoices {
-			sort.Slice(sites, func(i, j int) bool { return sites[i].Name < sites[j].Name })
 			pg.Sites = sites
 		} else {
 			pg.SiteText = true
@@ -382,14 +387,13 @@ func (u *UI) alarms(w http.ResponseWriter, r *http.Request) {
 		Severity: q.Get("severity"), AlarmID: q.Get("alarm_id"), Entity: q.Get("entity"),
 		Site: q.Get("site"), Suppressed: q.Get("suppressed") == "include"}, Severities: severities})
 	if pg.Fleet {
-		sites, err := u.cfg.Sites(r.Context())
+		sites, err := u.sites(r.Context())
 		if err != nil {
 			u.cfg.Logger.Error("alarms page: sites", "err", err)
 			http.Error(w, "internal error", http.StatusInternalServerError)
 			return
 		}
 		if len(sites) <= maxSiteChoices {
-			sort.Slice(sites, func(i, j int) bool { return sites[i].Name < sites[j].Name })
 			pg.Sites = sites
 		} else {
 			pg.SiteText = true

@@ -11,6 +11,10 @@ import (
 	"testing"
 	"time"
 
+	"github.com/petrel-edge/petrel/central"
+	"github.com/petrel-edge/petrel/internal/server"
+	"github.com/petrel-edge/petrel/internal/sqldb"
+	"github.com/petrel-edge/petrel/inventory"
 	"github.com/petrel-edge/petrel/lab"
 )
 
@@ -35,14 +39,22 @@ func browserScript(t *testing.T, name string) string {
 // daemon is a petrel daemon the test started from the binary.
 type daemon struct {
 	url, ca, passwordFile, token string
+	kind, cfg                    string
+	cmd                          *exec.Cmd
 }
 
 // startDaemon runs `petrel KIND --config` on a free loopback port with a
 // fresh data directory (extra is more YAML), waits until it is ready, logs
 // in as the bootstrap admin, and stops it with SIGTERM when the test ends.
-func startDaemon(t *testing.T, kind, extra string) daemon {
+func startDaemon(t *testing.T, kind, extra string) *daemon {
 	t.Helper()
-	dir := t.TempDir()
+	return startDaemonIn(t, kind, extra, t.TempDir())
+}
+
+// startDaemonIn is startDaemon on the data directory dir (which a test may
+// have filled before).
+func startDaemonIn(t *testing.T, kind, extra, dir string) *daemon {
+	t.Helper()
 	l, err := net.Listen("tcp", "127.0.0.1:0")
 	if err != nil {
 		t.Fatal(err)
@@ -51,22 +63,38 @@ func startDaemon(t *testing.T, kind, extra string) daemon {
 	l.Close()
 	cfg := filepath.Join(dir, kind+".yaml")
 	os.WriteFile(cfg, []byte(fmt.Sprintf("%slisten: %s\ndata_dir: %s\n", extra, addr, dir)), 0o600)
-	cmd := exec.Command(petrelBin, kind, "--config", cfg)
-	cmd.Stderr = os.Stderr
-	if err := cmd.Start(); err != nil {
+	d := &daemon{url: "https://" + addr, ca: filepath.Join(dir, "pki", "ca.crt"), passwordFile: filepath.Join(dir, "admin.password"),
+		kind: kind, cfg: cfg}
+	d.start(t)
+	t.Cleanup(d.stop)
+	d.token = strings.TrimSpace(cli{t: t, env: []string{"PETREL_CA_CERT=" + d.ca}}.ok("login", "--url", d.url,
+		"--password-file", d.passwordFile, "--print-token"))
+	return d
+}
+
+// start runs the daemon on its config and waits until it is ready.
+func (d *daemon) start(t *testing.T) {
+	t.Helper()
+	d.cmd = exec.Command(petrelBin, d.kind, "--config", d.cfg)
+	d.cmd.Stderr = os.Stderr
+	if err := d.cmd.Start(); err != nil {
 		t.Fatal(err)
 	}
-	t.Cleanup(func() { cmd.Process.Signal(syscall.SIGTERM); cmd.Wait() })
-	d := daemon{url: "https://" + addr, ca: filepath.Join(dir, "pki", "ca.crt"), passwordFile: filepath.Join(dir, "admin.password")}
 	if err := waitForFile(d.ca); err != nil {
 		t.Fatal(err)
 	}
 	if err := lab.WaitReady(t.Context(), d.url, d.ca, 20*time.Second, nil); err != nil {
 		t.Fatal(err)
 	}
-	d.token = strings.TrimSpace(cli{t: t, env: []string{"PETREL_CA_CERT=" + d.ca}}.ok("login", "--url", d.url,
-		"--password-file", d.passwordFile, "--print-token"))
-	return d
+}
+
+// stop ends the daemon with SIGTERM and waits for it (once).
+func (d *daemon) stop() {
+	if d.cmd != nil {
+		d.cmd.Process.Signal(syscall.SIGTERM)
+		d.cmd.Wait()
+		d.cmd = nil
+	}
 }
 
 // runBrowser runs a tests/browser script under node with env and expects
@@ -120,4 +148,70 @@ func TestBrowserAlarms(t *testing.T) {
 	runBrowser(t, script, "alarms", "NODE_EXTRA_CA_CERTS="+bundle,
 		"PETREL_URL="+c.url, "PETREL_TOKEN="+c.token, "PETREL_ADMIN_PASSWORD_FILE="+c.passwordFile,
 		"PETREL_SITE_URL="+s.url, "PETREL_SITE_TOKEN="+s.token, "PETREL_SITE_ADMIN_PASSWORD_FILE="+s.passwordFile)
+}
+
+// seedFleet writes n subclouds into the central store in dir, as if they
+// had dialed home and reported: a mix of shapes, availability, management,
+// sync, alarm summaries and software versions. Central is not running.
+func seedFleet(t *testing.T, dir string, n int) {
+	t.Helper()
+	ctx := t.Context()
+	db, err := sqldb.Open(ctx, filepath.Join(dir, server.DatabaseFile))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer db.Close()
+	st, err := central.OpenSubcloudStore(ctx, db)
+	if err != nil {
+		t.Fatal(err)
+	}
+	shapes := []inventory.Shape{inventory.Simplex, inventory.Duplex, inventory.MultiServer}
+	now := time.Now().UTC()
+	for i := range n {
+		sc := central.Subcloud{Name: fmt.Sprintf("site-%05d", i), Shape: shapes[i%3], Availability: central.Online,
+			Management: central.Managed, SoftwareVersion: "26.09", LastSeen: &now,
+			Sync:  map[string]central.SyncStatus{"users": central.InSync, "images": central.InSync},
+			Hosts: central.HostCounts{Total: []int{1, 2, 4}[i%3]}}
+		switch {
+		case i%10 == 9:
+			sc.Availability = central.Offline
+		case i%50 == 0:
+			sc.AlarmSummary.Critical = 1
+		case i%7 == 0:
+			sc.AlarmSummary.Major = 2
+		}
+		if i%4 == 0 {
+			sc.SoftwareVersion = "26.03"
+		}
+		if i%13 == 0 {
+			sc.Sync["images"] = central.OutOfSync
+		}
+		if i%25 == 0 {
+			sc.Management = central.Unmanaged
+		}
+		sc.AlarmSummary.Minor = i % 3
+		sc.Status = central.StatusOf(sc.Availability, sc.AlarmSummary)
+		if err := st.CreateSubcloud(ctx, sc); err != nil {
+			t.Fatal(err)
+		}
+	}
+}
+
+// TestBrowserFleet10k measures the fleet page with 10,000 subclouds in
+// chromium (tests/browser/fleet10k.mjs): load, search, filter and page
+// times, and that stream updates touch only the page of rows shown. A
+// benchmark, not a CI test: it runs with PETREL_UI_BENCH=1 (its numbers
+// are in docs/benchmarks.md).
+func TestBrowserFleet10k(t *testing.T) {
+	if os.Getenv("PETREL_UI_BENCH") == "" {
+		t.Skip("a benchmark: set PETREL_UI_BENCH=1 to run it")
+	}
+	script := browserScript(t, "fleet10k.mjs")
+	dir := t.TempDir()
+	start := time.Now()
+	seedFleet(t, dir, 10000)
+	t.Logf("seeded 10,000 subclouds in %s", time.Since(start).Round(time.Millisecond))
+	c := startDaemonIn(t, "central", "", dir)
+	runBrowser(t, script, "fleet10k", "PETREL_URL="+c.url, "PETREL_TOKEN="+c.token,
+		"PETREL_ADMIN_PASSWORD_FILE="+c.passwordFile, "NODE_EXTRA_CA_CERTS="+c.ca)
 }

@@ -133,6 +133,8 @@ type page struct {
 	// CanAct is true for callers who may change things (operator and up):
 	// only they get action buttons. The API checks the role regardless.
 	CanAct bool
+	// CanAdmin is true for admins: strategies and patches need it.
+	CanAdmin bool
 	// API is where the site page and the patching page call the site's
 	// API: "" at a site, the relay's /v1/subclouds/NAME/api at central.
 	API   string
@@ -187,6 +189,7 @@ var severities = []faultmgr.Severity{faultmgr.Critical, faultmgr.Major, faultmgr
 func (u *UI) signedIn(r *http.Request, p auth.Principal, secret string, pg page) page {
 	pg.User, pg.Role, pg.CSRF = p.User, string(p.Role), u.cfg.Auth.CSRFToken(secret)
 	pg.CanAct = p.Role.Allows(auth.Operator)
+	pg.CanAdmin = p.Role.Allows(auth.Admin)
 	pg.Fleet = u.cfg.LocalSite == ""
 	sum, err := u.cfg.AlarmSummary(r.Context())
 	if err != nil {

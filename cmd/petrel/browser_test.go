@@ -1,6 +1,7 @@
 package main
 
 import (
+	"encoding/json"
 	"fmt"
 	"net"
 	"os"
@@ -214,4 +215,55 @@ func TestBrowserFleet10k(t *testing.T) {
 	c := startDaemonIn(t, "central", "", dir)
 	runBrowser(t, script, "fleet10k", "PETREL_URL="+c.url, "PETREL_TOKEN="+c.token,
 		"PETREL_ADMIN_PASSWORD_FILE="+c.passwordFile, "NODE_EXTRA_CA_CERTS="+c.ca)
+}
+
+// startAgent joins a real `petrel agent` process (lab platform, a
+// simulated hardware profile) to the site controller d and assigns it the
+// personality worker as hostname; it is killed when the test ends.
+func startAgent(t *testing.T, d *daemon, hostname string) {
+	t.Helper()
+	site := cli{t: t, env: []string{"PETREL_URL=" + d.url, "PETREL_TOKEN=" + d.token, "PETREL_CA_CERT=" + d.ca,
+		"PETREL_CONFIG_DIR=" + t.TempDir()}}
+	tok := strings.TrimSpace(site.ok("host", "join-token", "create", "--ttl", "10m", "--description", "browser test"))
+	work := t.TempDir()
+	os.WriteFile(filepath.Join(work, "join.token"), []byte(tok+"\n"), 0o600)
+	os.WriteFile(filepath.Join(work, "profile.yaml"), []byte("cores: 16\nnuma_nodes: 2\nmemory_mib: 65536\n"), 0o600)
+	cfg := fmt.Sprintf("site_url: %s\nca_cert: %s\njoin_token_file: %s\nstate_dir: %s\nprofile: %s\nplatform: lab\n"+
+		"lab: {software_root: %s}\ncheck_interval: 200ms\n", d.url, d.ca, filepath.Join(work, "join.token"),
+		filepath.Join(work, "state"), filepath.Join(work, "profile.yaml"), filepath.Join(work, "root"))
+	os.WriteFile(filepath.Join(work, "agent.yaml"), []byte(cfg), 0o600)
+	ag := exec.Command(petrelBin, "agent", "--config", filepath.Join(work, "agent.yaml"))
+	ag.Stderr = os.Stderr
+	if err := ag.Start(); err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { ag.Process.Signal(syscall.SIGTERM); ag.Wait() })
+	var hosts struct{ Items []struct{ UUID string } }
+	deadline := time.Now().Add(15 * time.Second)
+	for len(hosts.Items) == 0 && time.Now().Before(deadline) {
+		json.Unmarshal([]byte(site.ok("host", "list", "--provisioning", "unprovisioned", "-o", "json")), &hosts)
+		if len(hosts.Items) == 0 {
+			<-time.After(50 * time.Millisecond)
+		}
+	}
+	if len(hosts.Items) == 0 {
+		t.Fatal("the agent's host did not join within 15 s")
+	}
+	site.ok("host", "assign", hosts.Items[0].UUID, "--personality", "worker", "--hostname", hostname)
+}
+
+// TestBrowserSite drives a site's page in chromium (tests/browser/site.mjs)
+// on a site controller with one real agent host: the hosts table and its
+// inventory, unlock and lock with confirmation (and a cancelled one that
+// does nothing), an action the API refuses showing its reason, an alarm
+// appearing live, the events page with the actions' audit events, the
+// patching page, the theme toggle, a reader without buttons, and an
+// expired session: the next action lands on the login page and changes
+// nothing. The page at central is the same page through the relay.
+func TestBrowserSite(t *testing.T) {
+	script := browserScript(t, "site.mjs")
+	s := startDaemon(t, "subcloud", "site: site-ui\nshape: multi-server\n")
+	startAgent(t, s, "worker-0")
+	runBrowser(t, script, "site", "NODE_EXTRA_CA_CERTS="+s.ca,
+		"PETREL_SITE_URL="+s.url, "PETREL_SITE_TOKEN="+s.token, "PETREL_SITE_ADMIN_PASSWORD_FILE="+s.passwordFile)
 }

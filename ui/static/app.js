@@ -855,7 +855,7 @@
       if (form) form.addEventListener("submit", (ev) => { ev.preventDefault(); strategyAct(sec, "create", form); });
       sec.addEventListener("click", (ev) => {
         const b = ev.target.closest("button[data-strategy]");
-        if (!b || b.type === "submit" || !canAct) return;
+        if (!b || b.type === "submit" || body.dataset.canAdmin !== "true") return;
         strategyAct(sec, b.dataset.strategy);
       });
     }

@@ -28,12 +28,15 @@ type fleetCache struct {
 }
 
 // sites returns the fleet sorted by name, from the cache when it is
-// current. The slice is shared: callers must not modify it.
-func (u *UI) sites(ctx context.Context) ([]SiteRow, error) {
+// current, and the fleet version read before it ("" without
+// FleetVersion): the page's event stream resumes from there, so no change
+// after the read is missed. The slice is shared: callers must not modify
+// it.
+func (u *UI) sites(ctx context.Context) ([]SiteRow, string, error) {
 	if u.cfg.FleetVersion == nil {
 		rows, err := u.cfg.Sites(ctx)
 		slices.SortFunc(rows, func(a, b SiteRow) int { return strings.Compare(a.Name, b.Name) })
-		return rows, err
+		return rows, "", err
 	}
 	c := &u.fleetRows
 	c.mu.Lock()
@@ -42,19 +45,19 @@ func (u *UI) sites(ctx context.Context) ([]SiteRow, error) {
 	// next request read again.
 	v := u.cfg.FleetVersion()
 	if c.rows != nil && c.version == v && time.Since(c.at) < FleetCacheAge {
-		return c.rows, nil
+		return c.rows, v, nil
 	}
 	at := time.Now()
 	rows, err := u.cfg.Sites(ctx)
 	if err != nil {
-		return nil, err
+		return nil, "", err
 	}
 	slices.SortFunc(rows, func(a, b SiteRow) int { return strings.Compare(a.Name, b.Name) })
 	if rows == nil {
 		rows = []SiteRow{}
 	}
 	c.version, c.at, c.rows = v, at, rows
-	return rows, nil
+	return rows, v, nil
 }
 
 // The fleet page filters, searches and pages on the server: a browser gets
@@ -184,17 +187,18 @@ func (s SiteRow) MarshalJSON() ([]byte, error) {
 		"alarm_summary": s.Alarms, "hosts": s.Hosts, "last_seen": s.LastSeen})
 }
 
-// fleetView reads the fleet and computes the view for the request's query.
-func (u *UI) fleetView(r *http.Request) (FleetQuery, FleetView, error, error) {
+// fleetView reads the fleet and computes the view for the request's
+// query, with the fleet version it is current at.
+func (u *UI) fleetView(r *http.Request) (FleetQuery, FleetView, string, error, error) {
 	q, qerr := ParseFleetQuery(r.URL.Query())
 	if qerr != nil {
 		q = FleetQuery{Limit: DefaultFleetLimit}
 	}
-	sites, err := u.sites(r.Context())
+	sites, version, err := u.sites(r.Context())
 	if err != nil {
-		return q, FleetView{}, qerr, err
+		return q, FleetView{}, "", qerr, err
 	}
-	return q, Filter(sites, q), qerr, nil
+	return q, Filter(sites, q), version, qerr, nil
 }
 
 func (u *UI) fleet(w http.ResponseWriter, r *http.Request) {
@@ -203,13 +207,14 @@ func (u *UI) fleet(w http.ResponseWriter, r *http.Request) {
 		http.Redirect(w, r, "/ui/login", http.StatusSeeOther)
 		return
 	}
-	q, view, qerr, err := u.fleetView(r)
+	q, view, version, qerr, err := u.fleetView(r)
 	if err != nil {
 		u.cfg.Logger.Error("fleet page", "err", err)
 		http.Error(w, "internal error", http.StatusInternalServerError)
 		return
 	}
-	pg := u.signedIn(r, p, secret, page{Title: "Fleet", Page: "fleet", FleetQuery: q, View: view, Counts: view.Counts})
+	pg := u.signedIn(r, p, secret, page{Title: "Fleet", Page: "fleet", FleetQuery: q, View: view, Counts: view.Counts,
+		StreamFrom: version})
 	status := http.StatusOK
 	if qerr != nil {
 		pg.Error, status = "Bad filter: "+qerr.Error()+"; showing the whole fleet.", http.StatusBadRequest
@@ -228,7 +233,7 @@ func (u *UI) fleetJSON(w http.ResponseWriter, r *http.Request) {
 		json.NewEncoder(w).Encode(map[string]any{"error": map[string]string{"code": "unauthenticated", "message": "the session ended; log in again"}})
 		return
 	}
-	_, view, qerr, err := u.fleetView(r)
+	_, view, _, qerr, err := u.fleetView(r)
 	if qerr != nil {
 		w.WriteHeader(http.StatusBadRequest)
 		json.NewEncoder(w).Encode(map[string]any{"error": map[string]string{"code": "invalid_argument", "message": qerr.Error()}})

@@ -145,6 +145,9 @@ type page struct {
 	// The fleet page: its query and the page of rows it matched.
 	FleetQuery FleetQuery
 	View       FleetView
+	// StreamFrom is the event stream's ID the page is current at (central):
+	// the script's stream starts after it. "" = from now.
+	StreamFrom string
 	Banner     []bannerCount
 	// The alarms page: its filter and the severities to choose from.
 	Filter     alarmFilter
@@ -191,6 +194,9 @@ func (u *UI) signedIn(r *http.Request, p auth.Principal, secret string, pg page)
 	pg.CanAct = p.Role.Allows(auth.Operator)
 	pg.CanAdmin = p.Role.Allows(auth.Admin)
 	pg.Fleet = u.cfg.LocalSite == ""
+	if pg.StreamFrom == "" && u.cfg.FleetVersion != nil {
+		pg.StreamFrom = u.cfg.FleetVersion()
+	}
 	sum, err := u.cfg.AlarmSummary(r.Context())
 	if err != nil {
 		u.cfg.Logger.Warn("alarm banner: summary", "err", err)
@@ -350,7 +356,7 @@ func (u *UI) patching(w http.ResponseWriter, r *http.Request) {
 	if u.cfg.LocalSite != "" {
 		pg.Site = u.cfg.LocalSite
 	} else {
-		sites, err := u.sites(r.Context())
+		sites, _, err := u.sites(r.Context())
 		if err != nil {
 			u.cfg.Logger.Error("patching page: sites", "err", err)
 			http.Error(w, "internal error", http.StatusInternalServerError)
@@ -390,7 +396,7 @@ func (u *UI) alarms(w http.ResponseWriter, r *http.Request) {
 		Severity: q.Get("severity"), AlarmID: q.Get("alarm_id"), Entity: q.Get("entity"),
 		Site: q.Get("site"), Suppressed: q.Get("suppressed") == "include"}, Severities: severities})
 	if pg.Fleet {
-		sites, err := u.sites(r.Context())
+		sites, _, err := u.sites(r.Context())
 		if err != nil {
 			u.cfg.Logger.Error("alarms page: sites", "err", err)
 			http.Error(w, "internal error", http.StatusInternalServerError)

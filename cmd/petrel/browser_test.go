@@ -1,8 +1,10 @@
 package main
 
 import (
+	"bufio"
 	"encoding/json"
 	"fmt"
+	"io"
 	"net"
 	"os"
 	"os/exec"
@@ -102,15 +104,49 @@ func (d *daemon) stop() {
 // it to print "PASS: name".
 func runBrowser(t *testing.T, script, name string, env ...string) {
 	t.Helper()
+	runBrowserWith(t, script, name, nil, env...)
+}
+
+// runBrowserWith is runBrowser with hooks: when the script prints a line
+// "@hook", the test runs hooks["hook"] and answers "ok" on the script's
+// stdin (the script waits for it), so a script can have a daemon
+// restarted while its page is open.
+func runBrowserWith(t *testing.T, script, name string, hooks map[string]func(), env ...string) {
+	t.Helper()
 	shots := os.Getenv("PETREL_SCREENSHOTS")
 	if shots == "" {
 		shots = t.TempDir()
 	}
 	node := exec.Command("node", script)
 	node.Env = append(os.Environ(), append(env, "PETREL_SCREENSHOTS="+shots)...)
-	out, err := node.CombinedOutput()
-	t.Logf("browser test:\n%s", out)
-	if err != nil || !strings.Contains(string(out), "PASS: "+name) {
+	stdin, err := node.StdinPipe()
+	if err != nil {
+		t.Fatal(err)
+	}
+	stdout, err := node.StdoutPipe()
+	if err != nil {
+		t.Fatal(err)
+	}
+	node.Stderr = nil
+	var out strings.Builder
+	errOut := &strings.Builder{}
+	node.Stderr = errOut
+	if err := node.Start(); err != nil {
+		t.Fatal(err)
+	}
+	sc := bufio.NewScanner(stdout)
+	for sc.Scan() {
+		line := sc.Text()
+		if hook, ok := hooks[strings.TrimPrefix(line, "@")]; ok && strings.HasPrefix(line, "@") {
+			hook()
+			io.WriteString(stdin, "ok\n")
+			continue
+		}
+		out.WriteString(line + "\n")
+	}
+	err = node.Wait()
+	t.Logf("browser test:\n%s%s", out.String(), errOut.String())
+	if err != nil || !strings.Contains(out.String(), "PASS: "+name) {
 		t.Fatalf("browser test failed: %v", err)
 	}
 }
@@ -120,7 +156,13 @@ func runBrowser(t *testing.T, script, name string, env ...string) {
 func TestBrowserDashboard(t *testing.T) {
 	script := browserScript(t, "dashboard.mjs")
 	c := startDaemon(t, "central", "")
-	runBrowser(t, script, "dashboard", "PETREL_URL="+c.url, "PETREL_TOKEN="+c.token,
+	restart := func() {
+		start := time.Now()
+		c.stop()
+		c.start(t)
+		t.Logf("central restarted in %s", time.Since(start).Round(time.Millisecond))
+	}
+	runBrowserWith(t, script, "dashboard", map[string]func(){"restart-central": restart}, "PETREL_URL="+c.url, "PETREL_TOKEN="+c.token,
 		"PETREL_ADMIN_PASSWORD_FILE="+c.passwordFile, "NODE_EXTRA_CA_CERTS="+c.ca)
 }
 

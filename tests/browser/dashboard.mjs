@@ -6,6 +6,11 @@
 //   PETREL_SCREENSHOTS (a directory), NODE_EXTRA_CA_CERTS (central's CA).
 import { chromium } from "playwright-core";
 import { readFileSync } from "node:fs";
+import { createInterface } from "node:readline";
+
+// hook asks the Go test to do something (restart central) and waits until it is done.
+const stdinLines = createInterface({ input: process.stdin })[Symbol.asyncIterator]();
+async function hook(name) { console.log("@" + name); await stdinLines.next(); }
 
 const { PETREL_URL: base, PETREL_TOKEN: token, PETREL_ADMIN_PASSWORD_FILE: pwFile, PETREL_SCREENSHOTS: shots } = process.env;
 const password = readFileSync(pwFile, "utf8").trim();
@@ -45,7 +50,53 @@ try {
   console.log(`row appeared ${Date.now() - t0} ms after the API call`);
   const offline = await page.textContent('[data-count="offline"]');
   if (offline !== "1") fail("offline count " + offline + "; want 1");
+
+  // Search and filter: the server answers one page; the script swaps the rows.
+  for (const name of ["site-other", "site-live-2"]) {
+    r = await api("POST", "/v1/subclouds", { name, shape: "simplex" });
+    if (r.status !== 201) fail("create " + name + ": " + r.status);
+  }
+  await page.waitForSelector('#fleet tr[data-name="site-live-2"]', { timeout: 3000 });
+  await page.fill("input[name=q]", "other");
+  await page.waitForFunction(() => [...document.querySelectorAll("#fleet tbody tr[data-name]")].map((tr) => tr.dataset.name).join() === "site-other", null, { timeout: 3000 })
+    .catch(() => fail("search 'other' does not narrow the fleet to site-other"));
+  if (!page.url().endsWith("/?q=other")) fail("the search is not in the page's URL: " + page.url());
+  await page.fill("input[name=q]", "");
+  await page.selectOption("select[name=status]", "ok");
+  await page.waitForSelector('#fleet td:text("0 of 3 subclouds match.")', { timeout: 3000 }).catch(() => {});
+  await page.waitForFunction(() => document.getElementById("fleet-matched").textContent === "0 of 3 subclouds match.", null, { timeout: 3000 })
+    .catch(async () => fail("status=ok: " + await page.textContent("#fleet-matched")));
+  await page.selectOption("select[name=status]", "");
+  await page.waitForSelector('#fleet tr[data-name="site-live-2"]', { timeout: 3000 });
+  // The filters are reachable from the keyboard.
+  await page.focus("input[name=q]");
+  await page.keyboard.press("Tab");
+  if (await page.evaluate(() => document.activeElement.name) !== "status") fail("Tab from the search does not reach the status filter");
+  for (const name of ["site-other", "site-live-2"]) await api("DELETE", "/v1/subclouds/" + name);
+  await page.waitForSelector('#fleet tr[data-name="site-other"]', { state: "detached", timeout: 3000 });
   await page.screenshot({ path: shots + "/fleet.png" });
+
+  // Central restarts with the page open: the stream reconnects (a new
+  // central run: reset, the page reloads) and the page is live again.
+  // The marker goes with the reload that central's reset asks for.
+  await page.evaluate(() => { window.beforeRestart = true; });
+  t0 = Date.now();
+  await hook("restart-central");
+  const restarted = Date.now();
+  // A change right after the restart, likely before the page reconnects: it must show.
+  r = await api("POST", "/v1/subclouds", { name: "site-during", shape: "duplex" });
+  if (r.status !== 201) fail("create site-during: " + r.status);
+  await page.waitForFunction(() => !window.beforeRestart && document.getElementById("live") && document.getElementById("live").textContent === "live",
+    null, { timeout: 15000 }).catch(() => fail("the page did not reconnect, reset and go live again after central restarted"));
+  console.log(`central restart: stopped and started in ${restarted - t0} ms; page live again ${Date.now() - restarted} ms after`);
+  await page.waitForSelector('#fleet tr[data-name="site-during"]', { timeout: 3000 }).catch(() => fail("the page missed a subcloud created during its reconnect"));
+  await api("DELETE", "/v1/subclouds/site-during");
+  t0 = Date.now();
+  r = await api("POST", "/v1/subclouds", { name: "site-after", shape: "simplex" });
+  if (r.status !== 201) fail("create site-after: " + r.status);
+  await page.waitForSelector('#fleet tr[data-name="site-after"]', { timeout: 3000 });
+  console.log(`after the restart, a new subcloud appeared ${Date.now() - t0} ms after the API call`);
+  await api("DELETE", "/v1/subclouds/site-after");
 
   // The site page opens (its hosts come through the relay; this site never dialed home).
   await page.click('a[href="/ui/sites/site-live"]');
@@ -77,3 +128,4 @@ try {
   await browser.close();
 }
 if (!process.exitCode) console.log("PASS: dashboard");
+process.exit(process.exitCode || 0); // stdin (the hook channel) would keep node running

@@ -894,15 +894,18 @@
   schedulePoll(0);
 
   if (!fleet) return; // only central has the event stream
-  // The browser's EventSource reconnects by itself after a dropped
-  // connection and sends Last-Event-ID: central replays what was missed, or
-  // sends reset (a restart, or too far behind) and the page reloads. If
-  // central refused a reconnect (say 503 while starting) the EventSource
-  // gives up; then a new one is opened after a second and the view is
-  // fetched again, since a new EventSource starts without Last-Event-ID.
+  // The stream starts after the event the page was rendered at
+  // (data-stream-from), so nothing between the render and the connection
+  // is missed. The browser's EventSource reconnects by itself after a
+  // dropped connection and sends Last-Event-ID: central replays what was
+  // missed, or sends reset (a restart, or too far behind) and the page
+  // reloads. If central refused a reconnect (say 503 while starting) the
+  // EventSource gives up; then a new one is opened after a second from
+  // the last event seen, and the view is fetched again.
   let stream = null;
+  let lastEventId = body.dataset.streamFrom || ""; // the page is current at this event
   function openStream(catchUp) {
-    const es = new EventSource("/v1/stream");
+    const es = new EventSource("/v1/stream" + (lastEventId ? "?last_event_id=" + encodeURIComponent(lastEventId) : ""));
     stream = es;
     es.onopen = () => {
       text(live, "live");
@@ -918,13 +921,16 @@
         }, 1000);
       }
     };
+    const seen = (e) => { if (e.lastEventId) lastEventId = e.lastEventId; };
     es.addEventListener("reset", () => location.reload());
     es.addEventListener("subcloud", (e) => {
+      seen(e);
       const sc = JSON.parse(e.data);
       if (page === "fleet") fleetEvent(sc);
       if (page === "site" && sc.name === body.dataset.site) loadSite();
     });
     es.addEventListener("subcloud-deleted", (e) => {
+      seen(e);
       const { name } = JSON.parse(e.data);
       const tr = document.querySelector('#fleet tr[data-name="' + CSS.escape(name) + '"]');
       if (tr) tr.remove();

@@ -32,7 +32,8 @@ try {
   page.on("pageerror", (e) => errors.push(e.message));
   // Script errors fail the test; failed requests the test provokes (403, 503) do not.
   page.on("console", (m) => { if (m.type() === "error" && !m.text().startsWith("Failed to load resource")) errors.push(m.text()); });
-  page.on("response", (res) => { if (res.status() === 404) errors.push("404 for " + res.url()); });
+  // 404 is an error but for central's fleet strategy, which is "none" then.
+  page.on("response", (res) => { if (res.status() === 404 && !res.url().endsWith("/v1/strategies/patch")) errors.push("404 for " + res.url()); });
 
   await page.goto(base + "/");
   if (!page.url().endsWith("/ui/login")) fail("not sent to the login page: " + page.url());
@@ -116,6 +117,50 @@ try {
   if (r.status !== 204) fail("delete subcloud: " + r.status);
   await page.waitForSelector('#fleet tr[data-name="site-live"]', { state: "detached", timeout: 3000 });
   console.log(`row removed ${Date.now() - t0} ms after the API call`);
+
+  // Patching at central: no fleet strategy yet (the fleet API answers 404,
+  // or is not there). Then the fleet strategy's shape (scope "fleet", each
+  // stage a batch of sites, each step a site with a progress object), as
+  // central's fleet API will serve it, answered here by the test through
+  // page.route: the page draws it generically, follows its progress live,
+  // and Apply/Abort ask for confirmation and post {action}.
+  let answer = true, dialogs = [];
+  page.on("dialog", (d) => { dialogs.push(d.message()); if (answer) d.accept(); else d.dismiss(); });
+  await page.goto(base + "/ui/patching");
+  await page.waitForSelector('section.strategy[data-scope="fleet"][data-state="none"]', { timeout: 5000 });
+  let polls = 0;
+  const posted = [];
+  const fleetStrategy = () => {
+    const p = Math.min(polls, 3);
+    const step = (site, i) => ({ action: "patch-site", target: site, state: i < p ? "applied" : i === p ? "applying" : "initial",
+      reason: "", progress: i === p ? { hosts_done: 1, hosts_total: 2 } : undefined });
+    return { type: "patch", scope: "fleet", state: p >= 3 ? "applied" : "applying", options: {}, patches: ["PETREL-26.09.1"],
+      stages: [{ name: "batch 1", state: p >= 2 ? "applied" : "applying", steps: ["site-a", "site-b"].map(step) },
+        { name: "batch 2", state: p >= 3 ? "applied" : "initial", steps: ["site-c"].map((x) => step(x, 2)) }] };
+  };
+  await page.route(/\/v1\/strategies\/patch(\/actions)?$/, async (route) => {
+    const req = route.request();
+    if (req.url().endsWith("/actions")) { posted.push({ body: req.postDataJSON(), csrf: req.headers()["x-csrf-token"] }); return route.fulfill({ status: 202, json: fleetStrategy() }); }
+    polls++;
+    return route.fulfill({ status: 200, json: fleetStrategy() });
+  });
+  await page.waitForSelector('section.strategy[data-scope="fleet"] li.step[data-target="site-a"]', { timeout: 5000 });
+  const firstText = await page.textContent('section.strategy[data-scope="fleet"] ol.stages');
+  if (!/batch 1/.test(firstText) || !/site-c/.test(firstText)) fail("fleet strategy drawn as: " + firstText);
+  await page.waitForSelector('section.strategy[data-scope="fleet"] li.step[data-target="site-b"]:has-text("hosts_done: 1")', { timeout: 5000 })
+    .catch(() => fail("a step's progress fields are not shown"));
+  await page.waitForSelector('section.strategy[data-scope="fleet"][data-state="applied"]', { timeout: 5000 })
+    .catch(() => fail("the fleet strategy's progress is not followed live"));
+  await page.screenshot({ path: shots + "/patching-fleet.png" });
+  answer = false;
+  await page.click('section.strategy[data-scope="fleet"] button[data-strategy="abort"]');
+  if (!dialogs.some((d) => d.includes("Abort the fleet patch strategy"))) fail("no confirmation for abort: " + dialogs);
+  answer = true;
+  await page.click('section.strategy[data-scope="fleet"] button[data-strategy="apply"]');
+  await page.waitForFunction(() => /Apply the fleet patch strategy: accepted/.test(document.getElementById("patch-status").textContent), null, { timeout: 3000 })
+    .catch(() => fail("apply not reported"));
+  if (posted.length !== 1 || posted[0].body.action !== "apply" || !posted[0].csrf) fail("posted actions: " + JSON.stringify(posted));
+  await page.unroute(/\/v1\/strategies\/patch(\/actions)?$/);
 
   // Logging out ends the session.
   await Promise.all([page.waitForURL(base + "/ui/login"), page.click(".logout button")]);

@@ -45,7 +45,11 @@
     if (r.status !== 204) {
       try { out = await r.json(); } catch (e) { out = null; }
     }
-    if (!r.ok) throw new Error(out && out.error ? out.error.message : r.status + " " + r.statusText);
+    if (!r.ok) {
+      const err = new Error(out && out.error ? out.error.message : r.status + " " + r.statusText);
+      err.status = r.status;
+      throw err;
+    }
     return out;
   }
 
@@ -779,7 +783,7 @@
     try {
       st = await api("GET", base + "/v1/strategies/patch");
     } catch (e) {
-      if (!/not found|404/i.test(e.message)) { text(sec.querySelector(".strategy-summary"), "Cannot read the strategy: " + e.message); strategyKeys.delete(sec); return; }
+      if (e.status !== 404) { text(sec.querySelector(".strategy-summary"), "Cannot read the strategy: " + e.message); strategyKeys.delete(sec); return; }
       st = null;
     }
     strategies.set(sec.dataset.scope, st);

@@ -188,13 +188,25 @@ try {
   t0 = Date.now();
   const s = await raise(site, "200.010", "host=controller-0");
   await bannerReaches(sp, "major", siteMajor0 + 1, t0, "raise at the site");
-  await sp.screenshot({ path: shots + "/site.png" });
+  await sp.screenshot({ path: shots + "/site-banner.png" });
   await Promise.all([sp.waitForURL(site.base + "/ui/alarms"), sp.click("#alarm-banner")]);
   await sp.waitForSelector(row(s.uuid), { timeout: LIVE_MS });
   const siteHeads = await sp.$$eval("#alarms thead th", (ths) => ths.map((th) => th.textContent));
   if (siteHeads.includes("Site") || !siteHeads.includes("Actions")) fail("site's columns: " + siteHeads.join("|"));
   await sp.click(`${row(s.uuid)} button[data-action=ack]`);
   await sp.waitForSelector(`${field(s.uuid, "acked_by")}:text-is("admin")`, { timeout: LIVE_MS });
+  // Suppress its alarm ID (after a confirmation): hidden from the list and
+  // the banner; listed again, marked, with suppressed included; unsuppress.
+  t0 = Date.now();
+  await sp.click(`${row(s.uuid)} button[data-action=suppress]`);
+  await sp.waitForSelector(row(s.uuid), { state: "detached", timeout: LIVE_MS });
+  await bannerReaches(sp, "major", siteMajor0, t0, "suppress at the site");
+  await sp.goto(site.base + "/ui/alarms?suppressed=include");
+  await sp.waitForSelector(`${row(s.uuid)}.suppressed button[data-action=unsuppress]`, { timeout: LIVE_MS });
+  t0 = Date.now();
+  await sp.click(`${row(s.uuid)} button[data-action=unsuppress]`);
+  await bannerReaches(sp, "major", siteMajor0 + 1, t0, "unsuppress at the site");
+  await sp.waitForSelector(`${row(s.uuid)}:not(.suppressed)`, { timeout: LIVE_MS });
   t0 = Date.now();
   await sp.click(`${row(s.uuid)} button[data-action=clear]`);
   await sp.waitForSelector(row(s.uuid), { state: "detached", timeout: LIVE_MS });

@@ -148,7 +148,8 @@ func TestPagesAreStrict(t *testing.T) {
 	}{
 		{central, "", "/ui/login"}, {central, auth.Reader, "/"}, {central, auth.Operator, "/ui/alarms"},
 		{central, auth.Reader, "/ui/sites/site-a"}, {site, "", "/ui/login"}, {site, auth.Operator, "/"},
-		{site, auth.Reader, "/ui/alarms"},
+		{site, auth.Reader, "/ui/alarms"}, {central, auth.Admin, "/ui/events"}, {central, auth.Admin, "/ui/patching?site=site-a"},
+		{site, auth.Admin, "/ui/patching"}, {site, auth.Reader, "/ui/events?type=audit"}, {central, auth.Reader, "/?status=ok&q=a"},
 	} {
 		resp, page := tc.d.get(t, tc.role, tc.path)
 		if resp.StatusCode != http.StatusOK {

@@ -39,7 +39,7 @@ function watch(page, label) {
 }
 
 async function login(browser, d, user, password, label) {
-  const ctx = await browser.newContext({ ignoreHTTPSErrors: true, viewport: { width: 1280, height: 760 } });
+  const ctx = await browser.newContext({ ignoreHTTPSErrors: true, viewport: { width: 1280, height: 800 } });
   const page = await ctx.newPage();
   watch(page, label);
   await page.goto(d.base + "/");
@@ -104,7 +104,7 @@ try {
   if (await page.$("#alarms img") || await page.evaluate(() => window.__xss)) fail("API text was treated as HTML");
   const c = await raise(central, "280.002", "subcloud=site-x.resource=images");
   await page.waitForSelector(row(c.uuid), { timeout: LIVE_MS });
-  await page.screenshot({ path: shots + "/alarms.png", fullPage: true });
+  await page.screenshot({ path: shots + "/alarms.png" });
 
   // Paging: one alarm a page, following the next-page links, gives the
   // API's full list in order.

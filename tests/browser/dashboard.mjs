@@ -26,7 +26,7 @@ const browser = await chromium.launch({
     "--disable-component-update", "--disable-sync"],
 });
 try {
-  const ctx = await browser.newContext({ ignoreHTTPSErrors: true, viewport: { width: 1200, height: 700 } });
+  const ctx = await browser.newContext({ ignoreHTTPSErrors: true, viewport: { width: 1280, height: 800 } });
   const page = await ctx.newPage();
   const errors = [];
   page.on("pageerror", (e) => errors.push(e.message));
@@ -75,6 +75,10 @@ try {
   if (await page.evaluate(() => document.activeElement.name) !== "status") fail("Tab from the search does not reach the status filter");
   for (const name of ["site-other", "site-live-2"]) await api("DELETE", "/v1/subclouds/" + name);
   await page.waitForSelector('#fleet tr[data-name="site-other"]', { state: "detached", timeout: 3000 });
+  // The counts and the matched line follow the deletes within about a second.
+  await page.waitForFunction(() => document.getElementById("fleet-matched").textContent.startsWith("Showing 1–1 of 1 matching (1 subclouds)")
+    && document.querySelector('[data-count="offline"]').textContent === "1", null, { timeout: 3000 })
+    .catch(async () => fail("after the deletes: " + await page.textContent("#fleet-matched")));
   await page.screenshot({ path: shots + "/fleet.png" });
 
   // Central restarts with the page open: the stream reconnects (a new
@@ -161,6 +165,17 @@ try {
     .catch(() => fail("apply not reported"));
   if (posted.length !== 1 || posted[0].body.action !== "apply" || !posted[0].csrf) fail("posted actions: " + JSON.stringify(posted));
   await page.unroute(/\/v1\/strategies\/patch(\/actions)?$/);
+
+  // Tablet width: the page does not scroll sideways (wide tables scroll in their box).
+  await page.setViewportSize({ width: 820, height: 1180 });
+  for (const path of ["/", "/ui/alarms", "/ui/events", "/ui/patching"]) {
+    await page.goto(base + path);
+    const [sw, iw] = await page.evaluate(() => [document.documentElement.scrollWidth, window.innerWidth]);
+    if (sw > iw) fail(`${path} at 820 px scrolls sideways (${sw} px wide)`);
+  }
+  await page.goto(base + "/");
+  await page.screenshot({ path: shots + "/fleet-tablet.png" });
+  await page.setViewportSize({ width: 1280, height: 800 });
 
   // Logging out ends the session.
   await Promise.all([page.waitForURL(base + "/ui/login"), page.click(".logout button")]);

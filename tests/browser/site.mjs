@@ -111,6 +111,12 @@ try {
   await page.waitForSelector('#site-alarms td:text("200.004")', { timeout: LIVE_MS });
   console.log(`alarm 200.004 on the site page ${Date.now() - t0} ms after the API call`);
 
+  // Tablet width: the site page does not scroll sideways.
+  await page.setViewportSize({ width: 820, height: 1180 });
+  const [sw, iw] = await page.evaluate(() => [document.documentElement.scrollWidth, window.innerWidth]);
+  if (sw > iw) fail(`the site page at 820 px scrolls sideways (${sw} px wide)`);
+  await page.setViewportSize({ width: 1280, height: 800 });
+
   // Theme toggle: auto → light → dark, kept across pages.
   await page.click("#theme");
   if (await page.evaluate(() => document.documentElement.dataset.theme) !== "light") fail("theme toggle: not light");

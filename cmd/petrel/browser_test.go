@@ -2,10 +2,14 @@ package main
 
 import (
 	"bufio"
+	"bytes"
+	"crypto/tls"
+	"crypto/x509"
 	"encoding/json"
 	"fmt"
 	"io"
 	"net"
+	"net/http"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -15,6 +19,7 @@ import (
 	"time"
 
 	"github.com/petrel-edge/petrel/central"
+	"github.com/petrel-edge/petrel/internal/pki"
 	"github.com/petrel-edge/petrel/internal/server"
 	"github.com/petrel-edge/petrel/internal/sqldb"
 	"github.com/petrel-edge/petrel/inventory"
@@ -294,18 +299,90 @@ func startAgent(t *testing.T, d *daemon, hostname string) {
 	site.ok("host", "assign", hosts.Items[0].UUID, "--personality", "worker", "--hostname", hostname)
 }
 
+// homeConfig registers site at the running central c (which has a site
+// listener at siteAddr), has central issue its certificate and returns the
+// YAML that makes a site controller dial home with it.
+func homeConfig(t *testing.T, c *daemon, siteAddr, site string) string {
+	t.Helper()
+	pool := x509.NewCertPool()
+	caPEM, _ := os.ReadFile(c.ca)
+	pool.AppendCertsFromPEM(caPEM)
+	hc := &http.Client{Transport: &http.Transport{TLSClientConfig: &tls.Config{RootCAs: pool}}}
+	post := func(path string, in, out any) {
+		body, _ := json.Marshal(in)
+		req, _ := http.NewRequest(http.MethodPost, c.url+path, bytes.NewReader(body))
+		req.Header.Set("Authorization", "Bearer "+c.token)
+		req.Header.Set("Content-Type", "application/json")
+		resp, err := hc.Do(req)
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer resp.Body.Close()
+		if resp.StatusCode/100 != 2 {
+			msg, _ := io.ReadAll(resp.Body)
+			t.Fatalf("POST %s: %d %s", path, resp.StatusCode, msg)
+		}
+		if out != nil {
+			if err := json.NewDecoder(resp.Body).Decode(out); err != nil {
+				t.Fatal(err)
+			}
+		}
+	}
+	post("/v1/subclouds", central.CreateSubcloudRequest{Name: site, Shape: inventory.MultiServer}, nil)
+	keyPEM, csrPEM, err := pki.NewCSR(site)
+	if err != nil {
+		t.Fatal(err)
+	}
+	var creds central.SiteCredentials
+	post("/v1/subclouds/"+site+"/certificate", central.SiteCertificateRequest{CSR: string(csrPEM)}, &creds)
+	dir := t.TempDir()
+	files := map[string]string{"site.crt": creds.Certificate, "site.key": string(keyPEM), "central-ca.crt": creds.CACertificate,
+		"relay.pub.pem": creds.RelayPublicKey}
+	for name, content := range files {
+		if err := os.WriteFile(filepath.Join(dir, name), []byte(content), 0o600); err != nil {
+			t.Fatal(err)
+		}
+	}
+	return fmt.Sprintf("central:\n  addr: %s\n  ca_cert: %s\n  cert_file: %s\n  key_file: %s\n  public_key_file: %s\n",
+		siteAddr, filepath.Join(dir, "central-ca.crt"), filepath.Join(dir, "site.crt"), filepath.Join(dir, "site.key"),
+		filepath.Join(dir, "relay.pub.pem"))
+}
+
 // TestBrowserSite drives a site's page in chromium (tests/browser/site.mjs)
-// on a site controller with one real agent host: the hosts table and its
+// on a site controller with one real agent host, dialed home to a real
+// central: at the site's own dashboard, the hosts table and its
 // inventory, unlock and lock with confirmation (and a cancelled one that
 // does nothing), an action the API refuses showing its reason, an alarm
 // appearing live, the events page with the actions' audit events, the
-// patching page, the theme toggle, a reader without buttons, and an
-// expired session: the next action lands on the login page and changes
-// nothing. The page at central is the same page through the relay.
+// patching page, the theme toggle, a reader without buttons, and an ended
+// session: the next action lands on the login page and changes nothing.
+// Then at central: the site online on the fleet page, and its page through
+// the relay, with unlock and lock.
 func TestBrowserSite(t *testing.T) {
 	script := browserScript(t, "site.mjs")
-	s := startDaemon(t, "subcloud", "site: site-ui\nshape: multi-server\n")
+	l, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	siteAddr := l.Addr().String()
+	l.Close()
+	c := startDaemon(t, "central", "site_listen: "+siteAddr+"\n")
+	s := startDaemon(t, "subcloud", "site: site-ui\nshape: multi-server\n"+homeConfig(t, c, siteAddr, "site-ui"))
 	startAgent(t, s, "worker-0")
-	runBrowser(t, script, "site", "NODE_EXTRA_CA_CERTS="+s.ca,
+	// Node trusts one extra CA file: both daemons' CAs in one bundle.
+	bundle := filepath.Join(t.TempDir(), "ca-bundle.pem")
+	var pem []byte
+	for _, ca := range []string{c.ca, s.ca} {
+		b, err := os.ReadFile(ca)
+		if err != nil {
+			t.Fatal(err)
+		}
+		pem = append(pem, b...)
+	}
+	if err := os.WriteFile(bundle, pem, 0o600); err != nil {
+		t.Fatal(err)
+	}
+	runBrowser(t, script, "site", "NODE_EXTRA_CA_CERTS="+bundle,
+		"PETREL_URL="+c.url, "PETREL_TOKEN="+c.token, "PETREL_ADMIN_PASSWORD_FILE="+c.passwordFile,
 		"PETREL_SITE_URL="+s.url, "PETREL_SITE_TOKEN="+s.token, "PETREL_SITE_ADMIN_PASSWORD_FILE="+s.passwordFile)
 }

@@ -10,6 +10,7 @@ import { chromium } from "playwright-core";
 import { readFileSync } from "node:fs";
 
 const env = process.env;
+const central = { base: env.PETREL_URL, token: env.PETREL_TOKEN, password: readFileSync(env.PETREL_ADMIN_PASSWORD_FILE, "utf8").trim() };
 const site = { base: env.PETREL_SITE_URL, token: env.PETREL_SITE_TOKEN, password: readFileSync(env.PETREL_SITE_ADMIN_PASSWORD_FILE, "utf8").trim() };
 const shots = env.PETREL_SCREENSHOTS;
 const LIVE_MS = 3000;
@@ -28,17 +29,17 @@ async function host(name) {
 const errors = [];
 let dialogs = [];
 let answer = true;
-async function login(browser, user, password, label) {
+async function login(browser, user, password, label, d = site) {
   const ctx = await browser.newContext({ ignoreHTTPSErrors: true, viewport: { width: 1280, height: 800 } });
   const page = await ctx.newPage();
   page.on("pageerror", (e) => errors.push(label + ": " + e.message));
   page.on("console", (m) => { if (m.type() === "error" && !m.text().startsWith("Failed to load resource")) errors.push(label + ": " + m.text()); });
   page.on("dialog", (d) => { dialogs.push(d.message()); if (answer) d.accept(); else d.dismiss(); });
-  await page.goto(site.base + "/");
+  await page.goto(d.base + "/");
   if (!page.url().endsWith("/ui/login")) fail(label + ": not sent to the login page");
   await page.fill("input[name=username]", user);
   await page.fill("input[name=password]", password);
-  await Promise.all([page.waitForURL(site.base + "/"), page.click("button[type=submit]")]);
+  await Promise.all([page.waitForURL(d.base + "/"), page.click("button[type=submit]")]);
   return page;
 }
 const cellOf = (name, field) => `#hosts tr[data-name="${name}"] [data-field="${field}"]`;
@@ -170,9 +171,32 @@ try {
     r = await api("DELETE", "/v1/tokens/" + t.id);
     if (r.status !== 204) fail("revoke ops's token: " + r.status);
   }
-  await Promise.all([page.waitForURL(site.base + "/ui/login", { timeout: 5000 }),
-    page.click('#hosts tr[data-name="worker-0"] button[data-action="unlock"]')]);
+  await page.click('#hosts tr[data-name="worker-0"] button[data-action="unlock"]');
+  const loginDeadline = Date.now() + 5000;
+  while (!page.url().endsWith("/ui/login") && Date.now() < loginDeadline) await page.waitForTimeout(50);
+  if (!page.url().endsWith("/ui/login")) fail("an action with an ended session did not land on the login page: " + page.url());
+  await page.waitForSelector("input[name=username]", { timeout: 5000 });
   if ((await host("worker-0")).administrative !== "locked") fail("an action with an ended session unlocked the host");
+
+  // At central: the site is online on the fleet page, and its page,
+  // through central's relay, shows the host and locks and unlocks it.
+  const cp = await login(browser, "admin", central.password, "central admin", central);
+  await cp.waitForFunction(() => { const td = document.querySelector('#fleet tr[data-name="site-ui"] [data-field="availability"]'); return td && td.textContent === "online"; },
+    null, { timeout: 15000 }).catch(() => fail("site-ui is not online on central's fleet page"));
+  await Promise.all([cp.waitForURL(central.base + "/ui/sites/site-ui"), cp.click('#fleet a[href="/ui/sites/site-ui"]')]);
+  await cp.waitForSelector('#hosts tr[data-name="worker-0"]', { timeout: 5000 });
+  await reaches(cp, cellOf("worker-0", "administrative"), "locked", "worker-0 through the relay");
+  await cp.waitForSelector('#site-alarms td:text("200.004")', { timeout: LIVE_MS }).catch(() => fail("the site's alarm is not on its page at central"));
+  t0 = Date.now();
+  await cp.click('#hosts tr[data-name="worker-0"] button[data-action="unlock"]');
+  await reaches(cp, cellOf("worker-0", "administrative"), "unlocked", "unlock through the relay");
+  console.log(`unlock at central through the relay: the row shows unlocked ${Date.now() - t0} ms after the click`);
+  if ((await host("worker-0")).administrative !== "unlocked") fail("the site does not show worker-0 unlocked");
+  await cp.screenshot({ path: shots + "/site-central.png" });
+  t0 = Date.now();
+  await cp.click('#hosts tr[data-name="worker-0"] button[data-action="lock"]');
+  await reaches(cp, cellOf("worker-0", "administrative"), "locked", "lock through the relay");
+  console.log(`lock at central through the relay: the row shows locked ${Date.now() - t0} ms after the click`);
 
   if (errors.length) fail("browser errors: " + errors.join("; "));
 } catch (e) {

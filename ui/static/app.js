@@ -27,6 +27,7 @@
   // api calls the daemon's REST API with the session cookie; a state change
   // carries the session's CSRF token. A 401 from the daemon itself means
   // the session ended (one relayed from a site is that site's answer).
+  let leaving = false; // on the way to the login page
   async function api(method, path, payload) {
     const headers = {};
     if (method !== "GET" && method !== "HEAD") headers["X-CSRF-Token"] = csrf;
@@ -38,7 +39,7 @@
     // ended): ask central, whose 401 then sends the browser to log in.
     if (r.status === 401 && path.startsWith("/v1/subclouds/")) await api("GET", "/v1/alarms/summary");
     if (r.status === 401 && !path.startsWith("/v1/subclouds/")) {
-      location.assign("/ui/login");
+      if (!leaving) { leaving = true; location.assign("/ui/login"); } // once, whichever call saw it first
       throw new Error("the session ended");
     }
     let out = null;

@@ -83,8 +83,17 @@ try {
   if ((await host("worker-0")).administrative !== "locked") fail("a cancelled unlock unlocked the host");
   answer = true;
   await page.focus('#hosts tr[data-name="worker-0"] button[data-action="unlock"]');
-  const focused = await page.evaluate(() => document.activeElement.dataset.action);
-  if (focused !== "unlock") fail("the unlock button cannot take the focus");
+  // The table refreshes as the host's report changes (uptime) without
+  // replacing the row: the focus stays, and a click in progress would land.
+  await page.evaluate(() => {
+    window.oldRow = document.querySelector('#hosts tr[data-name="worker-0"]');
+    window.oldUptime = window.oldRow.children[7].textContent;
+  });
+  await page.waitForFunction(() => document.querySelector('#hosts tr[data-name="worker-0"]').children[7].textContent !== window.oldUptime, null, { timeout: 5000 })
+    .catch(() => fail("the host's uptime did not refresh within 5 s"));
+  if (!await page.evaluate(() => document.querySelector('#hosts tr[data-name="worker-0"]') === window.oldRow)) fail("the refresh replaced the host's row");
+  const focused = await page.evaluate(() => document.activeElement.dataset.action + " " + document.activeElement.closest("tr").dataset.name);
+  if (focused !== "unlock worker-0") fail("after the table's refresh the focus is on " + focused + ", not worker-0's unlock button");
   let t0 = Date.now();
   await page.keyboard.press("Enter");
   await reaches(page, cellOf("worker-0", "administrative"), "unlocked", "unlock");

@@ -15,6 +15,56 @@
 
   function text(el, v) { if (el) { el.textContent = v === undefined || v === null || v === "" ? "-" : String(v); } }
   function cell(v) { const td = document.createElement("td"); text(td, v); return td; }
+  // putRows makes tb show rows, keeping the rows it already has where they
+  // look the same but for their text: those get the new text in place, so a
+  // table refreshed every second neither loses a click in progress nor
+  // the keyboard focus. Rows are keyed by data-uuid, data-id or data-name.
+  const rowKey = (tr) => tr.dataset.uuid || tr.dataset.id || tr.dataset.name || (tr.dataset.inv ? tr.dataset.inv + "#inventory" : "");
+  const shape = (tr) => [...tr.children].map((td) => [...td.querySelectorAll("[data-action]")].map((b) => b.dataset.action + ":" + b.textContent).join(",")).join("|");
+  function putRows(tb, rows) {
+    const old = new Map();
+    for (const tr of tb.children) { const k = rowKey(tr); if (k) old.set(k, tr); }
+    const out = rows.map((tr) => {
+      const prev = old.get(rowKey(tr));
+      if (!prev || prev.children.length !== tr.children.length || shape(prev) !== shape(tr) || prev.className !== tr.className) return tr;
+      [...tr.children].forEach((td, i) => {
+        const p = prev.children[i];
+        if (p.className !== td.className) p.className = td.className;
+        if (p.title !== td.title) p.title = td.title;
+        if (td.querySelector("[data-action]")) {
+          td.querySelectorAll("[data-action]").forEach((b, j) => {
+            const pb = p.querySelectorAll("[data-action]")[j];
+            if (pb.getAttribute("aria-expanded") !== b.getAttribute("aria-expanded")) pb.setAttribute("aria-expanded", b.getAttribute("aria-expanded"));
+          });
+        } else if (p.textContent !== td.textContent || p.children.length || td.children.length) {
+          if (p.isEqualNode(td)) return;
+          p.replaceChildren(...td.childNodes);
+        }
+      });
+      return prev;
+    });
+    const same = out.length === tb.children.length && out.every((tr, i) => tb.children[i] === tr);
+    if (!same) tb.replaceChildren(...out);
+  }
+
+  // keepFocus runs render, which rebuilds the rows of tb, and puts the
+  // keyboard focus back on the same control of the same row if it was in
+  // tb: a table refreshed every second must not take the focus away.
+  function keepFocus(tb, render) {
+    const el = document.activeElement;
+    const tr = el && tb.contains(el) ? el.closest("tr") : null;
+    const key = tr ? tr.dataset.uuid || tr.dataset.id || tr.dataset.name : null;
+    const action = el && el.dataset ? el.dataset.action : null;
+    render();
+    if (!key || !action) return;
+    for (const row of tb.querySelectorAll("tr")) {
+      if ((row.dataset.uuid || row.dataset.id || row.dataset.name) === key) {
+        const b = row.querySelector('[data-action="' + CSS.escape(action) + '"]');
+        if (b) b.focus();
+        return;
+      }
+    }
+  }
   function messageRow(tb, msg, cls) {
     const tr = document.createElement("tr");
     tr.className = cls;
@@ -234,7 +284,7 @@
     const k = JSON.stringify(out) + "|" + [...expanded].join(",") + "|" + siteBusy;
     if (k === siteKeys[key]) return;
     siteKeys[key] = k;
-    render(tb, out.items || []);
+    keepFocus(tb, () => render(tb, out.items || []));
   }
 
   function hostRows(tb, hosts) {
@@ -273,12 +323,13 @@
       rows.push(tr);
       if (expanded.has(h.uuid)) rows.push(inventoryRow(h, tr.children.length));
     }
-    tb.replaceChildren(...rows);
+    putRows(tb, rows);
   }
 
   function inventoryRow(h, span) {
     const tr = document.createElement("tr");
     tr.className = "inventory";
+    tr.dataset.inv = h.uuid;
     const td = document.createElement("td");
     td.colSpan = span;
     const dl = document.createElement("dl");
@@ -309,7 +360,7 @@
   function serverRows(tb, servers) {
     siteData.servers.clear();
     if (!servers.length) { messageRow(tb, "No VMs.", "empty"); return; }
-    tb.replaceChildren(...servers.map((s) => {
+    putRows(tb, servers.map((s) => {
       siteData.servers.set(s.id, s);
       const tr = document.createElement("tr");
       tr.dataset.id = s.id;
@@ -329,7 +380,7 @@
 
   function groupRows(tb, groups) {
     if (!groups.length) { messageRow(tb, "No service groups.", "empty"); return; }
-    tb.replaceChildren(...groups.map((g) => {
+    putRows(tb, groups.map((g) => {
       const tr = document.createElement("tr");
       tr.dataset.name = g.name;
       const st = cell(g.status); if (g.status) st.className = g.status;
@@ -340,7 +391,7 @@
 
   function siteAlarmRows(tb, alarms) {
     if (!alarms.length) { messageRow(tb, "No active alarms.", "empty"); return; }
-    tb.replaceChildren(...alarms.map((a) => {
+    putRows(tb, alarms.map((a) => {
       const tr = document.createElement("tr");
       tr.dataset.uuid = a.uuid;
       const sev = cell(a.severity); if (SEVERITIES.includes(a.severity)) sev.className = "sev " + a.severity;
@@ -392,6 +443,7 @@
     } catch (e) {
       siteStatus(what + " refused: " + e.message, true);
     } finally {
+      tr.querySelectorAll("button").forEach((b) => { b.disabled = false; });
       siteBusy--;
       for (const k in siteKeys) siteKeys[k] = "";
     }
@@ -608,7 +660,7 @@
     if (!out.items.length) {
       messageRow(tb, filtered() ? "No active alarms match these filters." : "No active alarms.", "empty");
     } else {
-      tb.replaceChildren(...out.items.map((a) => { shown.set(a.uuid, a); return alarmRow(a); }));
+      keepFocus(tb, () => tb.replaceChildren(...out.items.map((a) => { shown.set(a.uuid, a); return alarmRow(a); })));
     }
     pager(out.next_page_token);
   }

@@ -23,6 +23,7 @@ import (
 	"golang.org/x/sync/errgroup"
 
 	"github.com/petrel-edge/petrel/auth"
+	"github.com/petrel-edge/petrel/faultmgr"
 	"github.com/petrel-edge/petrel/faultmgr/faultdb"
 	"github.com/petrel-edge/petrel/internal/atomicfile"
 	"github.com/petrel-edge/petrel/internal/errs"
@@ -263,7 +264,7 @@ func New(ctx context.Context, cfg Config) (*Central, error) {
 	}
 	c.register(shell.REST, shell.Auth)
 	dash, err := ui.New(ui.Config{Auth: shell.Auth, Logger: c.log.With("component", "ui"),
-		Audit: shell.RecordAudit, Sites: c.siteRows, AlarmSummary: shell.Alarms.Store().Summary,
+		Audit: shell.RecordAudit, Sites: c.siteRows, FleetVersion: c.stream.Head, AlarmSummary: shell.Alarms.Store().Summary,
 		Site: func(ctx context.Context, name string) error { _, err := c.Subclouds.Subcloud(ctx, name); return err }})
 	if err != nil {
 		shell.Close()
@@ -288,13 +289,33 @@ func (c *Central) siteRows(ctx context.Context) ([]ui.SiteRow, error) {
 				seen = sc.LastSeen.Format(time.RFC3339)
 			}
 			rows = append(rows, ui.SiteRow{Name: sc.Name, Shape: string(sc.Shape), Availability: string(sc.Availability),
-				Management: string(sc.Management), Status: string(sc.Status), LastSeen: seen, Hosts: sc.Hosts.Total})
+				Management: string(sc.Management), Status: string(sc.Status), LastSeen: seen, Hosts: sc.Hosts.Total,
+				Sync: string(overallSync(sc.Sync)), Software: sc.SoftwareVersion,
+				Alarms: faultmgr.Summary{Critical: sc.AlarmSummary.Critical, Major: sc.AlarmSummary.Major,
+					Minor: sc.AlarmSummary.Minor, Warning: sc.AlarmSummary.Warning}})
 		}
 		if next == "" {
 			return rows, nil
 		}
 		after = next
 	}
+}
+
+// overallSync is a subcloud's sync status over all its resources:
+// out-of-sync if any is, in-sync if all are (and there are any), else
+// unknown.
+func overallSync(m map[string]SyncStatus) SyncStatus {
+	all := len(m) > 0
+	for _, st := range m {
+		if st == OutOfSync {
+			return OutOfSync
+		}
+		all = all && st == InSync
+	}
+	if all {
+		return InSync
+	}
+	return SyncUnknown
 }
 
 // relayKey loads central's assertion key and publishes its public half.

@@ -2,6 +2,7 @@ package central_test
 
 import (
 	"context"
+	"encoding/json"
 	"io"
 	"net/http"
 	"net/http/cookiejar"
@@ -290,5 +291,84 @@ func TestDashboardAlarms(t *testing.T) {
 	}
 	if _, page := get(t, ops, base+"/"); !strings.Contains(page, `data-alarm-count="critical">0<`) {
 		t.Error("the banner still counts the cleared alarm")
+	}
+}
+
+// The fleet view at a real central: /ui/fleet.json filters and counts the
+// registry and follows a change at once (the stream's head moves); a
+// relayed action without the CSRF token is refused at central; once the
+// session has ended, a write with the cookie and its old CSRF token is
+// refused and changes nothing, and the pages send the browser to log in.
+func TestDashboardFleetView(t *testing.T) {
+	f := startCentral(t)
+	ctx := context.Background()
+	for _, name := range []string{"site-a", "site-b", "other-c"} {
+		if err := f.admin.Do(ctx, http.MethodPost, "/v1/subclouds", nil, central.CreateSubcloudRequest{Name: name, Shape: inventory.Simplex}, nil); err != nil {
+			t.Fatal(err)
+		}
+	}
+	b, csrf := session(t, f, "boss", auth.Admin)
+	base := f.c.Shell().URL()
+	view := func(q string) (v struct {
+		Counts  map[string]int `json:"counts"`
+		Matched int            `json:"matched"`
+		Rows    []struct {
+			Name, Status, Sync string
+		} `json:"rows"`
+	}) {
+		t.Helper()
+		resp, body := get(t, b, base+"/ui/fleet.json"+q)
+		if resp.StatusCode != 200 || json.Unmarshal([]byte(body), &v) != nil {
+			t.Fatalf("fleet.json%s = %d %s", q, resp.StatusCode, body)
+		}
+		return v
+	}
+	if v := view("?q=site-"); v.Matched != 2 || v.Rows[0].Name != "site-a" || v.Rows[0].Status != "offline" || v.Rows[0].Sync != "unknown" || v.Counts["offline"] != 3 {
+		t.Errorf("fleet.json?q=site- = %+v", v)
+	}
+	if err := f.admin.Do(ctx, http.MethodPost, "/v1/subclouds", nil, central.CreateSubcloudRequest{Name: "site-d", Shape: inventory.Duplex}, nil); err != nil {
+		t.Fatal(err)
+	}
+	if v := view("?q=site-"); v.Matched != 3 || v.Counts["offline"] != 4 {
+		t.Errorf("after creating site-d: %+v", v)
+	}
+
+	// A relayed host action without the CSRF token: refused by central.
+	req, _ := http.NewRequest(http.MethodPost, base+"/v1/subclouds/site-a/api/v1/hosts/controller-0/action", strings.NewReader(`{"action":"lock"}`))
+	resp, err := b.Do(req)
+	if err != nil {
+		t.Fatal(err)
+	}
+	msg, _ := io.ReadAll(resp.Body)
+	resp.Body.Close()
+	if resp.StatusCode != http.StatusForbidden || !strings.Contains(string(msg), "CSRF") {
+		t.Errorf("relayed action without CSRF = %d %s; want 403", resp.StatusCode, msg)
+	}
+
+	// The session ends (revoked, as at expiry): no write, login instead.
+	var toks rest.List[auth.Token]
+	if err := f.admin.Do(ctx, http.MethodGet, "/v1/tokens", url.Values{"user": {"boss"}}, nil, &toks); err != nil || len(toks.Items) == 0 {
+		t.Fatalf("boss's tokens: %v %v", toks.Items, err)
+	}
+	for _, tok := range toks.Items {
+		if err := f.admin.Do(ctx, http.MethodDelete, "/v1/tokens/"+tok.ID, nil, nil, nil); err != nil {
+			t.Fatal(err)
+		}
+	}
+	req, _ = http.NewRequest(http.MethodPost, base+"/v1/subclouds", strings.NewReader(`{"name":"site-late","shape":"simplex"}`))
+	req.Header.Set(auth.CSRFHeader, csrf)
+	if resp, err := b.Do(req); err != nil || resp.StatusCode != http.StatusUnauthorized {
+		t.Errorf("a write with an ended session = %v, %v; want 401", resp.StatusCode, err)
+	}
+	if _, err := f.c.Subclouds.Subcloud(ctx, "site-late"); err == nil {
+		t.Error("a write with an ended session created site-late")
+	}
+	for _, p := range []string{"/", "/ui/sites/site-a", "/ui/patching"} {
+		if resp, _ := get(t, b, base+p); resp.StatusCode != http.StatusSeeOther || resp.Header.Get("Location") != "/ui/login" {
+			t.Errorf("GET %s with an ended session = %d; want 303 to /ui/login", p, resp.StatusCode)
+		}
+	}
+	if resp, _ := get(t, b, base+"/ui/fleet.json"); resp.StatusCode != http.StatusUnauthorized {
+		t.Errorf("fleet.json with an ended session = %d; want 401", resp.StatusCode)
 	}
 }

@@ -122,7 +122,7 @@ func TestSiteDashboard(t *testing.T) {
 		t.Fatal(err)
 	}
 	resp, page := get("/", tok)
-	if resp.StatusCode != 200 || !strings.Contains(page, "<h1>Site site-sx</h1>") || !strings.Contains(page, `data-hosts="/v1/hosts"`) {
+	if resp.StatusCode != 200 || !strings.Contains(page, "<h1>Site site-sx</h1>") || !strings.Contains(page, `data-api=""`) {
 		t.Fatalf("site home = %d:\n%s", resp.StatusCode, page)
 	}
 	if !strings.Contains(resp.Header.Get("Content-Security-Policy"), "script-src 'self'") {

@@ -18,7 +18,6 @@ import (
 	"log/slog"
 	"net/http"
 	"net/url"
-	"sort"
 	"strings"
 	"time"
 
@@ -36,7 +35,12 @@ var staticFS embed.FS
 // SiteRow is one subcloud on the fleet page.
 type SiteRow struct {
 	Name, Shape, Availability, Management, Status, LastSeen string
-	Hosts                                                   int
+	// Sync is the subcloud's sync status over all its resources:
+	// out-of-sync if any is, in-sync if all are, else unknown.
+	Sync     string
+	Software string // software version ("" until the site reports one)
+	Alarms   faultmgr.Summary
+	Hosts    int
 }
 
 // Config configures the dashboard.
@@ -48,6 +52,12 @@ type Config struct {
 	LocalSite string
 	Sites     func(ctx context.Context) ([]SiteRow, error)
 	Site      func(ctx context.Context, name string) error // nil error if the subcloud exists
+	// FleetVersion, if set, changes whenever a subcloud changes (central:
+	// its event stream's head). The dashboard then reuses its last read
+	// of Sites while the version stays the same, for at most
+	// FleetCacheAge: a search or filter of a large fleet then costs no
+	// store read.
+	FleetVersion func() string
 	// AlarmSummary counts the daemon's active, unsuppressed alarms: the
 	// banner's first paint (the script keeps it current).
 	AlarmSummary func(ctx context.Context) (faultmgr.Summary, error)
@@ -57,9 +67,10 @@ type Config struct {
 
 // UI serves the dashboard.
 type UI struct {
-	cfg   Config
-	pages *template.Template
-	mux   *http.ServeMux
+	cfg       Config
+	pages     *template.Template
+	mux       *http.ServeMux
+	fleetRows fleetCache
 }
 
 // New returns the dashboard handler.
@@ -70,7 +81,13 @@ func New(cfg Config) (*UI, error) {
 	if cfg.LocalSite == "" && (cfg.Sites == nil || cfg.Site == nil) {
 		return nil, errors.New("ui: central's dashboard (no LocalSite) needs Sites and Site")
 	}
-	pages, err := template.ParseFS(templateFS, "templates/*.html")
+	pages, err := template.New("").Funcs(template.FuncMap{
+		"list": func(v ...string) []string { return v },
+		"add":  func(a, b int) int { return a + b },
+		"strategyBox": func(scope, title, api string, p page) strategyBox {
+			return strategyBox{Scope: scope, Title: title, API: api, Page: p}
+		},
+	}).ParseFS(templateFS, "templates/*.html")
 	if err != nil {
 		return nil, err
 	}
@@ -81,10 +98,13 @@ func New(cfg Config) (*UI, error) {
 	u.mux.HandleFunc("POST /ui/login", u.login)
 	u.mux.HandleFunc("POST /ui/logout", u.logout)
 	u.mux.HandleFunc("GET /ui/alarms", u.alarms)
+	u.mux.HandleFunc("GET /ui/events", u.events)
+	u.mux.HandleFunc("GET /ui/patching", u.patching)
 	if cfg.LocalSite != "" {
 		u.mux.HandleFunc("GET /{$}", u.localSite)
 	} else {
 		u.mux.HandleFunc("GET /{$}", u.fleet)
+		u.mux.HandleFunc("GET /ui/fleet.json", u.fleetJSON)
 		u.mux.HandleFunc("GET /ui/sites/{name}", u.site)
 	}
 	return u, nil
@@ -112,14 +132,41 @@ type page struct {
 	Fleet bool
 	// CanAct is true for callers who may change things (operator and up):
 	// only they get action buttons. The API checks the role regardless.
-	CanAct   bool
-	HostsURL string // the site page's host list: direct at a site, relayed at central
-	Sites    []SiteRow
+	CanAct bool
+	// CanAdmin is true for admins: strategies and patches need it.
+	CanAdmin bool
+	// API is where the site page and the patching page call the site's
+	// API: "" at a site, the relay's /v1/subclouds/NAME/api at central.
+	API   string
+	Sites []SiteRow
+	// SiteText: too many sites for a drop-down; a text field instead.
+	SiteText bool
 	Counts   map[string]int
-	Banner   []bannerCount
+	// The fleet page: its query and the page of rows it matched.
+	FleetQuery FleetQuery
+	View       FleetView
+	// StreamFrom is the event stream's ID the page is current at (central):
+	// the script's stream starts after it. "" = from now.
+	StreamFrom string
+	Banner     []bannerCount
 	// The alarms page: its filter and the severities to choose from.
 	Filter     alarmFilter
 	Severities []faultmgr.Severity
+	// The events page: its filter and the event types to choose from.
+	Events     eventFilter
+	EventTypes []string
+}
+
+// strategyBox is one patch strategy on the patching page: central's fleet
+// strategy (API "") or a site's (API: where the site's API is).
+type strategyBox struct {
+	Scope, Title, API string
+	Page              page
+}
+
+// eventFilter is the events page's query (GET /v1/events' filters).
+type eventFilter struct {
+	Type, AlarmID, Entity, User, Since string
 }
 
 // bannerCount is one severity of the alarm banner.
@@ -145,7 +192,11 @@ var severities = []faultmgr.Severity{faultmgr.Critical, faultmgr.Major, faultmgr
 func (u *UI) signedIn(r *http.Request, p auth.Principal, secret string, pg page) page {
 	pg.User, pg.Role, pg.CSRF = p.User, string(p.Role), u.cfg.Auth.CSRFToken(secret)
 	pg.CanAct = p.Role.Allows(auth.Operator)
+	pg.CanAdmin = p.Role.Allows(auth.Admin)
 	pg.Fleet = u.cfg.LocalSite == ""
+	if pg.StreamFrom == "" && u.cfg.FleetVersion != nil {
+		pg.StreamFrom = u.cfg.FleetVersion()
+	}
 	sum, err := u.cfg.AlarmSummary(r.Context())
 	if err != nil {
 		u.cfg.Logger.Warn("alarm banner: summary", "err", err)
@@ -248,26 +299,6 @@ func (u *UI) logout(w http.ResponseWriter, r *http.Request) {
 	http.Redirect(w, r, "/ui/login", http.StatusSeeOther)
 }
 
-func (u *UI) fleet(w http.ResponseWriter, r *http.Request) {
-	p, secret, ok := u.session(r)
-	if !ok {
-		http.Redirect(w, r, "/ui/login", http.StatusSeeOther)
-		return
-	}
-	sites, err := u.cfg.Sites(r.Context())
-	if err != nil {
-		u.cfg.Logger.Error("fleet page", "err", err)
-		http.Error(w, "internal error", http.StatusInternalServerError)
-		return
-	}
-	sort.Slice(sites, func(i, j int) bool { return sites[i].Name < sites[j].Name })
-	counts := map[string]int{"critical": 0, "degraded": 0, "ok": 0, "offline": 0}
-	for _, s := range sites {
-		counts[s.Status]++
-	}
-	u.render(w, http.StatusOK, "fleet.html", u.signedIn(r, p, secret, page{Title: "Fleet", Page: "fleet", Sites: sites, Counts: counts}))
-}
-
 func (u *UI) site(w http.ResponseWriter, r *http.Request) {
 	p, secret, ok := u.session(r)
 	if !ok {
@@ -280,10 +311,13 @@ func (u *UI) site(w http.ResponseWriter, r *http.Request) {
 		return
 	}
 	u.render(w, http.StatusOK, "site.html", u.signedIn(r, p, secret, page{Title: name, Page: "site", Site: name,
-		HostsURL: "/v1/subclouds/" + url.PathEscape(name) + "/api/v1/hosts"}))
+		API: relayBase(name)}))
 }
 
-// localSite is a site controller's home page: the site's own hosts.
+// relayBase is where central relays calls to a site's API.
+func relayBase(site string) string { return "/v1/subclouds/" + url.PathEscape(site) + "/api" }
+
+// localSite is a site controller's home page: the site itself.
 func (u *UI) localSite(w http.ResponseWriter, r *http.Request) {
 	p, secret, ok := u.session(r)
 	if !ok {
@@ -291,8 +325,62 @@ func (u *UI) localSite(w http.ResponseWriter, r *http.Request) {
 		return
 	}
 	name := u.cfg.LocalSite
-	u.render(w, http.StatusOK, "site.html", u.signedIn(r, p, secret, page{Title: name, Page: "site", Site: name, HostsURL: "/v1/hosts"}))
+	u.render(w, http.StatusOK, "site.html", u.signedIn(r, p, secret, page{Title: name, Page: "site", Site: name}))
 }
+
+// events is the event history page: fault-log and audit events from
+// GET /v1/events, filtered by the query in the page's URL (the script
+// reads it and pages through the API's list).
+func (u *UI) events(w http.ResponseWriter, r *http.Request) {
+	p, secret, ok := u.session(r)
+	if !ok {
+		http.Redirect(w, r, "/ui/login", http.StatusSeeOther)
+		return
+	}
+	q := r.URL.Query()
+	u.render(w, http.StatusOK, "events.html", u.signedIn(r, p, secret, page{Title: "Events", Page: "events",
+		Events: eventFilter{Type: q.Get("type"), AlarmID: q.Get("alarm_id"), Entity: q.Get("entity"), User: q.Get("user"),
+			Since: q.Get("since")}, EventTypes: []string{"set", "clear", "log", "audit"}}))
+}
+
+// patching is the patching page: a site's patches and its patch strategy
+// (at a site; at central for the site named by ?site=), and at central the
+// fleet patch strategy.
+func (u *UI) patching(w http.ResponseWriter, r *http.Request) {
+	p, secret, ok := u.session(r)
+	if !ok {
+		http.Redirect(w, r, "/ui/login", http.StatusSeeOther)
+		return
+	}
+	pg := page{Title: "Patching", Page: "patching"}
+	if u.cfg.LocalSite != "" {
+		pg.Site = u.cfg.LocalSite
+	} else {
+		sites, _, err := u.sites(r.Context())
+		if err != nil {
+			u.cfg.Logger.Error("patching page: sites", "err", err)
+			http.Error(w, "internal error", http.StatusInternalServerError)
+			return
+		}
+		if len(sites) <= maxSiteChoices {
+			pg.Sites = sites
+		} else {
+			pg.SiteText = true
+		}
+		if name := r.URL.Query().Get("site"); name != "" {
+			if err := u.cfg.Site(r.Context(), name); err != nil {
+				pg.Error = "No subcloud " + name + "."
+			} else {
+				pg.Site, pg.API = name, relayBase(name)
+			}
+		}
+	}
+	u.render(w, http.StatusOK, "patching.html", u.signedIn(r, p, secret, pg))
+}
+
+// maxSiteChoices is the most sites a page offers in a drop-down; with more,
+// the field is free text.
+const maxSiteChoices = 500
 
 // alarms is the alarms page. The rows come from GET /v1/alarms in the
 // browser (the script pages, filters and refreshes them), so the page and
@@ -308,14 +396,17 @@ func (u *UI) alarms(w http.ResponseWriter, r *http.Request) {
 		Severity: q.Get("severity"), AlarmID: q.Get("alarm_id"), Entity: q.Get("entity"),
 		Site: q.Get("site"), Suppressed: q.Get("suppressed") == "include"}, Severities: severities})
 	if pg.Fleet {
-		sites, err := u.cfg.Sites(r.Context())
+		sites, _, err := u.sites(r.Context())
 		if err != nil {
 			u.cfg.Logger.Error("alarms page: sites", "err", err)
 			http.Error(w, "internal error", http.StatusInternalServerError)
 			return
 		}
-		sort.Slice(sites, func(i, j int) bool { return sites[i].Name < sites[j].Name })
-		pg.Sites = sites
+		if len(sites) <= maxSiteChoices {
+			pg.Sites = sites
+		} else {
+			pg.SiteText = true
+		}
 	}
 	u.render(w, http.StatusOK, "alarms.html", pg)
 }

@@ -114,8 +114,8 @@ func TestPagesNeedASession(t *testing.T) {
 		localSite string
 		paths     []string
 	}{
-		{"", []string{"/", "/ui/alarms", "/ui/alarms?severity=major", "/ui/sites/site-a"}},
-		{"site-a", []string{"/", "/ui/alarms"}},
+		{"", []string{"/", "/?status=ok", "/ui/alarms", "/ui/alarms?severity=major", "/ui/sites/site-a", "/ui/events", "/ui/patching", "/ui/patching?site=site-a"}},
+		{"site-a", []string{"/", "/ui/alarms", "/ui/events", "/ui/patching"}},
 	} {
 		d := newDash(t, tc.localSite)
 		d.sessions["forged"] = "pt_not-a-token"
@@ -148,7 +148,8 @@ func TestPagesAreStrict(t *testing.T) {
 	}{
 		{central, "", "/ui/login"}, {central, auth.Reader, "/"}, {central, auth.Operator, "/ui/alarms"},
 		{central, auth.Reader, "/ui/sites/site-a"}, {site, "", "/ui/login"}, {site, auth.Operator, "/"},
-		{site, auth.Reader, "/ui/alarms"},
+		{site, auth.Reader, "/ui/alarms"}, {central, auth.Admin, "/ui/events"}, {central, auth.Admin, "/ui/patching?site=site-a"},
+		{site, auth.Admin, "/ui/patching"}, {site, auth.Reader, "/ui/events?type=audit"}, {central, auth.Reader, "/?status=ok&q=a"},
 	} {
 		resp, page := tc.d.get(t, tc.role, tc.path)
 		if resp.StatusCode != http.StatusOK {
@@ -268,7 +269,7 @@ func TestAlarmsPage(t *testing.T) {
 func TestSiteDashboard(t *testing.T) {
 	d := newDash(t, "site-a")
 	resp, page := d.get(t, auth.Reader, "/")
-	if resp.StatusCode != http.StatusOK || !strings.Contains(page, `data-hosts="/v1/hosts"`) || !strings.Contains(page, "<h1>Site site-a</h1>") {
+	if resp.StatusCode != http.StatusOK || !strings.Contains(page, `data-api=""`) || !strings.Contains(page, "<h1>Site site-a</h1>") {
 		t.Errorf("site home = %d:\n%s", resp.StatusCode, page)
 	}
 	if !strings.Contains(page, `data-fleet="false"`) {
@@ -278,7 +279,7 @@ func TestSiteDashboard(t *testing.T) {
 		t.Errorf("GET /ui/sites/site-a at a site = %d; want 404", resp.StatusCode)
 	}
 	c := newDash(t, "")
-	if _, page := c.get(t, auth.Reader, "/ui/sites/site-a"); !strings.Contains(page, `data-hosts="/v1/subclouds/site-a/api/v1/hosts"`) {
+	if _, page := c.get(t, auth.Reader, "/ui/sites/site-a"); !strings.Contains(page, `data-api="/v1/subclouds/site-a/api"`) {
 		t.Error("central's site page does not read the site's hosts through the relay")
 	}
 }

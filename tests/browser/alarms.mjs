@@ -39,7 +39,7 @@ function watch(page, label) {
 }
 
 async function login(browser, d, user, password, label) {
-  const ctx = await browser.newContext({ ignoreHTTPSErrors: true, viewport: { width: 1280, height: 760 } });
+  const ctx = await browser.newContext({ ignoreHTTPSErrors: true, viewport: { width: 1280, height: 800 } });
   const page = await ctx.newPage();
   watch(page, label);
   await page.goto(d.base + "/");
@@ -104,7 +104,7 @@ try {
   if (await page.$("#alarms img") || await page.evaluate(() => window.__xss)) fail("API text was treated as HTML");
   const c = await raise(central, "280.002", "subcloud=site-x.resource=images");
   await page.waitForSelector(row(c.uuid), { timeout: LIVE_MS });
-  await page.screenshot({ path: shots + "/alarms.png", fullPage: true });
+  await page.screenshot({ path: shots + "/alarms.png" });
 
   // Paging: one alarm a page, following the next-page links, gives the
   // API's full list in order.
@@ -188,13 +188,25 @@ try {
   t0 = Date.now();
   const s = await raise(site, "200.010", "host=controller-0");
   await bannerReaches(sp, "major", siteMajor0 + 1, t0, "raise at the site");
-  await sp.screenshot({ path: shots + "/site.png" });
+  await sp.screenshot({ path: shots + "/site-banner.png" });
   await Promise.all([sp.waitForURL(site.base + "/ui/alarms"), sp.click("#alarm-banner")]);
   await sp.waitForSelector(row(s.uuid), { timeout: LIVE_MS });
   const siteHeads = await sp.$$eval("#alarms thead th", (ths) => ths.map((th) => th.textContent));
   if (siteHeads.includes("Site") || !siteHeads.includes("Actions")) fail("site's columns: " + siteHeads.join("|"));
   await sp.click(`${row(s.uuid)} button[data-action=ack]`);
   await sp.waitForSelector(`${field(s.uuid, "acked_by")}:text-is("admin")`, { timeout: LIVE_MS });
+  // Suppress its alarm ID (after a confirmation): hidden from the list and
+  // the banner; listed again, marked, with suppressed included; unsuppress.
+  t0 = Date.now();
+  await sp.click(`${row(s.uuid)} button[data-action=suppress]`);
+  await sp.waitForSelector(row(s.uuid), { state: "detached", timeout: LIVE_MS });
+  await bannerReaches(sp, "major", siteMajor0, t0, "suppress at the site");
+  await sp.goto(site.base + "/ui/alarms?suppressed=include");
+  await sp.waitForSelector(`${row(s.uuid)}.suppressed button[data-action=unsuppress]`, { timeout: LIVE_MS });
+  t0 = Date.now();
+  await sp.click(`${row(s.uuid)} button[data-action=unsuppress]`);
+  await bannerReaches(sp, "major", siteMajor0 + 1, t0, "unsuppress at the site");
+  await sp.waitForSelector(`${row(s.uuid)}:not(.suppressed)`, { timeout: LIVE_MS });
   t0 = Date.now();
   await sp.click(`${row(s.uuid)} button[data-action=clear]`);
   await sp.waitForSelector(row(s.uuid), { state: "detached", timeout: LIVE_MS });

@@ -122,22 +122,32 @@ try {
   await page.waitForSelector('#fleet tr[data-name="site-live"]', { state: "detached", timeout: 3000 });
   console.log(`row removed ${Date.now() - t0} ms after the API call`);
 
-  // Patching at central: no fleet strategy yet (the fleet API answers 404,
-  // or is not there). Then the fleet strategy's shape (scope "fleet", each
-  // stage a batch of sites, each step a site with a progress object), as
-  // central's fleet API will serve it, answered here by the test through
-  // page.route: the page draws it generically, follows its progress live,
+  // Patching at central: no fleet strategy yet (the fleet API answers
+  // 404). Then a fleet strategy in progress (scope "fleet", each stage a
+  // batch of sites, each step a site with its "site" progress object, as
+  // docs/api.md has it), answered here by the test through page.route, as
+  // a fleet needs real sites to get that far (TestFleetPatchStrategyInTheLab): the page draws it generically, follows its progress live,
   // and Apply/Abort ask for confirmation and post {action}.
   let answer = true, dialogs = [];
   page.on("dialog", (d) => { dialogs.push(d.message()); if (answer) d.accept(); else d.dismiss(); });
   await page.goto(base + "/ui/patching");
   await page.waitForSelector('section.strategy[data-scope="fleet"][data-state="none"]', { timeout: 5000 });
+  await page.waitForSelector('#central-patches td:text("No patches uploaded.")', { timeout: 5000 });
+  // Central's real fleet API refuses a strategy of a patch it does not
+  // hold, and the page shows why.
+  await page.fill('section.strategy[data-scope="fleet"] input[name="patches"]', "PETREL-NOT-UPLOADED");
+  await page.fill('section.strategy[data-scope="fleet"] input[name="max_parallel"]', "2");
+  await page.check('section.strategy[data-scope="fleet"] input[name="stop_on_failure"]');
+  await page.click('section.strategy[data-scope="fleet"] button[data-strategy="create"]');
+  await page.waitForSelector("#patch-status.error", { timeout: 3000 });
+  const refused = await page.textContent("#patch-status");
+  if (!refused.includes("PETREL-NOT-UPLOADED is not uploaded at central")) fail("fleet strategy create refused as: " + refused);
   let polls = 0;
   const posted = [];
   const fleetStrategy = () => {
     const p = Math.min(polls, 3);
-    const step = (site, i) => ({ action: "patch-site", target: site, state: i < p ? "applied" : i === p ? "applying" : "initial",
-      reason: "", progress: i === p ? { hosts_done: 1, hosts_total: 2 } : undefined });
+    const step = (site, i) => ({ action: "patch-subcloud", target: site, state: i < p ? "applied" : i === p ? "applying" : "initial",
+      reason: "", site: i === p ? { phase: "apply-strategy", state: "applying", steps_done: 1, steps_total: 2, action: "lock-hosts", hosts: ["controller-0"] } : undefined });
     return { type: "patch", scope: "fleet", state: p >= 3 ? "applied" : "applying", options: {}, patches: ["PETREL-26.09.1"],
       stages: [{ name: "batch 1", state: p >= 2 ? "applied" : "applying", steps: ["site-a", "site-b"].map(step) },
         { name: "batch 2", state: p >= 3 ? "applied" : "initial", steps: ["site-c"].map((x) => step(x, 2)) }] };
@@ -151,7 +161,7 @@ try {
   await page.waitForSelector('section.strategy[data-scope="fleet"] li.step[data-target="site-a"]', { timeout: 5000 });
   const firstText = await page.textContent('section.strategy[data-scope="fleet"] ol.stages');
   if (!/batch 1/.test(firstText) || !/site-c/.test(firstText)) fail("fleet strategy drawn as: " + firstText);
-  await page.waitForSelector('section.strategy[data-scope="fleet"] li.step[data-target="site-b"]:has-text("hosts_done: 1")', { timeout: 5000 })
+  await page.waitForSelector('section.strategy[data-scope="fleet"] li.step[data-target="site-b"]:has-text("1 of 2 steps · now lock-hosts controller-0")', { timeout: 5000 })
     .catch(() => fail("a step's progress fields are not shown"));
   await page.waitForSelector('section.strategy[data-scope="fleet"][data-state="applied"]', { timeout: 5000 })
     .catch(() => fail("the fleet strategy's progress is not followed live"));

@@ -783,12 +783,25 @@
 
   const strategyKeys = new Map();
   const strategies = new Map(); // scope -> strategy or null
-  let patchKey = "";
 
   function progressText(pr) {
     if (pr === null || pr === undefined) return "";
     if (typeof pr !== "object") return String(pr);
     return Object.entries(pr).map(([k, v]) => k + ": " + (v !== null && typeof v === "object" ? JSON.stringify(v) : v)).join(", ");
+  }
+
+  // siteProgress says where a fleet step's site stands (the step's "site"
+  // object, docs/api.md): its phase, its own strategy's state and steps,
+  // the step it is on.
+  function siteProgress(sp) {
+    if (!sp || typeof sp !== "object") return "";
+    const parts = [sp.phase || "-"];
+    if (sp.state) parts.push("site strategy " + sp.state);
+    if (sp.steps_total) parts.push(sp.steps_done + " of " + sp.steps_total + " steps");
+    if (sp.action) parts.push("now " + sp.action + (sp.hosts && sp.hosts.length ? " " + sp.hosts.join(",") : ""));
+    if (sp.offline_since) parts.push("unreachable since " + sp.offline_since);
+    if (sp.reason) parts.push(sp.reason);
+    return parts.join(" · ");
   }
 
   function drawStrategy(sec, st) {
@@ -820,7 +833,7 @@
         s.dataset.target = step.target || "";
         let t = (step.action ? step.action + " " : "") + (step.target || "") + ": " + (step.state || "-");
         if (step.reason) t += " — " + step.reason;
-        const pr = progressText(step.progress);
+        const pr = step.site ? siteProgress(step.site) : progressText(step.progress);
         if (pr) t += " (" + pr + ")";
         s.textContent = t;
         return s;
@@ -846,28 +859,38 @@
     drawStrategy(sec, st);
   }
 
+  // loadPatches fills every patch table of the page: a site's (its API
+  // in the section's data-api) and, at central, central's own, whose IDs
+  // the fleet strategy form offers.
+  const patchKeys = new Map();
   async function loadPatches() {
-    const tb = document.querySelector("#patches tbody");
-    if (!tb) return;
-    const base = tb.closest("section").dataset.api || "";
-    let out;
-    try {
-      out = await api("GET", base + "/v1/patches");
-    } catch (e) {
-      patchKey = ""; messageRow(tb, "Cannot list patches: " + e.message, "error"); return;
-    }
-    const key = JSON.stringify(out);
-    if (key === patchKey) return;
-    patchKey = key;
-    if (!out.items.length) { messageRow(tb, "No patches uploaded.", "empty"); return; }
-    tb.replaceChildren(...out.items.map((p) => {
-      const tr = document.createElement("tr");
-      tr.dataset.id = p.id;
-      tr.append(cell(p.id), cell(p.version), cell(p.state), cell(p.reboot_required ? "yes" : "no"),
-        cell(Object.entries(p.hosts || {}).map(([h, s]) => h + ": " + (typeof s === "object" ? progressText(s) : s)).join("; ")), cell(p.description));
-      return tr;
+    await Promise.all([...document.querySelectorAll("table.patches")].map(async (table) => {
+      const tb = table.tBodies[0];
+      const base = table.closest("section").dataset.api || "";
+      let out;
+      try {
+        out = await api("GET", base + "/v1/patches");
+      } catch (e) {
+        patchKeys.delete(table); messageRow(tb, "Cannot list patches: " + e.message, "error"); return;
+      }
+      const key = JSON.stringify(out);
+      if (key === patchKeys.get(table)) return;
+      patchKeys.set(table, key);
+      const ids = document.getElementById("central-patch-ids");
+      if (table.id === "central-patches" && ids) {
+        ids.replaceChildren(...out.items.map((p) => { const o = document.createElement("option"); o.value = p.id; return o; }));
+      }
+      if (!out.items.length) { messageRow(tb, "No patches uploaded.", "empty"); return; }
+      tb.replaceChildren(...out.items.map((p) => {
+        const tr = document.createElement("tr");
+        tr.dataset.id = p.id;
+        tr.append(cell(p.id), cell(p.version), cell(p.state), cell(p.reboot_required ? "yes" : "no"),
+          cell(Object.entries(p.hosts || {}).map(([h, s]) => h + ": " + (typeof s === "object" ? progressText(s) : s)).join("; ")), cell(p.description));
+        return tr;
+      }));
     }));
   }
+
 
   let patchLoading = false;
   async function loadPatching() {
@@ -886,7 +909,15 @@
     let done;
     if (action === "create") {
       const opts = {};
-      for (const [k, v] of new FormData(form)) opts[k] = k === "max_parallel_worker_hosts" ? Number(v) : String(v);
+      for (const [k, v] of new FormData(form)) {
+        const val = String(v).trim();
+        if (k === "max_parallel_worker_hosts") opts[k] = Number(val);
+        else if (k === "max_parallel") { if (val) opts[k] = Number(val); }
+        else if (k === "stop_on_failure") opts[k] = true;
+        else if (k === "patches") opts[k] = val.split(",").map((x) => x.trim()).filter((x) => x);
+        else if (k === "group") { if (val) opts[k] = val; }
+        else opts[k] = val;
+      }
       if (!confirm("Create " + scope + "?")) return;
       done = () => api("POST", base + "/v1/strategies/patch", opts);
     } else if (action === "delete") {

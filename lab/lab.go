@@ -707,9 +707,17 @@ func WaitReady(ctx context.Context, url, caFile string, limit time.Duration, ali
 	defer hc.CloseIdleConnections()
 	deadline := time.Now().Add(limit)
 	var last error
+	gone := 0 // consecutive polls that found the process gone
 	for time.Now().Before(deadline) {
+		// Gone twice, a poll apart: a process just started can read as
+		// gone once — its /proc cmdline is empty until the kernel has
+		// finished the exec, after the parent's Start returned.
 		if alive != nil && !alive() {
-			return ErrExited
+			if gone++; gone >= 2 {
+				return ErrExited
+			}
+		} else {
+			gone = 0
 		}
 		req, _ := http.NewRequestWithContext(ctx, http.MethodGet, url+"/readyz", nil)
 		resp, err := hc.Do(req)

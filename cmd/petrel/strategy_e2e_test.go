@@ -11,6 +11,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/petrel-edge/petrel/compute"
 	"github.com/petrel-edge/petrel/compute/libvirtd"
 	"github.com/petrel-edge/petrel/lab"
 	"github.com/petrel-edge/petrel/swpatch/strategy"
@@ -23,7 +24,9 @@ import (
 // stayed active, moved by live migration off its worker; an observer
 // polling the hosts saw never more than one host locked or unavailable
 // at once (serial). The active controller is patched last, after a
-// swact: the peer's executor resumes the strategy.
+// swact: the peer's executor resumes the strategy. The guests' heartbeat
+// counters never skip. Then the patch is removed the same way: every host
+// back on the software before it.
 func TestPatchStrategyInTheLab(t *testing.T) {
 	if err := libvirtd.Installed(); err != nil {
 		if os.Getenv("CI") == "true" {
@@ -95,6 +98,26 @@ func TestPatchStrategyInTheLab(t *testing.T) {
 	for n, sv := range before {
 		if sv.Status != "active" {
 			t.Fatalf("%s: %+v; want active", n, sv)
+		}
+	}
+	// The guests count: a heartbeat counter on the console that must go on
+	// across every live migration, never skipping or restarting.
+	beats := func(name string) int {
+		hb := guestHealthy(t, name, site.ok("server", "console-log", name))
+		if len(hb) == 0 {
+			return 0
+		}
+		return hb[len(hb)-1]
+	}
+	counted := map[string]int{}
+	for _, n := range []string{"vm-0", "vm-1"} {
+		waitUntil(t, n+" counting", 90*time.Second, func() bool { counted[n] = beats(n); return counted[n] >= 2 })
+	}
+	stillCounting := func(when string) {
+		t.Helper()
+		for _, n := range []string{"vm-0", "vm-1"} {
+			last := counted[n]
+			waitUntil(t, n+" counting on "+when, 60*time.Second, func() bool { counted[n] = beats(n); return counted[n] > last })
 		}
 	}
 
@@ -188,6 +211,50 @@ func TestPatchStrategyInTheLab(t *testing.T) {
 		}
 	}()
 
+	// The servers' live migrations, as the API records them: each one's
+	// switch-over pause is the VM's downtime for the host it left.
+	type migrationView struct {
+		Phase     string    `json:"phase"`
+		StartedAt time.Time `json:"started_at"`
+		Progress  struct {
+			Downtime time.Duration `json:"downtime"`
+		} `json:"progress"`
+	}
+	downtimes := map[string]time.Duration{} // server@started_at → downtime
+	wg.Add(1)
+	go func() {
+		defer wg.Done()
+		home := t.TempDir()
+		for {
+			cmd := exec.Command(petrelBin, "server", "list", "-o", "json")
+			cmd.Env = append([]string{"PATH=" + os.Getenv("PATH"), "HOME=" + home}, site.env...)
+			var o bytes.Buffer
+			cmd.Stdout = &o
+			if cmd.Run() == nil {
+				var l struct {
+					Items []struct {
+						Name      string         `json:"name"`
+						Migration *migrationView `json:"migration"`
+					}
+				}
+				if json.Unmarshal(o.Bytes(), &l) == nil {
+					mu.Lock()
+					for _, sv := range l.Items {
+						if m := sv.Migration; m != nil && m.Phase == string(compute.MigrationDone) {
+							downtimes[sv.Name+"@"+m.StartedAt.Format(time.RFC3339Nano)] = m.Progress.Downtime
+						}
+					}
+					mu.Unlock()
+				}
+			}
+			select {
+			case <-stop:
+				return
+			case <-time.After(500 * time.Millisecond): // the poll period
+			}
+		}
+	}()
+
 	applyStart := time.Now()
 	site.ok("strategy", "apply")
 	var final strategy.Strategy
@@ -221,7 +288,17 @@ func TestPatchStrategyInTheLab(t *testing.T) {
 	if maxDown != 1 || polls < 10 {
 		t.Errorf("the observer saw at most %d hosts down (%v) in %d polls; want exactly 1 at a time", maxDown, worst, polls)
 	}
+	// vm-0 left worker-0 and came back, vm-1 left worker-1: three
+	// migrations (one a poll missed still shows as the server's last).
+	var pauses []string
+	for k, d := range downtimes {
+		pauses = append(pauses, k+"="+d.String())
+	}
 	mu.Unlock()
+	if len(pauses) < 2 {
+		t.Errorf("live migrations seen completed: %v; want vm-0's and vm-1's", pauses)
+	}
+	t.Logf("VM downtime per live migration (one per server per host it left): %v", pauses)
 
 	// Where the time went: steps that wait on the site (migrations with
 	// the lock, installs, reboots to available, the swact) against the
@@ -243,11 +320,41 @@ func TestPatchStrategyInTheLab(t *testing.T) {
 	}
 	span := last.Sub(first) // the strategy's own clock: first step started to last step ended
 	waited := spent[strategy.LockHosts] + spent[strategy.SwPatchHosts] + spent[strategy.UnlockHosts] + spent[strategy.SystemStabilize] + spent[strategy.SwactHosts]
+	t.Logf("hosts patched per minute: %.1f (4 hosts, first step to last)", 4/span.Minutes())
 	t.Logf("lab up %s; apply to applied seen %s; steps %s for 4 hosts: lock+migrate %s, install %s, unlock %s, reboot to healthy %s, swact %s; overhead %s (%s per host)",
 		labUp.Round(time.Second), total.Round(100*time.Millisecond), span.Round(100*time.Millisecond), spent[strategy.LockHosts].Round(10*time.Millisecond),
 		spent[strategy.SwPatchHosts].Round(10*time.Millisecond), spent[strategy.UnlockHosts].Round(10*time.Millisecond),
 		spent[strategy.SystemStabilize].Round(10*time.Millisecond), spent[strategy.SwactHosts].Round(10*time.Millisecond),
 		(span - waited).Round(10*time.Millisecond), ((span - waited) / 4).Round(10*time.Millisecond))
+	stillCounting("after the strategy")
+	site.ok("strategy", "delete")
+
+	// The patch removed the same way: remove it, plan, apply; every host
+	// back on the software before it, the guests still counting.
+	site.ok("patch", "remove", "P1")
+	site.ok("strategy", "create", "--type", "patch", "--worker-apply-type", "serial", "--instance-action", "migrate")
+	removeStart := time.Now()
+	site.ok("strategy", "apply")
+	waitUntil(t, "the removal strategy applied", 6*time.Minute, func() bool {
+		final = show()
+		if final.State == strategy.ApplyFailed || final.State == strategy.Aborted {
+			t.Fatalf("removal strategy %s: %s\n%s", final.State, final.Reason, site.ok("strategy", "show"))
+		}
+		return final.State == strategy.Applied
+	})
+	hs, _ = hosts(site)
+	for _, h := range hs {
+		if h.SoftwareVersion != oldVersion || h.Administrative != "unlocked" || h.Availability != "available" {
+			t.Errorf("%s after the removal: %+v; want %s, unlocked, available", h.Name, h, oldVersion)
+		}
+	}
+	for _, n := range []string{"vm-0", "vm-1"} {
+		if sv := server(n); sv.Status != "active" {
+			t.Errorf("%s after the removal: %+v; want active", n, sv)
+		}
+	}
+	stillCounting("after the removal")
+	t.Logf("removal applied in %s", time.Since(removeStart).Round(100*time.Millisecond))
 	site.ok("strategy", "delete")
 	t.Logf("whole test: %s", time.Since(start).Round(time.Second))
 }

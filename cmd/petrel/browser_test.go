@@ -390,9 +390,10 @@ func TestBrowserSite(t *testing.T) {
 
 // TestBrowserLab drives the dashboard against a real one-site lab (a
 // simplex site dialed home to central; tests/browser/lab.mjs): with the
-// site's page at central (through the relay) and the fleet page open, a
-// `lab fault` raises an alarm that appears on both without a reload, and
-// its clear takes it away; then a patch strategy from the browser: an
+// fleet page and the alarms page open at central, `lab fault partition`
+// cuts the site's WAN link: the site goes offline and central's 280.001
+// appears in the banner and the list without a reload, and `lab fault
+// clear` takes them away; then a patch strategy from the browser: an
 // in-service patch built with the lab's key is uploaded and applied by the
 // CLI, the site's strategy is created with the form on central's patching
 // page, applied (confirmations), followed live to applied, and deleted;
@@ -462,12 +463,14 @@ func TestBrowserLab(t *testing.T) {
 		}
 		t.Logf("petrel %s: %s", strings.Join(args, " "), time.Since(t0).Round(time.Millisecond))
 	}
-	// The cluster link of the only host: its heartbeat on that network is
-	// lost (200.009, degraded), nothing is rebooted (docs/hostmgr.md).
-	target := site + "/controller-0"
+	// The site's WAN link (real drops on controller-0's WAN port): central
+	// marks the site offline and raises 280.001. A host-network fault
+	// raises nothing at a simplex site: its controller pulses itself over
+	// local routes, which a link-down or loss leaves alone; bmc-* faults
+	// show only at the next BMC call.
 	hooks := map[string]func(){
-		"fault":       func() { do(base, "lab", "fault", "link-down", target, "--net", "cluster") },
-		"fault-clear": func() { do(base, "lab", "fault", "link-up", target, "--net", "cluster") },
+		"fault":       func() { do(base, "lab", "fault", "partition", site) },
+		"fault-clear": func() { do(base, "lab", "fault", "clear", site) },
 		"fleet-setup": func() {
 			do(central, "patch", "upload", fleetPatch)
 			do(central, "subcloud", "manage", site)
@@ -476,7 +479,7 @@ func TestBrowserLab(t *testing.T) {
 	t0 := time.Now()
 	runBrowserWith(t, script, "lab", hooks, "NODE_EXTRA_CA_CERTS="+lf.CACert,
 		"PETREL_URL="+lf.Central.URL, "PETREL_TOKEN="+lf.Central.Token, "PETREL_SITE="+site,
-		"PETREL_ALARM_ID=200.009", "PETREL_PATCH=LP1", "PETREL_FLEET_PATCH=LP2")
+		"PETREL_PATCH=LP1", "PETREL_FLEET_PATCH=LP2")
 	inBrowser := time.Since(t0)
 
 	for _, id := range []string{"LP1", "LP2"} {

@@ -170,6 +170,7 @@ try {
   if (!/State applied · (\d+) of \1 steps done/.test(summary)) fail("the applied strategy's summary: " + summary);
   await pp.waitForFunction((id) => { const tr = document.querySelector(`#patches tr[data-id="${id}"]`); return tr && tr.children[2].textContent === "deployed"; },
     PATCH, { timeout: 5000 }).catch(() => fail(PATCH + " is not shown deployed"));
+  await pp.evaluate(() => document.getElementById("h-patches").scrollIntoView());
   await pp.screenshot({ path: shots + "/patching-applied.png" });
   await act(pp, "site", "delete", "Delete the patch strategy of " + SITE);
   await pp.waitForSelector(site + '[data-state="none"]', { timeout: 5000 });
@@ -201,6 +202,7 @@ try {
     .catch(async () => fail("the site's box after the fleet strategy: " + await pp.textContent(site + " .strategy-summary")));
   await pp.waitForFunction((id) => { const tr = document.querySelector(`#patches tr[data-id="${id}"]`); return tr && tr.children[2].textContent === "deployed"; },
     FLEET_PATCH, { timeout: 5000 }).catch(() => fail(FLEET_PATCH + " is not shown deployed at the site"));
+  await pp.evaluate(() => document.getElementById("h-strategy-fleet").scrollIntoView());
   await pp.screenshot({ path: shots + "/patching-fleet-applied.png" });
 
   if (errors.length) fail("browser errors: " + errors.join("; "));

@@ -13,6 +13,7 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"slices"
 	"strings"
 	"syscall"
 	"testing"
@@ -385,4 +386,114 @@ func TestBrowserSite(t *testing.T) {
 	runBrowser(t, script, "site", "NODE_EXTRA_CA_CERTS="+bundle,
 		"PETREL_URL="+c.url, "PETREL_TOKEN="+c.token, "PETREL_ADMIN_PASSWORD_FILE="+c.passwordFile,
 		"PETREL_SITE_URL="+s.url, "PETREL_SITE_TOKEN="+s.token, "PETREL_SITE_ADMIN_PASSWORD_FILE="+s.passwordFile)
+}
+
+// TestBrowserLab drives the dashboard against a real one-site lab (a
+// simplex site dialed home to central; tests/browser/lab.mjs): with the
+// fleet page and the alarms page open at central, `lab fault partition`
+// cuts the site's WAN link: the site goes offline and central's 280.001
+// appears in the banner and the list without a reload, and `lab fault
+// clear` takes them away; then a patch strategy from the browser: an
+// in-service patch built with the lab's key is uploaded and applied by the
+// CLI, the site's strategy is created with the form on central's patching
+// page, applied (confirmations), followed live to applied, and deleted;
+// then a second patch uploaded at central and the site managed, the fleet
+// strategy is created from its box and applied. The hosts end
+// patch-current and both patches deployed (checked through the CLI).
+func TestBrowserLab(t *testing.T) {
+	script := browserScript(t, "lab.mjs")
+	start := time.Now()
+	const site = "sb"
+	dir := filepath.Join(t.TempDir(), "lab")
+	base := cli{t: t, env: []string{"PETREL_LAB_DIR=" + dir, "PETREL_CONFIG_DIR=" + t.TempDir()}}
+	base.ok("lab", "up", "--sites", site+"=simplex", "--no-demo")
+	t.Cleanup(func() { base.run("", "lab", "down") })
+	t.Cleanup(func() {
+		if t.Failed() {
+			t.Logf("central's log ends:\n%s", tailFile(filepath.Join(dir, "logs", "central.log")))
+		}
+	})
+	labUp := time.Since(start)
+	lf, err := lab.Load(dir)
+	if err != nil {
+		t.Fatal(err)
+	}
+	central := base.with("PETREL_URL="+lf.Central.URL, "PETREL_TOKEN="+lf.Central.Token, "PETREL_CA_CERT="+lf.CACert)
+	type hostView struct {
+		Name         string    `json:"name"`
+		Availability string    `json:"availability"`
+		PatchCurrent bool      `json:"patch_current"`
+		Software     *struct{} `json:"software"`
+	}
+	hosts := func() []hostView {
+		var l struct{ Items []hostView }
+		out, _, code := central.run("", "--site", site, "host", "list", "-o", "json")
+		if code != 0 || json.Unmarshal([]byte(out), &l) != nil {
+			return nil
+		}
+		return l.Items
+	}
+	waitUntil(t, site+" online at central, its host available with its software reported", 90*time.Second, func() bool {
+		hs := hosts()
+		return len(hs) == len(lf.Sites[0].Hosts) && !slices.ContainsFunc(hs, func(h hostView) bool {
+			return h.Availability != "available" || h.Software == nil
+		})
+	})
+	// In-service patches (files only): the strategies install them without
+	// a lock or a reboot.
+	build := func(id string) string {
+		f := filepath.Join(t.TempDir(), "motd")
+		os.WriteFile(f, []byte("patched by "+id+"\n"), 0o644)
+		p := filepath.Join(t.TempDir(), id+".patch")
+		base.ok("patch", "build", "--id", id, "--file", f+":etc/motd-"+id, "--out", p)
+		return p
+	}
+	central.ok("--site", site, "patch", "upload", build("LP1"))
+	central.ok("--site", site, "patch", "apply", "LP1")
+	fleetPatch := build("LP2")
+	ready := time.Since(start)
+
+	// The hooks answer the script whatever happens (a failed command is an
+	// error here, and the script then fails on what it waits for).
+	do := func(c cli, args ...string) {
+		t0 := time.Now()
+		if out, errOut, code := c.run("", args...); code != 0 {
+			t.Errorf("petrel %s: exit %d\n%s%s", strings.Join(args, " "), code, out, errOut)
+			return
+		}
+		t.Logf("petrel %s: %s", strings.Join(args, " "), time.Since(t0).Round(time.Millisecond))
+	}
+	// The site's WAN link (real drops on controller-0's WAN port): central
+	// marks the site offline and raises 280.001. A host-network fault
+	// raises nothing at a simplex site: its controller pulses itself over
+	// local routes, which a link-down or loss leaves alone; bmc-* faults
+	// show only at the next BMC call.
+	hooks := map[string]func(){
+		"fault":       func() { do(base, "lab", "fault", "partition", site) },
+		"fault-clear": func() { do(base, "lab", "fault", "clear", site) },
+		"fleet-setup": func() {
+			do(central, "patch", "upload", fleetPatch)
+			do(central, "subcloud", "manage", site)
+		},
+	}
+	t0 := time.Now()
+	runBrowserWith(t, script, "lab", hooks, "NODE_EXTRA_CA_CERTS="+lf.CACert,
+		"PETREL_URL="+lf.Central.URL, "PETREL_TOKEN="+lf.Central.Token, "PETREL_SITE="+site,
+		"PETREL_PATCH=LP1", "PETREL_FLEET_PATCH=LP2")
+	inBrowser := time.Since(t0)
+
+	for _, id := range []string{"LP1", "LP2"} {
+		var p struct{ State string }
+		json.Unmarshal([]byte(central.ok("--site", site, "patch", "show", id, "-o", "json")), &p)
+		if p.State != "deployed" {
+			t.Errorf("%s at %s: %s; want deployed", id, site, p.State)
+		}
+	}
+	for _, h := range hosts() {
+		if !h.PatchCurrent || h.Availability != "available" {
+			t.Errorf("%s: patch-current %t, %s; want patch-current and available", h.Name, h.PatchCurrent, h.Availability)
+		}
+	}
+	t.Logf("lab up %s; site ready and patch applied %s later; in the browser %s; total %s", labUp.Round(time.Second),
+		(ready - labUp).Round(time.Second), inBrowser.Round(time.Second), time.Since(start).Round(time.Second))
 }

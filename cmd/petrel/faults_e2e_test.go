@@ -237,3 +237,19 @@ func tailFile(path string) string {
 	lines := strings.Split(strings.TrimSpace(string(b)), "\n")
 	return strings.Join(lines[max(0, len(lines)-15):], "\n")
 }
+
+// grepFile is the lines of the file at path holding any of the patterns
+// (the last 60), for a failed test's report.
+func grepFile(path string, patterns ...string) string {
+	b, _ := os.ReadFile(path)
+	var out []string
+	for _, l := range strings.Split(string(b), "\n") {
+		for _, p := range patterns {
+			if strings.Contains(l, p) {
+				out = append(out, l)
+				break
+			}
+		}
+	}
+	return strings.Join(out[max(0, len(out)-60):], "\n")
+}

@@ -43,6 +43,14 @@ func TestPatchStrategyInTheLab(t *testing.T) {
 		if t.Failed() {
 			for _, h := range []string{"controller-0", "controller-1"} {
 				t.Logf("%s's site controller log ends:\n%s", h, tailFile(filepath.Join(dir, "hosts", "sp", h, "logs", "subcloud.log")))
+				t.Logf("%s's site controller on servers and their hosts:\n%s", h, grepFile(filepath.Join(dir, "hosts", "sp", h, "logs", "subcloud.log"),
+					"server state observed", "removing", "hypervisor host restarted", "server migrated", "migration", "evacuat", "swact", "\"level\":\"ERROR\""))
+			}
+			for _, h := range []string{"worker-0", "worker-1"} {
+				logs, _ := filepath.Glob(filepath.Join(dir, "hosts", "sp", h, "libvirt", "log", "qemu", "*.log"))
+				for _, l := range logs {
+					t.Logf("%s's %s:\n%s", h, filepath.Base(l), grepFile(l, "shutting down", "terminating", "reason", "error"))
+				}
 			}
 		}
 	})

@@ -136,6 +136,7 @@ type Central struct {
 	Subclouds SubcloudStore
 	tracker   *Tracker
 	links     links
+	linkw     *linkWriter // the links' registry writes, batched
 	witness   *witness // duplex controllers' witness sessions; never in links
 	signer    *auth.AssertionSigner
 	siteLn    net.Listener
@@ -195,6 +196,7 @@ func New(ctx context.Context, cfg Config) (*Central, error) {
 	c := &Central{cfg: cfg, shell: shell, log: cfg.Shell.Logger, Subclouds: subclouds,
 		tracker: NewTracker(cfg.UpdateInterval, 0), links: links{sessions: map[string]*yamux.Session{}},
 		writes: map[string]time.Time{}, seqs: map[string]uint64{}, stream: NewStream(), ingest: faultdb.NewIngest(shell.FaultLog)}
+	c.linkw = newLinkWriter(subclouds, func(site string) Availability { return c.availabilityNow(site, Online) })
 	if c.witness, err = openWitness(ctx, shell.DB, cfg.WitnessLeaseTTL, c.log.With("component", "witness")); err != nil {
 		shell.Close()
 		return nil, err
@@ -374,6 +376,7 @@ func (c *Central) Run(ctx context.Context) error {
 		c.witness.begin(time.Now())
 		g.Go(func() error { return c.serveLinks(ctx) })
 		g.Go(func() error { return c.sweep(ctx) })
+		g.Go(func() error { return c.linkw.Run(ctx) })
 		g.Go(func() error { return c.ingest.Run(ctx) })
 		g.Go(func() error { return c.sync.Run(ctx) })
 	}

@@ -397,21 +397,15 @@ func (c *Central) seen(ctx context.Context, site string, sum *linkproto.Summary)
 	if tn == nil && sum == nil && now.Sub(c.lastWrite(site)) < 30*time.Second {
 		return // a keepalive from an online site: no write needed
 	}
-	updated, err := c.Subclouds.UpdateSubcloud(ctx, site, func(sc *Subcloud) error {
-		sc.Availability = c.availabilityNow(site, Online)
-		sc.LastSeen = &now
-		if sum != nil {
-			sc.Hosts = HostCounts{Total: sum.Hosts, ByAvailability: sum.HostsByAvail}
-			sc.SoftwareVersion = sum.Version
-			sc.AlarmSummary = AlarmSummary{Critical: sum.Alarms["critical"], Major: sum.Alarms["major"],
-				Minor: sum.Alarms["minor"], Warning: sum.Alarms["warning"]}
-		}
-		sc.Status = StatusOf(sc.Availability, sc.AlarmSummary)
-		return nil
-	})
+	updated, ok, err := c.linkw.write(ctx, site, now, sum)
 	if err != nil {
-		c.log.Error("recording a site update failed", "site", site, "err", err)
+		if ctx.Err() == nil {
+			c.log.Error("recording a site update failed", "site", site, "err", err)
+		}
 		return
+	}
+	if !ok {
+		return // deleted meanwhile
 	}
 	c.wroteAt(site, now)
 	c.stream.Publish("subcloud", updated)
@@ -441,26 +435,41 @@ func (c *Central) sweep(ctx context.Context) error {
 		case <-ctx.Done():
 			return nil
 		case now := <-tick.C:
-			for _, tn := range c.tracker.Sweep(now.UTC()) {
-				updated, err := c.Subclouds.UpdateSubcloud(ctx, tn.Site, func(sc *Subcloud) error {
-					// The tracker's state now, not the transition's: an update
-					// that arrived meanwhile must not be overwritten.
-					sc.Availability = c.availabilityNow(tn.Site, Offline)
-					sc.Status = StatusOf(sc.Availability, sc.AlarmSummary)
-					return nil
-				})
-				if err != nil {
-					c.log.Error("recording offline failed", "site", tn.Site, "err", err)
-				} else {
-					c.stream.Publish("subcloud", updated)
-				}
-				c.log.Warn("subcloud offline", "site", tn.Site, "reason", tn.Reason)
-				if tn.From == Online {
-					if _, _, err := c.shell.Alarms.Raise(ctx, "280.001", "subcloud="+tn.Site, nil); err != nil {
-						c.log.Error("raising 280.001 failed", "site", tn.Site, "err", err)
-					}
-				}
+			c.markOffline(ctx, c.tracker.Sweep(now.UTC()))
+		}
+	}
+}
+
+// markOffline records the sweep's transitions in one transaction, then
+// publishes them and raises 280.001 for each site that was online.
+func (c *Central) markOffline(ctx context.Context, tns []Transition) {
+	if len(tns) == 0 {
+		return
+	}
+	names := make([]string, len(tns))
+	for i, tn := range tns {
+		names[i] = tn.Site
+	}
+	updated, err := c.Subclouds.UpdateSubclouds(ctx, names, func(sc *Subcloud) error {
+		// The tracker's state now, not the transition's: an update that
+		// arrived meanwhile must not be overwritten.
+		sc.Availability = c.availabilityNow(sc.Name, Offline)
+		sc.Status = StatusOf(sc.Availability, sc.AlarmSummary)
+		return nil
+	})
+	if err != nil {
+		c.log.Error("recording offline failed", "sites", len(names), "err", err)
+	}
+	for _, sc := range updated {
+		c.stream.Publish("subcloud", sc)
+	}
+	for _, tn := range tns {
+		c.log.Warn("subcloud offline", "site", tn.Site, "reason", tn.Reason)
+		if tn.From == Online {
+			if _, _, err := c.shell.Alarms.Raise(ctx, "280.001", "subcloud="+tn.Site, nil); err != nil {
+				c.log.Error("raising 280.001 failed", "site", tn.Site, "err", err)
 			}
 		}
 	}
 }
+

@@ -5,6 +5,7 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"slices"
 	"time"
 
 	"gorm.io/gorm"
@@ -290,6 +291,58 @@ func (s *sqlStore) UpdateSubcloud(ctx context.Context, name string, fn func(*Sub
 		return out, s.uniqueViolation(ctx, Subcloud{BootstrapAddress: out.BootstrapAddress})
 	}
 	return out, err
+}
+
+// updateBatch bounds the names one statement of UpdateSubclouds reads
+// (SQLite binds at most 32,766 parameters).
+const updateBatch = 1000
+
+func (s *sqlStore) UpdateSubclouds(ctx context.Context, names []string, fn func(*Subcloud) error) ([]Subcloud, error) {
+	names = slices.Clone(names)
+	slices.Sort(names) // one lock order for every writer
+	names = slices.Compact(names)
+	out := make([]Subcloud, 0, len(names))
+	err := s.db.WithContext(ctx).Transaction(func(tx *gorm.DB) error {
+		out = out[:0]
+		for chunk := range slices.Chunk(names, updateBatch) {
+			var rows []subcloudRow
+			if err := s.lockForUpdate(tx).Where("name IN ?", chunk).Order("name").Find(&rows).Error; err != nil {
+				return err
+			}
+			for _, r := range rows {
+				sc, err := fromRow(r)
+				if err != nil {
+					return err
+				}
+				before := sc
+				if err := fn(&sc); err != nil {
+					return err
+				}
+				sc.Name = r.Name
+				if sc.Group == "" {
+					sc.Group = DefaultGroup
+				}
+				if sc.Group != before.Group || sc.BootstrapAddress != before.BootstrapAddress {
+					return fmt.Errorf("subcloud %s: a batch update may not move it to another group or address", sc.Name)
+				}
+				row, err := toRow(sc)
+				if err != nil {
+					return err
+				}
+				if err := tx.Model(&subcloudRow{}).Where("name = ?", r.Name).Updates(map[string]any{
+					"shape": row.Shape, "availability": row.Availability, "management": row.Management,
+					"status": row.Status, "deploy_status": row.DeployStatus, "doc": row.Doc}).Error; err != nil {
+					return err
+				}
+				out = append(out, sc)
+			}
+		}
+		return nil
+	})
+	if err != nil {
+		return nil, err
+	}
+	return out, nil
 }
 
 func (s *sqlStore) DeleteSubcloud(ctx context.Context, name string, check func(Subcloud) error) error {

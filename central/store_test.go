@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"testing"
+	"time"
 
 	"github.com/petrel-edge/petrel/central"
 	"github.com/petrel-edge/petrel/internal/rest"
@@ -42,6 +43,37 @@ func TestConformanceSubcloudStore(t *testing.T) {
 		offline, _, _ := st.Subclouds(ctx, rest.ListOptions{Limit: 10, Filters: map[string]string{"status": "offline"}})
 		if len(offline) != 1 || offline[0].Name != "site-a" {
 			t.Errorf("Subclouds(status=offline) = %v", offline)
+		}
+		// A batch: both written in one transaction, an unknown name left
+		// out, duplicates once; an error from fn or a moved group changes
+		// nothing.
+		now := time.Now().UTC().Truncate(time.Millisecond)
+		batch, err := st.UpdateSubclouds(ctx, []string{"site-b", "nowhere", "site-a", "site-b"}, func(sc *central.Subcloud) error {
+			sc.Availability, sc.LastSeen = central.Online, &now
+			sc.Status = central.StatusOf(sc.Availability, sc.AlarmSummary)
+			return nil
+		})
+		if err != nil || len(batch) != 2 || batch[0].Name != "site-a" || batch[1].Name != "site-b" || batch[0].Availability != central.Online {
+			t.Errorf("UpdateSubclouds = %+v, %v; want site-a and site-b online", batch, err)
+		}
+		if got, _ := st.Subcloud(ctx, "site-a"); got.Availability != central.Online || got.LastSeen == nil || !got.LastSeen.Equal(now) || got.Management != central.Unmanaged {
+			t.Errorf("site-a after UpdateSubclouds: %+v", got)
+		}
+		boom := errors.New("boom")
+		if _, err := st.UpdateSubclouds(ctx, []string{"site-a", "site-b"}, func(sc *central.Subcloud) error {
+			if sc.Name == "site-b" {
+				return boom
+			}
+			sc.Availability = central.Offline
+			return nil
+		}); !errors.Is(err, boom) {
+			t.Errorf("UpdateSubclouds(fn fails) = %v; want its error", err)
+		}
+		if _, err := st.UpdateSubclouds(ctx, []string{"site-a"}, func(sc *central.Subcloud) error { sc.Group = "elsewhere"; return nil }); err == nil {
+			t.Error("UpdateSubclouds moved a subcloud to another group")
+		}
+		if got, _ := st.Subcloud(ctx, "site-a"); got.Availability != central.Online || got.Group != central.DefaultGroup {
+			t.Errorf("site-a after failed batches: %+v; want unchanged", got)
 		}
 		if err := st.DeleteSubcloud(ctx, "site-a", nil); err != nil {
 			t.Fatal(err)

@@ -260,6 +260,11 @@ type SubcloudStore interface {
 	// UpdateSubcloud applies fn to the stored subcloud in one transaction;
 	// a changed group or bootstrap address is checked as CreateSubcloud does.
 	UpdateSubcloud(ctx context.Context, name string, fn func(*Subcloud) error) (Subcloud, error)
+	// UpdateSubclouds applies fn to each named stored subcloud, all in one
+	// transaction, and returns them as stored, by name. Names not in the
+	// registry are left out. fn may not change a subcloud's group or
+	// bootstrap address; an error from fn changes nothing.
+	UpdateSubclouds(ctx context.Context, names []string, fn func(*Subcloud) error) ([]Subcloud, error)
 	// DeleteSubcloud removes the subcloud if check, when not nil, accepts
 	// it as it is inside the deleting transaction.
 	DeleteSubcloud(ctx context.Context, name string, check func(Subcloud) error) error

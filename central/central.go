@@ -137,7 +137,7 @@ type Central struct {
 	tracker   *Tracker
 	links     links
 	linkw     *linkWriter // the links' registry writes, batched
-	witness   *witness // duplex controllers' witness sessions; never in links
+	witness   *witness    // duplex controllers' witness sessions; never in links
 	signer    *auth.AssertionSigner
 	siteLn    net.Listener
 	stream    *Stream

@@ -472,4 +472,3 @@ func (c *Central) markOffline(ctx context.Context, tns []Transition) {
 		}
 	}
 }
-

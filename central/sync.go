@@ -159,6 +159,16 @@ type syncEngine struct {
 	mu    sync.Mutex
 	state map[string]*siteSync
 	heads map[string]uint64 // per resource: the newest version
+	// desired is, per resource, the whole desired set as last read, which
+	// audits share while the resource's head has not moved (thousands of
+	// sites audit after a restart: one read, not one per site).
+	desired map[string]desiredSet
+}
+
+// desiredSet is a resource's desired records as of head.
+type desiredSet struct {
+	head uint64
+	recs []SyncRecord
 }
 
 func newSyncEngine(cfg SyncConfig, store *SyncStore, reg SubcloudStore, sites syncSites, alarms syncAlarms,
@@ -168,7 +178,8 @@ func newSyncEngine(cfg SyncConfig, store *SyncStore, reg SubcloudStore, sites sy
 		publish = func(string, any) {}
 	}
 	return &syncEngine{cfg: cfg, store: store, reg: reg, sites: sites, alarms: alarms, syncers: syncers, log: log,
-		publish: publish, wake: make(chan struct{}, 1), state: map[string]*siteSync{}, heads: map[string]uint64{}}
+		publish: publish, wake: make(chan struct{}, 1), state: map[string]*siteSync{}, heads: map[string]uint64{},
+		desired: map[string]desiredSet{}}
 }
 
 // changed wakes the engine: the desired state moved.
@@ -465,7 +476,7 @@ func (e *syncEngine) passResource(ctx context.Context, s *siteSync, site syncSit
 		return nil // nothing newer: no query
 	}
 	if audit {
-		desired, head, err := e.store.Since(ctx, name, 0, 0)
+		desired, head, err := e.desiredOf(ctx, name)
 		if err != nil {
 			return setErr(err)
 		}
@@ -553,6 +564,29 @@ func (e *syncEngine) passResource(ctx context.Context, s *siteSync, site syncSit
 		}
 		acked = recs[len(recs)-1].Version
 	}
+}
+
+// desiredOf is resource's whole desired set and its head: the shared
+// copy while the head the engine last read has not moved, else read anew.
+// The records are shared: read-only.
+func (e *syncEngine) desiredOf(ctx context.Context, resource string) ([]SyncRecord, uint64, error) {
+	e.mu.Lock()
+	d, ok := e.desired[resource]
+	head := e.heads[resource]
+	e.mu.Unlock()
+	if ok && d.head == head {
+		return d.recs, d.head, nil
+	}
+	recs, head, err := e.store.Since(ctx, resource, 0, 0)
+	if err != nil {
+		return nil, 0, err
+	}
+	e.mu.Lock()
+	if cur, ok := e.desired[resource]; !ok || head >= cur.head {
+		e.desired[resource] = desiredSet{head: head, recs: recs}
+	}
+	e.mu.Unlock()
+	return recs, head, nil
 }
 
 // syncStatusNext is the status machine: the transitions a resource's
@@ -668,7 +702,10 @@ func (e *syncEngine) sweep(ctx context.Context, now time.Time) {
 	}
 	e.mu.Unlock()
 	sort.Slice(writes, func(i, j int) bool { return writes[i].st.Site < writes[j].st.Site })
-	changedSites := map[string]bool{}
+	// Alarms first (each its own record), then every state in one
+	// transaction: after a reconnect storm thousands change in one sweep.
+	var sts []SiteSyncState
+	var changed []write
 	for _, w := range writes {
 		entity := "subcloud=" + w.st.Site + ".resource=" + w.resource
 		switch {
@@ -687,19 +724,35 @@ func (e *syncEngine) sweep(ctx context.Context, now time.Time) {
 			w.st.Alarmed = false
 			e.setAlarmed(w.st.Site, w.resource, false, now)
 		}
-		if err := e.store.SetSiteSyncState(ctx, w.st); err != nil {
-			e.log.Warn("recording sync state failed", "site", w.st.Site, "resource", w.resource, "err", err)
-			e.markDirty(w.st.Site, w.resource)
-			continue
-		}
+		sts = append(sts, w.st)
 		if w.changed {
-			changedSites[w.st.Site] = true
+			changed = append(changed, w)
+		}
+	}
+	if err := e.store.SetSiteSyncStates(ctx, sts); err != nil {
+		e.log.Warn("recording sync states failed", "states", len(sts), "err", err)
+		for _, st := range sts {
+			e.markDirty(st.Site, st.Resource)
+		}
+		return
+	}
+	var sites []string
+	for _, w := range changed {
+		if len(sites) == 0 || sites[len(sites)-1] != w.st.Site {
+			sites = append(sites, w.st.Site)
+		}
+		if len(changed) <= 100 {
 			e.log.Info("sync status", "site", w.st.Site, "resource", w.resource, "status", w.st.Status, "reason", w.st.Reason)
 		}
 	}
-	for site := range changedSites {
-		e.recordSubcloud(ctx, site)
+	if len(changed) > 100 {
+		n := map[SyncStatus]int{}
+		for _, w := range changed {
+			n[w.st.Status]++
+		}
+		e.log.Info("sync statuses changed", "sites", len(sites), "resources", len(changed), "in_sync", n[InSync], "out_of_sync", n[OutOfSync], "unknown", n[SyncUnknown])
 	}
+	e.recordSubclouds(ctx, sites)
 }
 
 func (e *syncEngine) setAlarmed(site, resource string, on bool, now time.Time) {
@@ -738,21 +791,23 @@ func (e *syncEngine) statuses(site string) map[string]SyncStatus {
 	return out
 }
 
-// recordSubcloud writes site's statuses into its registry record, which
-// `subcloud show` reads, and tells the stream.
-func (e *syncEngine) recordSubcloud(ctx context.Context, site string) {
-	sts := e.statuses(site)
-	sc, err := e.reg.UpdateSubcloud(ctx, site, func(sc *Subcloud) error {
-		sc.Sync = sts
+// recordSubclouds writes sites' statuses into their registry records
+// (one transaction), which `subcloud show` reads, and tells the stream.
+func (e *syncEngine) recordSubclouds(ctx context.Context, sites []string) {
+	if len(sites) == 0 {
+		return
+	}
+	scs, err := e.reg.UpdateSubclouds(ctx, sites, func(sc *Subcloud) error {
+		sc.Sync = e.statuses(sc.Name)
 		return nil
 	})
 	if err != nil {
-		if !errors.Is(err, ErrSubcloudNotFound) {
-			e.log.Warn("recording a subcloud's sync status failed", "site", site, "err", err)
-		}
+		e.log.Warn("recording subclouds' sync status failed", "sites", len(sites), "err", err)
 		return
 	}
-	e.publish("subcloud", sc)
+	for _, sc := range scs {
+		e.publish("subcloud", sc)
+	}
 }
 
 // truncate cuts s to at most n bytes, dropping a rune it would split.

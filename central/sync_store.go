@@ -413,36 +413,67 @@ func (s *SyncStore) SiteSyncStates(ctx context.Context, site string) ([]SiteSync
 	return out, nil
 }
 
-// SetSiteSyncState writes st, replacing what was recorded for its site and
-// resource.
+// SetSiteSyncState records one site's sync state of one resource.
 func (s *SyncStore) SetSiteSyncState(ctx context.Context, st SiteSyncState) error {
-	if err := validateSite(st.Site); err != nil {
-		return err
+	return s.SetSiteSyncStates(ctx, []SiteSyncState{st})
+}
+
+// siteSyncBatch bounds the rows of one upsert statement (PostgreSQL binds
+// at most 65,535 parameters; a row takes 8).
+const siteSyncBatch = 500
+
+// SetSiteSyncStates records sites' sync states, all in one transaction
+// (the sync engine's sweep writes thousands at once). One invalid state
+// fails them all, and nothing is written. A site and resource named twice
+// keeps the last.
+func (s *SyncStore) SetSiteSyncStates(ctx context.Context, sts []SiteSyncState) error {
+	rows := make([]syncStatusRow, 0, len(sts))
+	at := map[[2]string]int{}
+	for _, st := range sts {
+		if err := validateSite(st.Site); err != nil {
+			return err
+		}
+		if err := syncproto.ValidateResource(st.Resource); err != nil {
+			return err
+		}
+		if !st.Status.Valid() {
+			return errs.Field("status", "%q is not one of %s, %s, %s", st.Status, InSync, OutOfSync, SyncUnknown)
+		}
+		if len(st.Reason) > maxText {
+			return errs.Field("reason", "at most %d bytes", maxText)
+		}
+		if st.Pending < 0 {
+			return errs.Field("pending", "must not be negative")
+		}
+		row := syncStatusRow{Site: st.Site, Resource: st.Resource, Acked: int64(st.Acked), Status: string(st.Status),
+			Since: st.Since.UTC(), Reason: st.Reason, Pending: st.Pending, Alarmed: st.Alarmed}
+		if !st.AuditAt.IsZero() {
+			a := st.AuditAt.UTC()
+			row.AuditAt = &a
+		}
+		// One statement may not upsert a row twice (PostgreSQL refuses).
+		key := [2]string{st.Site, st.Resource}
+		if i, ok := at[key]; ok {
+			rows[i] = row
+			continue
+		}
+		at[key] = len(rows)
+		rows = append(rows, row)
 	}
-	if err := syncproto.ValidateResource(st.Resource); err != nil {
-		return err
+	if len(rows) == 0 {
+		return nil
 	}
-	if !st.Status.Valid() {
-		return errs.Field("status", "%q is not one of %s, %s, %s", st.Status, InSync, OutOfSync, SyncUnknown)
-	}
-	if len(st.Reason) > maxText {
-		return errs.Field("reason", "at most %d bytes", maxText)
-	}
-	if st.Pending < 0 {
-		return errs.Field("pending", "must not be negative")
-	}
-	row := syncStatusRow{Site: st.Site, Resource: st.Resource, Acked: int64(st.Acked), Status: string(st.Status),
-		Since: st.Since.UTC(), Reason: st.Reason, Pending: st.Pending, Alarmed: st.Alarmed}
-	if !st.AuditAt.IsZero() {
-		a := st.AuditAt.UTC()
-		row.AuditAt = &a
-	}
-	err := s.db.WithContext(ctx).Clauses(clause.OnConflict{
-		Columns:   []clause.Column{{Name: "site"}, {Name: "resource"}},
-		DoUpdates: clause.AssignmentColumns([]string{"acked", "status", "since", "reason", "pending", "audit_at", "alarmed"}),
-	}).Create(&row).Error
+	err := s.db.WithContext(ctx).Transaction(func(tx *gorm.DB) error {
+		return tx.Clauses(clause.OnConflict{
+			Columns:   []clause.Column{{Name: "site"}, {Name: "resource"}},
+			DoUpdates: clause.AssignmentColumns([]string{"acked", "status", "since", "reason", "pending", "audit_at", "alarmed"}),
+		}).CreateInBatches(&rows, siteSyncBatch).Error
+	})
 	if err != nil {
-		return fmt.Errorf("central: write sync status of %s/%s: %w", st.Site, st.Resource, err)
+		if len(rows) == 1 {
+			return fmt.Errorf("central: write sync status of %s/%s: %w", rows[0].Site, rows[0].Resource, err)
+		}
+		return fmt.Errorf("central: write sync status of %d sites' resources: %w", len(rows), err)
 	}
 	return nil
 }

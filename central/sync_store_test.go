@@ -8,6 +8,7 @@ import (
 	"fmt"
 	"math"
 	"path/filepath"
+	"slices"
 	"sync"
 	"testing"
 	"time"
@@ -452,6 +453,31 @@ func testSyncSiteStatus(t *testing.T, open openSyncStore) {
 	}
 	if got, _ := st.SiteSyncStates(ctx, "site-1"); len(got) != 2 || got[0].Status != central.InSync {
 		t.Errorf("a refused status changed the stored one: %+v", got)
+	}
+	// A batch: many sites in one transaction (more than one statement's
+	// rows), a site named twice keeps the last; one invalid state and
+	// nothing is written.
+	var many []central.SiteSyncState
+	for i := range 1203 {
+		many = append(many, central.SiteSyncState{Site: fmt.Sprintf("batch-%04d", i), Resource: syncproto.Flavors, Acked: uint64(i),
+			Status: central.OutOfSync, Since: now, Reason: "behind"})
+	}
+	many = append(many, central.SiteSyncState{Site: "batch-0007", Resource: syncproto.Flavors, Acked: 77, Status: central.InSync, Since: now})
+	if err := st.SetSiteSyncStates(ctx, many); err != nil {
+		t.Fatalf("SetSiteSyncStates(1204) = %v", err)
+	}
+	for site, want := range map[string]uint64{"batch-0000": 0, "batch-0007": 77, "batch-1202": 1202} {
+		if got, err := st.SiteSyncStates(ctx, site); err != nil || len(got) != 1 || got[0].Acked != want {
+			t.Errorf("SiteSyncStates(%s) after the batch = %+v, %v; want acked %d", site, got, err, want)
+		}
+	}
+	bad := append(slices.Clone(many[:3]), central.SiteSyncState{Site: "batch-0001", Resource: syncproto.Flavors, Status: "synced"})
+	bad[0].Acked = 999
+	if err := st.SetSiteSyncStates(ctx, bad); !errors.Is(err, errs.Invalid) {
+		t.Errorf("SetSiteSyncStates(with an invalid state) = %v; want Invalid", err)
+	}
+	if got, _ := st.SiteSyncStates(ctx, "batch-0000"); len(got) != 1 || got[0].Acked != 0 {
+		t.Errorf("a refused batch changed a stored state: %+v", got)
 	}
 	if err := st.DeleteSiteSyncStates(ctx, "site-1"); err != nil {
 		t.Fatal(err)

@@ -123,6 +123,9 @@ type Config struct {
 	// FleetOfflineWait bounds how long a fleet step waits for an offline
 	// site; zero: fleet.DefaultOfflineWait.
 	FleetOfflineWait time.Duration
+	// LinkLimits bound what one site's link may send (flood.go); zero
+	// fields: defaults.
+	LinkLimits LinkLimits
 }
 
 // DefaultRestartGrace covers a site's longest reconnect backoff (30 s) with margin.
@@ -155,6 +158,8 @@ type Central struct {
 	blobs    *blobServer // sites fetch synced images' bytes over their links
 	// admitSteps times each step of a link's admission (link.go).
 	admitSteps *prometheus.HistogramVec
+	// linkThrottled counts frames delayed by sites' link limits (flood.go).
+	linkThrottled prometheus.Counter
 	deploys    *deployEngine
 	relaySites *relaySites
 	patches    *centralPatches
@@ -178,6 +183,7 @@ const (
 // New builds central; it starts nothing.
 func New(ctx context.Context, cfg Config) (*Central, error) {
 	cfg.Shell.Daemon, cfg.Shell.Site, cfg.Shell.OpenAPI = "central", "", openapiFragment
+	cfg.LinkLimits.defaults()
 	shell, err := server.New(ctx, cfg.Shell)
 	if err != nil {
 		return nil, err
@@ -242,6 +248,9 @@ func New(ctx context.Context, cfg Config) (*Central, error) {
 		Help:    "Time of each step of admitting a site's link: slot (waiting for an admission slot), handshake, certificate, hello, cursor, register, online.",
 		Buckets: []float64{.001, .003, .01, .03, .1, .3, 1, 3, 10}}, []string{"step"})
 	shell.Registry.MustRegister(c.admitSteps)
+	c.linkThrottled = prometheus.NewCounter(prometheus.CounterOpts{Name: "petrel_central_link_throttled_frames_total",
+		Help: "Frames from sites' links that central delayed: the site was over its link limits (280.007)."})
+	shell.Registry.MustRegister(c.linkThrottled)
 	if c.deploys, err = openDeploys(ctx, c, cfg); err != nil {
 		shell.Close()
 		return nil, err

@@ -252,10 +252,15 @@ func (c *Central) serveLink(ctx context.Context, conn net.Conn) error {
 	}()
 	defer func() { close(batches); <-applied }()
 
+	throttle := c.newLinkThrottle(site)
 	for {
 		ctl.SetReadDeadline(time.Now().Add(3 * c.tracker.interval))
 		m, err := linkproto.Read(ctl)
 		if err != nil {
+			return err
+		}
+		// A site over its limits is read no faster than they allow.
+		if err := throttle.admit(ctx, len(m.Records)); err != nil {
 			return err
 		}
 		switch m.Type {

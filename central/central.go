@@ -160,11 +160,11 @@ type Central struct {
 	admitSteps *prometheus.HistogramVec
 	// linkThrottled counts frames delayed by sites' link limits (flood.go).
 	linkThrottled prometheus.Counter
-	deploys    *deployEngine
-	relaySites *relaySites
-	patches    *centralPatches
-	fleetStore *strategydb.Store
-	fleetEx    *fleet.Executor
+	deploys       *deployEngine
+	relaySites    *relaySites
+	patches       *centralPatches
+	fleetStore    *strategydb.Store
+	fleetEx       *fleet.Executor
 
 	wmu    sync.Mutex
 	ingest *faultdb.Ingest // sites' records, combined into transactions

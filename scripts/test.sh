@@ -22,8 +22,16 @@ gotest() { # gotest LOGNAME ARGS...
   go test -v "$@" >"$log" 2>&1 || rc=$?
   grep -E '^(ok|FAIL|\?|--- FAIL|panic:)' "$log" | grep -v 'no test files' || true
   if [ "$rc" != 0 ]; then
+    # Each failed top-level test's own output (its last 150 lines), then
+    # the end of the whole log (a panic or a timeout is there).
+    local name
+    for name in $(grep -E '^--- FAIL: ' "$log" | awk '{print $3}' | sort -u); do
+      echo "--- the output of $name (the last 150 lines):"
+      awk -v n="$name" '$0 == "=== RUN   " n {on=1} on {print} on && index($0, "--- FAIL: " n " ") == 1 {on=0}' "$log" |
+        grep -v -E '^(=== (RUN|PAUSE|CONT|NAME)|--- PASS)' | tail -n 150
+    done
     echo "--- go test failed (exit $rc); the end of its output ($log):"
-    grep -v -E '^(=== (RUN|PAUSE|CONT|NAME)|--- PASS|PASS$)' "$log" | tail -n 120
+    grep -v -E '^(=== (RUN|PAUSE|CONT|NAME)|--- PASS|PASS$)' "$log" | tail -n 60
   fi
   return "$rc"
 }

@@ -839,11 +839,13 @@ func (r *fleetRun) flavors(ctx context.Context, res *FleetResult) error {
 	for k := range r.cfg.Flavors {
 		var fl compute.Flavor
 		name := fmt.Sprintf("fleet-%d-%d", time.Now().Unix(), k)
+		// From the request: central may push the flavor to sites before
+		// its answer to the POST arrives here (a busy machine).
+		at := time.Now()
 		if err := r.api.Do(ctx, http.MethodPost, "/v1/flavors", nil, central.FlavorRequest{Name: name, VCPUs: 1, RAMMiB: 64,
 			DiskGiB: 1, Public: true}, &fl); err != nil {
 			return err
 		}
-		at := time.Now()
 		deadline := at.Add(60*time.Second + time.Duration(r.cfg.Sites)*5*time.Millisecond)
 		for {
 			var got []time.Duration

@@ -195,6 +195,9 @@ func New(ctx context.Context, cfg Config) (*Central, error) {
 		}
 	}
 	subclouds, err := OpenSubcloudStore(ctx, shell.DB)
+	if err == nil {
+		subclouds, err = CacheSubclouds(ctx, subclouds)
+	}
 	if err != nil {
 		shell.Close()
 		return nil, err

@@ -18,7 +18,6 @@ import (
 	"github.com/petrel-edge/petrel/internal/rest"
 	"github.com/petrel-edge/petrel/internal/server/servertest"
 	"github.com/petrel-edge/petrel/internal/sqldb"
-	"github.com/petrel-edge/petrel/internal/sqldb/sqldbtest"
 	"github.com/petrel-edge/petrel/inventory"
 )
 
@@ -198,17 +197,11 @@ func TestParseBootstrapValues(t *testing.T) {
 }
 
 func TestConformanceSubcloudGroups(t *testing.T) {
-	sqldbtest.Each(t, func(t *testing.T, open func(*testing.T) *sqldb.DB) {
+	eachRegistry(t, func(t *testing.T, db *sqldb.DB, reopen func(*testing.T) central.SubcloudStore) {
 		ctx := context.Background()
-		db := open(t)
-		if _, err := central.OpenSubcloudStore(ctx, db); err != nil {
-			t.Fatal(err)
-		}
+		reopen(t)
 		// Opening again keeps the one Default group (the list below holds one).
-		st, err := central.OpenSubcloudStore(ctx, db)
-		if err != nil {
-			t.Fatal(err)
-		}
+		st := reopen(t)
 		def, err := st.SubcloudGroup(ctx, central.DefaultGroup)
 		if err != nil || def.UpdateApplyType != central.ApplyParallel || def.MaxParallelSubclouds != 2 {
 			t.Fatalf("SubcloudGroup(Default) = %+v, %v", def, err)
@@ -339,6 +332,7 @@ func TestConformanceSubcloudGroups(t *testing.T) {
 		if won != 1 {
 			t.Errorf("%d racing registrations of one address succeeded; want 1", won)
 		}
+		sameAsDatabase(t, db, st)
 	})
 }
 

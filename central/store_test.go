@@ -2,7 +2,9 @@ package central_test
 
 import (
 	"context"
+	"encoding/json"
 	"errors"
+	"slices"
 	"testing"
 	"time"
 
@@ -13,13 +15,77 @@ import (
 	"github.com/petrel-edge/petrel/inventory"
 )
 
-func TestConformanceSubcloudStore(t *testing.T) {
+// eachRegistry runs fn on each database with the registry as the
+// database store and as its in-memory copy (CacheSubclouds): reopen opens
+// it on db again.
+func eachRegistry(t *testing.T, fn func(t *testing.T, db *sqldb.DB, reopen func(*testing.T) central.SubcloudStore)) {
 	sqldbtest.Each(t, func(t *testing.T, open func(*testing.T) *sqldb.DB) {
-		ctx := context.Background()
-		st, err := central.OpenSubcloudStore(ctx, open(t))
-		if err != nil {
-			t.Fatal(err)
+		for _, cached := range []bool{false, true} {
+			name := "database"
+			if cached {
+				name = "cached"
+			}
+			t.Run(name, func(t *testing.T) {
+				db := open(t)
+				fn(t, db, func(t *testing.T) central.SubcloudStore {
+					st, err := central.OpenSubcloudStore(context.Background(), db)
+					if err == nil && cached {
+						st, err = central.CacheSubclouds(context.Background(), st)
+					}
+					if err != nil {
+						t.Fatal(err)
+					}
+					return st
+				})
+			})
 		}
+	})
+}
+
+// sameAsDatabase checks that st lists what a fresh read of db holds,
+// page by page and by each filter value seen.
+func sameAsDatabase(t *testing.T, db *sqldb.DB, st central.SubcloudStore) {
+	t.Helper()
+	ctx := context.Background()
+	fresh, err := central.OpenSubcloudStore(ctx, db)
+	if err != nil {
+		t.Fatal(err)
+	}
+	list := func(s central.SubcloudStore, filters map[string]string) []string {
+		var out []string
+		opts := rest.ListOptions{Limit: 2, Filters: filters}
+		for {
+			scs, next, err := s.Subclouds(ctx, opts)
+			if err != nil {
+				t.Fatal(err)
+			}
+			for _, sc := range scs {
+				b, _ := json.Marshal(sc)
+				out = append(out, string(b))
+			}
+			if next == "" {
+				return out
+			}
+			opts.After = next
+		}
+	}
+	want := list(fresh, nil)
+	if got := list(st, nil); !slices.Equal(got, want) {
+		t.Errorf("the store lists\n%v\nthe database holds\n%v", got, want)
+	}
+	for _, f := range central.SubcloudFilters {
+		for _, v := range []string{"simplex", "duplex", "online", "offline", "managed", "unmanaged", "not-deployed", "Default", "east", "north"} {
+			if got, want := list(st, map[string]string{f: v}), list(fresh, map[string]string{f: v}); !slices.Equal(got, want) {
+				t.Errorf("%s=%s: the store lists %d, the database %d", f, v, len(got), len(want))
+			}
+		}
+	}
+}
+
+func TestConformanceSubcloudStore(t *testing.T) {
+	eachRegistry(t, func(t *testing.T, db *sqldb.DB, reopen func(*testing.T) central.SubcloudStore) {
+		ctx := context.Background()
+		st := reopen(t)
 		for _, sc := range []central.Subcloud{
 			{Name: "site-b", Shape: inventory.Duplex, Availability: central.Online, Management: central.Managed, Status: central.StatusOK,
 				Sync: map[string]central.SyncStatus{"images": central.InSync}},
@@ -75,11 +141,19 @@ func TestConformanceSubcloudStore(t *testing.T) {
 		if got, _ := st.Subcloud(ctx, "site-a"); got.Availability != central.Online || got.Group != central.DefaultGroup {
 			t.Errorf("site-a after failed batches: %+v; want unchanged", got)
 		}
+		sameAsDatabase(t, db, st)
 		if err := st.DeleteSubcloud(ctx, "site-a", nil); err != nil {
 			t.Fatal(err)
 		}
 		if _, err := st.Subcloud(ctx, "site-a"); !errors.Is(err, central.ErrSubcloudNotFound) {
 			t.Errorf("Subcloud(deleted) = %v; want ErrSubcloudNotFound", err)
+		}
+		sameAsDatabase(t, db, st)
+		// What a caller does with a subcloud it read does not reach the store.
+		got, _ = st.Subcloud(ctx, "site-b")
+		got.Sync["images"] = central.OutOfSync
+		if again, _ := st.Subcloud(ctx, "site-b"); again.Sync["images"] != central.InSync {
+			t.Errorf("changing a read subcloud changed the store's: %v", again.Sync)
 		}
 	})
 }

@@ -285,8 +285,11 @@ func (e *syncEngine) Run(ctx context.Context) error {
 // started by wakes (a change at central, a pass that ended).
 const roundGap = 50 * time.Millisecond
 
-// load reads the persisted state: cursors, statuses, alarms.
+// load reads the persisted state: cursors, statuses, alarms. Links may
+// come up meanwhile (linkUp): the state is built aside and installed
+// under e.mu.
 func (e *syncEngine) load(ctx context.Context) error {
+	managed := map[string]bool{}
 	opts := rest.ListOptions{Limit: rest.MaxLimit}
 	for {
 		scs, next, err := e.reg.Subclouds(ctx, opts)
@@ -294,32 +297,41 @@ func (e *syncEngine) load(ctx context.Context) error {
 			return err
 		}
 		for _, sc := range scs {
-			sts, err := e.store.SiteSyncStates(ctx, sc.Name)
-			if err != nil {
-				return err
-			}
-			s := e.siteLocked(sc.Name)
-			s.managed = sc.Management == Managed
-			for _, st := range sts {
-				r := s.resource(st.Resource)
-				if r == nil {
-					continue
-				}
-				r.acked, r.status, r.since, r.reason, r.alarmed = st.Acked, st.Status, st.Since, st.Reason, st.Alarmed
-				r.auditAt = st.AuditAt
-				if r.alarmed {
-					r.raised = st.Since
-				}
-			}
+			managed[sc.Name] = sc.Management == Managed
 		}
 		if next == "" {
-			return nil
+			break
 		}
 		opts.After = next
 	}
+	sts, err := e.store.AllSiteSyncStates(ctx)
+	if err != nil {
+		return err
+	}
+	e.mu.Lock()
+	defer e.mu.Unlock()
+	for name, m := range managed {
+		s := e.siteLocked(name)
+		s.managed = m
+	}
+	for _, st := range sts {
+		if _, ok := managed[st.Site]; !ok {
+			continue // its subcloud is gone
+		}
+		r := e.siteLocked(st.Site).resource(st.Resource)
+		if r == nil {
+			continue
+		}
+		r.acked, r.status, r.since, r.reason, r.alarmed = st.Acked, st.Status, st.Since, st.Reason, st.Alarmed
+		r.auditAt = st.AuditAt
+		if r.alarmed {
+			r.raised = st.Since
+		}
+	}
+	return nil
 }
 
-// siteLocked returns site's state, creating it (e.mu held or not yet shared).
+// siteLocked returns site's state, creating it (e.mu held).
 func (e *syncEngine) siteLocked(name string) *siteSync {
 	s := e.state[name]
 	if s == nil {

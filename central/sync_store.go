@@ -404,13 +404,33 @@ func (s *SyncStore) SiteSyncStates(ctx context.Context, site string) ([]SiteSync
 	}
 	out := make([]SiteSyncState, len(rows))
 	for i, r := range rows {
-		out[i] = SiteSyncState{Site: r.Site, Resource: r.Resource, Acked: uint64(r.Acked), Status: SyncStatus(r.Status),
-			Since: r.Since.UTC(), Reason: r.Reason, Pending: r.Pending, Alarmed: r.Alarmed}
-		if r.AuditAt != nil {
-			out[i].AuditAt = r.AuditAt.UTC()
-		}
+		out[i] = stateOf(r)
 	}
 	return out, nil
+}
+
+// AllSiteSyncStates returns the persisted sync state of every site, by
+// site and resource: the engine reads it once at start (one query, not
+// one per site).
+func (s *SyncStore) AllSiteSyncStates(ctx context.Context) ([]SiteSyncState, error) {
+	var rows []syncStatusRow
+	if err := s.db.WithContext(ctx).Order("site").Order("resource").Find(&rows).Error; err != nil {
+		return nil, fmt.Errorf("central: read sync status: %w", err)
+	}
+	out := make([]SiteSyncState, len(rows))
+	for i, r := range rows {
+		out[i] = stateOf(r)
+	}
+	return out, nil
+}
+
+func stateOf(r syncStatusRow) SiteSyncState {
+	st := SiteSyncState{Site: r.Site, Resource: r.Resource, Acked: uint64(r.Acked), Status: SyncStatus(r.Status),
+		Since: r.Since.UTC(), Reason: r.Reason, Pending: r.Pending, Alarmed: r.Alarmed}
+	if r.AuditAt != nil {
+		st.AuditAt = r.AuditAt.UTC()
+	}
+	return st
 }
 
 // SetSiteSyncState records one site's sync state of one resource.

@@ -224,6 +224,9 @@ func New(ctx context.Context, cfg Config) (*Central, error) {
 		return nil, err
 	}
 	c.relaySites = newRelaySites(c)
+	if cfg.Sync.Storm == nil {
+		cfg.Sync.Storm = c.links.storm
+	}
 	c.sync = newSyncEngine(cfg.Sync, store, subclouds, c.relaySites, shell.Alarms,
 		[]syncer{projectSyncer{}, flavorSyncer{}, imageSyncer{}, userSyncer{}, patchSyncer{}}, c.log.With("component", "sync"),
 		func(typ string, v any) { c.stream.Publish(typ, v) })

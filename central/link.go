@@ -11,6 +11,7 @@ import (
 	"net"
 	"net/http"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"github.com/hashicorp/yamux"
@@ -27,6 +28,7 @@ type links struct {
 
 	admitOnce sync.Once
 	admitCh   chan struct{}
+	waiting   atomic.Int64 // links waiting for a slot
 }
 
 // Admission control: a reconnect storm (every site after a central
@@ -36,12 +38,24 @@ type links struct {
 // their share of CPU and database connections meanwhile.
 const (
 	maxAdmitting = 64
-	admitWait    = 10 * time.Second
+	// admitWait is how long a link waits for a slot before it is closed
+	// (the site then retries after its backoff). Long enough that a
+	// central restart's storm queues rather than pushes sites into long
+	// backoffs; shorter than a site's dial timeout (subcloud/homelink.go).
+	admitWait = 25 * time.Second
 )
 
 // admit takes an admission slot; release gives it back (once).
 func (l *links) admit(ctx context.Context) (release func(), err error) {
 	l.admitOnce.Do(func() { l.admitCh = make(chan struct{}, maxAdmitting) })
+	select {
+	case l.admitCh <- struct{}{}:
+		var once sync.Once
+		return func() { once.Do(func() { <-l.admitCh }) }, nil
+	default:
+	}
+	l.waiting.Add(1)
+	defer l.waiting.Add(-1)
 	t := time.NewTimer(admitWait)
 	defer t.Stop()
 	select {
@@ -54,6 +68,9 @@ func (l *links) admit(ctx context.Context) (release func(), err error) {
 		return nil, errors.New("central: too many links being admitted; the site retries")
 	}
 }
+
+// storm reports links waiting for an admission slot: a reconnect storm.
+func (l *links) storm() bool { return l.waiting.Load() > 0 }
 
 func (l *links) get(site string) *yamux.Session {
 	l.mu.Lock()

@@ -84,6 +84,11 @@ type SyncConfig struct {
 	Now         func() time.Time
 	SiteRefresh time.Duration // how often the registry is re-read (10 s; at once after registryChanged)
 	Recheck     time.Duration // audit period while records are pending (2 s)
+	// Storm reports a reconnect storm (links waiting for admission):
+	// audits, a list per resource from each site over its link, wait
+	// until it has passed, so the admissions have the CPU; deltas go on.
+	// Nil: never.
+	Storm func() bool
 }
 
 func (c *SyncConfig) defaults() {
@@ -101,6 +106,9 @@ func (c *SyncConfig) defaults() {
 	set(&c.RetryMax, 30*time.Second)
 	set(&c.SiteRefresh, 10*time.Second)
 	set(&c.Recheck, 2*time.Second)
+	if c.Storm == nil {
+		c.Storm = func() bool { return false }
+	}
 	if c.Parallel <= 0 {
 		c.Parallel = 64
 	}
@@ -395,6 +403,7 @@ func (e *syncEngine) refreshHeads(ctx context.Context) error {
 // due marks and returns the sites a pass should run for now: managed,
 // linked, idle, past their backoff, and behind or due an audit.
 func (e *syncEngine) due(now time.Time) []*siteSync {
+	storm := e.cfg.Storm()
 	e.mu.Lock()
 	defer e.mu.Unlock()
 	var out []*siteSync
@@ -403,11 +412,17 @@ func (e *syncEngine) due(now time.Time) []*siteSync {
 		if !s.managed || !s.linked || s.busy || now.Before(s.retryAt) {
 			continue
 		}
-		work := s.auditNow
+		work, audit := s.auditNow, s.auditNow
 		for name, r := range s.res {
-			if r.acked < e.heads[name] || !r.audited || now.Sub(r.auditAt) >= e.cfg.AuditEvery {
+			if !r.audited || now.Sub(r.auditAt) >= e.cfg.AuditEvery {
+				work, audit = true, true
+			}
+			if r.acked < e.heads[name] {
 				work = true
 			}
+		}
+		if audit && storm {
+			continue // after the storm
 		}
 		if work {
 			s.busy = true

@@ -92,7 +92,9 @@ func (s *Subcloud) homeTLS() (*tls.Config, error) {
 // linkOnce runs one connection: hello, then updates every interval, while
 // central's relayed calls are served on the streams it opens.
 func (s *Subcloud) linkOnce(ctx context.Context, tlsCfg *tls.Config) error {
-	d := tls.Dialer{NetDialer: &net.Dialer{Timeout: 10 * time.Second}, Config: tlsCfg}
+	// The timeout covers the TLS handshake, which waits while central
+	// admits a reconnect storm (up to 25 s: central/link.go, admitWait).
+	d := tls.Dialer{NetDialer: &net.Dialer{Timeout: 30 * time.Second}, Config: tlsCfg}
 	conn, err := d.DialContext(ctx, "tcp", s.cfg.Central.Addr)
 	if err != nil {
 		return err

@@ -1,7 +1,9 @@
 package central
 
 import (
+	"bytes"
 	"context"
+	"encoding/json"
 	"fmt"
 	"maps"
 	"slices"
@@ -29,8 +31,25 @@ type cachedRegistry struct {
 	wmu sync.Mutex // serialises writes (database, then the copy)
 
 	mu     sync.RWMutex
-	byName map[string]Subcloud
+	byName map[string]entry
 	names  []string // sorted (byte order)
+}
+
+// entry is one subcloud as committed and its JSON, encoded once per
+// write: the API's reads send it as it is (encoding 50 subclouds per list
+// read was a quarter of central's CPU at 2,000 reads/s).
+type entry struct {
+	sc  Subcloud
+	doc []byte
+}
+
+func newEntry(sc Subcloud) entry {
+	sc = clone(sc)
+	doc, err := json.Marshal(sc)
+	if err != nil {
+		doc = nil // encoded per read instead (never: Subcloud always encodes)
+	}
+	return entry{sc: sc, doc: doc}
 }
 
 var _ SubcloudStore = (*cachedRegistry)(nil)
@@ -49,7 +68,7 @@ func CacheSubclouds(ctx context.Context, db SubcloudStore) (SubcloudStore, error
 // reload reads every subcloud from the database (at start, and after a
 // group rename moved members).
 func (c *cachedRegistry) reload(ctx context.Context) error {
-	byName := map[string]Subcloud{}
+	byName := map[string]entry{}
 	opts := rest.ListOptions{Limit: rest.MaxLimit}
 	for {
 		scs, next, err := c.db.Subclouds(ctx, opts)
@@ -57,7 +76,7 @@ func (c *cachedRegistry) reload(ctx context.Context) error {
 			return fmt.Errorf("central: read the registry: %w", err)
 		}
 		for _, sc := range scs {
-			byName[sc.Name] = sc
+			byName[sc.Name] = newEntry(sc)
 		}
 		if next == "" {
 			break
@@ -80,7 +99,7 @@ func (c *cachedRegistry) put(scs ...Subcloud) {
 			i, _ := slices.BinarySearch(c.names, sc.Name)
 			c.names = slices.Insert(c.names, i, sc.Name)
 		}
-		c.byName[sc.Name] = clone(sc)
+		c.byName[sc.Name] = newEntry(sc)
 	}
 }
 
@@ -103,18 +122,77 @@ func clone(sc Subcloud) Subcloud {
 
 func (c *cachedRegistry) Subcloud(_ context.Context, name string) (Subcloud, error) {
 	c.mu.RLock()
-	sc, ok := c.byName[name]
+	e, ok := c.byName[name]
 	c.mu.RUnlock()
 	if !ok {
 		return Subcloud{}, fmt.Errorf("%w: %s", ErrSubcloudNotFound, name)
 	}
-	return clone(sc), nil
+	return clone(e.sc), nil
+}
+
+// subcloudJSON is the named subcloud's JSON as the API sends it.
+func (c *cachedRegistry) subcloudJSON(name string) ([]byte, error) {
+	c.mu.RLock()
+	e, ok := c.byName[name]
+	c.mu.RUnlock()
+	if !ok {
+		return nil, fmt.Errorf("%w: %s", ErrSubcloudNotFound, name)
+	}
+	if e.doc == nil {
+		return json.Marshal(e.sc)
+	}
+	return e.doc, nil
 }
 
 // Subclouds lists as the database store does: by name, after opts.After,
 // at most opts.Limit, exact-match filters.
 func (c *cachedRegistry) Subclouds(_ context.Context, opts rest.ListOptions) ([]Subcloud, string, error) {
-	match := func(sc Subcloud) bool {
+	var out []Subcloud
+	next := c.walk(opts, func(e entry) { out = append(out, clone(e.sc)) })
+	if out == nil {
+		out = []Subcloud{}
+	}
+	return out, next, nil
+}
+
+// subcloudsJSON is Subclouds as the API sends it: the JSON of
+// {"items": [...], "next_page_token": ...}.
+func (c *cachedRegistry) subcloudsJSON(opts rest.ListOptions) ([]byte, error) {
+	var b bytes.Buffer
+	b.WriteString(`{"items":[`)
+	n := 0
+	var err error
+	next := c.walk(opts, func(e entry) {
+		if n > 0 {
+			b.WriteByte(',')
+		}
+		n++
+		doc := e.doc
+		if doc == nil {
+			var merr error
+			if doc, merr = json.Marshal(e.sc); merr != nil {
+				err = merr
+			}
+		}
+		b.Write(doc)
+	})
+	if err != nil {
+		return nil, err
+	}
+	tok, err := json.Marshal(rest.EncodePageToken(next))
+	if err != nil {
+		return nil, err
+	}
+	b.WriteString(`],"next_page_token":`)
+	b.Write(tok)
+	b.WriteString("}\n")
+	return b.Bytes(), nil
+}
+
+// walk calls fn on each subcloud of the page opts asks for, in name order,
+// and returns the name to continue after ("" on the last page).
+func (c *cachedRegistry) walk(opts rest.ListOptions, fn func(entry)) string {
+	match := func(sc *Subcloud) bool {
 		for f, v := range opts.Filters {
 			var got string
 			switch f {
@@ -152,18 +230,19 @@ func (c *cachedRegistry) Subclouds(_ context.Context, opts rest.ListOptions) ([]
 			i++
 		}
 	}
-	out := make([]Subcloud, 0, min(limit, 64))
+	n, last := 0, ""
 	for ; i < len(c.names); i++ {
-		sc := c.byName[c.names[i]]
-		if !match(sc) {
+		e := c.byName[c.names[i]]
+		if !match(&e.sc) {
 			continue
 		}
-		if len(out) == limit {
-			return out, out[len(out)-1].Name, nil
+		if n == limit {
+			return last
 		}
-		out = append(out, clone(sc))
+		fn(e)
+		n, last = n+1, e.sc.Name
 	}
-	return out, "", nil
+	return ""
 }
 
 func (c *cachedRegistry) CreateSubcloud(ctx context.Context, s Subcloud) error {

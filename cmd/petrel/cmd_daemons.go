@@ -58,6 +58,13 @@ func (a *app) centralDaemonCmd() *cobra.Command {
 			}
 			cfg := central.Config{Shell: shell, SiteListen: fc.SiteListen, WitnessLeaseTTL: ttl, PatchPublicKey: fc.PatchPublicKey,
 				FleetPoll: poll, FleetOfflineWait: offline}
+			if fc.DebugListen != "" {
+				go func() {
+					if err := central.ServeDebug(ctx, fc.DebugListen); err != nil {
+						logger.Error("the profiler is not served", "err", err)
+					}
+				}()
+			}
 			if fc.HA != nil {
 				return runCentralPair(ctx, cfg, *fc.HA)
 			}

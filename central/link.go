@@ -419,18 +419,20 @@ func (c *Central) seen(ctx context.Context, site string, sum *linkproto.Summary)
 	if tn == nil && sum == nil && now.Sub(c.lastWrite(site)) < 30*time.Second {
 		return // a keepalive from an online site: no write needed
 	}
-	updated, ok, err := c.linkw.write(ctx, site, now, sum)
-	if err != nil {
-		if ctx.Err() == nil {
-			c.log.Error("recording a site update failed", "site", site, "err", err)
-		}
-		return
-	}
-	if !ok {
-		return // deleted meanwhile
-	}
+	// Recorded in the registry off this goroutine: the link's read loop
+	// never waits for the database.
 	c.wroteAt(site, now)
-	c.stream.Publish("subcloud", updated)
+	c.linkw.queue(site, now, sum, func(r linkWritten) {
+		switch {
+		case r.err != nil:
+			c.wroteAt(site, time.Time{}) // the next keepalive writes again
+			if ctx.Err() == nil {
+				c.log.Error("recording a site update failed", "site", site, "err", r.err)
+			}
+		case r.ok:
+			c.stream.Publish("subcloud", r.sc)
+		}
+	})
 	if tn != nil {
 		c.log.Info("subcloud online", "site", site, "reason", tn.Reason)
 		if _, err := c.shell.Alarms.Clear(ctx, "280.001", "subcloud="+site); err != nil {

@@ -13,9 +13,9 @@ import (
 const linkWriteBatch = 2000
 
 // linkWriter records what sites' links report (last seen, summaries,
-// online) in the registry. Writes that arrive while one is under way are
-// merged per site (the newest time, the newest summary) and go in
-// together, in one transaction: a reconnect storm of thousands of sites
+// online) in the registry, off the links' read loops. Writes that arrive
+// while one is under way are merged per site (the newest time, the newest
+// summary) and go in together, in one transaction: a reconnect storm of thousands of sites
 // costs tens of transactions instead of one per site, so admission is not
 // capped by the database's commit rate (docs/benchmarks.md, fleet).
 type linkWriter struct {
@@ -29,14 +29,15 @@ type linkWriter struct {
 	kick    chan struct{}
 }
 
-// linkWrite is one site's merged pending write and who waits for it.
+// linkWrite is one site's merged pending write and what to call when it
+// is done.
 type linkWrite struct {
-	at      time.Time
-	sum     *linkproto.Summary
-	waiters []chan linkWritten
+	at    time.Time
+	sum   *linkproto.Summary
+	after []func(linkWritten)
 }
 
-// linkWritten is a write's outcome for one waiter.
+// linkWritten is a write's outcome.
 type linkWritten struct {
 	sc  Subcloud
 	ok  bool // the site is in the registry
@@ -47,11 +48,12 @@ func newLinkWriter(store SubcloudStore, state func(string) Availability) *linkWr
 	return &linkWriter{store: store, state: state, pending: map[string]*linkWrite{}, kick: make(chan struct{}, 1)}
 }
 
-// write records that site was seen at at (with its summary, if sum is
-// not nil) and returns the subcloud as stored. ok is false if the site
-// is not in the registry.
-func (w *linkWriter) write(ctx context.Context, site string, at time.Time, sum *linkproto.Summary) (Subcloud, bool, error) {
-	done := make(chan linkWritten, 1)
+// queue records that site was seen at at (with its summary, if sum is
+// not nil), without waiting: a link's read loop must never wait for the
+// database (a site whose updates are not read is marked offline). after,
+// if not nil, is called with the outcome by the writer's goroutine, after
+// the commit: it must not block.
+func (w *linkWriter) queue(site string, at time.Time, sum *linkproto.Summary, after func(linkWritten)) {
 	w.mu.Lock()
 	p := w.pending[site]
 	if p == nil {
@@ -64,12 +66,20 @@ func (w *linkWriter) write(ctx context.Context, site string, at time.Time, sum *
 	if sum != nil {
 		p.sum = sum // summaries of one link arrive in order
 	}
-	p.waiters = append(p.waiters, done)
+	if after != nil {
+		p.after = append(p.after, after)
+	}
 	w.mu.Unlock()
 	select {
 	case w.kick <- struct{}{}:
 	default:
 	}
+}
+
+// write is queue, waiting for the outcome (or ctx).
+func (w *linkWriter) write(ctx context.Context, site string, at time.Time, sum *linkproto.Summary) (Subcloud, bool, error) {
+	done := make(chan linkWritten, 1)
+	w.queue(site, at, sum, func(r linkWritten) { done <- r })
 	select {
 	case r := <-done:
 		return r.sc, r.ok, r.err
@@ -133,21 +143,22 @@ func (w *linkWriter) flush(ctx context.Context) bool {
 	}
 	for site, p := range batch {
 		sc, ok := byName[site]
-		for _, done := range p.waiters {
-			done <- linkWritten{sc: sc, ok: ok, err: err}
+		for _, after := range p.after {
+			after(linkWritten{sc: sc, ok: ok, err: err})
 		}
 	}
 	return more
 }
 
-// fail answers every waiter with err (central is stopping).
+// fail answers every pending write with err (central is stopping).
 func (w *linkWriter) fail(err error) {
 	w.mu.Lock()
-	defer w.mu.Unlock()
-	for site, p := range w.pending {
-		for _, done := range p.waiters {
-			done <- linkWritten{err: err}
+	pending := w.pending
+	w.pending = map[string]*linkWrite{}
+	w.mu.Unlock()
+	for _, p := range pending {
+		for _, after := range p.after {
+			after(linkWritten{err: err})
 		}
-		delete(w.pending, site)
 	}
 }

@@ -95,7 +95,7 @@ func TestLinkWriterMergesWhileWriting(t *testing.T) {
 		w.mu.Lock()
 		n := 0
 		for _, p := range w.pending {
-			n += len(p.waiters)
+			n += len(p.after)
 		}
 		w.mu.Unlock()
 		if n == 101 {

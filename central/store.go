@@ -297,6 +297,10 @@ func (s *sqlStore) UpdateSubcloud(ctx context.Context, name string, fn func(*Sub
 // (SQLite binds at most 32,766 parameters).
 const updateBatch = 1000
 
+// upsertBatch bounds the rows of one statement of UpdateSubclouds' writes
+// (10 columns a row; PostgreSQL binds at most 65,535 parameters).
+const upsertBatch = 500
+
 func (s *sqlStore) UpdateSubclouds(ctx context.Context, names []string, fn func(*Subcloud) error) ([]Subcloud, error) {
 	names = slices.Clone(names)
 	slices.Sort(names) // one lock order for every writer
@@ -309,6 +313,7 @@ func (s *sqlStore) UpdateSubclouds(ctx context.Context, names []string, fn func(
 			if err := s.lockForUpdate(tx).Where("name IN ?", chunk).Order("name").Find(&rows).Error; err != nil {
 				return err
 			}
+			updated := make([]subcloudRow, 0, len(rows))
 			for _, r := range rows {
 				sc, err := fromRow(r)
 				if err != nil {
@@ -329,12 +334,19 @@ func (s *sqlStore) UpdateSubclouds(ctx context.Context, names []string, fn func(
 				if err != nil {
 					return err
 				}
-				if err := tx.Model(&subcloudRow{}).Where("name = ?", r.Name).Updates(map[string]any{
-					"shape": row.Shape, "availability": row.Availability, "management": row.Management,
-					"status": row.Status, "deploy_status": row.DeployStatus, "doc": row.Doc}).Error; err != nil {
-					return err
-				}
+				row.CreatedAt = r.CreatedAt
+				updated = append(updated, row)
 				out = append(out, sc)
+			}
+			if len(updated) == 0 {
+				continue
+			}
+			// The rows exist and are locked: a multi-row upsert updates
+			// them in a few statements, not one per row.
+			if err := tx.Clauses(clause.OnConflict{Columns: []clause.Column{{Name: "name"}},
+				DoUpdates: clause.AssignmentColumns([]string{"shape", "availability", "management", "status", "deploy_status", "doc"}),
+			}).CreateInBatches(&updated, upsertBatch).Error; err != nil {
+				return err
 			}
 		}
 		return nil

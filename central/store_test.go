@@ -87,7 +87,7 @@ func TestConformanceSubcloudStore(t *testing.T) {
 		ctx := context.Background()
 		st := reopen(t)
 		for _, sc := range []central.Subcloud{
-			{Name: "site-b", Shape: inventory.Duplex, Availability: central.Online, Management: central.Managed, Status: central.StatusOK,
+			{Name: "site-b", Shape: inventory.Duplex, Availability: central.Online, Management: central.Managed, Status: central.StatusOK, BootstrapAddress: "10.1.0.2",
 				Sync: map[string]central.SyncStatus{"images": central.InSync}},
 			{Name: "site-a", Shape: inventory.Simplex, Availability: central.Offline, Management: central.Unmanaged, Status: central.StatusOffline},
 		} {

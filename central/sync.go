@@ -170,13 +170,15 @@ type syncEngine struct {
 	// desired is, per resource, the whole desired set as last read, which
 	// audits share while the resource's head has not moved (thousands of
 	// sites audit after a restart: one read, not one per site).
-	desired map[string]desiredSet
+	desired      map[string]desiredSet
+	desiredReads atomic.Int64 // reads of a whole desired set (tests)
 }
 
-// desiredSet is a resource's desired records as of head.
+// desiredSet is a resource's desired records: read when the resource's
+// own head was key, up to the store's head.
 type desiredSet struct {
-	head uint64
-	recs []SyncRecord
+	key, head uint64
+	recs      []SyncRecord
 }
 
 func newSyncEngine(cfg SyncConfig, store *SyncStore, reg SubcloudStore, sites syncSites, alarms syncAlarms,
@@ -593,24 +595,26 @@ func (e *syncEngine) passResource(ctx context.Context, s *siteSync, site syncSit
 	}
 }
 
-// desiredOf is resource's whole desired set and its head: the shared
-// copy while the head the engine last read has not moved, else read anew.
-// The records are shared: read-only.
+// desiredOf is resource's whole desired set and the store's head as of
+// reading it: the shared copy while the resource's own head (the newest
+// version of its records, as the engine last read the heads) has not
+// moved, else read anew. The records are shared: read-only.
 func (e *syncEngine) desiredOf(ctx context.Context, resource string) ([]SyncRecord, uint64, error) {
 	e.mu.Lock()
 	d, ok := e.desired[resource]
-	head := e.heads[resource]
+	key := e.heads[resource]
 	e.mu.Unlock()
-	if ok && d.head == head {
+	if ok && d.key == key {
 		return d.recs, d.head, nil
 	}
+	e.desiredReads.Add(1)
 	recs, head, err := e.store.Since(ctx, resource, 0, 0)
 	if err != nil {
 		return nil, 0, err
 	}
 	e.mu.Lock()
 	if cur, ok := e.desired[resource]; !ok || head >= cur.head {
-		e.desired[resource] = desiredSet{head: head, recs: recs}
+		e.desired[resource] = desiredSet{key: key, head: head, recs: recs}
 	}
 	e.mu.Unlock()
 	return recs, head, nil

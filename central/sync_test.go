@@ -241,6 +241,37 @@ func TestConformanceSyncEngine(t *testing.T) {
 	})
 }
 
+// TestSyncAuditsShareTheDesiredSet: sites audited while a resource's
+// head holds share one read of its desired set; a change reads it anew.
+func TestSyncAuditsShareTheDesiredSet(t *testing.T) {
+	r := newSyncRig(t, sqldbtest.Open(t, sqldb.SQLite), "site-a", "site-b", "site-c", "site-d")
+	r.putFlavor("m1.small", 1)
+	r.step()
+	if n := r.e.desiredReads.Load(); n != 1 {
+		t.Errorf("4 sites audited: %d reads of the desired set; want 1", n)
+	}
+	for _, s := range []string{"site-a", "site-b", "site-c", "site-d"} {
+		r.e.linkUp(s) // audit again
+	}
+	r.advance(time.Second)
+	if n := r.e.desiredReads.Load(); n != 1 {
+		t.Errorf("4 sites audited again, nothing changed: %d reads in all; want 1", n)
+	}
+	r.putFlavor("m1.large", 4)
+	for _, s := range []string{"site-a", "site-b"} {
+		r.e.linkUp(s)
+	}
+	r.advance(time.Second)
+	if n := r.e.desiredReads.Load(); n != 2 {
+		t.Errorf("after a change, 2 sites audited: %d reads in all; want 2", n)
+	}
+	for _, s := range []string{"site-a", "site-b", "site-c", "site-d"} {
+		if got := r.sites.sites[s].names(); got != "m1.large,m1.small" || r.status(s) != InSync {
+			t.Errorf("%s holds %q, %s; want both flavors, in-sync", s, got, r.status(s))
+		}
+	}
+}
+
 func testSyncConverge(t *testing.T, db *sqldb.DB) {
 	r := newSyncRig(t, db, "site-a", "site-b", "site-u")
 	if _, err := r.reg.UpdateSubcloud(r.ctx, "site-u", func(sc *Subcloud) error { return sc.SetManagement(Unmanaged) }); err != nil {

@@ -77,6 +77,7 @@ type FleetResult struct {
 	RSSMiB           float64
 	DBCPU            float64 // PostgreSQL's processes, core-seconds per second (0 on SQLite)
 	API              *loadResult
+	Baseline         *loadResult // GET /healthz at APIRate in the same run
 	APIRate          int
 	FlavorP50        time.Duration
 	FlavorP99        time.Duration
@@ -210,6 +211,13 @@ func RunFleet(ctx context.Context, cfg FleetConfig) (FleetResult, error) {
 	}
 	res.Setup, res.Issued = time.Since(t0), issued
 	fmt.Fprintf(r.log, "%d sites registered, %d certificates issued (the rest cached) in %s\n", cfg.Sites, issued, res.Setup.Round(time.Millisecond))
+	// Flavors an earlier run in this directory created: the new simulated
+	// sites hold none, and repairing them all would load this run.
+	if n, err := r.dropOldFlavors(ctx); err != nil {
+		return res, err
+	} else if n > 0 {
+		fmt.Fprintf(r.log, "%d flavors of earlier runs deleted\n", n)
+	}
 
 	t0 = time.Now()
 	if err := r.startSims(ctx); err != nil {
@@ -265,6 +273,15 @@ func RunFleet(ctx context.Context, cfg FleetConfig) (FleetResult, error) {
 		res.API, res.APIRate = &lr, cfg.APIRate
 		fmt.Fprintf(r.log, "API reads at %d/s: p50 %s p99 %s max %s, %d errors\n", cfg.APIRate, Percentile(lr.lat, 50),
 			Percentile(lr.lat, 99), lr.lat[len(lr.lat)-1], lr.errors)
+		// The baseline of the same run: unauthenticated /healthz at the same
+		// rate, from the same client — what the machine itself adds.
+		bl, err := load(ctx, cfg.APIRate, cfg.APIFor, 32, func(int) error { return r.getPlain(ctx, "/healthz") })
+		if err != nil {
+			return res, err
+		}
+		res.Baseline = &bl
+		fmt.Fprintf(r.log, "baseline GET /healthz at %d/s: p50 %s p99 %s max %s, %d errors\n", cfg.APIRate, Percentile(bl.lat, 50),
+			Percentile(bl.lat, 99), bl.lat[len(bl.lat)-1], bl.errors)
 	}
 	if cfg.Flavors > 0 {
 		if err := r.flavors(ctx, &res); err != nil {
@@ -805,6 +822,21 @@ func (r *fleetRun) waitInSync(ctx context.Context, limit time.Duration) (int, er
 	}
 }
 
+// getPlain is one unauthenticated read.
+func (r *fleetRun) getPlain(ctx context.Context, path string) error {
+	req, _ := http.NewRequestWithContext(ctx, http.MethodGet, r.url+path, nil)
+	resp, err := r.hc.Do(req)
+	if err != nil {
+		return err
+	}
+	_, _ = io.Copy(io.Discard, resp.Body)
+	resp.Body.Close()
+	if resp.StatusCode != http.StatusOK {
+		return fmt.Errorf("GET %s: %s", path, resp.Status)
+	}
+	return nil
+}
+
 // get is one authenticated API read.
 func (r *fleetRun) get(ctx context.Context, path string) error {
 	req, _ := http.NewRequestWithContext(ctx, http.MethodGet, r.url+path, nil)
@@ -830,6 +862,25 @@ func (r *fleetRun) apiLoad(ctx context.Context, rate int, d time.Duration) (load
 		}
 		return r.get(ctx, "/v1/subclouds/"+r.names[(i*7919)%len(r.names)])
 	})
+}
+
+// dropOldFlavors deletes the flavors earlier runs created (fleet-*).
+func (r *fleetRun) dropOldFlavors(ctx context.Context) (int, error) {
+	var l rest.List[compute.Flavor]
+	if err := r.api.Do(ctx, http.MethodGet, "/v1/flavors", url.Values{"limit": {strconv.Itoa(rest.MaxLimit)}}, nil, &l); err != nil {
+		return 0, err
+	}
+	n := 0
+	for _, f := range l.Items {
+		if !strings.HasPrefix(f.Name, "fleet-") {
+			continue
+		}
+		if err := r.api.Do(ctx, http.MethodDelete, "/v1/flavors/"+f.ID, nil, nil, nil); err != nil {
+			return n, err
+		}
+		n++
+	}
+	return n, nil
 }
 
 // flavors creates flavors at central one after another and times each

@@ -90,16 +90,21 @@ func (c *cachedRegistry) reload(ctx context.Context) error {
 	return nil
 }
 
-// put takes committed subclouds into the copy (c.wmu held).
+// put takes committed subclouds into the copy (c.wmu held). They are
+// encoded before the lock: readers never wait for a batch's encoding.
 func (c *cachedRegistry) put(scs ...Subcloud) {
+	es := make([]entry, len(scs))
+	for i, sc := range scs {
+		es[i] = newEntry(sc)
+	}
 	c.mu.Lock()
 	defer c.mu.Unlock()
-	for _, sc := range scs {
-		if _, ok := c.byName[sc.Name]; !ok {
-			i, _ := slices.BinarySearch(c.names, sc.Name)
-			c.names = slices.Insert(c.names, i, sc.Name)
+	for _, e := range es {
+		if _, ok := c.byName[e.sc.Name]; !ok {
+			i, _ := slices.BinarySearch(c.names, e.sc.Name)
+			c.names = slices.Insert(c.names, i, e.sc.Name)
 		}
-		c.byName[sc.Name] = newEntry(sc)
+		c.byName[e.sc.Name] = e
 	}
 }
 

@@ -83,6 +83,9 @@ func reportFleet(a *app, cmd *cobra.Command, out string, record bool, cfg bench.
 		verdicts = append(verdicts, verdict("T10", t10, fmt.Sprintf("p99 %s at %d/s", ms(p99), r.APIRate)))
 		apiCol = fmt.Sprintf("%d/s (achieved %.0f): p50 %s, p99 %s, %d errors", r.APIRate, achieved,
 			ms(bench.Percentile(r.API.Latencies(), 50)), ms(p99), r.API.Errors())
+		if b := r.Baseline; b != nil {
+			apiCol += fmt.Sprintf("; baseline /healthz p50 %s, p99 %s", ms(bench.Percentile(b.Latencies(), 50)), ms(bench.Percentile(b.Latencies(), 99)))
+		}
 	}
 	fmt.Fprintf(a.stdout, "sites %d (%d simulator processes, central on %s)\n", r.Sites, r.Processes, r.Engine)
 	fmt.Fprintf(a.stdout, "all online %s after the simulators started; in-sync %d (%s)\n", s(r.ConnectAll), r.InSync, s(r.SyncAll))
@@ -164,7 +167,8 @@ var (
 		"lost with probability `--loss`. All sites are managed, so central's sync engine audits each over the relay. " +
 		"*held*: central's CPU (core-seconds per second, /proc/PID/stat) and RSS over the hold window; PostgreSQL's " +
 		"processes apart. *API*: half `GET /v1/subclouds/{name}`, half `GET /v1/subclouds?limit=50`, open loop, " +
-		"while holding. *flavor*: created at central until each site's create arrived. *offline*: sites black-holed " +
+		"while holding; then the same run's baseline, unauthenticated `GET /healthz` at the same rate from the same " +
+		"client (what the machine adds: simulators, load generator and central share its cores). *flavor*: created at central until each site's create arrived. *offline*: sites black-holed " +
 		"(no FIN) until central raised 280.001; *false offline*: 280.001 for sites never cut. *restart*: SIGTERM and " +
 		"start central; until every site was welcomed again and listed online; false offline after it. Targets: " +
 		"T1 10,000 sites on ≤ 1 core, RSS ≤ 1.5 GiB; T2 ≤ 60 s, 0 false offline; T3 p99 ≤ 30 s, 0 false at 1 % loss; " +

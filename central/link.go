@@ -271,7 +271,9 @@ func (c *Central) serveLink(ctx context.Context, conn net.Conn) error {
 
 	throttle := c.newLinkThrottle(site)
 	for {
-		ctl.SetReadDeadline(time.Now().Add(3 * c.tracker.interval))
+		// Past the tracker's silence a link is dead: one that only lost a
+		// few updates stays.
+		ctl.SetReadDeadline(time.Now().Add(c.tracker.silence() + c.tracker.interval))
 		m, err := linkproto.Read(ctl)
 		if err != nil {
 			return err

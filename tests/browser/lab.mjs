@@ -39,7 +39,7 @@ const CRITICAL = '#alarm-banner [data-alarm-count="critical"]';
 // Deadlines, not waits: central marks a site offline after three silent
 // 5 s update intervals; a healed link is back after the site's reconnect
 // backoff (up to 30 s); a strategy takes its steps.
-const ALARM_MS = 30000, CLEAR_MS = 45000, STRATEGY_MS = 90000;
+const ALARM_MS = 40000, CLEAR_MS = 45000, STRATEGY_MS = 90000;
 class Failure extends Error {}
 const fail = (msg) => { throw new Failure(msg); };
 const api = (method, path, body) => fetch(base + path, {

@@ -20,6 +20,7 @@ import (
 	"time"
 
 	"github.com/google/uuid"
+	"golang.org/x/sync/singleflight"
 
 	"github.com/petrel-edge/petrel/internal/errs"
 	"github.com/petrel-edge/petrel/internal/rest"
@@ -190,9 +191,14 @@ type Config struct {
 const (
 	DefaultLoginTTL = 12 * time.Hour
 	DefaultMaxTTL   = 365 * 24 * time.Hour
-	cacheTTL        = 5 * time.Second // a revocation elsewhere takes effect within this
-	cacheMax        = 10000
-	tokenPrefix     = "pt_"
+	// cacheTTL is how long a verified token is trusted without a look at
+	// the store; up to twice that, a request is answered from the cache
+	// while one lookup refreshes it in the background (so the expiry of a
+	// busy token never sends every request to the database at once). A
+	// revocation elsewhere takes effect within 2 × cacheTTL.
+	cacheTTL    = 5 * time.Second
+	cacheMax    = 10000
+	tokenPrefix = "pt_"
 )
 
 // Service is the authentication and authorisation service of one daemon.
@@ -201,8 +207,9 @@ type Service struct {
 	verifier *AssertionVerifier // relayed calls from central; nil: not accepted
 	csrfKey  [32]byte           // keys CSRF tokens of browser sessions
 	mu       sync.Mutex
-	cache    map[string]cached // secret hash -> verified principal
-	gen      uint64            // bumps on every revocation: a lookup that raced one is not cached
+	cache    map[string]cached  // secret hash -> verified principal
+	gen      uint64             // bumps on every revocation: a lookup that raced one is not cached
+	lookups  singleflight.Group // one store lookup per token at a time
 	limiter  loginLimiter
 	hashing  chan struct{} // bounds concurrent password hashing (19 MiB each)
 }
@@ -481,20 +488,45 @@ func (s *Service) Authenticate(ctx context.Context, secret string) (Principal, e
 	now := s.cfg.Now()
 	s.mu.Lock()
 	c, ok := s.cache[h]
+	s.mu.Unlock()
+	if ok && now.Before(c.expires) {
+		switch age := now.Sub(c.checked); {
+		case age < cacheTTL:
+			return c.p, nil
+		case age < 2*cacheTTL:
+			s.lookups.DoChan(h, func() (any, error) { return s.lookup(h) }) // refresh; not waited for
+			return c.p, nil
+		}
+	}
+	v, err, _ := s.lookups.Do(h, func() (any, error) { return s.lookup(h) })
+	if err != nil {
+		return Principal{}, err
+	}
+	return v.(Principal), nil
+}
+
+// lookup verifies the token with hash h in the store and caches the
+// principal, or forgets it if the token is gone or inactive. Callers
+// share it (singleflight): it is not bound to one request's context.
+func (s *Service) lookup(h string) (Principal, error) {
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel()
+	s.mu.Lock()
 	gen := s.gen
 	s.mu.Unlock()
-	if ok && now.Before(c.expires) && now.Sub(c.checked) < cacheTTL {
-		return c.p, nil
-	}
+	now := s.cfg.Now()
 	t, userRole, err := s.cfg.Store.TokenByHash(ctx, h)
+	if err == nil && !t.Active(now) {
+		err = ErrTokenNotFound
+	}
 	if errors.Is(err, ErrTokenNotFound) {
+		s.mu.Lock()
+		delete(s.cache, h)
+		s.mu.Unlock()
 		return Principal{}, ErrBadCredentials
 	}
 	if err != nil {
 		return Principal{}, err
-	}
-	if !t.Active(now) {
-		return Principal{}, ErrBadCredentials
 	}
 	role := t.Role
 	if !userRole.Allows(role) { // the user was demoted since the token was made

@@ -823,24 +823,16 @@ func (r *fleetRun) waitInSync(ctx context.Context, limit time.Duration) (int, er
 }
 
 // getPlain is one unauthenticated read.
-func (r *fleetRun) getPlain(ctx context.Context, path string) error {
-	req, _ := http.NewRequestWithContext(ctx, http.MethodGet, r.url+path, nil)
-	resp, err := r.hc.Do(req)
-	if err != nil {
-		return err
-	}
-	_, _ = io.Copy(io.Discard, resp.Body)
-	resp.Body.Close()
-	if resp.StatusCode != http.StatusOK {
-		return fmt.Errorf("GET %s: %s", path, resp.Status)
-	}
-	return nil
-}
+func (r *fleetRun) getPlain(ctx context.Context, path string) error { return r.read(ctx, path, false) }
 
 // get is one authenticated API read.
-func (r *fleetRun) get(ctx context.Context, path string) error {
+func (r *fleetRun) get(ctx context.Context, path string) error { return r.read(ctx, path, true) }
+
+func (r *fleetRun) read(ctx context.Context, path string, authenticated bool) error {
 	req, _ := http.NewRequestWithContext(ctx, http.MethodGet, r.url+path, nil)
-	req.Header.Set("Authorization", "Bearer "+r.token)
+	if authenticated {
+		req.Header.Set("Authorization", "Bearer "+r.token)
+	}
 	resp, err := r.hc.Do(req)
 	if err != nil {
 		return err

@@ -2,11 +2,8 @@ package central_test
 
 import (
 	"context"
-	"crypto/tls"
-	"crypto/x509"
 	"fmt"
 	"net/http"
-	"os"
 	"sync/atomic"
 	"testing"
 	"time"
@@ -43,19 +40,7 @@ type rawLink struct {
 
 func openRawLink(t *testing.T, f fleet, cert, key, site, epoch string, sentAt time.Time) rawLink {
 	t.Helper()
-	pair, err := tls.LoadX509KeyPair(cert, key)
-	if err != nil {
-		t.Fatal(err)
-	}
-	pem, _ := os.ReadFile(f.c.Shell().CACert)
-	pool := x509.NewCertPool()
-	pool.AppendCertsFromPEM(pem)
-	conn, err := tls.Dial("tcp", f.c.SiteAddr().String(), &tls.Config{Certificates: []tls.Certificate{pair}, RootCAs: pool, ServerName: "central"})
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { conn.Close() })
-	sess, err := yamux.Client(conn, nil)
+	sess, err := dialSession(t, f, cert, key)
 	if err != nil {
 		t.Fatal(err)
 	}

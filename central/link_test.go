@@ -228,8 +228,10 @@ func TestDialHomeAndRelay(t *testing.T) {
 	f.waitAvailability(t, "site-a", central.Online)
 }
 
-// dialAs connects to central's site listener with a certificate and sends hello.
-func dialAs(t *testing.T, f fleet, cert, key, hello string) (linkproto.Message, error) {
+// dialSession opens a site's mutual-TLS connection to central's site
+// listener with a certificate, and a yamux session on it; closing the
+// session closes the connection.
+func dialSession(t *testing.T, f fleet, cert, key string) (*yamux.Session, error) {
 	t.Helper()
 	pair, err := tls.LoadX509KeyPair(cert, key)
 	if err != nil {
@@ -240,10 +242,20 @@ func dialAs(t *testing.T, f fleet, cert, key, hello string) (linkproto.Message, 
 	pool.AppendCertsFromPEM(pem)
 	conn, err := tls.Dial("tcp", f.c.SiteAddr().String(), &tls.Config{Certificates: []tls.Certificate{pair}, RootCAs: pool, ServerName: "central"})
 	if err != nil {
-		return linkproto.Message{}, err
+		return nil, err
 	}
-	defer conn.Close()
 	sess, err := yamux.Client(conn, nil)
+	if err != nil {
+		conn.Close()
+		return nil, err
+	}
+	return sess, nil
+}
+
+// dialAs connects to central's site listener with a certificate and sends hello.
+func dialAs(t *testing.T, f fleet, cert, key, hello string) (linkproto.Message, error) {
+	t.Helper()
+	sess, err := dialSession(t, f, cert, key)
 	if err != nil {
 		return linkproto.Message{}, err
 	}

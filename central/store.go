@@ -136,6 +136,24 @@ func toRow(sc Subcloud) (subcloudRow, error) {
 	return r, nil
 }
 
+// applyRow applies fn to the subcloud stored in r; moved reports a changed
+// group or bootstrap address (checked as CreateSubcloud does). The name,
+// the key, never changes.
+func applyRow(r subcloudRow, fn func(*Subcloud) error) (sc Subcloud, moved bool, err error) {
+	if sc, err = fromRow(r); err != nil {
+		return sc, false, err
+	}
+	before := sc
+	if err := fn(&sc); err != nil {
+		return sc, false, err
+	}
+	sc.Name = r.Name
+	if sc.Group == "" {
+		sc.Group = DefaultGroup
+	}
+	return sc, sc.Group != before.Group || sc.BootstrapAddress != before.BootstrapAddress, nil
+}
+
 // lockForUpdate locks the rows q reads until the transaction ends, on
 // PostgreSQL; SQLite writers are serialised already (BEGIN IMMEDIATE).
 func (s *sqlStore) lockForUpdate(q *gorm.DB) *gorm.DB {
@@ -260,19 +278,11 @@ func (s *sqlStore) UpdateSubcloud(ctx context.Context, name string, fn func(*Sub
 		if err != nil {
 			return err
 		}
-		sc, err := fromRow(r)
+		sc, moved, err := applyRow(r, fn)
 		if err != nil {
 			return err
 		}
-		before := sc
-		if err := fn(&sc); err != nil {
-			return err
-		}
-		sc.Name = name // the key never changes
-		if sc.Group == "" {
-			sc.Group = DefaultGroup
-		}
-		if sc.Group != before.Group || sc.BootstrapAddress != before.BootstrapAddress {
+		if moved {
 			if err := s.checkPlacement(tx, sc); err != nil {
 				return err
 			}
@@ -315,19 +325,11 @@ func (s *sqlStore) UpdateSubclouds(ctx context.Context, names []string, fn func(
 			}
 			updated := make([]subcloudRow, 0, len(rows))
 			for _, r := range rows {
-				sc, err := fromRow(r)
+				sc, moved, err := applyRow(r, fn)
 				if err != nil {
 					return err
 				}
-				before := sc
-				if err := fn(&sc); err != nil {
-					return err
-				}
-				sc.Name = r.Name
-				if sc.Group == "" {
-					sc.Group = DefaultGroup
-				}
-				if sc.Group != before.Group || sc.BootstrapAddress != before.BootstrapAddress {
+				if moved {
 					return fmt.Errorf("subcloud %s: a batch update may not move it to another group or address", sc.Name)
 				}
 				row, err := toRow(sc)

@@ -88,7 +88,7 @@ func TestPartitionedSiteGoesOfflineAndReturns(t *testing.T) {
 	// Never on a single miss: still online two intervals (10 s) later.
 	for time.Since(cut) < 9*time.Second {
 		if a := availability(); a != "online" {
-			t.Fatalf("site-sx %s %s after the partition; want online until 3 intervals are missed", a, time.Since(cut).Round(time.Second))
+			t.Fatalf("site-sx %s %s after the partition; want online until 4 updates are missed", a, time.Since(cut).Round(time.Second))
 		}
 		<-time.After(time.Second)
 	}

@@ -44,7 +44,8 @@ func TestPatchStrategyInTheLab(t *testing.T) {
 			for _, h := range []string{"controller-0", "controller-1"} {
 				t.Logf("%s's site controller log ends:\n%s", h, tailFile(filepath.Join(dir, "hosts", "sp", h, "logs", "subcloud.log")))
 				t.Logf("%s's site controller on servers and their hosts:\n%s", h, grepFile(filepath.Join(dir, "hosts", "sp", h, "logs", "subcloud.log"),
-					"server state observed", "removing", "hypervisor host restarted", "server migrated", "migration", "evacuat", "swact", "\"level\":\"ERROR\""))
+					"server state observed", "removing", "hypervisor host restarted", "server migrated", "migration", "evacuat", "swact",
+					"reboot", "MNFA", "confirmed down", "fenc", "\"level\":\"ERROR\""))
 			}
 			for _, h := range []string{"worker-0", "worker-1"} {
 				logs, _ := filepath.Glob(filepath.Join(dir, "hosts", "sp", h, "libvirt", "log", "qemu", "*.log"))
@@ -60,6 +61,12 @@ func TestPatchStrategyInTheLab(t *testing.T) {
 		t.Fatal(err)
 	}
 	site := base.with("PETREL_URL="+lf.Sites[0].URL, "PETREL_TOKEN="+lf.Sites[0].Token, "PETREL_CA_CERT="+lf.CACert)
+	t.Cleanup(func() { // before lab down: the site's history (host recovery, instance events)
+		if t.Failed() {
+			out, _, _ := site.run("", "event", "list", "--limit", "150")
+			t.Logf("the site's events, newest first:\n%s", out)
+		}
+	})
 	type hostView struct {
 		Name            string `json:"name"`
 		Administrative  string `json:"administrative"`

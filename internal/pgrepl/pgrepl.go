@@ -206,6 +206,12 @@ type Node struct {
 
 	mu sync.Mutex
 
+	// The checkpoint after a promotion runs in the background; stopping
+	// the server or closing the node cancels and waits for it.
+	bgMu     sync.Mutex
+	bgCancel context.CancelFunc
+	bgWG     sync.WaitGroup
+
 	// The connection session lends, kept open between calls.
 	statusMu   sync.Mutex
 	statusConn *pgx.Conn
@@ -1319,20 +1325,32 @@ func (n *Node) Promote(ctx context.Context) error {
 	// soon, in the background: not during the takeover, whose commits
 	// would queue behind its writes, and a peer's Rejoin checks this
 	// node's real timeline before trusting pg_rewind's verdict anyway.
+	cctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), 2*time.Minute)
+	n.bgMu.Lock()
+	if n.bgCancel != nil {
+		n.bgCancel()
+	}
+	n.bgCancel = cancel
+	n.bgWG.Add(1)
+	n.bgMu.Unlock()
 	go func() {
-		cctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), 2*time.Minute)
+		defer n.bgWG.Done()
 		defer cancel()
 		if pause(cctx, checkpointDelay) != nil {
 			return
 		}
 		c, err := n.connect(cctx)
 		if err != nil {
-			n.log.Warn("checkpoint after promotion", "err", err)
+			if cctx.Err() == nil {
+				n.log.Warn("checkpoint after promotion", "err", err)
+			}
 			return
 		}
-		defer c.Close(cctx)
+		defer c.Close(context.WithoutCancel(cctx))
 		if _, err := c.Exec(cctx, "CHECKPOINT"); err != nil {
-			n.log.Warn("checkpoint after promotion", "err", err)
+			if cctx.Err() == nil {
+				n.log.Warn("checkpoint after promotion", "err", err)
+			}
 			return
 		}
 		n.log.Info("checkpoint after promotion done", "took", time.Since(start).Round(time.Millisecond))
@@ -1391,7 +1409,20 @@ func (n *Node) Stop(ctx context.Context, mode StopMode) error {
 	return n.stop(ctx, mode)
 }
 
+// stopBackground cancels the background checkpoint, if any, and waits
+// for it.
+func (n *Node) stopBackground() {
+	n.bgMu.Lock()
+	if n.bgCancel != nil {
+		n.bgCancel()
+		n.bgCancel = nil
+	}
+	n.bgMu.Unlock()
+	n.bgWG.Wait()
+}
+
 func (n *Node) stop(ctx context.Context, mode StopMode) error {
+	n.stopBackground()
 	sig := syscall.SIGINT // fast: roll back sessions, shutdown checkpoint
 	switch mode {
 	case StopFast:
@@ -1590,6 +1621,7 @@ func (n *Node) session(ctx context.Context) (*pgx.Conn, func(error), error) {
 // Close closes the connection the node keeps open to its server (a Node
 // that is no longer used). The server is left as it is.
 func (n *Node) Close() {
+	n.stopBackground()
 	n.statusMu.Lock()
 	defer n.statusMu.Unlock()
 	n.closeStatusLocked()

@@ -163,6 +163,7 @@ func open(t *testing.T, cfg pgrepl.Config) *pgrepl.Node {
 		t.Fatalf("New: %v", err)
 	}
 	pgrepl.NoSync(n)
+	t.Cleanup(n.Close) // its background work ends with the test
 	return n
 }
 

@@ -150,7 +150,9 @@ func TestControllerPairInTheLab(t *testing.T) {
 	if len(missing) > 0 {
 		t.Errorf("%d acknowledged writes lost (of %d): %v", len(missing), acked, missing[:min(5, len(missing))])
 	}
-	if acked < 100 {
+	// One write every 50 ms for the whole sequence (seconds, shorter the
+	// faster the pair rejoins): a few dozen at the least.
+	if acked < 20 {
 		t.Errorf("the writer had only %d writes acknowledged", acked)
 	}
 	t.Logf("writer: %d acknowledged, %d failed, outages %v", acked, failed, gaps)

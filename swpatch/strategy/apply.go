@@ -93,11 +93,16 @@ type Timeouts struct {
 	Unlock    time.Duration // unlocked
 	Stabilize time.Duration // the health gate: available, patch-current, no new alarm
 	Swact     time.Duration // the peer active
+	// Settle is how long the health gate must hold without a break before
+	// it passes: a host that just rebooted may still raise alarms as it
+	// rejoins (a controller's pair re-forming: 200.009, 400.004 for a
+	// moment), which the next stage's alarm query would fail on.
+	Settle time.Duration
 }
 
 // DefaultTimeouts are generous: a lock migrates every server of a host.
 var DefaultTimeouts = Timeouts{Lock: 30 * time.Minute, Install: 10 * time.Minute, Unlock: 2 * time.Minute,
-	Stabilize: 15 * time.Minute, Swact: 2 * time.Minute}
+	Stabilize: 15 * time.Minute, Swact: 2 * time.Minute, Settle: 8 * time.Second}
 
 // Alarm IDs the executor raises (faultmgr/alarms.yaml).
 const (
@@ -136,7 +141,7 @@ func New(cfg Config) *Executor {
 		v *time.Duration
 		d time.Duration
 	}{{&t.Lock, d.Lock}, {&t.Install, d.Install},
-		{&t.Unlock, d.Unlock}, {&t.Stabilize, d.Stabilize}, {&t.Swact, d.Swact}} {
+		{&t.Unlock, d.Unlock}, {&t.Stabilize, d.Stabilize}, {&t.Swact, d.Swact}, {&t.Settle, d.Settle}} {
 		if *p.v == 0 {
 			*p.v = p.d
 		}
@@ -553,6 +558,7 @@ func (e *Executor) do(ctx context.Context, s *Strategy, i, j int) error {
 		return e.persistLocked(ctx, s)
 	case SystemStabilize:
 		begun := time.Now()
+		var healthy time.Time // since when the gate has held without a break
 		return e.waitErr(ctx, to.Stabilize, func(hs map[string]HostStatus) (string, error) {
 			for _, h := range step.Hosts {
 				st := hs[h]
@@ -560,15 +566,24 @@ func (e *Executor) do(ctx context.Context, s *Strategy, i, j int) error {
 					return "", fmt.Errorf("%s did not boot its new software (%s rolled back)", h, st.InstallFailed)
 				}
 				if st.Availability != inventory.Available || st.Operational != inventory.Enabled || !st.PatchCurrent {
+					healthy = time.Time{}
 					return fmt.Sprintf("host %s did not come back: %s/%s/%s, patch-current %t", h, st.Administrative, st.Operational, st.Availability, st.PatchCurrent), nil
 				}
 			}
 			alarms, err := site.Alarms(ctx)
 			if err != nil {
+				healthy = time.Time{}
 				return err.Error(), nil
 			}
 			if bad := blocking(*s, alarms, step.Hosts); len(bad) > 0 {
+				healthy = time.Time{}
 				return "new management-affecting alarms: " + describe(bad), nil
+			}
+			if healthy.IsZero() {
+				healthy = time.Now()
+			}
+			if held := time.Since(healthy); held < to.Settle {
+				return fmt.Sprintf("healthy for %s of the %s it must hold", held.Round(100*time.Millisecond), to.Settle), nil
 			}
 			return "", nil
 		})

@@ -41,7 +41,7 @@ type env struct {
 
 func newEnv(t *testing.T, shape inventory.Shape, hosts []strategy.HostStatus, reboot bool) *env {
 	e := &env{t: t, site: strategytest.NewSite(hosts, []string{"P-1"}, reboot), store: strategytest.NewMemStore(), shape: shape,
-		tmo: strategy.Timeouts{Lock: 5 * time.Second, Install: 5 * time.Second, Unlock: 5 * time.Second, Stabilize: 5 * time.Second, Swact: 5 * time.Second}}
+		tmo: strategy.Timeouts{Lock: 5 * time.Second, Install: 5 * time.Second, Unlock: 5 * time.Second, Stabilize: 5 * time.Second, Swact: 5 * time.Second, Settle: time.Millisecond}}
 	t.Cleanup(e.halt)
 	return e
 }
@@ -220,6 +220,49 @@ func TestHealthGateNewAlarm(t *testing.T) {
 	s := e.await(strategy.ApplyFailed, strategy.Applied)
 	if s.State != strategy.ApplyFailed || !strings.Contains(s.Reason, "400.002") || !strings.Contains(s.Reason, "system-stabilize controller-1") {
 		t.Fatalf("state %s: %q; want apply-failed at controller-1's gate naming 400.002", s.State, s.Reason)
+	}
+}
+
+// TestHealthGateSettles: a rebooted host that raises an alarm for a
+// moment after it is back (a controller's pair re-forming) does not pass
+// its gate until the gate has held for Settle without a break — the next
+// stage's alarm query never sees the transient.
+func TestHealthGateSettles(t *testing.T) {
+	e := newEnv(t, inventory.MultiServer, siteHosts(2, nil), true)
+	e.tmo.Settle = 300 * time.Millisecond
+	var mu sync.Mutex
+	var cleared time.Time
+	e.site.OnCall = func(call, host string) {
+		if call == "unlock" && host == "controller-1" {
+			go func() {
+				time.Sleep(50 * time.Millisecond) // the host is back; then the transient
+				e.site.SetAlarms(strategy.Alarm{ID: "200.009", Entity: "host=controller-1", Severity: "major", MgmtAffecting: "major"})
+				time.Sleep(150 * time.Millisecond)
+				e.site.SetAlarms()
+				mu.Lock()
+				cleared = time.Now()
+				mu.Unlock()
+			}()
+		}
+	}
+	e.start()
+	e.create(strategy.Options{})
+	e.ex.Apply(context.Background(), strategy.Patch)
+	s := e.await(strategy.ApplyFailed, strategy.Applied)
+	if s.State != strategy.Applied {
+		t.Fatalf("state %s: %q; want applied (the transient alarm waited out)", s.State, s.Reason)
+	}
+	mu.Lock()
+	defer mu.Unlock()
+	for _, st := range s.Stages {
+		for _, step := range st.Steps {
+			if step.Action == strategy.SystemStabilize && step.Target == "controller-1" {
+				if step.EndedAt == nil || step.EndedAt.Sub(cleared) < e.tmo.Settle {
+					t.Errorf("controller-1's gate passed at %v, %s after the alarm cleared; want at least %s", step.EndedAt,
+						step.EndedAt.Sub(cleared), e.tmo.Settle)
+				}
+			}
+		}
 	}
 }
 

@@ -75,7 +75,7 @@ func New(ctx context.Context, known []string, sites map[string]inventory.Shape) 
 		s.Target.RebootPolls = 2
 		s.Exec = strategy.New(strategy.Config{Site: name, Store: s.Store, Target: s.Target, Poll: time.Millisecond,
 			RetryEvery: time.Millisecond, Timeouts: strategy.Timeouts{Lock: 5 * time.Second, Install: 5 * time.Second,
-				Unlock: 5 * time.Second, Stabilize: 5 * time.Second, Swact: 5 * time.Second}})
+				Unlock: 5 * time.Second, Stabilize: 5 * time.Second, Swact: 5 * time.Second, Settle: time.Millisecond}})
 		go s.Exec.Run(ctx)
 		f.sites[name] = s
 	}

@@ -35,6 +35,7 @@ type fakeHost struct {
 	stopErr error
 	site    *fakeSite
 	migErr  error         // Migrate fails with it
+	migDies bool          // with migErr: the source's guest dies too (its QEMU ended)
 	stuck   chan struct{} // non-nil: Migrate runs until AbortMigration closes it
 	limits  []time.Duration
 }
@@ -278,6 +279,9 @@ func (h *fakeHost) Migrate(_ context.Context, id string, spec compute.MigrateSpe
 		return err
 	}
 	if h.migErr != nil {
+		if h.migDies {
+			d.state = compute.StateCrashed
+		}
 		return h.migErr
 	}
 	if stuck := h.stuck; stuck != nil {
@@ -1031,6 +1035,43 @@ func TestLiveMigration(t *testing.T) {
 	}
 	got = waitFor(t, m, sv.ID, "migrated back", func(sv compute.Server) bool { return idle(compute.ServerActive)(sv) && sv.Host == "compute-0" })
 	waitAlarm(t, s, compute.AlarmMigrationFailed, ent, false)
+}
+
+// A migration during which the guest's QEMU dies on the source (seen in
+// the lab): the destination is cleaned, the guest is booted again on the
+// source from its disk, and 700.003 says so; the server stays active
+// there.
+func TestMigrationSourceDeathRestartsTheGuest(t *testing.T) {
+	m, s := newSite(t, "compute-0", "compute-1")
+	ctx := context.Background()
+	h0, h1 := s.fake["fake://compute-0"], s.fake["fake://compute-1"]
+	sv, err := m.CreateServer(ctx, compute.CreateServer{Name: "vm1", Image: "img1", Flavor: "small", Host: "compute-0"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	waitFor(t, m, sv.ID, "active", idle(compute.ServerActive))
+	_, boots, _ := h0.domState(sv.ID)
+	h0.mu.Lock()
+	h0.migErr, h0.migDies = errors.New("procedure interrupted while awaiting response"), true
+	h0.mu.Unlock()
+	if _, err := m.Act(ctx, sv.ID, compute.ServerAction{Action: compute.ActionMigrate}); err != nil {
+		t.Fatal(err)
+	}
+	got := waitFor(t, m, sv.ID, "migration failed", func(sv compute.Server) bool {
+		return sv.Task == compute.TaskNone && sv.Migration != nil && sv.Migration.Phase == compute.MigrationFailed
+	})
+	if got.Status != compute.ServerActive || got.Host != "compute-0" || got.Fault != "" ||
+		!strings.Contains(got.Migration.Reason, "restarted there") {
+		t.Errorf("after the source's guest died: %s on %s (fault %q), migration %+v; want active on compute-0, its reason naming the restart",
+			got.Status, got.Host, got.Fault, got.Migration)
+	}
+	if st, b, ok := h0.domState(sv.ID); !ok || st != compute.StateRunning || b != boots+1 {
+		t.Errorf("on compute-0: %v, booted %d times (before: %d), defined %v; want running, booted once more", st, b, boots, ok)
+	}
+	if _, _, ok := h1.domState(sv.ID); ok {
+		t.Error("the destination keeps a domain")
+	}
+	waitAlarm(t, s, compute.AlarmMigrationFailed, "instance="+sv.ID, true)
 }
 
 func TestLostHostServersRebuiltElsewhere(t *testing.T) {

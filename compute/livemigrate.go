@@ -306,6 +306,7 @@ func (m *Manager) migrationFailed(ctx context.Context, sv Server, cause error) (
 	if src, err := m.host(ctx, mig.Source); err == nil {
 		srcRuns = m.runsOn(ctx, src, sv.ID)
 	}
+	dstClean := false // the destination surely does not run the guest
 	if dst, err := m.host(ctx, mig.Dest); err == nil && !dst.Lost {
 		err := m.withHost(ctx, dst.Name, func(c HostConn) error {
 			if st, err := c.State(ctx, sv.ID); err == nil && st == StateRunning && !srcRuns {
@@ -322,18 +323,57 @@ func (m *Manager) migrationFailed(ctx context.Context, sv Server, cause error) (
 		if err != nil {
 			m.log.Warn("migration failed: the destination is not cleaned", "server", sv.Name, "host", dst.Name, "err", err)
 		}
+		dstClean = err == nil
+	}
+	// The guest died on the source during the job (its QEMU ended) and
+	// surely runs nowhere else: booted again on the source from its own
+	// disk, which the job only read. The guest restarts (its memory is
+	// lost), as after a crash; 700.003 says why.
+	restarted := false
+	if !srcRuns && dstClean {
+		if err := m.restartOnSource(ctx, sv); err != nil {
+			m.log.Warn("migration failed and the guest died: not restarted on the source", "server", sv.Name, "host", mig.Source, "err", err)
+		} else {
+			srcRuns, restarted = true, true
+		}
 	}
 	now := time.Now().UTC()
 	mig.Phase, mig.Reason, mig.EndedAt = MigrationFailed, cause.Error(), &now
 	sv.Status, sv.Power = ServerActive, StateRunning
+	if restarted {
+		mig.Reason = cause.Error() + " (the guest died on " + mig.Source + " and was restarted there)"
+	}
 	if !srcRuns {
 		sv.Status, sv.Power = ServerError, StateUnknown
 		sv.Fault = "live migration failed and the guest does not run on " + mig.Source + ": " + cause.Error()
 	}
 	ent := "instance=" + sv.ID
-	m.raise(ctx, AlarmMigrationFailed, ent, map[string]string{"instance": sv.Name, "host": mig.Source, "detail": cause.Error()})
+	m.raise(ctx, AlarmMigrationFailed, ent, map[string]string{"instance": sv.Name, "host": mig.Source, "detail": mig.Reason})
 	m.log.Warn("live migration failed: the guest stays on the source", "server", sv.Name, "from", mig.Source, "to", mig.Dest, "err", cause)
 	return sv, nil
+}
+
+// restartOnSource boots sv's domain again on its source host, where it
+// is defined and shut off after its QEMU ended during a migration.
+func (m *Manager) restartOnSource(ctx context.Context, sv Server) error {
+	return m.withHost(ctx, sv.Migration.Source, func(c HostConn) error {
+		st, err := c.State(ctx, sv.ID)
+		if err != nil {
+			return err
+		}
+		switch st {
+		case StateRunning:
+			return nil
+		case StateShutoff, StateCrashed:
+		default:
+			return fmt.Errorf("its domain is %s", st)
+		}
+		if err := c.Start(ctx, sv.ID); err != nil {
+			return err
+		}
+		m.log.Warn("the guest died during its live migration: restarted on the source", "server", sv.Name, "host", sv.Migration.Source)
+		return nil
+	})
 }
 
 // saveMigration stores a change of the server's migration record.

@@ -90,7 +90,11 @@ func removePidFile(path string) {
 // libvirtdCmd runs a private libvirtd in the foreground (compute/libvirtd:
 // its own mount namespace, under tini): a host-init service of every lab
 // hypervisor host. It exits non-zero if the daemon dies, so host-init
-// restarts it, and stops the daemon on SIGTERM.
+// restarts it, and stops the daemon on SIGTERM. Either way the guests run
+// on (their QEMUs outlive libvirtd, as on a real host) and the next
+// daemon reconnects to them: a host's guests end with the host (its
+// reboot or power-off ends every process of the host), never because its
+// libvirtd restarted.
 func (a *app) libvirtdCmd() *cobra.Command {
 	var cfgFile string
 	c := &cobra.Command{
@@ -123,11 +127,11 @@ func (a *app) libvirtdCmd() *cobra.Command {
 				"in", time.Since(start).Round(time.Millisecond).String())
 			select {
 			case <-ctx.Done():
-				log.Info("stopping libvirtd")
-				return d.Close()
+				log.Info("stopping libvirtd; its guests run on")
+				d.Stop()
+				return nil
 			case <-d.Done():
-				_ = d.Close()
-				return fmt.Errorf("libvirtd exited (%v): %s", d.Err(), d.LogTail())
+				return fmt.Errorf("libvirtd exited (%v); its guests run on: %s", d.Err(), d.LogTail())
 			}
 		},
 	}

@@ -12,6 +12,7 @@ import (
 	"path/filepath"
 	"strconv"
 	"strings"
+	"syscall"
 	"testing"
 	"time"
 
@@ -237,6 +238,34 @@ func TestLabLibvirtd(t *testing.T) {
 	if len(qemu) != 1 || !inHostCgroup(qemu[0]) {
 		t.Fatalf("QEMU processes of the host: %v; want one in its cgroup", qemu)
 	}
+	drv.Close()
+
+	// libvirtd dies (SIGKILL): host-init starts it again, and the guest
+	// runs on throughout (its QEMU outlives the daemon, as on a real host);
+	// the new daemon reconnects to it.
+	pid, _ := strconv.Atoi(before[0])
+	if err := syscall.Kill(pid, syscall.SIGKILL); err != nil {
+		t.Fatal(err)
+	}
+	start = time.Now()
+	for {
+		if now := libvirtdPids(); len(now) == 1 && now[0] != before[0] {
+			break
+		}
+		if time.Since(start) > 30*time.Second {
+			t.Fatalf("libvirtd not started again 30 s after it died: %v", libvirtdPids())
+		}
+		time.Sleep(100 * time.Millisecond)
+	}
+	drv = connect()
+	t.Logf("libvirtd answered %s after it was killed", time.Since(start).Round(time.Millisecond))
+	if st, err := drv.State(ctx, spec.ID); err != nil || st != compute.StateRunning {
+		t.Errorf("vm1 after libvirtd died and started again: %v, %v; want running", st, err)
+	}
+	if now := procs("qemu-system"); len(now) != 1 || now[0] != qemu[0] {
+		t.Errorf("QEMU processes after libvirtd died: %v; want the same one (%s)", now, qemu[0])
+	}
+	before = libvirtdPids()
 	drv.Close()
 
 	base.ok("lab", "fault", "power-cycle", "site-v/"+h.Name)

@@ -52,6 +52,11 @@ func TestPatchStrategyInTheLab(t *testing.T) {
 				for _, l := range logs {
 					t.Logf("%s's %s ends:\n%s", h, filepath.Base(l), tailFile(l)) // a crash's assertion is there
 				}
+				// The host's libvirtd: host-init's service (restarts) and
+				// the daemon's own log (its errors).
+				for _, l := range []string{filepath.Join("logs", "libvirtd.log"), filepath.Join("libvirt", "log", "libvirtd.log"), filepath.Join("libvirt", "log", "stdout.log")} {
+					t.Logf("%s's %s ends:\n%s", h, l, tailFile(filepath.Join(dir, "hosts", "sp", h, l)))
+				}
 			}
 		}
 	})

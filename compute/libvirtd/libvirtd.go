@@ -586,11 +586,11 @@ func (d *Daemon) Dir() string { return d.cfg.Dir }
 // Pid is the process ID of the daemon's tini (libvirtd is its child).
 func (d *Daemon) Pid() int { return d.cmd.Process.Pid }
 
-// Close stops the daemon: SIGTERM to tini, which forwards it to libvirtd,
-// then SIGKILL after 10 s. QEMU processes outlive libvirtd by design, so
-// any domain still running is then killed by the PID libvirt recorded in
-// its pidfile (callers should destroy their domains first). Idempotent.
-func (d *Daemon) Close() error {
+// Stop stops the daemon (SIGTERM to tini, which forwards it to libvirtd;
+// SIGKILL after 10 s) and leaves its guests running, as restarting
+// libvirtd on a real host does: a daemon started again on the same Dir
+// reconnects to them. Idempotent.
+func (d *Daemon) Stop() {
 	select {
 	case <-d.done:
 	default:
@@ -602,6 +602,14 @@ func (d *Daemon) Close() error {
 			<-d.done
 		}
 	}
+}
+
+// Close stops the daemon and then kills every domain still running, by
+// the PID libvirt recorded in its pidfile: for tests and tools that own
+// the daemon's whole life (callers should destroy their domains first).
+// Idempotent.
+func (d *Daemon) Close() error {
+	d.Stop()
 	return d.killOrphanedQEMUs()
 }
 

@@ -1315,8 +1315,22 @@ func (m *Manager) removeOrphan(ctx context.Context, c HostConn, h HypervisorHost
 // removeLeftover removes a stopped copy of server sv's domain from a host
 // that is not sv's.
 func (m *Manager) removeLeftover(ctx context.Context, c HostConn, h HypervisorHost, sv Server, d Domain) {
+	if d.State != StateShutoff && d.State != StateCrashed {
+		// Paused (say, the source of a completed migration whose libvirtd
+		// restarted before it ended the source's QEMU): destroyed only
+		// once the server surely runs on its own host.
+		own, err := m.host(ctx, sv.Host)
+		if err != nil || !m.runsOn(ctx, own, sv.ID) {
+			return
+		}
+		m.log.Warn("destroying a paused copy of a server's domain on another host", "server", sv.Name, "host", h.Name, "state", d.State, "recorded_host", sv.Host)
+		if err := c.Destroy(ctx, d.ID); err != nil && !errors.Is(err, ErrNotFound) {
+			m.log.Warn("remove leftover domain", "server", sv.Name, "host", h.Name, "err", err)
+			return
+		}
+	}
 	m.log.Warn("removing a stopped copy of a server's domain from another host", "server", sv.Name, "host", h.Name, "recorded_host", sv.Host)
-	if err := c.Undefine(ctx, d.ID); err != nil {
+	if err := c.Undefine(ctx, d.ID); err != nil && !errors.Is(err, ErrNotFound) {
 		m.log.Warn("remove leftover domain", "server", sv.Name, "host", h.Name, "err", err)
 		return
 	}

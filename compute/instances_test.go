@@ -41,9 +41,10 @@ type fakeHost struct {
 }
 
 type fakeDom struct {
-	spec  compute.DomainSpec
-	state compute.State
-	boots int
+	spec      compute.DomainSpec
+	state     compute.State
+	boots     int
+	transient bool // as libvirt: Undefine refuses it; Destroy removes it
 }
 
 func newFakeHost() *fakeHost {
@@ -126,6 +127,9 @@ func (h *fakeHost) Destroy(_ context.Context, id string) error {
 		return err
 	}
 	d.state = compute.StateShutoff
+	if d.transient {
+		delete(h.doms, id)
+	}
 	return nil
 }
 
@@ -134,6 +138,9 @@ func (h *fakeHost) Undefine(_ context.Context, id string) error {
 	defer h.mu.Unlock()
 	if err := h.check(); err != nil {
 		return err
+	}
+	if d := h.doms[id]; d != nil && d.transient {
+		return errors.New("Requested operation is not valid: cannot undefine transient domain")
 	}
 	delete(h.doms, id)
 	return nil
@@ -994,6 +1001,24 @@ func TestLiveMigration(t *testing.T) {
 	}
 	if _, ok := h0.files[sv.ID]; ok {
 		t.Error("source files still there")
+	}
+
+	// A paused, transient copy left on the source (its libvirtd restarted
+	// after the job completed, before it ended the source's QEMU): the
+	// reconciler destroys it, since the server runs on its own host.
+	h0.mu.Lock()
+	h0.doms[sv.ID] = &fakeDom{spec: compute.DomainSpec{ID: sv.ID, Name: compute.DomainName(sv.ID)}, state: compute.StatePaused, transient: true}
+	h0.mu.Unlock()
+	for deadline := time.Now().Add(10 * time.Second); ; time.Sleep(5 * time.Millisecond) {
+		if _, _, ok := h0.domState(sv.ID); !ok {
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatal("the paused copy left on the source was not removed")
+		}
+	}
+	if st, _, _ := h1.domState(sv.ID); st != compute.StateRunning {
+		t.Fatalf("the server's own domain: %v", st)
 	}
 
 	// A failing job: the guest stays on the source, 700.003, the

@@ -331,10 +331,11 @@ func (m *Manager) migrationFailed(ctx context.Context, sv Server, cause error) (
 	// lost), as after a crash; 700.003 says why.
 	restarted := false
 	if !srcRuns && dstClean {
-		if err := m.restartOnSource(ctx, sv); err != nil {
+		started, err := m.restartOnSource(ctx, sv)
+		if err != nil {
 			m.log.Warn("migration failed and the guest died: not restarted on the source", "server", sv.Name, "host", mig.Source, "err", err)
 		} else {
-			srcRuns, restarted = true, true
+			srcRuns, restarted = true, started
 		}
 	}
 	now := time.Now().UTC()
@@ -355,8 +356,10 @@ func (m *Manager) migrationFailed(ctx context.Context, sv Server, cause error) (
 
 // restartOnSource boots sv's domain again on its source host, where it
 // is defined and shut off after its QEMU ended during a migration.
-func (m *Manager) restartOnSource(ctx context.Context, sv Server) error {
-	return m.withHost(ctx, sv.Migration.Source, func(c HostConn) error {
+// It reports whether it started it (false: it runs already, say once the
+// source's libvirtd, restarted, has resumed it).
+func (m *Manager) restartOnSource(ctx context.Context, sv Server) (started bool, err error) {
+	err = m.withHost(ctx, sv.Migration.Source, func(c HostConn) error {
 		st, err := c.State(ctx, sv.ID)
 		if err != nil {
 			return err
@@ -371,9 +374,11 @@ func (m *Manager) restartOnSource(ctx context.Context, sv Server) error {
 		if err := c.Start(ctx, sv.ID); err != nil {
 			return err
 		}
+		started = true
 		m.log.Warn("the guest died during its live migration: restarted on the source", "server", sv.Name, "host", sv.Migration.Source)
 		return nil
 	})
+	return started, err
 }
 
 // saveMigration stores a change of the server's migration record.

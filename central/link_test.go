@@ -552,3 +552,54 @@ func runCentral(t *testing.T, shell server.Config, listen string) (*central.Cent
 	<-c.Shell().Ready()
 	return c, cancel, done
 }
+
+// TestSilentLinkIsClosed: a site's link that goes silent without closing
+// (a half-open connection: no updates, no pings; central sends no
+// keepalive of its own) is marked offline and then closed by central, so
+// its session does not linger.
+func TestSilentLinkIsClosed(t *testing.T) {
+	const every = 200 * time.Millisecond
+	f := startCentralEvery(t, every)
+	cert, key := f.siteFiles(t, "quiet")
+	pair, err := tls.LoadX509KeyPair(cert, key)
+	if err != nil {
+		t.Fatal(err)
+	}
+	pem, _ := os.ReadFile(f.c.Shell().CACert)
+	pool := x509.NewCertPool()
+	pool.AppendCertsFromPEM(pem)
+	conn, err := tls.Dial("tcp", f.c.SiteAddr().String(), &tls.Config{Certificates: []tls.Certificate{pair}, RootCAs: pool, ServerName: "central"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	cfg := yamux.DefaultConfig()
+	cfg.EnableKeepAlive = false // the site sends nothing at all once linked
+	cfg.LogOutput = io.Discard
+	sess, err := yamux.Client(conn, cfg)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { sess.Close() })
+	ctl, err := sess.OpenStream()
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := linkproto.Write(ctl, linkproto.Message{Type: linkproto.TypeHello, Site: "quiet", Epoch: "e1",
+		Protocols: []int{linkproto.Current}, Seq: 1, Summary: &linkproto.Summary{Hosts: 1}, SentAt: time.Now().UTC()}); err != nil {
+		t.Fatal(err)
+	}
+	ctl.SetReadDeadline(time.Now().Add(10 * time.Second))
+	if w, err := linkproto.Read(ctl); err != nil || w.Type != linkproto.TypeWelcome {
+		t.Fatalf("welcome: %+v %v", w, err)
+	}
+	f.waitAvailability(t, "quiet", central.Online)
+	silent := time.Now()
+	f.waitAvailability(t, "quiet", central.Offline)
+	offline := time.Since(silent)
+	select {
+	case <-sess.CloseChan():
+		t.Logf("offline after %s, the link closed by central after %s", offline.Round(time.Millisecond), time.Since(silent).Round(time.Millisecond))
+	case <-time.After(10 * time.Second):
+		t.Fatalf("central kept a silent link open %s after its last frame (read deadline: 5.5 intervals of %s)", time.Since(silent).Round(time.Millisecond), every)
+	}
+}

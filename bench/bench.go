@@ -65,8 +65,16 @@ func Percentile(sorted []time.Duration, p float64) time.Duration {
 	return sorted[min(max(i, 0), len(sorted)-1)]
 }
 
+// cell is s as one Markdown table cell: on one line (an error's output
+// may span many), its pipes escaped.
+func cell(s string) string {
+	s = strings.Join(strings.Fields(s), " ")
+	return strings.ReplaceAll(s, "|", `\|`)
+}
+
 // Record appends a result row to the table under the heading in file,
 // creating the section (heading, description, table header) if absent.
+// Each cell is written on one line.
 func Record(file, heading, intro string, header []string, row []string) error {
 	b, err := os.ReadFile(file)
 	if err != nil && !os.IsNotExist(err) {
@@ -76,7 +84,11 @@ func Record(file, heading, intro string, header []string, row []string) error {
 	if len(b) == 0 {
 		lines = []string{"# Benchmarks", "", "Results of `petrel bench`, newest last in each table. Every row names the command, commit and machine."}
 	}
-	rowLine := "| " + strings.Join(row, " | ") + " |"
+	cells := make([]string, len(row))
+	for i, c := range row {
+		cells[i] = cell(c)
+	}
+	rowLine := "| " + strings.Join(cells, " | ") + " |"
 	h := slices.Index(lines, "## "+heading)
 	if h < 0 {
 		sep := make([]string, len(header))

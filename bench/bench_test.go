@@ -33,6 +33,19 @@ func TestRecordAppendsUnderItsHeading(t *testing.T) {
 	}
 }
 
+// A cell spanning lines (a failed run's error) or holding a pipe stays
+// one table cell.
+func TestRecordKeepsARowOnOneLine(t *testing.T) {
+	f := filepath.Join(t.TempDir(), "benchmarks.md")
+	if err := bench.Record(f, "T1", "About.", []string{"a", "b"}, []string{"1", "did not complete: initdb:\nPermission denied | x"}); err != nil {
+		t.Fatal(err)
+	}
+	b, _ := os.ReadFile(f)
+	if !strings.HasSuffix(string(b), "| 1 | did not complete: initdb: Permission denied \\| x |\n") {
+		t.Errorf("benchmarks.md:\n%s", b)
+	}
+}
+
 func TestPercentile(t *testing.T) {
 	var d []time.Duration
 	for i := 1; i <= 100; i++ {

@@ -494,7 +494,10 @@ func (s *Service) Authenticate(ctx context.Context, secret string) (Principal, e
 		case age < cacheTTL:
 			return c.p, nil
 		case age < 2*cacheTTL:
-			s.lookups.DoChan(h, func() (any, error) { return s.lookup(h) }) // refresh; not waited for
+			// Refresh; not waited for. Its own key: a caller that must
+			// wait (below) never takes the answer of a refresh that began
+			// before, say, a revocation elsewhere.
+			s.lookups.DoChan("refresh/"+h, func() (any, error) { return s.lookup(h) })
 			return c.p, nil
 		}
 	}

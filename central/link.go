@@ -107,16 +107,10 @@ func (l *links) closeAll() {
 	clear(l.sessions)
 }
 
-// yamuxConfig is central's session configuration of a link. Central
-// sends no keepalive pings of its own (one goroutine, two timers and a
-// ping every 5 s per link at 10,000 sites): a site's updates are its
-// liveness, and a link silent for the offline silence plus an interval
-// (27.5 s by default), dead or half-open, is closed by its control
-// stream's read deadline (TestSilentLinkIsClosed). It still answers the
-// sites' pings.
+// yamuxConfig is the session configuration on both ends of a link.
 func yamuxConfig(log *slog.Logger) *yamux.Config {
 	c := yamux.DefaultConfig()
-	c.EnableKeepAlive = false
+	c.KeepAliveInterval = 5 * time.Second
 	c.ConnectionWriteTimeout = 10 * time.Second
 	c.StreamOpenTimeout = 10 * time.Second
 	c.LogOutput = io.Discard
@@ -184,9 +178,7 @@ func (c *Central) serveLink(ctx context.Context, conn net.Conn) error {
 		return err
 	}
 	defer sess.Close()
-	actx, cancel := context.WithTimeout(ctx, 10*time.Second)
-	ctl, err := sess.AcceptStreamWithContext(actx)
-	cancel()
+	ctl, err := acceptWithin(sess, 10*time.Second)
 	if err != nil {
 		return fmt.Errorf("control stream: %w", err)
 	}
@@ -394,6 +386,22 @@ func (cc *certCache) forget(site string) {
 	defer cc.mu.Unlock()
 	cc.gen++
 	delete(cc.serials, site)
+}
+
+func acceptWithin(sess *yamux.Session, d time.Duration) (net.Conn, error) {
+	type res struct {
+		c   net.Conn
+		err error
+	}
+	ch := make(chan res, 1)
+	go func() { c, err := sess.Accept(); ch <- res{c, err} }()
+	select {
+	case r := <-ch:
+		return r.c, r.err
+	case <-time.After(d):
+		sess.Close()
+		return nil, errors.New("timed out")
+	}
 }
 
 func siteOf(chain []*x509.Certificate) string {

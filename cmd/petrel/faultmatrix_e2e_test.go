@@ -52,7 +52,13 @@ func TestFaultMatrix(t *testing.T) {
 	t.Cleanup(func() {
 		if t.Failed() {
 			for _, h := range []string{"controller-0", "controller-1"} {
-				t.Logf("%s's site controller log ends:\n%s", h, tailFile(filepath.Join(dir, "hosts", "site-fm", h, "logs", "subcloud.log")))
+				log := filepath.Join(dir, "hosts", "site-fm", h, "logs", "subcloud.log")
+				t.Logf("%s's pair decisions:\n%s", h, grepFile(log, `"component":"pair"`))
+				t.Logf("%s's site controller log ends:\n%s", h, tailFile(log))
+				if keep := os.Getenv("PETREL_FAULT_LOGS"); keep != "" {
+					// Every log of the host, for a look after the lab is gone.
+					_ = os.CopyFS(filepath.Join(keep, h), os.DirFS(filepath.Join(dir, "hosts", "site-fm", h, "logs")))
+				}
 			}
 		}
 	})

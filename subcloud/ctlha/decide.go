@@ -128,7 +128,11 @@ type WitnessView struct {
 	// (renewed less than LeaseTTL minus a safety margin ago). While it is,
 	// the witness grants my peer nothing against me.
 	LeaseValid bool
-	Verdict    Verdict // about the peer
+	// Held: the stretches of the last minutes in which my lease was
+	// valid without a break, as ages. Beats sent in them told the peer
+	// I held it.
+	Held    []LeaseRun
+	Verdict Verdict // about the peer
 	// Granted: the witness granted me the next epoch (after a claim);
 	// Holder is then me and HolderEpoch that epoch.
 	Granted bool
@@ -136,6 +140,22 @@ type WitnessView struct {
 	// countersigned an epoch for, and that epoch.
 	Holder      string
 	HolderEpoch uint64
+}
+
+// LeaseRun is a stretch of time in which a controller's witness lease was
+// valid without a break, as ages: it began From ago and ended To ago (0:
+// it still is).
+type LeaseRun struct{ From, To time.Duration }
+
+// heldThrough reports whether my lease was valid throughout the time from
+// `from` ago to `to` ago (from >= to).
+func (w WitnessView) heldThrough(from, to time.Duration) bool {
+	for _, r := range w.Held {
+		if r.From >= from && r.To <= to {
+			return true
+		}
+	}
+	return false
 }
 
 // BMCView is what a controller reads from its peer's BMC.
@@ -146,6 +166,11 @@ type BMCView struct {
 	// FenceIssuedAgo: how long ago this controller issued a power-off to
 	// the peer (0: none issued).
 	FenceIssuedAgo time.Duration
+	// ReachableFor: how long the BMC has answered without a break (0
+	// while it does not). A standby that comes back from its own
+	// isolation reaches the BMC before the peer's beats arrive: its
+	// fence delay counts from here too (D59).
+	ReachableFor time.Duration
 }
 
 // EtcdView is what a controller knows of the site's etcd (multi-server).
@@ -346,6 +371,26 @@ func peerOf(v View) peer {
 // heard; never heard counts as yes (the cautious answer).
 func (p peer) hadWitness() bool { return p.beat == nil || p.beat.Witness }
 
+// peerDefers reports whether a lost peer, if it is alive and cut off from
+// the witness too, defers to the witness rather than race at the BMC (D26
+// and D57 read the last beat it heard from me): its beat b, the last I
+// heard, says it had heard me hold a lease, and my lease held throughout
+// the time around then, so the beats of mine it can have heard after
+// that said so too. The peer is assumed to have stopped hearing me about
+// when I stopped hearing it: a link that fails one way first is not
+// covered (docs/ha.md). If it does not defer, why.
+func peerDefers(v View, b *Beat) (bool, string) {
+	switch {
+	case b == nil:
+		return false, v.Peer + " was never heard"
+	case !b.PeerWitness:
+		return false, "when last heard, " + v.Peer + " had not heard me hold a witness lease"
+	case !v.Witness.heldThrough(v.PeerLostFor+v.Timing.LostAfter, max(0, v.PeerLostFor-v.Timing.LostAfter)):
+		return false, "my witness lease was not valid throughout the time " + v.Peer + " was last heard"
+	}
+	return true, ""
+}
+
 // ranksAbove reports whether (epoch, lsn, name) a ranks above b: higher
 // epoch, then higher LSN, then the lower name.
 func ranksAbove(aEpoch, aLSN uint64, aName string, bEpoch, bLSN uint64, bName string) bool {
@@ -452,9 +497,22 @@ func decideActive(v View, p peer) Decision {
 		return decision("D19", Hold, AlarmHeld, "%s but its etcd lease is alive (cut off from me only): replication stays synchronous, writes block", p.lostText())
 	}
 	if w.Configured && w.Reachable {
+		defers, why := peerDefers(v, b)
 		switch {
 		case v.bmcOff():
 			return decision("D20", GoAsync, AlarmLostRedundancy, "%s and %s: standby failed; replication asynchronous (witness countersigns with the BMC evidence)", p.lostText(), v.bmcText())
+		case w.Verdict == VerdictPeerLost && !defers && v.BMC.Configured:
+			// The standby may be alive, cut off from me and from the
+			// witness, and not know that I hold a lease: it would race at
+			// the BMC (D58-D60) and take over without the writes I
+			// acknowledge once asynchronous. It is powered off first.
+			switch {
+			case v.bmcOn() && !v.fenceTimedOut():
+				return decision("D80", Fence, "", "%s and its witness lease expired, but %s: fence it before going asynchronous (it could take over through the BMC race without my writes)", p.lostText(), why)
+			case v.bmcOn():
+				return decision("D81", Hold, AlarmHeld, "%s and its witness lease expired, but %s; the fence issued %s ago is not read back off: replication stays synchronous, writes block", p.lostText(), why, v.BMC.FenceIssuedAgo)
+			}
+			return decision("D81", Hold, AlarmHeld, "%s and its witness lease expired, but %s and %s: it could take over through the BMC race, so replication stays synchronous and writes block until it is heard or read off", p.lostText(), why, v.bmcText())
 		case w.Verdict == VerdictPeerLost:
 			return decision("D21", GoAsync, AlarmLostRedundancy, "%s and its witness lease expired: standby failed; replication asynchronous (witness countersigns)", p.lostText())
 		case w.Verdict == VerdictPeerAlive:
@@ -583,13 +641,22 @@ func standbyPeerLost(v View, p peer) Decision {
 	}
 	w := v.Witness
 	if w.Configured && w.Reachable {
+		defers, why := peerDefers(v, p.beat)
 		switch {
 		case w.Holder != v.Self && w.HolderEpoch > v.Epoch:
 			return refuse(v, "D48", Hold, AlarmHeld, "%s; the witness holds epoch %d for %s, newer than mine (%d): the active went on without me", p.lostText(), w.HolderEpoch, orNobody(w.Holder), v.Epoch)
 		case w.Granted && v.bmcOn() && !v.fenceTimedOut():
 			return decision("D49", Fence, "", "%s; the witness granted me the next epoch; %s: fence it before taking over", p.lostText(), v.bmcText())
-		case w.Granted:
+		case w.Granted && (v.bmcOff() || defers):
 			return decision("D50", TakeOver, "", "%s; the witness granted me the next epoch (%s)", p.lostText(), v.bmcText())
+		case w.Granted:
+			// An active cut off from me and from the witness steps down
+			// only if it knows I hold a lease (D26); otherwise it stays
+			// active, racing at the BMC or holding its writes.
+			if v.bmcOn() {
+				return refuse(v, "D82", Hold, AlarmHeld, "%s; the witness granted me the next epoch, but %s, and the fence issued %s ago is not read back off: no takeover", p.lostText(), why, v.BMC.FenceIssuedAgo)
+			}
+			return refuse(v, "D82", Hold, AlarmHeld, "%s; the witness granted me the next epoch, but %s and %s: it may still act as active; no takeover until it is heard or read off", p.lostText(), why, v.bmcText())
 		case v.bmcOff():
 			d := decision("D51", Hold, "", "%s and %s: claiming the epoch at the witness with the BMC evidence", p.lostText(), v.bmcText())
 			d.Claim = true
@@ -622,8 +689,8 @@ func standbyPeerLost(v View, p peer) Decision {
 	switch {
 	case v.bmcOff():
 		return decision("D58", TakeOver, "", "%s, %s and %s: take over", p.lostText(), arb, v.bmcText())
-	case v.bmcOn() && v.PeerLostFor < v.Timing.LostAfter+v.Timing.FenceDelay:
-		return decision("D59", Hold, "", "%s, %s and %s: the standby's fence delay (%s) runs first", p.lostText(), arb, v.bmcText(), v.Timing.FenceDelay)
+	case v.bmcOn() && (v.PeerLostFor < v.Timing.LostAfter+v.Timing.FenceDelay || v.BMC.ReachableFor < v.Timing.FenceDelay):
+		return decision("D59", Hold, "", "%s, %s and %s (answering for %s): the standby's fence delay (%s) runs first", p.lostText(), arb, v.bmcText(), v.BMC.ReachableFor, v.Timing.FenceDelay)
 	case v.bmcOn() && !v.fenceTimedOut():
 		return decision("D60", Fence, "", "%s, %s and %s: fence it, then take over", p.lostText(), arb, v.bmcText())
 	case v.bmcOn():

@@ -36,10 +36,11 @@ func view(r Role, opts ...func(*View)) View {
 	v := View{
 		Mode: ModeDuplex, Self: c0, Peer: c1, Role: r, Epoch: 5, LSN: 100, Sync: true,
 		PeerLinks: map[Network]bool{NetMgmt: true, NetCluster: true},
-		PeerBeat:  &Beat{From: c1, Role: peerRole, Epoch: 5, LSN: 100, Sync: true, Witness: true},
-		Witness:   WitnessView{Configured: true, Reachable: true, LeaseValid: true, Verdict: VerdictPeerAlive, Holder: holder, HolderEpoch: 5},
-		BMC:       BMCView{Configured: true, Reachable: true, Power: PowerOn},
-		Etcd:      EtcdView{Quorum: true, Leader: holder, LeaderEpoch: 5, EpochHolder: holder, PeerLease: true},
+		PeerBeat:  &Beat{From: c1, Role: peerRole, Epoch: 5, LSN: 100, Sync: true, Witness: true, PeerWitness: true},
+		Witness: WitnessView{Configured: true, Reachable: true, LeaseValid: true, Verdict: VerdictPeerAlive, Holder: holder, HolderEpoch: 5,
+			Held: []LeaseRun{{From: time.Hour}}},
+		BMC:  BMCView{Configured: true, Reachable: true, Power: PowerOn, ReachableFor: time.Hour},
+		Etcd: EtcdView{Quorum: true, Leader: holder, LeaderEpoch: 5, EpochHolder: holder, PeerLease: true},
 	}
 	for _, o := range opts {
 		o(&v)
@@ -75,6 +76,7 @@ func beat(f func(*Beat)) func(*View) {
 }
 func peerRole(r Role) func(*View)   { return beat(func(b *Beat) { b.Role = r }) }
 func peerNoWitness(v *View)         { beat(func(b *Beat) { b.Witness = false })(v) }
+func peerUnaware(v *View)           { beat(func(b *Beat) { b.PeerWitness = false })(v) }
 func set(f func(*View)) func(*View) { return f }
 
 type rowCase struct {
@@ -111,6 +113,8 @@ func rowCases() []rowCase {
 		{"D19 multi-server active holds: peer's etcd lease alive", view(A, ms, lost), Hold, AlarmHeld, false, false},
 		{"D20 active goes async: witness answers, BMC off", view(A, lost, bmcOff), GoAsync, AlarmLostRedundancy, false, false},
 		{"D21 active goes async: witness says the standby is lost", view(A, lost, verdict(VerdictPeerLost)), GoAsync, AlarmLostRedundancy, false, false},
+		{"D80 active fences before going async: the standby had not heard my lease", view(A, lost, verdict(VerdictPeerLost), peerUnaware), Fence, "", false, false},
+		{"D81 active holds: the standby may race and its BMC is unreachable", view(A, lost, verdict(VerdictPeerLost), peerUnaware, bmcUnreach), Hold, AlarmHeld, false, false},
 		{"D22 active holds: partition, witness sees the standby alive", view(A, lost), Hold, AlarmHeld, false, false},
 		{"D23 active holds: no verdict yet", view(A, lost, verdict(VerdictUnknown)), Hold, "", false, false},
 		{"D24 active goes async: witness silent, lease valid, BMC off", view(A, lost, witnessSilent, bmcOff), GoAsync, AlarmLostRedundancy, false, false},
@@ -142,6 +146,7 @@ func rowCases() []rowCase {
 		{"D48 standby holds: witness holds a newer epoch", view(S, lost, set(func(v *View) { v.Witness.HolderEpoch = 6 })), Hold, AlarmHeld, false, false},
 		{"D49 granted standby fences first", view(S, lost, granted), Fence, "", false, false},
 		{"D50 granted standby takes over", view(S, lost, granted, fenced(time.Second), bmcOff), TakeOver, "", false, false},
+		{"D82 granted standby holds: the active had not heard my lease, BMC unreachable", view(S, lost, granted, peerUnaware, bmcUnreach), Hold, AlarmHeld, false, false},
 		{"D51 standby claims with BMC evidence", view(S, lost, bmcOff), Hold, "", false, true},
 		{"D52 standby claims: active's lease expired", view(S, lost, verdict(VerdictPeerLost)), Hold, "", false, true},
 		{"D53 standby holds: witness sees the active alive", view(S, lost), Hold, AlarmHeld, false, false},
@@ -190,6 +195,41 @@ func TestDecideRows(t *testing.T) {
 				t.Errorf("Decide = %v: no reason", d)
 			}
 		})
+	}
+}
+
+// TestActingOnTheWitnessAlone: the active goes asynchronous (D21) and a
+// granted standby takes over (D50) on the witness's word alone only while
+// the lost peer would defer to the witness: it had heard my lease, and my
+// lease held around its last beat (PeerLostFor 5 s, LostAfter 600 ms:
+// 5.6 s to 4.4 s ago). Otherwise the peer is fenced first, or they hold.
+func TestActingOnTheWitnessAlone(t *testing.T) {
+	A, S := RoleActive, RoleStandby
+	held := func(runs ...LeaseRun) func(*View) { return func(v *View) { v.Witness.Held = runs } }
+	cases := []struct {
+		name string
+		v    View
+		row  string
+	}{
+		{"active, lease held for an hour", view(A, lost, verdict(VerdictPeerLost)), "D21"},
+		{"active, lease back 4 s ago", view(A, lost, verdict(VerdictPeerLost), held(LeaseRun{From: time.Hour, To: 5 * time.Second}, LeaseRun{From: 4 * time.Second})), "D80"},
+		{"active, lease lapsed 3 s ago and back since", view(A, lost, verdict(VerdictPeerLost), held(LeaseRun{From: time.Hour, To: 3 * time.Second}, LeaseRun{From: 2 * time.Second})), "D21"},
+		{"active, lease lapsed briefly 5 s ago", view(A, lost, verdict(VerdictPeerLost), held(LeaseRun{From: time.Hour, To: 5100 * time.Millisecond}, LeaseRun{From: 5 * time.Second})), "D80"},
+		{"active, standby never heard", view(A, notHeard, verdict(VerdictPeerLost)), "D80"},
+		{"active, standby unaware, fence not read back", view(A, lost, verdict(VerdictPeerLost), peerUnaware, fenced(11*time.Second)), "D81"},
+		{"active, standby unaware, no BMC configured: it cannot race", view(A, lost, verdict(VerdictPeerLost), peerUnaware, bmcNone), "D21"},
+		{"active, standby unaware, BMC reads off", view(A, lost, verdict(VerdictPeerLost), peerUnaware, bmcOff), "D20"},
+		{"standby granted, BMC unreachable, active aware", view(S, lost, granted, bmcUnreach), "D50"},
+		{"standby granted, no BMC, my lease back 4 s ago", view(S, lost, granted, bmcNone, held(LeaseRun{From: 4 * time.Second})), "D82"},
+		{"standby granted, active unaware, fence not read back", view(S, lost, granted, peerUnaware, fenced(11*time.Second)), "D82"},
+		{"standby granted, active unaware, BMC reads off", view(S, lost, granted, peerUnaware, bmcOff), "D50"},
+		{"standby racing, its BMC answering for 1 s", view(S, lost, witnessLapsed, peerNoWitness, set(func(v *View) { v.BMC.ReachableFor = time.Second })), "D59"},
+		{"standby racing, its BMC answering for 3 s", view(S, lost, witnessLapsed, peerNoWitness, set(func(v *View) { v.BMC.ReachableFor = 3 * time.Second })), "D60"},
+	}
+	for _, c := range cases {
+		if d := Decide(c.v); d.Row != c.row {
+			t.Errorf("%s: Decide = %v; want row %s", c.name, d, c.row)
+		}
 	}
 }
 
@@ -322,6 +362,7 @@ const (
 	simLeaseMargin  = 3  // steps: a controller deems its lease lapsed this much earlier
 	simFenceLatency = 2  // steps from power-off command to power off
 	simResumeAt     = 30 // "hang-resume": the frozen controller runs again (before the heal)
+	simWitnessBack  = 2  // "witness back": a controller that lost the witness before the fault regains it
 	simFaultSteps   = 45
 	simHealSteps    = 35
 	simStep         = 100 * time.Millisecond
@@ -344,12 +385,16 @@ type scenario struct {
 	witness      bool
 	wReach       [2]bool // each controller reaches the witness (duplex)
 	wLostBefore  bool    // the unreachable ones lost it long before the fault
-	etcdReach    [2]bool // each controller reaches the worker's etcd member (multi-server)
-	bmc          bool
-	bmcReach     [2]bool // controller i reaches the other's BMC
-	bmcIgnore    bool    // BMCs take power-off commands and do nothing
-	fault        [2]string
-	sync         bool // normal start: the standby was synchronous
+	// wBack: controller i, which lost the witness before the fault, regains
+	// it at step simWitnessBack, while the links stay down: its peer last
+	// heard it without a lease.
+	wBack     [2]bool
+	etcdReach [2]bool // each controller reaches the worker's etcd member (multi-server)
+	bmc       bool
+	bmcReach  [2]bool // controller i reaches the other's BMC
+	bmcIgnore bool    // BMCs take power-off commands and do nothing
+	fault     [2]string
+	sync      bool // normal start: the standby was synchronous
 }
 
 func (sc scenario) String() string {
@@ -370,6 +415,11 @@ func (sc scenario) String() string {
 			b.WriteString(" witness(c0=" + onoff(sc.wReach[0]) + ",c1=" + onoff(sc.wReach[1]))
 			if sc.wLostBefore {
 				b.WriteString(",lost-before")
+			}
+			for i, back := range sc.wBack {
+				if back {
+					fmt.Fprintf(&b, ",c%d-back", i)
+				}
 			}
 			b.WriteString(")")
 		} else {
@@ -412,10 +462,12 @@ type simNode struct {
 	epoch, lsn    uint64
 	async, sync   bool
 	fenceAt       int
-	heard         [2]int // step the peer was last heard per network
-	beat          *Beat  // the peer's last beat
-	lease         int    // step of the last witness renewal
-	etcdLease     int    // step of the last etcd session renewal
+	heard         [2]int   // step the peer was last heard per network
+	beat          *Beat    // the peer's last beat
+	lease         int      // step of the last witness renewal
+	held          [][2]int // runs of steps with a valid lease, [first, last]
+	bmcSince      int      // first step of the current run of steps reaching the peer's BMC (never: not reached)
+	etcdLease     int      // step of the last etcd session renewal
 	granted       bool
 	swact         string
 	lastDecision  Decision
@@ -478,9 +530,17 @@ func newSim(sc scenario) *sim {
 		if sc.mode == ModeDuplex && sc.witness && !sc.wReach[i] && sc.wLostBefore {
 			n.lease = -100
 		}
+		n.bmcSince = never
+		if s.leaseValid(i) {
+			n.held = [][2]int{{-1000, -1}}
+		}
+		if sc.bmc && sc.bmcReach[i] {
+			n.bmcSince = -1000
+		}
 	}
 	if sc.start != "dead-office" { // they heard each other until the fault
 		a.beat, b.beat = s.beatOf(1), s.beatOf(0)
+		a.beat, b.beat = s.beatOf(1), s.beatOf(0) // the echoes (PeerWitness) of those
 	}
 	return s
 }
@@ -490,7 +550,7 @@ func (s *sim) other(i int) int { return 1 - i }
 func (s *sim) linkUp(k int) bool { return s.healed || s.sc.links[k] }
 func (s *sim) anyLink() bool     { return s.linkUp(0) || s.linkUp(1) }
 func (s *sim) wReach(i int) bool {
-	return s.sc.mode == ModeDuplex && s.sc.witness && (s.healed || s.sc.wReach[i])
+	return s.sc.mode == ModeDuplex && s.sc.witness && (s.healed || s.sc.wReach[i] || (s.sc.wBack[i] && s.t >= simWitnessBack))
 }
 func (s *sim) bmcReach(i int) bool { return s.sc.bmc && (s.healed || s.sc.bmcReach[i]) }
 func (s *sim) leaseValid(i int) bool {
@@ -506,7 +566,8 @@ func (s *sim) quorum(i int) bool {
 
 func (s *sim) beatOf(i int) *Beat {
 	n := s.n[i]
-	b := Beat{From: n.name, Role: n.role, Epoch: n.epoch, LSN: n.lsn, Sync: n.sync, Witness: s.leaseValid(i)}
+	b := Beat{From: n.name, Role: n.role, Epoch: n.epoch, LSN: n.lsn, Sync: n.sync, Witness: s.leaseValid(i),
+		PeerWitness: n.beat == nil || n.beat.Witness}
 	if n.sent == nil || *n.sent != b {
 		n.sent = &b
 	}
@@ -538,6 +599,9 @@ func (s *sim) view(i int) View {
 	}
 	if s.sc.mode == ModeDuplex && s.sc.witness {
 		v.Witness = WitnessView{Configured: true, Reachable: s.wReach(i), LeaseValid: s.leaseValid(i), Verdict: VerdictUnknown}
+		for _, r := range n.held {
+			v.Witness.Held = append(v.Witness.Held, LeaseRun{From: time.Duration(s.t-r[0]) * simStep, To: time.Duration(s.t-r[1]) * simStep})
+		}
 		if v.Witness.Reachable {
 			v.Witness.Verdict = VerdictPeerAlive
 			if s.leaseExpiredAtWitness(s.other(i)) {
@@ -552,6 +616,9 @@ func (s *sim) view(i int) View {
 	}
 	if s.sc.bmc {
 		v.BMC = BMCView{Configured: true, Reachable: s.bmcReach(i), Power: PowerUnknown}
+		if n.bmcSince != never {
+			v.BMC.ReachableFor = time.Duration(s.t-n.bmcSince) * simStep
+		}
 		if v.BMC.Reachable {
 			v.BMC.Power = PowerOn
 			if !p.powered {
@@ -636,6 +703,21 @@ func (s *sim) step() {
 		}
 		if n.alive() && s.quorum(i) {
 			n.etcdLease = s.t
+		}
+	}
+	for i, n := range s.n {
+		if s.leaseValid(i) {
+			if k := len(n.held) - 1; k >= 0 && n.held[k][1] == s.t-1 {
+				n.held[k][1] = s.t
+			} else {
+				n.held = append(n.held, [2]int{s.t, s.t})
+			}
+		}
+		switch {
+		case !s.bmcReach(i):
+			n.bmcSince = never
+		case n.bmcSince == never:
+			n.bmcSince = s.t
 		}
 	}
 	if s.leader >= 0 && s.t-s.n[s.leader].etcdLease > simLeaseTTL {
@@ -841,8 +923,8 @@ func (s *sim) checkLive() {
 }
 
 // waitsByDesign: the lone live controller i may not become active. It is
-// stale, or nothing can confirm that the peer is down (no witness and no
-// BMC that obeys), or, at a dead-office start, no arbiter names it as the
+// stale, or nothing can confirm that the peer is down (no BMC that obeys,
+// and no witness or a peer that did not know I held a lease), or, at a dead-office start, no arbiter names it as the
 // holder of the latest state (or the silent peer is powered on).
 func (s *sim) waitsByDesign(i int) bool {
 	n, p := s.n[i], s.n[s.other(i)]
@@ -856,7 +938,11 @@ func (s *sim) waitsByDesign(i int) bool {
 		}
 		return !s.sc.witness || s.holder != i || (s.sc.bmc && p.powered)
 	}
-	return duplex && !s.sc.witness && (!s.sc.bmc || s.sc.bmcIgnore)
+	noFence := !s.sc.bmc || s.sc.bmcIgnore
+	// The peer, when last heard, had not heard me hold a lease: alive and
+	// cut off, it would stay active rather than defer to the witness (D82).
+	unaware := s.sc.witness && n.beat != nil && !n.beat.PeerWitness
+	return duplex && noFence && (!s.sc.witness || unaware)
 }
 
 // scenarios enumerates the model check's grid (docs/ha.md).
@@ -875,6 +961,7 @@ func scenarios() []scenario {
 		witness    bool
 		reach      [2]bool
 		lostBefore bool
+		back       [2]bool
 		etcdReach  [2]bool
 	}
 	var duplexArbs, msArbs []arb
@@ -884,6 +971,13 @@ func scenarios() []scenario {
 			duplexArbs = append(duplexArbs, arb{witness: true, reach: [2]bool{r0, r1}})
 			if !r0 || !r1 {
 				duplexArbs = append(duplexArbs, arb{witness: true, reach: [2]bool{r0, r1}, lostBefore: true})
+				// The ones that lost it get it back during the fault: each
+				// alone, or both.
+				for _, back := range [][2]bool{{!r0, false}, {false, !r1}, {!r0, !r1}} {
+					if back != [2]bool{} && (back[0] != back[1] || (!r0 && !r1)) {
+						duplexArbs = append(duplexArbs, arb{witness: true, reach: [2]bool{r0, r1}, lostBefore: true, back: back})
+					}
+				}
 			}
 			msArbs = append(msArbs, arb{etcdReach: [2]bool{r0, r1}})
 		}
@@ -902,7 +996,7 @@ func scenarios() []scenario {
 				for _, a := range arbs {
 					for _, bm := range bmcs {
 						base := scenario{mode: mode, links: [2]bool{l0, l1}, witness: a.witness, wReach: a.reach,
-							wLostBefore: a.lostBefore, etcdReach: a.etcdReach, bmc: bm.on, bmcReach: bm.reach, bmcIgnore: bm.ignore}
+							wLostBefore: a.lostBefore, wBack: a.back, etcdReach: a.etcdReach, bmc: bm.on, bmcReach: bm.reach, bmcIgnore: bm.ignore}
 						for _, f0 := range faults {
 							for _, f1 := range faults {
 								for _, sy := range bools {
@@ -1047,6 +1141,8 @@ func TestModelCatchesUnsafeTables(t *testing.T) {
 			v.Sync = true
 			return Decide(v)
 		},
+		"active goes asynchronous on the witness's word while the standby may race (D80)": rewrite("D80", GoAsync),
+		"standby takes over on a grant the active may not know of (D82)":                  rewrite("D82", TakeOver),
 		"standby does not defer to the witness the active had (D57)": func(v View) Decision {
 			if d := Decide(v); d.Row != "D57" {
 				return d

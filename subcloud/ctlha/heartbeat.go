@@ -35,6 +35,12 @@ type Beat struct {
 	Sync  bool   `json:"sync"`
 	// Witness: the sender's witness lease was valid (WitnessView.LeaseValid).
 	Witness bool `json:"witness"`
+	// PeerWitness: the last beat the sender heard from its peer said the
+	// peer's lease was valid, or it has heard none. A controller that
+	// loses both its peer and the witness defers to the witness then
+	// rather than race at the BMC (docs/ha.md D26, D57); the peer reads
+	// this before it acts on the witness's word alone (D80-D82).
+	PeerWitness bool `json:"peer_witness"`
 	// Handoff names the controller the sender stepped down for (a swact);
 	// that controller takes it as the swact to itself.
 	Handoff string `json:"handoff,omitempty"`
@@ -46,13 +52,14 @@ type Beat struct {
 
 // BeatState is what a controller publishes in its beats (Heartbeat.Set).
 type BeatState struct {
-	Role    Role
-	Epoch   uint64
-	LSN     uint64
-	Sync    bool
-	Witness bool
-	Handoff string
-	Force   bool
+	Role        Role
+	Epoch       uint64
+	LSN         uint64
+	Sync        bool
+	Witness     bool
+	PeerWitness bool
+	Handoff     string
+	Force       bool
 }
 
 // PeerState is what the heartbeats tell of the peer (Heartbeat.Peer).
@@ -486,7 +493,7 @@ func (h *Heartbeat) send() {
 		h.seq++
 		b := Beat{
 			Site: h.cfg.Site, From: h.cfg.Self, Net: n, Boot: h.boot, Seq: h.seq,
-			Role: h.local.Role, Epoch: h.local.Epoch, LSN: h.local.LSN, Sync: h.local.Sync, Witness: h.local.Witness,
+			Role: h.local.Role, Epoch: h.local.Epoch, LSN: h.local.LSN, Sync: h.local.Sync, Witness: h.local.Witness, PeerWitness: h.local.PeerWitness,
 			Handoff: h.local.Handoff, Force: h.local.Force, SentUnixNano: h.cfg.Now().UnixNano(),
 		}
 		pkt, err := seal(h.key, b)
@@ -551,7 +558,7 @@ func (h *Heartbeat) accept(n Network, pkt []byte) {
 	h.lastSeq[n] = b.Seq
 	h.bootSent = max(h.bootSent, b.SentUnixNano)
 	h.heard[n] = now
-	if p := h.last; p != nil && (p.Role != b.Role || p.Epoch != b.Epoch || p.Sync != b.Sync || p.Witness != b.Witness || p.Handoff != b.Handoff || p.Force != b.Force) {
+	if p := h.last; p != nil && (p.Role != b.Role || p.Epoch != b.Epoch || p.Sync != b.Sync || p.Witness != b.Witness || p.PeerWitness != b.PeerWitness || p.Handoff != b.Handoff || p.Force != b.Force) {
 		notify = true
 	}
 	h.last, h.lastAt = &b, now

@@ -177,8 +177,10 @@ type Runner struct {
 	replAlarm  bool      // 400.005 raised
 	force      bool
 	fenceAt    time.Time
-	reason     string // the last decision's row, logged once
-	failure    string // the last failure, logged once
+	held       []heldRun // the witness lease's unbroken stretches, oldest first (leaseHistory)
+	bmcSince   time.Time // the peer's BMC has answered every read since (zero: the last failed, or none made)
+	reason     string    // the last decision's row, logged once
+	failure    string    // the last failure, logged once
 	site       context.CancelFunc
 	siteErr    chan error
 	alarmMgr   *faultmgr.Manager
@@ -542,6 +544,9 @@ func (r *Runner) view(ctx context.Context) View {
 		v.Witness.Reachable, v.Witness.Verdict, v.Witness.Holder, v.Witness.HolderEpoch = reachable, verdict, holder, holderEpoch
 		v.Witness.LeaseValid = reachable || (!at.IsZero() && time.Since(at) < v.Timing.LeaseTTL/2)
 		v.Witness.Granted = holder == r.cfg.Self && holderEpoch > v.Epoch
+		r.mu.Lock()
+		v.Witness.Held = r.leaseHistory(at, v.Timing.LeaseTTL/2, time.Now())
+		r.mu.Unlock()
 	}
 	if b := r.cfg.PeerBMC; b != nil {
 		v.BMC.Configured = true
@@ -553,6 +558,21 @@ func (r *Runner) view(ctx context.Context) View {
 			if err != nil {
 				v.BMC.Power = PowerUnknown
 			}
+			r.mu.Lock()
+			switch {
+			case err != nil:
+				r.bmcSince = time.Time{}
+			case r.bmcSince.IsZero():
+				r.bmcSince = time.Now()
+			}
+			v.BMC.ReachableFor = sinceOrZero(r.bmcSince)
+			r.mu.Unlock()
+		} else {
+			// Not read while the peer is heard: the next read starts
+			// afresh (its fence delay counts from there, D59).
+			r.mu.Lock()
+			r.bmcSince = time.Time{}
+			r.mu.Unlock()
 		}
 		if !fenceAt.IsZero() {
 			v.BMC.FenceIssuedAgo = time.Since(fenceAt)
@@ -566,13 +586,67 @@ func (r *Runner) view(ctx context.Context) View {
 	if handoffLSN != 0 {
 		v.LSN = handoffLSN // see Runner.handoffLSN
 	}
+	if v.PeerLostFor == 0 && !fenceAt.IsZero() && v.PeerBeat != nil {
+		// The peer is heard again: a fence issued earlier is over (it
+		// was powered on again), and the next one must be issued anew.
+		r.mu.Lock()
+		r.fenceAt = time.Time{}
+		r.mu.Unlock()
+		v.BMC.FenceIssuedAgo = 0
+	}
 	return v
+}
+
+// heldRun is a stretch in which the witness lease was valid without a
+// break: answers came at most the validity apart.
+type heldRun struct{ from, to time.Time } // to: the lease's end by the last answer
+
+// heldFor is how long the runner keeps lease history: more than any
+// PeerLostFor a decision looks back across.
+const heldFor = 10 * time.Minute
+
+// leaseHistory records the witness's last answer at (the lease is valid
+// for validity after each answer) and returns the stretches of valid lease
+// as Decide reads them. Answers the runner did not see (between two
+// views) only extend the lease: missing them errs on the short side.
+// r.mu is held.
+func (r *Runner) leaseHistory(at time.Time, validity time.Duration, now time.Time) []LeaseRun {
+	if !at.IsZero() {
+		end := at.Add(validity)
+		if k := len(r.held) - 1; k >= 0 && !at.After(r.held[k].to) {
+			if end.After(r.held[k].to) {
+				r.held[k].to = end
+			}
+		} else {
+			r.held = append(r.held, heldRun{from: at, to: end})
+		}
+	}
+	for len(r.held) > 0 && (now.Sub(r.held[0].to) > heldFor || len(r.held) > 64) {
+		r.held = r.held[1:]
+	}
+	out := make([]LeaseRun, 0, len(r.held))
+	for _, h := range r.held {
+		if h.from.After(now) {
+			continue
+		}
+		out = append(out, LeaseRun{From: now.Sub(h.from), To: max(0, now.Sub(h.to))})
+	}
+	return out
+}
+
+// sinceOrZero is the time since t, or 0 for the zero time.
+func sinceOrZero(t time.Time) time.Duration {
+	if t.IsZero() {
+		return 0
+	}
+	return time.Since(t)
 }
 
 // publish tells the peer and the witness where this controller stands.
 func (r *Runner) publish(v View) {
 	r.mu.Lock()
-	b := BeatState{Role: r.role, Epoch: r.epoch, LSN: v.LSN, Sync: v.Sync, Witness: v.Witness.LeaseValid, Handoff: r.handoff,
+	b := BeatState{Role: r.role, Epoch: r.epoch, LSN: v.LSN, Sync: v.Sync, Witness: v.Witness.LeaseValid,
+		PeerWitness: v.PeerBeat == nil || v.PeerBeat.Witness, Handoff: r.handoff,
 		Force: r.handoff != "" && r.forced}
 	r.mu.Unlock()
 	r.cfg.Beats.Set(b)
@@ -1096,6 +1170,7 @@ func (r *Runner) goAsync(ctx context.Context, v View, d Decision) {
 	}
 	r.mu.Lock()
 	r.async = true
+	r.fenceAt = time.Time{} // the fence did its work; a later one is issued anew
 	r.mu.Unlock()
 	r.log.Warn("replication is asynchronous: the standby is confirmed failed", "epoch", epoch, "row", d.Row, "reason", d.Reason)
 	r.raise(ctx, AlarmLostRedundancy, "service-group="+PairGroup, "the standby controller "+r.cfg.Peer+" failed: replication is asynchronous")

@@ -16,6 +16,7 @@
 package faultmatrix
 
 import (
+	"bytes"
 	"context"
 	"fmt"
 	"io"
@@ -23,7 +24,11 @@ import (
 	"math/rand/v2"
 	"net"
 	"net/http"
+	"os"
+	"path/filepath"
+	"regexp"
 	"strconv"
+	"strings"
 	"time"
 
 	"github.com/petrel-edge/petrel/client"
@@ -75,6 +80,47 @@ type Config struct {
 	Hold          time.Duration
 	RecoverWithin time.Duration
 	Log           io.Writer
+}
+
+// rowTrail reads the decision rows a controller's site controller log
+// gained since the last call.
+type rowTrail struct {
+	path string
+	off  int64
+}
+
+// decisionRow finds a pair decision's row in a log line.
+var decisionRow = regexp.MustCompile(`"msg":"decision".*"decision":"([DF][0-9]+) `)
+
+func (r *rowTrail) next() []string {
+	fh, err := os.Open(r.path)
+	if err != nil {
+		return []string{"(no log: " + err.Error() + ")"}
+	}
+	defer fh.Close()
+	if st, err := fh.Stat(); err == nil && st.Size() < r.off {
+		r.off = 0 // rotated or replaced
+	}
+	if _, err := fh.Seek(r.off, io.SeekStart); err != nil {
+		return nil
+	}
+	b, err := io.ReadAll(io.LimitReader(fh, 16<<20))
+	if err != nil {
+		return nil
+	}
+	if i := bytes.LastIndexByte(b, '\n'); i >= 0 {
+		b = b[:i+1] // a line being written is read next time
+	} else {
+		b = nil
+	}
+	r.off += int64(len(b))
+	var out []string
+	for _, l := range bytes.Split(b, []byte{'\n'}) {
+		if m := decisionRow.FindSubmatch(l); m != nil {
+			out = append(out, string(m[1]))
+		}
+	}
+	return out
 }
 
 // Report is what a run saw.
@@ -170,6 +216,11 @@ func Run(ctx context.Context, cfg Config) (Report, error) {
 	go func() { defer close(wDone); w.Run(octx) }()
 	defer func() { stop(); <-obsDone; <-wDone }()
 
+	rows := make([]*rowTrail, len(controllers))
+	for i, c := range controllers {
+		rows[i] = &rowTrail{path: filepath.Join(f.Dir, "hosts", se.Name, c.Name, "logs", "subcloud.log")}
+		rows[i].next() // what came before the run is not this run's
+	}
 	fault := func(kind, target, netName string) {
 		if err := lab.Fault(ctx, f.Dir, kind, target, netName, 0, 0); err != nil {
 			fmt.Fprintf(cfg.Log, "  %s %s %s: %v\n", kind, target, netName, err)
@@ -244,6 +295,11 @@ func Run(ctx context.Context, cfg Config) (Report, error) {
 		}
 		active = act
 		fmt.Fprintf(cfg.Log, "  ok again %s after the heal; %s active\n", s.Recovered.Round(time.Millisecond), active)
+		for i, c := range controllers {
+			// The decision rows each controller took in the step (docs/ha.md):
+			// what a failed seed's report is read by.
+			fmt.Fprintf(cfg.Log, "  %s decided %s\n", c.Name, strings.Join(rows[i].next(), " "))
+		}
 		if ctx.Err() != nil {
 			break
 		}

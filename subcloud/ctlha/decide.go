@@ -501,11 +501,12 @@ func decideActive(v View, p peer) Decision {
 		switch {
 		case v.bmcOff():
 			return decision("D20", GoAsync, AlarmLostRedundancy, "%s and %s: standby failed; replication asynchronous (witness countersigns with the BMC evidence)", p.lostText(), v.bmcText())
-		case w.Verdict == VerdictPeerLost && !defers && v.BMC.Configured:
+		case w.Verdict == VerdictPeerLost && !defers && (b == nil || !b.NoPeerBMC):
 			// The standby may be alive, cut off from me and from the
 			// witness, and not know that I hold a lease: it would race at
 			// the BMC (D58-D60) and take over without the writes I
 			// acknowledge once asynchronous. It is powered off first.
+			// (A standby that has no BMC of mine never races: D62.)
 			switch {
 			case v.bmcOn() && !v.fenceTimedOut():
 				return decision("D80", Fence, "", "%s and its witness lease expired, but %s: fence it before going asynchronous (it could take over through the BMC race without my writes)", p.lostText(), why)
@@ -737,7 +738,9 @@ func decideStarting(v View, p peer) Decision {
 		mine := w.Holder == v.Self || (w.Holder == "" && w.HolderEpoch == 0)
 		if mine && (v.Epoch >= w.HolderEpoch || w.Granted) {
 			switch {
-			case v.bmcOn():
+			case v.BMC.Configured && !v.bmcOff():
+				// Powered, or unknown: it may be an active cut off from me
+				// that never heard my lease (D82's case), and it would race.
 				return refuse(v, "D73", WaitPeer, "", "%s not heard but %s: it may be active and cut off; waiting", v.Peer, v.bmcText())
 			case w.Granted:
 				return decision("D74", TakeOver, "", "%s not heard; the witness holds my epoch %d as the latest and granted me the next", v.Peer, w.HolderEpoch)

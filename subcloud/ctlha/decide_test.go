@@ -217,7 +217,10 @@ func TestActingOnTheWitnessAlone(t *testing.T) {
 		{"active, lease lapsed briefly 5 s ago", view(A, lost, verdict(VerdictPeerLost), held(LeaseRun{From: time.Hour, To: 5100 * time.Millisecond}, LeaseRun{From: 5 * time.Second})), "D80"},
 		{"active, standby never heard", view(A, notHeard, verdict(VerdictPeerLost)), "D80"},
 		{"active, standby unaware, fence not read back", view(A, lost, verdict(VerdictPeerLost), peerUnaware, fenced(11*time.Second)), "D81"},
-		{"active, standby unaware, no BMC configured: it cannot race", view(A, lost, verdict(VerdictPeerLost), peerUnaware, bmcNone), "D21"},
+		{"active, standby unaware but without a BMC of mine: it cannot race", view(A, lost, verdict(VerdictPeerLost), peerUnaware, bmcNone, beat(func(b *Beat) { b.NoPeerBMC = true })), "D21"},
+		{"active without a BMC, standby unaware and with one", view(A, lost, verdict(VerdictPeerLost), peerUnaware, bmcNone), "D81"},
+		{"starting, granted, the peer's BMC unreachable", view(RoleStarting, notHeard, granted, bmcUnreach), "D73"},
+		{"starting, granted, no BMC", view(RoleStarting, notHeard, granted, bmcNone), "D74"},
 		{"active, standby unaware, BMC reads off", view(A, lost, verdict(VerdictPeerLost), peerUnaware, bmcOff), "D20"},
 		{"standby granted, BMC unreachable, active aware", view(S, lost, granted, bmcUnreach), "D50"},
 		{"standby granted, no BMC, my lease back 4 s ago", view(S, lost, granted, bmcNone, held(LeaseRun{From: 4 * time.Second})), "D82"},
@@ -567,7 +570,7 @@ func (s *sim) quorum(i int) bool {
 func (s *sim) beatOf(i int) *Beat {
 	n := s.n[i]
 	b := Beat{From: n.name, Role: n.role, Epoch: n.epoch, LSN: n.lsn, Sync: n.sync, Witness: s.leaseValid(i),
-		PeerWitness: n.beat == nil || n.beat.Witness}
+		PeerWitness: n.beat == nil || n.beat.Witness, NoPeerBMC: !s.sc.bmc}
 	if n.sent == nil || *n.sent != b {
 		n.sent = &b
 	}

@@ -41,6 +41,9 @@ type Beat struct {
 	// rather than race at the BMC (docs/ha.md D26, D57); the peer reads
 	// this before it acts on the witness's word alone (D80-D82).
 	PeerWitness bool `json:"peer_witness"`
+	// NoPeerBMC: the sender has no BMC of its peer to use, so it never
+	// races at the BMC (D62). Absent (an earlier version): it may.
+	NoPeerBMC bool `json:"no_peer_bmc,omitempty"`
 	// Handoff names the controller the sender stepped down for (a swact);
 	// that controller takes it as the swact to itself.
 	Handoff string `json:"handoff,omitempty"`
@@ -58,6 +61,7 @@ type BeatState struct {
 	Sync        bool
 	Witness     bool
 	PeerWitness bool
+	NoPeerBMC   bool
 	Handoff     string
 	Force       bool
 }
@@ -493,7 +497,7 @@ func (h *Heartbeat) send() {
 		h.seq++
 		b := Beat{
 			Site: h.cfg.Site, From: h.cfg.Self, Net: n, Boot: h.boot, Seq: h.seq,
-			Role: h.local.Role, Epoch: h.local.Epoch, LSN: h.local.LSN, Sync: h.local.Sync, Witness: h.local.Witness, PeerWitness: h.local.PeerWitness,
+			Role: h.local.Role, Epoch: h.local.Epoch, LSN: h.local.LSN, Sync: h.local.Sync, Witness: h.local.Witness, PeerWitness: h.local.PeerWitness, NoPeerBMC: h.local.NoPeerBMC,
 			Handoff: h.local.Handoff, Force: h.local.Force, SentUnixNano: h.cfg.Now().UnixNano(),
 		}
 		pkt, err := seal(h.key, b)
@@ -558,7 +562,7 @@ func (h *Heartbeat) accept(n Network, pkt []byte) {
 	h.lastSeq[n] = b.Seq
 	h.bootSent = max(h.bootSent, b.SentUnixNano)
 	h.heard[n] = now
-	if p := h.last; p != nil && (p.Role != b.Role || p.Epoch != b.Epoch || p.Sync != b.Sync || p.Witness != b.Witness || p.PeerWitness != b.PeerWitness || p.Handoff != b.Handoff || p.Force != b.Force) {
+	if p := h.last; p != nil && (p.Role != b.Role || p.Epoch != b.Epoch || p.Sync != b.Sync || p.Witness != b.Witness || p.PeerWitness != b.PeerWitness || p.NoPeerBMC != b.NoPeerBMC || p.Handoff != b.Handoff || p.Force != b.Force) {
 		notify = true
 	}
 	h.last, h.lastAt = &b, now

@@ -178,7 +178,8 @@ type Runner struct {
 	force      bool
 	fenceAt    time.Time
 	held       []heldRun // the witness lease's unbroken stretches, oldest first (leaseHistory)
-	bmcSince   time.Time // the peer's BMC has answered every read since (zero: the last failed, or none made)
+	bmcSince   time.Time // the peer's BMC has answered reads since (zero: failing, or none made)
+	bmcFailed  time.Time // its reads have failed since (zero: the last answered)
 	reason     string    // the last decision's row, logged once
 	failure    string    // the last failure, logged once
 	site       context.CancelFunc
@@ -411,7 +412,7 @@ func (r *Runner) step(ctx context.Context) {
 		if d.Claim {
 			r.claim(ctx, v, d)
 		}
-		if d.Alarm == AlarmHeld {
+		if d.Alarm == AlarmHeld && !keepsFence[d.Row] {
 			r.unfence(ctx, d)
 		}
 	}
@@ -560,10 +561,15 @@ func (r *Runner) view(ctx context.Context) View {
 			}
 			r.mu.Lock()
 			switch {
-			case err != nil:
+			case err != nil && r.bmcFailed.IsZero():
+				r.bmcFailed = time.Now()
+			case err != nil && time.Since(r.bmcFailed) > bmcFlaky:
 				r.bmcSince = time.Time{}
-			case r.bmcSince.IsZero():
-				r.bmcSince = time.Now()
+			case err == nil:
+				r.bmcFailed = time.Time{}
+				if r.bmcSince.IsZero() {
+					r.bmcSince = time.Now()
+				}
 			}
 			v.BMC.ReachableFor = sinceOrZero(r.bmcSince)
 			r.mu.Unlock()
@@ -571,7 +577,7 @@ func (r *Runner) view(ctx context.Context) View {
 			// Not read while the peer is heard: the next read starts
 			// afresh (its fence delay counts from there, D59).
 			r.mu.Lock()
-			r.bmcSince = time.Time{}
+			r.bmcSince, r.bmcFailed = time.Time{}, time.Time{}
 			r.mu.Unlock()
 		}
 		if !fenceAt.IsZero() {
@@ -596,6 +602,11 @@ func (r *Runner) view(ctx context.Context) View {
 	}
 	return v
 }
+
+// bmcFlaky is how long a peer's BMC may fail reads before it counts as
+// unreachable since (BMC.ReachableFor starts over): a lost UDP exchange now
+// and then does not restart the standby's fence delay.
+const bmcFlaky = time.Second
 
 // heldRun is a stretch in which the witness lease was valid without a
 // break: answers came at most the validity apart.
@@ -646,7 +657,7 @@ func sinceOrZero(t time.Time) time.Duration {
 func (r *Runner) publish(v View) {
 	r.mu.Lock()
 	b := BeatState{Role: r.role, Epoch: r.epoch, LSN: v.LSN, Sync: v.Sync, Witness: v.Witness.LeaseValid,
-		PeerWitness: v.PeerBeat == nil || v.PeerBeat.Witness, Handoff: r.handoff,
+		PeerWitness: v.PeerBeat == nil || v.PeerBeat.Witness, NoPeerBMC: r.cfg.PeerBMC == nil, Handoff: r.handoff,
 		Force: r.handoff != "" && r.forced}
 	r.mu.Unlock()
 	r.cfg.Beats.Set(b)
@@ -1101,6 +1112,12 @@ func (r *Runner) fence(ctx context.Context, d Decision) {
 	r.fenceAt = time.Now()
 	r.mu.Unlock()
 }
+
+// keepsFence: held rows after which a fence this controller issued stands.
+// They wait for the peer to read off (or be heard): powering it on again
+// would only have the next step fence it anew, every FenceTimeout, and a
+// single failed BMC read after a fence that worked would undo it.
+var keepsFence = map[string]bool{"D81": true, "D82": true}
 
 // unfence powers the peer on again when this controller fenced it and now
 // refuses to take over (D40, say: the fence raced an active that had gone

@@ -298,7 +298,11 @@ func Run(ctx context.Context, cfg Config) (Report, error) {
 		for i, c := range controllers {
 			// The decision rows each controller took in the step (docs/ha.md):
 			// what a failed seed's report is read by.
-			fmt.Fprintf(cfg.Log, "  %s decided %s\n", c.Name, strings.Join(rows[i].next(), " "))
+			decided := strings.Join(rows[i].next(), " ")
+			if decided == "" {
+				decided = "nothing new (stays are logged at debug level)"
+			}
+			fmt.Fprintf(cfg.Log, "  %s decided %s\n", c.Name, decided)
 		}
 		if ctx.Err() != nil {
 			break

@@ -220,9 +220,14 @@ type View struct {
 	PeerLostFor time.Duration
 	// PeerBeat: the peer's last heartbeat (nil: never heard since start).
 	PeerBeat *Beat
-	Witness  WitnessView
-	BMC      BMCView
-	Etcd     EtcdView // multi-server only
+	// PeerUnaware: when last heard (by this process or, from the state
+	// file, an earlier one) the peer was active and had not heard me hold
+	// a witness lease. Cut off, it would stay active rather than step
+	// down for a controller the witness grants (D73).
+	PeerUnaware bool
+	Witness     WitnessView
+	BMC         BMCView
+	Etcd        EtcdView // multi-server only
 	// Force: the operator forced a takeover or swact (--force).
 	Force bool
 	// Swact: non-empty when the operator asked activity to move to this
@@ -435,7 +440,9 @@ func decideActive(v View, p peer) Decision {
 	w := v.Witness
 	ms := v.Mode == ModeMultiServer
 	switch {
-	case b != nil && b.Role.claimsActivity() && b.Epoch > v.Epoch:
+	case b != nil && b.Epoch > v.Epoch:
+		// Whatever its role: a newer epoch means it held activity after
+		// mine (a peer restarted since is starting, and waits for me: D83).
 		return decision("D5", StepDown, "", "%s is %s at epoch %d, newer than mine (%d)", v.Peer, b.Role, b.Epoch, v.Epoch)
 	case !ms && w.Reachable && w.Holder == v.Peer && w.HolderEpoch > v.Epoch:
 		return decision("D6", StepDown, "", "the witness countersigned epoch %d for %s (mine %d)", w.HolderEpoch, v.Peer, v.Epoch)
@@ -707,6 +714,10 @@ func decideStarting(v View, p peer) Decision {
 	b := p.beat
 	ms := v.Mode == ModeMultiServer
 	switch {
+	case p.seen && b.Role.claimsActivity() && b.Epoch < v.Epoch:
+		// Following would rewind my newer history away. It is stale (back
+		// from a hang, say) and steps down on my beats (D5).
+		return decision("D83", WaitPeer, "", "%s is %s at epoch %d, older than mine (%d): waiting for it to step down", v.Peer, b.Role, b.Epoch, v.Epoch)
 	case p.seen && b.Role.claimsActivity():
 		return decision("D63", Follow, "", "%s is %s at epoch %d: join as its standby", v.Peer, b.Role, b.Epoch)
 	case p.seen && b.Role == RoleSteppingDown:
@@ -738,10 +749,12 @@ func decideStarting(v View, p peer) Decision {
 		mine := w.Holder == v.Self || (w.Holder == "" && w.HolderEpoch == 0)
 		if mine && (v.Epoch >= w.HolderEpoch || w.Granted) {
 			switch {
-			case v.BMC.Configured && !v.bmcOff():
+			case !v.bmcOff() && (v.BMC.Configured || v.PeerUnaware):
 				// Powered, or unknown: it may be an active cut off from me
-				// that never heard my lease (D82's case), and it would race.
-				return refuse(v, "D73", WaitPeer, "", "%s not heard but %s: it may be active and cut off; waiting", v.Peer, v.bmcText())
+				// that never heard my lease (D82's case), and it would race
+				// or stay active. Without a BMC that can happen only if it
+				// was, when last heard, an active that had not heard my lease.
+				return refuse(v, "D73", WaitPeer, "", "%s not heard but %s (unaware of my lease when last heard: %t): it may be active and cut off; waiting", v.Peer, v.bmcText(), v.PeerUnaware)
 			case w.Granted:
 				return decision("D74", TakeOver, "", "%s not heard; the witness holds my epoch %d as the latest and granted me the next", v.Peer, w.HolderEpoch)
 			case w.Verdict == VerdictPeerAlive:

@@ -160,6 +160,7 @@ func rowCases() []rowCase {
 		{"D61 race: standby holds when the fence times out", view(S, lost, noWitness, fenced(10*time.Second)), Hold, AlarmHeld, false, false},
 		{"D62 race: no witness and no BMC, no takeover", view(S, lost, noWitness, bmcUnreach), Hold, AlarmHeld, false, false},
 
+		{"D83 starting waits: the active peer's epoch is older than mine", view(T, peerRole(A), beat(func(b *Beat) { b.Epoch = 4 })), WaitPeer, "", false, false},
 		{"D63 starting follows an active peer", view(T, peerRole(A)), Follow, "", false, false},
 		{"D64 starting waits: peer stepping down", view(T, peerRole(RoleSteppingDown)), WaitPeer, "", false, false},
 		{"D65 multi-server starting waits: no quorum", view(T, ms, set(func(v *View) { v.Etcd.Quorum = false })), WaitPeer, "", false, false},
@@ -364,8 +365,9 @@ const (
 	simLeaseTTL     = 15 // steps: the arbiter's TTL
 	simLeaseMargin  = 3  // steps: a controller deems its lease lapsed this much earlier
 	simFenceLatency = 2  // steps from power-off command to power off
-	simResumeAt     = 30 // "hang-resume": the frozen controller runs again (before the heal)
+	simResumeAt     = 30 // "hang-resume": the frozen controller runs again (before the heal); "restart": its process restarts
 	simWitnessBack  = 2  // "witness back": a controller that lost the witness before the fault regains it
+	simLateLinks    = 8  // "late links": at the heal the links return this many steps after the rest
 	simFaultSteps   = 45
 	simHealSteps    = 35
 	simStep         = 100 * time.Millisecond
@@ -398,6 +400,10 @@ type scenario struct {
 	bmcIgnore bool    // BMCs take power-off commands and do nothing
 	fault     [2]string
 	sync      bool // normal start: the standby was synchronous
+	// lateLinks: at the heal the BMCs and the witness return first and the
+	// links simLateLinks steps later (a controller back from its own
+	// isolation reaches the peer's BMC before the peer's beats arrive).
+	lateLinks bool
 }
 
 func (sc scenario) String() string {
@@ -441,6 +447,9 @@ func (sc scenario) String() string {
 		b.WriteString(" no-bmc")
 	}
 	b.WriteString(" fault(c0=" + orNone(sc.fault[0]) + ",c1=" + orNone(sc.fault[1]) + ")")
+	if sc.lateLinks {
+		b.WriteString(" late-links")
+	}
 	if sc.start == "normal" || sc.start == "swact" {
 		if sc.sync {
 			b.WriteString(" sync")
@@ -474,6 +483,9 @@ type simNode struct {
 	granted       bool
 	swact         string
 	lastDecision  Decision
+	startedAt     int // the step its process (re)started
+	restarted     bool
+	unaware       bool             // View.PeerUnaware: kept across a restart (the state file)
 	links         map[Network]bool // reused by view (Decide keeps nothing)
 	sent          *Beat            // the last beat sent, reused while unchanged
 }
@@ -544,14 +556,22 @@ func newSim(sc scenario) *sim {
 	if sc.start != "dead-office" { // they heard each other until the fault
 		a.beat, b.beat = s.beatOf(1), s.beatOf(0)
 		a.beat, b.beat = s.beatOf(1), s.beatOf(0) // the echoes (PeerWitness) of those
+		for _, n := range s.n {
+			n.unaware = n.beat.Role.claimsActivity() && !n.beat.PeerWitness
+		}
 	}
 	return s
 }
 
 func (s *sim) other(i int) int { return 1 - i }
 
-func (s *sim) linkUp(k int) bool { return s.healed || s.sc.links[k] }
-func (s *sim) anyLink() bool     { return s.linkUp(0) || s.linkUp(1) }
+func (s *sim) linkUp(k int) bool {
+	if s.sc.lateLinks && s.t < simFaultSteps+simLateLinks {
+		return s.sc.links[k]
+	}
+	return s.healed || s.sc.links[k]
+}
+func (s *sim) anyLink() bool { return s.linkUp(0) || s.linkUp(1) }
 func (s *sim) wReach(i int) bool {
 	return s.sc.mode == ModeDuplex && s.sc.witness && (s.healed || s.sc.wReach[i] || (s.sc.wBack[i] && s.t >= simWitnessBack))
 }
@@ -581,7 +601,7 @@ func (s *sim) view(i int) View {
 	n, p := s.n[i], s.n[s.other(i)]
 	v := View{
 		Mode: s.sc.mode, Self: n.name, Peer: p.name, Role: n.role, Epoch: n.epoch, LSN: n.lsn,
-		Sync: n.sync, Async: n.async, PeerBeat: n.beat, Swact: n.swact, Timing: simTiming,
+		Sync: n.sync, Async: n.async, PeerBeat: n.beat, PeerUnaware: n.unaware, Swact: n.swact, Timing: simTiming,
 		PeerLinks: n.links,
 	}
 	if v.PeerLinks == nil {
@@ -590,7 +610,7 @@ func (s *sim) view(i int) View {
 	}
 	last := max(n.heard[0], n.heard[1])
 	if last == never {
-		last = 0 // never heard: silent since the start of the run
+		last = n.startedAt // never heard: silent since its process started
 	}
 	for k, net := range []Network{NetMgmt, NetCluster} {
 		fresh := s.t-n.heard[k] < simFresh
@@ -697,6 +717,7 @@ func (s *sim) step() {
 		for k := range 2 {
 			if s.linkUp(k) {
 				n.heard[k], n.beat = s.t, beats[j]
+				n.unaware = beats[j].Role.claimsActivity() && !beats[j].PeerWitness
 			}
 		}
 	}
@@ -716,8 +737,9 @@ func (s *sim) step() {
 				n.held = append(n.held, [2]int{s.t, s.t})
 			}
 		}
+		heard := s.t-max(n.heard[0], n.heard[1]) < simFresh
 		switch {
-		case !s.bmcReach(i):
+		case !s.bmcReach(i) || heard: // the runner reads the BMC only while the peer is not heard
 			n.bmcSince = never
 		case n.bmcSince == never:
 			n.bmcSince = s.t
@@ -874,8 +896,15 @@ func (s *sim) run() []string {
 		s.healed = s.t >= simFaultSteps
 		if s.t == simResumeAt {
 			for i, f := range s.sc.fault {
-				if f == "hang-resume" {
-					s.n[i].hung = false // it acts on what it knew before freezing
+				switch n := s.n[i]; {
+				case f == "hang-resume":
+					n.hung = false // it acts on what it knew before freezing
+				case f == "restart" && n.alive():
+					// Its process restarts: a starting runner with its epoch
+					// (the state file) and its database, and nothing else.
+					n.role, n.beat, n.heard, n.startedAt, n.restarted = RoleStarting, nil, [2]int{never, never}, s.t, true
+					// (A grant stands: the runner reads it from the witness.)
+					n.sync, n.async, n.fenceAt, n.swact, n.held, n.sent = false, false, never, "", nil, nil
 				}
 			}
 		}
@@ -927,7 +956,8 @@ func (s *sim) checkLive() {
 
 // waitsByDesign: the lone live controller i may not become active. It is
 // stale, or nothing can confirm that the peer is down (no BMC that obeys,
-// and no witness or a peer that did not know I held a lease), or, at a dead-office start, no arbiter names it as the
+// and no witness or a peer that did not know I held a lease), or, after a
+// process restart as at a dead-office start, no arbiter names it as the
 // holder of the latest state (or the silent peer is powered on).
 func (s *sim) waitsByDesign(i int) bool {
 	n, p := s.n[i], s.n[s.other(i)]
@@ -935,13 +965,16 @@ func (s *sim) waitsByDesign(i int) bool {
 	if n.lsn < s.acked {
 		return true
 	}
-	if s.sc.start == "dead-office" {
+	noFence := !s.sc.bmc || s.sc.bmcIgnore
+	if s.sc.start == "dead-office" || (n.restarted && n.role == RoleStarting) {
+		// A restarted process knows no more than a dead-office start:
+		// its epoch and its database, not whether it was synchronous;
+		// and whether the peer was an active unaware of its lease (D73).
 		if !duplex {
 			return s.epochHolder != i
 		}
-		return !s.sc.witness || s.holder != i || (s.sc.bmc && p.powered)
+		return !s.sc.witness || s.holder != i || (s.sc.bmc && p.powered) || (noFence && n.unaware)
 	}
-	noFence := !s.sc.bmc || s.sc.bmcIgnore
 	// The peer, when last heard, had not heard me hold a lease: alive and
 	// cut off, it would stay active rather than defer to the witness (D82).
 	unaware := s.sc.witness && n.beat != nil && !n.beat.PeerWitness
@@ -952,7 +985,7 @@ func (s *sim) waitsByDesign(i int) bool {
 func scenarios() []scenario {
 	var out []scenario
 	bools := []bool{false, true}
-	faults := []string{"", "power", "hang", "hang-resume"}
+	faults := []string{"", "power", "hang", "hang-resume", "restart"}
 	type bmcCase struct {
 		on     bool
 		reach  [2]bool
@@ -1006,6 +1039,10 @@ func scenarios() []scenario {
 									sc := base
 									sc.start, sc.fault, sc.sync = "normal", [2]string{f0, f1}, sy
 									out = append(out, sc)
+									if mode == ModeDuplex && !l0 && !l1 {
+										sc.lateLinks = true
+										out = append(out, sc)
+									}
 								}
 							}
 						}
@@ -1101,9 +1138,8 @@ func TestModelNoSplitBrain(t *testing.T) {
 	// transitional roles, as the model takes over and steps down in one
 	// step (D2-D4, D33, D34, D64); two actives at one epoch, which never
 	// arise to be resolved (D10, D11); a witness that answers without a
-	// verdict (D23, D54); a restarted runner that still holds the
-	// election key (D67); and --force (F1-F3).
-	unreached := []string{"D1", "D2", "D3", "D4", "D10", "D11", "D23", "D33", "D34", "D54", "D64", "D67", "D79", "F1", "F2", "F3"}
+	// verdict (D23, D54); and --force (F1-F3).
+	unreached := []string{"D1", "D2", "D3", "D4", "D10", "D11", "D23", "D33", "D34", "D54", "D64", "D79", "F1", "F2", "F3"}
 	for _, c := range rowCases() {
 		row := strings.Fields(c.name)[0]
 		if hit := rows[row] > 0; hit == slices.Contains(unreached, row) {
@@ -1145,7 +1181,14 @@ func TestModelCatchesUnsafeTables(t *testing.T) {
 			return Decide(v)
 		},
 		"active goes asynchronous on the witness's word while the standby may race (D80)": rewrite("D80", GoAsync),
-		"standby takes over on a grant the active may not know of (D82)":                  rewrite("D82", TakeOver),
+		"a restarted controller takes over on a grant against an unaware active (D73)": func(v View) Decision {
+			if d := Decide(v); d.Row != "D73" || v.BMC.Configured {
+				return d
+			}
+			v.PeerUnaware = false
+			return Decide(v)
+		},
+		"standby takes over on a grant the active may not know of (D82)": rewrite("D82", TakeOver),
 		"standby does not defer to the witness the active had (D57)": func(v View) Decision {
 			if d := Decide(v); d.Row != "D57" {
 				return d

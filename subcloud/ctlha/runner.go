@@ -185,11 +185,13 @@ type Runner struct {
 	site       context.CancelFunc
 	siteErr    chan error
 	alarmMgr   *faultmgr.Manager
-	saved      uint64          // the epoch StateFile holds
-	runCtx     context.Context // Run's, for the candidacy started later
-	standOnce  sync.Once
-	since      time.Time // in the current role
-	wake       chan struct{}
+	saved      uint64 // the epoch StateFile holds
+	// peerUnaware: View.PeerUnaware; savedUnaware what StateFile holds.
+	peerUnaware, savedUnaware bool
+	runCtx                    context.Context // Run's, for the candidacy started later
+	standOnce                 sync.Once
+	since                     time.Time // in the current role
+	wake                      chan struct{}
 
 	dbMu     sync.Mutex
 	siteConn *pgx.Conn // to the site's database, for the epoch row; kept open
@@ -215,37 +217,49 @@ func New(cfg Config) (*Runner, error) {
 	}
 	cfg.Timing = cfg.Timing.WithDefaults()
 	r := &Runner{cfg: cfg, log: cfg.Logger, role: RoleStarting, wake: make(chan struct{}, 1), since: time.Now()}
-	if cfg.StateFile != "" {
-		var st pairState
-		if b, err := os.ReadFile(cfg.StateFile); err == nil {
-			if err := json.Unmarshal(b, &st); err != nil {
-				return nil, fmt.Errorf("ctlha: %s: %w", cfg.StateFile, err)
-			}
-		} else if !errors.Is(err, os.ErrNotExist) {
-			return nil, err
-		}
-		r.epoch, r.saved = st.Epoch, st.Epoch
+	if err := r.loadState(); err != nil {
+		return nil, err
 	}
 	return r, nil
+}
+
+// loadState reads StateFile, if any (a missing file is a first start).
+func (r *Runner) loadState() error {
+	if r.cfg.StateFile == "" {
+		return nil
+	}
+	var st pairState
+	if b, err := os.ReadFile(r.cfg.StateFile); err == nil {
+		if err := json.Unmarshal(b, &st); err != nil {
+			return fmt.Errorf("ctlha: %s: %w", r.cfg.StateFile, err)
+		}
+	} else if !errors.Is(err, os.ErrNotExist) {
+		return err
+	}
+	r.epoch, r.saved = st.Epoch, st.Epoch
+	r.peerUnaware, r.savedUnaware = st.PeerUnaware, st.PeerUnaware
+	return nil
 }
 
 // pairState is what StateFile keeps.
 type pairState struct {
 	Epoch uint64 `json:"epoch"`
+	// PeerUnaware: View.PeerUnaware, for the next process.
+	PeerUnaware bool `json:"peer_unaware,omitempty"`
 }
 
-// saveLocked records a higher epoch in StateFile (durably: atomic write
-// and fsync) before it is published.
+// saveLocked records a higher epoch, or a change of peerUnaware, in
+// StateFile (durably: atomic write and fsync) before it is published.
 func (r *Runner) saveLocked() {
-	if r.cfg.StateFile == "" || r.epoch <= r.saved {
+	if r.cfg.StateFile == "" || (r.epoch <= r.saved && r.peerUnaware == r.savedUnaware) {
 		return
 	}
-	b, _ := json.Marshal(pairState{Epoch: r.epoch})
+	b, _ := json.Marshal(pairState{Epoch: r.epoch, PeerUnaware: r.peerUnaware})
 	if err := atomicfile.Write(r.cfg.StateFile, append(b, '\n'), 0o600); err != nil {
 		r.log.Error("recording the epoch", "file", r.cfg.StateFile, "err", err)
 		return
 	}
-	r.saved = r.epoch
+	r.saved, r.savedUnaware = r.epoch, r.peerUnaware
 }
 
 // Role reports this controller's role and epoch.
@@ -530,6 +544,13 @@ func (r *Runner) view(ctx context.Context) View {
 	}
 	p := r.cfg.Beats.Peer()
 	v.PeerLinks, v.PeerLostFor, v.PeerBeat = p.Links, p.LostFor, p.Last
+	r.mu.Lock()
+	if p.Last != nil {
+		r.peerUnaware = p.Last.Role.claimsActivity() && !p.Last.PeerWitness
+		r.saveLocked()
+	}
+	v.PeerUnaware = r.peerUnaware
+	r.mu.Unlock()
 	if p.Last != nil {
 		if v.Role != RoleActive && p.Last.Role.claimsActivity() {
 			// The standby was synchronous when the active last spoke.

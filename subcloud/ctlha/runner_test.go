@@ -1,6 +1,9 @@
 package ctlha
 
 import (
+	"log/slog"
+	"os"
+	"path/filepath"
 	"slices"
 	"testing"
 	"time"
@@ -32,5 +35,36 @@ func TestLeaseHistory(t *testing.T) {
 	got = r.leaseHistory(time.Time{}, validity, at(3100).Add(heldFor+time.Second))
 	if len(got) != 1 {
 		t.Errorf("after %s: %v; want the second stretch only", heldFor, got)
+	}
+}
+
+// TestStateFileKeepsPeerUnaware: what a restarted process needs for D73
+// survives it, and an older file without the field reads as false.
+func TestStateFileKeepsPeerUnaware(t *testing.T) {
+	path := filepath.Join(t.TempDir(), "ha-state.json")
+	if err := os.WriteFile(path, []byte(`{"epoch":5}`+"\n"), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	load := func() (*Runner, error) {
+		r := &Runner{cfg: Config{StateFile: path}, log: slog.New(slog.DiscardHandler)}
+		return r, r.loadState()
+	}
+	r, err := load()
+	if err != nil {
+		t.Fatal(err)
+	}
+	if r.epoch != 5 || r.peerUnaware {
+		t.Fatalf("from an older file: epoch %d, peerUnaware %v; want 5, false", r.epoch, r.peerUnaware)
+	}
+	r.mu.Lock()
+	r.peerUnaware = true
+	r.saveLocked() // a change of the flag alone is saved
+	r.mu.Unlock()
+	r2, err := load()
+	if err != nil {
+		t.Fatal(err)
+	}
+	if r2.epoch != 5 || !r2.peerUnaware {
+		t.Fatalf("after a restart: epoch %d, peerUnaware %v; want 5, true", r2.epoch, r2.peerUnaware)
 	}
 }
